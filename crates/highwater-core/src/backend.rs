@@ -1,0 +1,178 @@
+//! The synchronous state backend trait: where live keyed state is read and
+//! written on the hot path.
+
+use std::sync::Arc;
+
+use crate::error::Result;
+
+/// One change in a [`WriteBatch`] or a change snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mutation {
+    /// Set `key` to `value`.
+    Put {
+        /// Encoded state key.
+        key: Vec<u8>,
+        /// Stored value (an envelope, see [`crate::ttl`]).
+        value: Vec<u8>,
+    },
+    /// Remove `key`.
+    Delete {
+        /// Encoded state key.
+        key: Vec<u8>,
+    },
+}
+
+impl Mutation {
+    /// The key the mutation touches.
+    pub fn key(&self) -> &[u8] {
+        match self {
+            Mutation::Put { key, .. } | Mutation::Delete { key } => key,
+        }
+    }
+}
+
+/// Mutations applied atomically with respect to snapshots: a snapshot sees
+/// all of a batch or none of it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteBatch {
+    mutations: Vec<Mutation>,
+}
+
+impl WriteBatch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a put.
+    pub fn put(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> &mut Self {
+        self.mutations.push(Mutation::Put {
+            key: key.into(),
+            value: value.into(),
+        });
+        self
+    }
+
+    /// Adds a delete.
+    pub fn delete(&mut self, key: impl Into<Vec<u8>>) -> &mut Self {
+        self.mutations.push(Mutation::Delete { key: key.into() });
+        self
+    }
+
+    /// Number of mutations.
+    pub fn len(&self) -> usize {
+        self.mutations.len()
+    }
+
+    /// True when the batch holds no mutation.
+    pub fn is_empty(&self) -> bool {
+        self.mutations.is_empty()
+    }
+
+    /// The mutations, in order.
+    pub fn mutations(&self) -> &[Mutation] {
+        &self.mutations
+    }
+
+    /// Consumes the batch.
+    pub fn into_mutations(self) -> Vec<Mutation> {
+        self.mutations
+    }
+}
+
+/// What a snapshot contains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum SnapshotKind {
+    /// Every live entry.
+    Full,
+    /// The entries changed since the previous snapshot: puts with their
+    /// current value and deletes.
+    Changes,
+}
+
+/// An immutable, consistent view of a backend's state at one moment.
+///
+/// A snapshot is taken on the processing thread and read later on background
+/// threads while processing continues; it must not change afterwards. Entries
+/// are split into [`partitions`](StateSnapshot::partitions) that can be read
+/// in parallel; together they hold each key exactly once.
+pub trait StateSnapshot: Send + Sync {
+    /// Full state or changes since the previous snapshot.
+    fn kind(&self) -> SnapshotKind;
+
+    /// Number of independently readable partitions.
+    fn partitions(&self) -> usize;
+
+    /// Visits every entry of `partition` in unspecified order. For a
+    /// [`SnapshotKind::Changes`] snapshot a deleted key is reported with
+    /// `None`. Stops early and returns the first error `f` returns.
+    fn for_each_in_partition(
+        &self,
+        partition: usize,
+        f: &mut dyn FnMut(&[u8], Option<&[u8]>) -> Result<()>,
+    ) -> Result<()>;
+
+    /// Approximate number of entries, for sizing buffers and progress.
+    fn approximate_entries(&self) -> usize;
+}
+
+/// Size statistics of a backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BackendStats {
+    /// Number of live entries (may include expired entries not yet reclaimed).
+    pub entries: u64,
+    /// Bytes of keys and values held.
+    pub bytes: u64,
+}
+
+/// Where live keyed state is read and written.
+///
+/// Keys are encoded [`StateKey`](crate::StateKey)s and values are
+/// [`Envelope`](crate::Envelope)s; typed access goes through the handles in
+/// [`crate::state`]. All methods are synchronous: they are called on the
+/// processing thread for every event.
+///
+/// Implementations must track which keys changed since the last snapshot so
+/// that a [`SnapshotKind::Changes`] snapshot costs O(changes).
+pub trait StateBackend: Send + Sync + 'static {
+    /// A short name for errors and metrics (`memory`, `rocksdb`, …).
+    fn name(&self) -> &'static str;
+
+    /// Reads a value.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
+
+    /// Writes a value.
+    fn put(&self, key: &[u8], value: &[u8]) -> Result<()>;
+
+    /// Deletes a value; deleting a missing key is not an error.
+    fn delete(&self, key: &[u8]) -> Result<()>;
+
+    /// Applies a batch atomically with respect to snapshots.
+    fn write_batch(&self, batch: WriteBatch) -> Result<()>;
+
+    /// All entries whose key starts with `prefix`, sorted by key.
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+
+    /// All entries with `start <= key < end`, sorted by key.
+    fn scan_range(&self, start: &[u8], end: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+
+    /// Takes a consistent snapshot and starts a new change-tracking epoch:
+    /// the next [`SnapshotKind::Changes`] snapshot reports changes made after
+    /// this call, whatever the kind of this one.
+    ///
+    /// This runs on the processing thread; it must not block writers for
+    /// longer than a few milliseconds whatever the state size.
+    fn snapshot(&self, kind: SnapshotKind) -> Result<Arc<dyn StateSnapshot>>;
+
+    /// Replaces all state with `entries` and starts a new change-tracking
+    /// epoch. On error the backend may hold part of the entries; the caller
+    /// retries with another source or clears the backend.
+    fn restore(&self, entries: &mut dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>)>>)
+    -> Result<()>;
+
+    /// Removes all state and starts a new change-tracking epoch.
+    fn clear(&self) -> Result<()>;
+
+    /// Size statistics.
+    fn stats(&self) -> BackendStats;
+}

@@ -1,0 +1,502 @@
+//! The artifact codec: how a batch of state records is stored.
+//!
+//! Byte layout (integers little-endian):
+//!
+//! ```text
+//! magic        4 bytes  "HWAR"
+//! version      u16      ARTIFACT_FORMAT_VERSION
+//! codec        u8       0 = raw, 1 = zstd (one frame)
+//! kind         u8       0 = entries (puts only), 1 = delta (puts and deletes)
+//! entries      u64      number of records
+//! raw_len      u64      bytes of the record stream before compression
+//! payload_len  u64      bytes of the payload that follows the header
+//! payload_sum  u64      xxh3-64 of the payload
+//! header_sum   u64      xxh3-64 of the 40 bytes above
+//! payload      raw_len record bytes, or a zstd frame that decompresses to them
+//! ```
+//!
+//! Each record is `postcard((key: &[u8], value: Option<&[u8]>))`; `None`
+//! marks a delete and appears only in delta artifacts. Records are sorted by
+//! key so that equal state always encodes to equal bytes: the artifact id
+//! (xxh3-128 of the whole encoding) then deduplicates unchanged data.
+//!
+//! Decoding checks the header checksum before trusting any length, checks
+//! the payload checksum before decompressing, and refuses record streams
+//! larger than [`DecodeLimits::max_raw_bytes`], so a damaged or hostile
+//! artifact can never cause a panic or an unbounded allocation.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Current artifact format version.
+pub const ARTIFACT_FORMAT_VERSION: u16 = 1;
+/// Size of the artifact header.
+pub const ARTIFACT_HEADER_LEN: usize = 48;
+const ARTIFACT_MAGIC: &[u8; 4] = b"HWAR";
+
+/// How an artifact's payload is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Codec {
+    /// Record bytes as they are.
+    Raw,
+    /// One zstd frame.
+    Zstd,
+}
+
+impl Codec {
+    fn to_byte(self) -> u8 {
+        match self {
+            Codec::Raw => 0,
+            Codec::Zstd => 1,
+        }
+    }
+}
+
+/// Whether an artifact may hold deletes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ArtifactKind {
+    /// Live entries only.
+    Entries,
+    /// Puts and deletes relative to an earlier layer.
+    Delta,
+}
+
+/// Options of the encoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EncodeOptions {
+    /// zstd level; 1 is the sensible default for checkpoints (fast, and
+    /// higher levels gain little on state-like data).
+    pub zstd_level: i32,
+    /// Record streams shorter than this are stored raw.
+    pub compression_threshold: usize,
+}
+
+impl Default for EncodeOptions {
+    fn default() -> Self {
+        EncodeOptions {
+            zstd_level: 1,
+            compression_threshold: 512,
+        }
+    }
+}
+
+/// Limits the decoder enforces before allocating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeLimits {
+    /// Largest accepted record stream (decompressed size).
+    pub max_raw_bytes: u64,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        DecodeLimits {
+            max_raw_bytes: 1 << 30,
+        }
+    }
+}
+
+/// A state record: a put (`Some(value)`) or a delete (`None`).
+pub type Record<'a> = (&'a [u8], Option<&'a [u8]>);
+
+/// Builds the record stream of one artifact.
+#[derive(Debug)]
+pub struct RecordWriter {
+    kind: ArtifactKind,
+    buf: Vec<u8>,
+    entries: u64,
+}
+
+impl RecordWriter {
+    /// A writer for an artifact of `kind`, with room for `capacity` bytes.
+    pub fn new(kind: ArtifactKind, capacity: usize) -> Self {
+        RecordWriter {
+            kind,
+            buf: Vec::with_capacity(capacity),
+            entries: 0,
+        }
+    }
+
+    /// Appends a record. Records must be appended in key order for the
+    /// encoding to be deterministic; deletes are refused in entry artifacts.
+    pub fn push(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<()> {
+        if value.is_none() && self.kind == ArtifactKind::Entries {
+            return Err(Error::InvalidArgument(
+                "a delete cannot be written to an entries artifact".into(),
+            ));
+        }
+        let rec: Record<'_> = (key, value);
+        postcard::to_io(&rec, &mut self.buf).map_err(|source| Error::Serialization {
+            context: "artifact record".into(),
+            source,
+        })?;
+        self.entries += 1;
+        Ok(())
+    }
+
+    /// Number of records so far.
+    pub fn entries(&self) -> u64 {
+        self.entries
+    }
+
+    /// Bytes of records so far.
+    pub fn raw_len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Compresses (if worthwhile) and frames the records.
+    pub fn finish(self, opts: &EncodeOptions) -> Result<EncodedArtifact> {
+        encode_records(self.kind, self.entries, &self.buf, opts)
+    }
+}
+
+/// An encoded artifact ready to store.
+#[derive(Debug, Clone)]
+pub struct EncodedArtifact {
+    /// The full encoding, header included.
+    pub bytes: Vec<u8>,
+    /// Number of records.
+    pub entries: u64,
+    /// Record bytes before compression.
+    pub raw_len: u64,
+    /// Codec chosen.
+    pub codec: Codec,
+}
+
+impl EncodedArtifact {
+    /// The content address of the encoding.
+    pub fn id(&self) -> crate::manifest::ArtifactId {
+        crate::manifest::ArtifactId::of(&self.bytes)
+    }
+}
+
+/// Frames an already built record stream.
+pub fn encode_records(
+    kind: ArtifactKind,
+    entries: u64,
+    records: &[u8],
+    opts: &EncodeOptions,
+) -> Result<EncodedArtifact> {
+    let mut codec = Codec::Raw;
+    let mut compressed = None;
+    if records.len() >= opts.compression_threshold {
+        let c = zstd::bulk::compress(records, opts.zstd_level)
+            .map_err(|e| Error::io("zstd compression", e))?;
+        // Keep compression only when it saves space.
+        if c.len() < records.len() {
+            codec = Codec::Zstd;
+            compressed = Some(c);
+        }
+    }
+    let payload: &[u8] = compressed.as_deref().unwrap_or(records);
+    let mut bytes = Vec::with_capacity(ARTIFACT_HEADER_LEN + payload.len());
+    bytes.extend_from_slice(ARTIFACT_MAGIC);
+    bytes.extend_from_slice(&ARTIFACT_FORMAT_VERSION.to_le_bytes());
+    bytes.push(codec.to_byte());
+    bytes.push(match kind {
+        ArtifactKind::Entries => 0,
+        ArtifactKind::Delta => 1,
+    });
+    bytes.extend_from_slice(&entries.to_le_bytes());
+    bytes.extend_from_slice(&(records.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(payload).to_le_bytes());
+    let header_sum = xxhash_rust::xxh3::xxh3_64(&bytes[..40]);
+    bytes.extend_from_slice(&header_sum.to_le_bytes());
+    bytes.extend_from_slice(payload);
+    Ok(EncodedArtifact {
+        bytes,
+        entries,
+        raw_len: records.len() as u64,
+        codec,
+    })
+}
+
+/// The verified header of an artifact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArtifactHeader {
+    /// Format version.
+    pub version: u16,
+    /// Payload codec.
+    pub codec: Codec,
+    /// Entries or delta.
+    pub kind: ArtifactKind,
+    /// Number of records.
+    pub entries: u64,
+    /// Record bytes before compression.
+    pub raw_len: u64,
+    /// Payload bytes.
+    pub payload_len: u64,
+}
+
+fn le_u64(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+/// Checks the header and payload checksums without decompressing.
+pub fn verify_artifact(bytes: &[u8]) -> Result<ArtifactHeader> {
+    let bad = |detail: String| Err(Error::corrupt("artifact", detail));
+    if bytes.len() < ARTIFACT_HEADER_LEN {
+        return bad(format!("shorter than its header: len={}", bytes.len()));
+    }
+    if &bytes[..4] != ARTIFACT_MAGIC {
+        return bad("bad magic".into());
+    }
+    if xxhash_rust::xxh3::xxh3_64(&bytes[..40]) != le_u64(bytes, 40) {
+        return bad("header checksum mismatch".into());
+    }
+    let version = u16::from_le_bytes([bytes[4], bytes[5]]);
+    if version != ARTIFACT_FORMAT_VERSION {
+        return Err(Error::UnsupportedVersion {
+            what: "artifact",
+            found: version,
+            supported: ARTIFACT_FORMAT_VERSION,
+        });
+    }
+    let codec = match bytes[6] {
+        0 => Codec::Raw,
+        1 => Codec::Zstd,
+        c => return bad(format!("unknown codec: {c}")),
+    };
+    let kind = match bytes[7] {
+        0 => ArtifactKind::Entries,
+        1 => ArtifactKind::Delta,
+        k => return bad(format!("unknown kind: {k}")),
+    };
+    let entries = le_u64(bytes, 8);
+    let raw_len = le_u64(bytes, 16);
+    let payload_len = le_u64(bytes, 24);
+    let payload = &bytes[ARTIFACT_HEADER_LEN..];
+    if payload_len != payload.len() as u64 {
+        return bad(format!(
+            "payload length mismatch: header={payload_len} actual={}",
+            payload.len()
+        ));
+    }
+    if codec == Codec::Raw && raw_len != payload_len {
+        return bad(format!(
+            "raw payload length mismatch: raw_len={raw_len} payload_len={payload_len}"
+        ));
+    }
+    if xxhash_rust::xxh3::xxh3_64(payload) != le_u64(bytes, 32) {
+        return bad("payload checksum mismatch".into());
+    }
+    Ok(ArtifactHeader {
+        version,
+        codec,
+        kind,
+        entries,
+        raw_len,
+        payload_len,
+    })
+}
+
+/// A decoded artifact: its header and its record stream.
+#[derive(Debug, Clone)]
+pub struct DecodedArtifact {
+    /// The verified header.
+    pub header: ArtifactHeader,
+    records: Vec<u8>,
+}
+
+/// Verifies and decompresses an artifact.
+pub fn decode_artifact(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedArtifact> {
+    let header = verify_artifact(bytes)?;
+    if header.raw_len > limits.max_raw_bytes {
+        return Err(Error::corrupt(
+            "artifact",
+            format!(
+                "record stream above limit: raw_len={} limit={}",
+                header.raw_len, limits.max_raw_bytes
+            ),
+        ));
+    }
+    let payload = &bytes[ARTIFACT_HEADER_LEN..];
+    let records = match header.codec {
+        Codec::Raw => payload.to_vec(),
+        Codec::Zstd => {
+            // The capacity is bounded by the limit checked above.
+            let out = zstd::bulk::decompress(payload, header.raw_len as usize)
+                .map_err(|e| Error::corrupt("artifact", format!("zstd frame: {e}")))?;
+            if out.len() as u64 != header.raw_len {
+                return Err(Error::corrupt(
+                    "artifact",
+                    format!(
+                        "decompressed length mismatch: header={} actual={}",
+                        header.raw_len,
+                        out.len()
+                    ),
+                ));
+            }
+            out
+        }
+    };
+    Ok(DecodedArtifact { header, records })
+}
+
+impl DecodedArtifact {
+    /// Iterates over the records, checking each as it goes. The iterator
+    /// fails if the record count or the stream end disagree with the header.
+    pub fn records(&self) -> RecordIter<'_> {
+        RecordIter {
+            rest: &self.records,
+            remaining: self.header.entries,
+            kind: self.header.kind,
+            failed: false,
+        }
+    }
+
+    /// Decodes every record, so a damaged stream is found before any is used.
+    pub fn check_records(&self) -> Result<u64> {
+        let mut n = 0;
+        for r in self.records() {
+            r?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+/// Iterator over the records of a [`DecodedArtifact`].
+#[derive(Debug)]
+pub struct RecordIter<'a> {
+    rest: &'a [u8],
+    remaining: u64,
+    kind: ArtifactKind,
+    failed: bool,
+}
+
+impl<'a> Iterator for RecordIter<'a> {
+    type Item = Result<Record<'a>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        if self.remaining == 0 {
+            if self.rest.is_empty() {
+                return None;
+            }
+            self.failed = true;
+            return Some(Err(Error::corrupt(
+                "artifact",
+                format!("bytes after the last record: len={}", self.rest.len()),
+            )));
+        }
+        match postcard::take_from_bytes::<Record<'a>>(self.rest) {
+            Ok((rec, rest)) => {
+                if rec.1.is_none() && self.kind == ArtifactKind::Entries {
+                    self.failed = true;
+                    return Some(Err(Error::corrupt(
+                        "artifact",
+                        "delete record in an entries artifact",
+                    )));
+                }
+                self.rest = rest;
+                self.remaining -= 1;
+                Some(Ok(rec))
+            }
+            Err(e) => {
+                self.failed = true;
+                Some(Err(Error::corrupt(
+                    "artifact",
+                    format!(
+                        "record does not decode: remaining_records={} error={e}",
+                        self.remaining
+                    ),
+                )))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn build(records: &[(Vec<u8>, Option<Vec<u8>>)], kind: ArtifactKind) -> EncodedArtifact {
+        let mut w = RecordWriter::new(kind, 0);
+        for (k, v) in records {
+            w.push(k, v.as_deref()).unwrap();
+        }
+        w.finish(&EncodeOptions {
+            zstd_level: 1,
+            compression_threshold: 16,
+        })
+        .unwrap()
+    }
+
+    fn decode_all(bytes: &[u8]) -> Result<Vec<(Vec<u8>, Option<Vec<u8>>)>> {
+        let d = decode_artifact(bytes, &DecodeLimits::default())?;
+        d.records()
+            .map(|r| r.map(|(k, v)| (k.to_vec(), v.map(<[u8]>::to_vec))))
+            .collect()
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(records in proptest::collection::vec(
+            (proptest::collection::vec(any::<u8>(), 0..20), proptest::option::of(proptest::collection::vec(any::<u8>(), 0..50))), 0..50)) {
+            let enc = build(&records, ArtifactKind::Delta);
+            prop_assert_eq!(decode_all(&enc.bytes).unwrap(), records);
+        }
+
+        #[test]
+        fn corruption_is_a_typed_error(seed in any::<u64>(), n in 1usize..40) {
+            let records: Vec<_> = (0..n).map(|i| (format!("key-{i}").into_bytes(), Some(vec![(i % 7) as u8; 40]))).collect();
+            let enc = build(&records, ArtifactKind::Entries);
+            let mut bad = enc.bytes.clone();
+            let bit = (seed % (bad.len() as u64 * 8)) as usize;
+            bad[bit / 8] ^= 1 << (bit % 8);
+            let err = decode_all(&bad).expect_err("flipped bit must be detected");
+            prop_assert!(err.is_corruption());
+            let cut = (seed % enc.bytes.len() as u64) as usize;
+            prop_assert!(decode_all(&enc.bytes[..cut]).unwrap_err().is_corruption());
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = decode_all(&bytes);
+        }
+    }
+
+    #[test]
+    fn small_artifacts_stay_raw_and_large_ones_compress() {
+        let small = build(&[(b"k".to_vec(), Some(b"v".to_vec()))], ArtifactKind::Entries);
+        assert_eq!(small.codec, Codec::Raw);
+        let big: Vec<_> = (0..100)
+            .map(|i| (format!("key-{i:04}").into_bytes(), Some(vec![7u8; 100])))
+            .collect();
+        let big = build(&big, ArtifactKind::Entries);
+        assert_eq!(big.codec, Codec::Zstd);
+        assert!(big.bytes.len() < big.raw_len as usize);
+    }
+
+    #[test]
+    fn deletes_are_refused_in_entry_artifacts() {
+        let mut w = RecordWriter::new(ArtifactKind::Entries, 0);
+        assert!(w.push(b"k", None).is_err());
+    }
+
+    #[test]
+    fn oversized_raw_len_is_refused_before_allocation() {
+        let records: Vec<_> = (0..100)
+            .map(|i| (format!("key-{i:04}").into_bytes(), Some(vec![7u8; 100])))
+            .collect();
+        let enc = build(&records, ArtifactKind::Entries);
+        let limits = DecodeLimits { max_raw_bytes: 100 };
+        assert!(decode_artifact(&enc.bytes, &limits).unwrap_err().is_corruption());
+    }
+
+    #[test]
+    fn equal_records_encode_to_equal_ids() {
+        let recs = vec![(b"a".to_vec(), Some(b"1".to_vec()))];
+        assert_eq!(
+            build(&recs, ArtifactKind::Entries).id(),
+            build(&recs, ArtifactKind::Entries).id()
+        );
+    }
+}

@@ -1,0 +1,47 @@
+//! # highwater-core
+//!
+//! The traits and types every highwater crate shares:
+//!
+//! - [key groups](keygroup): how keys are partitioned and rescaled;
+//! - [typed keyed state](state): descriptors and handles for value, list,
+//!   map, reducing and aggregating state, with optional TTL;
+//! - the synchronous [`StateBackend`] (live state on the hot path) and the
+//!   asynchronous [`CheckpointStore`] (durable checkpoint artifacts);
+//! - the checkpoint [`Manifest`] and the [artifact codec](codec), with their
+//!   byte layouts, checksums and bounds checks;
+//! - the [`Error`] type.
+//!
+//! Architecture invariant: this crate performs no I/O and depends on no
+//! backend (RocksDB, Redis, object_store) and on no async runtime. Decoding
+//! never panics and never allocates from a length it has not checked.
+
+#![deny(missing_docs)]
+
+pub mod backend;
+pub mod codec;
+pub mod error;
+pub mod key;
+pub mod keygroup;
+pub mod manifest;
+pub mod state;
+pub mod store;
+pub mod ttl;
+
+pub use backend::{BackendStats, Mutation, SnapshotKind, StateBackend, StateSnapshot, WriteBatch};
+pub use codec::{
+    ArtifactKind, Codec, DecodeLimits, DecodedArtifact, EncodeOptions, EncodedArtifact,
+    RecordWriter, decode_artifact, verify_artifact,
+};
+pub use error::{BoxError, Error, ErrorKind, Result};
+pub use key::StateKey;
+pub use keygroup::{DEFAULT_MAX_PARALLELISM, KeyGroup, KeyGroupRange, key_group_for};
+pub use manifest::{
+    ArtifactId, ArtifactRef, CheckpointId, CheckpointKind, Layer, LayerKind, Manifest,
+};
+pub use state::{
+    AggregateFunction, AggregatingState, AggregatingStateDescriptor, KeyedStateContext,
+    ListState, ListStateDescriptor, MapState, MapStateDescriptor, ReducingState,
+    ReducingStateDescriptor, ValueState, ValueStateDescriptor,
+};
+pub use store::{BoxFuture, CheckpointStore, PutOutcome, StoreCounters};
+pub use ttl::{Clock, Envelope, ManualClock, SystemClock, TtlConfig, TtlUpdate};

@@ -1,0 +1,414 @@
+//! Checkpoint manifests: what a checkpoint consists of.
+//!
+//! A manifest is self-contained: it lists every artifact needed to restore
+//! its checkpoint, base layer first and then each incremental delta in
+//! order. Deleting an older manifest therefore never breaks a newer one, and
+//! retention is reference counting of artifacts over retained manifests.
+//!
+//! Byte layout (all integers little-endian):
+//!
+//! ```text
+//! magic     4 bytes  "HWMF"
+//! version   u16      MANIFEST_FORMAT_VERSION
+//! flags     u16      0
+//! body_len  u32      length of body
+//! checksum  u64      xxh3-64 of the 12 bytes above and the body
+//! body      postcard(Manifest)
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::Codec;
+use crate::error::{Error, Result};
+use crate::keygroup::KeyGroupRange;
+
+/// Current manifest format version.
+pub const MANIFEST_FORMAT_VERSION: u16 = 1;
+
+const MANIFEST_MAGIC: &[u8; 4] = b"HWMF";
+const MANIFEST_HEADER_LEN: usize = 20;
+/// Manifests larger than this are rejected before any allocation.
+pub const MAX_MANIFEST_BYTES: usize = 256 << 20;
+
+/// Identifier of a checkpoint; ids increase with time.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
+pub struct CheckpointId(pub u64);
+
+impl CheckpointId {
+    /// The id after this one.
+    pub fn next(self) -> CheckpointId {
+        CheckpointId(self.0 + 1)
+    }
+}
+
+impl fmt::Display for CheckpointId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Content address of an artifact: xxh3-128 of its encoded bytes.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ArtifactId(pub u128);
+
+impl ArtifactId {
+    /// The id of `bytes`.
+    pub fn of(bytes: &[u8]) -> ArtifactId {
+        ArtifactId(xxhash_rust::xxh3::xxh3_128(bytes))
+    }
+
+    /// Lowercase hex, 32 characters.
+    pub fn to_hex(&self) -> String {
+        format!("{:032x}", self.0)
+    }
+
+    /// Parses 32 hex characters.
+    pub fn from_hex(s: &str) -> Result<ArtifactId> {
+        if s.len() != 32 {
+            return Err(Error::InvalidArgument(format!(
+                "artifact id must be 32 hex characters: got={s:?}"
+            )));
+        }
+        u128::from_str_radix(s, 16)
+            .map(ArtifactId)
+            .map_err(|_| Error::InvalidArgument(format!("artifact id is not hex: got={s:?}")))
+    }
+}
+
+impl fmt::Debug for ArtifactId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ArtifactId({})", self.to_hex())
+    }
+}
+
+impl fmt::Display for ArtifactId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// Whether a checkpoint stands alone or builds on its parent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CheckpointKind {
+    /// All state, in one layer.
+    Full,
+    /// A base layer plus deltas; this checkpoint's own changes are the last.
+    Incremental,
+}
+
+impl fmt::Display for CheckpointKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CheckpointKind::Full => "full",
+            CheckpointKind::Incremental => "incremental",
+        })
+    }
+}
+
+/// Whether a layer holds full state or changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LayerKind {
+    /// Every live entry of its checkpoint.
+    Full,
+    /// Puts and deletes relative to the previous layer.
+    Delta,
+}
+
+/// A reference from a manifest to one stored artifact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactRef {
+    /// Operator whose state the artifact holds.
+    pub operator: String,
+    /// Key groups the artifact covers.
+    pub key_groups: KeyGroupRange,
+    /// Content address, also the checksum of the stored bytes.
+    pub id: ArtifactId,
+    /// Number of records.
+    pub entries: u64,
+    /// Bytes of records before compression.
+    pub logical_bytes: u64,
+    /// Bytes stored.
+    pub stored_bytes: u64,
+    /// How the payload is stored.
+    pub codec: Codec,
+}
+
+/// The artifacts one checkpoint contributed to a chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layer {
+    /// The checkpoint that wrote this layer.
+    pub checkpoint_id: CheckpointId,
+    /// Full state or delta.
+    pub kind: LayerKind,
+    /// Artifacts, sorted by operator and key-group range.
+    pub artifacts: Vec<ArtifactRef>,
+}
+
+/// A committed checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// This checkpoint's id.
+    pub checkpoint_id: CheckpointId,
+    /// The checkpoint this one follows (for incrementals, the one its last
+    /// delta is relative to).
+    pub parent: Option<CheckpointId>,
+    /// Full or incremental.
+    pub kind: CheckpointKind,
+    /// Creation time, ms since the Unix epoch.
+    pub created_at_ms: u64,
+    /// Write-ahead-log position the state includes, if a WAL is used.
+    pub wal_position: Option<u64>,
+    /// Number of key groups of the job that wrote it.
+    pub max_parallelism: u16,
+    /// Base layer first, then deltas in order.
+    pub layers: Vec<Layer>,
+    /// Free-form properties for the embedding engine.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Manifest {
+    /// Every artifact reference of every layer.
+    pub fn artifacts(&self) -> impl Iterator<Item = &ArtifactRef> {
+        self.layers.iter().flat_map(|l| l.artifacts.iter())
+    }
+
+    /// Artifacts written by this checkpoint itself (its last layer).
+    pub fn own_artifacts(&self) -> &[ArtifactRef] {
+        self.layers
+            .iter()
+            .rfind(|l| l.checkpoint_id == self.checkpoint_id)
+            .map(|l| l.artifacts.as_slice())
+            .unwrap_or(&[])
+    }
+
+    /// Number of layers a restore applies.
+    pub fn chain_length(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Sum of logical bytes over all artifacts.
+    pub fn logical_bytes(&self) -> u64 {
+        self.artifacts().map(|a| a.logical_bytes).sum()
+    }
+
+    /// Sum of stored bytes over all artifacts.
+    pub fn stored_bytes(&self) -> u64 {
+        self.artifacts().map(|a| a.stored_bytes).sum()
+    }
+
+    /// Checks the structural invariants a decoder cannot express in types.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |detail: String| Err(Error::corrupt("manifest", detail));
+        if self.max_parallelism == 0 {
+            return bad("max_parallelism is zero".into());
+        }
+        let Some(first) = self.layers.first() else {
+            return bad(format!("no layers: checkpoint={}", self.checkpoint_id));
+        };
+        if first.kind != LayerKind::Full {
+            return bad(format!(
+                "first layer is not full: checkpoint={}",
+                self.checkpoint_id
+            ));
+        }
+        match (self.kind, self.layers.len()) {
+            (CheckpointKind::Full, 1) => {}
+            (CheckpointKind::Incremental, n) if n >= 2 => {}
+            (kind, n) => {
+                return bad(format!(
+                    "kind does not match layers: checkpoint={} kind={kind} layers={n}",
+                    self.checkpoint_id
+                ));
+            }
+        }
+        let mut prev: Option<CheckpointId> = None;
+        for (i, layer) in self.layers.iter().enumerate() {
+            if i > 0 && layer.kind != LayerKind::Delta {
+                return bad(format!("layer {i} after the base is not a delta"));
+            }
+            if prev.is_some_and(|p| p >= layer.checkpoint_id) {
+                return bad(format!("layer ids not increasing at layer {i}"));
+            }
+            prev = Some(layer.checkpoint_id);
+            for a in &layer.artifacts {
+                if a.key_groups.start > a.key_groups.end
+                    || a.key_groups.end > self.max_parallelism
+                {
+                    return bad(format!(
+                        "artifact key groups out of range: artifact={} range={} max_parallelism={}",
+                        a.id, a.key_groups, self.max_parallelism
+                    ));
+                }
+            }
+        }
+        if prev != Some(self.checkpoint_id) {
+            return bad(format!(
+                "last layer is not this checkpoint's: checkpoint={}",
+                self.checkpoint_id
+            ));
+        }
+        Ok(())
+    }
+
+    /// Encodes the manifest with header and checksum.
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        let body = postcard::to_allocvec(self).map_err(|source| Error::Serialization {
+            context: format!("manifest {}", self.checkpoint_id),
+            source,
+        })?;
+        if body.len() > MAX_MANIFEST_BYTES {
+            return Err(Error::InvalidArgument(format!(
+                "manifest too large: bytes={} limit={MAX_MANIFEST_BYTES}",
+                body.len()
+            )));
+        }
+        let mut out = Vec::with_capacity(MANIFEST_HEADER_LEN + body.len());
+        out.extend_from_slice(MANIFEST_MAGIC);
+        out.extend_from_slice(&MANIFEST_FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&0u16.to_le_bytes());
+        out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        h.update(&out[..12]);
+        h.update(&body);
+        out.extend_from_slice(&h.digest().to_le_bytes());
+        out.extend_from_slice(&body);
+        Ok(out)
+    }
+
+    /// Decodes and validates a manifest; any damage is a typed error.
+    pub fn decode(bytes: &[u8]) -> Result<Manifest> {
+        if bytes.len() < MANIFEST_HEADER_LEN {
+            return Err(Error::corrupt(
+                "manifest",
+                format!("shorter than its header: len={}", bytes.len()),
+            ));
+        }
+        if &bytes[..4] != MANIFEST_MAGIC {
+            return Err(Error::corrupt("manifest", "bad magic"));
+        }
+        let version = u16::from_le_bytes([bytes[4], bytes[5]]);
+        let flags = u16::from_le_bytes([bytes[6], bytes[7]]);
+        let body_len = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize;
+        let mut sum = [0u8; 8];
+        sum.copy_from_slice(&bytes[12..20]);
+        let stored_sum = u64::from_le_bytes(sum);
+        let body = &bytes[MANIFEST_HEADER_LEN..];
+        if body_len != body.len() {
+            return Err(Error::corrupt(
+                "manifest",
+                format!(
+                    "body length mismatch: header={body_len} actual={}",
+                    body.len()
+                ),
+            ));
+        }
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        h.update(&bytes[..12]);
+        h.update(body);
+        if h.digest() != stored_sum {
+            return Err(Error::corrupt("manifest", "checksum mismatch"));
+        }
+        if version != MANIFEST_FORMAT_VERSION {
+            return Err(Error::UnsupportedVersion {
+                what: "manifest",
+                found: version,
+                supported: MANIFEST_FORMAT_VERSION,
+            });
+        }
+        if flags != 0 {
+            return Err(Error::corrupt("manifest", format!("unknown flags: {flags}")));
+        }
+        let (manifest, rest): (Manifest, &[u8]) = postcard::take_from_bytes(body)
+            .map_err(|e| Error::corrupt("manifest", format!("body does not decode: {e}")))?;
+        if !rest.is_empty() {
+            return Err(Error::corrupt(
+                "manifest",
+                format!("trailing bytes after body: len={}", rest.len()),
+            ));
+        }
+        manifest.validate()?;
+        Ok(manifest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> Manifest {
+        Manifest {
+            checkpoint_id: CheckpointId(7),
+            parent: Some(CheckpointId(6)),
+            kind: CheckpointKind::Incremental,
+            created_at_ms: 1_700_000_000_000,
+            wal_position: Some(99),
+            max_parallelism: 128,
+            layers: vec![
+                Layer {
+                    checkpoint_id: CheckpointId(5),
+                    kind: LayerKind::Full,
+                    artifacts: vec![ArtifactRef {
+                        operator: "op".into(),
+                        key_groups: KeyGroupRange { start: 0, end: 64 },
+                        id: ArtifactId(1),
+                        entries: 10,
+                        logical_bytes: 100,
+                        stored_bytes: 50,
+                        codec: Codec::Zstd,
+                    }],
+                },
+                Layer {
+                    checkpoint_id: CheckpointId(7),
+                    kind: LayerKind::Delta,
+                    artifacts: vec![],
+                },
+            ],
+            properties: BTreeMap::from([("k".into(), "v".into())]),
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let m = sample();
+        let enc = m.encode().unwrap();
+        assert_eq!(Manifest::decode(&enc).unwrap(), m);
+    }
+
+    #[test]
+    fn every_flipped_bit_is_detected() {
+        let enc = sample().encode().unwrap();
+        for i in 0..enc.len() * 8 {
+            let mut bad = enc.clone();
+            bad[i / 8] ^= 1 << (i % 8);
+            let err = Manifest::decode(&bad).expect_err("flipped bit must be detected");
+            assert!(err.is_corruption(), "bit {i}: {err}");
+        }
+    }
+
+    #[test]
+    fn every_truncation_is_detected() {
+        let enc = sample().encode().unwrap();
+        for len in 0..enc.len() {
+            assert!(Manifest::decode(&enc[..len]).unwrap_err().is_corruption());
+        }
+    }
+
+    #[test]
+    fn invalid_structure_is_rejected() {
+        let mut m = sample();
+        m.layers[0].kind = LayerKind::Delta;
+        let enc = m.encode().unwrap();
+        assert!(matches!(
+            Manifest::decode(&enc),
+            Err(Error::Corrupt { .. })
+        ));
+        let mut m = sample();
+        m.layers[0].artifacts[0].key_groups.end = 200;
+        assert!(m.validate().is_err());
+    }
+}
