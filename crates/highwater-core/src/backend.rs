@@ -167,8 +167,7 @@ pub trait StateBackend: Send + Sync + 'static {
     /// Replaces all state with `entries` and starts a new change-tracking
     /// epoch. On error the backend may hold part of the entries; the caller
     /// retries with another source or clears the backend.
-    fn restore(&self, entries: &mut dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>)>>)
-    -> Result<()>;
+    fn restore(&self, entries: &mut dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>)>>) -> Result<()>;
 
     /// Removes all state and starts a new change-tracking epoch.
     fn clear(&self) -> Result<()>;

@@ -465,7 +465,10 @@ mod tests {
 
     #[test]
     fn small_artifacts_stay_raw_and_large_ones_compress() {
-        let small = build(&[(b"k".to_vec(), Some(b"v".to_vec()))], ArtifactKind::Entries);
+        let small = build(
+            &[(b"k".to_vec(), Some(b"v".to_vec()))],
+            ArtifactKind::Entries,
+        );
         assert_eq!(small.codec, Codec::Raw);
         let big: Vec<_> = (0..100)
             .map(|i| (format!("key-{i:04}").into_bytes(), Some(vec![7u8; 100])))
@@ -488,7 +491,11 @@ mod tests {
             .collect();
         let enc = build(&records, ArtifactKind::Entries);
         let limits = DecodeLimits { max_raw_bytes: 100 };
-        assert!(decode_artifact(&enc.bytes, &limits).unwrap_err().is_corruption());
+        assert!(
+            decode_artifact(&enc.bytes, &limits)
+                .unwrap_err()
+                .is_corruption()
+        );
     }
 
     #[test]

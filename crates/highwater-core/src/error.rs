@@ -129,11 +129,7 @@ impl Error {
     }
 
     /// Builds an [`Error::Store`].
-    pub fn store(
-        store: &'static str,
-        op: impl Into<String>,
-        source: impl Into<BoxError>,
-    ) -> Self {
+    pub fn store(store: &'static str, op: impl Into<String>, source: impl Into<BoxError>) -> Self {
         Error::Store {
             store,
             op: op.into(),

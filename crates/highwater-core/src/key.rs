@@ -106,6 +106,22 @@ pub fn base_len(encoded: &[u8]) -> Result<usize> {
     Ok(encoded.len() - k.user_key.len())
 }
 
+/// Length of the base of an encoded key, reading only the length fields (no
+/// UTF-8 validation): the fast path for backends. `None` if the bytes are not
+/// a well-formed state key.
+pub fn split_base(encoded: &[u8]) -> Option<usize> {
+    let op_len = usize::from(*encoded.get(2)?);
+    let st_at = 3 + op_len;
+    let st_len = usize::from(*encoded.get(st_at)?);
+    let key_at = st_at + 1 + st_len;
+    let key_len = u32::from_be_bytes(encoded.get(key_at..key_at + 4)?.try_into().ok()?) as usize;
+    let ns_at = (key_at + 4).checked_add(key_len)?;
+    let ns_len =
+        u32::from_be_bytes(encoded.get(ns_at..ns_at.checked_add(4)?)?.try_into().ok()?) as usize;
+    let end = (ns_at + 4).checked_add(ns_len)?;
+    (end <= encoded.len()).then_some(end)
+}
+
 /// The key group of an encoded key (its first two bytes).
 pub fn key_group_of(encoded: &[u8]) -> Result<KeyGroup> {
     match encoded {
@@ -199,6 +215,7 @@ mod tests {
             prop_assert_eq!(key_group_of(&enc).unwrap(), KeyGroup(kg));
             prop_assert_eq!(operator_of(&enc).unwrap(), op.as_str());
             prop_assert_eq!(base_len(&enc).unwrap(), enc.len() - uk.len());
+            prop_assert_eq!(split_base(&enc), Some(enc.len() - uk.len()));
             prop_assert!(enc.starts_with(&operator_prefix(KeyGroup(kg), &op).unwrap()));
         }
 
@@ -206,6 +223,10 @@ mod tests {
         fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
             let _ = StateKey::decode(&bytes);
             let _ = operator_of(&bytes);
+            if let Some(n) = split_base(&bytes) {
+                prop_assert!(n <= bytes.len());
+                prop_assert_eq!(StateKey::decode(&bytes).ok().map(|k| bytes.len() - k.user_key.len()).unwrap_or(n), n);
+            }
         }
     }
 

@@ -39,9 +39,9 @@ pub use manifest::{
     ArtifactId, ArtifactRef, CheckpointId, CheckpointKind, Layer, LayerKind, Manifest,
 };
 pub use state::{
-    AggregateFunction, AggregatingState, AggregatingStateDescriptor, KeyedStateContext,
-    ListState, ListStateDescriptor, MapState, MapStateDescriptor, ReducingState,
-    ReducingStateDescriptor, ValueState, ValueStateDescriptor,
+    AggregateFunction, AggregatingState, AggregatingStateDescriptor, KeyedStateContext, ListState,
+    ListStateDescriptor, MapState, MapStateDescriptor, ReducingState, ReducingStateDescriptor,
+    ValueState, ValueStateDescriptor,
 };
 pub use store::{BoxFuture, CheckpointStore, PutOutcome, StoreCounters};
 pub use ttl::{Clock, Envelope, ManualClock, SystemClock, TtlConfig, TtlUpdate};

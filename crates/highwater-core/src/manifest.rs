@@ -236,8 +236,7 @@ impl Manifest {
             }
             prev = Some(layer.checkpoint_id);
             for a in &layer.artifacts {
-                if a.key_groups.start > a.key_groups.end
-                    || a.key_groups.end > self.max_parallelism
+                if a.key_groups.start > a.key_groups.end || a.key_groups.end > self.max_parallelism
                 {
                     return bad(format!(
                         "artifact key groups out of range: artifact={} range={} max_parallelism={}",
@@ -321,7 +320,10 @@ impl Manifest {
             });
         }
         if flags != 0 {
-            return Err(Error::corrupt("manifest", format!("unknown flags: {flags}")));
+            return Err(Error::corrupt(
+                "manifest",
+                format!("unknown flags: {flags}"),
+            ));
         }
         let (manifest, rest): (Manifest, &[u8]) = postcard::take_from_bytes(body)
             .map_err(|e| Error::corrupt("manifest", format!("body does not decode: {e}")))?;
@@ -403,10 +405,7 @@ mod tests {
         let mut m = sample();
         m.layers[0].kind = LayerKind::Delta;
         let enc = m.encode().unwrap();
-        assert!(matches!(
-            Manifest::decode(&enc),
-            Err(Error::Corrupt { .. })
-        ));
+        assert!(matches!(Manifest::decode(&enc), Err(Error::Corrupt { .. })));
         let mut m = sample();
         m.layers[0].artifacts[0].key_groups.end = 200;
         assert!(m.validate().is_err());

@@ -150,7 +150,10 @@ impl<T> std::fmt::Debug for ReducingStateDescriptor<T> {
 
 impl<T> ReducingStateDescriptor<T> {
     /// A descriptor named `name` folding values with `reduce`.
-    pub fn new(name: impl Into<String>, reduce: impl Fn(T, T) -> T + Send + Sync + 'static) -> Self {
+    pub fn new(
+        name: impl Into<String>,
+        reduce: impl Fn(T, T) -> T + Send + Sync + 'static,
+    ) -> Self {
         ReducingStateDescriptor {
             common: DescriptorCommon {
                 name: name.into(),
@@ -487,12 +490,11 @@ impl<K: Serialize + ?Sized, T: Serialize + DeserializeOwned> ListState<K, T> {
         let mut out = Vec::new();
         let mut slice: &[u8] = &rest;
         while !slice.is_empty() {
-            let (item, tail) = postcard::take_from_bytes::<T>(slice).map_err(|source| {
-                Error::Serialization {
+            let (item, tail) =
+                postcard::take_from_bytes::<T>(slice).map_err(|source| Error::Serialization {
                     context: format!("decode list {}", self.base.state),
                     source,
-                }
-            })?;
+                })?;
             out.push(item);
             slice = tail;
         }
