@@ -1,1 +1,141 @@
-fn main() {}
+//! `cargo xtask`: the project's automation, written in Rust so it runs the
+//! same on every machine (see `docs/operations.md`).
+//!
+//! `cargo xtask` is an alias (in `.cargo/config.toml`) for running this
+//! binary. Each subcommand prints every command it runs and exits non-zero
+//! on failure:
+//!
+//! - `test [-- ARGS]`: every test of the workspace in the `ci` profile;
+//! - `demo [--resume] [ARGS]`: the CLI's demo pipeline into `<target>/demo-data`;
+//! - `bench [SUITE] [--quick] [--report]`: benchmarks, and the Markdown report;
+//! - `tidy`: source-tree checks (module docs, forbidden markers, manifests);
+//! - `ci`: exactly what CI runs, in order.
+//!
+//! The build output is `$CARGO_TARGET_DIR`, or `target/` in the repository.
+
+mod bench;
+mod ci;
+mod demo;
+mod testing;
+mod tidy;
+mod util;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::util::{Result, Workspace};
+
+/// Project automation for highwater.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run every test of the workspace (nextest if installed, then doctests),
+    /// in the `ci` profile.
+    Test {
+        /// Passed to the test runner, after `--` (for example a test filter).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run the demo pipeline of the `highwater` CLI into `<target>/demo-data`.
+    Demo {
+        /// Keep the data of an earlier run instead of starting fresh.
+        #[arg(long)]
+        resume: bool,
+        /// Passed to `highwater demo`; `--dir` and `--events` replace the
+        /// defaults (a relative `--dir` is taken from the repository root).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run benchmark suites into `<target>/bench/` and/or render
+    /// `docs/bench/REPORT.md` from the results there.
+    Bench {
+        /// Suite to run; `all` runs every suite.
+        suite: Option<String>,
+        /// Shorter runs, for CI and smoke tests.
+        #[arg(long)]
+        quick: bool,
+        /// Render the report; alone, only renders the results already there.
+        #[arg(long)]
+        report: bool,
+    },
+    /// Run exactly what CI runs, stopping at the first failure.
+    Ci,
+    /// Check the source tree: module docs, forbidden markers, manifests.
+    Tidy,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match Workspace::locate().and_then(|ws| dispatch(&ws, cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(ws: &Workspace, command: Command) -> Result {
+    match command {
+        Command::Test { args } => testing::run_all(ws, &args),
+        Command::Demo { resume, args } => {
+            // `--resume` is xtask's own flag wherever it appears.
+            let resume = resume || args.iter().any(|a| a == "--resume");
+            let args: Vec<String> = args.into_iter().filter(|a| a != "--resume").collect();
+            demo::run_demo(ws, resume, &args)
+        }
+        Command::Bench {
+            suite,
+            quick,
+            report,
+        } => {
+            // `--report` alone renders what is there; anything else runs first.
+            if suite.is_some() || quick || !report {
+                bench::run_suite(ws, suite.as_deref().unwrap_or(bench::ALL), quick)?;
+            }
+            if report {
+                bench::write_report(ws)?;
+            }
+            Ok(())
+        }
+        Command::Ci => ci::run_ci(ws),
+        Command::Tidy => tidy::run_tidy(ws),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn test_arguments_follow_a_double_dash() {
+        let cli = Cli::try_parse_from(["xtask", "test", "--", "--no-capture", "codec"]).unwrap();
+        let Command::Test { args } = cli.command else {
+            panic!("expected test");
+        };
+        assert_eq!(args, ["--no-capture", "codec"]);
+    }
+
+    #[test]
+    fn demo_passes_unknown_flags_through() {
+        let cli = Cli::try_parse_from(["xtask", "demo", "--resume", "--events", "10"]).unwrap();
+        let Command::Demo { resume, args } = cli.command else {
+            panic!("expected demo");
+        };
+        assert!(resume);
+        assert_eq!(args, ["--events", "10"]);
+    }
+}

@@ -90,6 +90,10 @@ pub enum SnapshotKind {
     Changes,
 }
 
+/// The visitor of [`StateSnapshot::for_each_in_partition`]: called with each
+/// key and its value (`None` for a delete in a change snapshot).
+pub type EntryVisitor<'a> = dyn FnMut(&[u8], Option<&[u8]>) -> Result<()> + 'a;
+
 /// An immutable, consistent view of a backend's state at one moment.
 ///
 /// A snapshot is taken on the processing thread and read later on background
@@ -106,11 +110,7 @@ pub trait StateSnapshot: Send + Sync {
     /// Visits every entry of `partition` in unspecified order. For a
     /// [`SnapshotKind::Changes`] snapshot a deleted key is reported with
     /// `None`. Stops early and returns the first error `f` returns.
-    fn for_each_in_partition(
-        &self,
-        partition: usize,
-        f: &mut dyn FnMut(&[u8], Option<&[u8]>) -> Result<()>,
-    ) -> Result<()>;
+    fn for_each_in_partition(&self, partition: usize, f: &mut EntryVisitor<'_>) -> Result<()>;
 
     /// Approximate number of entries, for sizing buffers and progress.
     fn approximate_entries(&self) -> usize;

@@ -429,7 +429,9 @@ mod tests {
         .unwrap()
     }
 
-    fn decode_all(bytes: &[u8]) -> Result<Vec<(Vec<u8>, Option<Vec<u8>>)>> {
+    type Owned = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
+    fn decode_all(bytes: &[u8]) -> Result<Owned> {
         let d = decode_artifact(bytes, &DecodeLimits::default())?;
         d.records()
             .map(|r| r.map(|(k, v)| (k.to_vec(), v.map(<[u8]>::to_vec))))

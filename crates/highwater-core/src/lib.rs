@@ -27,7 +27,9 @@ pub mod state;
 pub mod store;
 pub mod ttl;
 
-pub use backend::{BackendStats, Mutation, SnapshotKind, StateBackend, StateSnapshot, WriteBatch};
+pub use backend::{
+    BackendStats, EntryVisitor, Mutation, SnapshotKind, StateBackend, StateSnapshot, WriteBatch,
+};
 pub use codec::{
     ArtifactKind, Codec, DecodeLimits, DecodedArtifact, EncodeOptions, EncodedArtifact,
     RecordWriter, decode_artifact, verify_artifact,

@@ -294,7 +294,10 @@ impl KeyedStateContext {
     }
 
     /// A [`ValueState`] handle.
-    pub fn value_state<K, V>(&self, d: &ValueStateDescriptor<V>) -> Result<ValueState<K, V>> {
+    pub fn value_state<K: ?Sized, V>(
+        &self,
+        d: &ValueStateDescriptor<V>,
+    ) -> Result<ValueState<K, V>> {
         Ok(ValueState {
             base: self.base(&d.common)?,
             _t: PhantomData,
@@ -302,7 +305,7 @@ impl KeyedStateContext {
     }
 
     /// A [`ListState`] handle.
-    pub fn list_state<K, T>(&self, d: &ListStateDescriptor<T>) -> Result<ListState<K, T>> {
+    pub fn list_state<K: ?Sized, T>(&self, d: &ListStateDescriptor<T>) -> Result<ListState<K, T>> {
         Ok(ListState {
             base: self.base(&d.common)?,
             _t: PhantomData,
@@ -310,7 +313,7 @@ impl KeyedStateContext {
     }
 
     /// A [`MapState`] handle.
-    pub fn map_state<K, UK, UV>(
+    pub fn map_state<K: ?Sized, UK, UV>(
         &self,
         d: &MapStateDescriptor<UK, UV>,
     ) -> Result<MapState<K, UK, UV>> {
@@ -321,7 +324,7 @@ impl KeyedStateContext {
     }
 
     /// A [`ReducingState`] handle.
-    pub fn reducing_state<K, T>(
+    pub fn reducing_state<K: ?Sized, T>(
         &self,
         d: &ReducingStateDescriptor<T>,
     ) -> Result<ReducingState<K, T>> {
@@ -333,7 +336,7 @@ impl KeyedStateContext {
     }
 
     /// An [`AggregatingState`] handle.
-    pub fn aggregating_state<K, In, F: AggregateFunction<In>>(
+    pub fn aggregating_state<K: ?Sized, In, F: AggregateFunction<In>>(
         &self,
         d: &AggregatingStateDescriptor<In, F>,
     ) -> Result<AggregatingState<K, In, F>> {

@@ -171,10 +171,7 @@ fn split_of(key: &[u8]) -> usize {
 }
 
 /// Visits every entry of a shard map, rebuilding full keys of map entries.
-fn for_each_entry(
-    map: &ShardMap,
-    f: &mut dyn FnMut(&[u8], Option<&[u8]>) -> Result<()>,
-) -> Result<()> {
+fn for_each_entry(map: &ShardMap, f: &mut highwater_core::EntryVisitor<'_>) -> Result<()> {
     let mut buf = Vec::new();
     for (base, slot) in map {
         if let Some(v) = &slot.value {
@@ -436,7 +433,7 @@ impl StateSnapshot for MemorySnapshot {
     fn for_each_in_partition(
         &self,
         partition: usize,
-        f: &mut dyn FnMut(&[u8], Option<&[u8]>) -> Result<()>,
+        f: &mut highwater_core::EntryVisitor<'_>,
     ) -> Result<()> {
         let Some(map) = self.maps.get(partition) else {
             return Err(Error::InvalidArgument(format!(

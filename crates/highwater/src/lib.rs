@@ -1,0 +1,44 @@
+//! # highwater
+//!
+//! State management for stream processors, as a library: keyed operator
+//! state behind a [`StateBackend`], full and incremental checkpoints into a
+//! [`CheckpointStore`], retention, and restore — composed by a
+//! [`StateManager`].
+//!
+//! This facade re-exports the member crates (each optional one behind a
+//! feature of the same name) and holds only the composition. Algorithms live
+//! in their crates:
+//!
+//! | feature | crate | what |
+//! | --- | --- | --- |
+//! | (always) | [`core`] | traits, key groups, typed state, manifest and codec |
+//! | `memory` | [`memory`] | in-memory backend |
+//! | `cloud` | [`cloud`] | object_store checkpoint store: local directory, in-memory |
+//!
+//! See [`StateManager`] for an example.
+
+#![deny(missing_docs)]
+
+mod config;
+mod encode;
+mod manager;
+mod restore;
+mod retention;
+
+#[cfg(feature = "cloud")]
+pub use highwater_cloud as cloud;
+pub use highwater_core as core;
+#[cfg(feature = "memory")]
+pub use highwater_memory as memory;
+
+pub use config::CheckpointConfig;
+pub use highwater_core::{
+    AggregateFunction, AggregatingState, AggregatingStateDescriptor, CheckpointId, CheckpointKind,
+    CheckpointStore, Error, ErrorKind, KeyedStateContext, ListState, ListStateDescriptor, Manifest,
+    MapState, MapStateDescriptor, ReducingState, ReducingStateDescriptor, Result, StateBackend,
+    TtlConfig, ValueState, ValueStateDescriptor,
+};
+pub use manager::{
+    CheckpointHandle, CheckpointInfo, HistoryEntry, RestoreInfo, StateManager, StateManagerBuilder,
+};
+pub use retention::{RetentionReport, apply_retention};

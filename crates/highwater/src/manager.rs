@@ -1,0 +1,725 @@
+//! The state manager: what a stream engine embeds.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use highwater_core::{
+    ArtifactRef, CheckpointId, CheckpointKind, CheckpointStore, Clock, DecodeLimits, Error,
+    KeyedStateContext, Layer, LayerKind, Manifest, PutOutcome, Result, SnapshotKind, StateBackend,
+    StateSnapshot, SystemClock,
+};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::config::CheckpointConfig;
+use crate::encode::{EncodeParams, Produced, encode_snapshot};
+use crate::restore::{fetch_artifacts, load_manifest, materialize};
+use crate::retention::{RetentionReport, apply_retention};
+
+/// Statistics of one completed checkpoint.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct CheckpointInfo {
+    /// The checkpoint's id.
+    pub id: CheckpointId,
+    /// Full or incremental.
+    pub kind: CheckpointKind,
+    /// Layers a restore of this checkpoint applies.
+    pub chain_length: usize,
+    /// Records this checkpoint wrote (its own layer).
+    pub entries: u64,
+    /// Expired entries dropped (full) or written as deletes (incremental).
+    pub expired_dropped: u64,
+    /// Record bytes of its own layer before compression.
+    pub logical_bytes: u64,
+    /// Encoded bytes of its own layer.
+    pub encoded_bytes: u64,
+    /// Bytes actually written to the store (artifacts already stored are
+    /// not written again).
+    pub bytes_written: u64,
+    /// Artifacts of its own layer.
+    pub artifacts: usize,
+    /// Artifacts that were already stored and were reused.
+    pub artifacts_reused: usize,
+    /// How long the processing thread was held for the snapshot.
+    pub snapshot_pause: Duration,
+    /// From trigger to committed manifest.
+    pub duration: Duration,
+    /// What retention did after the commit; `None` if it failed (the failure
+    /// is logged; the checkpoint itself is committed and valid).
+    pub retention: Option<RetentionReport>,
+}
+
+/// A checkpoint running in the background.
+#[derive(Debug)]
+pub struct CheckpointHandle {
+    id: CheckpointId,
+    done: crossbeam_channel::Receiver<Result<CheckpointInfo>>,
+}
+
+impl CheckpointHandle {
+    /// The id the checkpoint will have once committed.
+    pub fn id(&self) -> CheckpointId {
+        self.id
+    }
+
+    /// Blocks until the checkpoint is committed or has failed.
+    pub fn wait(self) -> Result<CheckpointInfo> {
+        self.done
+            .recv()
+            .map_err(|_| Error::Internal("checkpoint worker vanished".into()))?
+    }
+
+    /// The outcome if the checkpoint has finished.
+    pub fn try_result(&self) -> Option<Result<CheckpointInfo>> {
+        self.done.try_recv().ok()
+    }
+}
+
+/// Statistics of a restore.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct RestoreInfo {
+    /// The checkpoint restored.
+    pub checkpoint_id: CheckpointId,
+    /// Layers applied.
+    pub chain_length: usize,
+    /// Entries loaded into the backend.
+    pub entries: u64,
+    /// Bytes fetched from the store.
+    pub bytes_fetched: u64,
+    /// Newer checkpoints skipped because they were unreadable, with why.
+    pub fallbacks: Vec<(CheckpointId, String)>,
+    /// Wall time.
+    pub duration: Duration,
+}
+
+/// One entry of [`StateManager::checkpoint_history`].
+#[derive(Debug)]
+pub struct HistoryEntry {
+    /// The checkpoint id.
+    pub id: CheckpointId,
+    /// Its manifest, or why it could not be read.
+    pub manifest: Result<Manifest>,
+}
+
+/// Builder of a [`StateManager`].
+pub struct StateManagerBuilder {
+    backend: Option<Arc<dyn StateBackend>>,
+    store: Option<Arc<dyn CheckpointStore>>,
+    config: CheckpointConfig,
+    clock: Arc<dyn Clock>,
+    properties: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for StateManagerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateManagerBuilder")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StateManagerBuilder {
+    /// The state backend holding live state.
+    pub fn backend(mut self, backend: Arc<dyn StateBackend>) -> Self {
+        self.backend = Some(backend);
+        self
+    }
+
+    /// The store checkpoints go to.
+    pub fn store(mut self, store: Arc<dyn CheckpointStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Replaces the whole configuration.
+    pub fn config(mut self, config: CheckpointConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Number of key groups.
+    pub fn max_parallelism(mut self, n: u16) -> Self {
+        self.config.max_parallelism = n;
+        self
+    }
+
+    /// Checkpoint interval for [`StateManager::maybe_checkpoint`].
+    pub fn interval(mut self, every: Duration) -> Self {
+        self.config.interval = Some(every);
+        self
+    }
+
+    /// Completed checkpoints to keep.
+    pub fn max_retained(mut self, n: usize) -> Self {
+        self.config.max_retained = n;
+        self
+    }
+
+    /// Incremental checkpoints on or off.
+    pub fn incremental(mut self, on: bool) -> Self {
+        self.config.incremental = on;
+        self
+    }
+
+    /// The clock used for TTL and timestamps (tests inject a manual clock).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// A property written into every manifest (for example the job name).
+    pub fn property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.properties.insert(key.into(), value.into());
+        self
+    }
+
+    /// Builds the manager: starts its I/O runtime and encode pool and reads
+    /// the store's existing checkpoint ids (new ids continue after them).
+    pub fn build(self) -> Result<StateManager> {
+        self.config.validate()?;
+        let backend = self
+            .backend
+            .ok_or_else(|| Error::InvalidArgument("a state backend is required".into()))?;
+        let store = self
+            .store
+            .ok_or_else(|| Error::InvalidArgument("a checkpoint store is required".into()))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("highwater-io")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("start the i/o runtime", e))?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(self.config.encode_threads)
+            .thread_name(|i| format!("highwater-encode-{i}"))
+            .build()
+            .map_err(|e| Error::Internal(format!("start the encode pool: {e}")))?;
+        let inner = Arc::new(Inner {
+            backend,
+            store,
+            config: self.config,
+            clock: self.clock,
+            properties: self.properties,
+            handle: runtime.handle().clone(),
+            runtime: Mutex::new(Some(runtime)),
+            pool,
+            tracking: Mutex::new(Tracking {
+                next_id: CheckpointId(1),
+                base: None,
+                in_flight: false,
+                last_trigger: Instant::now(),
+            }),
+            idle: Condvar::new(),
+        });
+        let ids = inner.run_io({
+            let store = inner.store.clone();
+            async move { store.list_manifests().await }
+        })?;
+        if let Some(last) = ids.iter().max() {
+            inner.lock().next_id = last.next();
+        }
+        Ok(StateManager { inner })
+    }
+}
+
+/// Keyed state plus checkpoints: the object a stream engine embeds.
+///
+/// The processing thread reads and writes state through handles from
+/// [`keyed_state`](StateManager::keyed_state) and calls
+/// [`maybe_checkpoint`](StateManager::maybe_checkpoint) between events (or
+/// [`checkpoint`](StateManager::checkpoint) on a barrier). A checkpoint takes
+/// a snapshot on the calling thread — microseconds for the memory backend —
+/// and encodes, compresses, uploads and commits it in the background.
+/// Checkpoints are triggered between events, never by a timer thread, so
+/// every checkpoint is a consistent cut of the engine's progress.
+///
+/// At most one checkpoint is in flight; `checkpoint()` waits for the
+/// previous one first, `maybe_checkpoint()` skips while one is running.
+///
+/// ```
+/// use std::sync::Arc;
+/// use highwater::{StateManager, ValueStateDescriptor};
+/// use highwater::memory::MemoryBackend;
+/// use highwater::cloud::ObjectCheckpointStore;
+///
+/// # fn main() -> highwater::Result<()> {
+/// let dir = tempfile::tempdir().unwrap();
+/// let manager = StateManager::builder()
+///     .backend(Arc::new(MemoryBackend::new()))
+///     .store(Arc::new(ObjectCheckpointStore::local(dir.path())?))
+///     .build()?;
+/// let counts = manager
+///     .keyed_state("counter")?
+///     .value_state::<String, u64>(&ValueStateDescriptor::new("count"))?;
+/// counts.update(&"a".to_string(), &1)?;
+/// let info = manager.checkpoint()?.wait()?;
+/// counts.update(&"a".to_string(), &2)?;
+/// manager.restore(info.id)?;
+/// assert_eq!(counts.get(&"a".to_string())?, Some(1));
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct StateManager {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for StateManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateManager")
+            .field("backend", &self.inner.backend.name())
+            .field("store", &self.inner.store.name())
+            .field("config", &self.inner.config)
+            .finish()
+    }
+}
+
+struct Tracking {
+    next_id: CheckpointId,
+    /// The committed checkpoint whose snapshot started the backend's current
+    /// change-tracking epoch: the only valid parent of an incremental.
+    base: Option<Arc<Manifest>>,
+    in_flight: bool,
+    last_trigger: Instant,
+}
+
+struct Inner {
+    backend: Arc<dyn StateBackend>,
+    store: Arc<dyn CheckpointStore>,
+    config: CheckpointConfig,
+    clock: Arc<dyn Clock>,
+    properties: BTreeMap<String, String>,
+    handle: tokio::runtime::Handle,
+    runtime: Mutex<Option<tokio::runtime::Runtime>>,
+    pool: rayon::ThreadPool,
+    tracking: Mutex<Tracking>,
+    idle: Condvar,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Never block here: the last reference may be dropped on a thread
+        // of the caller's own async runtime.
+        if let Some(rt) = self
+            .runtime
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, Tracking> {
+        self.tracking.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs a future on the manager's runtime and waits for it without
+    /// entering a runtime on the calling thread (which may belong to the
+    /// caller's own runtime).
+    fn run_io<T: Send + 'static>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T>> + Send + 'static,
+    ) -> Result<T> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.handle.spawn(async move {
+            let _ = tx.send(fut.await);
+        });
+        rx.recv()
+            .map_err(|_| Error::Closed("the i/o runtime stopped".into()))?
+    }
+
+    fn wait_idle(&self) -> MutexGuard<'_, Tracking> {
+        let mut t = self.lock();
+        while t.in_flight {
+            t = self.idle.wait(t).unwrap_or_else(PoisonError::into_inner);
+        }
+        t
+    }
+}
+
+/// Everything the background worker needs for one checkpoint.
+struct Job {
+    id: CheckpointId,
+    kind: CheckpointKind,
+    parent: Option<Arc<Manifest>>,
+    snapshot: Arc<dyn StateSnapshot>,
+    started: Instant,
+    snapshot_pause: Duration,
+    created_at_ms: u64,
+}
+
+impl StateManager {
+    /// Starts building a manager.
+    pub fn builder() -> StateManagerBuilder {
+        StateManagerBuilder {
+            backend: None,
+            store: None,
+            config: CheckpointConfig::default(),
+            clock: Arc::new(SystemClock),
+            properties: BTreeMap::new(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &CheckpointConfig {
+        &self.inner.config
+    }
+
+    /// The live state backend.
+    pub fn backend(&self) -> &Arc<dyn StateBackend> {
+        &self.inner.backend
+    }
+
+    /// The checkpoint store.
+    pub fn store(&self) -> &Arc<dyn CheckpointStore> {
+        &self.inner.store
+    }
+
+    /// A context handing out typed state handles for `operator`.
+    pub fn keyed_state(&self, operator: &str) -> Result<KeyedStateContext> {
+        KeyedStateContext::with_clock(
+            self.inner.backend.clone(),
+            operator,
+            self.inner.config.max_parallelism,
+            self.inner.clock.clone(),
+        )
+    }
+
+    /// Takes a checkpoint now, after waiting for any checkpoint in flight.
+    /// The snapshot is taken before this returns; the rest runs in the
+    /// background. Call it between events.
+    pub fn checkpoint(&self) -> Result<CheckpointHandle> {
+        let t = self.inner.wait_idle();
+        self.trigger(t)
+    }
+
+    /// Takes a checkpoint if the configured interval has passed since the
+    /// last one and none is in flight. Call it between events.
+    pub fn maybe_checkpoint(&self) -> Result<Option<CheckpointHandle>> {
+        let Some(interval) = self.inner.config.interval else {
+            return Ok(None);
+        };
+        let t = self.inner.lock();
+        if t.in_flight || t.last_trigger.elapsed() < interval {
+            return Ok(None);
+        }
+        self.trigger(t).map(Some)
+    }
+
+    /// Blocks until no checkpoint is in flight.
+    pub fn wait_idle(&self) {
+        drop(self.inner.wait_idle());
+    }
+
+    fn trigger(&self, mut t: MutexGuard<'_, Tracking>) -> Result<CheckpointHandle> {
+        let cfg = &self.inner.config;
+        let parent = t
+            .base
+            .clone()
+            .filter(|b| cfg.incremental && b.chain_length() < cfg.max_chain_length);
+        let (kind, snapshot_kind) = match parent {
+            Some(_) => (CheckpointKind::Incremental, SnapshotKind::Changes),
+            None => (CheckpointKind::Full, SnapshotKind::Full),
+        };
+        let started = Instant::now();
+        let snapshot = self.inner.backend.snapshot(snapshot_kind)?;
+        let snapshot_pause = started.elapsed();
+        let id = t.next_id;
+        t.next_id = id.next();
+        // The backend's change epoch now starts at this snapshot: until this
+        // checkpoint commits there is no valid parent for an incremental.
+        t.base = None;
+        t.in_flight = true;
+        t.last_trigger = started;
+        drop(t);
+
+        let job = Job {
+            id,
+            kind,
+            parent,
+            snapshot,
+            started,
+            snapshot_pause,
+            created_at_ms: self.inner.clock.now_ms(),
+        };
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let inner = self.inner.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("highwater-checkpoint-{id}"))
+            .spawn(move || {
+                let result = run_checkpoint(&inner, job);
+                let mut t = inner.lock();
+                match &result {
+                    Ok((manifest, _)) => t.base = Some(manifest.clone()),
+                    Err(e) => {
+                        tracing::warn!(checkpoint = %id, error = %e, "checkpoint failed; the next one will be full");
+                        t.base = None;
+                    }
+                }
+                t.in_flight = false;
+                drop(t);
+                inner.idle.notify_all();
+                let _ = tx.send(result.map(|(_, info)| info));
+            });
+        if let Err(e) = spawned {
+            self.inner.lock().in_flight = false;
+            self.inner.idle.notify_all();
+            return Err(Error::io("spawn the checkpoint worker", e));
+        }
+        Ok(CheckpointHandle { id, done: rx })
+    }
+
+    /// Restores the newest readable checkpoint. A checkpoint whose manifest
+    /// or artifacts are corrupt or missing is skipped (with a warning and an
+    /// entry in [`RestoreInfo::fallbacks`]) in favour of the previous one.
+    /// Returns `Ok(None)` when the store holds no checkpoint.
+    pub fn restore_latest(&self) -> Result<Option<RestoreInfo>> {
+        let _idle = self.inner.wait_idle();
+        let store = self.inner.store.clone();
+        let mut ids = self
+            .inner
+            .run_io(async move { store.list_manifests().await })?;
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        let mut fallbacks = Vec::new();
+        for id in ids {
+            match self.restore_locked(id) {
+                Ok(mut info) => {
+                    info.fallbacks = fallbacks;
+                    return Ok(Some(info));
+                }
+                Err(e) if e.is_corruption() || e.kind() == highwater_core::ErrorKind::NotFound => {
+                    tracing::warn!(checkpoint = %id, error = %e, "checkpoint unusable; falling back to the previous one");
+                    fallbacks.push((id, e.to_string()));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if fallbacks.is_empty() {
+            Ok(None)
+        } else {
+            Err(Error::corrupt(
+                "checkpoints",
+                format!(
+                    "no readable checkpoint; tried: {}",
+                    fallbacks
+                        .iter()
+                        .map(|(id, e)| format!("{id} ({e})"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ))
+        }
+    }
+
+    /// Restores checkpoint `id`, replacing all live state.
+    pub fn restore(&self, id: CheckpointId) -> Result<RestoreInfo> {
+        let _idle = self.inner.wait_idle();
+        self.restore_locked(id)
+    }
+
+    fn restore_locked(&self, id: CheckpointId) -> Result<RestoreInfo> {
+        let started = Instant::now();
+        let store = self.inner.store.clone();
+        let concurrency = self.inner.config.io_concurrency;
+        let (manifest, artifacts) = self.inner.run_io(async move {
+            let manifest = load_manifest(&*store, id).await?;
+            let artifacts = fetch_artifacts(store, &manifest, concurrency).await?;
+            Ok((manifest, artifacts))
+        })?;
+        if manifest.max_parallelism != self.inner.config.max_parallelism {
+            return Err(Error::InvalidArgument(format!(
+                "checkpoint {id} was written with max_parallelism={} but this job uses {}",
+                manifest.max_parallelism, self.inner.config.max_parallelism
+            )));
+        }
+        let bytes_fetched = artifacts.values().map(|b| b.len() as u64).sum();
+        let now = self.inner.clock.now_ms();
+        let state = self
+            .inner
+            .pool
+            .install(|| materialize(&manifest, &artifacts, &DecodeLimits::default(), now))?;
+        drop(artifacts);
+        let entries = state.len() as u64;
+        self.inner.backend.restore(&mut state.into_iter().map(Ok))?;
+        let mut t = self.inner.lock();
+        if t.next_id <= id {
+            t.next_id = id.next();
+        }
+        t.base = Some(Arc::new(manifest.clone()));
+        drop(t);
+        Ok(RestoreInfo {
+            checkpoint_id: id,
+            chain_length: manifest.chain_length(),
+            entries,
+            bytes_fetched,
+            fallbacks: Vec::new(),
+            duration: started.elapsed(),
+        })
+    }
+
+    /// Every committed checkpoint, oldest first, with its manifest or the
+    /// reason it cannot be read.
+    pub fn checkpoint_history(&self) -> Result<Vec<HistoryEntry>> {
+        let store = self.inner.store.clone();
+        self.inner.run_io(async move {
+            let mut out = Vec::new();
+            for id in store.list_manifests().await? {
+                out.push(HistoryEntry {
+                    id,
+                    manifest: load_manifest(&*store, id).await,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    /// The newest committed checkpoint this manager wrote or restored, if
+    /// the backend's changes are tracked relative to it.
+    pub fn last_checkpoint(&self) -> Option<CheckpointId> {
+        self.inner.lock().base.as_ref().map(|m| m.checkpoint_id)
+    }
+
+    /// Applies retention now (it also runs after every checkpoint).
+    pub fn apply_retention(&self) -> Result<RetentionReport> {
+        let _idle = self.inner.wait_idle();
+        let store = self.inner.store.clone();
+        let keep = self.inner.config.max_retained;
+        self.inner
+            .run_io(async move { apply_retention(&*store, keep).await })
+    }
+}
+
+/// Encode, upload, commit, then apply retention. Runs on the checkpoint
+/// worker thread (never on a runtime thread, so blocking here is fine).
+fn run_checkpoint(inner: &Inner, job: Job) -> Result<(Arc<Manifest>, CheckpointInfo)> {
+    let cfg = &inner.config;
+    let params = EncodeParams {
+        max_parallelism: cfg.max_parallelism,
+        key_groups_per_artifact: cfg.key_groups_per_artifact,
+        options: cfg.encode,
+        now_ms: inner.clock.now_ms(),
+    };
+    // Encoding feeds the uploader through a bounded queue, so at most a few
+    // artifacts wait in memory while uploads run.
+    let (tx, rx) = mpsc::channel::<Produced>(cfg.io_concurrency * 2);
+    let uploader = inner
+        .handle
+        .spawn(upload_all(inner.store.clone(), rx, cfg.io_concurrency));
+    let encoded = inner.pool.install(|| {
+        encode_snapshot(&*job.snapshot, &params, &|p| {
+            tx.blocking_send(p)
+                .map_err(|_| Error::Closed("the uploader stopped".into()))
+        })
+    });
+    drop(tx);
+    drop(job.snapshot);
+    let uploaded = inner
+        .handle
+        .block_on(uploader)
+        .map_err(|e| Error::Internal(format!("upload task failed: {e}")))?;
+    // An upload error explains an encoder "uploader stopped" error: report it first.
+    let (artifacts_reused, bytes_written) = uploaded?;
+    let (refs, totals) = encoded?;
+
+    let own = Layer {
+        checkpoint_id: job.id,
+        kind: match job.kind {
+            CheckpointKind::Full => LayerKind::Full,
+            CheckpointKind::Incremental => LayerKind::Delta,
+        },
+        artifacts: refs,
+    };
+    let mut layers = match &job.parent {
+        Some(p) => p.layers.clone(),
+        None => Vec::new(),
+    };
+    layers.push(own);
+    let manifest = Manifest {
+        checkpoint_id: job.id,
+        parent: job.parent.as_ref().map(|p| p.checkpoint_id),
+        kind: job.kind,
+        created_at_ms: job.created_at_ms,
+        wal_position: None,
+        max_parallelism: cfg.max_parallelism,
+        layers,
+        properties: inner.properties.clone(),
+    };
+    manifest.validate()?;
+    let encoded_manifest = Bytes::from(manifest.encode()?);
+    let store = inner.store.clone();
+    let keep = cfg.max_retained;
+    let id = job.id;
+    let retention = inner.handle.block_on(async move {
+        store.commit_manifest(id, encoded_manifest).await?;
+        // Retention runs only after the commit, on this worker, so it can
+        // never delete an artifact the checkpoint being written reuses.
+        Ok::<_, Error>(match apply_retention(&*store, keep).await {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(checkpoint = %id, error = %e, "retention failed after a committed checkpoint");
+                None
+            }
+        })
+    })?;
+    let own: &[ArtifactRef] = manifest.own_artifacts();
+    let info = CheckpointInfo {
+        id: job.id,
+        kind: job.kind,
+        chain_length: manifest.chain_length(),
+        entries: totals.entries,
+        expired_dropped: totals.expired_dropped,
+        logical_bytes: own.iter().map(|a| a.logical_bytes).sum(),
+        encoded_bytes: own.iter().map(|a| a.stored_bytes).sum(),
+        bytes_written,
+        artifacts: own.len(),
+        artifacts_reused,
+        snapshot_pause: job.snapshot_pause,
+        duration: job.started.elapsed(),
+        retention,
+    };
+    tracing::debug!(checkpoint = %info.id, kind = %info.kind, entries = info.entries, "checkpoint committed");
+    Ok((Arc::new(manifest), info))
+}
+
+/// Uploads artifacts as they arrive, `concurrency` at a time. Returns the
+/// number of artifacts that were already stored and the bytes written.
+async fn upload_all(
+    store: Arc<dyn CheckpointStore>,
+    mut rx: mpsc::Receiver<Produced>,
+    concurrency: usize,
+) -> Result<(usize, u64)> {
+    let mut set = JoinSet::new();
+    let mut reused = 0usize;
+    let mut written = 0u64;
+    let mut account =
+        |r: std::result::Result<Result<(PutOutcome, u64)>, tokio::task::JoinError>| {
+            match r.map_err(|e| Error::Internal(format!("upload task failed: {e}")))?? {
+                (PutOutcome::Written, n) => written += n,
+                (PutOutcome::AlreadyPresent, _) => reused += 1,
+            }
+            Ok::<_, Error>(())
+        };
+    while let Some(p) = rx.recv().await {
+        while set.len() >= concurrency {
+            if let Some(r) = set.join_next().await {
+                account(r)?;
+            }
+        }
+        let store = store.clone();
+        set.spawn(async move {
+            let n = p.bytes.len() as u64;
+            let outcome = store.put_artifact(p.reference.id, p.bytes).await?;
+            Ok((outcome, n))
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        account(r)?;
+    }
+    Ok((reused, written))
+}

@@ -1,0 +1,179 @@
+//! Loading a checkpoint: fetch and verify every artifact of a manifest's
+//! layers, then fold the layers (base, then deltas in order) into one state.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use highwater_core::key::key_group_of;
+use highwater_core::ttl::is_expired_value;
+use highwater_core::{
+    ArtifactId, ArtifactKind, ArtifactRef, CheckpointId, CheckpointStore, DecodeLimits, Error,
+    LayerKind, Manifest, Result, decode_artifact,
+};
+use rayon::prelude::*;
+use tokio::task::JoinSet;
+
+/// Reads and decodes a manifest.
+pub(crate) async fn load_manifest(
+    store: &dyn CheckpointStore,
+    id: CheckpointId,
+) -> Result<Manifest> {
+    let bytes = store.get_manifest(id).await?;
+    let manifest = Manifest::decode(&bytes).map_err(|e| match e {
+        Error::Corrupt { detail, .. } => {
+            Error::corrupt("manifest", format!("checkpoint={id}: {detail}"))
+        }
+        other => other,
+    })?;
+    if manifest.checkpoint_id != id {
+        return Err(Error::corrupt(
+            "manifest",
+            format!(
+                "stored under another id: name={id} content={}",
+                manifest.checkpoint_id
+            ),
+        ));
+    }
+    Ok(manifest)
+}
+
+/// Fetches every distinct artifact of `manifest`, `concurrency` at a time,
+/// and checks each against its content address.
+pub(crate) async fn fetch_artifacts(
+    store: Arc<dyn CheckpointStore>,
+    manifest: &Manifest,
+    concurrency: usize,
+) -> Result<HashMap<ArtifactId, Bytes>> {
+    let mut ids: Vec<ArtifactId> = manifest.artifacts().map(|a| a.id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let checkpoint = manifest.checkpoint_id;
+    let mut out = HashMap::with_capacity(ids.len());
+    let mut set = JoinSet::new();
+    let mut pending = ids.into_iter();
+    loop {
+        while set.len() < concurrency {
+            let Some(id) = pending.next() else { break };
+            let store = store.clone();
+            set.spawn(async move {
+                let bytes = store.get_artifact(id).await.map_err(|e| match e {
+                    Error::NotFound(_) => Error::NotFound(format!(
+                        "artifact of checkpoint {checkpoint}: artifact={id}"
+                    )),
+                    other => other,
+                })?;
+                if ArtifactId::of(&bytes) != id {
+                    return Err(Error::corrupt(
+                        "artifact",
+                        format!(
+                            "content does not match its id: checkpoint={checkpoint} artifact={id}"
+                        ),
+                    ));
+                }
+                Ok((id, bytes))
+            });
+        }
+        match set.join_next().await {
+            None => break,
+            Some(joined) => {
+                let (id, bytes) =
+                    joined.map_err(|e| Error::Internal(format!("fetch task failed: {e}")))??;
+                out.insert(id, bytes);
+            }
+        }
+    }
+    Ok(out)
+}
+
+type Records = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
+/// Decodes one artifact and cross-checks it against its reference.
+fn decode_checked(
+    checkpoint: CheckpointId,
+    layer: LayerKind,
+    r: &ArtifactRef,
+    bytes: &[u8],
+    limits: &DecodeLimits,
+) -> Result<Records> {
+    let ctx = |detail: String| {
+        Error::corrupt(
+            "artifact",
+            format!("checkpoint={checkpoint} artifact={}: {detail}", r.id),
+        )
+    };
+    let decoded = decode_artifact(bytes, limits).map_err(|e| match e {
+        Error::Corrupt { detail, .. } => ctx(detail),
+        other => other,
+    })?;
+    let expected = match layer {
+        LayerKind::Full => ArtifactKind::Entries,
+        LayerKind::Delta => ArtifactKind::Delta,
+    };
+    if decoded.header.kind != expected {
+        return Err(ctx(format!(
+            "artifact kind {:?} in a {:?} layer",
+            decoded.header.kind, layer
+        )));
+    }
+    if decoded.header.entries != r.entries {
+        return Err(ctx(format!(
+            "entry count differs from manifest: artifact={} manifest={}",
+            decoded.header.entries, r.entries
+        )));
+    }
+    let mut out = Vec::with_capacity(r.entries.min(1 << 20) as usize);
+    for rec in decoded.records() {
+        let (k, v) = rec.map_err(|e| ctx(e.to_string()))?;
+        let kg = key_group_of(k).map_err(|e| ctx(e.to_string()))?;
+        if !r.key_groups.contains(kg) {
+            return Err(ctx(format!(
+                "record outside the artifact's key groups: key_group={} range={}",
+                kg.0, r.key_groups
+            )));
+        }
+        out.push((k.to_vec(), v.map(<[u8]>::to_vec)));
+    }
+    Ok(out)
+}
+
+/// Folds the layers of `manifest` into the state it describes, dropping
+/// entries expired at `now_ms`. Artifacts are decoded in parallel on the
+/// current rayon pool; layers are applied in order.
+pub(crate) fn materialize(
+    manifest: &Manifest,
+    artifacts: &HashMap<ArtifactId, Bytes>,
+    limits: &DecodeLimits,
+    now_ms: u64,
+) -> Result<HashMap<Vec<u8>, Vec<u8>>> {
+    let mut state: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+    for layer in &manifest.layers {
+        let decoded: Vec<Records> = layer
+            .artifacts
+            .par_iter()
+            .map(|r| {
+                let bytes = artifacts.get(&r.id).ok_or_else(|| {
+                    Error::NotFound(format!(
+                        "artifact of checkpoint {}: artifact={}",
+                        manifest.checkpoint_id, r.id
+                    ))
+                })?;
+                decode_checked(manifest.checkpoint_id, layer.kind, r, bytes, limits)
+            })
+            .collect::<Result<_>>()?;
+        for records in decoded {
+            for (k, v) in records {
+                match v {
+                    Some(v) => {
+                        state.insert(k, v);
+                    }
+                    None => {
+                        state.remove(&k);
+                    }
+                }
+            }
+        }
+    }
+    state.retain(|_, v| !is_expired_value(v, now_ms));
+    Ok(state)
+}

@@ -1,0 +1,42 @@
+//! `cargo xtask test`: everything the tests need, then every test of the
+//! workspace in the `ci` profile.
+//!
+//! Tests and benches share the `ci` profile (it inherits `release`), so the
+//! expensive C builds under the `-sys` crates happen once per machine rather
+//! than once for a debug build and again for an optimised one.
+
+use crate::util::{Result, Workspace, run};
+
+/// Runs every test of the workspace with the servers the tests need.
+///
+/// `extra` is appended to the main test command (a test-name filter,
+/// `--no-capture`, or anything else the runner accepts).
+pub fn run_all(ws: &Workspace, extra: &[String]) -> Result {
+    with_services(|| run_tests(ws, extra))
+}
+
+/// Runs `f` while the servers the tests talk to are up, and stops them
+/// afterwards on every path out of `f`, failure included.
+///
+/// The servers (redis-server, an S3-compatible server, azurite, all on
+/// loopback) start here, before `f`; nothing in the workspace needs one yet,
+/// so today this only runs `f`.
+pub fn with_services<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    f()
+}
+
+fn run_tests(ws: &Workspace, extra: &[String]) -> Result {
+    if ws.cargo_probe(&["nextest", "--version"]) {
+        // nextest runs each test in its own process and in parallel across
+        // binaries; it does not run doctests, which follow in the same
+        // profile so nothing is compiled twice.
+        let mut cmd = ws.cargo(["nextest", "run", "--workspace", "--cargo-profile", "ci"]);
+        run(cmd.args(extra))?;
+        run(&mut ws.cargo(["test", "--workspace", "--doc", "--profile", "ci"]))
+    } else {
+        println!("xtask: cargo-nextest is not installed; running the tests with cargo test");
+        // Plain `cargo test` runs the doctests itself.
+        let mut cmd = ws.cargo(["test", "--workspace", "--profile", "ci"]);
+        run(cmd.args(extra))
+    }
+}
