@@ -24,6 +24,7 @@ mod encode;
 mod manager;
 mod restore;
 mod retention;
+mod verify;
 
 #[cfg(feature = "cloud")]
 pub use highwater_cloud as cloud;
@@ -42,3 +43,4 @@ pub use manager::{
     CheckpointHandle, CheckpointInfo, HistoryEntry, RestoreInfo, StateManager, StateManagerBuilder,
 };
 pub use retention::{RetentionReport, apply_retention};
+pub use verify::{CheckpointVerification, VerifyProblem, verify_store};

@@ -89,7 +89,7 @@ pub(crate) async fn fetch_artifacts(
 type Records = Vec<(Vec<u8>, Option<Vec<u8>>)>;
 
 /// Decodes one artifact and cross-checks it against its reference.
-fn decode_checked(
+pub(crate) fn decode_checked(
     checkpoint: CheckpointId,
     layer: LayerKind,
     r: &ArtifactRef,

@@ -1,0 +1,231 @@
+//! `highwater inspect` and `highwater verify`.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use highwater::cloud::ObjectCheckpointStore;
+use highwater::core::{CheckpointStore, Manifest};
+use highwater::{Error, Result};
+use serde::Serialize;
+
+fn open(dir: &Path) -> Result<ObjectCheckpointStore> {
+    if !dir.is_dir() {
+        return Err(Error::NotFound(format!(
+            "checkpoint directory: {}",
+            dir.display()
+        )));
+    }
+    ObjectCheckpointStore::local(dir)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("start a runtime", e))
+}
+
+/// One checkpoint row of `inspect`.
+#[derive(Debug, Serialize)]
+struct Row {
+    id: u64,
+    kind: Option<String>,
+    parent: Option<u64>,
+    created_at_ms: Option<u64>,
+    created_at: Option<String>,
+    chain_length: Option<usize>,
+    logical_bytes: Option<u64>,
+    stored_bytes: Option<u64>,
+    compression_ratio: Option<f64>,
+    artifacts: Option<usize>,
+    own_artifacts: Option<usize>,
+    error: Option<String>,
+}
+
+impl Row {
+    fn from_manifest(m: &Manifest) -> Row {
+        let logical = m.logical_bytes();
+        let stored = m.stored_bytes();
+        Row {
+            id: m.checkpoint_id.0,
+            kind: Some(m.kind.to_string()),
+            parent: m.parent.map(|p| p.0),
+            created_at_ms: Some(m.created_at_ms),
+            created_at: Some(format_utc(m.created_at_ms)),
+            chain_length: Some(m.chain_length()),
+            logical_bytes: Some(logical),
+            stored_bytes: Some(stored),
+            compression_ratio: (stored > 0).then(|| logical as f64 / stored as f64),
+            artifacts: Some(m.artifacts().count()),
+            own_artifacts: Some(m.own_artifacts().len()),
+            error: None,
+        }
+    }
+}
+
+/// Formats ms since the epoch as `YYYY-MM-DD HH:MM:SS.mmm UTC`.
+fn format_utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let tod = secs % 86_400;
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{:03} UTC",
+        tod / 3600,
+        tod % 3600 / 60,
+        tod % 60,
+        ms % 1000
+    )
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+pub fn inspect(dir: &Path, json: bool) -> Result<ExitCode> {
+    let store = open(dir)?;
+    let rows = runtime()?.block_on(async {
+        let mut rows = Vec::new();
+        for id in store.list_manifests().await? {
+            let row = match store
+                .get_manifest(id)
+                .await
+                .and_then(|b| Manifest::decode(&b))
+            {
+                Ok(m) => Row::from_manifest(&m),
+                Err(e) => Row {
+                    id: id.0,
+                    kind: None,
+                    parent: None,
+                    created_at_ms: None,
+                    created_at: None,
+                    chain_length: None,
+                    logical_bytes: None,
+                    stored_bytes: None,
+                    compression_ratio: None,
+                    artifacts: None,
+                    own_artifacts: None,
+                    error: Some(e.to_string()),
+                },
+            };
+            rows.push(row);
+        }
+        Ok::<_, Error>(rows)
+    })?;
+    if json {
+        let out = serde_json::json!({ "dir": dir.display().to_string(), "checkpoints": rows });
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("checkpoints in {}: {}", dir.display(), rows.len());
+    println!(
+        "{:>6}  {:<11}  {:>6}  {:<27}  {:>5}  {:>10}  {:>10}  {:>6}  {:>9}",
+        "id", "kind", "parent", "created at", "chain", "logical", "stored", "ratio", "artifacts"
+    );
+    for r in &rows {
+        if let Some(e) = &r.error {
+            println!("{:>6}  UNREADABLE: {e}", r.id);
+            continue;
+        }
+        println!(
+            "{:>6}  {:<11}  {:>6}  {:<27}  {:>5}  {:>10}  {:>10}  {:>6}  {:>9}",
+            r.id,
+            r.kind.as_deref().unwrap_or("?"),
+            r.parent
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "-".into()),
+            r.created_at.as_deref().unwrap_or("?"),
+            r.chain_length.unwrap_or(0),
+            human(r.logical_bytes.unwrap_or(0)),
+            human(r.stored_bytes.unwrap_or(0)),
+            r.compression_ratio
+                .map(|x| format!("{x:.2}x"))
+                .unwrap_or_else(|| "-".into()),
+            format!(
+                "{} ({} own)",
+                r.artifacts.unwrap_or(0),
+                r.own_artifacts.unwrap_or(0)
+            ),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn verify(dir: &Path, json: bool) -> Result<ExitCode> {
+    let store = open(dir)?;
+    let results = runtime()?.block_on(highwater::verify_store(&store))?;
+    let bad: Vec<_> = results.iter().flat_map(|r| r.problems.iter()).collect();
+    if json {
+        let out = serde_json::json!({
+            "dir": dir.display().to_string(),
+            "sound": bad.is_empty(),
+            "checkpoints": results,
+        });
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    } else {
+        for r in &results {
+            if r.is_sound() {
+                println!(
+                    "checkpoint {}: ok ({} artifacts, {} records)",
+                    r.checkpoint, r.artifacts_checked, r.records_checked
+                );
+            }
+            for p in &r.problems {
+                match &p.artifact {
+                    Some(a) => println!(
+                        "checkpoint {}: BAD artifact {a}: {}",
+                        p.checkpoint, p.message
+                    ),
+                    None => println!("checkpoint {}: BAD {}", p.checkpoint, p.message),
+                }
+            }
+        }
+        if bad.is_empty() {
+            println!("all {} checkpoints sound", results.len());
+        } else {
+            println!(
+                "{} problem(s) in {} checkpoint(s)",
+                bad.len(),
+                results.iter().filter(|r| !r.is_sound()).count()
+            );
+        }
+    }
+    Ok(if bad.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_formatting() {
+        assert_eq!(format_utc(0), "1970-01-01 00:00:00.000 UTC");
+        assert_eq!(format_utc(951_782_400_123), "2000-02-29 00:00:00.123 UTC");
+        assert_eq!(format_utc(1_795_000_000_000), "2026-11-18 11:06:40.000 UTC");
+    }
+}
