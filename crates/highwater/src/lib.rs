@@ -44,3 +44,8 @@ pub use manager::{
 };
 pub use retention::{RetentionReport, apply_retention};
 pub use verify::{CheckpointVerification, VerifyProblem, verify_store};
+
+/// The README's examples, compiled and run as doctests.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
