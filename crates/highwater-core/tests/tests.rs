@@ -1,0 +1,134 @@
+//! Format fixtures: bytes written by every shipped format version must keep
+//! decoding to the same content. Set `HIGHWATER_REGENERATE_FIXTURES=1` to
+//! write the fixtures of the *current* version (only when adding a version).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use highwater_core::{
+    ArtifactId, ArtifactKind, ArtifactRef, CheckpointId, CheckpointKind, Codec, DecodeLimits,
+    EncodeOptions, Error, KeyGroup, KeyGroupRange, Layer, LayerKind, Manifest, RecordWriter,
+    StateKey, decode_artifact,
+};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn records_v1() -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    (0u16..40)
+        .map(|i| {
+            let key = StateKey {
+                key_group: KeyGroup(i % 8),
+                operator: "windows",
+                state: "open",
+                key: &i.to_le_bytes(),
+                namespace: b"",
+                user_key: &[0, i as u8],
+            }
+            .encode()
+            .unwrap();
+            let value = (i % 5 != 0).then(|| {
+                let mut v = vec![0u8];
+                v.extend(std::iter::repeat_n(i as u8, 20));
+                v
+            });
+            (key, value)
+        })
+        .collect()
+}
+
+fn artifact_v1() -> Vec<u8> {
+    let mut recs = records_v1();
+    recs.sort();
+    let mut w = RecordWriter::new(ArtifactKind::Delta, 0);
+    for (k, v) in &recs {
+        w.push(k, v.as_deref()).unwrap();
+    }
+    w.finish(&EncodeOptions::default()).unwrap().bytes
+}
+
+fn manifest_v1(artifact: &[u8]) -> Manifest {
+    Manifest {
+        checkpoint_id: CheckpointId(12),
+        parent: Some(CheckpointId(11)),
+        kind: CheckpointKind::Incremental,
+        created_at_ms: 1_795_000_000_000,
+        wal_position: Some(4096),
+        max_parallelism: 128,
+        layers: vec![
+            Layer {
+                checkpoint_id: CheckpointId(10),
+                kind: LayerKind::Full,
+                artifacts: vec![],
+            },
+            Layer {
+                checkpoint_id: CheckpointId(12),
+                kind: LayerKind::Delta,
+                artifacts: vec![ArtifactRef {
+                    operator: "windows".into(),
+                    key_groups: KeyGroupRange::new(0, 8).unwrap(),
+                    id: ArtifactId::of(artifact),
+                    entries: 40,
+                    logical_bytes: 1234,
+                    stored_bytes: artifact.len() as u64,
+                    codec: Codec::Zstd,
+                }],
+            },
+        ],
+        properties: BTreeMap::from([("job".to_string(), "fixture".to_string())]),
+    }
+}
+
+#[test]
+fn version_1_fixtures_still_decode() {
+    if std::env::var_os("HIGHWATER_REGENERATE_FIXTURES").is_some() {
+        let a = artifact_v1();
+        std::fs::write(fixture("artifact-v1.hwa"), &a).unwrap();
+        std::fs::write(
+            fixture("manifest-v1.hwm"),
+            manifest_v1(&a).encode().unwrap(),
+        )
+        .unwrap();
+    }
+    let artifact = std::fs::read(fixture("artifact-v1.hwa")).unwrap();
+    let decoded = decode_artifact(&artifact, &DecodeLimits::default()).unwrap();
+    let got: Vec<_> = decoded
+        .records()
+        .map(|r| r.map(|(k, v)| (k.to_vec(), v.map(<[u8]>::to_vec))))
+        .collect::<Result<_, Error>>()
+        .unwrap();
+    let mut want = records_v1();
+    want.sort();
+    assert_eq!(got, want);
+
+    let manifest = std::fs::read(fixture("manifest-v1.hwm")).unwrap();
+    assert_eq!(Manifest::decode(&manifest).unwrap(), manifest_v1(&artifact));
+}
+
+#[test]
+fn a_future_version_is_a_typed_error() {
+    let mut artifact = std::fs::read(fixture("artifact-v1.hwa")).unwrap();
+    artifact[4] = 2;
+    // The header checksum covers the version, so recompute it as a writer of
+    // version 2 would have.
+    let sum = xxhash_rust::xxh3::xxh3_64(&artifact[..40]);
+    artifact[40..48].copy_from_slice(&sum.to_le_bytes());
+    assert!(matches!(
+        decode_artifact(&artifact, &DecodeLimits::default()),
+        Err(Error::UnsupportedVersion { found: 2, .. })
+    ));
+
+    let mut manifest = std::fs::read(fixture("manifest-v1.hwm")).unwrap();
+    manifest[4] = 2;
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(&manifest[..12]);
+    h.update(&manifest[20..]);
+    manifest[12..20].copy_from_slice(&h.digest().to_le_bytes());
+    assert!(matches!(
+        Manifest::decode(&manifest),
+        Err(Error::UnsupportedVersion { found: 2, .. })
+    ));
+}
