@@ -240,6 +240,13 @@ impl StateManagerBuilder {
 /// At most one checkpoint is in flight; `checkpoint()` waits for the
 /// previous one first, `maybe_checkpoint()` skips while one is running.
 ///
+/// One manager writes to a store at a time: retention deletes artifacts
+/// that no committed manifest references, which would include another
+/// writer's uploads in flight. (Fencing several writers is the job of the
+/// Raft-coordinated checkpoint ledger.) If a checkpoint id turns out to be
+/// taken, the checkpoint fails with `AlreadyExists` and the next one
+/// continues after the newest id in the store.
+///
 /// ```
 /// use std::sync::Arc;
 /// use highwater::{StateManager, ValueStateDescriptor};
@@ -427,14 +434,15 @@ impl StateManager {
             Some(_) => (CheckpointKind::Incremental, SnapshotKind::Changes),
             None => (CheckpointKind::Full, SnapshotKind::Full),
         };
+        // The backend's change epoch starts at this snapshot (even if taking
+        // it fails part-way): until this checkpoint commits there is no valid
+        // parent for an incremental.
+        t.base = None;
         let started = Instant::now();
         let snapshot = self.inner.backend.snapshot(snapshot_kind)?;
         let snapshot_pause = started.elapsed();
         let id = t.next_id;
         t.next_id = id.next();
-        // The backend's change epoch now starts at this snapshot: until this
-        // checkpoint commits there is no valid parent for an incremental.
-        t.base = None;
         t.in_flight = true;
         t.last_trigger = started;
         drop(t);
@@ -454,7 +462,25 @@ impl StateManager {
             .name(format!("highwater-checkpoint-{id}"))
             .spawn(move || {
                 let result = run_checkpoint(&inner, job);
+                // Another writer committed this id: continue after the
+                // newest id in the store instead of colliding again.
+                let newest = match &result {
+                    Err(Error::AlreadyExists(_)) => {
+                        let store = inner.store.clone();
+                        inner
+                            .handle
+                            .block_on(async move { store.list_manifests().await })
+                            .ok()
+                            .and_then(|ids| ids.into_iter().max())
+                    }
+                    _ => None,
+                };
                 let mut t = inner.lock();
+                if let Some(newest) = newest
+                    && t.next_id <= newest
+                {
+                    t.next_id = newest.next();
+                }
                 match &result {
                     Ok((manifest, _)) => t.base = Some(manifest.clone()),
                     Err(e) => {
@@ -480,7 +506,8 @@ impl StateManager {
     /// entry in [`RestoreInfo::fallbacks`]) in favour of the previous one.
     /// Returns `Ok(None)` when the store holds no checkpoint.
     pub fn restore_latest(&self) -> Result<Option<RestoreInfo>> {
-        let _idle = self.inner.wait_idle();
+        // Held for the whole restore: no checkpoint may start meanwhile.
+        let mut t = self.inner.wait_idle();
         let store = self.inner.store.clone();
         let mut ids = self
             .inner
@@ -488,7 +515,7 @@ impl StateManager {
         ids.sort_unstable_by(|a, b| b.cmp(a));
         let mut fallbacks = Vec::new();
         for id in ids {
-            match self.restore_locked(id) {
+            match self.restore_locked(&mut t, id) {
                 Ok(mut info) => {
                     info.fallbacks = fallbacks;
                     return Ok(Some(info));
@@ -519,18 +546,19 @@ impl StateManager {
 
     /// Restores checkpoint `id`, replacing all live state.
     pub fn restore(&self, id: CheckpointId) -> Result<RestoreInfo> {
-        let _idle = self.inner.wait_idle();
-        self.restore_locked(id)
+        let mut t = self.inner.wait_idle();
+        self.restore_locked(&mut t, id)
     }
 
-    fn restore_locked(&self, id: CheckpointId) -> Result<RestoreInfo> {
+    /// Restores `id` while the caller holds the tracking lock `t` (taken by
+    /// `wait_idle`); it must not lock again (std mutexes are not reentrant).
+    fn restore_locked(&self, t: &mut Tracking, id: CheckpointId) -> Result<RestoreInfo> {
         let started = Instant::now();
         let store = self.inner.store.clone();
         let concurrency = self.inner.config.io_concurrency;
-        let (manifest, artifacts) = self.inner.run_io(async move {
-            let manifest = load_manifest(&*store, id).await?;
-            let artifacts = fetch_artifacts(store, &manifest, concurrency).await?;
-            Ok((manifest, artifacts))
+        let manifest = self.inner.run_io({
+            let store = store.clone();
+            async move { load_manifest(&*store, id).await }
         })?;
         if manifest.max_parallelism != self.inner.config.max_parallelism {
             return Err(Error::InvalidArgument(format!(
@@ -538,24 +566,43 @@ impl StateManager {
                 manifest.max_parallelism, self.inner.config.max_parallelism
             )));
         }
-        let bytes_fetched = artifacts.values().map(|b| b.len() as u64).sum();
-        let now = self.inner.clock.now_ms();
-        let state = self
+        let manifest = Arc::new(manifest);
+        let loaded = self
             .inner
-            .pool
-            .install(|| materialize(&manifest, &artifacts, &DecodeLimits::default(), now))?;
-        drop(artifacts);
+            .run_io({
+                let manifest = manifest.clone();
+                async move { fetch_artifacts(store, &manifest, concurrency).await }
+            })
+            .and_then(|artifacts| {
+                let now = self.inner.clock.now_ms();
+                let bytes: u64 = artifacts.values().map(|b| b.len() as u64).sum();
+                let state = self.inner.pool.install(|| {
+                    materialize(&manifest, &artifacts, &DecodeLimits::default(), now)
+                })?;
+                Ok((bytes, state))
+            });
+        let (bytes_fetched, state) = match loaded {
+            Ok(x) => x,
+            Err(e) => {
+                if e.is_corruption() || e.kind() == highwater_core::ErrorKind::NotFound {
+                    // Artifacts are shared between checkpoints, so the chain
+                    // the next incremental would build on may be damaged
+                    // too: make the next checkpoint full.
+                    t.base = None;
+                }
+                return Err(e);
+            }
+        };
         let entries = state.len() as u64;
         self.inner.backend.restore(&mut state.into_iter().map(Ok))?;
-        let mut t = self.inner.lock();
         if t.next_id <= id {
             t.next_id = id.next();
         }
-        t.base = Some(Arc::new(manifest.clone()));
-        drop(t);
+        let chain_length = manifest.chain_length();
+        t.base = Some(manifest);
         Ok(RestoreInfo {
             checkpoint_id: id,
-            chain_length: manifest.chain_length(),
+            chain_length,
             entries,
             bytes_fetched,
             fallbacks: Vec::new(),

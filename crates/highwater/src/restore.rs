@@ -57,21 +57,31 @@ pub(crate) async fn fetch_artifacts(
             let Some(id) = pending.next() else { break };
             let store = store.clone();
             set.spawn(async move {
-                let bytes = store.get_artifact(id).await.map_err(|e| match e {
-                    Error::NotFound(_) => Error::NotFound(format!(
-                        "artifact of checkpoint {checkpoint}: artifact={id}"
-                    )),
-                    other => other,
-                })?;
-                if ArtifactId::of(&bytes) != id {
-                    return Err(Error::corrupt(
-                        "artifact",
-                        format!(
-                            "content does not match its id: checkpoint={checkpoint} artifact={id}"
-                        ),
-                    ));
+                let fetch = async || {
+                    store.get_artifact(id).await.map_err(|e| match e {
+                        Error::NotFound(_) => Error::NotFound(format!(
+                            "artifact of checkpoint {checkpoint}: artifact={id}"
+                        )),
+                        other => other,
+                    })
+                };
+                let bytes = fetch().await?;
+                if ArtifactId::of(&bytes) == id {
+                    return Ok((id, bytes));
                 }
-                Ok((id, bytes))
+                // Read it again: a damaged transfer must not be mistaken for
+                // damaged storage.
+                if ArtifactId::of(&fetch().await?) != id {
+                    // The stored copy is damaged. Content addressing would
+                    // make every later checkpoint reuse it, so remove it: the
+                    // next checkpoint holding this data writes it afresh.
+                    tracing::warn!(checkpoint = %checkpoint, artifact = %id, "deleting a corrupt artifact so the next checkpoint rewrites it");
+                    store.delete_artifact(id).await?;
+                }
+                Err(Error::corrupt(
+                    "artifact",
+                    format!("content does not match its id: checkpoint={checkpoint} artifact={id}"),
+                ))
             });
         }
         match set.join_next().await {

@@ -79,11 +79,9 @@ pub async fn verify_store(store: &dyn CheckpointStore) -> Result<Vec<CheckpointV
                             Ok(bytes) if ArtifactId::of(&bytes) != r.id => {
                                 Err("content does not match its id (checksum mismatch)".to_string())
                             }
-                            Ok(bytes) => {
-                                decode_checked(id, layer.kind, r, &bytes, &limits)
-                                    .map(|recs| recs.len() as u64)
-                                    .map_err(|e| e.to_string())
-                            }
+                            Ok(bytes) => decode_checked(id, layer.kind, r, &bytes, &limits)
+                                .map(|recs| recs.len() as u64)
+                                .map_err(|e| e.to_string()),
                             Err(Error::NotFound(_)) => Err("artifact is missing".to_string()),
                             Err(e) => return Err(e),
                         };
