@@ -350,6 +350,7 @@ impl StateBackend for MemoryBackend {
         let mut guards = self.lock_all();
         let mut maps = Vec::with_capacity(guards.len());
         let mut changes = Vec::with_capacity(guards.len());
+        let mut discarded = Vec::new();
         let mut entries = 0usize;
         for g in guards.iter_mut() {
             let changed = std::mem::take(&mut g.changed);
@@ -357,6 +358,11 @@ impl StateBackend for MemoryBackend {
                 SnapshotKind::Full => {
                     entries += g.entries as usize;
                     maps.push(Some(g.map.clone()));
+                    // Freeing millions of keys takes seconds: never under
+                    // the locks, and not on the caller's thread either.
+                    if !changed.is_empty() {
+                        discarded.push(changed);
+                    }
                 }
                 SnapshotKind::Changes => {
                     entries += changed.len();
@@ -368,6 +374,13 @@ impl StateBackend for MemoryBackend {
             }
         }
         drop(guards);
+        let discarded_keys: usize = discarded.iter().map(|c| c.len()).sum();
+        if discarded_keys > 4096 {
+            // If the thread cannot be spawned the sets are freed here.
+            let _ = std::thread::Builder::new()
+                .name("highwater-memory-free".into())
+                .spawn(move || drop(discarded));
+        }
         Ok(Arc::new(MemorySnapshot {
             kind,
             maps,
