@@ -1,9 +1,10 @@
 //! Turning a backend snapshot into content-addressed artifacts.
 //!
 //! Two parallel phases on the encode pool: first every snapshot partition is
-//! scanned into buckets, one per (operator, key-group chunk), copying the
-//! entries into one arena per bucket; then every bucket is sorted by key,
-//! written as records, compressed and handed to the uploader. Sorting makes
+//! scanned into its own buckets, one per (operator, key-group chunk),
+//! copying the entries into an arena per bucket; then the pieces of each
+//! (operator, chunk) are sorted by key (by reference, without moving the
+//! data again), written as records, compressed and handed to the uploader. Sorting makes
 //! the encoding a function of the content alone, so an unchanged chunk gets
 //! the same id as before and is not uploaded again.
 
@@ -45,7 +46,9 @@ pub(crate) struct EncodeTotals {
     pub expired_dropped: u64,
 }
 
-/// Entries of one bucket: keys and values copied into one arena.
+/// Entries of one bucket of one partition: keys and values copied into one
+/// arena, so a partition scan allocates a handful of buffers, not one per
+/// entry.
 #[derive(Default)]
 struct Bucket {
     data: Vec<u8>,
@@ -65,47 +68,25 @@ impl Bucket {
         });
         self.recs.push((k, v));
     }
-
-    fn append(&mut self, mut other: Bucket) {
-        let shift = self.data.len();
-        self.data.append(&mut other.data);
-        let moved = |r: Range<usize>| r.start + shift..r.end + shift;
-        self.recs.extend(
-            other
-                .recs
-                .into_iter()
-                .map(|(k, v)| (moved(k), v.map(moved))),
-        );
-    }
 }
 
-/// Buckets by operator, then by key-group chunk. Two levels so a lookup by
-/// `&str` needs no allocation per entry.
-type Buckets = HashMap<String, HashMap<u16, Bucket>>;
-
-fn merge(mut a: Buckets, b: Buckets) -> Buckets {
-    for (op, chunks) in b {
-        let into = a.entry(op).or_default();
-        for (chunk, v) in chunks {
-            match into.get_mut(&chunk) {
-                Some(existing) => existing.append(v),
-                None => {
-                    into.insert(chunk, v);
-                }
-            }
-        }
-    }
-    a
-}
+/// The buckets of one partition: per operator (few, so a linear search
+/// beats hashing), one bucket per key-group chunk.
+type PartitionBuckets = Vec<(String, Vec<Bucket>)>;
 
 fn scan_partition(
     snapshot: &dyn StateSnapshot,
     partition: usize,
     params: &EncodeParams,
-    buckets: &mut Buckets,
-    dropped: &mut u64,
-) -> Result<()> {
+) -> Result<(PartitionBuckets, u64)> {
     let kind = snapshot.kind();
+    let chunks = usize::from(
+        params
+            .max_parallelism
+            .div_ceil(params.key_groups_per_artifact),
+    );
+    let mut buckets: PartitionBuckets = Vec::new();
+    let mut dropped = 0u64;
     snapshot.for_each_in_partition(partition, &mut |key, value| {
         let kg = key_group_of(key)?;
         if kg.0 >= params.max_parallelism {
@@ -115,10 +96,10 @@ fn scan_partition(
             )));
         }
         let operator = operator_of(key).unwrap_or(RAW_OPERATOR);
-        let chunk = kg.0 / params.key_groups_per_artifact;
+        let chunk = usize::from(kg.0 / params.key_groups_per_artifact);
         let value = match value {
             Some(v) if is_expired_value(v, params.now_ms) => {
-                *dropped += 1;
+                dropped += 1;
                 match kind {
                     // Expired entries are dropped from full snapshots …
                     SnapshotKind::Full => return Ok(()),
@@ -129,13 +110,20 @@ fn scan_partition(
             }
             other => other,
         };
-        let chunks = match buckets.get_mut(operator) {
-            Some(c) => c,
-            None => buckets.entry(operator.to_string()).or_default(),
+        let at = match buckets.iter().position(|(op, _)| op == operator) {
+            Some(at) => at,
+            None => {
+                buckets.push((
+                    operator.to_string(),
+                    (0..chunks).map(|_| Bucket::default()).collect(),
+                ));
+                buckets.len() - 1
+            }
         };
-        chunks.entry(chunk).or_default().push(key, value);
+        buckets[at].1[chunk].push(key, value);
         Ok(())
-    })
+    })?;
+    Ok((buckets, dropped))
 }
 
 /// Encodes `snapshot` on the current rayon pool, calling `sink` for every
@@ -150,35 +138,51 @@ pub(crate) fn encode_snapshot(
         SnapshotKind::Full => ArtifactKind::Entries,
         SnapshotKind::Changes => ArtifactKind::Delta,
     };
-    let (buckets, dropped) = (0..snapshot.partitions())
+    // Phase 1: scan every partition into its own buckets, in parallel.
+    let scanned: Vec<(PartitionBuckets, u64)> = (0..snapshot.partitions())
         .into_par_iter()
-        .try_fold(
-            || (Buckets::new(), 0u64),
-            |(mut buckets, mut dropped), p| {
-                scan_partition(snapshot, p, params, &mut buckets, &mut dropped)?;
-                Ok::<_, Error>((buckets, dropped))
-            },
-        )
-        .try_reduce(
-            || (Buckets::new(), 0u64),
-            |a, b| Ok((merge(a.0, b.0), a.1 + b.1)),
-        )?;
+        .map(|p| scan_partition(snapshot, p, params))
+        .collect::<Result<_>>()?;
+    let dropped = scanned.iter().map(|(_, d)| d).sum();
 
-    let buckets: Vec<((String, u16), Bucket)> = buckets
-        .into_iter()
-        .flat_map(|(op, chunks)| chunks.into_iter().map(move |(c, b)| ((op.clone(), c), b)))
-        .collect();
-    let mut refs: Vec<ArtifactRef> = buckets
-        .into_par_iter()
-        .map(|((operator, chunk), mut bucket)| {
-            let data = &bucket.data;
-            bucket
-                .recs
-                .sort_unstable_by(|a, b| data[a.0.clone()].cmp(&data[b.0.clone()]));
-            let mut w = RecordWriter::new(artifact_kind, data.len() + bucket.recs.len() * 4);
-            for (k, v) in &bucket.recs {
-                w.push(&data[k.clone()], v.clone().map(|v| &data[v]))?;
+    // Group the pieces of each (operator, chunk) across partitions; the
+    // data is not moved again.
+    let mut groups: HashMap<(String, u16), Vec<Bucket>> = HashMap::new();
+    for (buckets, _) in scanned {
+        for (operator, chunks) in buckets {
+            for (chunk, bucket) in chunks.into_iter().enumerate() {
+                if !bucket.recs.is_empty() {
+                    groups
+                        .entry((operator.clone(), chunk as u16))
+                        .or_default()
+                        .push(bucket);
+                }
             }
+        }
+    }
+
+    // Phase 2: per group, sort references to the records by key, write the
+    // record stream, compress and hand the artifact to the uploader.
+    let mut refs: Vec<ArtifactRef> = groups
+        .into_par_iter()
+        .map(|((operator, chunk), pieces)| {
+            let n: usize = pieces.iter().map(|b| b.recs.len()).sum();
+            let bytes: usize = pieces.iter().map(|b| b.data.len()).sum();
+            let mut recs: Vec<(&[u8], Option<&[u8]>)> = Vec::with_capacity(n);
+            for b in &pieces {
+                recs.extend(
+                    b.recs
+                        .iter()
+                        .map(|(k, v)| (&b.data[k.clone()], v.clone().map(|v| &b.data[v]))),
+                );
+            }
+            recs.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            let mut w = RecordWriter::new(artifact_kind, bytes + n * 4);
+            for (k, v) in &recs {
+                w.push(k, *v)?;
+            }
+            drop(recs);
+            drop(pieces);
             let enc = w.finish(&params.options)?;
             let start = chunk * params.key_groups_per_artifact;
             let end = start
