@@ -31,6 +31,10 @@ use crate::util::{Result, Workspace, bail, io_context, output_of, run};
 /// The suite name that runs every suite.
 pub const ALL: &str = "all";
 
+/// Suites that talk to servers: they run inside
+/// [`with_services`](crate::testing::with_services).
+const NEEDS_SERVICES: &[&str] = &["redis"];
+
 /// One suite's results, as the benchmark binary writes them.
 #[derive(Debug, Deserialize)]
 struct SuiteResult {
@@ -96,7 +100,12 @@ pub fn run_suite(ws: &Workspace, suite: &str, quick: bool) -> Result {
     if quick {
         cmd.arg("--quick");
     }
-    run(cmd.arg("--out").arg(&out))?;
+    cmd.arg("--out").arg(&out);
+    if suite == ALL || NEEDS_SERVICES.contains(&suite) {
+        crate::testing::with_services(ws, |env| run(env.apply(&mut cmd)))?;
+    } else {
+        run(&mut cmd)?;
+    }
 
     let written = json_files(&out)?;
     let expected = out.join(format!("{suite}.json"));

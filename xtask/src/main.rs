@@ -9,13 +9,15 @@
 //! - `demo [--resume] [ARGS]`: the CLI's demo pipeline into `<target>/demo-data`;
 //! - `bench [SUITE] [--quick] [--report]`: benchmarks, and the Markdown report;
 //! - `tidy`: source-tree checks (module docs, forbidden markers, manifests);
-//! - `ci`: exactly what CI runs, in order.
+//! - `ci`: exactly what CI runs, in order;
+//! - `services start|stop|status`: the servers tests and benches talk to.
 //!
 //! The build output is `$CARGO_TARGET_DIR`, or `target/` in the repository.
 
 mod bench;
 mod ci;
 mod demo;
+mod services;
 mod testing;
 mod tidy;
 mod util;
@@ -69,6 +71,23 @@ enum Command {
     Ci,
     /// Check the source tree: module docs, forbidden markers, manifests.
     Tidy,
+    /// Start, stop or inspect the servers the tests and benches talk to
+    /// (redis-server standalone and cluster), on loopback ports.
+    Services {
+        #[command(subcommand)]
+        action: ServicesAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ServicesAction {
+    /// Install what is missing, start every service and print its
+    /// environment variables (also written to `<target>/services/env`).
+    Start,
+    /// Stop every service by the PIDs in its pid files and remove its data.
+    Stop,
+    /// Show which services run.
+    Status,
 }
 
 fn main() -> ExitCode {
@@ -107,6 +126,11 @@ fn dispatch(ws: &Workspace, command: Command) -> Result {
         }
         Command::Ci => ci::run_ci(ws),
         Command::Tidy => tidy::run_tidy(ws),
+        Command::Services { action } => match action {
+            ServicesAction::Start => services::start(ws).map(|_| ()),
+            ServicesAction::Stop => services::stop(ws),
+            ServicesAction::Status => services::status(ws),
+        },
     }
 }
 

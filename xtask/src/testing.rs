@@ -5,6 +5,7 @@
 //! expensive C builds under the `-sys` crates happen once per machine rather
 //! than once for a debug build and again for an optimised one.
 
+use crate::services::{self, Env};
 use crate::util::{Result, Workspace, run};
 
 /// Runs every test of the workspace with the servers the tests need.
@@ -12,31 +13,34 @@ use crate::util::{Result, Workspace, run};
 /// `extra` is appended to the main test command (a test-name filter,
 /// `--no-capture`, or anything else the runner accepts).
 pub fn run_all(ws: &Workspace, extra: &[String]) -> Result {
-    with_services(|| run_tests(ws, extra))
+    with_services(ws, |env| run_tests(ws, env, extra))
 }
 
 /// Runs `f` while the servers the tests talk to are up, and stops them
 /// afterwards on every path out of `f`, failure included.
 ///
-/// The servers (redis-server, an S3-compatible server, azurite, all on
-/// loopback) start here, before `f`; nothing in the workspace needs one yet,
-/// so today this only runs `f`.
-pub fn with_services<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
-    f()
+/// The servers (today redis-server, standalone and a cluster; later an
+/// S3-compatible server and azurite, all on loopback) start here, before
+/// `f`, which receives their environment to pass to the commands it runs.
+/// Services already started with `cargo xtask services start` are reused
+/// and left running. See [`services`].
+pub fn with_services<T>(ws: &Workspace, f: impl FnOnce(&Env) -> Result<T>) -> Result<T> {
+    services::with_services(ws, f)
 }
 
-fn run_tests(ws: &Workspace, extra: &[String]) -> Result {
+fn run_tests(ws: &Workspace, env: &Env, extra: &[String]) -> Result {
     if ws.cargo_probe(&["nextest", "--version"]) {
         // nextest runs each test in its own process and in parallel across
         // binaries; it does not run doctests, which follow in the same
         // profile so nothing is compiled twice.
         let mut cmd = ws.cargo(["nextest", "run", "--workspace", "--cargo-profile", "ci"]);
-        run(cmd.args(extra))?;
-        run(&mut ws.cargo(["test", "--workspace", "--doc", "--profile", "ci"]))
+        run(env.apply(&mut cmd).args(extra))?;
+        let mut doc = ws.cargo(["test", "--workspace", "--doc", "--profile", "ci"]);
+        run(env.apply(&mut doc))
     } else {
         println!("xtask: cargo-nextest is not installed; running the tests with cargo test");
         // Plain `cargo test` runs the doctests itself.
         let mut cmd = ws.cargo(["test", "--workspace", "--profile", "ci"]);
-        run(cmd.args(extra))
+        run(env.apply(&mut cmd).args(extra))
     }
 }
