@@ -17,24 +17,35 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use highwater::cloud::ObjectCheckpointStore;
-use highwater::memory::MemoryBackend;
 use highwater::{
     AggregateFunction, AggregatingStateDescriptor, MapStateDescriptor, ReducingStateDescriptor,
     Result, StateManager, ValueStateDescriptor,
 };
 use serde::{Deserialize, Serialize};
 
+use crate::target::{BackendKind, open_backend, open_store};
+
 /// Arguments of `highwater demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Checkpoint directory (created if missing).
+    /// Checkpoint directory (created if missing); shorthand for --store DIR.
+    #[arg(long, required_unless_present = "store", conflicts_with = "store")]
+    dir: Option<PathBuf>,
+    /// Checkpoint store: a directory or a redis://HOST:PORT/ URL.
     #[arg(long)]
-    dir: PathBuf,
+    store: Option<String>,
+    /// Where live state is kept.
+    #[arg(long, value_enum, default_value_t = BackendKind::Memory)]
+    backend: BackendKind,
+    /// Redis server of `--backend redis`.
+    #[arg(long)]
+    redis_url: Option<String>,
+    /// Key namespace in Redis (state and checkpoints).
+    #[arg(long, default_value = "highwater-demo")]
+    namespace: String,
     /// Number of events in the stream.
     #[arg(long, default_value_t = 200_000)]
     events: u64,
@@ -125,11 +136,19 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
             "--keys must be in 1..=4294967295".into(),
         ));
     }
-    std::fs::create_dir_all(&args.dir)
-        .map_err(|e| highwater::Error::io(format!("create {}", args.dir.display()), e))?;
+    let store_spec = match (&args.store, &args.dir) {
+        (Some(s), _) => s.clone(),
+        (None, Some(d)) => d.display().to_string(),
+        (None, None) => {
+            return Err(highwater::Error::InvalidArgument(
+                "give --dir DIR or --store STORE".into(),
+            ));
+        }
+    };
+    let backend = open_backend(args.backend, args.redis_url.as_deref(), &args.namespace)?;
     let manager = StateManager::builder()
-        .backend(Arc::new(MemoryBackend::new()))
-        .store(Arc::new(ObjectCheckpointStore::local(&args.dir)?))
+        .backend(backend)
+        .store(open_store(&store_spec, &args.namespace, true)?)
         .interval(Duration::from_millis(args.checkpoint_every.max(1)))
         .incremental(!args.full_only)
         .max_retained(3)
@@ -150,6 +169,9 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     )?;
 
     let mut offset = 0;
+    // A Redis backend outlives the process: start from empty state unless a
+    // checkpoint is restored (restore replaces the namespace itself).
+    manager.backend().clear()?;
     if args.resume {
         match manager.restore_latest()? {
             Some(info) => {
@@ -162,10 +184,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
                     info.checkpoint_id, info.chain_length, info.entries
                 );
             }
-            None => println!(
-                "no checkpoint in {}; starting at offset 0",
-                args.dir.display()
-            ),
+            None => println!("no checkpoint in {store_spec}; starting at offset 0"),
         }
     }
 
@@ -212,7 +231,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         last.kind,
         last.entries,
     );
-    println!("checkpoints in {}", args.dir.display());
+    println!("checkpoints in {store_spec}");
     println!("digest: {}", digest(&manager)?);
     Ok(ExitCode::SUCCESS)
 }

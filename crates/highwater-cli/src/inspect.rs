@@ -1,22 +1,12 @@
 //! `highwater inspect` and `highwater verify`.
 
-use std::path::Path;
 use std::process::ExitCode;
 
-use highwater::cloud::ObjectCheckpointStore;
-use highwater::core::{CheckpointStore, Manifest};
+use highwater::core::Manifest;
 use highwater::{Error, Result};
 use serde::Serialize;
 
-fn open(dir: &Path) -> Result<ObjectCheckpointStore> {
-    if !dir.is_dir() {
-        return Err(Error::NotFound(format!(
-            "checkpoint directory: {}",
-            dir.display()
-        )));
-    }
-    ObjectCheckpointStore::local(dir)
-}
+use crate::target::open_store;
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
@@ -103,8 +93,8 @@ fn human(bytes: u64) -> String {
     }
 }
 
-pub fn inspect(dir: &Path, json: bool) -> Result<ExitCode> {
-    let store = open(dir)?;
+pub fn inspect(spec: &str, namespace: &str, json: bool) -> Result<ExitCode> {
+    let store = open_store(spec, namespace, false)?;
     let rows = runtime()?.block_on(async {
         let mut rows = Vec::new();
         for id in store.list_manifests().await? {
@@ -134,11 +124,11 @@ pub fn inspect(dir: &Path, json: bool) -> Result<ExitCode> {
         Ok::<_, Error>(rows)
     })?;
     if json {
-        let out = serde_json::json!({ "dir": dir.display().to_string(), "checkpoints": rows });
+        let out = serde_json::json!({ "dir": spec, "checkpoints": rows });
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
         return Ok(ExitCode::SUCCESS);
     }
-    println!("checkpoints in {}: {}", dir.display(), rows.len());
+    println!("checkpoints in {spec}: {}", rows.len());
     println!(
         "{:>6}  {:<11}  {:>6}  {:<27}  {:>5}  {:>10}  {:>10}  {:>6}  {:>9}",
         "id", "kind", "parent", "created at", "chain", "logical", "stored", "ratio", "artifacts"
@@ -172,13 +162,13 @@ pub fn inspect(dir: &Path, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn verify(dir: &Path, json: bool) -> Result<ExitCode> {
-    let store = open(dir)?;
-    let results = runtime()?.block_on(highwater::verify_store(&store))?;
+pub fn verify(spec: &str, namespace: &str, json: bool) -> Result<ExitCode> {
+    let store = open_store(spec, namespace, false)?;
+    let results = runtime()?.block_on(highwater::verify_store(&*store))?;
     let bad: Vec<_> = results.iter().flat_map(|r| r.problems.iter()).collect();
     if json {
         let out = serde_json::json!({
-            "dir": dir.display().to_string(),
+            "dir": spec,
             "sound": bad.is_empty(),
             "checkpoints": results,
         });

@@ -2,8 +2,8 @@
 
 mod demo;
 mod inspect;
+mod target;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -24,18 +24,25 @@ enum Command {
     /// killed at any moment and resumed with --resume (any number of times)
     /// ends with the same digest as an uninterrupted run.
     Demo(demo::DemoArgs),
-    /// List the checkpoints in DIR.
+    /// List the checkpoints in STORE (a directory or a redis:// URL).
     Inspect {
-        /// Checkpoint directory.
-        dir: PathBuf,
+        /// Checkpoint directory, or a redis:// URL.
+        store: String,
+        /// Key namespace of a Redis store.
+        #[arg(long, default_value = "highwater")]
+        namespace: String,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
-    /// Check every manifest and artifact checksum in DIR; exit 1 if any is bad.
+    /// Check every manifest and artifact checksum in STORE (a directory or a
+    /// redis:// URL); exit 1 if any is bad.
     Verify {
-        /// Checkpoint directory.
-        dir: PathBuf,
+        /// Checkpoint directory, or a redis:// URL.
+        store: String,
+        /// Key namespace of a Redis store.
+        #[arg(long, default_value = "highwater")]
+        namespace: String,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -46,8 +53,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => demo::run(args),
-        Command::Inspect { dir, json } => inspect::inspect(&dir, json),
-        Command::Verify { dir, json } => inspect::verify(&dir, json),
+        Command::Inspect {
+            store,
+            namespace,
+            json,
+        } => inspect::inspect(&store, &namespace, json),
+        Command::Verify {
+            store,
+            namespace,
+            json,
+        } => inspect::verify(&store, &namespace, json),
     };
     match result {
         Ok(code) => code,

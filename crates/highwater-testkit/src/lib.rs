@@ -44,6 +44,7 @@ pub mod keys;
 mod macros;
 pub mod model;
 pub mod rng;
+pub mod servers;
 pub mod store;
 
 pub use fixture::{Guards, IntoBackend, IntoStore};

@@ -14,6 +14,7 @@
 //! | (always) | [`core`] | traits, key groups, typed state, manifest and codec |
 //! | `memory` | [`memory`] | in-memory backend |
 //! | `cloud` | [`cloud`] | object_store checkpoint store: local directory, in-memory |
+//! | `redis` | `redis` | Redis state backend and checkpoint store, standalone and cluster |
 //!
 //! See [`StateManager`] for an example.
 
@@ -31,6 +32,8 @@ pub use highwater_cloud as cloud;
 pub use highwater_core as core;
 #[cfg(feature = "memory")]
 pub use highwater_memory as memory;
+#[cfg(feature = "redis")]
+pub use highwater_redis as redis;
 
 pub use config::CheckpointConfig;
 pub use highwater_core::{

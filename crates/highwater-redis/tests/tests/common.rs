@@ -1,12 +1,8 @@
 //! Shared helpers: the servers' URLs from the environment, unique
 //! namespaces, and a guard that removes a test's keys.
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 
 use highwater_core::StateBackend;
 use highwater_redis::{RedisBackend, RedisBackendConfig, RedisEndpoint};
@@ -135,94 +131,4 @@ pub async fn store(
     )
 }
 
-/// A redis-server owned by one test: spawned as a child process, stopped by
-/// its PID when killed or dropped.
-pub struct PrivateRedis {
-    dir: PathBuf,
-    port: u16,
-    child: Option<Child>,
-}
-
-impl PrivateRedis {
-    /// Starts a server with its data in `dir`, on a free loopback port.
-    pub fn start(dir: &Path) -> PrivateRedis {
-        let port = {
-            let l = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
-            l.local_addr().expect("local address").port()
-        };
-        let mut server = PrivateRedis {
-            dir: dir.to_path_buf(),
-            port,
-            child: None,
-        };
-        server.restart();
-        server
-    }
-
-    /// `redis://127.0.0.1:PORT/`.
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    /// Starts the server again on the same port and directory.
-    pub fn restart(&mut self) {
-        assert!(
-            self.child.is_none(),
-            "the private server is already running"
-        );
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ])
-            .arg("--dir")
-            .arg(&self.dir)
-            .arg("--logfile")
-            .arg(self.dir.join("redis.log"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start redis-server ({e}): install it with `cargo xtask services start`"
-                )
-            });
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let pong = redis::Client::open(self.url())
-                .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
-                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
-            if pong.is_ok() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "private redis-server on port {} did not start: see {}",
-                self.port,
-                self.dir.join("redis.log").display()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Kills the server by its PID with SIGKILL and reaps it.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+pub use highwater_testkit::servers::PrivateRedis;

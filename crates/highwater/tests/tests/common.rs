@@ -339,10 +339,11 @@ impl Workload {
 // ---------------------------------------------------------------------------
 // A store whose requests the test controls.
 
-/// An in-memory store that can hold manifest commits until released and
-/// fail artifact uploads after a number of successful ones.
+/// A real store (in memory unless another is wrapped) that can hold
+/// manifest commits until released and fail artifact uploads after a
+/// number of successful ones.
 pub struct ControlledStore {
-    inner: ObjectCheckpointStore,
+    inner: Arc<dyn CheckpointStore>,
     gated: AtomicBool,
     gate: tokio::sync::Semaphore,
     /// Artifact puts that still succeed; negative means unlimited.
@@ -351,8 +352,13 @@ pub struct ControlledStore {
 
 impl ControlledStore {
     pub fn new() -> Self {
+        Self::wrapping(Arc::new(ObjectCheckpointStore::in_memory()))
+    }
+
+    /// Controls requests to `inner`.
+    pub fn wrapping(inner: Arc<dyn CheckpointStore>) -> Self {
         ControlledStore {
-            inner: ObjectCheckpointStore::in_memory(),
+            inner,
             gated: AtomicBool::new(false),
             gate: tokio::sync::Semaphore::new(0),
             puts_left: AtomicI64::new(-1),

@@ -1,0 +1,65 @@
+//! Where checkpoints and live state go: parsing `--store`, `--dir` and
+//! `--backend` into a store and a backend.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use highwater::cloud::ObjectCheckpointStore;
+use highwater::memory::MemoryBackend;
+use highwater::redis::{RedisBackend, RedisCheckpointStore, RedisEndpoint, RedisStoreConfig};
+use highwater::{CheckpointStore, Error, Result, StateBackend};
+
+/// True when `spec` names a Redis server rather than a directory.
+pub fn is_redis_url(spec: &str) -> bool {
+    ["redis://", "rediss://", "redis+cluster://"]
+        .iter()
+        .any(|p| spec.starts_with(p))
+}
+
+/// Opens the checkpoint store named by `spec`: a `redis://…` URL (keys
+/// under `namespace`) or a local directory (created if `create`).
+pub fn open_store(spec: &str, namespace: &str, create: bool) -> Result<Arc<dyn CheckpointStore>> {
+    if is_redis_url(spec) {
+        let config = RedisStoreConfig::new(RedisEndpoint::parse(spec)?).with_namespace(namespace);
+        return Ok(Arc::new(RedisCheckpointStore::new(config)?));
+    }
+    let dir = Path::new(spec);
+    if create {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+    } else if !dir.is_dir() {
+        return Err(Error::NotFound(format!(
+            "checkpoint directory: {}",
+            dir.display()
+        )));
+    }
+    Ok(Arc::new(ObjectCheckpointStore::local(dir)?))
+}
+
+/// The live-state backend of the demo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendKind {
+    /// In-memory (the default).
+    Memory,
+    /// Redis (needs --redis-url).
+    Redis,
+}
+
+/// Opens the backend; Redis keys live under `namespace`.
+pub fn open_backend(
+    kind: BackendKind,
+    redis_url: Option<&str>,
+    namespace: &str,
+) -> Result<Arc<dyn StateBackend>> {
+    match kind {
+        BackendKind::Memory => Ok(Arc::new(MemoryBackend::new())),
+        BackendKind::Redis => {
+            let url = redis_url.ok_or_else(|| {
+                Error::InvalidArgument(
+                    "--backend redis needs --redis-url redis://HOST:PORT/".into(),
+                )
+            })?;
+            Ok(Arc::new(RedisBackend::open(url, namespace)?))
+        }
+    }
+}
