@@ -27,6 +27,7 @@ use highwater::{
 use serde::{Deserialize, Serialize};
 
 use crate::target::{BackendKind, open_backend, open_store};
+use highwater::wal::{SyncPolicy, WalConfig};
 
 /// Arguments of `highwater demo`.
 #[derive(Debug, Args)]
@@ -64,6 +65,28 @@ pub struct DemoArgs {
     /// Take full checkpoints only.
     #[arg(long)]
     full_only: bool,
+    /// Log every event's state changes to a write-ahead log (in DIR/wal,
+    /// or --wal-dir), replayed after the checkpoint on --resume.
+    #[arg(long)]
+    wal: bool,
+    /// Directory of the write-ahead log (implies --wal).
+    #[arg(long)]
+    wal_dir: Option<PathBuf>,
+    /// When the log is made durable: always (every event), interval (every
+    /// 10 ms) or never (on checkpoints and exit).
+    #[arg(long, value_enum, default_value_t = WalSync::Interval)]
+    wal_sync: WalSync,
+}
+
+/// The `--wal-sync` choices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WalSync {
+    /// fdatasync before every event is acknowledged.
+    Always,
+    /// fdatasync at least every 10 ms.
+    Interval,
+    /// fdatasync only when the log is closed.
+    Never,
 }
 
 /// One generated event.
@@ -146,7 +169,26 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         }
     };
     let backend = open_backend(args.backend, args.redis_url.as_deref(), &args.namespace)?;
-    let manager = StateManager::builder()
+    let wal_dir = match (&args.wal_dir, args.wal, &args.dir) {
+        (Some(d), _, _) => Some(d.clone()),
+        (None, true, Some(dir)) => Some(dir.join("wal")),
+        (None, true, None) => {
+            return Err(highwater::Error::InvalidArgument(
+                "--wal with --store needs --wal-dir DIR".into(),
+            ));
+        }
+        (None, false, _) => None,
+    };
+    let mut builder = StateManager::builder();
+    if let Some(dir) = &wal_dir {
+        let policy = match args.wal_sync {
+            WalSync::Always => SyncPolicy::Always,
+            WalSync::Interval => SyncPolicy::Interval(Duration::from_millis(10)),
+            WalSync::Never => SyncPolicy::Never,
+        };
+        builder = builder.wal(dir, WalConfig::default().sync_policy(policy));
+    }
+    let manager = builder
         .backend(backend)
         .store(open_store(&store_spec, &args.namespace, true)?)
         .interval(Duration::from_millis(args.checkpoint_every.max(1)))
@@ -180,8 +222,8 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
                     println!("skipped unreadable checkpoint {id}: {why}");
                 }
                 println!(
-                    "resumed from checkpoint {} (chain of {}, {} entries) at offset {offset}",
-                    info.checkpoint_id, info.chain_length, info.entries
+                    "resumed from checkpoint {} (chain of {}, {} entries) and {} logged changes at offset {offset}",
+                    info.checkpoint_id, info.chain_length, info.entries, info.wal_records_replayed
                 );
             }
             None => println!("no checkpoint in {store_spec}; starting at offset 0"),
@@ -212,6 +254,8 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
 
         offset += 1;
         source.update(&(), &offset)?;
+        // One event's changes form one atomic log batch.
+        manager.commit()?;
         // Between events: the state holds exactly events [0, offset).
         if manager.maybe_checkpoint()?.is_some() {
             checkpoints += 1;
@@ -221,6 +265,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     // A final checkpoint, so a resume after completion has nothing to redo.
     let last = manager.checkpoint()?.wait()?;
     checkpoints += 1;
+    manager.close()?;
 
     let processed = offset - first;
     println!(

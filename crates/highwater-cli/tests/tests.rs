@@ -133,6 +133,28 @@ fn sigkill_at_random_moments_then_resume_gives_the_same_digest() {
     );
 }
 
+#[test]
+fn sigkill_and_resume_with_the_write_ahead_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let args = |name: &str| {
+        vec![
+            "--dir".to_string(),
+            tmp.path().join(name).display().to_string(),
+            "--wal".into(),
+        ]
+    };
+    let killed = tmp.path().join("killed");
+    std::fs::create_dir_all(&killed).unwrap();
+    // A resumed run restores the newest checkpoint and replays the events
+    // logged after it; the digest must still match.
+    kill_and_resume(
+        &args("reference"),
+        &args("killed"),
+        &[killed.display().to_string()],
+        1_000_000,
+    );
+}
+
 fn redis_url() -> String {
     std::env::var("HIGHWATER_REDIS_URL").expect(
         "HIGHWATER_REDIS_URL is not set: run the tests through `cargo xtask test`, \

@@ -70,6 +70,8 @@
 pub mod layout;
 mod retry;
 mod store;
+mod url;
 
-pub use retry::{RetryPolicy, is_transient};
-pub use store::{ObjectCheckpointStore, StoreConfig};
+pub use retry::{RetryPolicy, http_status, is_transient};
+pub use store::{DEFAULT_PART_SIZE, ObjectCheckpointStore, StoreConfig, TransferConfig};
+pub use url::{CloudOptions, CloudService, StoreUrl, is_cloud_url};

@@ -11,19 +11,77 @@ use highwater_core::{
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
-use object_store::{GetOptions, ObjectStore, ObjectStoreExt, PutMode, PutPayload};
+use object_store::{
+    GetOptions, MultipartUpload, ObjectStore, ObjectStoreExt, PutMode, PutMultipartOptions,
+    PutPayload,
+};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
 
 use crate::layout::{
     ARTIFACTS_DIR, MANIFESTS_DIR, artifact_name, manifest_name, parse_artifact_name,
     parse_manifest_name,
 };
-use crate::retry::{RetryPolicy, is_transient};
+use crate::retry::{RetryPolicy, http_status, is_transient};
 
 /// Configuration of an [`ObjectCheckpointStore`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StoreConfig {
     /// Retries of transient request failures.
     pub retry: RetryPolicy,
+    /// Multipart uploads and the bound on requests in flight.
+    pub transfer: TransferConfig,
+}
+
+/// How artifacts travel: multipart uploads of large artifacts, and how many
+/// requests may be in flight.
+///
+/// Multipart uploads apply to remote stores only: the local store always
+/// writes one file per artifact (create-only through a hard link, fsync'd),
+/// which is both atomic and as fast as the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransferConfig {
+    /// Artifacts larger than this many bytes are uploaded in parts; `None`
+    /// uploads every artifact with a single request.
+    pub multipart_threshold: Option<u64>,
+    /// Bytes per part (the last part may be smaller). S3 refuses parts
+    /// below 5 MiB other than the last one; Azure and GCS accept any size.
+    pub part_size: usize,
+    /// Parts of one artifact uploaded at the same time (at least 1).
+    pub part_concurrency: usize,
+    /// Requests of this store in flight at the same time, across every
+    /// caller and every part (at least 1). Callers such as the
+    /// `StateManager` bound the artifacts in flight themselves; this bound
+    /// keeps `artifacts × parts` from exceeding what a connection pool and
+    /// the service's request-rate limits take.
+    pub max_requests: usize,
+}
+
+/// 8 MiB: the multipart threshold and part size of [`TransferConfig::default`]
+/// (the AWS command-line tool's defaults, above S3's 5 MiB minimum).
+pub const DEFAULT_PART_SIZE: usize = 8 << 20;
+
+impl Default for TransferConfig {
+    /// Multipart above 8 MiB, 8 MiB parts, 4 parts of an artifact and 64
+    /// requests of the store in flight.
+    fn default() -> Self {
+        TransferConfig {
+            multipart_threshold: Some(DEFAULT_PART_SIZE as u64),
+            part_size: DEFAULT_PART_SIZE,
+            part_concurrency: 4,
+            max_requests: 64,
+        }
+    }
+}
+
+impl TransferConfig {
+    /// One request per artifact, whatever its size.
+    pub fn single_request() -> Self {
+        TransferConfig {
+            multipart_threshold: None,
+            ..TransferConfig::default()
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -54,9 +112,21 @@ pub struct ObjectCheckpointStore {
     prefix: Path,
     name: &'static str,
     config: StoreConfig,
+    /// Permits for requests in flight ([`TransferConfig::max_requests`]).
+    requests: Arc<Semaphore>,
     /// Set for [`ObjectCheckpointStore::local`]: used to fsync directories
     /// after deletes, which `object_store` does not do.
     local: Option<LocalFileSystem>,
+    /// Keys a listing request returns at most (1 000 on S3 and GCS, 5 000
+    /// on Azure), to count listing requests as the service bills them:
+    /// `object_store` follows continuation pages without reporting them.
+    /// `None` for stores without pages (local, memory).
+    list_page: Option<usize>,
+    /// S3 answers a create-only put with 409 Conflict while another
+    /// conditional write of the same key is in flight; `object_store` maps
+    /// that to `AlreadyExists`, but nothing was decided yet: retry it.
+    /// (Azure answers 409 for "the blob exists", so only S3 sets this.)
+    conflict_is_transient: bool,
     counters: Counters,
 }
 
@@ -68,14 +138,30 @@ impl ObjectCheckpointStore {
     /// The store must support [`PutMode::Create`] (atomic create-only
     /// writes); manifests and artifacts are written only that way.
     pub fn new(store: Arc<dyn ObjectStore>, prefix: &str, name: &'static str) -> Self {
+        let config = StoreConfig::default();
         ObjectCheckpointStore {
             store,
             prefix: Path::from(prefix),
             name,
-            config: StoreConfig::default(),
+            requests: Arc::new(Semaphore::new(config.transfer.max_requests.max(1))),
+            config,
             local: None,
+            list_page: Some(1000),
+            conflict_is_transient: false,
             counters: Counters::default(),
         }
+    }
+
+    /// Sets the listing page size and the S3 conflict rule; used by
+    /// [`from_url`](Self::from_url).
+    pub(crate) fn with_service_rules(
+        mut self,
+        list_page: usize,
+        conflict_is_transient: bool,
+    ) -> Self {
+        self.list_page = Some(list_page);
+        self.conflict_is_transient = conflict_is_transient;
+        self
     }
 
     /// A durable store in the local directory `dir`, named `local`.
@@ -100,18 +186,32 @@ impl ObjectCheckpointStore {
         let fs = LocalFileSystem::new_with_prefix(&dir)
             .map_err(|e| Error::store("local", format!("open {}", dir.display()), e))?
             .with_fsync(true);
-        let mut store = ObjectCheckpointStore::new(Arc::new(fs.clone()), "", "local");
+        let mut store = ObjectCheckpointStore::new(Arc::new(fs.clone()), "", "local").with_config(
+            StoreConfig {
+                transfer: TransferConfig::single_request(),
+                ..StoreConfig::default()
+            },
+        );
         store.local = Some(fs);
+        store.list_page = None;
         Ok(store)
     }
 
     /// A store in memory, named `memory`; everything is lost on drop.
+    /// Uploads every artifact with a single request.
     pub fn in_memory() -> Self {
-        ObjectCheckpointStore::new(Arc::new(InMemory::new()), "", "memory")
+        let mut store = ObjectCheckpointStore::new(Arc::new(InMemory::new()), "", "memory")
+            .with_config(StoreConfig {
+                transfer: TransferConfig::single_request(),
+                ..StoreConfig::default()
+            });
+        store.list_page = None;
+        store
     }
 
     /// Replaces the configuration.
     pub fn with_config(mut self, config: StoreConfig) -> Self {
+        self.requests = Arc::new(Semaphore::new(config.transfer.max_requests.max(1)));
         self.config = config;
         self
     }
@@ -147,13 +247,35 @@ impl ObjectCheckpointStore {
             .join(manifest_name(id).as_str())
     }
 
+    /// A permit to send one request, waiting while
+    /// [`max_requests`](TransferConfig::max_requests) are in flight.
+    async fn permit(&self) -> OwnedSemaphorePermit {
+        // The semaphore is never closed.
+        self.requests
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the request semaphore is never closed")
+    }
+
+    /// True when `err` is worth another attempt (see [`is_transient`]),
+    /// including S3's 409 for a conflicting conditional write in flight.
+    fn retryable(&self, err: &object_store::Error) -> bool {
+        is_transient(err)
+            || (self.conflict_is_transient
+                && matches!(err, object_store::Error::AlreadyExists { .. })
+                && http_status(err) == Some(409))
+    }
+
     /// Runs `attempt` under the retry policy, counting every attempt in
-    /// `counter`. Returns the last result and the number of attempts made.
+    /// `counter` (when given; a multi-request attempt counts its own
+    /// requests) and holding a request permit for each single-request
+    /// attempt. Returns the last result and the number of attempts made.
     async fn run<T, F, Fut>(
         &self,
         op: &'static str,
         path: &Path,
-        counter: &AtomicU64,
+        counter: Option<&AtomicU64>,
         mut attempt: F,
     ) -> (object_store::Result<T>, u32)
     where
@@ -164,9 +286,16 @@ impl ObjectCheckpointStore {
         let mut made = 0;
         loop {
             made += 1;
-            bump(counter, 1);
-            match attempt().await {
-                Err(e) if made < policy.attempts() && is_transient(&e) => {
+            let outcome = match counter {
+                Some(counter) => {
+                    let _permit = self.permit().await;
+                    bump(counter, 1);
+                    attempt().await
+                }
+                None => attempt().await,
+            };
+            match outcome {
+                Err(e) if made < policy.attempts() && self.retryable(&e) => {
                     let backoff = policy.backoff(made);
                     tracing::warn!(
                         store = self.name,
@@ -197,7 +326,7 @@ impl ObjectCheckpointStore {
 
     async fn get_object(&self, what: &str, path: &Path) -> Result<Bytes> {
         let (result, _) = self
-            .run("get", path, &self.counters.gets, || async {
+            .run("get", path, Some(&self.counters.gets), || async {
                 self.store
                     .get_opts(path, GetOptions::default())
                     .await?
@@ -216,7 +345,7 @@ impl ObjectCheckpointStore {
 
     async fn delete_object(&self, what: &str, path: &Path) -> Result<()> {
         let (result, _) = self
-            .run("delete", path, &self.counters.deletes, || {
+            .run("delete", path, Some(&self.counters.deletes), || {
                 self.store.delete(path)
             })
             .await;
@@ -252,11 +381,24 @@ impl ObjectCheckpointStore {
     }
 
     /// Names of the objects directly under `<prefix>/<dir>`.
+    ///
+    /// One `list_with_delimiter` call follows every continuation page; the
+    /// `lists` counter adds the pages the service billed (see `list_page`).
     async fn list_names(&self, dir: &str) -> Result<Vec<String>> {
         let path = self.prefix.clone().join(dir);
         let (result, _) = self
-            .run("list", &path, &self.counters.lists, || {
-                self.store.list_with_delimiter(Some(&path))
+            .run("list", &path, None, || async {
+                let _permit = self.permit().await;
+                let listed = self.store.list_with_delimiter(Some(&path)).await;
+                let keys = listed
+                    .as_ref()
+                    .map_or(0, |l| l.objects.len() + l.common_prefixes.len());
+                let pages = match self.list_page {
+                    Some(page) => keys.div_ceil(page.max(1)).max(1),
+                    None => 1,
+                };
+                bump(&self.counters.lists, pages as u64);
+                listed
             })
             .await;
         let listed = result.map_err(|e| self.error("list", dir, &path, e))?;
@@ -265,6 +407,180 @@ impl ObjectCheckpointStore {
             .into_iter()
             .filter_map(|meta| meta.location.filename().map(str::to_owned))
             .collect())
+    }
+
+    /// True when `data` goes up as a multipart upload.
+    fn multipart(&self, len: usize) -> bool {
+        self.local.is_none()
+            && self
+                .config
+                .transfer
+                .multipart_threshold
+                .is_some_and(|t| len as u64 > t)
+    }
+
+    /// Whether an artifact exists, by HEAD.
+    async fn head_artifact(&self, id: ArtifactId, path: &Path) -> Result<bool> {
+        let (result, _) = self
+            .run("head", path, Some(&self.counters.heads), || {
+                self.store.head(path)
+            })
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.error("head", &format!("artifact {id}"), path, e)),
+        }
+    }
+
+    /// A single create-only put of an artifact.
+    async fn put_single(&self, id: ArtifactId, path: &Path, data: Bytes) -> Result<PutOutcome> {
+        let what = format!("artifact {id}");
+        let len = data.len() as u64;
+        let (result, attempts) = self
+            .run("put", path, Some(&self.counters.puts), || {
+                self.store
+                    .put_opts(path, PutPayload::from(data.clone()), PutMode::Create.into())
+            })
+            .await;
+        match result {
+            Ok(_) => {
+                bump(&self.counters.bytes_written, len);
+                Ok(PutOutcome::Written)
+            }
+            // Content addressed: an object with this name holds these bytes.
+            Err(e @ object_store::Error::AlreadyExists { .. }) => {
+                if self.retryable(&e) {
+                    // S3's conflict answer with the retries used up: the
+                    // other writer may not have finished. Present only if
+                    // it is there now.
+                    return if self.head_artifact(id, path).await? {
+                        Ok(PutOutcome::AlreadyPresent)
+                    } else {
+                        Err(self.error("put", &what, path, e))
+                    };
+                }
+                if attempts > 1 {
+                    // An earlier attempt may have published the object
+                    // and then failed before its directory was synced.
+                    self.sync_local_dir("put", &what, path).await?;
+                }
+                Ok(PutOutcome::AlreadyPresent)
+            }
+            Err(e) => Err(self.error("put", &what, path, e)),
+        }
+    }
+
+    /// A multipart upload of an artifact, unless a HEAD finds it present.
+    ///
+    /// `object_store` 0.14 cannot make a multipart upload create-only
+    /// (`PutMultipartOptions` has no put mode), so presence is checked
+    /// first. Two writers racing past the HEAD both upload the same bytes
+    /// under the same content-addressed name; the object is replaced by
+    /// identical bytes, atomically, when the second upload completes.
+    async fn put_multipart(&self, id: ArtifactId, path: &Path, data: Bytes) -> Result<PutOutcome> {
+        if self.head_artifact(id, path).await? {
+            return Ok(PutOutcome::AlreadyPresent);
+        }
+        let (result, _) = self
+            .run("put multipart", path, None, || {
+                self.multipart_attempt(path, data.clone())
+            })
+            .await;
+        match result {
+            Ok(()) => {
+                bump(&self.counters.bytes_written, data.len() as u64);
+                Ok(PutOutcome::Written)
+            }
+            Err(e) => Err(self.error("put multipart", &format!("artifact {id}"), path, e)),
+        }
+    }
+
+    /// One attempt of a multipart upload: create, parts (at most
+    /// `part_concurrency` in flight), complete. Every request counts as a
+    /// put. On failure the upload is aborted, so its parts do not linger
+    /// (and bill) in the bucket; nothing is visible until `complete`.
+    async fn multipart_attempt(&self, path: &Path, data: Bytes) -> object_store::Result<()> {
+        let transfer = self.config.transfer;
+        let mut upload = {
+            let _permit = self.permit().await;
+            bump(&self.counters.puts, 1);
+            self.store
+                .put_multipart_opts(path, PutMultipartOptions::default())
+                .await?
+        };
+        let outcome = self.upload_parts(&mut *upload, &data, transfer).await;
+        let outcome = match outcome {
+            Ok(()) => {
+                let _permit = self.permit().await;
+                bump(&self.counters.puts, 1);
+                upload.complete().await.map(|_| ())
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &outcome {
+            let _permit = self.permit().await;
+            bump(&self.counters.deletes, 1);
+            if let Err(abort) = upload.abort().await {
+                // The upload's error is what the caller must see; a failed
+                // abort leaves parts that the bucket's lifecycle rule for
+                // incomplete multipart uploads removes.
+                tracing::warn!(
+                    store = self.name,
+                    path = %path,
+                    error = %e,
+                    abort_error = %abort,
+                    "could not abort a failed multipart upload"
+                );
+            }
+        }
+        outcome
+    }
+
+    /// Sends the parts of `data`, in order, at most `part_concurrency` in
+    /// flight; returns the first error.
+    async fn upload_parts(
+        &self,
+        upload: &mut dyn MultipartUpload,
+        data: &Bytes,
+        transfer: TransferConfig,
+    ) -> object_store::Result<()> {
+        let part_size = transfer.part_size.max(1);
+        let concurrency = transfer.part_concurrency.max(1);
+        let mut parts = JoinSet::new();
+        let mut offset = 0;
+        while offset < data.len() {
+            while parts.len() >= concurrency {
+                join_part(parts.join_next().await)?;
+            }
+            let end = (offset + part_size).min(data.len());
+            let permit = self.permit().await;
+            bump(&self.counters.puts, 1);
+            // Parts are numbered in the order `put_part` is called; the
+            // returned futures may then finish in any order.
+            let part = upload.put_part(PutPayload::from(data.slice(offset..end)));
+            parts.spawn(async move {
+                let result = part.await;
+                drop(permit);
+                result
+            });
+            offset = end;
+        }
+        while let Some(done) = parts.join_next().await {
+            join_part(Some(done))?;
+        }
+        Ok(())
+    }
+}
+
+/// The result of one finished part task.
+fn join_part(
+    done: Option<std::result::Result<object_store::Result<()>, tokio::task::JoinError>>,
+) -> object_store::Result<()> {
+    match done {
+        None | Some(Ok(Ok(()))) => Ok(()),
+        Some(Ok(Err(e))) => Err(e),
+        Some(Err(join)) => Err(object_store::Error::JoinError { source: join }),
     }
 }
 
@@ -283,32 +599,10 @@ impl CheckpointStore for ObjectCheckpointStore {
                 )));
             }
             let path = self.artifact_path(id);
-            let len = data.len() as u64;
-            let (result, attempts) = self
-                .run("put", &path, &self.counters.puts, || {
-                    self.store.put_opts(
-                        &path,
-                        PutPayload::from(data.clone()),
-                        PutMode::Create.into(),
-                    )
-                })
-                .await;
-            match result {
-                Ok(_) => {
-                    bump(&self.counters.bytes_written, len);
-                    Ok(PutOutcome::Written)
-                }
-                // Content addressed: an object with this name holds these bytes.
-                Err(object_store::Error::AlreadyExists { .. }) => {
-                    if attempts > 1 {
-                        // An earlier attempt may have published the object
-                        // and then failed before its directory was synced.
-                        self.sync_local_dir("put", &format!("artifact {id}"), &path)
-                            .await?;
-                    }
-                    Ok(PutOutcome::AlreadyPresent)
-                }
-                Err(e) => Err(self.error("put", &format!("artifact {id}"), &path, e)),
+            if self.multipart(data.len()) {
+                self.put_multipart(id, &path, data).await
+            } else {
+                self.put_single(id, &path, data).await
             }
         })
     }
@@ -321,19 +615,7 @@ impl CheckpointStore for ObjectCheckpointStore {
     }
 
     fn has_artifact(&self, id: ArtifactId) -> BoxFuture<'_, Result<bool>> {
-        Box::pin(async move {
-            let path = self.artifact_path(id);
-            let (result, _) = self
-                .run("head", &path, &self.counters.heads, || {
-                    self.store.head(&path)
-                })
-                .await;
-            match result {
-                Ok(_) => Ok(true),
-                Err(object_store::Error::NotFound { .. }) => Ok(false),
-                Err(e) => Err(self.error("head", &format!("artifact {id}"), &path, e)),
-            }
-        })
+        Box::pin(async move { self.head_artifact(id, &self.artifact_path(id)).await })
     }
 
     fn list_artifacts(&self) -> BoxFuture<'_, Result<Vec<ArtifactId>>> {
@@ -368,7 +650,7 @@ impl CheckpointStore for ObjectCheckpointStore {
             let what = format!("manifest {id}");
             let len = data.len() as u64;
             let (result, attempts) = self
-                .run("commit", &path, &self.counters.puts, || {
+                .run("commit", &path, Some(&self.counters.puts), || {
                     self.store.put_opts(
                         &path,
                         PutPayload::from(data.clone()),
@@ -381,7 +663,24 @@ impl CheckpointStore for ObjectCheckpointStore {
                     bump(&self.counters.bytes_written, len);
                     Ok(())
                 }
-                Err(object_store::Error::AlreadyExists { .. }) => {
+                Err(e @ object_store::Error::AlreadyExists { .. }) => {
+                    if self.retryable(&e) {
+                        // S3's conflict answer with the retries used up:
+                        // another conditional write was in flight. Decided
+                        // only if a manifest is there now.
+                        return match self.get_object(&what, &path).await {
+                            Ok(stored) if stored == data => {
+                                bump(&self.counters.bytes_written, len);
+                                Ok(())
+                            }
+                            Ok(_) => Err(Error::AlreadyExists(format!(
+                                "{what} at {}:{path}",
+                                self.name
+                            ))),
+                            Err(Error::NotFound(_)) => Err(self.error("commit", &what, &path, e)),
+                            Err(other) => Err(other),
+                        };
+                    }
                     // After a retry, an earlier attempt may have succeeded
                     // with its response lost: if the stored manifest is ours
                     // byte for byte, the commit did happen.

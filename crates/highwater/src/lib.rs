@@ -14,6 +14,7 @@
 //! | (always) | [`core`] | traits, key groups, typed state, manifest and codec |
 //! | `memory` | [`memory`] | in-memory backend |
 //! | `cloud` | [`cloud`] | object_store checkpoint store: local directory, in-memory |
+//! | (always) | [`wal`] | write-ahead log of state changes (replayed on restore) |
 //! | `redis` | `redis` | Redis state backend and checkpoint store, standalone and cluster |
 //!
 //! See [`StateManager`] for an example.
@@ -22,6 +23,7 @@
 
 mod config;
 mod encode;
+mod logged;
 mod manager;
 mod restore;
 mod retention;
@@ -34,6 +36,7 @@ pub use highwater_core as core;
 pub use highwater_memory as memory;
 #[cfg(feature = "redis")]
 pub use highwater_redis as redis;
+pub use highwater_wal as wal;
 
 pub use config::CheckpointConfig;
 pub use highwater_core::{

@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 
 use crate::config::CheckpointConfig;
 use crate::encode::{EncodeParams, Produced, encode_snapshot};
+use crate::logged::LoggedBackend;
 use crate::restore::{fetch_artifacts, load_manifest, materialize};
 use crate::retention::{RetentionReport, apply_retention};
 
@@ -92,6 +93,10 @@ pub struct RestoreInfo {
     pub bytes_fetched: u64,
     /// Newer checkpoints skipped because they were unreadable, with why.
     pub fallbacks: Vec<(CheckpointId, String)>,
+    /// Write-ahead-log records replayed after the checkpoint.
+    pub wal_records_replayed: u64,
+    /// The write-ahead-log position the checkpoint covers, if recorded.
+    pub wal_position: Option<u64>,
     /// Wall time.
     pub duration: Duration,
 }
@@ -112,6 +117,7 @@ pub struct StateManagerBuilder {
     config: CheckpointConfig,
     clock: Arc<dyn Clock>,
     properties: BTreeMap<String, String>,
+    wal: Option<(std::path::PathBuf, highwater_wal::WalConfig)>,
 }
 
 impl std::fmt::Debug for StateManagerBuilder {
@@ -171,6 +177,24 @@ impl StateManagerBuilder {
         self
     }
 
+    /// Logs every state change to a write-ahead log in `dir`.
+    ///
+    /// Changes are appended as one atomic batch per
+    /// [`StateManager::commit`] (call it at event boundaries; checkpoints
+    /// commit too), every checkpoint records the log position it covers,
+    /// the log before the oldest retained checkpoint is released, and
+    /// [`StateManager::restore_latest`] replays the log after the restored
+    /// checkpoint. With `SyncPolicy::Always` a committed change survives any
+    /// crash; with `Interval` or `Never`, at most the last interval's.
+    pub fn wal(
+        mut self,
+        dir: impl Into<std::path::PathBuf>,
+        config: highwater_wal::WalConfig,
+    ) -> Self {
+        self.wal = Some((dir.into(), config));
+        self
+    }
+
     /// A property written into every manifest (for example the job name).
     pub fn property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.properties.insert(key.into(), value.into());
@@ -187,6 +211,17 @@ impl StateManagerBuilder {
         let store = self
             .store
             .ok_or_else(|| Error::InvalidArgument("a checkpoint store is required".into()))?;
+        let (backend, logged) = match self.wal {
+            Some((dir, config)) => {
+                let (wal, report) = highwater_wal::Wal::open(&dir, config)?;
+                if let Some(torn) = &report.torn_tail {
+                    tracing::warn!(dir = %dir.display(), ?torn, "cut the torn tail of the write-ahead log");
+                }
+                let logged = Arc::new(LoggedBackend::new(backend, Arc::new(wal)));
+                (logged.clone() as Arc<dyn StateBackend>, Some(logged))
+            }
+            None => (backend, None),
+        };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("highwater-io")
@@ -200,6 +235,7 @@ impl StateManagerBuilder {
             .map_err(|e| Error::Internal(format!("start the encode pool: {e}")))?;
         let inner = Arc::new(Inner {
             backend,
+            logged,
             store,
             config: self.config,
             clock: self.clock,
@@ -295,6 +331,8 @@ struct Tracking {
 
 struct Inner {
     backend: Arc<dyn StateBackend>,
+    /// The same backend as `backend` when a write-ahead log is on.
+    logged: Option<Arc<LoggedBackend>>,
     store: Arc<dyn CheckpointStore>,
     config: CheckpointConfig,
     clock: Arc<dyn Clock>,
@@ -359,6 +397,7 @@ struct Job {
     started: Instant,
     snapshot_pause: Duration,
     created_at_ms: u64,
+    wal_position: Option<u64>,
 }
 
 impl StateManager {
@@ -370,6 +409,7 @@ impl StateManager {
             config: CheckpointConfig::default(),
             clock: Arc::new(SystemClock),
             properties: BTreeMap::new(),
+            wal: None,
         }
     }
 
@@ -419,6 +459,35 @@ impl StateManager {
         self.trigger(t).map(Some)
     }
 
+    /// Marks an event boundary: with a write-ahead log, appends the changes
+    /// made since the last commit as one atomic batch (durable on return
+    /// under `SyncPolicy::Always`). Without a log it does nothing.
+    pub fn commit(&self) -> Result<()> {
+        match &self.inner.logged {
+            Some(logged) => logged.commit(),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for the checkpoint in flight, commits pending changes and
+    /// closes the write-ahead log (which makes it durable and releases its
+    /// directory). Later state changes fail. Without a log it only waits.
+    pub fn close(&self) -> Result<()> {
+        let _idle = self.inner.wait_idle();
+        match &self.inner.logged {
+            Some(logged) => {
+                logged.commit()?;
+                logged.wal().close()
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// The write-ahead log, if one is configured.
+    pub fn wal(&self) -> Option<&Arc<highwater_wal::Wal>> {
+        self.inner.logged.as_ref().map(|l| l.wal())
+    }
+
     /// Blocks until no checkpoint is in flight.
     pub fn wait_idle(&self) {
         drop(self.inner.wait_idle());
@@ -439,7 +508,13 @@ impl StateManager {
         // parent for an incremental.
         t.base = None;
         let started = Instant::now();
-        let snapshot = self.inner.backend.snapshot(snapshot_kind)?;
+        let (snapshot, wal_position) = match &self.inner.logged {
+            Some(logged) => {
+                let (s, lsn) = logged.snapshot_at(snapshot_kind)?;
+                (s, Some(lsn))
+            }
+            None => (self.inner.backend.snapshot(snapshot_kind)?, None),
+        };
         let snapshot_pause = started.elapsed();
         let id = t.next_id;
         t.next_id = id.next();
@@ -455,6 +530,7 @@ impl StateManager {
             started,
             snapshot_pause,
             created_at_ms: self.inner.clock.now_ms(),
+            wal_position,
         };
         let (tx, rx) = crossbeam_channel::bounded(1);
         let inner = self.inner.clone();
@@ -501,7 +577,9 @@ impl StateManager {
         Ok(CheckpointHandle { id, done: rx })
     }
 
-    /// Restores the newest readable checkpoint. A checkpoint whose manifest
+    /// Restores the newest readable checkpoint and, with a write-ahead log,
+    /// replays the log after it (a state with no checkpoint yet is rebuilt
+    /// from the log alone, reported as checkpoint id 0). A checkpoint whose manifest
     /// or artifacts are corrupt or missing is skipped (with a warning and an
     /// entry in [`RestoreInfo::fallbacks`]) in favour of the previous one.
     /// Returns `Ok(None)` when the store holds no checkpoint.
@@ -518,6 +596,14 @@ impl StateManager {
             match self.restore_locked(&mut t, id) {
                 Ok(mut info) => {
                     info.fallbacks = fallbacks;
+                    if let Some(logged) = &self.inner.logged {
+                        match info.wal_position {
+                            Some(p) => info.wal_records_replayed = logged.replay_from(p + 1)?,
+                            None => {
+                                tracing::warn!(checkpoint = %id, "checkpoint records no log position; the write-ahead log is not replayed")
+                            }
+                        }
+                    }
                     return Ok(Some(info));
                 }
                 Err(e) if e.is_corruption() || e.kind() == highwater_core::ErrorKind::NotFound => {
@@ -528,6 +614,26 @@ impl StateManager {
             }
         }
         if fallbacks.is_empty() {
+            // No checkpoint: the state is whatever the log holds, if it
+            // still reaches back to its first record.
+            if let Some(logged) = &self.inner.logged
+                && logged.wal().first_lsn() == 1
+                && logged.wal().last_lsn() >= 1
+            {
+                let started = Instant::now();
+                logged.restore(&mut std::iter::empty())?;
+                let replayed = logged.replay_from(1)?;
+                return Ok(Some(RestoreInfo {
+                    checkpoint_id: CheckpointId(0),
+                    chain_length: 0,
+                    entries: 0,
+                    bytes_fetched: 0,
+                    fallbacks,
+                    wal_records_replayed: replayed,
+                    wal_position: None,
+                    duration: started.elapsed(),
+                }));
+            }
             Ok(None)
         } else {
             Err(Error::corrupt(
@@ -544,7 +650,8 @@ impl StateManager {
         }
     }
 
-    /// Restores checkpoint `id`, replacing all live state.
+    /// Restores checkpoint `id` exactly, replacing all live state (the
+    /// write-ahead log is not replayed: the state is the checkpoint's).
     pub fn restore(&self, id: CheckpointId) -> Result<RestoreInfo> {
         let mut t = self.inner.wait_idle();
         self.restore_locked(&mut t, id)
@@ -599,6 +706,7 @@ impl StateManager {
             t.next_id = id.next();
         }
         let chain_length = manifest.chain_length();
+        let manifest_wal_position = manifest.wal_position;
         t.base = Some(manifest);
         Ok(RestoreInfo {
             checkpoint_id: id,
@@ -606,6 +714,8 @@ impl StateManager {
             entries,
             bytes_fetched,
             fallbacks: Vec::new(),
+            wal_records_replayed: 0,
+            wal_position: manifest_wal_position,
             duration: started.elapsed(),
         })
     }
@@ -692,7 +802,7 @@ fn run_checkpoint(inner: &Inner, job: Job) -> Result<(Arc<Manifest>, CheckpointI
         parent: job.parent.as_ref().map(|p| p.checkpoint_id),
         kind: job.kind,
         created_at_ms: job.created_at_ms,
-        wal_position: None,
+        wal_position: job.wal_position,
         max_parallelism: cfg.max_parallelism,
         layers,
         properties: inner.properties.clone(),
@@ -714,6 +824,15 @@ fn run_checkpoint(inner: &Inner, job: Job) -> Result<(Arc<Manifest>, CheckpointI
             }
         })
     })?;
+    // The log before the oldest retained checkpoint is no longer needed by
+    // any restore (restore_latest may fall back to any retained one).
+    if let (Some(logged), Some(pos)) = (
+        &inner.logged,
+        retention.as_ref().and_then(|r| r.oldest_wal_position),
+    ) && let Err(e) = logged.wal().truncate_before(pos + 1)
+    {
+        tracing::warn!(checkpoint = %id, error = %e, "could not release write-ahead-log segments");
+    }
     let own: &[ArtifactRef] = manifest.own_artifacts();
     let info = CheckpointInfo {
         id: job.id,

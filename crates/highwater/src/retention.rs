@@ -19,6 +19,9 @@ pub struct RetentionReport {
     /// Manifests that could not be read; they are kept for inspection and
     /// do not count towards `max_retained`.
     pub unreadable: Vec<CheckpointId>,
+    /// The lowest write-ahead-log position of the retained checkpoints, if
+    /// every one records a position: the log before it is no longer needed.
+    pub oldest_wal_position: Option<u64>,
 }
 
 /// Keeps the `max_retained` newest readable checkpoints of `store` and
@@ -36,6 +39,7 @@ pub async fn apply_retention(
     let mut ids = store.list_manifests().await?;
     ids.sort_unstable_by(|a, b| b.cmp(a));
     let mut referenced: HashSet<ArtifactId> = HashSet::new();
+    let mut positions: Vec<Option<u64>> = Vec::new();
     for id in ids {
         if report.retained.len() >= max_retained {
             store.delete_manifest(id).await?;
@@ -45,6 +49,7 @@ pub async fn apply_retention(
         match load_manifest(store, id).await {
             Ok(m) => {
                 referenced.extend(m.artifacts().map(|a| a.id));
+                positions.push(m.wal_position);
                 report.retained.push(id);
             }
             Err(e) if e.is_corruption() => {
@@ -54,6 +59,11 @@ pub async fn apply_retention(
             Err(e) => return Err(e),
         }
     }
+    report.oldest_wal_position = positions
+        .iter()
+        .copied()
+        .collect::<Option<Vec<u64>>>()
+        .and_then(|p| p.into_iter().min());
     for id in store.list_artifacts().await? {
         if !referenced.contains(&id) {
             store.delete_artifact(id).await?;

@@ -33,3 +33,5 @@ mod retention;
 mod runtime;
 #[path = "tests/ttl.rs"]
 mod ttl;
+#[path = "tests/wal.rs"]
+mod wal;
