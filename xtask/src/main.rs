@@ -10,7 +10,8 @@
 //! - `bench [SUITE] [--quick] [--report]`: benchmarks, and the Markdown report;
 //! - `tidy`: source-tree checks (module docs, forbidden markers, manifests);
 //! - `ci`: exactly what CI runs, in order;
-//! - `services start|stop|status`: the servers tests and benches talk to.
+//! - `services start|stop|status`: the servers tests and benches talk to;
+//! - `torture SUITE [--rounds N]`: long crash tests (`wal`: 1,000 SIGKILLs).
 //!
 //! The build output is `$CARGO_TARGET_DIR`, or `target/` in the repository.
 
@@ -20,6 +21,7 @@ mod demo;
 mod services;
 mod testing;
 mod tidy;
+mod torture;
 mod util;
 
 use std::process::ExitCode;
@@ -71,6 +73,14 @@ enum Command {
     Ci,
     /// Check the source tree: module docs, forbidden markers, manifests.
     Tidy,
+    /// Run a long crash test: `wal` SIGKILLs a writing child 1,000 times.
+    Torture {
+        /// The suite (`wal`).
+        suite: String,
+        /// Rounds instead of the suite's default.
+        #[arg(long)]
+        rounds: Option<u64>,
+    },
     /// Start, stop or inspect the servers the tests and benches talk to
     /// (redis-server standalone and cluster), on loopback ports.
     Services {
@@ -126,6 +136,7 @@ fn dispatch(ws: &Workspace, command: Command) -> Result {
         }
         Command::Ci => ci::run_ci(ws),
         Command::Tidy => tidy::run_tidy(ws),
+        Command::Torture { suite, rounds } => torture::run_torture(ws, &suite, rounds),
         Command::Services { action } => match action {
             ServicesAction::Start => services::start(ws).map(|_| ()),
             ServicesAction::Stop => services::stop(ws),
