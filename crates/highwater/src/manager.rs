@@ -808,6 +808,14 @@ fn run_checkpoint(inner: &Inner, job: Job) -> Result<(Arc<Manifest>, CheckpointI
         properties: inner.properties.clone(),
     };
     manifest.validate()?;
+    // The manifest claims the state up to its log position; under the
+    // Interval and Never policies that part of the log may not be durable
+    // yet. Make it so first, or a crash could lose records the checkpoint
+    // says come before the tail to replay (and new appends would reuse
+    // their LSNs). Under Always this finds nothing to do.
+    if let Some(logged) = &inner.logged {
+        logged.wal().sync()?;
+    }
     let encoded_manifest = Bytes::from(manifest.encode()?);
     let store = inner.store.clone();
     let keep = cfg.max_retained;
