@@ -45,7 +45,7 @@ pub struct DemoArgs {
     #[arg(long)]
     redis_url: Option<String>,
     /// Key namespace in Redis (state and checkpoints).
-    #[arg(long, default_value = "highwater-demo")]
+    #[arg(long, default_value = "highwater")]
     namespace: String,
     /// Number of events in the stream.
     #[arg(long, default_value_t = 200_000)]
@@ -180,6 +180,15 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         (None, false, _) => None,
     };
     let mut builder = StateManager::builder();
+    if let Some(dir) = &wal_dir
+        && !args.resume
+        && dir.exists()
+    {
+        // A fresh run starts a fresh log: records of an earlier run must
+        // not be replayed into this one.
+        std::fs::remove_dir_all(dir)
+            .map_err(|e| highwater::Error::io(format!("remove {}", dir.display()), e))?;
+    }
     if let Some(dir) = &wal_dir {
         let policy = match args.wal_sync {
             WalSync::Always => SyncPolicy::Always,
