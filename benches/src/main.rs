@@ -20,6 +20,7 @@
 //! A suite is a module with a `run(&Ctx) -> Result<SuiteResult>` function,
 //! listed in [`SUITES`]; add new suites (wal, merge, recovery, …) there.
 
+mod cloud;
 mod redis;
 mod state;
 mod util;
@@ -44,6 +45,7 @@ type Suite = (&'static str, fn(&Ctx) -> Result<SuiteResult>);
 const SUITES: &[Suite] = &[
     ("state", state::run),
     ("redis", redis::run),
+    ("cloud", cloud::run),
     ("wal", wal::run),
 ];
 

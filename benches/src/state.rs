@@ -16,6 +16,10 @@
 //!   snapshot window is the pause a processing thread sees (p99.9 too:
 //!   the puts that pay for a shard copy are well under 1% of all).
 //!   `snapshot_call_max_ms` is the longest `snapshot()` call itself.
+//!   `checkpoint_writer_pause_p99_ms`/`_max_ms` are the same for the puts
+//!   made while a real full checkpoint runs (and 500 ms after its commit):
+//!   the writer then copies every shard it touches, and the checkpoint
+//!   frees the old copies when it drops its snapshot.
 //! - `checkpoint_full_throughput`: logical record bytes of a full checkpoint
 //!   of that state per second from `checkpoint()` to committed manifest,
 //!   into an in-memory store (so encoding and compression are measured, not
@@ -177,6 +181,7 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
 
     snapshot_bench(&plan, &model, &backend, &mut params, &mut metrics)?;
     checkpoint_bench(ctx, &plan, &model, &backend, &mut params, &mut metrics)?;
+    checkpoint_pause_bench(&plan, &model, &backend, &mut params, &mut metrics)?;
 
     Ok(SuiteResult {
         suite: "state".into(),
@@ -597,6 +602,48 @@ struct WriterLog {
     outside: Vec<u64>,
 }
 
+/// Runs `driver` on this thread while a writer thread puts fresh values to
+/// random existing keys as fast as it can, timing every put. Puts that
+/// overlap a moment when `driver` has set the flag it is given are logged
+/// as inside.
+fn with_writer<R>(
+    model: &StateModel,
+    backend: &MemoryBackend,
+    seed: u64,
+    driver: impl FnOnce(&AtomicBool) -> Result<R>,
+) -> Result<(R, WriterLog)> {
+    let in_window = AtomicBool::new(false);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let writer = s.spawn(|| -> Result<WriterLog> {
+            let mut rng = Rng::new(seed);
+            let mut log = WriterLog::default();
+            let (mut key, mut value) = (Vec::new(), Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                // A fresh value, so the state stays as compressible as
+                // generated for the checkpoints that follow.
+                let i = rng.below(model.entries);
+                model.key(i, &mut key);
+                model.value(i, &mut rng, &mut value);
+                let during = in_window.load(Ordering::Relaxed);
+                let t = Instant::now();
+                StateBackend::put(backend, &key, &value)?;
+                let lat = t.elapsed().as_nanos() as u64;
+                if during || in_window.load(Ordering::Relaxed) {
+                    log.inside.push(lat);
+                } else {
+                    log.outside.push(lat);
+                }
+            }
+            Ok(log)
+        });
+        let result = driver(&in_window);
+        stop.store(true, Ordering::SeqCst);
+        let log = writer.join().map_err(|_| "the writer thread panicked")??;
+        Ok((result?, log))
+    })
+}
+
 fn snapshot_bench(
     plan: &Plan,
     model: &StateModel,
@@ -609,50 +656,20 @@ fn snapshot_bench(
         plan.snapshots,
         plan.hold.as_millis()
     );
-    let in_window = AtomicBool::new(false);
-    let stop = AtomicBool::new(false);
     let mut calls = Vec::new();
-    let log = std::thread::scope(|s| -> Result<WriterLog> {
-        let writer = s.spawn(|| -> Result<WriterLog> {
-            let mut rng = Rng::new(0x5eed_0004);
-            let mut log = WriterLog::default();
-            let (mut key, mut value) = (Vec::new(), Vec::new());
-            while !stop.load(Ordering::Relaxed) {
-                // A fresh value, so the state stays as compressible as
-                // generated for the checkpoints that follow.
-                let i = rng.below(model.entries);
-                model.key(i, &mut key);
-                model.value(i, &mut rng, &mut value);
-                let during = in_window.load(Ordering::Relaxed);
-                let t = Instant::now();
-                StateBackend::put(&**backend, &key, &value)?;
-                let lat = t.elapsed().as_nanos() as u64;
-                if during || in_window.load(Ordering::Relaxed) {
-                    log.inside.push(lat);
-                } else {
-                    log.outside.push(lat);
-                }
-            }
-            Ok(log)
-        });
-        let result = (|| -> Result {
+    let ((), log) = with_writer(model, backend, 0x5eed_0004, |in_window| {
+        std::thread::sleep(plan.gap);
+        for _ in 0..plan.snapshots {
+            in_window.store(true, Ordering::SeqCst);
+            let t = Instant::now();
+            let snap = backend.snapshot(SnapshotKind::Full)?;
+            calls.push(t.elapsed());
+            std::thread::sleep(plan.hold);
+            drop(snap);
+            in_window.store(false, Ordering::SeqCst);
             std::thread::sleep(plan.gap);
-            for _ in 0..plan.snapshots {
-                in_window.store(true, Ordering::SeqCst);
-                let t = Instant::now();
-                let snap = backend.snapshot(SnapshotKind::Full)?;
-                calls.push(t.elapsed());
-                std::thread::sleep(plan.hold);
-                drop(snap);
-                in_window.store(false, Ordering::SeqCst);
-                std::thread::sleep(plan.gap);
-            }
-            Ok(())
-        })();
-        stop.store(true, Ordering::SeqCst);
-        let log = writer.join().map_err(|_| "the writer thread panicked")??;
-        result?;
-        Ok(log)
+        }
+        Ok(())
     })?;
     let WriterLog {
         mut inside,
@@ -702,6 +719,75 @@ fn snapshot_bench(
     metrics.push(Metric::plain(
         "writer_put_p99_outside_snapshots_ms",
         util::ns_to_ms(percentile(&outside, 99.0)),
+        "ms",
+        false,
+    ));
+    Ok(())
+}
+
+/// The writer's view of a real full checkpoint: puts while
+/// `StateManager::checkpoint()` snapshots, encodes and commits in the
+/// background (the writer copies every shard it touches while the
+/// checkpoint holds the snapshot, and the old copies are freed when the
+/// checkpoint drops it), and for a while after the commit.
+fn checkpoint_pause_bench(
+    plan: &Plan,
+    model: &StateModel,
+    backend: &Arc<MemoryBackend>,
+    params: &mut Map<String, Value>,
+    metrics: &mut Vec<Metric>,
+) -> Result {
+    println!("state: a full checkpoint while a writer puts …");
+    let after = Duration::from_millis(500);
+    let (info, log) = with_writer(model, backend, 0x5eed_0005, |in_window| {
+        let m = manager(backend, ObjectCheckpointStore::in_memory())?;
+        std::thread::sleep(plan.gap);
+        in_window.store(true, Ordering::SeqCst);
+        let info = checkpoint(&m, CheckpointKind::Full)?;
+        std::thread::sleep(after);
+        in_window.store(false, Ordering::SeqCst);
+        std::thread::sleep(plan.gap);
+        Ok(info)
+    })?;
+    let mut inside = log.inside;
+    if inside.is_empty() {
+        return Err("the writer recorded no puts during the checkpoint".into());
+    }
+    inside.sort_unstable();
+    let p99 = util::ns_to_ms(percentile(&inside, 99.0));
+    let max = util::ns_to_ms(*inside.last().unwrap_or(&0));
+    let slow = inside.iter().filter(|&&ns| ns >= 1_000_000).count();
+    let slow10 = inside.iter().filter(|&&ns| ns >= 10_000_000).count();
+    let worst: Vec<String> = inside
+        .iter()
+        .rev()
+        .take(5)
+        .map(|&ns| format!("{:.1}", util::ns_to_ms(ns)))
+        .collect();
+    println!(
+        "state: checkpoint took {:.0} ms; {} puts from trigger to {} ms after commit \
+         (p99 {p99:.3} ms, {slow} ≥ 1 ms, {slow10} ≥ 10 ms, worst {} ms)",
+        ms(info.duration),
+        inside.len(),
+        after.as_millis(),
+        worst.join(", ")
+    );
+    params.insert(
+        "checkpoint_with_writer_ms".into(),
+        json!(round2(ms(info.duration))),
+    );
+    params.insert("checkpoint_writer_puts".into(), json!(inside.len()));
+    params.insert("checkpoint_writer_puts_slow_1ms".into(), json!(slow));
+    params.insert("checkpoint_writer_puts_slow_10ms".into(), json!(slow10));
+    metrics.push(Metric::plain(
+        "checkpoint_writer_pause_p99_ms",
+        p99,
+        "ms",
+        false,
+    ));
+    metrics.push(Metric::plain(
+        "checkpoint_writer_pause_max_ms",
+        max,
         "ms",
         false,
     ));

@@ -33,7 +33,7 @@ pub const ALL: &str = "all";
 
 /// Suites that talk to servers: they run inside
 /// [`with_services`](crate::testing::with_services).
-const NEEDS_SERVICES: &[&str] = &["redis"];
+const NEEDS_SERVICES: &[&str] = &["redis", "cloud"];
 
 /// One suite's results, as the benchmark binary writes them.
 #[derive(Debug, Deserialize)]

@@ -82,7 +82,8 @@ enum Command {
         rounds: Option<u64>,
     },
     /// Start, stop or inspect the servers the tests and benches talk to
-    /// (redis-server standalone and cluster), on loopback ports.
+    /// (redis-server standalone and cluster, moto's S3 server, azurite), on
+    /// loopback ports.
     Services {
         #[command(subcommand)]
         action: ServicesAction,

@@ -2,16 +2,32 @@
 //! benchmarks talk to, on loopback, with throw-away data under
 //! `<target>/services/`.
 //!
-//! Every service is an entry of [`SERVICES`]: a name, an `install` step
-//! that adds what is missing on the machine (Debian packages, and later
-//! PyPI's moto or npm's azurite), and a `start` step that launches its
-//! processes on free loopback ports, waits until they answer and returns
-//! the environment variables the tests read. Today there is one entry:
+//! Every service is an entry of [`SERVICES`]: a name, the environment
+//! variables it exports, an `install` step that adds what is missing on the
+//! machine, and a `start` step that launches its processes on free
+//! loopback ports, waits until they answer and returns the environment
+//! variables the tests read. The services start in parallel:
 //!
 //! - `redis`: one standalone `redis-server` and a 3-master Redis Cluster,
 //!   from Debian's `redis-server`/`redis-tools`, exported as
 //!   `HIGHWATER_REDIS_URL=redis://127.0.0.1:P/` and
 //!   `HIGHWATER_REDIS_CLUSTER=redis://127.0.0.1:P1/,redis://127.0.0.1:P2/,…`.
+//! - `s3`: moto's S3 server from PyPI (`moto[server]`, installed with pip
+//!   when `python3 -m moto.server` is missing), with the bucket `highwater`
+//!   created, exported as `HIGHWATER_S3_URL=s3://highwater/` plus
+//!   `AWS_ENDPOINT=http://127.0.0.1:P`, `AWS_ALLOW_HTTP=true`,
+//!   `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_REGION`, which
+//!   `object_store` reads.
+//! - `azure`: azurite's Blob service from npm (installed into
+//!   `<target>/tools/azurite` when missing), with the container `highwater`
+//!   created by a request signed with the emulator's published development
+//!   account, exported as `HIGHWATER_AZURE_URL=az://highwater/` plus
+//!   `AZURE_STORAGE_USE_EMULATOR=true` and
+//!   `AZURITE_BLOB_STORAGE_URL=http://127.0.0.1:P`.
+//!
+//! There is no GCS entry: no GCS emulator installs from the registries this
+//! project can reach (fake-gcs-server is a Go binary published outside
+//! them), so GCS is tested for its configuration only.
 //!
 //! `start` writes two files into `<target>/services/`:
 //!
@@ -23,11 +39,13 @@
 //! name), after checking that `/proc/PID/cmdline` still carries the marker
 //! so a recycled PID is never killed, then removes the directories.
 //!
-//! [`with_services`] (used by `cargo xtask test` and `cargo xtask bench`)
-//! reuses services that are already up (started by hand with `cargo xtask
-//! services start`) and leaves them running; otherwise it starts them before
-//! its closure and stops them afterwards on every path, failures and panics
-//! included.
+//! A service counts as running when every process under its directory is
+//! alive and the environment file has all its variables. `start` starts
+//! only the services that are not running (so a checkout that gained a
+//! service keeps the servers it already had), and [`with_services`] (used
+//! by `cargo xtask test` and `cargo xtask bench`) reuses running services
+//! and leaves them running; the ones it started itself it stops afterwards
+//! on every path, failures and panics included.
 
 use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
@@ -41,16 +59,24 @@ use crate::util::{Error, Result, Workspace, bail, io_context, render, run};
 pub const REDIS_URL_VAR: &str = "HIGHWATER_REDIS_URL";
 /// The environment variable with the comma-separated cluster node URLs.
 pub const REDIS_CLUSTER_VAR: &str = "HIGHWATER_REDIS_CLUSTER";
+/// The environment variable with the S3 bucket URL (`s3://highwater/`).
+pub const S3_URL_VAR: &str = "HIGHWATER_S3_URL";
+/// The environment variable with the Azure container URL (`az://highwater/`).
+pub const AZURE_URL_VAR: &str = "HIGHWATER_AZURE_URL";
 
 /// One kind of server the tests need.
 struct Service {
     /// Short name, also the name of its directory under `<target>/services`.
     name: &'static str,
-    /// Installs what is missing on this machine; a no-op when present.
-    install: fn() -> Result,
+    /// The environment variables its `start` returns.
+    vars: &'static [&'static str],
+    /// Installs what is missing on this machine (tools that are not
+    /// system packages go under `tools`, `<target>/tools`); a no-op when
+    /// present.
+    install: fn(tools: &Path) -> Result,
     /// Starts the service's processes with their data under `dir` (fresh
     /// and empty) and returns what was started.
-    start: fn(dir: &Path) -> Result<Started>,
+    start: fn(dir: &Path, tools: &Path) -> Result<Started>,
 }
 
 /// What a service's `start` launched.
@@ -69,14 +95,38 @@ struct Process {
     marker: String,
 }
 
-/// Every service, in start order. Add an S3 server (moto) or azurite as
-/// further entries: an install function (pip / npm) and a start function
-/// returning their endpoints.
-const SERVICES: &[Service] = &[Service {
-    name: "redis",
-    install: redis::install,
-    start: redis::start,
-}];
+/// Every service. They install and start in parallel.
+const SERVICES: &[Service] = &[
+    Service {
+        name: "redis",
+        vars: &[REDIS_URL_VAR, REDIS_CLUSTER_VAR],
+        install: redis::install,
+        start: redis::start,
+    },
+    Service {
+        name: "s3",
+        vars: &[
+            S3_URL_VAR,
+            "AWS_ENDPOINT",
+            "AWS_ALLOW_HTTP",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_REGION",
+        ],
+        install: moto::install,
+        start: moto::start,
+    },
+    Service {
+        name: "azure",
+        vars: &[
+            AZURE_URL_VAR,
+            "AZURE_STORAGE_USE_EMULATOR",
+            "AZURITE_BLOB_STORAGE_URL",
+        ],
+        install: azurite::install,
+        start: azurite::start,
+    },
+];
 
 /// The running services' environment, as recorded in `<target>/services/env`.
 #[derive(Debug, Clone, Default)]
@@ -103,56 +153,175 @@ fn processes_file(ws: &Workspace) -> PathBuf {
     services_dir(ws).join("processes")
 }
 
-/// `cargo xtask services start`: starts every service unless all are
-/// already running, and prints the variables to export.
+/// Where tools that are not system packages are installed (azurite).
+fn tools_dir(ws: &Workspace) -> PathBuf {
+    ws.target_dir.join("tools")
+}
+
+/// True when `service` runs: it has recorded processes, all alive, and
+/// the environment has every variable it exports.
+fn is_up(ws: &Workspace, service: &Service, env: &Env, processes: &[Process]) -> bool {
+    let dir = services_dir(ws).join(service.name);
+    let mine: Vec<&Process> = processes
+        .iter()
+        .filter(|p| p.pid_file.starts_with(&dir))
+        .collect();
+    !mine.is_empty()
+        && mine.iter().all(|p| live_pid(p).is_some())
+        && service
+            .vars
+            .iter()
+            .all(|v| env.vars.iter().any(|(k, _)| k == v))
+}
+
+/// `cargo xtask services start`: starts every service that is not
+/// running, and prints the variables to export.
 pub fn start(ws: &Workspace) -> Result<Env> {
-    if let Some(env) = running(ws)? {
+    start_missing(ws).map(|(env, _)| env)
+}
+
+/// Starts the services that are not running; returns the environment of
+/// all of them and the names of those started now.
+fn start_missing(ws: &Workspace) -> Result<(Env, Vec<&'static str>)> {
+    let recorded_env = read_env(ws)?.unwrap_or_default();
+    let recorded = read_processes(ws)?;
+    let missing: Vec<&Service> = SERVICES
+        .iter()
+        .filter(|s| !is_up(ws, s, &recorded_env, &recorded))
+        .collect();
+    if missing.is_empty() {
         println!(
             "xtask: services are already running (see {}); stop them with `cargo xtask services stop`",
             ws.display_path(&env_file(ws))
         );
-        print_exports(&env);
-        return Ok(env);
+        print_exports(&recorded_env);
+        return Ok((recorded_env, Vec::new()));
     }
-    // Left-overs of an interrupted run: stop whatever is still alive.
-    stop(ws)?;
+    if missing.len() == SERVICES.len() {
+        // Left-overs of an interrupted run: stop whatever is still alive.
+        stop(ws)?;
+    } else {
+        for service in &missing {
+            stop_service(ws, service)?;
+        }
+    }
     let dir = services_dir(ws);
     std::fs::create_dir_all(&dir).map_err(io_context("create", &dir))?;
-    let mut env = Env::default();
-    let mut processes = Vec::new();
-    for service in SERVICES {
-        let result = (service.install)().and_then(|()| {
-            let sdir = dir.join(service.name);
-            std::fs::create_dir_all(&sdir).map_err(io_context("create", &sdir))?;
-            println!("xtask: starting service {}", service.name);
-            (service.start)(&sdir)
-        });
+    let tools = tools_dir(ws);
+    // What keeps running, then what starts now.
+    let mut env = read_env(ws)?.unwrap_or_default();
+    let mut processes = read_processes(ws)?;
+    let started_at = Instant::now();
+    let results: Vec<(&Service, Result<Started>, Duration)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = missing
+            .iter()
+            .map(|service| {
+                let (dir, tools) = (&dir, &tools);
+                scope.spawn(move || {
+                    let t = Instant::now();
+                    let result = (service.install)(tools).and_then(|()| {
+                        let sdir = dir.join(service.name);
+                        std::fs::create_dir_all(&sdir).map_err(io_context("create", &sdir))?;
+                        println!("xtask: starting service {}", service.name);
+                        (service.start)(&sdir, tools)
+                    });
+                    (*service, result, t.elapsed())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .zip(&missing)
+            .map(|(h, service)| {
+                h.join().unwrap_or_else(|_| {
+                    (
+                        *service,
+                        Err(Error::from(format!("starting {} panicked", service.name))),
+                        Duration::ZERO,
+                    )
+                })
+            })
+            .collect()
+    });
+    let mut failures = Vec::new();
+    for (service, result, took) in results {
         match result {
             Ok(started) => {
+                println!(
+                    "xtask: service {} is up ({:.1} s)",
+                    service.name,
+                    took.as_secs_f64()
+                );
                 env.vars.extend(started.env);
                 processes.extend(started.processes);
-                // Recorded after every service, so a failure later still
-                // leaves what must be stopped on disk.
-                write_processes(ws, &processes)?;
             }
             Err(e) => {
                 // A half-started service may have left processes behind
                 // that are not recorded yet: its start function records
                 // pid files as it goes into the service directory.
                 processes.extend(pid_files_under(&dir.join(service.name)));
-                let _ = write_processes(ws, &processes);
-                let _ = stop(ws);
-                bail!("service {} failed to start: {e}", service.name);
+                failures.push(format!("service {} failed to start: {e}", service.name));
             }
         }
     }
+    // Recorded before anything else can fail, so whatever must be stopped
+    // is on disk.
+    write_processes(ws, &processes)?;
+    if !failures.is_empty() {
+        for service in &missing {
+            let _ = stop_service(ws, service);
+        }
+        bail!("{}", failures.join("; "));
+    }
     write_env(ws, &env)?;
     println!(
-        "xtask: services are up; environment in {}",
+        "xtask: services are up in {:.1} s; environment in {}",
+        started_at.elapsed().as_secs_f64(),
         ws.display_path(&env_file(ws))
     );
     print_exports(&env);
-    Ok(env)
+    Ok((env, missing.iter().map(|s| s.name).collect()))
+}
+
+/// Stops the processes of one service, removes its directory and drops
+/// its processes and variables from the recorded files.
+fn stop_service(ws: &Workspace, service: &Service) -> Result {
+    let sdir = services_dir(ws).join(service.name);
+    let recorded = read_processes(ws)?;
+    let (mine, others): (Vec<Process>, Vec<Process>) = recorded
+        .into_iter()
+        .partition(|p| p.pid_file.starts_with(&sdir));
+    let mut mine = mine;
+    for p in pid_files_under(&sdir) {
+        if !mine.iter().any(|q| q.pid_file == p.pid_file) {
+            mine.push(p);
+        }
+    }
+    let mut failures = Vec::new();
+    for p in &mine {
+        if let Err(e) = stop_process(p) {
+            failures.push(e.to_string());
+        }
+    }
+    if !failures.is_empty() {
+        bail!(
+            "could not stop every process of service {}: {}",
+            service.name,
+            failures.join("; ")
+        );
+    }
+    if services_dir(ws).exists() {
+        write_processes(ws, &others)?;
+        if let Some(mut env) = read_env(ws)? {
+            env.vars
+                .retain(|(k, _)| !service.vars.iter().any(|v| v == k));
+            write_env(ws, &env)?;
+        }
+    }
+    if sdir.exists() {
+        std::fs::remove_dir_all(&sdir).map_err(io_context("remove", &sdir))?;
+    }
+    Ok(())
 }
 
 /// `cargo xtask services stop`: stops every recorded process by its PID
@@ -226,9 +395,16 @@ pub fn with_services<T>(ws: &Workspace, f: impl FnOnce(&Env) -> Result<T>) -> Re
         println!("xtask: using the services already running (they stay up)");
         return f(&env);
     }
-    let env = start(ws)?;
+    let (env, started) = start_missing(ws)?;
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&env)));
-    let stopped = stop(ws);
+    let stopped = if started.len() == SERVICES.len() {
+        stop(ws)
+    } else {
+        SERVICES
+            .iter()
+            .filter(|s| started.contains(&s.name))
+            .try_for_each(|s| stop_service(ws, s))
+    };
     match outcome {
         Ok(Ok(value)) => stopped.map(|()| value),
         Ok(Err(e)) => {
@@ -246,14 +422,17 @@ pub fn with_services<T>(ws: &Workspace, f: impl FnOnce(&Env) -> Result<T>) -> Re
     }
 }
 
-/// The environment of the running services, if every recorded process is
-/// alive and the environment file is complete.
+/// The environment of the running services, if every service is up (see
+/// [`is_up`]).
 fn running(ws: &Workspace) -> Result<Option<Env>> {
-    let processes = read_processes(ws)?;
-    if processes.is_empty() || !processes.iter().all(|p| live_pid(p).is_some()) {
+    let Some(env) = read_env(ws)? else {
         return Ok(None);
-    }
-    read_env(ws)
+    };
+    let processes = read_processes(ws)?;
+    Ok(SERVICES
+        .iter()
+        .all(|s| is_up(ws, s, &env, &processes))
+        .then_some(env))
 }
 
 fn print_exports(env: &Env) {
@@ -324,6 +503,8 @@ fn pid_files_under(dir: &Path) -> Vec<Process> {
         }
         let marker = match path.file_name().and_then(|n| n.to_str()) {
             Some("redis.pid") => "redis-server",
+            Some("moto.pid") => moto::MARKER,
+            Some("azurite.pid") => azurite::MARKER,
             _ => continue,
         };
         out.push(Process {
@@ -475,7 +656,7 @@ mod redis {
 
     const CLUSTER_NODES: usize = 3;
 
-    pub(super) fn install() -> Result {
+    pub(super) fn install(_tools: &Path) -> Result {
         if on_path("redis-server") && on_path("redis-cli") {
             return Ok(());
         }
@@ -489,7 +670,7 @@ mod redis {
         Ok(())
     }
 
-    pub(super) fn start(dir: &Path) -> Result<Started> {
+    pub(super) fn start(dir: &Path, _tools: &Path) -> Result<Started> {
         let mut started = Started::default();
         let mut taken = Vec::new();
 
@@ -593,6 +774,280 @@ mod redis {
     }
 }
 
+/// Starts `cmd` in the background, in its own process group (so a Ctrl-C
+/// at the terminal that ran xtask does not reach it), with its output in
+/// `log`, and writes its PID to `pid_file`. The child handle is for
+/// [`wait_http`]; dropping it leaves the process running (it outlives
+/// xtask and is stopped by its PID).
+fn spawn_background(
+    cmd: &mut Command,
+    log: &Path,
+    pid_file: &Path,
+    marker: &str,
+) -> Result<(Process, std::process::Child)> {
+    use std::os::unix::process::CommandExt as _;
+    let out = std::fs::File::create(log).map_err(io_context("create", log))?;
+    let err = out.try_clone().map_err(io_context("open", log))?;
+    println!("$ {} &", render(cmd));
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("cannot start `{}`: {e}", render(cmd)))?;
+    write_atomic(pid_file, &format!("{}\n", child.id()))?;
+    Ok((
+        Process {
+            pid_file: pid_file.to_path_buf(),
+            marker: marker.to_owned(),
+        },
+        child,
+    ))
+}
+
+/// Sends a bodiless HTTP/1.1 request to `127.0.0.1:port` and returns the
+/// status of the answer, or `None` when nothing answers.
+fn http_status(port: u16, method: &str, path: &str) -> Option<u16> {
+    use std::io::Read as _;
+    let mut s = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+/// Waits until `child` answers HTTP on `port`; fails early (pointing at
+/// its log) when it exits. The child handle, not `/proc`, says whether it
+/// exited: while a launcher `exec`s its way to the real program,
+/// `/proc/PID/cmdline` can briefly read empty.
+fn wait_http(what: &str, child: &mut std::process::Child, port: u16, log: &Path) -> Result {
+    let mut exited = None;
+    wait_until(what, Duration::from_secs(60), || {
+        if let Ok(Some(status)) = child.try_wait() {
+            exited = Some(status);
+            return true;
+        }
+        http_status(port, "GET", "/").is_some()
+    })
+    .and_then(|()| match exited {
+        Some(status) => bail!("{what} exited during start-up ({status})"),
+        None => Ok(()),
+    })
+    .map_err(|e| Error::from(format!("{e} (log: {})", log.display())))
+}
+
+/// The `s3` service: moto's S3 server with the bucket `highwater`.
+mod moto {
+    use super::*;
+
+    /// What moto's command line contains.
+    pub(super) const MARKER: &str = "moto.server";
+    const BUCKET: &str = "highwater";
+
+    fn installed() -> bool {
+        Command::new("python3")
+            .args(["-c", "import moto.server, flask"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    pub(super) fn install(_tools: &Path) -> Result {
+        if installed() {
+            return Ok(());
+        }
+        println!("xtask: moto's S3 server is not installed; installing moto[server] from PyPI");
+        let mut pip = Command::new("python3");
+        pip.args(["-m", "pip", "install", "--quiet", "moto[server]>=5,<6"]);
+        if run(&mut pip).is_err() {
+            // A Debian-managed interpreter refuses user installs (PEP 668).
+            let mut pip = Command::new("python3");
+            pip.args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--break-system-packages",
+                "moto[server]>=5,<6",
+            ]);
+            run(&mut pip)?;
+        }
+        if !installed() {
+            bail!("python3 still cannot import moto.server after installing moto[server]");
+        }
+        Ok(())
+    }
+
+    pub(super) fn start(dir: &Path, _tools: &Path) -> Result<Started> {
+        let port = free_port(0, &[])?;
+        let log = dir.join("moto.log");
+        // The interpreter itself, not a launcher (pyenv's shims exec a
+        // chain of scripts), so the recorded PID runs moto from the start.
+        let python = output("python3", &["-c", "import sys; print(sys.executable)"])
+            .map(|p| p.trim().to_owned())
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| "python3".to_owned());
+        let mut cmd = Command::new(python);
+        cmd.args([
+            "-m",
+            "moto.server",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ]);
+        let (process, mut child) = spawn_background(&mut cmd, &log, &dir.join("moto.pid"), MARKER)?;
+        wait_http(&format!("moto on 127.0.0.1:{port}"), &mut child, port, &log)?;
+        // moto accepts an unauthenticated bucket creation.
+        match http_status(port, "PUT", &format!("/{BUCKET}")) {
+            Some(200) => {}
+            other => bail!("moto did not create the bucket {BUCKET}: status {other:?}"),
+        }
+        let endpoint = format!("http://127.0.0.1:{port}");
+        Ok(Started {
+            env: vec![
+                (S3_URL_VAR.to_owned(), format!("s3://{BUCKET}/")),
+                ("AWS_ENDPOINT".to_owned(), endpoint),
+                ("AWS_ALLOW_HTTP".to_owned(), "true".to_owned()),
+                ("AWS_ACCESS_KEY_ID".to_owned(), "test".to_owned()),
+                ("AWS_SECRET_ACCESS_KEY".to_owned(), "test".to_owned()),
+                ("AWS_REGION".to_owned(), "us-east-1".to_owned()),
+            ],
+            processes: vec![process],
+        })
+    }
+}
+
+/// The `azure` service: azurite's Blob service with the container
+/// `highwater`.
+mod azurite {
+    use super::*;
+
+    /// What azurite's command line contains.
+    pub(super) const MARKER: &str = "azurite-blob";
+    /// The version installed; azurite follows the Blob REST API closely, so
+    /// it is pinned for reproducible runs.
+    const VERSION: &str = "3.35.0";
+    const CONTAINER: &str = "highwater";
+
+    /// Creates a container with a request signed (Shared Key) with the
+    /// emulator's published development account; azurite refuses
+    /// unauthenticated creation and object_store does not create
+    /// containers. Node's own crypto does the HMAC. Exits 0 when the
+    /// container was created or exists.
+    const CREATE_CONTAINER_JS: &str = r#"
+const http = require('http'), crypto = require('crypto');
+const [port, container] = process.argv.slice(2);
+const account = 'devstoreaccount1';
+const key = Buffer.from('Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==', 'base64');
+const date = new Date().toUTCString(), version = '2021-08-06';
+const path = `/${account}/${container}`;
+const toSign = ['PUT', '', '', '', '', '', '', '', '', '', '', '',
+  `x-ms-date:${date}`, `x-ms-version:${version}`,
+  `/${account}${path}\nrestype:container`].join('\n');
+const sig = crypto.createHmac('sha256', key).update(toSign, 'utf8').digest('base64');
+const req = http.request({host: '127.0.0.1', port, method: 'PUT', path: `${path}?restype=container`,
+  headers: {'x-ms-date': date, 'x-ms-version': version, 'Content-Length': 0,
+            'Authorization': `SharedKey ${account}:${sig}`}}, res => {
+  let body = ''; res.on('data', d => body += d);
+  res.on('end', () => {
+    if (res.statusCode === 201 || res.statusCode === 409) process.exit(0);
+    console.error(`create container ${container}: HTTP ${res.statusCode} ${body}`);
+    process.exit(1);
+  });
+});
+req.on('error', e => { console.error(`create container ${container}: ${e.message}`); process.exit(1); });
+req.end();
+"#;
+
+    fn binary(tools: &Path) -> PathBuf {
+        tools
+            .join("azurite")
+            .join("node_modules")
+            .join(".bin")
+            .join("azurite-blob")
+    }
+
+    pub(super) fn install(tools: &Path) -> Result {
+        if binary(tools).is_file() {
+            return Ok(());
+        }
+        if !on_path("npm") || !on_path("node") {
+            println!("xtask: node and npm are not installed; installing them from Debian packages");
+            apt_install(&["nodejs", "npm"])?;
+        }
+        let dir = tools.join("azurite");
+        std::fs::create_dir_all(&dir).map_err(io_context("create", &dir))?;
+        println!(
+            "xtask: azurite is not installed; installing azurite@{VERSION} from npm into {}",
+            dir.display()
+        );
+        let mut npm = Command::new("npm");
+        npm.args([
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "--loglevel=error",
+            "--prefix",
+        ])
+        .arg(&dir)
+        .arg(format!("azurite@{VERSION}"))
+        .stdin(Stdio::null());
+        run(&mut npm)?;
+        if !binary(tools).is_file() {
+            bail!("{} is missing after npm install", binary(tools).display());
+        }
+        Ok(())
+    }
+
+    pub(super) fn start(dir: &Path, tools: &Path) -> Result<Started> {
+        let port = free_port(0, &[])?;
+        let log = dir.join("azurite.log");
+        let mut cmd = Command::new(binary(tools));
+        cmd.args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
+            .args(["--inMemoryPersistence", "--disableTelemetry"])
+            .args(["--skipApiVersionCheck", "--loose"])
+            // In-memory persistence refuses --location; keep azurite's
+            // debug files out of the working directory.
+            .current_dir(dir);
+        let (process, mut child) =
+            spawn_background(&mut cmd, &log, &dir.join("azurite.pid"), MARKER)?;
+        wait_http(
+            &format!("azurite on 127.0.0.1:{port}"),
+            &mut child,
+            port,
+            &log,
+        )?;
+        let script = dir.join("create-container.js");
+        write_atomic(&script, CREATE_CONTAINER_JS)?;
+        let mut create = Command::new("node");
+        create
+            .arg(&script)
+            .args([&port.to_string(), CONTAINER])
+            .stdin(Stdio::null());
+        run(&mut create)?;
+        Ok(Started {
+            env: vec![
+                (AZURE_URL_VAR.to_owned(), format!("az://{CONTAINER}/")),
+                ("AZURE_STORAGE_USE_EMULATOR".to_owned(), "true".to_owned()),
+                (
+                    "AZURITE_BLOB_STORAGE_URL".to_owned(),
+                    format!("http://127.0.0.1:{port}"),
+                ),
+            ],
+            processes: vec![process],
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -603,6 +1058,58 @@ mod tests {
         assert!(u32::from(p) + 10_000 < 65_536);
         let q = free_port(0, &[p]).unwrap();
         assert_ne!(p, q);
+    }
+
+    #[test]
+    fn pid_files_of_every_service_kind_are_found_with_their_marker() {
+        let dir = std::env::temp_dir().join(format!("xtask-services-pids-{}", std::process::id()));
+        for (sub, file) in [
+            ("redis/standalone", "redis.pid"),
+            ("s3", "moto.pid"),
+            ("azure", "azurite.pid"),
+            ("azure", "other.pid"),
+        ] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+            std::fs::write(dir.join(sub).join(file), "1").unwrap();
+        }
+        let mut found: Vec<(String, String)> = pid_files_under(&dir)
+            .into_iter()
+            .map(|p| {
+                let name = p
+                    .pid_file
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                (name, p.marker)
+            })
+            .collect();
+        found.sort();
+        assert_eq!(
+            found,
+            [
+                ("azurite.pid".to_owned(), "azurite-blob".to_owned()),
+                ("moto.pid".to_owned(), "moto.server".to_owned()),
+                ("redis.pid".to_owned(), "redis-server".to_owned()),
+            ]
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn services_have_distinct_names_and_variables() {
+        let mut names: Vec<&str> = SERVICES.iter().map(|s| s.name).collect();
+        let mut vars: Vec<&str> = SERVICES
+            .iter()
+            .flat_map(|s| s.vars.iter().copied())
+            .collect();
+        let (n, v) = (names.len(), vars.len());
+        names.sort_unstable();
+        names.dedup();
+        vars.sort_unstable();
+        vars.dedup();
+        assert_eq!((names.len(), vars.len()), (n, v));
+        assert!(SERVICES.iter().all(|s| !s.vars.is_empty()));
     }
 
     #[test]

@@ -19,8 +19,8 @@ pub fn run_all(ws: &Workspace, extra: &[String]) -> Result {
 /// Runs `f` while the servers the tests talk to are up, and stops them
 /// afterwards on every path out of `f`, failure included.
 ///
-/// The servers (today redis-server, standalone and a cluster; later an
-/// S3-compatible server and azurite, all on loopback) start here, before
+/// The servers (redis-server, standalone and a cluster; moto's S3 server;
+/// azurite's Blob service; all on loopback) start here, before
 /// `f`, which receives their environment to pass to the commands it runs.
 /// Services already started with `cargo xtask services start` are reused
 /// and left running. See [`services`].

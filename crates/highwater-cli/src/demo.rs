@@ -35,7 +35,9 @@ pub struct DemoArgs {
     /// Checkpoint directory (created if missing); shorthand for --store DIR.
     #[arg(long, required_unless_present = "store", conflicts_with = "store")]
     dir: Option<PathBuf>,
-    /// Checkpoint store: a directory or a redis://HOST:PORT/ URL.
+    /// Checkpoint store: a directory, a redis://HOST:PORT/ URL, or an
+    /// s3://BUCKET/PREFIX, az://CONTAINER/PREFIX or gs://BUCKET/PREFIX URL
+    /// (credentials and endpoints from the usual environment variables).
     #[arg(long)]
     store: Option<String>,
     /// Where live state is kept.
@@ -44,7 +46,8 @@ pub struct DemoArgs {
     /// Redis server of `--backend redis`.
     #[arg(long)]
     redis_url: Option<String>,
-    /// Key namespace in Redis (state and checkpoints).
+    /// Key namespace in Redis (state and checkpoints); object-store URLs use
+    /// their prefix instead.
     #[arg(long, default_value = "highwater")]
     namespace: String,
     /// Number of events in the stream.

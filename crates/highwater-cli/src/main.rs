@@ -24,9 +24,10 @@ enum Command {
     /// killed at any moment and resumed with --resume (any number of times)
     /// ends with the same digest as an uninterrupted run.
     Demo(demo::DemoArgs),
-    /// List the checkpoints in STORE (a directory or a redis:// URL).
+    /// List the checkpoints in STORE (a directory, or a redis://, s3://,
+    /// az:// or gs:// URL).
     Inspect {
-        /// Checkpoint directory, or a redis:// URL.
+        /// Checkpoint directory, or a redis://, s3://, az:// or gs:// URL.
         store: String,
         /// Key namespace of a Redis store.
         #[arg(long, default_value = "highwater")]
@@ -35,10 +36,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Check every manifest and artifact checksum in STORE (a directory or a
-    /// redis:// URL); exit 1 if any is bad.
+    /// Check every manifest and artifact checksum in STORE (a directory, or
+    /// a redis://, s3://, az:// or gs:// URL); exit 1 if any is bad.
     Verify {
-        /// Checkpoint directory, or a redis:// URL.
+        /// Checkpoint directory, or a redis://, s3://, az:// or gs:// URL.
         store: String,
         /// Key namespace of a Redis store.
         #[arg(long, default_value = "highwater")]

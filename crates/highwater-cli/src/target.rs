@@ -17,11 +17,23 @@ pub fn is_redis_url(spec: &str) -> bool {
 }
 
 /// Opens the checkpoint store named by `spec`: a `redis://…` URL (keys
-/// under `namespace`) or a local directory (created if `create`).
+/// under `namespace`), an `s3://bucket/prefix`, `az://container/prefix`
+/// (or `azure://…`) or `gs://bucket/prefix` URL (objects under the URL's
+/// prefix; `namespace` does not apply; the client is configured from the
+/// usual `AWS_*`, `AZURE_*` and `GOOGLE_*` environment variables), or a
+/// local directory (created if `create`).
 pub fn open_store(spec: &str, namespace: &str, create: bool) -> Result<Arc<dyn CheckpointStore>> {
     if is_redis_url(spec) {
         let config = RedisStoreConfig::new(RedisEndpoint::parse(spec)?).with_namespace(namespace);
         return Ok(Arc::new(RedisCheckpointStore::new(config)?));
+    }
+    if highwater::cloud::is_cloud_url(spec) {
+        // The bucket or container must exist; nothing is created in it
+        // until the first checkpoint.
+        return Ok(Arc::new(ObjectCheckpointStore::from_url(
+            spec,
+            &highwater::cloud::CloudOptions::new(),
+        )?));
     }
     let dir = Path::new(spec);
     if create {

@@ -346,3 +346,22 @@ fn inspect_lists_checkpoints_as_json() {
         .unwrap();
     assert_eq!(missing.status.code(), Some(2));
 }
+
+#[test]
+fn kill_and_resume_with_checkpoints_on_s3() {
+    // The S3-compatible server from `cargo xtask services start` (moto);
+    // the binary reads AWS_ENDPOINT and the credentials from the
+    // environment, as it would for any S3 endpoint.
+    let base = std::env::var("HIGHWATER_S3_URL").expect(
+        "HIGHWATER_S3_URL is not set: run the tests through `cargo xtask test`, \
+         or start the servers with `cargo xtask services start`",
+    );
+    let url = |name: &str| format!("{}/{}", base.trim_end_matches('/'), unique(name));
+    let killed = url("cli-s3");
+    kill_and_resume(
+        &["--store".to_string(), url("cli-s3-reference")],
+        &["--store".to_string(), killed.clone()],
+        &[killed],
+        300_000,
+    );
+}

@@ -10,9 +10,11 @@ use std::time::Duration;
 /// [`max_backoff`](Self::max_backoff). Only errors for which
 /// [`is_transient`] is true are retried; the last error is returned.
 ///
-/// Remote `object_store` clients (S3, GCS, Azure) have their own HTTP-level
-/// retries; this policy adds a small bound on top and covers every store,
-/// including local and wrapped ones.
+/// Remote `object_store` clients (S3, GCS, Azure) first retry each HTTP
+/// request themselves (see [`CloudOptions::with_http_retries`](crate::CloudOptions::with_http_retries));
+/// this policy adds a small bound on top and covers every store, including
+/// local and wrapped ones. A multipart upload is retried as a whole (its
+/// parts cannot be re-sent individually through `object_store`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Attempts per request, the first one included; `0` is treated as `1`.
@@ -154,7 +156,9 @@ mod tests {
         assert!(is_transient(&e));
         let e = object_store::Error::AlreadyExists {
             path: "p".into(),
-            source: Box::new(Http("Server returned non-2xx status code: 409 Conflict: busy")),
+            source: Box::new(Http(
+                "Server returned non-2xx status code: 409 Conflict: busy",
+            )),
         };
         assert_eq!(http_status(&e), Some(409));
         assert!(!is_transient(&e));

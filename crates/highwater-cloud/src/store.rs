@@ -127,6 +127,10 @@ pub struct ObjectCheckpointStore {
     /// that to `AlreadyExists`, but nothing was decided yet: retry it.
     /// (Azure answers 409 for "the blob exists", so only S3 sets this.)
     conflict_is_transient: bool,
+    /// Whether starting and aborting a multipart upload send a request (S3
+    /// and GCS; Azure's blocks need none until the block list is committed,
+    /// and uncommitted blocks expire by themselves).
+    multipart_create_is_request: bool,
     counters: Counters,
 }
 
@@ -148,19 +152,23 @@ impl ObjectCheckpointStore {
             local: None,
             list_page: Some(1000),
             conflict_is_transient: false,
+            multipart_create_is_request: true,
             counters: Counters::default(),
         }
     }
 
-    /// Sets the listing page size and the S3 conflict rule; used by
+    /// Sets how the service pages listings, answers racing conditional
+    /// writes and starts multipart uploads; used by
     /// [`from_url`](Self::from_url).
     pub(crate) fn with_service_rules(
         mut self,
         list_page: usize,
         conflict_is_transient: bool,
+        multipart_create_is_request: bool,
     ) -> Self {
         self.list_page = Some(list_page);
         self.conflict_is_transient = conflict_is_transient;
+        self.multipart_create_is_request = multipart_create_is_request;
         self
     }
 
@@ -504,7 +512,9 @@ impl ObjectCheckpointStore {
         let transfer = self.config.transfer;
         let mut upload = {
             let _permit = self.permit().await;
-            bump(&self.counters.puts, 1);
+            if self.multipart_create_is_request {
+                bump(&self.counters.puts, 1);
+            }
             self.store
                 .put_multipart_opts(path, PutMultipartOptions::default())
                 .await?
@@ -520,7 +530,10 @@ impl ObjectCheckpointStore {
         };
         if let Err(e) = &outcome {
             let _permit = self.permit().await;
-            bump(&self.counters.deletes, 1);
+            // Azure has nothing to abort (uncommitted blocks expire).
+            if self.multipart_create_is_request {
+                bump(&self.counters.deletes, 1);
+            }
             if let Err(abort) = upload.abort().await {
                 // The upload's error is what the caller must see; a failed
                 // abort leaves parts that the bucket's lifecycle rule for

@@ -111,7 +111,9 @@ impl StoreUrl {
             return bad("the bucket (or container) name is empty");
         }
         if bucket.contains('@') {
-            return bad("credentials or account names in the url are not supported; use the environment or options");
+            return bad(
+                "credentials or account names in the url are not supported; use the environment or options",
+            );
         }
         if !bucket
             .bytes()
@@ -120,10 +122,8 @@ impl StoreUrl {
             return bad("the bucket (or container) name has characters buckets cannot have");
         }
         let prefix = prefix.trim_end_matches('/');
-        if !prefix.is_empty() {
-            if let Err(e) = Path::parse(prefix) {
-                return bad(&format!("invalid prefix {prefix:?}: {e}"));
-            }
+        if let (false, Err(e)) = (prefix.is_empty(), Path::parse(prefix)) {
+            return bad(&format!("invalid prefix {prefix:?}: {e}"));
         }
         Ok(StoreUrl {
             service,
@@ -251,10 +251,18 @@ impl ObjectCheckpointStore {
             )));
         }
         let store = build(&parsed, options).map_err(|e| {
-            Error::InvalidArgument(format!("configure the {} store for {url:?}: {e}", service.name()))
+            Error::InvalidArgument(format!(
+                "configure the {} store for {url:?}: {e}",
+                service.name()
+            ))
         })?;
-        Ok(ObjectCheckpointStore::new(store, &parsed.prefix, service.name())
-            .with_service_rules(service.list_page(), service == CloudService::S3))
+        Ok(
+            ObjectCheckpointStore::new(store, &parsed.prefix, service.name()).with_service_rules(
+                service.list_page(),
+                service == CloudService::S3,
+                service != CloudService::Azure,
+            ),
+        )
     }
 }
 

@@ -14,6 +14,7 @@
 //! | (always) | [`core`] | traits, key groups, typed state, manifest and codec |
 //! | `memory` | [`memory`] | in-memory backend |
 //! | `cloud` | [`cloud`] | object_store checkpoint store: local directory, in-memory |
+//! | `s3`, `azure`, `gcs` | [`cloud`] | the same store on S3, Azure Blob and GCS (`ObjectCheckpointStore::from_url`) |
 //! | (always) | [`wal`] | write-ahead log of state changes (replayed on restore) |
 //! | `redis` | `redis` | Redis state backend and checkpoint store, standalone and cluster |
 //!
