@@ -121,52 +121,7 @@ impl std::fmt::Display for RedisEndpoint {
     }
 }
 
-/// How often and how patiently a request is retried after a transient
-/// error ([`is_transient`]): attempt `n` (1-based) is preceded by a sleep of
-/// `initial_backoff * 2^(n-2)`, capped at `max_backoff`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Attempts per request, the first one included; `0` is treated as `1`.
-    pub max_attempts: u32,
-    /// Sleep before the first retry.
-    pub initial_backoff: Duration,
-    /// Upper bound of any sleep.
-    pub max_backoff: Duration,
-}
-
-impl Default for RetryPolicy {
-    /// Three attempts, sleeping 50 ms and then 100 ms.
-    fn default() -> Self {
-        RetryPolicy {
-            max_attempts: 3,
-            initial_backoff: Duration::from_millis(50),
-            max_backoff: Duration::from_secs(1),
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// One attempt per request.
-    pub fn none() -> Self {
-        RetryPolicy {
-            max_attempts: 1,
-            ..RetryPolicy::default()
-        }
-    }
-
-    /// Attempts per request, at least one.
-    pub fn attempts(&self) -> u32 {
-        self.max_attempts.max(1)
-    }
-
-    /// The sleep before retry `retry` (1 for the first retry).
-    pub fn backoff(&self, retry: u32) -> Duration {
-        let factor = 2u32.saturating_pow(retry.saturating_sub(1));
-        self.initial_backoff
-            .saturating_mul(factor)
-            .min(self.max_backoff)
-    }
-}
+pub use highwater_core::RetryPolicy;
 
 /// Connection settings shared by the backend and the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
