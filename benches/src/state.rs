@@ -142,7 +142,8 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
     }
     let mut metrics = Vec::new();
 
-    ops_bench(&plan, &mut params, &mut metrics)?;
+    let mut phases = Phases::default();
+    phases.run("ops", || ops_bench(&plan, &mut params, &mut metrics))?;
 
     let model = StateModel::sized(plan.state_bytes);
     println!(
@@ -179,15 +180,47 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
         false,
     ));
 
-    snapshot_bench(&plan, &model, &backend, &mut params, &mut metrics)?;
-    checkpoint_bench(ctx, &plan, &model, &backend, &mut params, &mut metrics)?;
-    checkpoint_pause_bench(&plan, &model, &backend, &mut params, &mut metrics)?;
+    phases.run("snapshot", || {
+        snapshot_bench(&plan, &model, &backend, &mut params, &mut metrics)
+    })?;
+    phases.run("checkpoint", || {
+        checkpoint_bench(ctx, &plan, &model, &backend, &mut params, &mut metrics)
+    })?;
+    phases.run("checkpoint_pause", || {
+        checkpoint_pause_bench(&plan, &model, &backend, &mut params, &mut metrics)
+    })?;
+    for (phase, pct) in phases.others {
+        params.insert(
+            format!("other_processes_cpu_pct_{phase}"),
+            json!(round2(pct)),
+        );
+    }
 
     Ok(SuiteResult {
         suite: "state".into(),
         params,
         metrics,
     })
+}
+
+/// How much of the machine other processes used during each phase.
+#[derive(Default)]
+struct Phases {
+    others: Vec<(&'static str, f64)>,
+}
+
+impl Phases {
+    fn run<T>(&mut self, name: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let before = util::CpuReading::now();
+        let out = f()?;
+        if let (Some(b), Some(a)) = (before, util::CpuReading::now())
+            && let Some(pct) = a.others_since(&b)
+        {
+            println!("state: other processes used {pct:.0}% of the machine during `{name}`");
+            self.others.push((name, pct));
+        }
+        Ok(out)
+    }
 }
 
 fn round2(x: f64) -> f64 {

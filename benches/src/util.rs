@@ -111,6 +111,55 @@ pub fn loadavg() -> Option<f64> {
     text.split_whitespace().next()?.parse().ok()
 }
 
+/// CPU time counters (Linux `/proc`, in clock ticks): the whole machine's
+/// busy and total time, and this process's own time. Two readings tell how
+/// much of the machine other processes used in between, which says how far
+/// to trust the figures measured meanwhile on a shared machine.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuReading {
+    busy: u64,
+    total: u64,
+    own: u64,
+}
+
+impl CpuReading {
+    /// Reads the counters; `None` where `/proc` is not available.
+    pub fn now() -> Option<CpuReading> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let cpu: Vec<u64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        // user nice system idle iowait irq softirq steal ...
+        let total: u64 = cpu.iter().take(8).sum();
+        let idle = cpu.get(3)? + cpu.get(4)?;
+        let own = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Fields after the parenthesised command: utime and stime are the
+        // 12th and 13th.
+        let rest = own.get(own.rfind(')')? + 2..)?;
+        let mut fields = rest.split_whitespace().skip(11);
+        let utime: u64 = fields.next()?.parse().ok()?;
+        let stime: u64 = fields.next()?.parse().ok()?;
+        Some(CpuReading {
+            busy: total - idle,
+            total,
+            own: utime + stime,
+        })
+    }
+
+    /// Percent of the machine's CPU time that other processes used since
+    /// `earlier`.
+    pub fn others_since(&self, earlier: &CpuReading) -> Option<f64> {
+        let total = self.total.checked_sub(earlier.total)?;
+        let busy = self.busy.checked_sub(earlier.busy)?;
+        let own = self.own.checked_sub(earlier.own)?;
+        (total > 0).then(|| 100.0 * busy.saturating_sub(own) as f64 / total as f64)
+    }
+}
+
 /// Bytes as MiB, for messages.
 pub fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
