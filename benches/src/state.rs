@@ -6,16 +6,19 @@
 //!   `memory_get_2t` (2 threads, each on its own half of the keys): raw
 //!   [`StateBackend::put`]/[`StateBackend::get`] on a [`MemoryBackend`]
 //!   against a plain `RwLock<HashMap<Vec<u8>, Vec<u8>>>` (std hasher, one
-//!   lock). Keys are encoded [`StateKey`]s (~37 bytes), values 100 bytes;
+//!   lock). Keys are encoded [`StateKey`]s (~38 bytes), values 100 bytes;
 //!   every operation overwrites or reads an existing key, in a shuffled
 //!   order. Median of several rounds, ops/s.
 //! - `snapshot_pause_p99_ms`: a writer thread puts continuously to random
 //!   existing keys of a backend holding `state_bytes` of keys and values,
 //!   timing every put, while the main thread takes full snapshots and holds
-//!   each for a while. The p99 (and max) of the puts that overlapped a
-//!   snapshot window is the pause a processing thread sees (p99.9 too:
-//!   the puts that pay for a shard copy are well under 1% of all).
-//!   `snapshot_call_max_ms` is the longest `snapshot()` call itself.
+//!   each for a while. The p99 of the puts that overlapped a snapshot
+//!   window is the pause a processing thread sees; `_p999_ms` and `_max_ms`
+//!   show the tail (the puts that pay for a shard copy are well under 1% of
+//!   all). `snapshot_call_max_ms` is the longest `snapshot()` call itself
+//!   (every shard is locked meanwhile), `snapshot_call_after_bulk_load_ms`
+//!   the first one after the state was loaded (every key changed), and
+//!   `writer_put_p99_outside_snapshots_ms` the writer's p99 without one.
 //!   `checkpoint_writer_pause_p99_ms`/`_max_ms` are the same for the puts
 //!   made while a real full checkpoint runs (and 500 ms after its commit):
 //!   the writer then copies every shard it touches, and the checkpoint
@@ -32,7 +35,12 @@
 //!
 //! The state is two operators of a typical pipeline: keyed running
 //! aggregates (~26-byte values) and window buffers (lists of 4–14 sensor
-//! readings, ~100–400 bytes, compressible about 2×).
+//! readings, ~100–400 bytes, compressible about 2.5×).
+//!
+//! The machine may be shared (CI runners, other jobs): the parameters
+//! record the load average at the start and, per phase, the share of the
+//! machine's CPU time that other processes used
+//! (`other_processes_cpu_pct_*`), so a disturbed run can be recognised.
 
 use std::collections::HashMap;
 use std::hint::black_box;
