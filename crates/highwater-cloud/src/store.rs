@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
 use bytes::Bytes;
 use highwater_core::{
@@ -84,19 +84,10 @@ impl TransferConfig {
     }
 }
 
-#[derive(Debug, Default)]
-struct Counters {
-    puts: AtomicU64,
-    gets: AtomicU64,
-    heads: AtomicU64,
-    lists: AtomicU64,
-    deletes: AtomicU64,
-    bytes_written: AtomicU64,
-    bytes_read: AtomicU64,
-}
+type Counters = highwater_core::AtomicStoreCounters;
 
 fn bump(counter: &AtomicU64, by: u64) {
-    counter.fetch_add(by, Ordering::Relaxed);
+    Counters::bump(counter, by);
 }
 
 /// A [`CheckpointStore`] over any [`ObjectStore`]: a local directory, memory,
@@ -747,17 +738,7 @@ impl CheckpointStore for ObjectCheckpointStore {
     }
 
     fn counters(&self) -> StoreCounters {
-        let c = &self.counters;
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        StoreCounters {
-            puts: load(&c.puts),
-            gets: load(&c.gets),
-            heads: load(&c.heads),
-            lists: load(&c.lists),
-            deletes: load(&c.deletes),
-            bytes_written: load(&c.bytes_written),
-            bytes_read: load(&c.bytes_read),
-        }
+        self.counters.snapshot()
     }
 }
 

@@ -47,5 +47,5 @@ pub use state::{
     ListStateDescriptor, MapState, MapStateDescriptor, ReducingState, ReducingStateDescriptor,
     ValueState, ValueStateDescriptor,
 };
-pub use store::{BoxFuture, CheckpointStore, PutOutcome, StoreCounters};
+pub use store::{AtomicStoreCounters, BoxFuture, CheckpointStore, PutOutcome, StoreCounters};
 pub use ttl::{Clock, Envelope, ManualClock, SystemClock, TtlConfig, TtlUpdate};

@@ -4,6 +4,8 @@
 use std::future::Future;
 use std::pin::Pin;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use bytes::Bytes;
 
 use crate::error::Result;
@@ -39,6 +41,47 @@ pub struct StoreCounters {
     pub bytes_written: u64,
     /// Bytes read.
     pub bytes_read: u64,
+}
+
+/// The counters a store implementation keeps while it works: one atomic per
+/// field of [`StoreCounters`], updated without locks from any task.
+#[derive(Debug, Default)]
+pub struct AtomicStoreCounters {
+    /// Write requests.
+    pub puts: AtomicU64,
+    /// Read requests.
+    pub gets: AtomicU64,
+    /// Existence checks.
+    pub heads: AtomicU64,
+    /// Listing requests.
+    pub lists: AtomicU64,
+    /// Deletes.
+    pub deletes: AtomicU64,
+    /// Bytes written.
+    pub bytes_written: AtomicU64,
+    /// Bytes read.
+    pub bytes_read: AtomicU64,
+}
+
+impl AtomicStoreCounters {
+    /// Adds `by` to `counter` (one of this struct's fields).
+    pub fn bump(counter: &AtomicU64, by: u64) {
+        counter.fetch_add(by, Ordering::Relaxed);
+    }
+
+    /// The current values.
+    pub fn snapshot(&self) -> StoreCounters {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        StoreCounters {
+            puts: load(&self.puts),
+            gets: load(&self.gets),
+            heads: load(&self.heads),
+            lists: load(&self.lists),
+            deletes: load(&self.deletes),
+            bytes_written: load(&self.bytes_written),
+            bytes_read: load(&self.bytes_read),
+        }
+    }
 }
 
 /// Durable storage for checkpoint artifacts and manifests.

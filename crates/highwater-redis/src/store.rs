@@ -3,7 +3,7 @@
 //! docs for the key layout and the guarantees.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -131,19 +131,10 @@ impl RedisStoreConfig {
     }
 }
 
-#[derive(Debug, Default)]
-struct Counters {
-    puts: AtomicU64,
-    gets: AtomicU64,
-    heads: AtomicU64,
-    lists: AtomicU64,
-    deletes: AtomicU64,
-    bytes_written: AtomicU64,
-    bytes_read: AtomicU64,
-}
+type Counters = highwater_core::AtomicStoreCounters;
 
 fn bump(counter: &AtomicU64, by: u64) {
-    counter.fetch_add(by, Ordering::Relaxed);
+    Counters::bump(counter, by);
 }
 
 /// The connection, replaced after a failure that broke it. The generation
@@ -944,17 +935,7 @@ impl CheckpointStore for RedisCheckpointStore {
     }
 
     fn counters(&self) -> StoreCounters {
-        let c = &self.counters;
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        StoreCounters {
-            puts: load(&c.puts),
-            gets: load(&c.gets),
-            heads: load(&c.heads),
-            lists: load(&c.lists),
-            deletes: load(&c.deletes),
-            bytes_written: load(&c.bytes_written),
-            bytes_read: load(&c.bytes_read),
-        }
+        self.counters.snapshot()
     }
 }
 
