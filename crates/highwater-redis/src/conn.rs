@@ -303,12 +303,7 @@ impl SyncConn {
         pattern: &[u8],
         count: usize,
     ) -> RedisResult<(u64, Vec<Vec<u8>>)> {
-        let mut cmd = redis::cmd("SCAN");
-        cmd.arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(count);
+        let cmd = scan_cmd(cursor, pattern, count);
         let value = match (self, target) {
             (SyncConn::Single(c), _) => cmd.query(c)?,
             (SyncConn::Cluster(c), ScanTarget::Node(route)) => c.route_command(
@@ -526,12 +521,7 @@ impl AsyncConn {
         pattern: &[u8],
         count: usize,
     ) -> RedisResult<(u64, Vec<Vec<u8>>)> {
-        let mut cmd = redis::cmd("SCAN");
-        cmd.arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(count);
+        let cmd = scan_cmd(cursor, pattern, count);
         let value = match (self, target) {
             (AsyncConn::Cluster(c), ScanTarget::Node(route)) => {
                 c.route_command(
@@ -555,6 +545,18 @@ pub(crate) fn glob_escape_into(bytes: &[u8], out: &mut Vec<u8>) {
         }
         out.push(b);
     }
+}
+
+/// `SCAN cursor MATCH pattern COUNT count`, for the sync and async
+/// connections alike.
+fn scan_cmd(cursor: u64, pattern: &[u8], count: usize) -> redis::Cmd {
+    let mut cmd = redis::cmd("SCAN");
+    cmd.arg(cursor)
+        .arg("MATCH")
+        .arg(pattern)
+        .arg("COUNT")
+        .arg(count);
+    cmd
 }
 
 #[cfg(test)]
