@@ -23,6 +23,7 @@ pub mod error;
 pub mod key;
 pub mod keygroup;
 pub mod manifest;
+pub mod read;
 pub mod retry;
 pub mod state;
 pub mod store;
@@ -41,6 +42,7 @@ pub use keygroup::{DEFAULT_MAX_PARALLELISM, KeyGroup, KeyGroupRange, key_group_f
 pub use manifest::{
     ArtifactId, ArtifactRef, CheckpointId, CheckpointKind, Layer, LayerKind, Manifest,
 };
+pub use read::{Records, decode_checked, load_manifest};
 pub use retry::RetryPolicy;
 pub use state::{
     AggregateFunction, AggregatingState, AggregatingStateDescriptor, KeyedStateContext, ListState,

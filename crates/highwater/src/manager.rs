@@ -16,8 +16,9 @@ use tokio::task::JoinSet;
 use crate::config::CheckpointConfig;
 use crate::encode::{EncodeParams, Produced, encode_snapshot};
 use crate::logged::LoggedBackend;
-use crate::restore::{fetch_artifacts, load_manifest, materialize};
+use crate::restore::{fetch_artifacts, materialize};
 use crate::retention::{RetentionReport, apply_retention};
+use highwater_core::load_manifest;
 
 /// Statistics of one completed checkpoint.
 #[derive(Debug, Clone, PartialEq)]

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use highwater_core::{ArtifactId, CheckpointId, CheckpointStore, Result};
 
-use crate::restore::load_manifest;
+use highwater_core::load_manifest;
 
 /// What a retention pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -1,0 +1,84 @@
+//! Reading checkpoints back: manifests by id and artifacts checked against
+//! the manifest reference that names them. Every reader of checkpoints
+//! (restore, verification, merging, retention) goes through these two
+//! functions, so what "a readable checkpoint" means is defined once.
+
+use crate::codec::{ArtifactKind, DecodeLimits, decode_artifact};
+use crate::error::{Error, Result};
+use crate::key::key_group_of;
+use crate::manifest::{ArtifactRef, CheckpointId, LayerKind, Manifest};
+use crate::store::CheckpointStore;
+
+/// Reads and decodes a manifest.
+pub async fn load_manifest(store: &dyn CheckpointStore, id: CheckpointId) -> Result<Manifest> {
+    let bytes = store.get_manifest(id).await?;
+    let manifest = Manifest::decode(&bytes).map_err(|e| match e {
+        Error::Corrupt { detail, .. } => {
+            Error::corrupt("manifest", format!("checkpoint={id}: {detail}"))
+        }
+        other => other,
+    })?;
+    if manifest.checkpoint_id != id {
+        return Err(Error::corrupt(
+            "manifest",
+            format!(
+                "stored under another id: name={id} content={}",
+                manifest.checkpoint_id
+            ),
+        ));
+    }
+    Ok(manifest)
+}
+
+/// Decoded records of one artifact: keys with their values, `None` for a
+/// delete.
+pub type Records = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
+/// Decodes one artifact and cross-checks it against its reference.
+pub fn decode_checked(
+    checkpoint: CheckpointId,
+    layer: LayerKind,
+    r: &ArtifactRef,
+    bytes: &[u8],
+    limits: &DecodeLimits,
+) -> Result<Records> {
+    let ctx = |detail: String| {
+        Error::corrupt(
+            "artifact",
+            format!("checkpoint={checkpoint} artifact={}: {detail}", r.id),
+        )
+    };
+    let decoded = decode_artifact(bytes, limits).map_err(|e| match e {
+        Error::Corrupt { detail, .. } => ctx(detail),
+        other => other,
+    })?;
+    let expected = match layer {
+        LayerKind::Full => ArtifactKind::Entries,
+        LayerKind::Delta => ArtifactKind::Delta,
+    };
+    if decoded.header.kind != expected {
+        return Err(ctx(format!(
+            "artifact kind {:?} in a {:?} layer",
+            decoded.header.kind, layer
+        )));
+    }
+    if decoded.header.entries != r.entries {
+        return Err(ctx(format!(
+            "entry count differs from manifest: artifact={} manifest={}",
+            decoded.header.entries, r.entries
+        )));
+    }
+    let mut out = Vec::with_capacity(r.entries.min(1 << 20) as usize);
+    for rec in decoded.records() {
+        let (k, v) = rec.map_err(|e| ctx(e.to_string()))?;
+        let kg = key_group_of(k).map_err(|e| ctx(e.to_string()))?;
+        if !r.key_groups.contains(kg) {
+            return Err(ctx(format!(
+                "record outside the artifact's key groups: key_group={} range={}",
+                kg.0, r.key_groups
+            )));
+        }
+        out.push((k.to_vec(), v.map(<[u8]>::to_vec)));
+    }
+    Ok(out)
+}

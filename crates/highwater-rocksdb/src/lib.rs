@@ -1,0 +1,1 @@
+//! RocksDB state backend for highwater.
