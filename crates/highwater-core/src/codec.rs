@@ -4,9 +4,10 @@
 //!
 //! ```text
 //! magic        4 bytes  "HWAR"
-//! version      u16      ARTIFACT_FORMAT_VERSION
+//! version      u16      1, or 2 when the keys are operator-relative
 //! codec        u8       0 = raw, 1 = zstd (one frame)
-//! kind         u8       0 = entries (puts only), 1 = delta (puts and deletes)
+//! kind         u8       0 = entries (puts only), 1 = delta (puts and deletes);
+//!                       in version 2, bit 0x80 set = operator-relative keys
 //! entries      u64      number of records
 //! raw_len      u64      bytes of the record stream before compression
 //! payload_len  u64      bytes of the payload that follows the header
@@ -16,7 +17,13 @@
 //! ```
 //!
 //! Each record is `postcard((key: &[u8], value: Option<&[u8]>))`; `None`
-//! marks a delete and appears only in delta artifacts. Records are sorted by
+//! marks a delete and appears only in delta artifacts. In an artifact with
+//! operator-relative keys (version 2, kind bit 0x80) every key is stored
+//! without its operator name (key group, then the rest of the key after the
+//! operator), so identical state of two operators encodes to identical bytes
+//! and is stored once; [`crate::read::decode_checked`] puts the operator of
+//! the manifest reference back. Version 1 artifacts (absolute keys) are still
+//! written for keys that are not well-formed state keys, and still read. Records are sorted by
 //! key so that equal state always encodes to equal bytes: the artifact id
 //! (xxh3-128 of the whole encoding) then deduplicates unchanged data.
 //!
@@ -29,8 +36,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// Current artifact format version.
-pub const ARTIFACT_FORMAT_VERSION: u16 = 1;
+/// Newest artifact format version (2: operator-relative keys possible).
+pub const ARTIFACT_FORMAT_VERSION: u16 = 2;
+/// The first artifact format version: absolute keys only. Artifacts with
+/// absolute keys are still written as version 1, byte for byte as before.
+pub const ARTIFACT_FORMAT_V1: u16 = 1;
+/// Bit of the kind byte marking operator-relative keys (version 2 only).
+const RELATIVE_KEYS_BIT: u8 = 0x80;
 /// Size of the artifact header.
 pub const ARTIFACT_HEADER_LEN: usize = 48;
 const ARTIFACT_MAGIC: &[u8; 4] = b"HWAR";
@@ -99,10 +111,23 @@ impl Default for DecodeLimits {
 /// A state record: a put (`Some(value)`) or a delete (`None`).
 pub type Record<'a> = (&'a [u8], Option<&'a [u8]>);
 
+/// How the keys of an artifact are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum KeyForm {
+    /// Whole encoded state keys (format version 1).
+    #[default]
+    Absolute,
+    /// State keys without their operator name: key group (2 bytes), then
+    /// everything after the operator (format version 2). The reader takes
+    /// the operator from the manifest's artifact reference.
+    OperatorRelative,
+}
+
 /// Builds the record stream of one artifact.
 #[derive(Debug)]
 pub struct RecordWriter {
     kind: ArtifactKind,
+    form: KeyForm,
     buf: Vec<u8>,
     entries: u64,
 }
@@ -110,8 +135,14 @@ pub struct RecordWriter {
 impl RecordWriter {
     /// A writer for an artifact of `kind`, with room for `capacity` bytes.
     pub fn new(kind: ArtifactKind, capacity: usize) -> Self {
+        Self::with_form(kind, KeyForm::Absolute, capacity)
+    }
+
+    /// A writer whose keys are in `form` (the caller writes them so).
+    pub fn with_form(kind: ArtifactKind, form: KeyForm, capacity: usize) -> Self {
         RecordWriter {
             kind,
+            form,
             buf: Vec::with_capacity(capacity),
             entries: 0,
         }
@@ -158,7 +189,7 @@ impl RecordWriter {
 
     /// Compresses (if worthwhile) and frames the records.
     pub fn finish(self, opts: &EncodeOptions) -> Result<EncodedArtifact> {
-        encode_records(self.kind, self.entries, &self.buf, opts)
+        encode_records_as(self.kind, self.form, self.entries, &self.buf, opts)
     }
 }
 
@@ -191,9 +222,20 @@ impl EncodedArtifact {
     }
 }
 
-/// Frames an already built record stream.
+/// Frames an already built record stream of absolute keys.
 pub fn encode_records(
     kind: ArtifactKind,
+    entries: u64,
+    records: &[u8],
+    opts: &EncodeOptions,
+) -> Result<EncodedArtifact> {
+    encode_records_as(kind, KeyForm::Absolute, entries, records, opts)
+}
+
+/// Frames an already built record stream whose keys are in `form`.
+pub fn encode_records_as(
+    kind: ArtifactKind,
+    form: KeyForm,
     entries: u64,
     records: &[u8],
     opts: &EncodeOptions,
@@ -212,12 +254,19 @@ pub fn encode_records(
     let payload: &[u8] = compressed.as_deref().unwrap_or(records);
     let mut bytes = Vec::with_capacity(ARTIFACT_HEADER_LEN + payload.len());
     bytes.extend_from_slice(ARTIFACT_MAGIC);
-    bytes.extend_from_slice(&ARTIFACT_FORMAT_VERSION.to_le_bytes());
+    let (version, form_bit) = match form {
+        KeyForm::Absolute => (ARTIFACT_FORMAT_V1, 0),
+        KeyForm::OperatorRelative => (ARTIFACT_FORMAT_VERSION, RELATIVE_KEYS_BIT),
+    };
+    bytes.extend_from_slice(&version.to_le_bytes());
     bytes.push(codec.to_byte());
-    bytes.push(match kind {
-        ArtifactKind::Entries => 0,
-        ArtifactKind::Delta => 1,
-    });
+    bytes.push(
+        form_bit
+            | match kind {
+                ArtifactKind::Entries => 0,
+                ArtifactKind::Delta => 1,
+            },
+    );
     bytes.extend_from_slice(&entries.to_le_bytes());
     bytes.extend_from_slice(&(records.len() as u64).to_le_bytes());
     bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
@@ -248,6 +297,8 @@ pub struct ArtifactHeader {
     pub raw_len: u64,
     /// Payload bytes.
     pub payload_len: u64,
+    /// How the keys are written.
+    pub key_form: KeyForm,
 }
 
 fn le_u64(b: &[u8], at: usize) -> u64 {
@@ -269,19 +320,27 @@ pub fn verify_artifact(bytes: &[u8]) -> Result<ArtifactHeader> {
         return bad("header checksum mismatch".into());
     }
     let version = u16::from_le_bytes([bytes[4], bytes[5]]);
-    if version != ARTIFACT_FORMAT_VERSION {
+    if version != ARTIFACT_FORMAT_V1 && version != ARTIFACT_FORMAT_VERSION {
         return Err(Error::UnsupportedVersion {
             what: "artifact",
             found: version,
             supported: ARTIFACT_FORMAT_VERSION,
         });
     }
+    let key_form = if bytes[7] & RELATIVE_KEYS_BIT != 0 {
+        if version == ARTIFACT_FORMAT_V1 {
+            return bad("operator-relative keys in a version 1 artifact".into());
+        }
+        KeyForm::OperatorRelative
+    } else {
+        KeyForm::Absolute
+    };
     let codec = match bytes[6] {
         0 => Codec::Raw,
         1 => Codec::Zstd,
         c => return bad(format!("unknown codec: {c}")),
     };
-    let kind = match bytes[7] {
+    let kind = match bytes[7] & !RELATIVE_KEYS_BIT {
         0 => ArtifactKind::Entries,
         1 => ArtifactKind::Delta,
         k => return bad(format!("unknown kind: {k}")),
@@ -311,6 +370,7 @@ pub fn verify_artifact(bytes: &[u8]) -> Result<ArtifactHeader> {
         entries,
         raw_len,
         payload_len,
+        key_form,
     })
 }
 
@@ -529,6 +589,25 @@ mod tests {
                 .unwrap_err()
                 .is_corruption()
         );
+    }
+
+    #[test]
+    fn relative_keys_are_version_2_and_absolute_keys_stay_version_1() {
+        let opts = EncodeOptions::default();
+        let mut w = RecordWriter::with_form(ArtifactKind::Delta, KeyForm::OperatorRelative, 0);
+        w.push(b"\x00\x01rest", None).unwrap();
+        let rel = w.finish(&opts).unwrap();
+        let h = verify_artifact(&rel.bytes).unwrap();
+        assert_eq!((h.version, h.key_form, h.kind), (2, KeyForm::OperatorRelative, ArtifactKind::Delta));
+        let abs = build(&[(b"k".to_vec(), Some(b"v".to_vec()))], ArtifactKind::Entries);
+        let h = verify_artifact(&abs.bytes).unwrap();
+        assert_eq!((h.version, h.key_form), (1, KeyForm::Absolute));
+        // The relative bit in a version 1 header is damage, not a new form.
+        let mut bad = abs.bytes.clone();
+        bad[7] |= RELATIVE_KEYS_BIT;
+        let sum = xxhash_rust::xxh3::xxh3_64(&bad[..40]);
+        bad[40..48].copy_from_slice(&sum.to_le_bytes());
+        assert!(verify_artifact(&bad).unwrap_err().is_corruption());
     }
 
     #[test]

@@ -33,7 +33,7 @@ pub use backend::{
     BackendStats, EntryVisitor, Mutation, SnapshotKind, StateBackend, StateSnapshot, WriteBatch,
 };
 pub use codec::{
-    ArtifactKind, Codec, DecodeLimits, DecodedArtifact, EncodeOptions, EncodedArtifact,
+    ArtifactKind, Codec, DecodeLimits, DecodedArtifact, EncodeOptions, EncodedArtifact, KeyForm,
     RecordWriter, decode_artifact, verify_artifact,
 };
 pub use error::{BoxError, Error, ErrorKind, Result};
@@ -42,7 +42,7 @@ pub use keygroup::{DEFAULT_MAX_PARALLELISM, KeyGroup, KeyGroupRange, key_group_f
 pub use manifest::{
     ArtifactId, ArtifactRef, CheckpointId, CheckpointKind, Layer, LayerKind, Manifest,
 };
-pub use read::{Records, decode_checked, load_manifest};
+pub use read::{Records, decode_checked, load_manifest, visit_checked};
 pub use retry::RetryPolicy;
 pub use state::{
     AggregateFunction, AggregatingState, AggregatingStateDescriptor, KeyedStateContext, ListState,

@@ -3,7 +3,7 @@
 //! (restore, verification, merging, retention) goes through these two
 //! functions, so what "a readable checkpoint" means is defined once.
 
-use crate::codec::{ArtifactKind, DecodeLimits, decode_artifact};
+use crate::codec::{ArtifactKind, DecodeLimits, KeyForm, decode_artifact};
 use crate::error::{Error, Result};
 use crate::key::key_group_of;
 use crate::manifest::{ArtifactRef, CheckpointId, LayerKind, Manifest};
@@ -35,6 +35,10 @@ pub async fn load_manifest(store: &dyn CheckpointStore, id: CheckpointId) -> Res
 pub type Records = Vec<(Vec<u8>, Option<Vec<u8>>)>;
 
 /// Decodes one artifact and cross-checks it against its reference.
+///
+/// Keys come back whole: an artifact with operator-relative keys (format
+/// version 2) has the operator of `r` put back into every key, so callers
+/// never see the stored form.
 pub fn decode_checked(
     checkpoint: CheckpointId,
     layer: LayerKind,
@@ -42,6 +46,36 @@ pub fn decode_checked(
     bytes: &[u8],
     limits: &DecodeLimits,
 ) -> Result<Records> {
+    let mut out = Vec::with_capacity(r.entries.min(1 << 20) as usize);
+    visit_checked(
+        checkpoint,
+        layer,
+        r,
+        bytes,
+        limits,
+        KeyForm::Absolute,
+        &mut |k, v| {
+            out.push((k.to_vec(), v.map(<[u8]>::to_vec)));
+            Ok(())
+        },
+    )?;
+    Ok(out)
+}
+
+/// The checks of [`decode_checked`], handing each record to `visit` without
+/// copying it, with keys in `form` whatever form the artifact stores
+/// (absolute keys of another operator than `r`'s are corruption when
+/// `form` is operator-relative). Returns the number of records. This is
+/// the one decoding path: `decode_checked` is built on it.
+pub fn visit_checked(
+    checkpoint: CheckpointId,
+    layer: LayerKind,
+    r: &ArtifactRef,
+    bytes: &[u8],
+    limits: &DecodeLimits,
+    form: KeyForm,
+    visit: &mut dyn FnMut(&[u8], Option<&[u8]>) -> Result<()>,
+) -> Result<u64> {
     let ctx = |detail: String| {
         Error::corrupt(
             "artifact",
@@ -68,7 +102,18 @@ pub fn decode_checked(
             decoded.header.entries, r.entries
         )));
     }
-    let mut out = Vec::with_capacity(r.entries.min(1 << 20) as usize);
+    let stored = decoded.header.key_form;
+    if (stored == KeyForm::OperatorRelative || form == KeyForm::OperatorRelative)
+        && (r.operator.is_empty() || r.operator.len() > usize::from(u8::MAX))
+    {
+        return Err(ctx(format!(
+            "operator-relative keys under an operator name of {} bytes",
+            r.operator.len()
+        )));
+    }
+    let op = r.operator.as_bytes();
+    let mut scratch: Vec<u8> = Vec::new();
+    let mut n = 0u64;
     for rec in decoded.records() {
         let (k, v) = rec.map_err(|e| ctx(e.to_string()))?;
         let kg = key_group_of(k).map_err(|e| ctx(e.to_string()))?;
@@ -78,7 +123,35 @@ pub fn decode_checked(
                 kg.0, r.key_groups
             )));
         }
-        out.push((k.to_vec(), v.map(<[u8]>::to_vec)));
+        let key: &[u8] = match (stored, form) {
+            (KeyForm::Absolute, KeyForm::Absolute)
+            | (KeyForm::OperatorRelative, KeyForm::OperatorRelative) => k,
+            (KeyForm::OperatorRelative, KeyForm::Absolute) => {
+                // The stored key is key group + the rest; the operator goes
+                // between them (length byte, then the name).
+                scratch.clear();
+                scratch.extend_from_slice(&k[..2]);
+                scratch.push(op.len() as u8);
+                scratch.extend_from_slice(op);
+                scratch.extend_from_slice(&k[2..]);
+                &scratch
+            }
+            (KeyForm::Absolute, KeyForm::OperatorRelative) => {
+                let at = 3 + op.len();
+                if k.len() < at || usize::from(k[2]) != op.len() || &k[3..at] != op {
+                    return Err(ctx(format!(
+                        "record of another operator than the reference's: operator={}",
+                        r.operator
+                    )));
+                }
+                scratch.clear();
+                scratch.extend_from_slice(&k[..2]);
+                scratch.extend_from_slice(&k[at..]);
+                &scratch
+            }
+        };
+        visit(key, v)?;
+        n += 1;
     }
-    Ok(out)
+    Ok(n)
 }

@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use highwater_core::{DEFAULT_MAX_PARALLELISM, EncodeOptions, Error, Result};
+use highwater_core::{DEFAULT_MAX_PARALLELISM, Error, Result};
+use highwater_merge::MergerConfig;
 
 /// How checkpoints are taken, encoded, uploaded and retained.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,13 +21,20 @@ pub struct CheckpointConfig {
     /// Write incremental checkpoints (only changes since the previous one).
     pub incremental: bool,
     /// Longest chain of layers (base + deltas) before a full checkpoint is
-    /// taken instead of another incremental, which bounds restore work.
+    /// taken instead of another incremental, which bounds restore work even
+    /// when merges lag behind.
     pub max_chain_length: usize,
+    /// Merge chains in the background: after a checkpoint whose chain is
+    /// due under `merger.merge_strategy`, its layers are folded into a new
+    /// base on a pool of `merger.parallel_threads`, and the next checkpoint
+    /// builds on that base instead of the long chain. Off by default: chains
+    /// are then bounded by `max_chain_length` (a full checkpoint) alone.
+    pub background_merge: bool,
+    /// Chunking, compression, deduplication and merge settings.
+    pub merger: MergerConfig,
     /// Key groups per artifact: state of one operator is split into
     /// artifacts of this many key groups, so unchanged chunks dedup.
     pub key_groups_per_artifact: u16,
-    /// Compression settings of artifacts.
-    pub encode: EncodeOptions,
     /// Threads that encode and compress artifacts (0 = number of cores).
     pub encode_threads: usize,
     /// Artifacts uploaded or fetched at the same time.
@@ -41,8 +49,9 @@ impl Default for CheckpointConfig {
             max_retained: 3,
             incremental: true,
             max_chain_length: 8,
+            background_merge: false,
+            merger: MergerConfig::default(),
             key_groups_per_artifact: 8,
-            encode: EncodeOptions::default(),
             encode_threads: 0,
             io_concurrency: 16,
         }
@@ -68,9 +77,6 @@ impl CheckpointConfig {
         if self.io_concurrency == 0 {
             return bad("io_concurrency must be at least 1");
         }
-        if !(-7..=22).contains(&self.encode.zstd_level) {
-            return bad("zstd level must be in -7..=22");
-        }
-        Ok(())
+        self.merger.validate()
     }
 }

@@ -15,6 +15,7 @@
 //! | `memory` | [`memory`] | in-memory backend |
 //! | `cloud` | [`cloud`] | object_store checkpoint store: local directory, in-memory |
 //! | `s3`, `azure`, `gcs` | [`cloud`] | the same store on S3, Azure Blob and GCS (`ObjectCheckpointStore::from_url`) |
+//! | (always) | [`merge`] | chunked content-addressed encoding, chain merging, dedup, retention |
 //! | (always) | [`wal`] | write-ahead log of state changes (replayed on restore) |
 //! | `redis` | `redis` | Redis state backend and checkpoint store, standalone and cluster |
 //!
@@ -23,7 +24,6 @@
 #![deny(missing_docs)]
 
 mod config;
-mod encode;
 mod logged;
 mod manager;
 mod restore;
@@ -33,6 +33,7 @@ mod verify;
 #[cfg(feature = "cloud")]
 pub use highwater_cloud as cloud;
 pub use highwater_core as core;
+pub use highwater_merge as merge;
 #[cfg(feature = "memory")]
 pub use highwater_memory as memory;
 #[cfg(feature = "redis")]
@@ -40,6 +41,7 @@ pub use highwater_redis as redis;
 pub use highwater_wal as wal;
 
 pub use config::CheckpointConfig;
+pub use highwater_merge::{ConflictResolution, MergeStats, MergeStrategy, MergerConfig};
 pub use highwater_core::{
     AggregateFunction, AggregatingState, AggregatingStateDescriptor, CheckpointId, CheckpointKind,
     CheckpointStore, Error, ErrorKind, KeyedStateContext, ListState, ListStateDescriptor, Manifest,

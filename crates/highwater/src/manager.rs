@@ -14,11 +14,14 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::config::CheckpointConfig;
-use crate::encode::{EncodeParams, Produced, encode_snapshot};
 use crate::logged::LoggedBackend;
 use crate::restore::{fetch_artifacts, materialize};
-use crate::retention::{RetentionReport, apply_retention};
+use crate::retention::RetentionReport;
 use highwater_core::load_manifest;
+use highwater_merge::{
+    EncodeParams, MergeParams, MergeStats, PinGuard, Pins, Produced, collect_garbage,
+    encode_snapshot, merge_into_store, needs_merge, substitute,
+};
 
 /// Statistics of one completed checkpoint.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,6 +55,9 @@ pub struct CheckpointInfo {
     /// What retention did after the commit; `None` if it failed (the failure
     /// is logged; the checkpoint itself is committed and valid).
     pub retention: Option<RetentionReport>,
+    /// When the chain starts with a merged base instead of its parent's
+    /// layers: the last checkpoint the merged base absorbed.
+    pub merged_base: Option<CheckpointId>,
 }
 
 /// A checkpoint running in the background.
@@ -234,6 +240,11 @@ impl StateManagerBuilder {
             .thread_name(|i| format!("highwater-encode-{i}"))
             .build()
             .map_err(|e| Error::Internal(format!("start the encode pool: {e}")))?;
+        let merge_pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(self.config.merger.parallel_threads)
+            .thread_name(|i| format!("highwater-merge-{i}"))
+            .build()
+            .map_err(|e| Error::Internal(format!("start the merge pool: {e}")))?;
         let inner = Arc::new(Inner {
             backend,
             logged,
@@ -244,13 +255,18 @@ impl StateManagerBuilder {
             handle: runtime.handle().clone(),
             runtime: Mutex::new(Some(runtime)),
             pool,
+            merge_pool,
+            pins: Pins::new(),
             tracking: Mutex::new(Tracking {
                 next_id: CheckpointId(1),
                 base: None,
                 in_flight: false,
                 last_trigger: Instant::now(),
+                merged: None,
+                merging: false,
             }),
             idle: Condvar::new(),
+            merge_done: Condvar::new(),
         });
         let ids = inner.run_io({
             let store = inner.store.clone();
@@ -328,6 +344,18 @@ struct Tracking {
     base: Option<Arc<Manifest>>,
     in_flight: bool,
     last_trigger: Instant,
+    /// A merged base stored but not yet used by a committed manifest; its
+    /// pins keep its artifacts from retention until then.
+    merged: Option<PendingMerge>,
+    /// A background merge is running.
+    merging: bool,
+}
+
+/// A merged base waiting for the next checkpoint to build on it.
+struct PendingMerge {
+    layer: Layer,
+    /// Held for its `Drop`: unpins the merged artifacts.
+    _pins: PinGuard,
 }
 
 struct Inner {
@@ -341,8 +369,14 @@ struct Inner {
     handle: tokio::runtime::Handle,
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
     pool: rayon::ThreadPool,
+    /// Runs merges, so they never take the encode pool from checkpoints.
+    merge_pool: rayon::ThreadPool,
+    /// Artifacts of in-flight checkpoints and merges (see `highwater_merge::Pins`).
+    pins: Arc<Pins>,
     tracking: Mutex<Tracking>,
     idle: Condvar,
+    /// Signalled when a background merge ends.
+    merge_done: Condvar,
 }
 
 impl Drop for Inner {
@@ -394,6 +428,12 @@ struct Job {
     id: CheckpointId,
     kind: CheckpointKind,
     parent: Option<Arc<Manifest>>,
+    /// The layers this checkpoint's own layer goes on top of: the parent's,
+    /// or a merged base and the parent's layers after it.
+    parent_layers: Vec<Layer>,
+    /// Set when `parent_layers` starts with a merged base: its pins, held
+    /// until this checkpoint commits.
+    merge: Option<PendingMerge>,
     snapshot: Arc<dyn StateSnapshot>,
     started: Instant,
     snapshot_pause: Duration,
@@ -496,10 +536,28 @@ impl StateManager {
 
     fn trigger(&self, mut t: MutexGuard<'_, Tracking>) -> Result<CheckpointHandle> {
         let cfg = &self.inner.config;
+        // A merged base replaces the head of the parent's chain when it
+        // absorbed a layer of it; a stale one (another chain) is dropped.
+        let mut merge = t.merged.take();
+        let mut parent_layers = Vec::new();
+        if let Some(b) = &t.base {
+            match merge.as_ref().and_then(|m| substitute(&b.layers, &m.layer)) {
+                Some(layers) => parent_layers = layers,
+                None => {
+                    merge = None;
+                    parent_layers = b.layers.clone();
+                }
+            }
+        }
         let parent = t
             .base
             .clone()
-            .filter(|b| cfg.incremental && b.chain_length() < cfg.max_chain_length);
+            .filter(|_| cfg.incremental && parent_layers.len() < cfg.max_chain_length);
+        if parent.is_none() {
+            // A full checkpoint needs no merged base; its pins go.
+            merge = None;
+            parent_layers.clear();
+        }
         let (kind, snapshot_kind) = match parent {
             Some(_) => (CheckpointKind::Incremental, SnapshotKind::Changes),
             None => (CheckpointKind::Full, SnapshotKind::Full),
@@ -527,6 +585,8 @@ impl StateManager {
             id,
             kind,
             parent,
+            parent_layers,
+            merge,
             snapshot,
             started,
             snapshot_pause,
@@ -559,7 +619,16 @@ impl StateManager {
                     t.next_id = newest.next();
                 }
                 match &result {
-                    Ok((manifest, _)) => t.base = Some(manifest.clone()),
+                    Ok((manifest, _)) => {
+                        t.base = Some(manifest.clone());
+                        if inner.config.background_merge
+                            && !t.merging
+                            && needs_merge(&manifest.layers, &inner.config.merger)
+                        {
+                            t.merging = true;
+                            spawn_merge(&inner, manifest.clone());
+                        }
+                    }
                     Err(e) => {
                         tracing::warn!(checkpoint = %id, error = %e, "checkpoint failed; the next one will be full");
                         t.base = None;
@@ -743,13 +812,135 @@ impl StateManager {
         self.inner.lock().base.as_ref().map(|m| m.checkpoint_id)
     }
 
-    /// Applies retention now (it also runs after every checkpoint).
+    /// Applies retention now (it also runs after every checkpoint). Merged
+    /// bases not yet used by a checkpoint are pinned and kept.
     pub fn apply_retention(&self) -> Result<RetentionReport> {
         let _idle = self.inner.wait_idle();
         let store = self.inner.store.clone();
         let keep = self.inner.config.max_retained;
+        let pins = self.inner.pins.clone();
+        self.inner.run_io(async move {
+            collect_garbage(&*store, keep, Some(&pins), &|_, _| {}).await
+        })
+    }
+
+    /// Merges the chain of the newest checkpoint now, on the calling
+    /// thread (using the merge pool), after any background merge finishes.
+    /// The next checkpoint builds on the merged base. Returns `None` when
+    /// there is nothing to merge (no checkpoint yet, or a single layer).
+    pub fn compact(&self) -> Result<Option<MergeStats>> {
+        let base = {
+            let mut t = self.inner.lock();
+            while t.merging {
+                t = self
+                    .inner
+                    .merge_done
+                    .wait(t)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+            match t.base.clone() {
+                Some(b) if b.layers.len() > 1 => {
+                    t.merging = true;
+                    b
+                }
+                _ => return Ok(None),
+            }
+        };
+        let result = merge_manifest(&self.inner, &base);
+        let mut t = self.inner.lock();
+        t.merging = false;
+        let out = match result {
+            Ok(pending) => {
+                let stats = pending.1;
+                t.merged = Some(pending.0);
+                Ok(Some(stats))
+            }
+            Err(e) => Err(e),
+        };
+        drop(t);
+        self.inner.merge_done.notify_all();
+        out
+    }
+
+    /// Blocks until no background merge is running.
+    pub fn wait_merges(&self) {
+        let mut t = self.inner.lock();
+        while t.merging {
+            t = self
+                .inner
+                .merge_done
+                .wait(t)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// The checkpoint id up to which a merged base is waiting to be used by
+    /// the next checkpoint, if any.
+    pub fn pending_merge(&self) -> Option<CheckpointId> {
         self.inner
-            .run_io(async move { apply_retention(&*store, keep).await })
+            .lock()
+            .merged
+            .as_ref()
+            .map(|m| m.layer.checkpoint_id)
+    }
+}
+
+/// Folds the chain of `base` into a new base in the store (pinned).
+fn merge_manifest(inner: &Inner, base: &Manifest) -> Result<(PendingMerge, MergeStats)> {
+    let params = MergeParams {
+        merger: inner.config.merger.clone(),
+        now_ms: inner.clock.now_ms(),
+        limits: DecodeLimits::default(),
+    };
+    let stored = inner.merge_pool.install(|| {
+        merge_into_store(
+            &inner.store,
+            &inner.handle,
+            &base.layers,
+            &params,
+            inner.pins.guard(),
+            &|_| {},
+        )
+    })?;
+    tracing::debug!(
+        through = %stored.outcome.layer.checkpoint_id,
+        bytes_written = stored.bytes_written,
+        "chain merged"
+    );
+    let stats = stored.outcome.stats.clone();
+    Ok((
+        PendingMerge {
+            layer: stored.outcome.layer,
+            _pins: stored.pins,
+        },
+        stats,
+    ))
+}
+
+/// Runs a merge of `base`'s chain on its own thread; the result waits in
+/// `Tracking::merged` for the next checkpoint. New checkpoints continue
+/// meanwhile.
+fn spawn_merge(inner: &Arc<Inner>, base: Arc<Manifest>) {
+    let worker = inner.clone();
+    let spawned = std::thread::Builder::new()
+        .name(format!("highwater-merge-{}", base.checkpoint_id))
+        .spawn(move || {
+            let result = merge_manifest(&worker, &base);
+            let mut t = worker.lock();
+            t.merging = false;
+            match result {
+                Ok((pending, _)) => t.merged = Some(pending),
+                Err(e) => {
+                    tracing::warn!(checkpoint = %base.checkpoint_id, error = %e, "background merge failed; the chain stays as it is");
+                }
+            }
+            drop(t);
+            worker.merge_done.notify_all();
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "could not start a background merge");
+        inner.lock().merging = false;
+        inner.merge_done.notify_all();
     }
 }
 
@@ -760,9 +951,13 @@ fn run_checkpoint(inner: &Inner, job: Job) -> Result<(Arc<Manifest>, CheckpointI
     let params = EncodeParams {
         max_parallelism: cfg.max_parallelism,
         key_groups_per_artifact: cfg.key_groups_per_artifact,
-        options: cfg.encode,
+        merger: cfg.merger.clone(),
         now_ms: inner.clock.now_ms(),
     };
+    // Every artifact this checkpoint writes or reuses is pinned before it is
+    // handed to the uploader, so a concurrent retention pass (after a merge,
+    // or a manual one) cannot delete it before the manifest commits.
+    let pins = inner.pins.guard();
     // Encoding feeds the uploader through a bounded queue, so at most a few
     // artifacts wait in memory while uploads run.
     let (tx, rx) = mpsc::channel::<Produced>(cfg.io_concurrency * 2);
@@ -771,6 +966,7 @@ fn run_checkpoint(inner: &Inner, job: Job) -> Result<(Arc<Manifest>, CheckpointI
         .spawn(upload_all(inner.store.clone(), rx, cfg.io_concurrency));
     let encoded = inner.pool.install(|| {
         encode_snapshot(&*job.snapshot, &params, &|p| {
+            pins.add(p.reference.id);
             tx.blocking_send(p)
                 .map_err(|_| Error::Closed("the uploader stopped".into()))
         })
@@ -793,10 +989,8 @@ fn run_checkpoint(inner: &Inner, job: Job) -> Result<(Arc<Manifest>, CheckpointI
         },
         artifacts: refs,
     };
-    let mut layers = match &job.parent {
-        Some(p) => p.layers.clone(),
-        None => Vec::new(),
-    };
+    let merged_base = job.merge.as_ref().map(|m| m.layer.checkpoint_id);
+    let mut layers = job.parent_layers;
     layers.push(own);
     let manifest = Manifest {
         checkpoint_id: job.id,
@@ -821,11 +1015,16 @@ fn run_checkpoint(inner: &Inner, job: Job) -> Result<(Arc<Manifest>, CheckpointI
     let store = inner.store.clone();
     let keep = cfg.max_retained;
     let id = job.id;
+    let merge_pins = job.merge;
+    let all_pins = inner.pins.clone();
     let retention = inner.handle.block_on(async move {
         store.commit_manifest(id, encoded_manifest).await?;
-        // Retention runs only after the commit, on this worker, so it can
-        // never delete an artifact the checkpoint being written reuses.
-        Ok::<_, Error>(match apply_retention(&*store, keep).await {
+        // The committed manifest references everything this checkpoint and
+        // its merged base wrote: their pins can go. Pins of other in-flight
+        // work (a background merge) stay and protect it from this pass.
+        drop(pins);
+        drop(merge_pins);
+        Ok::<_, Error>(match collect_garbage(&*store, keep, Some(&all_pins), &|_, _| {}).await {
             Ok(r) => Some(r),
             Err(e) => {
                 tracing::warn!(checkpoint = %id, error = %e, "retention failed after a committed checkpoint");
@@ -857,6 +1056,7 @@ fn run_checkpoint(inner: &Inner, job: Job) -> Result<(Arc<Manifest>, CheckpointI
         snapshot_pause: job.snapshot_pause,
         duration: job.started.elapsed(),
         retention,
+        merged_base,
     };
     tracing::debug!(checkpoint = %info.id, kind = %info.kind, entries = info.entries, "checkpoint committed");
     Ok((Arc::new(manifest), info))

@@ -1,0 +1,198 @@
+//! Configuration of chunking, merging, compression and deduplication.
+
+use highwater_core::{EncodeOptions, Error, Result};
+use serde::{Deserialize, Serialize};
+
+/// When a chain (base + deltas) is folded into a new base.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum MergeStrategy {
+    /// When the chain has `max_chain_length` layers or more.
+    ChainLength,
+    /// When the deltas' stored bytes reach this fraction of the base's
+    /// stored bytes (or the chain reaches `max_chain_length`, whichever is
+    /// first; the chain bound always holds).
+    DeltaRatio(f64),
+}
+
+/// What a merge keeps when several deltas of a chain write the same key.
+///
+/// Conflicts are between deltas only: the base is the state before the
+/// first delta, and every delta write replaces it. Only
+/// [`LastWriteWins`](ConflictResolution::LastWriteWins) reproduces the
+/// checkpoint's exact state (it is how restore applies a chain); the other
+/// two make a merged base that differs from the chain it replaces and
+/// exist for engines that want that.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum ConflictResolution {
+    /// The write of the latest delta (highest layer sequence) wins.
+    #[default]
+    LastWriteWins,
+    /// The write of the earliest delta that wrote the key wins; later
+    /// deltas' writes to it (puts and deletes) are ignored.
+    FirstWriteWins,
+    /// The write with the greatest timestamp wins. A put's timestamp is the
+    /// expiry in its TTL envelope; plain puts and deletes have none and rank
+    /// below every timestamped write. Ties (including "none" against
+    /// "none") go to the later delta.
+    TimestampPriority,
+}
+
+/// How records are cut into content-defined chunks.
+///
+/// After each record (in key order) the chunk is cut when it holds
+/// `max_bytes`, or when it holds at least `min_bytes` and
+/// `xxh3(key) mod target_bytes < record_len` — a decision that depends only
+/// on the record itself, so inserting or deleting a record moves at most the
+/// boundaries next to it and every other chunk keeps its bytes and its
+/// content address. Expected chunk size is about `min_bytes + target_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkConfig {
+    /// No cut before a chunk holds this many record bytes.
+    pub min_bytes: usize,
+    /// The average distance between content-defined cuts.
+    pub target_bytes: usize,
+    /// A cut is forced at this many record bytes.
+    pub max_bytes: usize,
+}
+
+impl Default for ChunkConfig {
+    fn default() -> Self {
+        ChunkConfig {
+            min_bytes: 1 << 20,
+            target_bytes: 3 << 20,
+            max_bytes: 16 << 20,
+        }
+    }
+}
+
+/// Settings of the merger and of the artifacts it and the checkpointer write.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct MergerConfig {
+    /// A chain of this many layers (base + deltas) is merged.
+    pub max_chain_length: usize,
+    /// Compress delta artifacts (base artifacts are always compressed when
+    /// at least `compression_threshold` bytes and compression saves space).
+    pub enable_delta_compression: bool,
+    /// Record streams shorter than this are stored raw.
+    pub compression_threshold: usize,
+    /// zstd level of artifacts (-7..=22).
+    pub zstd_level: i32,
+    /// When to merge.
+    pub merge_strategy: MergeStrategy,
+    /// Store keys operator-relative, so identical state of several
+    /// operators is stored once (format version 2 artifacts).
+    pub enable_deduplication: bool,
+    /// What a merge keeps when deltas overlap.
+    pub conflict_resolution: ConflictResolution,
+    /// Threads of the merge pool (0 = number of cores).
+    pub parallel_threads: usize,
+    /// Content-defined chunking of artifacts.
+    pub chunking: ChunkConfig,
+}
+
+impl Default for MergerConfig {
+    fn default() -> Self {
+        MergerConfig {
+            max_chain_length: 4,
+            enable_delta_compression: true,
+            compression_threshold: 512,
+            zstd_level: 1,
+            merge_strategy: MergeStrategy::ChainLength,
+            enable_deduplication: true,
+            conflict_resolution: ConflictResolution::LastWriteWins,
+            parallel_threads: 0,
+            chunking: ChunkConfig::default(),
+        }
+    }
+}
+
+impl MergerConfig {
+    /// Checks the values for consistency.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidArgument(m));
+        if self.max_chain_length < 2 {
+            return bad(format!(
+                "merger max_chain_length must be at least 2: got={}",
+                self.max_chain_length
+            ));
+        }
+        if !(-7..=22).contains(&self.zstd_level) {
+            return bad(format!(
+                "zstd level must be in -7..=22: got={}",
+                self.zstd_level
+            ));
+        }
+        if let MergeStrategy::DeltaRatio(f) = self.merge_strategy
+            && !(f.is_finite() && f > 0.0)
+        {
+            return bad(format!(
+                "delta ratio must be a positive finite number: got={f}"
+            ));
+        }
+        let c = &self.chunking;
+        if c.min_bytes == 0 || c.target_bytes == 0 || c.max_bytes < c.min_bytes {
+            return bad(format!(
+                "chunking needs 0 < min_bytes <= max_bytes and target_bytes > 0: min={} target={} max={}",
+                c.min_bytes, c.target_bytes, c.max_bytes
+            ));
+        }
+        if c.max_bytes > (512 << 20) {
+            return bad(format!(
+                "chunk max_bytes above 512 MiB: got={}",
+                c.max_bytes
+            ));
+        }
+        Ok(())
+    }
+
+    /// Encoder options of base (entries) artifacts.
+    pub fn base_options(&self) -> EncodeOptions {
+        EncodeOptions {
+            zstd_level: self.zstd_level,
+            compression_threshold: self.compression_threshold,
+        }
+    }
+
+    /// Encoder options of delta artifacts.
+    pub fn delta_options(&self) -> EncodeOptions {
+        EncodeOptions {
+            zstd_level: self.zstd_level,
+            compression_threshold: if self.enable_delta_compression {
+                self.compression_threshold
+            } else {
+                usize::MAX
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_are_refused() {
+        MergerConfig::default().validate().unwrap();
+        let mut c = MergerConfig::default();
+        c.max_chain_length = 1;
+        assert!(c.validate().is_err());
+        let mut c = MergerConfig::default();
+        c.merge_strategy = MergeStrategy::DeltaRatio(f64::NAN);
+        assert!(c.validate().is_err());
+        let mut c = MergerConfig::default();
+        c.chunking.max_bytes = 10;
+        assert!(c.validate().is_err());
+        let mut c = MergerConfig::default();
+        c.zstd_level = 40;
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn disabling_delta_compression_stores_deltas_raw() {
+        let mut c = MergerConfig::default();
+        c.enable_delta_compression = false;
+        assert_eq!(c.delta_options().compression_threshold, usize::MAX);
+        assert_eq!(c.base_options().compression_threshold, 512);
+    }
+}
