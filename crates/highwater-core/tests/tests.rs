@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use highwater_core::{
     ArtifactId, ArtifactKind, ArtifactRef, CheckpointId, CheckpointKind, Codec, DecodeLimits,
-    EncodeOptions, Error, KeyGroup, KeyGroupRange, Layer, LayerKind, Manifest, RecordWriter,
-    StateKey, decode_artifact,
+    EncodeOptions, Error, KeyForm, KeyGroup, KeyGroupRange, Layer, LayerKind, Manifest,
+    RecordWriter, StateKey, decode_artifact, decode_checked,
 };
 
 fn fixture(name: &str) -> PathBuf {
@@ -111,14 +111,14 @@ fn version_1_fixtures_still_decode() {
 #[test]
 fn a_future_version_is_a_typed_error() {
     let mut artifact = std::fs::read(fixture("artifact-v1.hwa")).unwrap();
-    artifact[4] = 2;
+    artifact[4] = 3;
     // The header checksum covers the version, so recompute it as a writer of
-    // version 2 would have.
+    // version 3 would have.
     let sum = xxhash_rust::xxh3::xxh3_64(&artifact[..40]);
     artifact[40..48].copy_from_slice(&sum.to_le_bytes());
     assert!(matches!(
         decode_artifact(&artifact, &DecodeLimits::default()),
-        Err(Error::UnsupportedVersion { found: 2, .. })
+        Err(Error::UnsupportedVersion { found: 3, .. })
     ));
 
     let mut manifest = std::fs::read(fixture("manifest-v1.hwm")).unwrap();
@@ -131,4 +131,57 @@ fn a_future_version_is_a_typed_error() {
         Manifest::decode(&manifest),
         Err(Error::UnsupportedVersion { found: 2, .. })
     ));
+}
+
+/// The records of `records_v1` with operator-relative keys (version 2).
+fn artifact_v2() -> Vec<u8> {
+    let mut recs = records_v1();
+    recs.sort();
+    let op = "windows".len();
+    let mut w = RecordWriter::with_form(ArtifactKind::Delta, KeyForm::OperatorRelative, 0);
+    for (k, v) in &recs {
+        let mut rel = k[..2].to_vec();
+        rel.extend_from_slice(&k[3 + op..]);
+        w.push(&rel, v.as_deref()).unwrap();
+    }
+    w.finish(&EncodeOptions::default()).unwrap().bytes
+}
+
+#[test]
+fn version_2_fixture_decodes_with_the_operator_of_its_reference() {
+    if std::env::var_os("HIGHWATER_REGENERATE_FIXTURES").is_some() {
+        std::fs::write(fixture("artifact-v2.hwa"), artifact_v2()).unwrap();
+    }
+    let artifact = std::fs::read(fixture("artifact-v2.hwa")).unwrap();
+    assert_eq!(artifact, artifact_v2(), "the v2 encoder is stable");
+    let m = manifest_v1(&artifact);
+    let mut r = m.layers[1].artifacts[0].clone();
+    let got = decode_checked(
+        m.checkpoint_id,
+        LayerKind::Delta,
+        &r,
+        &artifact,
+        &DecodeLimits::default(),
+    )
+    .unwrap();
+    let mut want = records_v1();
+    want.sort();
+    assert_eq!(got, want);
+    // The same bytes under another operator's reference are that
+    // operator's state: this is what lets identical state be stored once.
+    r.operator = "joins".into();
+    let other = decode_checked(
+        m.checkpoint_id,
+        LayerKind::Delta,
+        &r,
+        &artifact,
+        &DecodeLimits::default(),
+    )
+    .unwrap();
+    assert_eq!(other.len(), want.len());
+    for ((k, v), (wk, wv)) in other.iter().zip(&want) {
+        assert_eq!(StateKey::decode(k).unwrap().operator, "joins");
+        assert_eq!(&k[3 + "joins".len()..], &wk[3 + "windows".len()..]);
+        assert_eq!(v, wv);
+    }
 }
