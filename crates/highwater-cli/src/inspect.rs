@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::target::open_store;
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -30,6 +30,15 @@ struct Row {
     compression_ratio: Option<f64>,
     artifacts: Option<usize>,
     own_artifacts: Option<usize>,
+    /// The checkpoint whose full layer the chain starts with.
+    base: Option<u64>,
+    /// Deltas on top of the base.
+    depth: Option<usize>,
+    /// Distinct artifacts also referenced by another checkpoint.
+    shared_artifacts: Option<usize>,
+    /// Stored bytes saved inside this checkpoint by content addressing
+    /// (identical chunks of several operators or layers stored once).
+    dedup_saved_bytes: Option<u64>,
     error: Option<String>,
 }
 
@@ -49,6 +58,10 @@ impl Row {
             compression_ratio: (stored > 0).then(|| logical as f64 / stored as f64),
             artifacts: Some(m.artifacts().count()),
             own_artifacts: Some(m.own_artifacts().len()),
+            base: None,
+            depth: None,
+            shared_artifacts: None,
+            dedup_saved_bytes: None,
             error: None,
         }
     }
@@ -78,7 +91,7 @@ fn format_utc(ms: u64) -> String {
     )
 }
 
-fn human(bytes: u64) -> String {
+pub(crate) fn human(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = bytes as f64;
     let mut u = 0;
@@ -95,15 +108,20 @@ fn human(bytes: u64) -> String {
 
 pub fn inspect(spec: &str, namespace: &str, json: bool) -> Result<ExitCode> {
     let store = open_store(spec, namespace, false)?;
-    let rows = runtime()?.block_on(async {
+    let (rows, summary) = runtime()?.block_on(async {
         let mut rows = Vec::new();
+        let mut manifests = Vec::new();
         for id in store.list_manifests().await? {
             let row = match store
                 .get_manifest(id)
                 .await
                 .and_then(|b| Manifest::decode(&b))
             {
-                Ok(m) => Row::from_manifest(&m),
+                Ok(m) => {
+                    let row = Row::from_manifest(&m);
+                    manifests.push(m);
+                    row
+                }
                 Err(e) => Row {
                     id: id.0,
                     kind: None,
@@ -116,22 +134,54 @@ pub fn inspect(spec: &str, namespace: &str, json: bool) -> Result<ExitCode> {
                     compression_ratio: None,
                     artifacts: None,
                     own_artifacts: None,
+                    base: None,
+                    depth: None,
+                    shared_artifacts: None,
+                    dedup_saved_bytes: None,
                     error: Some(e.to_string()),
                 },
             };
             rows.push(row);
         }
-        Ok::<_, Error>(rows)
+        // Chains and sharing across every readable checkpoint.
+        let summary = highwater::merge::summarize(&manifests);
+        for c in &summary.chains {
+            if let Some(r) = rows.iter_mut().find(|r| r.id == c.checkpoint.0) {
+                r.base = Some(c.base.0);
+                r.depth = Some(c.depth);
+                r.shared_artifacts = Some(c.shared_artifacts);
+                r.dedup_saved_bytes = Some(c.dedup_saved_bytes);
+            }
+        }
+        Ok::<_, Error>((rows, summary))
     })?;
+    let totals = serde_json::json!({
+        "distinct_artifacts": summary.distinct_artifacts,
+        "referenced_bytes": summary.referenced_bytes,
+        "stored_bytes": summary.stored_bytes,
+        "dedup_saved_bytes": summary.dedup_saved_bytes,
+    });
     if json {
-        let out = serde_json::json!({ "dir": spec, "checkpoints": rows });
+        let out = serde_json::json!({ "dir": spec, "checkpoints": rows, "storage": totals });
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
         return Ok(ExitCode::SUCCESS);
     }
     println!("checkpoints in {spec}: {}", rows.len());
     println!(
-        "{:>6}  {:<11}  {:>6}  {:<27}  {:>5}  {:>10}  {:>10}  {:>6}  {:>9}",
-        "id", "kind", "parent", "created at", "chain", "logical", "stored", "ratio", "artifacts"
+        "{:>6}  {:<11}  {:>6}  {:<27}  {:>5}  {:>10}  {:>10}  {:>6}  {:<16}  {:>5}  {:>5}  {:>6}  {:>10}",
+        "id",
+        "kind",
+        "parent",
+        "created at",
+        "chain",
+        "logical",
+        "stored",
+        "ratio",
+        "artifacts",
+        "base",
+        "depth",
+        "shared",
+        "dedup",
     );
     for r in &rows {
         if let Some(e) = &r.error {
@@ -139,7 +189,7 @@ pub fn inspect(spec: &str, namespace: &str, json: bool) -> Result<ExitCode> {
             continue;
         }
         println!(
-            "{:>6}  {:<11}  {:>6}  {:<27}  {:>5}  {:>10}  {:>10}  {:>6}  {:>9}",
+            "{:>6}  {:<11}  {:>6}  {:<27}  {:>5}  {:>10}  {:>10}  {:>6}  {:<16}  {:>5}  {:>5}  {:>6}  {:>10}",
             r.id,
             r.kind.as_deref().unwrap_or("?"),
             r.parent
@@ -157,8 +207,19 @@ pub fn inspect(spec: &str, namespace: &str, json: bool) -> Result<ExitCode> {
                 r.artifacts.unwrap_or(0),
                 r.own_artifacts.unwrap_or(0)
             ),
+            r.base.map(|b| b.to_string()).unwrap_or_else(|| "-".into()),
+            r.depth.unwrap_or(0),
+            r.shared_artifacts.unwrap_or(0),
+            human(r.dedup_saved_bytes.unwrap_or(0)),
         );
     }
+    println!(
+        "storage: {} distinct artifacts, {} stored for {} referenced (dedup saves {})",
+        summary.distinct_artifacts,
+        human(summary.stored_bytes),
+        human(summary.referenced_bytes),
+        human(summary.dedup_saved_bytes)
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,5 +1,8 @@
-//! `highwater`: run the demo pipeline, inspect and verify checkpoints.
+//! `highwater`: run the demo pipeline, inspect, verify, compact and
+//! garbage-collect checkpoints.
 
+mod churn;
+mod compact;
 mod demo;
 mod inspect;
 mod target;
@@ -48,6 +51,45 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Merge the chain of the newest checkpoint in STORE into a new full
+    /// checkpoint (same log position and properties, plus `compacted_from`).
+    /// Do not run it while a job writes to the same store.
+    Compact {
+        /// Checkpoint directory, or a redis://, s3://, az:// or gs:// URL.
+        store: String,
+        /// Key namespace of a Redis store.
+        #[arg(long, default_value = "highwater")]
+        namespace: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Merge threads (0 = number of cores).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+        /// zstd level of the new base's artifacts.
+        #[arg(long, default_value_t = 1)]
+        zstd_level: i32,
+    },
+    /// Apply retention to STORE: keep the newest --keep checkpoints, delete
+    /// older manifests and every artifact no kept manifest references
+    /// (including what crashed writers left). Do not run it while a job
+    /// writes to the same store.
+    Gc {
+        /// Checkpoint directory, or a redis://, s3://, az:// or gs:// URL.
+        store: String,
+        /// Key namespace of a Redis store.
+        #[arg(long, default_value = "highwater")]
+        namespace: String,
+        /// Checkpoints to keep.
+        #[arg(long, default_value_t = 3)]
+        keep: usize,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The merge crash test's workload (checkpoints, merges, GC in a loop).
+    #[command(hide = true)]
+    Churn(churn::ChurnArgs),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +106,20 @@ fn main() -> ExitCode {
             namespace,
             json,
         } => inspect::verify(&store, &namespace, json),
+        Command::Compact {
+            store,
+            namespace,
+            json,
+            threads,
+            zstd_level,
+        } => compact::compact(&store, &namespace, json, threads, zstd_level),
+        Command::Gc {
+            store,
+            namespace,
+            keep,
+            json,
+        } => compact::gc(&store, &namespace, json, keep),
+        Command::Churn(args) => churn::run(args),
     };
     match result {
         Ok(code) => code,
