@@ -89,6 +89,25 @@ fn say(line: std::fmt::Arguments<'_>) {
     let _ = out.flush();
 }
 
+/// Stored artifacts no manifest references.
+fn unreferenced(store: &ObjectCheckpointStore) -> Result<usize> {
+    let rt = crate::inspect::runtime()?;
+    rt.block_on(async {
+        use highwater::CheckpointStore;
+        let mut referenced = std::collections::HashSet::new();
+        for id in store.list_manifests().await? {
+            let m = highwater::core::load_manifest(store, id).await?;
+            referenced.extend(m.artifacts().map(|a| a.id));
+        }
+        Ok(store
+            .list_artifacts()
+            .await?
+            .into_iter()
+            .filter(|id| !referenced.contains(id))
+            .count())
+    })
+}
+
 /// Runs the workload.
 pub fn run(args: ChurnArgs) -> Result<ExitCode> {
     std::fs::create_dir_all(&args.dir)
@@ -96,7 +115,7 @@ pub fn run(args: ChurnArgs) -> Result<ExitCode> {
     let store = Arc::new(ObjectCheckpointStore::local(&args.dir)?);
     let manager = StateManager::builder()
         .backend(Arc::new(MemoryBackend::new()))
-        .store(store)
+        .store(store.clone())
         .config(config())
         .build()?;
     if args.gc_only {
@@ -116,8 +135,14 @@ pub fn run(args: ChurnArgs) -> Result<ExitCode> {
         "start checkpoint={} step={next}",
         restored.map(|r| r.checkpoint_id.0).unwrap_or(0)
     ));
+    // Collect what a killed run left, then count what is still unreferenced
+    // (nothing is in flight now, so it must be nothing).
     let r = manager.apply_retention()?;
-    say(format_args!("gc deleted {}", r.artifacts_deleted));
+    let leftover = unreferenced(&store)?;
+    say(format_args!(
+        "startup gc deleted {} leftover {leftover}",
+        r.artifacts_deleted
+    ));
     let mut checkpoints = 0u64;
     while next < args.until {
         for _ in 0..STEPS_PER_CHECKPOINT {
