@@ -206,12 +206,18 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut params = Map::new();
     let mut metrics = Vec::new();
-    params.insert("mode".into(), json!(if ctx.quick { "quick" } else { "full" }));
+    params.insert(
+        "mode".into(),
+        json!(if ctx.quick { "quick" } else { "full" }),
+    );
     params.insert("state_bytes".into(), json!(state_bytes));
     params.insert("threads".into(), json!(threads));
     let merger = MergerConfig::default();
     params.insert("zstd_level".into(), json!(merger.zstd_level));
-    params.insert("chunk_target_bytes".into(), json!(merger.chunking.target_bytes));
+    params.insert(
+        "chunk_target_bytes".into(),
+        json!(merger.chunking.target_bytes),
+    );
 
     println!("merge: filling {:.0} MiB of state …", mib(state_bytes));
     let backend = Arc::new(MemoryBackend::new());
@@ -234,7 +240,10 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
     println!("merge: incremental after {touched} rewrites …");
     let inc = checkpoint(&manager, CheckpointKind::Incremental)?;
     params.insert("keys_rewritten_1pct".into(), json!(touched));
-    params.insert("full_checkpoint_ms".into(), json!(round3(full.duration.as_secs_f64() * 1e3)));
+    params.insert(
+        "full_checkpoint_ms".into(),
+        json!(round3(full.duration.as_secs_f64() * 1e3)),
+    );
     params.insert("full_checkpoint_bytes".into(), json!(full.bytes_written));
     params.insert("full_checkpoint_artifacts".into(), json!(full.artifacts));
     metrics.push(Metric::versus(
@@ -256,8 +265,14 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
 
     // Compression of each operator's artifacts in the full checkpoint.
     let full_manifest = block_on(load_manifest(&*store, full.id))??;
-    for (op, name) in [("window", "compression_ratio_window"), ("agg", "compression_ratio_agg")] {
-        let refs: Vec<_> = full_manifest.artifacts().filter(|a| a.operator == op).collect();
+    for (op, name) in [
+        ("window", "compression_ratio_window"),
+        ("agg", "compression_ratio_agg"),
+    ] {
+        let refs: Vec<_> = full_manifest
+            .artifacts()
+            .filter(|a| a.operator == op)
+            .collect();
         let mut logical = 0u64;
         let mut stored = 0u64;
         let mut plain3 = 0u64;
@@ -304,7 +319,10 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
     params.insert("merge_layers".into(), json!(chain.layers.len()));
     params.insert("merge_logical_bytes".into(), json!(chain_logical));
     params.insert("merge_clusters".into(), json!(stats.clusters));
-    params.insert("merge_artifacts_out".into(), json!(stats.artifacts_encoded + stats.artifacts_kept));
+    params.insert(
+        "merge_artifacts_out".into(),
+        json!(stats.artifacts_encoded + stats.artifacts_kept),
+    );
     // Baseline: decompress + recompress every stored artifact of the chain
     // (same level) on all cores.
     let mut ids: Vec<ArtifactId> = chain.artifacts().map(|a| a.id).collect();
@@ -371,8 +389,15 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
         let seen = std::sync::Mutex::new(HashSet::new());
         let bytes = std::sync::atomic::AtomicU64::new(0);
         encode_snapshot(&*snap, &p, &|prod| {
-            if seen.lock().map_err(|_| highwater::Error::Internal("poisoned".into()))?.insert(prod.reference.id) {
-                bytes.fetch_add(prod.bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            if seen
+                .lock()
+                .map_err(|_| highwater::Error::Internal("poisoned".into()))?
+                .insert(prod.reference.id)
+            {
+                bytes.fetch_add(
+                    prod.bytes.len() as u64,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
             }
             Ok(())
         })?;
@@ -433,7 +458,8 @@ fn raw_stream(decoded: &highwater::core::DecodedArtifact) -> Result<Vec<u8>> {
 fn dictionary_experiment(level: i32) -> Result<(u64, u64, usize)> {
     let mut rng = Rng::new(0x5eed_0030);
     let sample = |rng: &mut Rng, offset: u64| -> Result<Vec<u8>> {
-        let mut w = highwater::core::RecordWriter::new(highwater::core::ArtifactKind::Entries, 2048);
+        let mut w =
+            highwater::core::RecordWriter::new(highwater::core::ArtifactKind::Entries, 2048);
         let (mut k, mut v) = (Vec::new(), Vec::new());
         let mut i = offset;
         while w.raw_len() < 2048 {

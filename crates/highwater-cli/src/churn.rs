@@ -56,7 +56,7 @@ fn splitmix64(mut x: u64) -> u64 {
 pub fn step(seed: u64, i: u64) -> (u32, Option<String>) {
     let r = splitmix64(seed ^ splitmix64(i));
     let key = (r % KEYS) as u32;
-    if (r >> 40) % 7 == 0 {
+    if (r >> 40).is_multiple_of(7) {
         (key, None)
     } else {
         let pad = "x".repeat(((r >> 20) % 64) as usize);
@@ -124,8 +124,12 @@ pub fn run(args: ChurnArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let desc = ValueStateDescriptor::new("v");
-    let left = manager.keyed_state("left")?.value_state::<u32, String>(&desc)?;
-    let right = manager.keyed_state("right")?.value_state::<u32, String>(&desc)?;
+    let left = manager
+        .keyed_state("left")?
+        .value_state::<u32, String>(&desc)?;
+    let right = manager
+        .keyed_state("right")?
+        .value_state::<u32, String>(&desc)?;
     let offset = manager
         .keyed_state("source")?
         .value_state::<u8, u64>(&ValueStateDescriptor::new("offset"))?;
@@ -166,20 +170,23 @@ pub fn run(args: ChurnArgs) -> Result<ExitCode> {
             "checkpoint {} step={next} kind={} chain={} merged_base={:?}",
             info.id, info.kind, info.chain_length, info.merged_base
         ));
-        if checkpoints % 5 == 0 {
+        if checkpoints.is_multiple_of(5) {
             let stats = manager.compact()?;
             say(format_args!(
                 "compacted {:?}",
                 stats.map(|s| s.layers_in).unwrap_or(0)
             ));
         }
-        if checkpoints % 7 == 0 {
+        if checkpoints.is_multiple_of(7) {
             let r = manager.apply_retention()?;
             say(format_args!("gc deleted {}", r.artifacts_deleted));
         }
     }
     manager.wait_merges();
     let r = manager.apply_retention()?;
-    say(format_args!("done step={next} gc deleted {}", r.artifacts_deleted));
+    say(format_args!(
+        "done step={next} gc deleted {}",
+        r.artifacts_deleted
+    ));
     Ok(ExitCode::SUCCESS)
 }

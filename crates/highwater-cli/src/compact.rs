@@ -98,7 +98,11 @@ pub fn compact(
             );
             println!(
                 "clusters: {} ({} untouched, kept as they were); artifacts: {} read, {} encoded, {} kept",
-                s.clusters, s.clusters_reused, s.artifacts_read, s.artifacts_encoded, s.artifacts_kept
+                s.clusters,
+                s.clusters_reused,
+                s.artifacts_read,
+                s.artifacts_encoded,
+                s.artifacts_kept
             );
             println!(
                 "records: {} ({} conflicts resolved, {} expired dropped); logical {} -> stored {}; written {}",
@@ -140,7 +144,10 @@ pub fn gc(spec: &str, namespace: &str, json: bool, keep: usize) -> Result<ExitCo
         return Ok(ExitCode::SUCCESS);
     }
     let ids = |v: &[highwater::CheckpointId]| {
-        v.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
+        v.iter()
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     };
     println!("retained checkpoints: {}", ids(&report.retained));
     println!(

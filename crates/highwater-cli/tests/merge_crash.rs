@@ -34,7 +34,7 @@ fn splitmix64(mut x: u64) -> u64 {
 fn step(i: u64) -> (u32, Option<String>) {
     let r = splitmix64(SEED ^ splitmix64(i));
     let key = (r % KEYS) as u32;
-    if (r >> 40) % 7 == 0 {
+    if (r >> 40).is_multiple_of(7) {
         (key, None)
     } else {
         let pad = "x".repeat(((r >> 20) % 64) as usize);
@@ -85,9 +85,17 @@ fn check_store(dir: &Path, round: usize) -> usize {
     let store = Arc::new(ObjectCheckpointStore::local(dir).unwrap());
     let (stored, referenced, _) = census(&store);
     let missing: Vec<_> = referenced.difference(&stored).collect();
-    assert!(missing.is_empty(), "round {round}: manifests point at missing artifacts: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "round {round}: manifests point at missing artifacts: {missing:?}"
+    );
     for v in block_on(highwater::verify_store(&*store)).unwrap() {
-        assert!(v.is_sound(), "round {round}: checkpoint {} unsound: {:?}", v.checkpoint, v.problems);
+        assert!(
+            v.is_sound(),
+            "round {round}: checkpoint {} unsound: {:?}",
+            v.checkpoint,
+            v.problems
+        );
     }
     let manager = StateManager::builder()
         .backend(Arc::new(MemoryBackend::new()))
@@ -95,8 +103,16 @@ fn check_store(dir: &Path, round: usize) -> usize {
         .build()
         .unwrap();
     let desc = ValueStateDescriptor::new("v");
-    let left = manager.keyed_state("left").unwrap().value_state::<u32, String>(&desc).unwrap();
-    let right = manager.keyed_state("right").unwrap().value_state::<u32, String>(&desc).unwrap();
+    let left = manager
+        .keyed_state("left")
+        .unwrap()
+        .value_state::<u32, String>(&desc)
+        .unwrap();
+    let right = manager
+        .keyed_state("right")
+        .unwrap()
+        .value_state::<u32, String>(&desc)
+        .unwrap();
     let offset = manager
         .keyed_state("source")
         .unwrap()
@@ -104,13 +120,26 @@ fn check_store(dir: &Path, round: usize) -> usize {
         .unwrap();
     let ids = block_on(store.list_manifests()).unwrap();
     for id in &ids {
-        manager.restore(*id).unwrap_or_else(|e| panic!("round {round}: restore {id}: {e}"));
-        let steps = offset.get(&0).unwrap().expect("every checkpoint records its step");
+        manager
+            .restore(*id)
+            .unwrap_or_else(|e| panic!("round {round}: restore {id}: {e}"));
+        let steps = offset
+            .get(&0)
+            .unwrap()
+            .expect("every checkpoint records its step");
         let want = expected(steps);
         for k in 0..KEYS as u32 {
             let w = want.get(&k).cloned();
-            assert_eq!(left.get(&k).unwrap(), w, "round {round}: checkpoint {id} step {steps} left key {k}");
-            assert_eq!(right.get(&k).unwrap(), w, "round {round}: checkpoint {id} step {steps} right key {k}");
+            assert_eq!(
+                left.get(&k).unwrap(),
+                w,
+                "round {round}: checkpoint {id} step {steps} left key {k}"
+            );
+            assert_eq!(
+                right.get(&k).unwrap(),
+                w,
+                "round {round}: checkpoint {id} step {steps} right key {k}"
+            );
         }
     }
     ids.len()
@@ -118,7 +147,11 @@ fn check_store(dir: &Path, round: usize) -> usize {
 
 fn churn(dir: &Path) -> Command {
     let mut c = Command::new(BIN);
-    c.arg("churn").arg("--dir").arg(dir).arg("--seed").arg(SEED.to_string());
+    c.arg("churn")
+        .arg("--dir")
+        .arg(dir)
+        .arg("--seed")
+        .arg(SEED.to_string());
     c
 }
 
@@ -152,7 +185,12 @@ fn sigkill_during_checkpoints_merges_and_gc_leaves_every_retained_checkpoint_res
         }
         child.wait().unwrap();
         let mut out = String::new();
-        child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
         let store = ObjectCheckpointStore::local(&dir).unwrap();
         let (stored, referenced, _) = census(&store);
         // The run's first act is collecting garbage; once it got that far,
@@ -163,7 +201,11 @@ fn sigkill_during_checkpoints_merges_and_gc_leaves_every_retained_checkpoint_res
             let leftover: usize = words.nth(1).unwrap().parse().unwrap();
             assert_eq!(leftover, 0, "round {round}: {line}");
             if !orphans.is_empty() {
-                assert!(deleted > 0, "round {round}: {} orphans were not collected: {line}", orphans.len());
+                assert!(
+                    deleted > 0,
+                    "round {round}: {} orphans were not collected: {line}",
+                    orphans.len()
+                );
                 startup_collected += deleted;
             }
         }
@@ -174,10 +216,17 @@ fn sigkill_during_checkpoints_merges_and_gc_leaves_every_retained_checkpoint_res
     assert!(kills >= 30, "only {kills} runs were killed");
     // The next run's collection removes every leftover of the killed runs.
     let out = churn(&dir).arg("--gc-only").output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let store = ObjectCheckpointStore::local(&dir).unwrap();
     let (stored, referenced, manifests) = census(&store);
-    assert_eq!(stored, referenced, "unreferenced artifacts after the final collection");
+    assert_eq!(
+        stored, referenced,
+        "unreferenced artifacts after the final collection"
+    );
     assert!(manifests > 0);
     check_store(&dir, usize::MAX);
     assert!(

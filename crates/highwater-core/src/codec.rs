@@ -598,8 +598,14 @@ mod tests {
         w.push(b"\x00\x01rest", None).unwrap();
         let rel = w.finish(&opts).unwrap();
         let h = verify_artifact(&rel.bytes).unwrap();
-        assert_eq!((h.version, h.key_form, h.kind), (2, KeyForm::OperatorRelative, ArtifactKind::Delta));
-        let abs = build(&[(b"k".to_vec(), Some(b"v".to_vec()))], ArtifactKind::Entries);
+        assert_eq!(
+            (h.version, h.key_form, h.kind),
+            (2, KeyForm::OperatorRelative, ArtifactKind::Delta)
+        );
+        let abs = build(
+            &[(b"k".to_vec(), Some(b"v".to_vec()))],
+            ArtifactKind::Entries,
+        );
         let h = verify_artifact(&abs.bytes).unwrap();
         assert_eq!((h.version, h.key_form), (1, KeyForm::Absolute));
         // The relative bit in a version 1 header is damage, not a new form.

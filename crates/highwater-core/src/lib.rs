@@ -42,7 +42,7 @@ pub use keygroup::{DEFAULT_MAX_PARALLELISM, KeyGroup, KeyGroupRange, key_group_f
 pub use manifest::{
     ArtifactId, ArtifactRef, CheckpointId, CheckpointKind, Layer, LayerKind, Manifest,
 };
-pub use read::{Records, decode_checked, load_manifest, visit_checked};
+pub use read::{RecordVisitor, Records, decode_checked, load_manifest, visit_checked};
 pub use retry::RetryPolicy;
 pub use state::{
     AggregateFunction, AggregatingState, AggregatingStateDescriptor, KeyedStateContext, ListState,

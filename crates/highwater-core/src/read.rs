@@ -62,6 +62,10 @@ pub fn decode_checked(
     Ok(out)
 }
 
+/// A visitor of records: the key (in the requested form) and the value,
+/// `None` for a delete.
+pub type RecordVisitor<'a> = dyn FnMut(&[u8], Option<&[u8]>) -> Result<()> + 'a;
+
 /// The checks of [`decode_checked`], handing each record to `visit` without
 /// copying it, with keys in `form` whatever form the artifact stores
 /// (absolute keys of another operator than `r`'s are corruption when
@@ -74,7 +78,7 @@ pub fn visit_checked(
     bytes: &[u8],
     limits: &DecodeLimits,
     form: KeyForm,
-    visit: &mut dyn FnMut(&[u8], Option<&[u8]>) -> Result<()>,
+    visit: &mut RecordVisitor<'_>,
 ) -> Result<u64> {
     let ctx = |detail: String| {
         Error::corrupt(

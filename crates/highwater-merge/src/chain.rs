@@ -92,7 +92,11 @@ pub fn summarize(manifests: &[Manifest]) -> StoreSummary {
             let stored: u64 = distinct.values().sum();
             ChainSummary {
                 checkpoint: m.checkpoint_id,
-                base: m.layers.first().map(|l| l.checkpoint_id).unwrap_or_default(),
+                base: m
+                    .layers
+                    .first()
+                    .map(|l| l.checkpoint_id)
+                    .unwrap_or_default(),
                 depth: m.layers.len().saturating_sub(1),
                 references,
                 distinct_artifacts: distinct.len(),

@@ -174,24 +174,39 @@ mod tests {
     #[test]
     fn defaults_are_valid_and_bad_values_are_refused() {
         MergerConfig::default().validate().unwrap();
-        let mut c = MergerConfig::default();
-        c.max_chain_length = 1;
-        assert!(c.validate().is_err());
-        let mut c = MergerConfig::default();
-        c.merge_strategy = MergeStrategy::DeltaRatio(f64::NAN);
-        assert!(c.validate().is_err());
-        let mut c = MergerConfig::default();
-        c.chunking.max_bytes = 10;
-        assert!(c.validate().is_err());
-        let mut c = MergerConfig::default();
-        c.zstd_level = 40;
-        assert!(c.validate().is_err());
+        let d = MergerConfig::default;
+        let bad = [
+            MergerConfig {
+                max_chain_length: 1,
+                ..d()
+            },
+            MergerConfig {
+                merge_strategy: MergeStrategy::DeltaRatio(f64::NAN),
+                ..d()
+            },
+            MergerConfig {
+                chunking: ChunkConfig {
+                    max_bytes: 10,
+                    ..ChunkConfig::default()
+                },
+                ..d()
+            },
+            MergerConfig {
+                zstd_level: 40,
+                ..d()
+            },
+        ];
+        for c in bad {
+            assert!(c.validate().is_err(), "{c:?}");
+        }
     }
 
     #[test]
     fn disabling_delta_compression_stores_deltas_raw() {
-        let mut c = MergerConfig::default();
-        c.enable_delta_compression = false;
+        let c = MergerConfig {
+            enable_delta_compression: false,
+            ..MergerConfig::default()
+        };
         assert_eq!(c.delta_options().compression_threshold, usize::MAX);
         assert_eq!(c.base_options().compression_threshold, 512);
     }

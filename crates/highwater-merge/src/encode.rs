@@ -239,8 +239,7 @@ pub fn chunk_ends(recs: &[(&[u8], Option<&[u8]>)], chunking: &ChunkConfig) -> Ve
         let len = k.len() + v.map_or(0, <[u8]>::len) + 3;
         size += len;
         let cut = size >= chunking.max_bytes
-            || (size >= chunking.min_bytes
-                && xxhash_rust::xxh3::xxh3_64(k) % target < len as u64);
+            || (size >= chunking.min_bytes && xxhash_rust::xxh3::xxh3_64(k) % target < len as u64);
         if cut {
             ends.push(i + 1);
             size = 0;
@@ -337,7 +336,10 @@ mod tests {
         assert!(ends.len() > 10, "{} chunks", ends.len());
         let mut begin = 0;
         for (i, &end) in ends.iter().enumerate() {
-            let size: usize = recs[begin..end].iter().map(|(k, v)| k.len() + v.len() + 3).sum();
+            let size: usize = recs[begin..end]
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 3)
+                .sum();
             assert!(size <= c.max_bytes + 200, "chunk {i}: {size}");
             if i + 1 < ends.len() {
                 assert!(size >= c.min_bytes, "chunk {i}: {size}");

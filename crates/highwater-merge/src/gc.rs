@@ -69,10 +69,7 @@ impl Pins {
     fn pin(&self, id: ArtifactId) {
         let mut s = self.lock();
         while s.deleting.contains(&id) {
-            s = self
-                .deleted
-                .wait(s)
-                .unwrap_or_else(PoisonError::into_inner);
+            s = self.deleted.wait(s).unwrap_or_else(PoisonError::into_inner);
         }
         *s.counts.entry(id).or_insert(0) += 1;
     }

@@ -39,8 +39,8 @@ mod store;
 pub use chain::{ChainSummary, StoreSummary, needs_merge, substitute, summarize};
 pub use config::{ChunkConfig, ConflictResolution, MergeStrategy, MergerConfig};
 pub use encode::{
-    EncodeParams, EncodeTotals, Produced, RAW_OPERATOR, chunk_ends, encode_group,
-    encode_snapshot, key_form_for,
+    EncodeParams, EncodeTotals, Produced, RAW_OPERATOR, chunk_ends, encode_group, encode_snapshot,
+    key_form_for,
 };
 pub use gc::{PinGuard, Pins, RetentionReport, collect_garbage};
 pub use merge::{MergeOutcome, MergeParams, MergeStats, check_chain, merge_layers};

@@ -121,7 +121,9 @@ fn clusters(layers: &[Layer]) -> Vec<Cluster<'_>> {
 /// Checks that the layers form a chain a merge can fold.
 pub fn check_chain(layers: &[Layer]) -> Result<()> {
     let Some(first) = layers.first() else {
-        return Err(Error::InvalidArgument("a merge needs at least one layer".into()));
+        return Err(Error::InvalidArgument(
+            "a merge needs at least one layer".into(),
+        ));
     };
     if first.kind != LayerKind::Full {
         return Err(Error::InvalidArgument(format!(
@@ -313,7 +315,10 @@ fn merge_cluster(
     let mut order: Vec<usize> = (0..base.recs.len()).collect();
     // Chunks of one range are key-ordered already; sort only if they were
     // read in another order (several base ranges in one cluster).
-    if !order.windows(2).all(|w| base.get(w[0]).0 < base.get(w[1]).0) {
+    if !order
+        .windows(2)
+        .all(|w| base.get(w[0]).0 < base.get(w[1]).0)
+    {
         order.sort_unstable_by(|a, b| base.get(*a).0.cmp(base.get(*b).0));
     }
     let mut delta: Vec<(&Vec<u8>, &Option<Vec<u8>>)> =
@@ -375,5 +380,12 @@ fn merge_cluster(
         }
     }
     expired.fetch_add(dropped, Ordering::Relaxed);
-    encode_group(c.operator, c.range, ArtifactKind::Entries, &out, &params.merger, sink)
+    encode_group(
+        c.operator,
+        c.range,
+        ArtifactKind::Entries,
+        &out,
+        &params.merger,
+        sink,
+    )
 }

@@ -33,21 +33,21 @@ mod verify;
 #[cfg(feature = "cloud")]
 pub use highwater_cloud as cloud;
 pub use highwater_core as core;
-pub use highwater_merge as merge;
 #[cfg(feature = "memory")]
 pub use highwater_memory as memory;
+pub use highwater_merge as merge;
 #[cfg(feature = "redis")]
 pub use highwater_redis as redis;
 pub use highwater_wal as wal;
 
 pub use config::CheckpointConfig;
-pub use highwater_merge::{ConflictResolution, MergeStats, MergeStrategy, MergerConfig};
 pub use highwater_core::{
     AggregateFunction, AggregatingState, AggregatingStateDescriptor, CheckpointId, CheckpointKind,
     CheckpointStore, Error, ErrorKind, KeyedStateContext, ListState, ListStateDescriptor, Manifest,
     MapState, MapStateDescriptor, ReducingState, ReducingStateDescriptor, Result, StateBackend,
     TtlConfig, ValueState, ValueStateDescriptor,
 };
+pub use highwater_merge::{ConflictResolution, MergeStats, MergeStrategy, MergerConfig};
 pub use manager::{
     CheckpointHandle, CheckpointInfo, HistoryEntry, RestoreInfo, StateManager, StateManagerBuilder,
 };

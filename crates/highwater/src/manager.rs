@@ -819,9 +819,8 @@ impl StateManager {
         let store = self.inner.store.clone();
         let keep = self.inner.config.max_retained;
         let pins = self.inner.pins.clone();
-        self.inner.run_io(async move {
-            collect_garbage(&*store, keep, Some(&pins), &|_, _| {}).await
-        })
+        self.inner
+            .run_io(async move { collect_garbage(&*store, keep, Some(&pins), &|_, _| {}).await })
     }
 
     /// Merges the chain of the newest checkpoint now, on the calling

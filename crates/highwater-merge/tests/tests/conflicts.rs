@@ -64,7 +64,7 @@ impl Store {
 /// Builds one layer from `writes`, chunked small so clusters hold several
 /// chunks per layer.
 fn layer(store: &Store, id: u64, kind: LayerKind, writes: &Writes, cfg: &MergerConfig) -> Layer {
-    let mut by_group: BTreeMap<u16, Vec<(Vec<u8>, Option<Vec<u8>>)>> = BTreeMap::new();
+    let mut by_group: BTreeMap<u16, highwater_core::Records> = BTreeMap::new();
     for (k, v) in writes {
         let full = full_key(*k);
         let kg = u16::from_be_bytes([full[0], full[1]]);
@@ -76,8 +76,10 @@ fn layer(store: &Store, id: u64, kind: LayerKind, writes: &Writes, cfg: &MergerC
     let mut artifacts = Vec::new();
     for (g, mut recs) in by_group {
         recs.sort();
-        let borrowed: Vec<(&[u8], Option<&[u8]>)> =
-            recs.iter().map(|(k, v)| (k.as_slice(), v.as_deref())).collect();
+        let borrowed: Vec<(&[u8], Option<&[u8]>)> = recs
+            .iter()
+            .map(|(k, v)| (k.as_slice(), v.as_deref()))
+            .collect();
         let range = KeyGroupRange::new(g * KGS_PER_GROUP, (g + 1) * KGS_PER_GROUP).unwrap();
         let kind = match kind {
             LayerKind::Full => ArtifactKind::Entries,
@@ -214,7 +216,9 @@ fn expired_values_are_dropped_by_the_merge() {
     let store = Store(Mutex::new(HashMap::new()));
     let group = |k: u8| key_group_for(&[k], MAX_PARALLELISM).0 / KGS_PER_GROUP;
     let same = (2u8..=255).find(|k| group(*k) == group(1)).unwrap();
-    let other = (2u8..=255).find(|k| group(*k) == group(1) && *k != same).unwrap();
+    let other = (2u8..=255)
+        .find(|k| group(*k) == group(1) && *k != same)
+        .unwrap();
     let base: Writes =
         BTreeMap::from([(1, Some(value(1, Some(50)))), (same, Some(value(2, None)))]);
     let delta: Writes = BTreeMap::from([(other, Some(value(3, Some(500))))]);

@@ -55,8 +55,16 @@ fn four_operators_with_identical_state_store_one_copy() {
     let (refs, totals) = encode_snapshot(&*snap, &params(true), &|_| Ok(())).unwrap();
     assert_eq!(totals.entries, 20_000);
     let distinct: HashSet<_> = refs.iter().map(|r| r.id).collect();
-    assert!(refs.len() > 4 * 4, "several chunks per range: {}", refs.len());
-    assert_eq!(distinct.len() * 4, refs.len(), "each chunk stored once for 4 operators");
+    assert!(
+        refs.len() > 4 * 4,
+        "several chunks per range: {}",
+        refs.len()
+    );
+    assert_eq!(
+        distinct.len() * 4,
+        refs.len(),
+        "each chunk stored once for 4 operators"
+    );
 
     // Without deduplication the keys embed the operator: nothing is shared.
     let (refs, _) = encode_snapshot(&*snap, &params(false), &|_| Ok(())).unwrap();
@@ -69,11 +77,17 @@ fn changing_one_key_rewrites_only_its_chunk() {
     let backend = MemoryBackend::new();
     fill(&backend, &["a"], 20_000);
     let p = params(true);
-    let (before, _) = encode_snapshot(&*backend.snapshot(SnapshotKind::Full).unwrap(), &p, &|_| Ok(())).unwrap();
+    let (before, _) = encode_snapshot(&*backend.snapshot(SnapshotKind::Full).unwrap(), &p, &|_| {
+        Ok(())
+    })
+    .unwrap();
     let mut b = WriteBatch::new();
     b.put(key("a", 777), b"\0changed".to_vec());
     backend.write_batch(b).unwrap();
-    let (after, _) = encode_snapshot(&*backend.snapshot(SnapshotKind::Full).unwrap(), &p, &|_| Ok(())).unwrap();
+    let (after, _) = encode_snapshot(&*backend.snapshot(SnapshotKind::Full).unwrap(), &p, &|_| {
+        Ok(())
+    })
+    .unwrap();
     let old: HashSet<_> = before.iter().map(|r| r.id).collect();
     let new: Vec<_> = after.iter().filter(|r| !old.contains(&r.id)).collect();
     assert!(before.len() > 20, "{} chunks", before.len());

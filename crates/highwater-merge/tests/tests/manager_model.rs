@@ -197,7 +197,11 @@ fn the_next_checkpoint_builds_on_a_background_merge_and_gc_keeps_it_until_then()
         .build()
         .unwrap();
     let desc = ValueStateDescriptor::new("v");
-    let h: ValueState<u16, u32> = manager.keyed_state("a").unwrap().value_state(&desc).unwrap();
+    let h: ValueState<u16, u32> = manager
+        .keyed_state("a")
+        .unwrap()
+        .value_state(&desc)
+        .unwrap();
     let mut chains = Vec::new();
     for round in 0..3u32 {
         for k in 0..KEYS {
