@@ -50,7 +50,7 @@ use highwater::merge::{EncodeParams, MergerConfig, encode_snapshot};
 use highwater::{CheckpointConfig, CheckpointInfo, CheckpointKind, StateManager};
 use serde_json::{Map, json};
 
-use crate::util::{Rng, mib};
+use crate::util::{CpuReading, Rng, loadavg, mib};
 use crate::{Ctx, Metric, Result, SuiteResult};
 
 const MAX_PARALLELISM: u16 = 128;
@@ -212,6 +212,18 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
     );
     params.insert("state_bytes".into(), json!(state_bytes));
     params.insert("threads".into(), json!(threads));
+    params.insert("loadavg_at_start".into(), json!(loadavg()));
+    // The share of the machine other processes used during each timed
+    // phase: a shared machine disturbs a phase and its baseline unequally.
+    let phase =
+        |name: &str, from: Option<CpuReading>, params: &mut Map<String, serde_json::Value>| {
+            if let (Some(a), Some(b)) = (from, CpuReading::now()) {
+                params.insert(
+                    format!("other_processes_cpu_pct_{name}"),
+                    json!(b.others_since(&a).map(|x| (x * 10.0).round() / 10.0)),
+                );
+            }
+        };
     let merger = MergerConfig::default();
     params.insert("zstd_level".into(), json!(merger.zstd_level));
     params.insert(
@@ -235,10 +247,14 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
 
     // Full, then 1% changed and an incremental.
     println!("merge: full checkpoint …");
+    let cpu = CpuReading::now();
     let full = checkpoint(&manager, CheckpointKind::Full)?;
+    phase("full_checkpoint", cpu, &mut params);
     let touched = touch(&*backend, entries, 1, 11)?;
     println!("merge: incremental after {touched} rewrites …");
+    let cpu = CpuReading::now();
     let inc = checkpoint(&manager, CheckpointKind::Incremental)?;
+    phase("incremental_checkpoint", cpu, &mut params);
     params.insert("keys_rewritten_1pct".into(), json!(touched));
     params.insert(
         "full_checkpoint_ms".into(),
@@ -313,9 +329,11 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
         chain.layers.len(),
         mib(chain_logical)
     );
+    let cpu = CpuReading::now();
     let t = Instant::now();
     let stats = manager.compact()?.ok_or("nothing to merge")?;
     let merge_time = t.elapsed();
+    phase("merge", cpu, &mut params);
     params.insert("merge_layers".into(), json!(chain.layers.len()));
     params.insert("merge_logical_bytes".into(), json!(chain_logical));
     params.insert("merge_clusters".into(), json!(stats.clusters));
@@ -333,6 +351,7 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
         .map(|id| block_on(store.get_artifact(*id))?.map_err(Into::into))
         .collect::<Result<_>>()?;
     let level = merger.zstd_level;
+    let cpu = CpuReading::now();
     let t = Instant::now();
     on_all_cores(&blobs, threads, |b| {
         let decoded = decode_artifact(b, &Default::default())?;
@@ -341,6 +360,7 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
         Ok(())
     })?;
     let baseline_time = t.elapsed();
+    phase("merge_baseline", cpu, &mut params);
     let mbps = |d: Duration| chain_logical as f64 / 1e6 / d.as_secs_f64();
     metrics.push(Metric::versus(
         "merge_throughput",
