@@ -135,3 +135,113 @@ pub fn substitute(parent: &[Layer], merged: &Layer) -> Option<Vec<Layer>> {
     out.extend(parent[at + 1..].iter().cloned());
     Some(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use highwater_core::{ArtifactId, ArtifactRef, Codec, KeyGroupRange, LayerKind};
+
+    fn layer(id: u64, kind: LayerKind, stored: &[u64]) -> Layer {
+        Layer {
+            checkpoint_id: CheckpointId(id),
+            kind,
+            artifacts: stored
+                .iter()
+                .enumerate()
+                .map(|(i, s)| ArtifactRef {
+                    operator: "op".into(),
+                    key_groups: KeyGroupRange { start: 0, end: 8 },
+                    id: ArtifactId(u128::from(id) << 32 | i as u128),
+                    entries: 1,
+                    logical_bytes: *s,
+                    stored_bytes: *s,
+                    codec: Codec::Raw,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn chain_length_and_delta_ratio_strategies_decide_when_to_merge() {
+        let base = layer(1, LayerKind::Full, &[1000]);
+        let d = |id, s| layer(id, LayerKind::Delta, &[s]);
+        let by_length = MergerConfig {
+            max_chain_length: 3,
+            ..MergerConfig::default()
+        };
+        assert!(!needs_merge(std::slice::from_ref(&base), &by_length));
+        assert!(!needs_merge(&[base.clone(), d(2, 900)], &by_length));
+        assert!(needs_merge(&[base.clone(), d(2, 1), d(3, 1)], &by_length));
+        let by_ratio = MergerConfig {
+            max_chain_length: 8,
+            merge_strategy: MergeStrategy::DeltaRatio(0.5),
+            ..MergerConfig::default()
+        };
+        assert!(!needs_merge(
+            &[base.clone(), d(2, 200), d(3, 200)],
+            &by_ratio
+        ));
+        assert!(needs_merge(
+            &[base.clone(), d(2, 300), d(3, 200)],
+            &by_ratio
+        ));
+        // The chain bound holds under the ratio strategy too.
+        let long: Vec<Layer> = std::iter::once(base.clone())
+            .chain((2..9).map(|i| d(i, 1)))
+            .collect();
+        assert!(needs_merge(&long, &by_ratio));
+    }
+
+    #[test]
+    fn a_merged_layer_replaces_the_head_of_the_chain_it_absorbed() {
+        let chain = vec![
+            layer(1, LayerKind::Full, &[10]),
+            layer(2, LayerKind::Delta, &[1]),
+            layer(3, LayerKind::Delta, &[1]),
+            layer(4, LayerKind::Delta, &[1]),
+        ];
+        let merged = layer(3, LayerKind::Full, &[11]);
+        let out = substitute(&chain, &merged).unwrap();
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0], merged);
+        assert_eq!(out[1].checkpoint_id, CheckpointId(4));
+        // Another chain (rebased on a full checkpoint 5) does not take it.
+        assert!(substitute(&[layer(5, LayerKind::Full, &[10])], &merged).is_none());
+    }
+
+    #[test]
+    fn summaries_count_shared_artifacts_and_dedup_savings() {
+        let mk = |id: u64, layers: Vec<Layer>| Manifest {
+            checkpoint_id: CheckpointId(id),
+            parent: None,
+            kind: if layers.len() == 1 {
+                highwater_core::CheckpointKind::Full
+            } else {
+                highwater_core::CheckpointKind::Incremental
+            },
+            created_at_ms: 0,
+            wal_position: None,
+            max_parallelism: 128,
+            layers,
+            properties: Default::default(),
+        };
+        let base = layer(1, LayerKind::Full, &[100, 50]);
+        let mut twin = base.artifacts[0].clone();
+        twin.operator = "other".into();
+        let mut with_twin = base.clone();
+        with_twin.artifacts.push(twin);
+        let m1 = mk(1, vec![with_twin.clone()]);
+        let m2 = mk(2, vec![with_twin, layer(2, LayerKind::Delta, &[7])]);
+        let s = summarize(&[m1, m2]);
+        assert_eq!(
+            s.chains[0].dedup_saved_bytes, 100,
+            "the twin is stored once"
+        );
+        assert_eq!(s.chains[0].shared_artifacts, 2);
+        assert_eq!(s.chains[1].depth, 1);
+        assert_eq!(s.distinct_artifacts, 3);
+        assert_eq!(s.stored_bytes, 157);
+        assert_eq!(s.referenced_bytes, 250 + 257);
+        assert_eq!(s.dedup_saved_bytes, 250 + 257 - 157);
+    }
+}

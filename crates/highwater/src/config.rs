@@ -77,6 +77,12 @@ impl CheckpointConfig {
         if self.io_concurrency == 0 {
             return bad("io_concurrency must be at least 1");
         }
+        if self.background_merge && self.merger.max_chain_length > self.max_chain_length {
+            return Err(Error::InvalidArgument(format!(
+                "merger.max_chain_length ({}) above max_chain_length ({}): chains would be cut by full checkpoints before any merge",
+                self.merger.max_chain_length, self.max_chain_length
+            )));
+        }
         self.merger.validate()
     }
 }
