@@ -431,9 +431,11 @@ struct Job {
     /// The layers this checkpoint's own layer goes on top of: the parent's,
     /// or a merged base and the parent's layers after it.
     parent_layers: Vec<Layer>,
-    /// Set when `parent_layers` starts with a merged base: its pins, held
-    /// until this checkpoint commits.
-    merge: Option<PendingMerge>,
+    /// Set when `parent_layers` starts with a merged base: the last
+    /// checkpoint it absorbed. The merged base stays in `Tracking::merged`
+    /// (pinned) until this checkpoint commits, so a failed checkpoint leaves
+    /// it for the next one.
+    merged_base: Option<CheckpointId>,
     snapshot: Arc<dyn StateSnapshot>,
     started: Instant,
     snapshot_pause: Duration,
@@ -538,16 +540,25 @@ impl StateManager {
         let cfg = &self.inner.config;
         // A merged base replaces the head of the parent's chain when it
         // absorbed a layer of it; a stale one (another chain) is dropped.
-        let mut merge = t.merged.take();
+        let mut merged_base = None;
         let mut parent_layers = Vec::new();
         if let Some(b) = &t.base {
-            match merge.as_ref().and_then(|m| substitute(&b.layers, &m.layer)) {
-                Some(layers) => parent_layers = layers,
-                None => {
-                    merge = None;
-                    parent_layers = b.layers.clone();
+            match t
+                .merged
+                .as_ref()
+                .and_then(|m| substitute(&b.layers, &m.layer).map(|l| (l, m.layer.checkpoint_id)))
+            {
+                Some((layers, through)) => {
+                    parent_layers = layers;
+                    merged_base = Some(through);
                 }
+                None => parent_layers = b.layers.clone(),
             }
+        }
+        if merged_base.is_none() {
+            // Stale: the chain no longer holds the layer the merge absorbed
+            // (a full checkpoint or a restore rebased it). Its pins go.
+            t.merged = None;
         }
         let parent = t
             .base
@@ -555,7 +566,8 @@ impl StateManager {
             .filter(|_| cfg.incremental && parent_layers.len() < cfg.max_chain_length);
         if parent.is_none() {
             // A full checkpoint needs no merged base; its pins go.
-            merge = None;
+            t.merged = None;
+            merged_base = None;
             parent_layers.clear();
         }
         let (kind, snapshot_kind) = match parent {
@@ -586,7 +598,7 @@ impl StateManager {
             kind,
             parent,
             parent_layers,
-            merge,
+            merged_base,
             snapshot,
             started,
             snapshot_pause,
@@ -619,8 +631,17 @@ impl StateManager {
                     t.next_id = newest.next();
                 }
                 match &result {
-                    Ok((manifest, _)) => {
+                    Ok((manifest, info)) => {
                         t.base = Some(manifest.clone());
+                        // The committed manifest references the merged base
+                        // it used: the pins can go (a newer merge that
+                        // finished meanwhile absorbed more and stays).
+                        if info.merged_base.is_some()
+                            && t.merged.as_ref().map(|m| m.layer.checkpoint_id)
+                                == info.merged_base
+                        {
+                            t.merged = None;
+                        }
                         if inner.config.background_merge
                             && !t.merging
                             && needs_merge(&manifest.layers, &inner.config.merger)
@@ -988,7 +1009,7 @@ fn run_checkpoint(inner: &Inner, job: Job) -> Result<(Arc<Manifest>, CheckpointI
         },
         artifacts: refs,
     };
-    let merged_base = job.merge.as_ref().map(|m| m.layer.checkpoint_id);
+    let merged_base = job.merged_base;
     let mut layers = job.parent_layers;
     layers.push(own);
     let manifest = Manifest {
@@ -1014,15 +1035,14 @@ fn run_checkpoint(inner: &Inner, job: Job) -> Result<(Arc<Manifest>, CheckpointI
     let store = inner.store.clone();
     let keep = cfg.max_retained;
     let id = job.id;
-    let merge_pins = job.merge;
     let all_pins = inner.pins.clone();
     let retention = inner.handle.block_on(async move {
         store.commit_manifest(id, encoded_manifest).await?;
-        // The committed manifest references everything this checkpoint and
-        // its merged base wrote: their pins can go. Pins of other in-flight
-        // work (a background merge) stay and protect it from this pass.
+        // The committed manifest references everything this checkpoint
+        // wrote: its pins can go. Pins of other work (a merged base, which
+        // the worker releases once it sees this commit, or a background
+        // merge) stay and protect it from this pass.
         drop(pins);
-        drop(merge_pins);
         Ok::<_, Error>(match collect_garbage(&*store, keep, Some(&all_pins), &|_, _| {}).await {
             Ok(r) => Some(r),
             Err(e) => {
