@@ -433,8 +433,8 @@ struct Job {
     parent_layers: Vec<Layer>,
     /// Set when `parent_layers` starts with a merged base: the last
     /// checkpoint it absorbed. The merged base stays in `Tracking::merged`
-    /// (pinned) until this checkpoint commits, so a failed checkpoint leaves
-    /// it for the next one.
+    /// (pinned) until the worker sees this checkpoint committed. (A failed
+    /// checkpoint clears the base, so the next one is full and drops it.)
     merged_base: Option<CheckpointId>,
     snapshot: Arc<dyn StateSnapshot>,
     started: Instant,
