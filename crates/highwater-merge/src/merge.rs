@@ -264,11 +264,16 @@ fn merge_cluster(
     let mut base = Arena::default();
     let mut deltas: HashMap<Vec<u8>, Write> = HashMap::new();
     let mut n_conflicts = 0u64;
+    // Each base artifact is a sorted run of records; the chunks of one
+    // range partition its key space, so the runs ordered by first key are
+    // the whole base in key order.
+    let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
     for &(i, r) in &c.members {
         let layer = &layers[i];
         let bytes = fetch_checked(fetch, layer, r)?;
         if i == 0 {
             base.data.reserve(r.logical_bytes as usize);
+            let first = base.recs.len();
             visit_checked(
                 layer.checkpoint_id,
                 layer.kind,
@@ -281,6 +286,7 @@ fn merge_cluster(
                     Ok(())
                 },
             )?;
+            runs.push(first..base.recs.len());
         } else {
             visit_checked(
                 layer.checkpoint_id,
@@ -312,9 +318,11 @@ fn merge_cluster(
         }
     }
     conflicts.fetch_add(n_conflicts, Ordering::Relaxed);
-    let mut order: Vec<usize> = (0..base.recs.len()).collect();
-    // Chunks of one range are key-ordered already; sort only if they were
-    // read in another order (several base ranges in one cluster).
+    runs.retain(|r| !r.is_empty());
+    runs.sort_by(|a, b| base.get(a.start).0.cmp(base.get(b.start).0));
+    let mut order: Vec<usize> = runs.into_iter().flatten().collect();
+    // Sort only if the runs overlap (artifacts chunked by another writer);
+    // strictly increasing keys are the normal case.
     if !order
         .windows(2)
         .all(|w| base.get(w[0]).0 < base.get(w[1]).0)
