@@ -145,6 +145,9 @@ struct Shared {
     config: DistributedConfig,
     propose_lock: AsyncMutex<()>,
     trigger_now: Notify,
+    /// On the leader: for each follower, the last matched index seen and
+    /// when it last advanced or equalled the leader's last index.
+    liveness: std::sync::Mutex<BTreeMap<NodeId, (Option<u64>, tokio::time::Instant)>>,
 }
 
 /// A node of the checkpoint-coordination group.
@@ -241,6 +244,7 @@ impl CheckpointCoordinator {
             config,
             propose_lock: AsyncMutex::new(()),
             trigger_now: Notify::new(),
+            liveness: std::sync::Mutex::new(BTreeMap::new()),
         });
         let server = tokio::spawn(serve(listener, shared.clone()));
         let driver = tokio::spawn(drive(shared.clone()));
@@ -461,13 +465,52 @@ async fn propose_anywhere(shared: &Shared, command: Command) -> Result<Outcome> 
     }
 }
 
+/// Updates the leader's view of which followers keep up: a follower is live
+/// while its matched index equals the leader's last index or advanced within
+/// the last election timeout.
+fn observe_liveness(shared: &Shared) {
+    let m = shared.raft.metrics().borrow().clone();
+    let now = tokio::time::Instant::now();
+    let mut live = shared.liveness.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(replication) = m.replication.as_ref() else {
+        live.clear();
+        return;
+    };
+    let last = m.last_log_index;
+    for (id, matched) in replication.iter() {
+        let matched = matched.map(|l| l.index);
+        match live.get_mut(id) {
+            Some((seen, at)) => {
+                if *seen != matched || matched == last {
+                    *seen = matched;
+                    *at = now;
+                }
+            }
+            None => {
+                live.insert(*id, (matched, now));
+            }
+        }
+    }
+}
+
+/// The voters the leader currently considers live (itself always).
+fn live_voters(shared: &Shared) -> BTreeSet<NodeId> {
+    let voters = health(shared).voters;
+    let window = shared.config.election_timeout;
+    let live = shared.liveness.lock().unwrap_or_else(|p| p.into_inner());
+    voters
+        .into_iter()
+        .filter(|v| *v == shared.id || live.get(v).is_none_or(|(_, at)| at.elapsed() < window))
+        .collect()
+}
+
 async fn trigger(shared: &Shared) -> Result<CheckpointId> {
     let _guard = shared.propose_lock.lock().await;
     if !is_leader(shared) {
         let leader = shared.raft.metrics().borrow().current_leader;
         return Err(raft_err("trigger", format!("this node is not the leader: leader={leader:?}")));
     }
-    let participants = health(shared).voters;
+    let participants = live_voters(shared);
     let checkpoint = shared.sm.ledger().next_id();
     let command = Command::Trigger {
         checkpoint,
@@ -494,17 +537,24 @@ async fn drive(shared: Arc<Shared>) {
             _ = tokio::time::sleep(poll) => {}
         }
         if !is_leader(&shared) {
+            shared.liveness.lock().unwrap_or_else(|p| p.into_inner()).clear();
             continue;
         }
+        observe_liveness(&shared);
         let ledger = shared.sm.ledger();
         let voters = health(&shared).voters;
+        let live = live_voters(&shared);
         let now = now_ms();
         let timeout = shared.config.checkpoint_timeout.as_millis() as u64;
         let mut decisions = Vec::new();
         for c in ledger.pending() {
             if c.fully_acked() {
                 decisions.push(Command::Complete { checkpoint: c.id });
-            } else if let Some(lost) = c.participants.iter().find(|p| !voters.contains(p)) {
+            } else if let Some(lost) = c
+                .participants
+                .iter()
+                .find(|p| !voters.contains(p) || (!live.contains(p) && !c.acks.contains_key(p)))
+            {
                 decisions.push(Command::Abort {
                     checkpoint: c.id,
                     reason: AbortReason::ParticipantLost(*lost),
@@ -563,6 +613,16 @@ async fn connection(mut stream: tokio::net::TcpStream, shared: Arc<Shared>) {
             Request::Propose(c) => {
                 if is_leader(&shared) {
                     Reply::Proposed(propose_local(&shared, c).await)
+                } else {
+                    Reply::Proposed(Err(ProposeError::NotLeader(shared.raft.metrics().borrow().current_leader)))
+                }
+            }
+            Request::Trigger => {
+                if is_leader(&shared) {
+                    Reply::Proposed(match trigger(&shared).await {
+                        Ok(id) => Ok(Outcome::Triggered(id)),
+                        Err(e) => Err(ProposeError::Failed(e.to_string())),
+                    })
                 } else {
                     Reply::Proposed(Err(ProposeError::NotLeader(shared.raft.metrics().borrow().current_leader)))
                 }

@@ -38,7 +38,7 @@ pub use ledger::{
     Outcome, FINISHED_HISTORY, MAX_MANIFEST_REF_LEN,
 };
 pub use log_store::WalLogStore;
-pub use network::{query_status, MAX_FRAME_BYTES};
+pub use network::{query_status, request_checkpoint, MAX_FRAME_BYTES};
 pub use node::{parse_peers, run_node, NodeOptions};
 pub use state_machine::{LedgerEvent, LedgerStateMachine, MAX_SNAPSHOT_BYTES};
 

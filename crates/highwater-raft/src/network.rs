@@ -40,6 +40,8 @@ pub(crate) enum Request {
     Propose(Command),
     /// The node's view of the cluster and its ledger.
     Status,
+    /// Trigger a checkpoint now (only the leader accepts).
+    Trigger,
 }
 
 /// Why a forwarded proposal failed.
@@ -312,6 +314,24 @@ pub async fn query_status(addr: SocketAddr, timeout: Duration) -> Result<crate::
     match conn.call(&Request::Status, timeout).await {
         Ok(Reply::Status(s)) => Ok(*s),
         Ok(other) => Err(Error::corrupt("raft reply", format!("unexpected reply to status: {other:?}"))),
+        Err(CallError::Unreachable(e) | CallError::Failed(e)) => Err(e),
+    }
+}
+
+/// Asks the node at `addr` to trigger a checkpoint now. Only the leader
+/// accepts; another node answers with an error naming the leader it knows.
+pub async fn request_checkpoint(addr: SocketAddr, timeout: Duration) -> Result<highwater_core::CheckpointId> {
+    let mut conn = Connection::new(Some(addr.to_string()));
+    match conn.call(&Request::Trigger, timeout).await {
+        Ok(Reply::Proposed(Ok(Outcome::Triggered(id)))) => Ok(id),
+        Ok(Reply::Proposed(Err(ProposeError::NotLeader(l)))) => Err(Error::Backend {
+            backend: "raft",
+            source: format!("trigger refused: not the leader: leader={l:?}").into(),
+        }),
+        Ok(other) => Err(Error::Backend {
+            backend: "raft",
+            source: format!("trigger failed: {other:?}").into(),
+        }),
         Err(CallError::Unreachable(e) | CallError::Failed(e)) => Err(e),
     }
 }

@@ -1,0 +1,22 @@
+//! Integration tests of `highwater-raft`: one test binary, one module per
+//! area. Every cluster test runs each node as a separate OS process
+//! (`highwater-raft-node`) talking real TCP on 127.0.0.1 through
+//! fault-injecting proxies owned by the test.
+//!
+//! - `cluster`: 3 and 5 nodes elect a leader, complete checkpoints, agree;
+//! - `faults`: SIGKILL of the leader mid-checkpoint, a partitioned minority,
+//!   and randomized rounds of crashes, restarts and partitions
+//!   (`HIGHWATER_RAFT_TORTURE_ROUNDS`, default 20) with the ledger
+//!   invariants checked every round;
+//! - `storage`: openraft's own storage test suite against the WAL log and
+//!   the ledger state machine, and reopening keeps the log and vote.
+
+#[path = "tests/common.rs"]
+mod common;
+
+#[path = "tests/cluster.rs"]
+mod cluster;
+#[path = "tests/faults.rs"]
+mod faults;
+#[path = "tests/storage.rs"]
+mod storage;
