@@ -1,5 +1,6 @@
 //! `highwater`: run the demo pipeline, inspect and verify checkpoints.
 
+mod coordinator;
 mod demo;
 mod inspect;
 mod target;
@@ -24,6 +25,8 @@ enum Command {
     /// killed at any moment and resumed with --resume (any number of times)
     /// ends with the same digest as an uninterrupted run.
     Demo(demo::DemoArgs),
+    /// Run one node of a Raft checkpoint-coordination cluster.
+    Coordinator(coordinator::CoordinatorArgs),
     /// List the checkpoints in STORE (a directory, or a redis://, s3://,
     /// az:// or gs:// URL).
     Inspect {
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => demo::run(args),
+        Command::Coordinator(args) => coordinator::run(args),
         Command::Inspect {
             store,
             namespace,

@@ -12,14 +12,19 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, Raft, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, Mutex as AsyncMutex, Notify};
+use tokio::sync::{Mutex as AsyncMutex, Notify, broadcast};
 use tokio::task::JoinHandle;
 
-use crate::ledger::{AbortReason, Command, CompletedCheckpoint, Ledger, ManifestRef, NodeId, Outcome};
-use crate::log_store::WalLogStore;
-use crate::network::{read_frame, write_frame, AddressBook, CallError, Connection, ProposeError, Reply, Request, TcpNetwork};
-use crate::state_machine::{LedgerEvent, LedgerStateMachine};
 use crate::TypeConfig;
+use crate::ledger::{
+    AbortReason, Command, CompletedCheckpoint, Ledger, ManifestRef, NodeId, Outcome,
+};
+use crate::log_store::WalLogStore;
+use crate::network::{
+    AddressBook, CallError, Connection, ProposeError, Reply, Request, TcpNetwork, read_frame,
+    write_frame,
+};
+use crate::state_machine::{LedgerEvent, LedgerStateMachine};
 
 /// Configuration of one coordinator node.
 #[derive(Debug, Clone)]
@@ -57,7 +62,11 @@ pub struct DistributedConfig {
 impl DistributedConfig {
     /// A configuration with defaults suited to a LAN: 300 ms election
     /// timeout, 50 ms heartbeats, 10 s checkpoint timeout.
-    pub fn new(node_id: NodeId, listen: SocketAddr, data_dir: impl Into<PathBuf>) -> DistributedConfig {
+    pub fn new(
+        node_id: NodeId,
+        listen: SocketAddr,
+        data_dir: impl Into<PathBuf>,
+    ) -> DistributedConfig {
         DistributedConfig {
             node_id,
             listen,
@@ -79,7 +88,8 @@ impl DistributedConfig {
         if self.node_id == 0 {
             return bad("raft node id must not be 0".into());
         }
-        if self.heartbeat_interval.is_zero() || self.heartbeat_interval * 2 > self.election_timeout {
+        if self.heartbeat_interval.is_zero() || self.heartbeat_interval * 2 > self.election_timeout
+        {
             return bad(format!(
                 "raft heartbeat interval must be positive and at most half the election timeout: heartbeat={:?} election={:?}",
                 self.heartbeat_interval, self.election_timeout
@@ -185,9 +195,17 @@ impl CheckpointCoordinator {
     /// `config.data_dir` (snapshots go to `store`), listens on
     /// `config.listen`, and, unless `config.join`, initializes the cluster
     /// of `config.peers` (a no-op when the node already has state).
-    pub async fn start(config: DistributedConfig, store: Arc<dyn CheckpointStore>) -> Result<CheckpointCoordinator> {
+    pub async fn start(
+        config: DistributedConfig,
+        store: Arc<dyn CheckpointStore>,
+    ) -> Result<CheckpointCoordinator> {
         config.validate()?;
-        let io = |what: String| move |source| Error::Io { context: what, source };
+        let io = |what: String| {
+            move |source| Error::Io {
+                context: what,
+                source,
+            }
+        };
         std::fs::create_dir_all(&config.data_dir)
             .map_err(io(format!("creating {}", config.data_dir.display())))?;
         let log_dir = config.data_dir.join("raft-log");
@@ -216,19 +234,34 @@ impl CheckpointCoordinator {
         .validate()
         .map_err(|e| Error::InvalidArgument(format!("raft configuration: {e}")))?;
         let mut book_entries = config.peers.clone();
-        book_entries.entry(config.node_id).or_insert_with(|| addr.to_string());
+        book_entries
+            .entry(config.node_id)
+            .or_insert_with(|| addr.to_string());
         let book = AddressBook::new(book_entries);
         let network = TcpNetwork {
             book: book.clone(),
             retry_backoff: config.heartbeat_interval,
         };
-        let raft = Raft::new(config.node_id, Arc::new(raft_config), network, log.clone(), sm.clone())
-            .await
-            .map_err(|e| raft_err("starting", e))?;
+        let raft = Raft::new(
+            config.node_id,
+            Arc::new(raft_config),
+            network,
+            log.clone(),
+            sm.clone(),
+        )
+        .await
+        .map_err(|e| raft_err("starting", e))?;
         if !config.join {
-            let members: BTreeMap<NodeId, BasicNode> =
-                config.members().into_iter().map(|id| (id, BasicNode::default())).collect();
-            if !raft.is_initialized().await.map_err(|e| raft_err("initialize", e))? {
+            let members: BTreeMap<NodeId, BasicNode> = config
+                .members()
+                .into_iter()
+                .map(|id| (id, BasicNode::default()))
+                .collect();
+            if !raft
+                .is_initialized()
+                .await
+                .map_err(|e| raft_err("initialize", e))?
+            {
                 // Every initial node initializes with the same membership;
                 // on all but the first this is refused, which is harmless.
                 if let Err(e) = raft.initialize(members).await {
@@ -261,15 +294,40 @@ impl CheckpointCoordinator {
         self.shared.id
     }
 
+    /// The underlying openraft handle, for metrics and direct writes
+    /// (benchmarks compare with its raw `client_write`).
+    pub fn raft(&self) -> &Raft<TypeConfig> {
+        &self.shared.raft
+    }
+
     /// The address this node listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
     }
 
     /// Ledger events applied from now on: barriers for checkpoints this node
-    /// participates in, completions and aborts.
+    /// participates in, completions and aborts. See
+    /// [`pending_barriers`](Self::pending_barriers) for the ones before.
     pub fn events(&self) -> broadcast::Receiver<LedgerEvent> {
         self.shared.sm.subscribe()
+    }
+
+    /// Barriers for the checkpoints still pending in this node's ledger that
+    /// this node participates in and has not acknowledged: those triggered
+    /// before [`events`](Self::events) was called (for example before a
+    /// restart). Subscribe first, then call this, and no barrier is missed.
+    pub fn pending_barriers(&self) -> Vec<LedgerEvent> {
+        let id = self.shared.id;
+        self.shared
+            .sm
+            .ledger()
+            .pending()
+            .filter(|c| c.participants.contains(&id) && !c.acks.contains_key(&id))
+            .map(|c| LedgerEvent::Barrier {
+                checkpoint: c.id,
+                time_ms: c.triggered_ms,
+            })
+            .collect()
     }
 
     /// The newest checkpoint this node has applied as completed.
@@ -300,9 +358,12 @@ impl CheckpointCoordinator {
                 }
             }
         };
-        tokio::time::timeout(timeout, wait)
-            .await
-            .map_err(|_| raft_err("waiting for a leader", format!("no leader after {timeout:?}")))?
+        tokio::time::timeout(timeout, wait).await.map_err(|_| {
+            raft_err(
+                "waiting for a leader",
+                format!("no leader after {timeout:?}"),
+            )
+        })?
     }
 
     /// Triggers a checkpoint now. Only the leader can; elsewhere this fails
@@ -314,7 +375,12 @@ impl CheckpointCoordinator {
     /// Records that `node` made its part of `checkpoint` durable at
     /// `manifest`. Works on any node: followers forward to the leader,
     /// retrying through elections until the checkpoint timeout.
-    pub async fn report_completion(&self, checkpoint: CheckpointId, node: NodeId, manifest: ManifestRef) -> Result<Outcome> {
+    pub async fn report_completion(
+        &self,
+        checkpoint: CheckpointId,
+        node: NodeId,
+        manifest: ManifestRef,
+    ) -> Result<Outcome> {
         if manifest.0.len() > crate::ledger::MAX_MANIFEST_REF_LEN {
             return Err(Error::InvalidArgument(format!(
                 "manifest reference too long: len={} max={}",
@@ -322,11 +388,23 @@ impl CheckpointCoordinator {
                 crate::ledger::MAX_MANIFEST_REF_LEN
             )));
         }
-        propose_anywhere(&self.shared, Command::Ack { checkpoint, node, manifest }).await
+        propose_anywhere(
+            &self.shared,
+            Command::Ack {
+                checkpoint,
+                node,
+                manifest,
+            },
+        )
+        .await
     }
 
     /// Aborts a pending checkpoint (forwarded to the leader).
-    pub async fn abort_checkpoint(&self, checkpoint: CheckpointId, why: impl Into<String>) -> Result<Outcome> {
+    pub async fn abort_checkpoint(
+        &self,
+        checkpoint: CheckpointId,
+        why: impl Into<String>,
+    ) -> Result<Outcome> {
         propose_anywhere(
             &self.shared,
             Command::Abort {
@@ -372,7 +450,11 @@ impl CheckpointCoordinator {
         for t in &self.tasks {
             t.abort();
         }
-        self.shared.raft.shutdown().await.map_err(|e| raft_err("shutdown", e))?;
+        self.shared
+            .raft
+            .shutdown()
+            .await
+            .map_err(|e| raft_err("shutdown", e))?;
         let log = self.log.clone();
         tokio::task::spawn_blocking(move || log.close())
             .await
@@ -423,10 +505,15 @@ fn is_leader(shared: &Shared) -> bool {
 }
 
 /// Proposes on this node, which must be the leader.
-async fn propose_local(shared: &Shared, command: Command) -> std::result::Result<Outcome, ProposeError> {
+async fn propose_local(
+    shared: &Shared,
+    command: Command,
+) -> std::result::Result<Outcome, ProposeError> {
     match shared.raft.client_write(command).await {
         Ok(r) => Ok(r.data),
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(ProposeError::NotLeader(f.leader_id)),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+            Err(ProposeError::NotLeader(f.leader_id))
+        }
         Err(e) => Err(ProposeError::Failed(e.to_string())),
     }
 }
@@ -445,21 +532,34 @@ async fn propose_anywhere(shared: &Shared, command: Command) -> Result<Outcome> 
                 let conn = conns
                     .entry(l)
                     .or_insert_with(|| Connection::new(shared.book.resolve(l, None)));
-                match conn.call(&Request::Propose(command.clone()), shared.config.rpc_timeout).await {
+                match conn
+                    .call(
+                        &Request::Propose(command.clone()),
+                        shared.config.rpc_timeout,
+                    )
+                    .await
+                {
                     Ok(Reply::Proposed(r)) => r,
                     Ok(other) => Err(ProposeError::Failed(format!("unexpected reply {other:?}"))),
-                    Err(e @ (CallError::Unreachable(_) | CallError::Failed(_))) => Err(ProposeError::Failed(e.to_string())),
+                    Err(e @ (CallError::Unreachable(_) | CallError::Failed(_))) => {
+                        Err(ProposeError::Failed(e.to_string()))
+                    }
                 }
             }
             None => Err(ProposeError::NotLeader(None)),
         };
         match result {
             Ok(outcome) => return Ok(outcome),
-            Err(ProposeError::NotLeader(hint)) => last_error = format!("not the leader (leader hint {hint:?})"),
+            Err(ProposeError::NotLeader(hint)) => {
+                last_error = format!("not the leader (leader hint {hint:?})")
+            }
             Err(ProposeError::Failed(e)) => last_error = e,
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(raft_err("proposal", format!("gave up after the checkpoint timeout: {last_error}")));
+            return Err(raft_err(
+                "proposal",
+                format!("gave up after the checkpoint timeout: {last_error}"),
+            ));
         }
         tokio::time::sleep(shared.config.heartbeat_interval).await;
     }
@@ -508,7 +608,10 @@ async fn trigger(shared: &Shared) -> Result<CheckpointId> {
     let _guard = shared.propose_lock.lock().await;
     if !is_leader(shared) {
         let leader = shared.raft.metrics().borrow().current_leader;
-        return Err(raft_err("trigger", format!("this node is not the leader: leader={leader:?}")));
+        return Err(raft_err(
+            "trigger",
+            format!("this node is not the leader: leader={leader:?}"),
+        ));
     }
     let participants = live_voters(shared);
     let checkpoint = shared.sm.ledger().next_id();
@@ -537,7 +640,11 @@ async fn drive(shared: Arc<Shared>) {
             _ = tokio::time::sleep(poll) => {}
         }
         if !is_leader(&shared) {
-            shared.liveness.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            shared
+                .liveness
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
             continue;
         }
         observe_liveness(&shared);
@@ -614,7 +721,9 @@ async fn connection(mut stream: tokio::net::TcpStream, shared: Arc<Shared>) {
                 if is_leader(&shared) {
                     Reply::Proposed(propose_local(&shared, c).await)
                 } else {
-                    Reply::Proposed(Err(ProposeError::NotLeader(shared.raft.metrics().borrow().current_leader)))
+                    Reply::Proposed(Err(ProposeError::NotLeader(
+                        shared.raft.metrics().borrow().current_leader,
+                    )))
                 }
             }
             Request::Trigger => {
@@ -624,7 +733,9 @@ async fn connection(mut stream: tokio::net::TcpStream, shared: Arc<Shared>) {
                         Err(e) => Err(ProposeError::Failed(e.to_string())),
                     })
                 } else {
-                    Reply::Proposed(Err(ProposeError::NotLeader(shared.raft.metrics().borrow().current_leader)))
+                    Reply::Proposed(Err(ProposeError::NotLeader(
+                        shared.raft.metrics().borrow().current_leader,
+                    )))
                 }
             }
             Request::Status => Reply::Status(Box::new(NodeStatus {

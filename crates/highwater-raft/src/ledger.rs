@@ -397,7 +397,11 @@ impl Ledger {
 
     /// Drops the oldest finished checkpoints beyond [`FINISHED_HISTORY`].
     fn prune(&mut self) {
-        let finished = self.checkpoints.values().filter(|c| !c.is_pending()).count();
+        let finished = self
+            .checkpoints
+            .values()
+            .filter(|c| !c.is_pending())
+            .count();
         if finished <= FINISHED_HISTORY {
             return;
         }
@@ -438,15 +442,33 @@ mod tests {
     #[test]
     fn a_checkpoint_completes_only_after_every_ack() {
         let mut l = Ledger::new();
-        assert_eq!(l.apply(1, &trigger(1, &[1, 2])), Outcome::Triggered(CheckpointId(1)));
+        assert_eq!(
+            l.apply(1, &trigger(1, &[1, 2])),
+            Outcome::Triggered(CheckpointId(1))
+        );
         l.apply(2, &ack(1, 1));
-        let early = l.apply(3, &Command::Complete { checkpoint: CheckpointId(1) });
+        let early = l.apply(
+            3,
+            &Command::Complete {
+                checkpoint: CheckpointId(1),
+            },
+        );
         assert!(matches!(early, Outcome::Rejected(_)), "{early:?}");
         assert!(l.latest_completed().is_none());
         l.apply(4, &ack(1, 2));
-        let done = l.apply(5, &Command::Complete { checkpoint: CheckpointId(1) });
+        let done = l.apply(
+            5,
+            &Command::Complete {
+                checkpoint: CheckpointId(1),
+            },
+        );
         assert_eq!(done, Outcome::Completed(CheckpointId(1)));
-        let again = l.apply(6, &Command::Complete { checkpoint: CheckpointId(1) });
+        let again = l.apply(
+            6,
+            &Command::Complete {
+                checkpoint: CheckpointId(1),
+            },
+        );
         assert!(matches!(again, Outcome::Rejected(_)));
         assert_eq!(l.completed_total(), 1);
         assert_eq!(l.latest_completed().map(|c| c.log_index), Some(5));
@@ -456,12 +478,26 @@ mod tests {
     #[test]
     fn aborted_checkpoints_never_complete_and_triggers_must_be_in_order() {
         let mut l = Ledger::new();
-        assert!(matches!(l.apply(1, &trigger(2, &[1])), Outcome::Rejected(_)));
+        assert!(matches!(
+            l.apply(1, &trigger(2, &[1])),
+            Outcome::Rejected(_)
+        ));
         l.apply(2, &trigger(1, &[1]));
-        l.apply(3, &Command::Abort { checkpoint: CheckpointId(1), reason: AbortReason::Timeout });
+        l.apply(
+            3,
+            &Command::Abort {
+                checkpoint: CheckpointId(1),
+                reason: AbortReason::Timeout,
+            },
+        );
         assert!(matches!(l.apply(4, &ack(1, 1)), Outcome::Rejected(_)));
         assert!(matches!(
-            l.apply(5, &Command::Complete { checkpoint: CheckpointId(1) }),
+            l.apply(
+                5,
+                &Command::Complete {
+                    checkpoint: CheckpointId(1)
+                }
+            ),
             Outcome::Rejected(_)
         ));
         assert!(matches!(l.apply(6, &ack(1, 9)), Outcome::Rejected(_)));
@@ -472,10 +508,16 @@ mod tests {
     fn any_command() -> impl Strategy<Value = Command> {
         prop_oneof![
             (1u64..6, proptest::collection::btree_set(1u64..4, 0..3)).prop_map(|(id, p)| {
-                Command::Trigger { checkpoint: CheckpointId(id), time_ms: 0, participants: p }
+                Command::Trigger {
+                    checkpoint: CheckpointId(id),
+                    time_ms: 0,
+                    participants: p,
+                }
             }),
             (1u64..6, 1u64..5).prop_map(|(id, n)| ack(id, n)),
-            (1u64..6).prop_map(|id| Command::Complete { checkpoint: CheckpointId(id) }),
+            (1u64..6).prop_map(|id| Command::Complete {
+                checkpoint: CheckpointId(id)
+            }),
             (1u64..6).prop_map(|id| Command::Abort {
                 checkpoint: CheckpointId(id),
                 reason: AbortReason::Timeout

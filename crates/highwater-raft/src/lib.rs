@@ -34,12 +34,12 @@ mod state_machine;
 
 pub use coordinator::{CheckpointCoordinator, ClusterHealth, DistributedConfig, NodeStatus};
 pub use ledger::{
-    AbortReason, CheckpointRecord, CheckpointState, Command, CompletedCheckpoint, Ledger, ManifestRef, NodeId,
-    Outcome, FINISHED_HISTORY, MAX_MANIFEST_REF_LEN,
+    AbortReason, CheckpointRecord, CheckpointState, Command, CompletedCheckpoint, FINISHED_HISTORY,
+    Ledger, MAX_MANIFEST_REF_LEN, ManifestRef, NodeId, Outcome,
 };
 pub use log_store::WalLogStore;
-pub use network::{query_status, request_checkpoint, MAX_FRAME_BYTES};
-pub use node::{parse_peers, run_node, NodeOptions};
+pub use network::{MAX_FRAME_BYTES, query_status, request_checkpoint};
+pub use node::{NodeOptions, parse_peers, run_node};
 pub use state_machine::{LedgerEvent, LedgerStateMachine, MAX_SNAPSHOT_BYTES};
 
 openraft::declare_raft_types!(

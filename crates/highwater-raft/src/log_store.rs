@@ -53,7 +53,9 @@ pub struct WalLogStore {
 
 impl Debug for WalLogStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WalLogStore").field("dir", &self.wal.dir()).finish()
+        f.debug_struct("WalLogStore")
+            .field("dir", &self.wal.dir())
+            .finish()
     }
 }
 
@@ -75,7 +77,8 @@ fn encode<T: serde::Serialize>(what: &str, v: &T) -> Result<Vec<u8>> {
 }
 
 fn decode<'a, T: serde::Deserialize<'a>>(what: &str, lsn: Lsn, bytes: &'a [u8]) -> Result<T> {
-    postcard::from_bytes(bytes).map_err(|e| corrupt(format!("undecodable {what} record: lsn={lsn} error={e}")))
+    postcard::from_bytes(bytes)
+        .map_err(|e| corrupt(format!("undecodable {what} record: lsn={lsn} error={e}")))
 }
 
 impl WalLogStore {
@@ -113,7 +116,9 @@ impl WalLogStore {
                 b"v" => index.vote = Some(decode("vote", lsn, value)?),
                 b"c" => index.committed = decode("committed", lsn, value)?,
                 other => {
-                    return Err(corrupt(format!("unknown record kind: lsn={lsn} key={other:?}")));
+                    return Err(corrupt(format!(
+                        "unknown record kind: lsn={lsn} key={other:?}"
+                    )));
                 }
             }
         }
@@ -145,7 +150,10 @@ impl WalLogStore {
 
     /// Appends `records` and waits until they are durable (off the async
     /// runtime's worker threads).
-    async fn append_durable(&self, records: Vec<(&'static [u8], Vec<u8>)>) -> Result<std::ops::Range<Lsn>> {
+    async fn append_durable(
+        &self,
+        records: Vec<(&'static [u8], Vec<u8>)>,
+    ) -> Result<std::ops::Range<Lsn>> {
         let wal = self.wal.clone();
         tokio::task::spawn_blocking(move || {
             let mut batch = WalBatch::new();
@@ -184,7 +192,11 @@ impl RaftLogReader<TypeConfig> for WalLogStore {
             Bound::Unbounded => Bound::Unbounded,
         };
         let index = lock(&self.index);
-        Ok(index.entries.range((start, end)).map(|(_, (_, e))| e.clone()).collect())
+        Ok(index
+            .entries
+            .range((start, end))
+            .map(|(_, (_, e))| e.clone())
+            .collect())
     }
 }
 
@@ -221,13 +233,20 @@ impl RaftLogStorage<TypeConfig> for WalLogStore {
         Ok(lock(&self.index).vote)
     }
 
-    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), StorageError<NodeId>> {
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<NodeId>>,
+    ) -> Result<(), StorageError<NodeId>> {
         // Not waited for: a committed id lost in a crash only makes the next
         // start apply less eagerly; the leader re-sends the commit index.
-        let bytes = encode("committed", &committed).map_err(|e| StorageIOError::write(&io_err(e)))?;
+        let bytes =
+            encode("committed", &committed).map_err(|e| StorageIOError::write(&io_err(e)))?;
         let mut batch = WalBatch::new();
         batch.put(b"c", &bytes, None);
-        let ticket = self.wal.submit(&batch).map_err(|e| StorageIOError::write(&io_err(e)))?;
+        let ticket = self
+            .wal
+            .submit(&batch)
+            .map_err(|e| StorageIOError::write(&io_err(e)))?;
         drop(ticket);
         lock(&self.index).committed = committed;
         Ok(())
@@ -237,7 +256,11 @@ impl RaftLogStorage<TypeConfig> for WalLogStore {
         Ok(lock(&self.index).committed)
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError<NodeId>>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError<NodeId>>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
@@ -245,10 +268,14 @@ impl RaftLogStorage<TypeConfig> for WalLogStore {
         let entries: Vec<_> = entries.into_iter().collect();
         let mut batch = WalBatch::new();
         for e in &entries {
-            let bytes = encode("entry", e).map_err(|err| StorageIOError::write_log_entry(e.log_id, &io_err(err)))?;
+            let bytes = encode("entry", e)
+                .map_err(|err| StorageIOError::write_log_entry(e.log_id, &io_err(err)))?;
             batch.put(b"e", &bytes, None);
         }
-        let ticket = self.wal.submit(&batch).map_err(|e| StorageIOError::write_logs(&io_err(e)))?;
+        let ticket = self
+            .wal
+            .submit(&batch)
+            .map_err(|e| StorageIOError::write_logs(&io_err(e)))?;
         {
             let mut index = lock(&self.index);
             for (lsn, e) in ticket.lsns().zip(entries) {
@@ -262,7 +289,8 @@ impl RaftLogStorage<TypeConfig> for WalLogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        let bytes = encode("truncate", &log_id.index).map_err(|e| StorageIOError::write_logs(&io_err(e)))?;
+        let bytes = encode("truncate", &log_id.index)
+            .map_err(|e| StorageIOError::write_logs(&io_err(e)))?;
         self.append_durable(vec![(b"t", bytes)])
             .await
             .map_err(|e| StorageIOError::write_logs(&io_err(e)))?;
@@ -276,7 +304,8 @@ impl RaftLogStorage<TypeConfig> for WalLogStore {
             (index.vote, index.committed)
         };
         let werr = |e: Error| StorageIOError::write_logs(&io_err(e));
-        let mut records: Vec<(&'static [u8], Vec<u8>)> = vec![(b"p", encode("purge", &log_id).map_err(werr)?)];
+        let mut records: Vec<(&'static [u8], Vec<u8>)> =
+            vec![(b"p", encode("purge", &log_id).map_err(werr)?)];
         if let Some(v) = vote {
             records.push((b"v", encode("vote", &v).map_err(werr)?));
         }

@@ -13,19 +13,21 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use highwater_core::{Error, Result};
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::BasicNode;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
-use openraft::BasicNode;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::ledger::{Command, NodeId, Outcome};
 use crate::TypeConfig;
+use crate::ledger::{Command, NodeId, Outcome};
 
 /// The largest frame either side accepts, in bytes.
 pub const MAX_FRAME_BYTES: usize = 16 << 20;
@@ -89,7 +91,9 @@ pub(crate) async fn write_frame<T: Serialize>(stream: &mut TcpStream, value: &T)
 }
 
 /// Reads one frame; `Ok(None)` on a clean end of stream before a frame.
-pub(crate) async fn read_frame<T: for<'de> Deserialize<'de>>(stream: &mut TcpStream) -> Result<Option<T>> {
+pub(crate) async fn read_frame<T: for<'de> Deserialize<'de>>(
+    stream: &mut TcpStream,
+) -> Result<Option<T>> {
     let mut len = [0u8; 4];
     match stream.read_exact(&mut len).await {
         Ok(_) => {}
@@ -103,7 +107,9 @@ pub(crate) async fn read_frame<T: for<'de> Deserialize<'de>>(stream: &mut TcpStr
     }
     let len = u32::from_le_bytes(len) as usize;
     if len > MAX_FRAME_BYTES {
-        return Err(frame_err(format!("length above the limit: len={len} max={MAX_FRAME_BYTES}")));
+        return Err(frame_err(format!(
+            "length above the limit: len={len} max={MAX_FRAME_BYTES}"
+        )));
     }
     let mut body = vec![0u8; len];
     stream.read_exact(&mut body).await.map_err(|e| Error::Io {
@@ -138,7 +144,10 @@ impl AddressBook {
     }
 
     pub(crate) fn insert(&self, id: NodeId, addr: String) {
-        self.fixed.lock().unwrap_or_else(|p| p.into_inner()).insert(id, addr);
+        self.fixed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, addr);
     }
 }
 
@@ -171,11 +180,17 @@ impl Connection {
     }
 
     /// Sends `request` and waits for the reply, all within `timeout`.
-    pub(crate) async fn call(&mut self, request: &Request, timeout: Duration) -> std::result::Result<Reply, CallError> {
+    pub(crate) async fn call(
+        &mut self,
+        request: &Request,
+        timeout: Duration,
+    ) -> std::result::Result<Reply, CallError> {
         let deadline = tokio::time::Instant::now() + timeout;
         if self.stream.is_none() {
             let Some(addr) = self.addr.clone() else {
-                return Err(CallError::Unreachable(Error::InvalidArgument("no address for node".into())));
+                return Err(CallError::Unreachable(Error::InvalidArgument(
+                    "no address for node".into(),
+                )));
             };
             let stream = match tokio::time::timeout_at(deadline, TcpStream::connect(&addr)).await {
                 Ok(Ok(s)) => s,
@@ -197,7 +212,9 @@ impl Connection {
             self.stream = Some(stream);
         }
         let Some(stream) = self.stream.as_mut() else {
-            return Err(CallError::Unreachable(Error::Internal("connection vanished".into())));
+            return Err(CallError::Unreachable(Error::Internal(
+                "connection vanished".into(),
+            )));
         };
         let exchange = async {
             write_frame(stream, request).await?;
@@ -260,7 +277,10 @@ fn rpc_error<E: std::error::Error>(target: NodeId, e: CallError) -> RPCError<Nod
 }
 
 fn unexpected<E: std::error::Error>(what: &str) -> RPCError<NodeId, BasicNode, E> {
-    RPCError::Network(NetworkError::new(&Error::corrupt("raft reply", format!("unexpected reply to {what}"))))
+    RPCError::Network(NetworkError::new(&Error::corrupt(
+        "raft reply",
+        format!("unexpected reply to {what}"),
+    )))
 }
 
 impl RaftNetwork<TypeConfig> for PeerClient {
@@ -268,9 +288,18 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
-    ) -> std::result::Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        match self.conn.call(&Request::Append(rpc), option.hard_ttl()).await {
-            Ok(Reply::Append(r)) => r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e))),
+    ) -> std::result::Result<
+        AppendEntriesResponse<NodeId>,
+        RPCError<NodeId, BasicNode, RaftError<NodeId>>,
+    > {
+        match self
+            .conn
+            .call(&Request::Append(rpc), option.hard_ttl())
+            .await
+        {
+            Ok(Reply::Append(r)) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
             Ok(_) => Err(unexpected("append_entries")),
             Err(e) => Err(rpc_error(self.target, e)),
         }
@@ -284,8 +313,14 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        match self.conn.call(&Request::Snapshot(rpc), option.hard_ttl()).await {
-            Ok(Reply::Snapshot(r)) => r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e))),
+        match self
+            .conn
+            .call(&Request::Snapshot(rpc), option.hard_ttl())
+            .await
+        {
+            Ok(Reply::Snapshot(r)) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
             Ok(_) => Err(unexpected("install_snapshot")),
             Err(e) => Err(rpc_error(self.target, e)),
         }
@@ -295,9 +330,12 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         &mut self,
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
-    ) -> std::result::Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+    ) -> std::result::Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>>
+    {
         match self.conn.call(&Request::Vote(rpc), option.hard_ttl()).await {
-            Ok(Reply::Vote(r)) => r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e))),
+            Ok(Reply::Vote(r)) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
             Ok(_) => Err(unexpected("vote")),
             Err(e) => Err(rpc_error(self.target, e)),
         }
@@ -313,14 +351,20 @@ pub async fn query_status(addr: SocketAddr, timeout: Duration) -> Result<crate::
     let mut conn = Connection::new(Some(addr.to_string()));
     match conn.call(&Request::Status, timeout).await {
         Ok(Reply::Status(s)) => Ok(*s),
-        Ok(other) => Err(Error::corrupt("raft reply", format!("unexpected reply to status: {other:?}"))),
+        Ok(other) => Err(Error::corrupt(
+            "raft reply",
+            format!("unexpected reply to status: {other:?}"),
+        )),
         Err(CallError::Unreachable(e) | CallError::Failed(e)) => Err(e),
     }
 }
 
 /// Asks the node at `addr` to trigger a checkpoint now. Only the leader
 /// accepts; another node answers with an error naming the leader it knows.
-pub async fn request_checkpoint(addr: SocketAddr, timeout: Duration) -> Result<highwater_core::CheckpointId> {
+pub async fn request_checkpoint(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<highwater_core::CheckpointId> {
     let mut conn = Connection::new(Some(addr.to_string()));
     match conn.call(&Request::Trigger, timeout).await {
         Ok(Reply::Proposed(Ok(Outcome::Triggered(id)))) => Ok(id),

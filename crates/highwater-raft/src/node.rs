@@ -29,15 +29,16 @@ pub struct NodeOptions {
 pub fn parse_peers(s: &str) -> Result<BTreeMap<NodeId, String>> {
     let mut out = BTreeMap::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (id, addr) = part
-            .split_once('=')
-            .ok_or_else(|| Error::InvalidArgument(format!("peer must be ID=HOST:PORT: peer={part}")))?;
-        let id: NodeId = id
-            .trim()
-            .parse()
-            .map_err(|e| Error::InvalidArgument(format!("peer id is not a number: {e} peer={part}")))?;
+        let (id, addr) = part.split_once('=').ok_or_else(|| {
+            Error::InvalidArgument(format!("peer must be ID=HOST:PORT: peer={part}"))
+        })?;
+        let id: NodeId = id.trim().parse().map_err(|e| {
+            Error::InvalidArgument(format!("peer id is not a number: {e} peer={part}"))
+        })?;
         if out.insert(id, addr.trim().to_string()).is_some() {
-            return Err(Error::InvalidArgument(format!("peer listed twice: id={id}")));
+            return Err(Error::InvalidArgument(format!(
+                "peer listed twice: id={id}"
+            )));
         }
     }
     Ok(out)
@@ -74,36 +75,39 @@ pub async fn run_node(options: NodeOptions, store: Arc<dyn CheckpointStore>) -> 
             std::future::pending::<()>().await;
         }
     };
+    let handle = |event: LedgerEvent| match event {
+        LedgerEvent::Barrier { checkpoint, .. } => {
+            say(&format!("barrier checkpoint={}", checkpoint.0));
+            let c = coordinator.clone();
+            let delay = options.ack_delay;
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let manifest = ManifestRef(format!("node-{id}/checkpoint-{}", checkpoint.0));
+                match c.report_completion(checkpoint, id, manifest).await {
+                    Ok(o) => say(&format!("acked checkpoint={} outcome={o:?}", checkpoint.0)),
+                    Err(e) => say(&format!("ack failed checkpoint={} error={e}", checkpoint.0)),
+                }
+            });
+        }
+        LedgerEvent::Completed { checkpoint, log_index } => {
+            say(&format!("completed checkpoint={} index={log_index}", checkpoint.0));
+        }
+        LedgerEvent::Aborted { checkpoint, reason } => {
+            say(&format!("aborted checkpoint={} reason={reason}", checkpoint.0));
+        }
+    };
+    // Checkpoints triggered before the subscription (before a restart, or
+    // applied while starting) are acknowledged too; acknowledging twice
+    // with the same manifest is accepted as a duplicate.
+    for b in coordinator.pending_barriers() {
+        handle(b);
+    }
     let work = async {
         loop {
-            let event = match events.recv().await {
-                Ok(e) => e,
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    say(&format!("lagged {n}"));
-                    continue;
-                }
+            match events.recv().await {
+                Ok(e) => handle(e),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => say(&format!("lagged {n}")),
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-            };
-            match event {
-                LedgerEvent::Barrier { checkpoint, .. } => {
-                    say(&format!("barrier checkpoint={}", checkpoint.0));
-                    let c = coordinator.clone();
-                    let delay = options.ack_delay;
-                    tokio::spawn(async move {
-                        tokio::time::sleep(delay).await;
-                        let manifest = ManifestRef(format!("node-{id}/checkpoint-{}", checkpoint.0));
-                        match c.report_completion(checkpoint, id, manifest).await {
-                            Ok(o) => say(&format!("acked checkpoint={} outcome={o:?}", checkpoint.0)),
-                            Err(e) => say(&format!("ack failed checkpoint={} error={e}", checkpoint.0)),
-                        }
-                    });
-                }
-                LedgerEvent::Completed { checkpoint, log_index } => {
-                    say(&format!("completed checkpoint={} index={log_index}", checkpoint.0));
-                }
-                LedgerEvent::Aborted { checkpoint, reason } => {
-                    say(&format!("aborted checkpoint={} reason={reason}", checkpoint.0));
-                }
             }
         }
     };
@@ -111,6 +115,7 @@ pub async fn run_node(options: NodeOptions, store: Arc<dyn CheckpointStore>) -> 
         _ = stdin_closed => {}
         _ = work => {}
     }
+    drop(handle);
     match Arc::try_unwrap(coordinator) {
         Ok(c) => c.shutdown().await,
         Err(_) => Ok(()),

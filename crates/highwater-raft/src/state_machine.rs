@@ -18,14 +18,14 @@ use bytes::Bytes;
 use highwater_core::{ArtifactId, CheckpointStore, Error, Result};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
-    BasicNode, Entry, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError,
-    StoredMembership,
+    BasicNode, Entry, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError,
+    StorageIOError, StoredMembership,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
 
-use crate::ledger::{Command, Ledger, NodeId, Outcome};
 use crate::TypeConfig;
+use crate::ledger::{Command, Ledger, NodeId, Outcome};
 
 const SNAPSHOT_MAGIC: &[u8; 8] = b"HWRAFTS\x01";
 const SNAPSHOT_VERSION: u16 = 1;
@@ -81,6 +81,12 @@ pub(crate) struct SmInner {
     snapshot_seq: u64,
 }
 
+impl SmInner {
+    fn current_artifact(&self) -> Option<ArtifactId> {
+        self.current.as_ref().map(|(_, data)| ArtifactId::of(data))
+    }
+}
+
 /// The state machine of one node (openraft's [`RaftStateMachine`]).
 #[derive(Clone)]
 pub struct LedgerStateMachine {
@@ -112,10 +118,16 @@ fn encode_snapshot(body: &SnapshotBody) -> Result<Vec<u8>> {
 
 fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotBody> {
     if bytes.len() > MAX_SNAPSHOT_BYTES {
-        return Err(Error::corrupt("raft snapshot", format!("too large: len={}", bytes.len())));
+        return Err(Error::corrupt(
+            "raft snapshot",
+            format!("too large: len={}", bytes.len()),
+        ));
     }
     if bytes.len() < 18 || &bytes[..8] != SNAPSHOT_MAGIC {
-        return Err(Error::corrupt("raft snapshot", format!("bad magic or header: len={}", bytes.len())));
+        return Err(Error::corrupt(
+            "raft snapshot",
+            format!("bad magic or header: len={}", bytes.len()),
+        ));
     }
     let version = u16::from_le_bytes([bytes[8], bytes[9]]);
     if version != SNAPSHOT_VERSION {
@@ -132,10 +144,14 @@ fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotBody> {
     if u64::from_le_bytes(sum) != actual {
         return Err(Error::corrupt(
             "raft snapshot",
-            format!("checksum mismatch: stored={:016x} actual={actual:016x}", u64::from_le_bytes(sum)),
+            format!(
+                "checksum mismatch: stored={:016x} actual={actual:016x}",
+                u64::from_le_bytes(sum)
+            ),
         ));
     }
-    postcard::from_bytes(payload).map_err(|e| Error::corrupt("raft snapshot", format!("undecodable: {e}")))
+    postcard::from_bytes(payload)
+        .map_err(|e| Error::corrupt("raft snapshot", format!("undecodable: {e}")))
 }
 
 /// Writes `bytes` to `dir/name` atomically and durably.
@@ -145,8 +161,10 @@ pub(crate) fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     let tmp = dir.join(format!("{name}.tmp"));
     let dst = dir.join(name);
     let mut f = std::fs::File::create(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
-    f.write_all(bytes).map_err(io(format!("writing {}", tmp.display())))?;
-    f.sync_all().map_err(io(format!("fsync {}", tmp.display())))?;
+    f.write_all(bytes)
+        .map_err(io(format!("writing {}", tmp.display())))?;
+    f.sync_all()
+        .map_err(io(format!("fsync {}", tmp.display())))?;
     drop(f);
     std::fs::rename(&tmp, &dst).map_err(io(format!("renaming to {}", dst.display())))?;
     std::fs::File::open(dir)
@@ -162,7 +180,11 @@ fn sm_err(e: impl std::fmt::Display) -> std::io::Error {
 impl LedgerStateMachine {
     /// Opens the state machine of node `node_id`: loads the current snapshot
     /// named by `dir/snapshot.current` from `store`, if any.
-    pub async fn open(node_id: NodeId, dir: &Path, store: Arc<dyn CheckpointStore>) -> Result<LedgerStateMachine> {
+    pub async fn open(
+        node_id: NodeId,
+        dir: &Path,
+        store: Arc<dyn CheckpointStore>,
+    ) -> Result<LedgerStateMachine> {
         let mut inner = SmInner {
             ledger: Ledger::new(),
             last_applied: None,
@@ -174,13 +196,19 @@ impl LedgerStateMachine {
         match std::fs::read(&pointer_path) {
             Ok(bytes) => {
                 let pointer: Pointer = postcard::from_bytes(&bytes).map_err(|e| {
-                    Error::corrupt("raft snapshot pointer", format!("{e}: path={}", pointer_path.display()))
+                    Error::corrupt(
+                        "raft snapshot pointer",
+                        format!("{e}: path={}", pointer_path.display()),
+                    )
                 })?;
                 let data = store.get_artifact(pointer.artifact).await?;
                 if ArtifactId::of(&data) != pointer.artifact {
                     return Err(Error::corrupt(
                         "raft snapshot",
-                        format!("artifact content does not match its id: id={}", pointer.artifact.to_hex()),
+                        format!(
+                            "artifact content does not match its id: id={}",
+                            pointer.artifact.to_hex()
+                        ),
                     ));
                 }
                 let body = decode_snapshot(&data)?;
@@ -224,8 +252,10 @@ impl LedgerStateMachine {
     }
 
     /// Stores `data` as the current snapshot: artifact first, then the
-    /// pointer (so the pointer never names a missing artifact).
+    /// pointer (so the pointer never names a missing artifact), then the
+    /// previous snapshot's artifact is deleted.
     async fn persist(&self, meta: &SnapshotMeta<NodeId, BasicNode>, data: Bytes) -> Result<()> {
+        let previous = lock(&self.inner).current_artifact();
         let id = ArtifactId::of(&data);
         self.store.put_artifact(id, data).await?;
         let pointer = Pointer {
@@ -240,6 +270,13 @@ impl LedgerStateMachine {
         tokio::task::spawn_blocking(move || write_atomic(&dir, POINTER_FILE, &bytes))
             .await
             .map_err(|e| Error::Internal(format!("snapshot pointer writer failed: {e}")))??;
+        if let Some(old) = previous.filter(|old| *old != id) {
+            // Only the pointer's artifact is needed from here on; a failed
+            // delete leaves garbage, never a dangling pointer.
+            if let Err(e) = self.store.delete_artifact(old).await {
+                tracing::warn!(artifact = %old.to_hex(), error = %e, "could not delete an old raft snapshot");
+            }
+        }
         Ok(())
     }
 }
@@ -283,7 +320,8 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
 
     async fn applied_state(
         &mut self,
-    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>), StorageError<NodeId>> {
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>), StorageError<NodeId>>
+    {
         let inner = lock(&self.inner);
         Ok((inner.last_applied, inner.membership.clone()))
     }
@@ -309,9 +347,14 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
                     EntryPayload::Normal(ref command) => {
                         let outcome = inner.ledger.apply(entry.log_id.index, command);
                         match (&outcome, command) {
-                            (Outcome::Triggered(id), Command::Trigger { time_ms, participants, .. })
-                                if participants.contains(&self.node_id) =>
-                            {
+                            (
+                                Outcome::Triggered(id),
+                                Command::Trigger {
+                                    time_ms,
+                                    participants,
+                                    ..
+                                },
+                            ) if participants.contains(&self.node_id) => {
                                 events.push(LedgerEvent::Barrier {
                                     checkpoint: *id,
                                     time_ms: *time_ms,
@@ -348,7 +391,9 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
@@ -368,7 +413,10 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
             let mut inner = lock(&self.inner);
             for c in body.ledger.pending() {
                 let known = inner.ledger.get(c.id).is_some();
-                if !known && c.participants.contains(&self.node_id) && !c.acks.contains_key(&self.node_id) {
+                if !known
+                    && c.participants.contains(&self.node_id)
+                    && !c.acks.contains_key(&self.node_id)
+                {
                     barriers.push(LedgerEvent::Barrier {
                         checkpoint: c.id,
                         time_ms: c.triggered_ms,
@@ -388,7 +436,9 @@ impl RaftStateMachine<TypeConfig> for LedgerStateMachine {
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
         let inner = lock(&self.inner);
         Ok(inner.current.as_ref().map(|(meta, data)| Snapshot {
             meta: meta.clone(),
@@ -413,10 +463,19 @@ mod tests {
         let mut flipped = good.clone();
         let last = flipped.len() - 1;
         flipped[last] ^= 0x40;
-        assert!(matches!(decode_snapshot(&flipped), Err(Error::Corrupt { .. })));
-        assert!(matches!(decode_snapshot(&good[..10]), Err(Error::Corrupt { .. })));
+        assert!(matches!(
+            decode_snapshot(&flipped),
+            Err(Error::Corrupt { .. })
+        ));
+        assert!(matches!(
+            decode_snapshot(&good[..10]),
+            Err(Error::Corrupt { .. })
+        ));
         let mut version = good.clone();
         version[8] = 9;
-        assert!(matches!(decode_snapshot(&version), Err(Error::UnsupportedVersion { found: 9, .. })));
+        assert!(matches!(
+            decode_snapshot(&version),
+            Err(Error::UnsupportedVersion { found: 9, .. })
+        ));
     }
 }

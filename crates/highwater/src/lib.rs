@@ -17,6 +17,7 @@
 //! | `s3`, `azure`, `gcs` | [`cloud`] | the same store on S3, Azure Blob and GCS (`ObjectCheckpointStore::from_url`) |
 //! | (always) | [`wal`] | write-ahead log of state changes (replayed on restore) |
 //! | `redis` | `redis` | Redis state backend and checkpoint store, standalone and cluster |
+//! | `raft` | `raft` | Raft-coordinated distributed checkpoints (openraft): ledger, coordinator |
 //!
 //! See [`StateManager`] for an example.
 
@@ -35,6 +36,8 @@ pub use highwater_cloud as cloud;
 pub use highwater_core as core;
 #[cfg(feature = "memory")]
 pub use highwater_memory as memory;
+#[cfg(feature = "raft")]
+pub use highwater_raft as raft;
 #[cfg(feature = "redis")]
 pub use highwater_redis as redis;
 pub use highwater_wal as wal;

@@ -34,7 +34,11 @@ fn parse(args: &[String]) -> Result<NodeOptions> {
             "--listen" => listen = value,
             "--peers" => peers = value,
             "--data" => data = Some(value),
-            "--election-ms" | "--heartbeat-ms" | "--interval-ms" | "--checkpoint-timeout-ms" | "--ack-delay-ms" => {
+            "--election-ms"
+            | "--heartbeat-ms"
+            | "--interval-ms"
+            | "--checkpoint-timeout-ms"
+            | "--ack-delay-ms" => {
                 let n: u64 = value
                     .parse()
                     .map_err(|e| Error::InvalidArgument(format!("{flag}: {e}")))?;

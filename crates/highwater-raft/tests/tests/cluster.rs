@@ -19,7 +19,10 @@ async fn checkpoints_complete_and_every_node_agrees(n: u64) {
             }
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "not every node knows leader {leader}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not every node knows leader {leader}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let all = cluster.running();
@@ -27,18 +30,31 @@ async fn checkpoints_complete_and_every_node_agrees(n: u64) {
     for _ in 0..5 {
         let id = cluster.trigger(Duration::from_secs(10)).await;
         assert_eq!(id, last + 1, "checkpoint ids are consecutive");
-        assert!(cluster.wait_finished(&all, id, Duration::from_secs(10)).await, "checkpoint {id} aborted");
+        assert!(
+            cluster
+                .wait_finished(&all, id, Duration::from_secs(10))
+                .await,
+            "checkpoint {id} aborted"
+        );
         last = id;
     }
     assert_eq!(cluster.wait_agreement(5, Duration::from_secs(10)).await, 5);
     for (node, s) in cluster.statuses().await {
         let latest = s.ledger.latest_completed().expect("a completed checkpoint");
-        assert_eq!(latest.manifests.len(), n as usize, "node {node}: every node acknowledged");
+        assert_eq!(
+            latest.manifests.len(),
+            n as usize,
+            "node {node}: every node acknowledged"
+        );
         assert_eq!(s.ledger.completed_total(), 5);
         assert_eq!(s.ledger.aborted_total(), 0);
     }
     for id in cluster.ids.clone() {
-        assert_eq!(cluster.completions_by(id), 5, "node {id} applied every completion once");
+        assert_eq!(
+            cluster.completions_by(id),
+            5,
+            "node {id} applied every completion once"
+        );
     }
     cluster.check_invariants().await;
 }
@@ -74,7 +90,9 @@ async fn the_leader_triggers_on_its_interval_and_a_restarted_cluster_keeps_its_l
     cluster.wait_leader(Duration::from_secs(10)).await;
     // The durable log and snapshot bring back every completed checkpoint,
     // and the interval keeps triggering new ones.
-    let after = cluster.wait_agreement(before + 2, Duration::from_secs(15)).await;
+    let after = cluster
+        .wait_agreement(before + 2, Duration::from_secs(15))
+        .await;
     assert!(after >= before + 2);
     cluster.check_invariants().await;
 }

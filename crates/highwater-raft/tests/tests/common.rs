@@ -28,15 +28,21 @@ impl Proxy {
         let cut_rx = cut.subscribe();
         tokio::spawn(async move {
             loop {
-                let Ok((inbound, _)) = listener.accept().await else { continue };
+                let Ok((inbound, _)) = listener.accept().await else {
+                    continue;
+                };
                 let mut cut_rx = cut_rx.clone();
                 if *cut_rx.borrow() {
                     drop(inbound);
                     continue;
                 }
-                let Some(dst) = *t.lock().unwrap() else { continue };
+                let Some(dst) = *t.lock().unwrap() else {
+                    continue;
+                };
                 tokio::spawn(async move {
-                    let Ok(outbound) = TcpStream::connect(dst).await else { return };
+                    let Ok(outbound) = TcpStream::connect(dst).await else {
+                        return;
+                    };
                     let _ = inbound.set_nodelay(true);
                     let _ = outbound.set_nodelay(true);
                     let (mut a, mut b) = (inbound, outbound);
@@ -160,12 +166,17 @@ impl Cluster {
             .arg(self.dir.path().join(format!("node-{id}")))
             .args(["--election-ms", &t.election_ms.to_string()])
             .args(["--heartbeat-ms", &t.heartbeat_ms.to_string()])
-            .args(["--checkpoint-timeout-ms", &t.checkpoint_timeout_ms.to_string()])
+            .args([
+                "--checkpoint-timeout-ms",
+                &t.checkpoint_timeout_ms.to_string(),
+            ])
             .args(["--ack-delay-ms", &t.ack_delay_ms.to_string()]);
         if let Some(i) = t.interval_ms {
             cmd.args(["--interval-ms", &i.to_string()]);
         }
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
         let mut child = cmd.spawn().expect("spawn highwater-raft-node");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
@@ -180,7 +191,10 @@ impl Cluster {
                     }
                     continue;
                 }
-                lines.lock().unwrap().push(Line { node: id, text: line });
+                lines.lock().unwrap().push(Line {
+                    node: id,
+                    text: line,
+                });
             }
         });
         let addr = rx
@@ -262,19 +276,29 @@ impl Cluster {
         }
         let majority = self.ids.len() / 2 + 1;
         let (&leader, &n) = votes.iter().max_by_key(|(_, n)| **n)?;
-        let says = statuses.get(&leader).map(|s| s.health.role == "Leader").unwrap_or(false);
+        let says = statuses
+            .get(&leader)
+            .map(|s| s.health.role == "Leader")
+            .unwrap_or(false);
         (n >= majority && says && among.contains(&leader)).then_some(leader)
     }
 
     /// Waits for a leader among the running, unpartitioned nodes.
     pub async fn wait_leader(&self, timeout: Duration) -> NodeId {
-        let among: BTreeSet<NodeId> = self.running().difference(&self.partitioned).copied().collect();
+        let among: BTreeSet<NodeId> = self
+            .running()
+            .difference(&self.partitioned)
+            .copied()
+            .collect();
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(l) = self.leader_among(&among).await {
                 return l;
             }
-            assert!(Instant::now() < deadline, "no leader among {among:?} within {timeout:?}");
+            assert!(
+                Instant::now() < deadline,
+                "no leader among {among:?} within {timeout:?}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -288,28 +312,44 @@ impl Cluster {
             if let Ok(id) = request_checkpoint(self.addrs[&l], Duration::from_secs(2)).await {
                 return id.0;
             }
-            assert!(Instant::now() < deadline, "could not trigger within {timeout:?}");
+            assert!(
+                Instant::now() < deadline,
+                "could not trigger within {timeout:?}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     /// Waits until every node in `nodes` has applied checkpoint `id` as
     /// finished; returns whether it completed (the same on all, checked).
-    pub async fn wait_finished(&self, nodes: &BTreeSet<NodeId>, id: u64, timeout: Duration) -> bool {
+    pub async fn wait_finished(
+        &self,
+        nodes: &BTreeSet<NodeId>,
+        id: u64,
+        timeout: Duration,
+    ) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
             let statuses = self.statuses().await;
             let states: Vec<Option<CheckpointState>> = nodes
                 .iter()
                 .map(|n| {
-                    statuses
-                        .get(n)
-                        .and_then(|s| s.ledger.get(highwater_core::CheckpointId(id)).map(|r| r.state.clone()))
+                    statuses.get(n).and_then(|s| {
+                        s.ledger
+                            .get(highwater_core::CheckpointId(id))
+                            .map(|r| r.state.clone())
+                    })
                 })
                 .collect();
-            if states.iter().all(|s| matches!(s, Some(st) if *st != CheckpointState::Pending)) {
+            if states
+                .iter()
+                .all(|s| matches!(s, Some(st) if *st != CheckpointState::Pending))
+            {
                 let first = states[0].clone();
-                assert!(states.iter().all(|s| *s == first), "nodes disagree on checkpoint {id}: {states:?}");
+                assert!(
+                    states.iter().all(|s| *s == first),
+                    "nodes disagree on checkpoint {id}: {states:?}"
+                );
                 return matches!(first, Some(CheckpointState::Completed { .. }));
             }
             assert!(
@@ -385,16 +425,31 @@ impl Cluster {
             }
         }
         for (c, at) in &completed_at {
-            assert_eq!(at.len(), 1, "checkpoint {c} completed at several log indexes {at:?}");
-            assert!(!aborted.contains(c), "checkpoint {c} both completed and aborted");
+            assert_eq!(
+                at.len(),
+                1,
+                "checkpoint {c} completed at several log indexes {at:?}"
+            );
+            assert!(
+                !aborted.contains(c),
+                "checkpoint {c} both completed and aborted"
+            );
         }
         let statuses = self.statuses().await;
         for (node, s) in &statuses {
             for r in s.ledger.checkpoints() {
                 if let CheckpointState::Completed { log_index } = r.state {
-                    assert!(r.fully_acked(), "node {node}: checkpoint {} completed without every ack: {r:?}", r.id.0);
+                    assert!(
+                        r.fully_acked(),
+                        "node {node}: checkpoint {} completed without every ack: {r:?}",
+                        r.id.0
+                    );
                     for (p, m) in &r.acks {
-                        assert_eq!(m.0, format!("node-{p}/checkpoint-{}", r.id.0), "node {node}: forged ack {r:?}");
+                        assert_eq!(
+                            m.0,
+                            format!("node-{p}/checkpoint-{}", r.id.0),
+                            "node {node}: forged ack {r:?}"
+                        );
                     }
                     let printed = completed_at.get(&r.id.0);
                     assert!(
@@ -413,7 +468,11 @@ impl Cluster {
                         && ra.state != CheckpointState::Pending
                         && rb.state != CheckpointState::Pending
                     {
-                        assert_eq!(ra, rb, "nodes {a} and {b} disagree on checkpoint {}", ra.id.0);
+                        assert_eq!(
+                            ra, rb,
+                            "nodes {a} and {b} disagree on checkpoint {}",
+                            ra.id.0
+                        );
                     }
                 }
             }

@@ -10,11 +10,15 @@ use openraft::testing::{StoreBuilder, Suite};
 struct Builder;
 
 impl StoreBuilder<TypeConfig, WalLogStore, LedgerStateMachine, tempfile::TempDir> for Builder {
-    async fn build(&self) -> Result<(tempfile::TempDir, WalLogStore, LedgerStateMachine), StorageError<u64>> {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, WalLogStore, LedgerStateMachine), StorageError<u64>> {
         let dir = tempfile::tempdir().unwrap();
         let log = WalLogStore::open(&dir.path().join("log")).unwrap();
         let store = Arc::new(ObjectCheckpointStore::local(dir.path().join("snapshots")).unwrap());
-        let sm = LedgerStateMachine::open(1, dir.path(), store).await.unwrap();
+        let sm = LedgerStateMachine::open(1, dir.path(), store)
+            .await
+            .unwrap();
         Ok((dir, log, sm))
     }
 }
