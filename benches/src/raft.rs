@@ -170,26 +170,26 @@ async fn commit_latency(plan: &Plan, dir: &std::path::Path, metrics: &mut Vec<Me
     let base = "openraft client_write of one entry";
     metrics.push(Metric::versus(
         "raft_commit_latency_p50",
-        ms(percentile(&ckpt, 0.50)),
+        ms(percentile(&ckpt, 50.0)),
         "ms",
         base,
-        ms(percentile(&raw, 0.50)),
+        ms(percentile(&raw, 50.0)),
         false,
     ));
     metrics.push(Metric::versus(
         "raft_commit_latency_p99",
-        ms(percentile(&ckpt, 0.99)),
+        ms(percentile(&ckpt, 99.0)),
         "ms",
         base,
-        ms(percentile(&raw, 0.99)),
+        ms(percentile(&raw, 99.0)),
         false,
     ));
     metrics.push(Metric::versus(
         "raft_commit_latency_all_p50",
-        ms(percentile(&all, 0.50)),
+        ms(percentile(&all, 50.0)),
         "ms",
         base,
-        ms(percentile(&raw, 0.50)),
+        ms(percentile(&raw, 50.0)),
         false,
     ));
     for n in nodes {

@@ -115,7 +115,6 @@ pub async fn run_node(options: NodeOptions, store: Arc<dyn CheckpointStore>) -> 
         _ = stdin_closed => {}
         _ = work => {}
     }
-    drop(handle);
     match Arc::try_unwrap(coordinator) {
         Ok(c) => c.shutdown().await,
         Err(_) => Ok(()),
