@@ -547,7 +547,7 @@ mod tests {
                         *completions.entry(id.0).or_default() += 1;
                     }
                     Outcome::Aborted(id) => {
-                        prop_assert!(completions.get(&id.0).is_none());
+                        prop_assert!(!completions.contains_key(&id.0));
                         aborted.insert(id.0);
                     }
                     _ => {}

@@ -89,11 +89,20 @@ pub async fn run_node(options: NodeOptions, store: Arc<dyn CheckpointStore>) -> 
                 }
             });
         }
-        LedgerEvent::Completed { checkpoint, log_index } => {
-            say(&format!("completed checkpoint={} index={log_index}", checkpoint.0));
+        LedgerEvent::Completed {
+            checkpoint,
+            log_index,
+        } => {
+            say(&format!(
+                "completed checkpoint={} index={log_index}",
+                checkpoint.0
+            ));
         }
         LedgerEvent::Aborted { checkpoint, reason } => {
-            say(&format!("aborted checkpoint={} reason={reason}", checkpoint.0));
+            say(&format!(
+                "aborted checkpoint={} reason={reason}",
+                checkpoint.0
+            ));
         }
     };
     // Checkpoints triggered before the subscription (before a restart, or
@@ -106,7 +115,9 @@ pub async fn run_node(options: NodeOptions, store: Arc<dyn CheckpointStore>) -> 
         loop {
             match events.recv().await {
                 Ok(e) => handle(e),
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => say(&format!("lagged {n}")),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    say(&format!("lagged {n}"))
+                }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             }
         }

@@ -8,8 +8,10 @@
 //!   and randomized rounds of crashes, restarts and partitions
 //!   (`HIGHWATER_RAFT_TORTURE_ROUNDS`, default 20) with the ledger
 //!   invariants checked every round;
+//! - `network`: oversized and garbage frames are refused harmlessly;
 //! - `storage`: openraft's own storage test suite against the WAL log and
-//!   the ledger state machine, and reopening keeps the log and vote.
+//!   the ledger state machine; reopening keeps the log, vote and purge
+//!   point; a damaged record is refused.
 
 #[path = "tests/common.rs"]
 mod common;
@@ -18,5 +20,7 @@ mod common;
 mod cluster;
 #[path = "tests/faults.rs"]
 mod faults;
+#[path = "tests/network.rs"]
+mod network;
 #[path = "tests/storage.rs"]
 mod storage;

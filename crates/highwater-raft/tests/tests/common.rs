@@ -371,12 +371,12 @@ impl Cluster {
                 .map(|(id, s)| (*id, s.ledger.latest_completed().map(|c| c.id.0)))
                 .collect();
             let values: BTreeSet<Option<u64>> = latest.values().copied().collect();
-            if statuses.len() == self.running().len() && values.len() == 1 {
-                if let Some(Some(v)) = values.first().copied()
-                    && v >= at_least
-                {
-                    return v;
-                }
+            if statuses.len() == self.running().len()
+                && values.len() == 1
+                && let Some(Some(v)) = values.first().copied()
+                && v >= at_least
+            {
+                return v;
             }
             assert!(
                 Instant::now() < deadline,
