@@ -529,9 +529,13 @@ async fn propose_anywhere(shared: &Shared, command: Command) -> Result<Outcome> 
         let result = match leader {
             Some(l) if l == shared.id => propose_local(shared, command.clone()).await,
             Some(l) => {
-                let conn = conns
-                    .entry(l)
-                    .or_insert_with(|| Connection::new(shared.book.resolve(l, None)));
+                let conn = conns.entry(l).or_insert_with(|| {
+                    // The address given at start, or the one in the
+                    // membership (nodes added with `add_node`).
+                    let metrics = shared.raft.metrics().borrow().clone();
+                    let node = metrics.membership_config.membership().get_node(&l).cloned();
+                    Connection::new(shared.book.resolve(l, node.as_ref()))
+                });
                 match conn
                     .call(
                         &Request::Propose(command.clone()),

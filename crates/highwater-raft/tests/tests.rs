@@ -8,6 +8,8 @@
 //!   and randomized rounds of crashes, restarts and partitions
 //!   (`HIGHWATER_RAFT_TORTURE_ROUNDS`, default 20) with the ledger
 //!   invariants checked every round;
+//! - `membership`: `add_node` and `remove_node`, and what they do to
+//!   checkpoints' participants;
 //! - `network`: oversized and garbage frames are refused harmlessly;
 //! - `storage`: openraft's own storage test suite against the WAL log and
 //!   the ledger state machine; reopening keeps the log, vote and purge
@@ -20,6 +22,8 @@ mod common;
 mod cluster;
 #[path = "tests/faults.rs"]
 mod faults;
+#[path = "tests/membership.rs"]
+mod membership;
 #[path = "tests/network.rs"]
 mod network;
 #[path = "tests/storage.rs"]
