@@ -22,6 +22,7 @@
 
 mod cloud;
 mod merge;
+mod raft;
 mod redis;
 mod state;
 mod util;
@@ -49,6 +50,7 @@ const SUITES: &[Suite] = &[
     ("cloud", cloud::run),
     ("wal", wal::run),
     ("merge", merge::run),
+    ("raft", raft::run),
 ];
 
 /// What every suite is given.

@@ -11,7 +11,8 @@
 //! - `tidy`: source-tree checks (module docs, forbidden markers, manifests);
 //! - `ci`: exactly what CI runs, in order;
 //! - `services start|stop|status`: the servers tests and benches talk to;
-//! - `torture SUITE [--rounds N]`: long crash tests (`wal`: 1,000 SIGKILLs).
+//! - `torture SUITE [--rounds N]`: long crash tests (`wal`: 1,000 SIGKILLs;
+//!   `raft`: 500 rounds of crashes, restarts and partitions of 5 nodes).
 //!
 //! The build output is `$CARGO_TARGET_DIR`, or `target/` in the repository.
 
@@ -73,9 +74,10 @@ enum Command {
     Ci,
     /// Check the source tree: module docs, forbidden markers, manifests.
     Tidy,
-    /// Run a long crash test: `wal` SIGKILLs a writing child 1,000 times.
+    /// Run a long crash test: `wal` SIGKILLs a writing child 1,000 times;
+    /// `raft` runs 500 rounds of crashes, restarts and partitions.
     Torture {
-        /// The suite (`wal`).
+        /// The suite (`wal`, `raft`).
         suite: String,
         /// Rounds instead of the suite's default.
         #[arg(long)]

@@ -3,15 +3,25 @@
 
 use crate::util::{Result, Workspace, run};
 
-/// The torture suites: name, default rounds, the rounds variable, and the
-/// test that reads it.
-const SUITES: &[(&str, u64, &str, &str, &str)] = &[(
-    "wal",
-    1_000,
-    "HIGHWATER_WAL_TORTURE_ROUNDS",
-    "highwater-wal",
-    "sigkill_never_loses_an_acknowledged_record",
-)];
+/// The torture suites: name, default rounds, the rounds variable, the
+/// package, and the test (module path in the package's single test binary)
+/// that reads it.
+const SUITES: &[(&str, u64, &str, &str, &str)] = &[
+    (
+        "wal",
+        1_000,
+        "HIGHWATER_WAL_TORTURE_ROUNDS",
+        "highwater-wal",
+        "crash::sigkill_never_loses_an_acknowledged_record",
+    ),
+    (
+        "raft",
+        500,
+        "HIGHWATER_RAFT_TORTURE_ROUNDS",
+        "highwater-raft",
+        "faults::randomized_crashes_restarts_and_partitions_keep_the_ledger_invariants",
+    ),
+];
 
 /// Runs torture suite `name` for `rounds` rounds (its default if `None`).
 pub fn run_torture(ws: &Workspace, name: &str, rounds: Option<u64>) -> Result {
@@ -37,8 +47,7 @@ pub fn run_torture(ws: &Workspace, name: &str, rounds: Option<u64>) -> Result {
         "--nocapture",
     ]);
     // The test lives in a module of the single test binary.
-    cmd.arg(format!("crash::{test}"))
-        .env(var, rounds.to_string());
+    cmd.arg(test).env(var, rounds.to_string());
     println!("xtask: torture {name}: {rounds} rounds");
     run(&mut cmd)
 }

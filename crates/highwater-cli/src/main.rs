@@ -3,6 +3,7 @@
 
 mod churn;
 mod compact;
+mod coordinator;
 mod demo;
 mod inspect;
 mod target;
@@ -27,6 +28,8 @@ enum Command {
     /// killed at any moment and resumed with --resume (any number of times)
     /// ends with the same digest as an uninterrupted run.
     Demo(demo::DemoArgs),
+    /// Run one node of a Raft checkpoint-coordination cluster.
+    Coordinator(coordinator::CoordinatorArgs),
     /// List the checkpoints in STORE (a directory, or a redis://, s3://,
     /// az:// or gs:// URL).
     Inspect {
@@ -96,6 +99,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => demo::run(args),
+        Command::Coordinator(args) => coordinator::run(args),
         Command::Inspect {
             store,
             namespace,

@@ -18,6 +18,7 @@
 //! | (always) | [`merge`] | chunked content-addressed encoding, chain merging, dedup, retention |
 //! | (always) | [`wal`] | write-ahead log of state changes (replayed on restore) |
 //! | `redis` | `redis` | Redis state backend and checkpoint store, standalone and cluster |
+//! | `raft` | `raft` | Raft-coordinated distributed checkpoints (openraft): ledger, coordinator |
 //!
 //! See [`StateManager`] for an example.
 
@@ -36,6 +37,8 @@ pub use highwater_core as core;
 #[cfg(feature = "memory")]
 pub use highwater_memory as memory;
 pub use highwater_merge as merge;
+#[cfg(feature = "raft")]
+pub use highwater_raft as raft;
 #[cfg(feature = "redis")]
 pub use highwater_redis as redis;
 pub use highwater_wal as wal;

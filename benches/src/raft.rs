@@ -1,0 +1,266 @@
+//! Suite `raft`: distributed checkpoint coordination (`highwater-raft`),
+//! three coordinator nodes in this process talking TCP on 127.0.0.1, each
+//! with its Raft log durable on its own WAL (fdatasync per group) in a
+//! directory under the output directory (the disk of the target dir).
+//!
+//! Metrics:
+//!
+//! - `raft_commit_latency_p50`, `raft_commit_latency_p99`: milliseconds
+//!   from `trigger_checkpoint` on the leader to the leader applying the
+//!   checkpoint's completion, every node acknowledging its barrier as soon
+//!   as it applies the trigger (one `Trigger`, three `Ack`s forwarded to the
+//!   leader, one `Complete`: five replicated entries and the followers'
+//!   commit notifications in between). Baseline: openraft's own
+//!   `client_write` of one entry (a ledger no-op, rejected by the state
+//!   machine) on the same cluster, alternating with the checkpoints, same
+//!   percentile.
+//! - `raft_commit_latency_all_p50`: the same, until every node has applied
+//!   the completion.
+//! - `raft_failover_ms`: median milliseconds from stopping the leader of a
+//!   fresh cluster (its tasks and connections end at once, as in a crash)
+//!   until both survivors report the same new leader. No baseline: the
+//!   configured election timeout (drawn from [300, 600) ms) is given in the
+//!   params for comparison.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use highwater::cloud::ObjectCheckpointStore;
+use highwater::core::CheckpointId;
+use highwater_raft::{
+    AbortReason, CheckpointCoordinator, Command, DistributedConfig, LedgerEvent, ManifestRef,
+    NodeId,
+};
+use serde_json::{Map, json};
+
+use crate::util::{median, percentile};
+use crate::{Ctx, Metric, Result, SuiteResult};
+
+const ELECTION_MS: u64 = 300;
+
+struct Plan {
+    quick: bool,
+    checkpoints: usize,
+    failovers: usize,
+}
+
+fn free_ports(n: usize) -> Result<Vec<SocketAddr>> {
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<_>>()?;
+    Ok(listeners
+        .iter()
+        .map(|l| l.local_addr())
+        .collect::<std::io::Result<_>>()?)
+}
+
+/// Starts a 3-node cluster whose nodes acknowledge every barrier at once.
+async fn start_cluster(dir: &std::path::Path) -> Result<Vec<Arc<CheckpointCoordinator>>> {
+    let addrs = free_ports(3)?;
+    let peers: BTreeMap<NodeId, String> = (1..=3u64)
+        .zip(&addrs)
+        .map(|(id, a)| (id, a.to_string()))
+        .collect();
+    let mut nodes = Vec::new();
+    for (i, addr) in addrs.iter().enumerate() {
+        let id = i as u64 + 1;
+        let data = dir.join(format!("node-{id}"));
+        let mut config = DistributedConfig::new(id, *addr, &data);
+        config.peers = peers.clone();
+        config.election_timeout = Duration::from_millis(ELECTION_MS);
+        config.heartbeat_interval = Duration::from_millis(50);
+        let store = Arc::new(ObjectCheckpointStore::local(data.join("snapshots"))?);
+        let node = Arc::new(CheckpointCoordinator::start(config, store).await?);
+        let mut events = node.events();
+        let acker = node.clone();
+        tokio::spawn(async move {
+            while let Ok(e) = events.recv().await {
+                if let LedgerEvent::Barrier { checkpoint, .. } = e {
+                    let a = acker.clone();
+                    tokio::spawn(async move {
+                        let m = ManifestRef(format!("node-{id}/checkpoint-{}", checkpoint.0));
+                        let _ = a.report_completion(checkpoint, id, m).await;
+                    });
+                }
+            }
+        });
+        nodes.push(node);
+    }
+    Ok(nodes)
+}
+
+async fn leader_of(nodes: &[Arc<CheckpointCoordinator>], not: Option<NodeId>) -> Result<usize> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let views: Vec<Option<NodeId>> = nodes.iter().map(|n| n.cluster_health().leader).collect();
+        if let Some(Some(l)) = views.first().copied()
+            && Some(l) != not
+            && views.iter().all(|v| *v == Some(l))
+            && let Some(i) = nodes.iter().position(|n| n.node_id() == l)
+        {
+            return Ok(i);
+        }
+        if Instant::now() > deadline {
+            return Err(format!("no agreed leader: {views:?}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+async fn wait_completed(node: &CheckpointCoordinator, id: CheckpointId) -> Result {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut rx = node.raft().metrics();
+    loop {
+        if node.latest_completed().is_some_and(|c| c.id >= id) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("checkpoint {} did not complete", id.0).into());
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(5), rx.changed()).await;
+    }
+}
+
+async fn commit_latency(plan: &Plan, dir: &std::path::Path, metrics: &mut Vec<Metric>) -> Result {
+    let nodes = start_cluster(dir).await?;
+    let li = leader_of(&nodes, None).await?;
+    let leader = nodes[li].clone();
+    let mut ckpt = Vec::new();
+    let mut all = Vec::new();
+    let mut raw = Vec::new();
+    // Warm up connections.
+    for _ in 0..3 {
+        let id = leader.trigger_checkpoint().await?;
+        wait_completed(&leader, id).await?;
+    }
+    for _ in 0..plan.checkpoints {
+        let start = Instant::now();
+        let id = leader.trigger_checkpoint().await?;
+        let mut events = leader.events();
+        loop {
+            if leader.latest_completed().is_some_and(|c| c.id >= id) {
+                break;
+            }
+            match tokio::time::timeout(Duration::from_secs(20), events.recv()).await {
+                Ok(Ok(LedgerEvent::Completed { checkpoint, .. })) if checkpoint >= id => break,
+                Ok(_) => {}
+                Err(_) => return Err("checkpoint did not complete in 20 s".into()),
+            }
+        }
+        ckpt.push(start.elapsed().as_micros() as u64);
+        for n in &nodes {
+            wait_completed(n, id).await?;
+        }
+        all.push(start.elapsed().as_micros() as u64);
+
+        let start = Instant::now();
+        let noop = Command::Abort {
+            checkpoint: CheckpointId(u64::MAX),
+            reason: AbortReason::Requested("benchmark baseline".into()),
+        };
+        leader.raft().client_write(noop).await?;
+        raw.push(start.elapsed().as_micros() as u64);
+    }
+    ckpt.sort_unstable();
+    all.sort_unstable();
+    raw.sort_unstable();
+    let ms = |us: u64| us as f64 / 1000.0;
+    let base = "openraft client_write of one entry";
+    metrics.push(Metric::versus(
+        "raft_commit_latency_p50",
+        ms(percentile(&ckpt, 50.0)),
+        "ms",
+        base,
+        ms(percentile(&raw, 50.0)),
+        false,
+    ));
+    metrics.push(Metric::versus(
+        "raft_commit_latency_p99",
+        ms(percentile(&ckpt, 99.0)),
+        "ms",
+        base,
+        ms(percentile(&raw, 99.0)),
+        false,
+    ));
+    metrics.push(Metric::versus(
+        "raft_commit_latency_all_p50",
+        ms(percentile(&all, 50.0)),
+        "ms",
+        base,
+        ms(percentile(&raw, 50.0)),
+        false,
+    ));
+    for n in nodes {
+        if let Ok(n) = Arc::try_unwrap(n) {
+            n.shutdown().await?;
+        }
+    }
+    Ok(())
+}
+
+async fn failover(plan: &Plan, dir: &std::path::Path, metrics: &mut Vec<Metric>) -> Result {
+    let mut samples = Vec::new();
+    for round in 0..plan.failovers {
+        let mut nodes = start_cluster(&dir.join(format!("failover-{round}"))).await?;
+        let li = leader_of(&nodes, None).await?;
+        let old = nodes[li].node_id();
+        let id = nodes[li].trigger_checkpoint().await?;
+        wait_completed(&nodes[li], id).await?;
+        let victim = nodes.remove(li);
+        let start = Instant::now();
+        // Stopping the Raft core ends its tasks and closes its connections:
+        // the survivors see what they would see after a crash.
+        victim.raft().shutdown().await?;
+        leader_of(&nodes, Some(old)).await?;
+        samples.push(start.elapsed().as_secs_f64() * 1000.0);
+        drop(victim);
+        for n in nodes {
+            n.raft().shutdown().await?;
+        }
+    }
+    metrics.push(Metric::plain(
+        "raft_failover_ms",
+        median(&samples),
+        "ms",
+        false,
+    ));
+    Ok(())
+}
+
+/// Runs the suite.
+pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
+    let plan = Plan {
+        quick: ctx.quick,
+        checkpoints: if ctx.quick { 20 } else { 300 },
+        failovers: if ctx.quick { 2 } else { 10 },
+    };
+    let dir = tempfile::tempdir_in(&ctx.out)?;
+    let mut params = Map::new();
+    params.insert("quick".into(), json!(plan.quick));
+    params.insert("nodes".into(), json!(3));
+    params.insert("checkpoints".into(), json!(plan.checkpoints));
+    params.insert("failovers".into(), json!(plan.failovers));
+    params.insert(
+        "election_timeout_ms".into(),
+        json!([ELECTION_MS, 2 * ELECTION_MS]),
+    );
+    params.insert("heartbeat_ms".into(), json!(50));
+    if let Some(load) = crate::util::loadavg() {
+        params.insert("loadavg_1m_at_start".into(), json!(load));
+    }
+    let mut metrics = Vec::new();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(commit_latency(&plan, dir.path(), &mut metrics))?;
+    runtime.block_on(failover(&plan, dir.path(), &mut metrics))?;
+    drop(runtime);
+    Ok(SuiteResult {
+        suite: "raft".into(),
+        params,
+        metrics,
+    })
+}

@@ -1,0 +1,754 @@
+//! [`CheckpointCoordinator`]: one node of the Raft group that keeps the
+//! checkpoint ledger, and the API an engine uses.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use highwater_core::{CheckpointId, CheckpointStore, Error, Result};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, Raft, ServerState, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::{Mutex as AsyncMutex, Notify, broadcast};
+use tokio::task::JoinHandle;
+
+use crate::TypeConfig;
+use crate::ledger::{
+    AbortReason, Command, CompletedCheckpoint, Ledger, ManifestRef, NodeId, Outcome,
+};
+use crate::log_store::WalLogStore;
+use crate::network::{
+    AddressBook, CallError, Connection, ProposeError, Reply, Request, TcpNetwork, read_frame,
+    write_frame,
+};
+use crate::state_machine::{LedgerEvent, LedgerStateMachine};
+
+/// Configuration of one coordinator node.
+#[derive(Debug, Clone)]
+pub struct DistributedConfig {
+    /// This node's id (unique in the cluster, not 0).
+    pub node_id: NodeId,
+    /// Where this node accepts Raft and client traffic (port 0 picks one).
+    pub listen: SocketAddr,
+    /// How this node reaches each other node of the initial cluster (and,
+    /// optionally, itself). Addresses given here win over the ones stored in
+    /// the membership.
+    pub peers: BTreeMap<NodeId, String>,
+    /// The node's data directory: Raft log, snapshot pointer.
+    pub data_dir: PathBuf,
+    /// The shortest election timeout; each node picks its timeout at random
+    /// in `[election_timeout, 2 × election_timeout)`.
+    pub election_timeout: Duration,
+    /// How often the leader sends heartbeats.
+    pub heartbeat_interval: Duration,
+    /// The leader triggers a checkpoint this often (`None`: only on request).
+    pub checkpoint_interval: Option<Duration>,
+    /// A pending checkpoint not fully acknowledged after this long is
+    /// aborted; this is the partition tolerance of a checkpoint.
+    pub checkpoint_timeout: Duration,
+    /// Deadline of one request to another node.
+    pub rpc_timeout: Duration,
+    /// Build a state-machine snapshot (and purge the log) every this many
+    /// applied entries.
+    pub snapshot_every: u64,
+    /// Join an existing cluster (do not initialize one); the leader must
+    /// then [`add_node`](CheckpointCoordinator::add_node) this node.
+    pub join: bool,
+}
+
+impl DistributedConfig {
+    /// A configuration with defaults suited to a LAN: 300 ms election
+    /// timeout, 50 ms heartbeats, 10 s checkpoint timeout.
+    pub fn new(
+        node_id: NodeId,
+        listen: SocketAddr,
+        data_dir: impl Into<PathBuf>,
+    ) -> DistributedConfig {
+        DistributedConfig {
+            node_id,
+            listen,
+            peers: BTreeMap::new(),
+            data_dir: data_dir.into(),
+            election_timeout: Duration::from_millis(300),
+            heartbeat_interval: Duration::from_millis(50),
+            checkpoint_interval: None,
+            checkpoint_timeout: Duration::from_secs(10),
+            rpc_timeout: Duration::from_millis(500),
+            snapshot_every: 1000,
+            join: false,
+        }
+    }
+
+    /// Checks the values.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidArgument(m));
+        if self.node_id == 0 {
+            return bad("raft node id must not be 0".into());
+        }
+        if self.heartbeat_interval.is_zero() || self.heartbeat_interval * 2 > self.election_timeout
+        {
+            return bad(format!(
+                "raft heartbeat interval must be positive and at most half the election timeout: heartbeat={:?} election={:?}",
+                self.heartbeat_interval, self.election_timeout
+            ));
+        }
+        if self.checkpoint_timeout.is_zero() || self.rpc_timeout.is_zero() {
+            return bad("raft checkpoint and rpc timeouts must be positive".into());
+        }
+        if self.snapshot_every == 0 {
+            return bad("raft snapshot_every must be positive".into());
+        }
+        if self.checkpoint_interval.is_some_and(|d| d.is_zero()) {
+            return bad("raft checkpoint interval must be positive".into());
+        }
+        Ok(())
+    }
+
+    fn members(&self) -> BTreeSet<NodeId> {
+        let mut m: BTreeSet<NodeId> = self.peers.keys().copied().collect();
+        m.insert(self.node_id);
+        m
+    }
+}
+
+/// One node's view of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterHealth {
+    /// This node.
+    pub node_id: NodeId,
+    /// The leader this node knows of.
+    pub leader: Option<NodeId>,
+    /// This node's current term.
+    pub term: u64,
+    /// This node's role (`Leader`, `Follower`, `Candidate`, `Learner`).
+    pub role: String,
+    /// The voters of the current membership.
+    pub voters: BTreeSet<NodeId>,
+    /// The learners (non-voting members) of the current membership.
+    pub learners: BTreeSet<NodeId>,
+    /// Index of this node's last log entry.
+    pub last_log_index: u64,
+    /// Index of the last entry applied to this node's ledger.
+    pub last_applied: u64,
+    /// On the leader: how many entries each member is behind the leader's
+    /// log (empty elsewhere).
+    pub lag: BTreeMap<NodeId, u64>,
+}
+
+/// What a node reports about itself over the network (tests and tools).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Cluster view.
+    pub health: ClusterHealth,
+    /// The node's ledger as applied.
+    pub ledger: Ledger,
+}
+
+struct Shared {
+    id: NodeId,
+    raft: Raft<TypeConfig>,
+    sm: LedgerStateMachine,
+    book: AddressBook,
+    config: DistributedConfig,
+    propose_lock: AsyncMutex<()>,
+    trigger_now: Notify,
+    /// On the leader: for each follower, the last matched index seen and
+    /// when it last advanced or equalled the leader's last index.
+    liveness: std::sync::Mutex<BTreeMap<NodeId, (Option<u64>, tokio::time::Instant)>>,
+}
+
+/// A node of the checkpoint-coordination group.
+///
+/// The leader triggers checkpoints (on an interval and on
+/// [`trigger_checkpoint`](Self::trigger_checkpoint)); every participant
+/// learns of a trigger when it applies the replicated entry and receives a
+/// [`LedgerEvent::Barrier`] from [`events`](Self::events); it takes its part
+/// of the checkpoint and calls [`report_completion`](Self::report_completion).
+/// The leader appends `Complete` once every participant's acknowledgement is
+/// applied, and `Abort` after the checkpoint timeout or when a participant
+/// leaves the membership.
+pub struct CheckpointCoordinator {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    log: WalLogStore,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn raft_err(op: &str, e: impl std::fmt::Display) -> Error {
+    Error::Backend {
+        backend: "raft",
+        source: format!("{op}: {e}").into(),
+    }
+}
+
+impl CheckpointCoordinator {
+    /// Starts a node: opens its log and state machine in
+    /// `config.data_dir` (snapshots go to `store`), listens on
+    /// `config.listen`, and, unless `config.join`, initializes the cluster
+    /// of `config.peers` (a no-op when the node already has state).
+    pub async fn start(
+        config: DistributedConfig,
+        store: Arc<dyn CheckpointStore>,
+    ) -> Result<CheckpointCoordinator> {
+        config.validate()?;
+        let io = |what: String| {
+            move |source| Error::Io {
+                context: what,
+                source,
+            }
+        };
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(io(format!("creating {}", config.data_dir.display())))?;
+        let log_dir = config.data_dir.join("raft-log");
+        let log = {
+            let dir = log_dir.clone();
+            tokio::task::spawn_blocking(move || WalLogStore::open(&dir))
+                .await
+                .map_err(|e| Error::Internal(format!("opening the raft log: {e}")))??
+        };
+        let sm = LedgerStateMachine::open(config.node_id, &config.data_dir, store).await?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(io(format!("binding {}", config.listen)))?;
+        let addr = listener.local_addr().map_err(io("local address".into()))?;
+        let election = config.election_timeout.as_millis() as u64;
+        let raft_config = openraft::Config {
+            cluster_name: "highwater".into(),
+            heartbeat_interval: config.heartbeat_interval.as_millis() as u64,
+            election_timeout_min: election,
+            election_timeout_max: election * 2,
+            install_snapshot_timeout: config.rpc_timeout.as_millis() as u64 * 4,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+            max_in_snapshot_log_to_keep: 100,
+            ..openraft::Config::default()
+        }
+        .validate()
+        .map_err(|e| Error::InvalidArgument(format!("raft configuration: {e}")))?;
+        let mut book_entries = config.peers.clone();
+        book_entries
+            .entry(config.node_id)
+            .or_insert_with(|| addr.to_string());
+        let book = AddressBook::new(book_entries);
+        let network = TcpNetwork {
+            book: book.clone(),
+            retry_backoff: config.heartbeat_interval,
+        };
+        let raft = Raft::new(
+            config.node_id,
+            Arc::new(raft_config),
+            network,
+            log.clone(),
+            sm.clone(),
+        )
+        .await
+        .map_err(|e| raft_err("starting", e))?;
+        if !config.join {
+            let members: BTreeMap<NodeId, BasicNode> = config
+                .members()
+                .into_iter()
+                .map(|id| (id, BasicNode::default()))
+                .collect();
+            if !raft
+                .is_initialized()
+                .await
+                .map_err(|e| raft_err("initialize", e))?
+            {
+                // Every initial node initializes with the same membership;
+                // on all but the first this is refused, which is harmless.
+                if let Err(e) = raft.initialize(members).await {
+                    tracing::debug!(node = config.node_id, error = %e, "initialize refused");
+                }
+            }
+        }
+        let shared = Arc::new(Shared {
+            id: config.node_id,
+            raft,
+            sm,
+            book,
+            config,
+            propose_lock: AsyncMutex::new(()),
+            trigger_now: Notify::new(),
+            liveness: std::sync::Mutex::new(BTreeMap::new()),
+        });
+        let server = tokio::spawn(serve(listener, shared.clone()));
+        let driver = tokio::spawn(drive(shared.clone()));
+        Ok(CheckpointCoordinator {
+            shared,
+            addr,
+            log,
+            tasks: vec![server, driver],
+        })
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.shared.id
+    }
+
+    /// The underlying openraft handle, for metrics and direct writes
+    /// (benchmarks compare with its raw `client_write`).
+    pub fn raft(&self) -> &Raft<TypeConfig> {
+        &self.shared.raft
+    }
+
+    /// The address this node listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Ledger events applied from now on: barriers for checkpoints this node
+    /// participates in, completions and aborts. See
+    /// [`pending_barriers`](Self::pending_barriers) for the ones before.
+    pub fn events(&self) -> broadcast::Receiver<LedgerEvent> {
+        self.shared.sm.subscribe()
+    }
+
+    /// Barriers for the checkpoints still pending in this node's ledger that
+    /// this node participates in and has not acknowledged: those triggered
+    /// before [`events`](Self::events) was called (for example before a
+    /// restart). Subscribe first, then call this, and no barrier is missed.
+    pub fn pending_barriers(&self) -> Vec<LedgerEvent> {
+        let id = self.shared.id;
+        self.shared
+            .sm
+            .ledger()
+            .pending()
+            .filter(|c| c.participants.contains(&id) && !c.acks.contains_key(&id))
+            .map(|c| LedgerEvent::Barrier {
+                checkpoint: c.id,
+                time_ms: c.triggered_ms,
+            })
+            .collect()
+    }
+
+    /// The newest checkpoint this node has applied as completed.
+    pub fn latest_completed(&self) -> Option<CompletedCheckpoint> {
+        self.shared.sm.ledger().latest_completed().cloned()
+    }
+
+    /// A copy of this node's ledger.
+    pub fn ledger(&self) -> Ledger {
+        self.shared.sm.ledger()
+    }
+
+    /// This node's view of the cluster.
+    pub fn cluster_health(&self) -> ClusterHealth {
+        health(&self.shared)
+    }
+
+    /// Waits until this node knows a leader; returns it.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<NodeId> {
+        let mut rx = self.shared.raft.metrics();
+        let wait = async {
+            loop {
+                if let Some(l) = rx.borrow().current_leader {
+                    return Ok(l);
+                }
+                if rx.changed().await.is_err() {
+                    return Err(Error::Closed("raft node stopped".into()));
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.map_err(|_| {
+            raft_err(
+                "waiting for a leader",
+                format!("no leader after {timeout:?}"),
+            )
+        })?
+    }
+
+    /// Triggers a checkpoint now. Only the leader can; elsewhere this fails
+    /// with an error naming the leader.
+    pub async fn trigger_checkpoint(&self) -> Result<CheckpointId> {
+        trigger(&self.shared).await
+    }
+
+    /// Records that `node` made its part of `checkpoint` durable at
+    /// `manifest`. Works on any node: followers forward to the leader,
+    /// retrying through elections until the checkpoint timeout.
+    pub async fn report_completion(
+        &self,
+        checkpoint: CheckpointId,
+        node: NodeId,
+        manifest: ManifestRef,
+    ) -> Result<Outcome> {
+        if manifest.0.len() > crate::ledger::MAX_MANIFEST_REF_LEN {
+            return Err(Error::InvalidArgument(format!(
+                "manifest reference too long: len={} max={}",
+                manifest.0.len(),
+                crate::ledger::MAX_MANIFEST_REF_LEN
+            )));
+        }
+        propose_anywhere(
+            &self.shared,
+            Command::Ack {
+                checkpoint,
+                node,
+                manifest,
+            },
+        )
+        .await
+    }
+
+    /// Aborts a pending checkpoint (forwarded to the leader).
+    pub async fn abort_checkpoint(
+        &self,
+        checkpoint: CheckpointId,
+        why: impl Into<String>,
+    ) -> Result<Outcome> {
+        propose_anywhere(
+            &self.shared,
+            Command::Abort {
+                checkpoint,
+                reason: AbortReason::Requested(why.into()),
+            },
+        )
+        .await
+    }
+
+    /// Adds node `id` (reached at `addr`) as a voter. Call on the leader.
+    pub async fn add_node(&self, id: NodeId, addr: String) -> Result<()> {
+        self.shared.book.insert(id, addr.clone());
+        let raft = &self.shared.raft;
+        raft.add_learner(id, BasicNode { addr }, true)
+            .await
+            .map_err(|e| raft_err("add learner", e))?;
+        let mut voters: BTreeSet<NodeId> = self.cluster_health().voters;
+        voters.insert(id);
+        raft.change_membership(voters, false)
+            .await
+            .map_err(|e| raft_err("change membership", e))?;
+        Ok(())
+    }
+
+    /// Removes node `id` from the voters (and the cluster). Call on the
+    /// leader. Pending checkpoints it participates in are then aborted.
+    pub async fn remove_node(&self, id: NodeId) -> Result<()> {
+        let mut voters = self.cluster_health().voters;
+        if !voters.remove(&id) {
+            return Err(Error::NotFound(format!("raft voter {id}")));
+        }
+        self.shared
+            .raft
+            .change_membership(voters, false)
+            .await
+            .map_err(|e| raft_err("change membership", e))?;
+        Ok(())
+    }
+
+    /// Stops the node: Raft, server and driver; the log is closed durably.
+    pub async fn shutdown(self) -> Result<()> {
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.shared
+            .raft
+            .shutdown()
+            .await
+            .map_err(|e| raft_err("shutdown", e))?;
+        let log = self.log.clone();
+        tokio::task::spawn_blocking(move || log.close())
+            .await
+            .map_err(|e| Error::Internal(format!("closing the raft log: {e}")))?
+    }
+}
+
+impl Drop for CheckpointCoordinator {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn health(shared: &Shared) -> ClusterHealth {
+    let m = shared.raft.metrics().borrow().clone();
+    let membership = m.membership_config.membership();
+    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+    let learners: BTreeSet<NodeId> = membership.learner_ids().collect();
+    let last = m.last_log_index.unwrap_or(0);
+    let lag = m
+        .replication
+        .as_ref()
+        .map(|r| {
+            r.iter()
+                .map(|(id, matched)| (*id, last.saturating_sub(matched.map_or(0, |l| l.index))))
+                .collect()
+        })
+        .unwrap_or_default();
+    ClusterHealth {
+        node_id: shared.id,
+        leader: m.current_leader,
+        term: m.current_term,
+        role: format!("{:?}", m.state),
+        voters,
+        learners,
+        last_log_index: last,
+        last_applied: m.last_applied.map_or(0, |l| l.index),
+        lag,
+    }
+}
+
+fn is_leader(shared: &Shared) -> bool {
+    let m = shared.raft.metrics();
+    let m = m.borrow();
+    m.state == ServerState::Leader && m.current_leader == Some(shared.id)
+}
+
+/// Proposes on this node, which must be the leader.
+async fn propose_local(
+    shared: &Shared,
+    command: Command,
+) -> std::result::Result<Outcome, ProposeError> {
+    match shared.raft.client_write(command).await {
+        Ok(r) => Ok(r.data),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+            Err(ProposeError::NotLeader(f.leader_id))
+        }
+        Err(e) => Err(ProposeError::Failed(e.to_string())),
+    }
+}
+
+/// Proposes on the leader, wherever it is, retrying until the checkpoint
+/// timeout.
+async fn propose_anywhere(shared: &Shared, command: Command) -> Result<Outcome> {
+    let deadline = tokio::time::Instant::now() + shared.config.checkpoint_timeout;
+    let mut last_error;
+    let mut conns: BTreeMap<NodeId, Connection> = BTreeMap::new();
+    loop {
+        let leader = shared.raft.metrics().borrow().current_leader;
+        let result = match leader {
+            Some(l) if l == shared.id => propose_local(shared, command.clone()).await,
+            Some(l) => {
+                let conn = conns.entry(l).or_insert_with(|| {
+                    // The address given at start, or the one in the
+                    // membership (nodes added with `add_node`).
+                    let metrics = shared.raft.metrics().borrow().clone();
+                    let node = metrics.membership_config.membership().get_node(&l).cloned();
+                    Connection::new(shared.book.resolve(l, node.as_ref()))
+                });
+                match conn
+                    .call(
+                        &Request::Propose(command.clone()),
+                        shared.config.rpc_timeout,
+                    )
+                    .await
+                {
+                    Ok(Reply::Proposed(r)) => r,
+                    Ok(other) => Err(ProposeError::Failed(format!("unexpected reply {other:?}"))),
+                    Err(e @ (CallError::Unreachable(_) | CallError::Failed(_))) => {
+                        Err(ProposeError::Failed(e.to_string()))
+                    }
+                }
+            }
+            None => Err(ProposeError::NotLeader(None)),
+        };
+        match result {
+            Ok(outcome) => return Ok(outcome),
+            Err(ProposeError::NotLeader(hint)) => {
+                last_error = format!("not the leader (leader hint {hint:?})")
+            }
+            Err(ProposeError::Failed(e)) => last_error = e,
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(raft_err(
+                "proposal",
+                format!("gave up after the checkpoint timeout: {last_error}"),
+            ));
+        }
+        tokio::time::sleep(shared.config.heartbeat_interval).await;
+    }
+}
+
+/// Updates the leader's view of which followers keep up: a follower is live
+/// while its matched index equals the leader's last index or advanced within
+/// the last election timeout.
+fn observe_liveness(shared: &Shared) {
+    let m = shared.raft.metrics().borrow().clone();
+    let now = tokio::time::Instant::now();
+    let mut live = shared.liveness.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(replication) = m.replication.as_ref() else {
+        live.clear();
+        return;
+    };
+    let last = m.last_log_index;
+    for (id, matched) in replication.iter() {
+        let matched = matched.map(|l| l.index);
+        match live.get_mut(id) {
+            Some((seen, at)) => {
+                if *seen != matched || matched == last {
+                    *seen = matched;
+                    *at = now;
+                }
+            }
+            None => {
+                live.insert(*id, (matched, now));
+            }
+        }
+    }
+}
+
+/// The voters the leader currently considers live (itself always).
+fn live_voters(shared: &Shared) -> BTreeSet<NodeId> {
+    let voters = health(shared).voters;
+    let window = shared.config.election_timeout;
+    let live = shared.liveness.lock().unwrap_or_else(|p| p.into_inner());
+    voters
+        .into_iter()
+        .filter(|v| *v == shared.id || live.get(v).is_none_or(|(_, at)| at.elapsed() < window))
+        .collect()
+}
+
+async fn trigger(shared: &Shared) -> Result<CheckpointId> {
+    let _guard = shared.propose_lock.lock().await;
+    if !is_leader(shared) {
+        let leader = shared.raft.metrics().borrow().current_leader;
+        return Err(raft_err(
+            "trigger",
+            format!("this node is not the leader: leader={leader:?}"),
+        ));
+    }
+    let participants = live_voters(shared);
+    let checkpoint = shared.sm.ledger().next_id();
+    let command = Command::Trigger {
+        checkpoint,
+        time_ms: now_ms(),
+        participants,
+    };
+    match propose_local(shared, command).await {
+        Ok(Outcome::Triggered(id)) => Ok(id),
+        Ok(other) => Err(raft_err("trigger", format!("not accepted: {other:?}"))),
+        Err(e) => Err(raft_err("trigger", format!("{e:?}"))),
+    }
+}
+
+/// The leader's background work: periodic triggers, completing fully
+/// acknowledged checkpoints, aborting stale ones.
+async fn drive(shared: Arc<Shared>) {
+    let mut applied = shared.sm.applied_index();
+    let poll = shared.config.heartbeat_interval;
+    let mut last_trigger = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = applied.changed() => {}
+            _ = shared.trigger_now.notified() => {}
+            _ = tokio::time::sleep(poll) => {}
+        }
+        if !is_leader(&shared) {
+            shared
+                .liveness
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
+            continue;
+        }
+        observe_liveness(&shared);
+        let ledger = shared.sm.ledger();
+        let voters = health(&shared).voters;
+        let live = live_voters(&shared);
+        let now = now_ms();
+        let timeout = shared.config.checkpoint_timeout.as_millis() as u64;
+        let mut decisions = Vec::new();
+        for c in ledger.pending() {
+            if c.fully_acked() {
+                decisions.push(Command::Complete { checkpoint: c.id });
+            } else if let Some(lost) = c
+                .participants
+                .iter()
+                .find(|p| !voters.contains(p) || (!live.contains(p) && !c.acks.contains_key(p)))
+            {
+                decisions.push(Command::Abort {
+                    checkpoint: c.id,
+                    reason: AbortReason::ParticipantLost(*lost),
+                });
+            } else if now.saturating_sub(c.triggered_ms) > timeout {
+                decisions.push(Command::Abort {
+                    checkpoint: c.id,
+                    reason: AbortReason::Timeout,
+                });
+            }
+        }
+        for d in decisions {
+            let _guard = shared.propose_lock.lock().await;
+            if let Err(e) = propose_local(&shared, d).await {
+                tracing::debug!(node = shared.id, error = ?e, "ledger decision not committed");
+                break;
+            }
+        }
+        if let Some(every) = shared.config.checkpoint_interval
+            && last_trigger.elapsed() >= every
+            && ledger.pending().next().is_none()
+        {
+            last_trigger = tokio::time::Instant::now();
+            if let Err(e) = trigger(&shared).await {
+                tracing::debug!(node = shared.id, error = %e, "periodic trigger failed");
+            }
+        }
+    }
+}
+
+async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(connection(stream, shared.clone()));
+    }
+}
+
+async fn connection(mut stream: tokio::net::TcpStream, shared: Arc<Shared>) {
+    loop {
+        let request: Request = match read_frame(&mut stream).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!(node = shared.id, error = %e, "dropping a raft connection");
+                return;
+            }
+        };
+        let reply = match request {
+            Request::Append(r) => Reply::Append(shared.raft.append_entries(r).await),
+            Request::Snapshot(r) => Reply::Snapshot(shared.raft.install_snapshot(r).await),
+            Request::Vote(r) => Reply::Vote(shared.raft.vote(r).await),
+            Request::Propose(c) => {
+                if is_leader(&shared) {
+                    Reply::Proposed(propose_local(&shared, c).await)
+                } else {
+                    Reply::Proposed(Err(ProposeError::NotLeader(
+                        shared.raft.metrics().borrow().current_leader,
+                    )))
+                }
+            }
+            Request::Trigger => {
+                if is_leader(&shared) {
+                    Reply::Proposed(match trigger(&shared).await {
+                        Ok(id) => Ok(Outcome::Triggered(id)),
+                        Err(e) => Err(ProposeError::Failed(e.to_string())),
+                    })
+                } else {
+                    Reply::Proposed(Err(ProposeError::NotLeader(
+                        shared.raft.metrics().borrow().current_leader,
+                    )))
+                }
+            }
+            Request::Status => Reply::Status(Box::new(NodeStatus {
+                health: health(&shared),
+                ledger: shared.sm.ledger(),
+            })),
+        };
+        if write_frame(&mut stream, &reply).await.is_err() {
+            return;
+        }
+    }
+}
