@@ -22,6 +22,7 @@
 
 mod cloud;
 mod redis;
+mod rocksdb;
 mod state;
 mod util;
 mod wal;
@@ -47,6 +48,7 @@ const SUITES: &[Suite] = &[
     ("redis", redis::run),
     ("cloud", cloud::run),
     ("wal", wal::run),
+    ("rocksdb", rocksdb::run),
 ];
 
 /// What every suite is given.

@@ -18,6 +18,7 @@
 mod bench;
 mod ci;
 mod demo;
+mod prereqs;
 mod services;
 mod testing;
 mod tidy;

@@ -17,6 +17,7 @@
 //! | `s3`, `azure`, `gcs` | [`cloud`] | the same store on S3, Azure Blob and GCS (`ObjectCheckpointStore::from_url`) |
 //! | (always) | [`wal`] | write-ahead log of state changes (replayed on restore) |
 //! | `redis` | `redis` | Redis state backend and checkpoint store, standalone and cluster |
+//! | `rocksdb` | `rocksdb` | RocksDB state backend with native incremental checkpoints ([`native`]) |
 //!
 //! See [`StateManager`] for an example.
 
@@ -26,6 +27,7 @@ mod config;
 mod encode;
 mod logged;
 mod manager;
+pub mod native;
 mod restore;
 mod retention;
 mod verify;
@@ -37,6 +39,8 @@ pub use highwater_core as core;
 pub use highwater_memory as memory;
 #[cfg(feature = "redis")]
 pub use highwater_redis as redis;
+#[cfg(feature = "rocksdb")]
+pub use highwater_rocksdb as rocksdb;
 pub use highwater_wal as wal;
 
 pub use config::CheckpointConfig;
