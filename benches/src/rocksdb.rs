@@ -160,37 +160,62 @@ fn put_get(root: &Path, plan: &Plan) -> Result<((f64, f64), (f64, f64))> {
     let values: Vec<Vec<u8>> = (0..plan.keys as u64).map(|i| value(i, 0)).collect();
     let (mut put_hw, mut put_raw, mut get_hw, mut get_raw) = (vec![], vec![], vec![], vec![]);
     for round in 0..plan.rounds {
+        // Who goes first alternates: both see the same machine on average.
+        let hw_first = round % 2 == 0;
         let o = order(plan.keys, round as u64);
-        // highwater
         let hw = RocksDbBackend::with_config(config(&root.join("hw")))?;
-        let t = Instant::now();
-        for &i in &o {
-            hw.put(&keys[i as usize], &values[i as usize])?;
-        }
-        put_hw.push(plan.keys as f64 / t.elapsed().as_secs_f64());
-        // raw
         let (raw, w) = raw_db(&root.join("raw"))?;
-        let t = Instant::now();
-        for &i in &o {
-            raw.put_opt(&keys[i as usize], &values[i as usize], &w)?;
+        let put_hw_round = |out: &mut Vec<f64>| -> Result {
+            let t = Instant::now();
+            for &i in &o {
+                hw.put(&keys[i as usize], &values[i as usize])?;
+            }
+            out.push(plan.keys as f64 / t.elapsed().as_secs_f64());
+            Ok(())
+        };
+        let put_raw_round = |out: &mut Vec<f64>| -> Result {
+            let t = Instant::now();
+            for &i in &o {
+                raw.put_opt(&keys[i as usize], &values[i as usize], &w)?;
+            }
+            out.push(plan.keys as f64 / t.elapsed().as_secs_f64());
+            Ok(())
+        };
+        if hw_first {
+            put_hw_round(&mut put_hw)?;
+            put_raw_round(&mut put_raw)?;
+        } else {
+            put_raw_round(&mut put_raw)?;
+            put_hw_round(&mut put_hw)?;
         }
-        put_raw.push(plan.keys as f64 / t.elapsed().as_secs_f64());
 
         hw.flush()?;
         raw.flush()?;
         let o = order(plan.keys, 1000 + round as u64);
-        let t = Instant::now();
-        let mut found = 0usize;
-        for &i in &o {
-            found += usize::from(hw.get(&keys[i as usize])?.is_some());
-        }
-        get_hw.push(plan.keys as f64 / t.elapsed().as_secs_f64());
-        let t = Instant::now();
-        let mut found_raw = 0usize;
-        for &i in &o {
-            found_raw += usize::from(raw.get(&keys[i as usize])?.is_some());
-        }
-        get_raw.push(plan.keys as f64 / t.elapsed().as_secs_f64());
+        let get_hw_round = |out: &mut Vec<f64>| -> Result<usize> {
+            let t = Instant::now();
+            let mut found = 0usize;
+            for &i in &o {
+                found += usize::from(hw.get(&keys[i as usize])?.is_some());
+            }
+            out.push(plan.keys as f64 / t.elapsed().as_secs_f64());
+            Ok(found)
+        };
+        let get_raw_round = |out: &mut Vec<f64>| -> Result<usize> {
+            let t = Instant::now();
+            let mut found = 0usize;
+            for &i in &o {
+                found += usize::from(raw.get(&keys[i as usize])?.is_some());
+            }
+            out.push(plan.keys as f64 / t.elapsed().as_secs_f64());
+            Ok(found)
+        };
+        let (found, found_raw) = if hw_first {
+            (get_hw_round(&mut get_hw)?, get_raw_round(&mut get_raw)?)
+        } else {
+            let r = get_raw_round(&mut get_raw)?;
+            (get_hw_round(&mut get_hw)?, r)
+        };
         if found != plan.keys || found_raw != plan.keys {
             return Err(format!("gets found {found} and {found_raw} of {} keys", plan.keys).into());
         }

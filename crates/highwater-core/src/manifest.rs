@@ -516,7 +516,8 @@ mod tests {
         assert!(!sample().is_native());
         assert_eq!(Manifest::decode(&m.encode().unwrap()).unwrap(), m);
 
-        let broken: [(&str, fn(&mut Manifest)); 7] = [
+        type Break = (&'static str, fn(&mut Manifest));
+        let broken: [Break; 7] = [
             ("path in a name", |m| {
                 m.layers[0].artifacts[0].operator = "../x".into()
             }),

@@ -62,15 +62,14 @@ pub fn upload_native(
     let concurrency = concurrency.clamp(1, MAX_FILES_IN_FLIGHT);
     let mut out = NativeUpload::default();
     let mut in_flight = VecDeque::new();
-    let mut account =
-        |r: std::result::Result<Result<(PutOutcome, u64)>, tokio::task::JoinError>,
-         out: &mut NativeUpload| {
-            match r.map_err(|e| Error::Internal(format!("native upload task failed: {e}")))?? {
-                (PutOutcome::Written, n) => out.bytes_written += n,
-                (PutOutcome::AlreadyPresent, _) => out.reused += 1,
-            }
-            Ok::<_, Error>(())
-        };
+    let account = |r: std::result::Result<Result<(PutOutcome, u64)>, tokio::task::JoinError>,
+                   out: &mut NativeUpload| {
+        match r.map_err(|e| Error::Internal(format!("native upload task failed: {e}")))?? {
+            (PutOutcome::Written, n) => out.bytes_written += n,
+            (PutOutcome::AlreadyPresent, _) => out.reused += 1,
+        }
+        Ok::<_, Error>(())
+    };
     for file in &native.files {
         let path = native.dir.join(&file.name);
         let bytes = Bytes::from(

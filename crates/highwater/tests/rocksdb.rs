@@ -241,7 +241,8 @@ fn restore_latest_falls_back_past_a_checkpoint_with_a_missing_sst() {
         .join(highwater::cloud::layout::ARTIFACTS_DIR)
         .join(highwater::cloud::layout::artifact_name(victim.id));
     let mut bytes = std::fs::read(&path).unwrap();
-    bytes[bytes.len() / 2] ^= 0x40;
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
     std::fs::write(&path, bytes).unwrap();
     let err = m_fresh.restore(first.id).unwrap_err();
     assert!(err.is_corruption(), "{err}");
