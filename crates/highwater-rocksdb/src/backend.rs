@@ -14,6 +14,7 @@ use highwater_core::{
 use rocksdb::checkpoint::Checkpoint;
 use rocksdb::{BlockBasedOptions, Cache, DB, Options, ReadOptions, WriteOptions};
 
+use crate::changes::{ChangeLog, sorted_unique};
 use crate::config::{Compression, RocksDbConfig};
 use crate::metrics::{Counters, RocksDbMetrics};
 use crate::snapshot::{ChangesSnapshot, FullSnapshot, NativeSnapshot, Snap, take_snapshot};
@@ -23,7 +24,7 @@ use crate::snapshot::{ChangesSnapshot, FullSnapshot, NativeSnapshot, Snap, take_
 const FULL_PARTITIONS: usize = 8;
 /// Number of partitions of a changes snapshot.
 const CHANGES_PARTITIONS: usize = 4;
-/// Shards of the changed-key set (fewer lock collisions between writers).
+/// Shards of the changed-key log (fewer lock collisions between writers).
 const CHANGE_SHARDS: usize = 16;
 /// Entries per write batch during a restore.
 const RESTORE_BATCH: usize = 4096;
@@ -89,38 +90,6 @@ struct Live {
     generation: Arc<Generation>,
 }
 
-type ChangeSet = HashSet<Box<[u8]>, XxBuild>;
-
-/// Builds one-shot xxh3 hashers for the changed-key set: the keys are byte
-/// strings hashed whole, and SipHash would cost more than RocksDB's own
-/// memtable insert. Unseeded: the set never leaves the process.
-#[derive(Debug, Clone, Copy, Default)]
-struct XxBuild;
-
-impl std::hash::BuildHasher for XxBuild {
-    type Hasher = XxHasher;
-
-    fn build_hasher(&self) -> XxHasher {
-        XxHasher(0)
-    }
-}
-
-/// xxh3-64 over the bytes written; length prefixes are ignored because the
-/// key is hashed whole.
-struct XxHasher(u64);
-
-impl std::hash::Hasher for XxHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        self.0 = xxhash_rust::xxh3::xxh3_64_with_seed(bytes, self.0);
-    }
-
-    fn write_usize(&mut self, _len: usize) {}
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
 /// A [`StateBackend`] on RocksDB, for state larger than memory.
 ///
 /// - **Layout**: one column family; keys are highwater's encoded state keys,
@@ -148,7 +117,7 @@ pub struct RocksDbBackend {
     options: Options,
     write_options: WriteOptions,
     live: RwLock<Live>,
-    changed: Box<[Mutex<ChangeSet>]>,
+    changed: Box<[Mutex<ChangeLog>]>,
     next_dir: AtomicU64,
     counters: Counters,
 }
@@ -187,7 +156,7 @@ impl RocksDbBackend {
                 generation: Arc::new(generation),
             }),
             changed: (0..CHANGE_SHARDS)
-                .map(|_| Mutex::new(ChangeSet::default()))
+                .map(|_| Mutex::new(ChangeLog::default()))
                 .collect(),
             next_dir: AtomicU64::new(1),
             counters: Counters::default(),
@@ -222,38 +191,29 @@ impl RocksDbBackend {
         self.live.write().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn shard(&self, key: &[u8]) -> MutexGuard<'_, ChangeSet> {
-        // Another seed than the set's own hasher, so the keys of one shard
-        // still spread over all of its buckets.
-        let h = xxhash_rust::xxh3::xxh3_64_with_seed(key, 0x9e37_79b9_7f4a_7c15);
-        let i = (h as usize) % CHANGE_SHARDS;
+    fn shard(&self, key: &[u8]) -> MutexGuard<'_, ChangeLog> {
+        let i = (xxhash_rust::xxh3::xxh3_64(key) as usize) % CHANGE_SHARDS;
         self.changed[i]
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn mark(&self, key: &[u8]) {
-        let mut s = self.shard(key);
-        if !s.contains(key) {
-            s.insert(key.into());
-        }
+        self.shard(key).push(key);
     }
 
-    /// Takes every changed key, starting a new epoch. Called with the live
-    /// lock held exclusively.
-    fn take_changes(&self) -> Vec<Box<[u8]>> {
-        let mut keys = Vec::new();
-        for shard in self.changed.iter() {
-            let mut s = shard.lock().unwrap_or_else(PoisonError::into_inner);
-            keys.extend(std::mem::take(&mut *s));
-        }
-        keys.sort_unstable();
-        keys
+    /// Takes every shard's log of changed keys, starting a new epoch.
+    /// Called with the live lock held exclusively; O(shards).
+    fn take_changes(&self) -> Vec<Vec<u8>> {
+        self.changed
+            .iter()
+            .map(|shard| shard.lock().unwrap_or_else(PoisonError::into_inner).take())
+            .collect()
     }
 
     fn forget_changes(&self) {
         for shard in self.changed.iter() {
-            shard.lock().unwrap_or_else(PoisonError::into_inner).clear();
+            shard.lock().unwrap_or_else(PoisonError::into_inner).take();
         }
     }
 
@@ -635,20 +595,25 @@ impl StateBackend for RocksDbBackend {
         self.counters.snapshots.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let live = self.write();
-        let keys = self.take_changes();
+        let logs = self.take_changes();
         let snap: Snap = take_snapshot(live.generation.clone());
         drop(live);
+        let pause = started.elapsed();
         let out: Arc<dyn StateSnapshot> = match kind {
             SnapshotKind::Full => Arc::new(FullSnapshot::new(
                 snap,
                 self.config.max_parallelism,
                 FULL_PARTITIONS,
             )),
-            SnapshotKind::Changes => Arc::new(ChangesSnapshot::new(snap, keys, CHANGES_PARTITIONS)),
+            SnapshotKind::Changes => Arc::new(ChangesSnapshot::new(
+                snap,
+                sorted_unique(&logs),
+                CHANGES_PARTITIONS,
+            )),
         };
         tracing::debug!(
             ?kind,
-            pause_us = started.elapsed().as_micros() as u64,
+            pause_us = pause.as_micros() as u64,
             "rocksdb snapshot"
         );
         Ok(out)

@@ -24,6 +24,7 @@
 #![deny(missing_docs)]
 
 mod backend;
+mod changes;
 mod config;
 mod metrics;
 mod snapshot;
