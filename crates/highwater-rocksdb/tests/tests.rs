@@ -421,3 +421,58 @@ fn the_working_directory_is_wiped_on_open_and_invalid_configs_are_refused() {
         ));
     }
 }
+
+#[test]
+fn native_checkpoints_taken_while_writers_run_hold_whole_batches() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let b = Arc::new(open(&dir, "src"));
+    let stop = AtomicBool::new(false);
+    let key = |w: u8, which: &str| encode_key(u16::from(w) * 7, "op", which, &[w], b"", b"");
+    let counter = |v: Option<Vec<u8>>| -> u64 {
+        v.map(|v| u64::from_le_bytes(v[1..9].try_into().unwrap()))
+            .unwrap_or(0)
+    };
+    let mut checkpoints = Vec::new();
+    std::thread::scope(|s| {
+        for w in 0..2u8 {
+            let (b, stop) = (&b, &stop);
+            s.spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let v = plain_value(&n.to_le_bytes());
+                    let mut batch = WriteBatch::new();
+                    batch.put(key(w, "a"), v.clone()).put(key(w, "b"), v);
+                    b.write_batch(batch).unwrap();
+                }
+            });
+        }
+        for _ in 0..5 {
+            std::thread::sleep(Duration::from_millis(20));
+            let s = b.native_snapshot().unwrap().unwrap();
+            checkpoints.push(native_files(&*s));
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    let mut last = [0u64; 2];
+    for (i, files) in checkpoints.into_iter().enumerate() {
+        let r = open(&dir, &format!("restored-{i}"));
+        r.restore_native(&mut files.into_iter().map(Ok), None)
+            .unwrap();
+        for w in 0..2u8 {
+            let a = counter(r.get(&key(w, "a")).unwrap());
+            let bb = counter(r.get(&key(w, "b")).unwrap());
+            assert_eq!(a, bb, "checkpoint {i} writer {w}: a batch was split");
+            assert!(
+                a >= last[w as usize],
+                "checkpoint {i} writer {w}: went back in time"
+            );
+            last[w as usize] = a;
+        }
+    }
+    assert!(
+        last.iter().all(|&n| n > 0),
+        "writers made progress: {last:?}"
+    );
+}
