@@ -28,6 +28,11 @@
 //!   RocksDB). Baseline: copying the same files from the store's directory
 //!   into a fresh directory with an fsync per file.
 //!
+//! - `rocksdb_cf_per_operator_put`, `rocksdb_cf_per_operator_full_scan`:
+//!   the layout choice, on the raw crate: the same puts (keys of 4
+//!   operators) and a full scan with one column family per operator,
+//!   against one column family for everything (the backend's layout).
+//!
 //! Rounds alternate between highwater and the baseline so both see the same
 //! load from the rest of the (shared) machine; figures are medians.
 
@@ -122,6 +127,16 @@ fn config(path: &Path) -> RocksDbConfig {
 /// `RocksDbConfig` (minus highwater's TTL compaction filter, which costs
 /// nothing on writes and reads).
 fn raw_db(path: &Path) -> Result<(DB, WriteOptions)> {
+    let opts = raw_options(path);
+    let _ = std::fs::remove_dir_all(path);
+    let db = DB::open(&opts, path)?;
+    let mut w = WriteOptions::default();
+    w.disable_wal(true);
+    Ok((db, w))
+}
+
+/// The options of [`raw_db`].
+fn raw_options(path: &Path) -> Options {
     let c = config(path);
     let cache = Cache::new_lru_cache(c.block_cache_size);
     let mut table = BlockBasedOptions::default();
@@ -141,11 +156,83 @@ fn raw_db(path: &Path) -> Result<(DB, WriteOptions)> {
     opts.set_level_compaction_dynamic_level_bytes(true);
     opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
     opts.set_bottommost_compression_type(rocksdb::DBCompressionType::Lz4);
-    let _ = std::fs::remove_dir_all(path);
-    let db = DB::open(&opts, path)?;
-    let mut w = WriteOptions::default();
-    w.disable_wal(true);
-    Ok((db, w))
+    opts
+}
+
+/// Operators of the column-family experiment.
+const OPERATORS: usize = 4;
+
+/// The layout question of the issue, measured on the raw crate: the same
+/// puts (keys of 4 operators) and a full scan, with one column family (what
+/// the backend does) and with one column family per operator (what Flink
+/// does). Returns (one CF puts/s, per-operator puts/s, one CF scan s,
+/// per-operator scan s), medians.
+fn column_families(root: &Path, plan: &Plan) -> Result<(f64, f64, f64, f64)> {
+    let keys: Vec<Vec<u8>> = (0..plan.keys as u64).map(key).collect();
+    let values: Vec<Vec<u8>> = (0..plan.keys as u64).map(|i| value(i, 0)).collect();
+    let names: Vec<String> = (0..OPERATORS).map(|i| format!("op{i}")).collect();
+    let (mut one_put, mut many_put, mut one_scan, mut many_scan) = (vec![], vec![], vec![], vec![]);
+    for round in 0..plan.rounds {
+        let o = order(plan.keys, 500 + round as u64);
+        let (one, w) = raw_db(&root.join("one-cf"))?;
+        let t = Instant::now();
+        for &i in &o {
+            one.put_opt(&keys[i as usize], &values[i as usize], &w)?;
+        }
+        one_put.push(plan.keys as f64 / t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let mut it = one.raw_iterator();
+        it.seek_to_first();
+        let mut n = 0usize;
+        while it.valid() {
+            n += 1;
+            it.next();
+        }
+        one_scan.push(t.elapsed().as_secs_f64());
+        drop(it);
+        drop(one);
+
+        let path = root.join("cf-per-operator");
+        let _ = std::fs::remove_dir_all(&path);
+        let mut opts = raw_options(&path);
+        opts.create_missing_column_families(true);
+        let many = DB::open_cf(&opts, &path, &names)?;
+        let cfs: Vec<_> = names
+            .iter()
+            .map(|n| many.cf_handle(n).ok_or("column family missing"))
+            .collect::<std::result::Result<_, _>>()?;
+        let t = Instant::now();
+        for &i in &o {
+            // The operator decides the column family (here: index mod 4).
+            let cf = cfs[i as usize % OPERATORS];
+            many.put_cf_opt(cf, &keys[i as usize], &values[i as usize], &w)?;
+        }
+        many_put.push(plan.keys as f64 / t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let mut m = 0usize;
+        for cf in &cfs {
+            let mut it = many.raw_iterator_cf(*cf);
+            it.seek_to_first();
+            while it.valid() {
+                m += 1;
+                it.next();
+            }
+        }
+        many_scan.push(t.elapsed().as_secs_f64());
+        if n != plan.keys || m != plan.keys {
+            return Err(format!("scans saw {n} and {m} of {} keys", plan.keys).into());
+        }
+        drop(cfs);
+        drop(many);
+        let _ = std::fs::remove_dir_all(root.join("one-cf"));
+        let _ = std::fs::remove_dir_all(&path);
+    }
+    Ok((
+        median(&one_put),
+        median(&many_put),
+        median(&one_scan),
+        median(&many_scan),
+    ))
 }
 
 fn order(n: usize, seed: u64) -> Vec<u64> {
@@ -368,6 +455,25 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
         "raw rocksdb crate, same options",
         get_raw,
         true,
+    ));
+
+    println!("rocksdb: column family per operator vs one");
+    let (one_put, many_put, one_scan, many_scan) = column_families(&root, &plan)?;
+    metrics.push(Metric::versus(
+        "rocksdb_cf_per_operator_put",
+        many_put,
+        "ops/s",
+        "one column family (the backend's layout), raw crate",
+        one_put,
+        true,
+    ));
+    metrics.push(Metric::versus(
+        "rocksdb_cf_per_operator_full_scan",
+        many_scan * 1e3,
+        "ms",
+        "one column family (the backend's layout), raw crate",
+        one_scan * 1e3,
+        false,
     ));
 
     println!(
