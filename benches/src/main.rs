@@ -24,6 +24,7 @@ mod cloud;
 mod merge;
 mod raft;
 mod redis;
+mod rocksdb;
 mod state;
 mod util;
 mod wal;
@@ -51,6 +52,7 @@ const SUITES: &[Suite] = &[
     ("wal", wal::run),
     ("merge", merge::run),
     ("raft", raft::run),
+    ("rocksdb", rocksdb::run),
 ];
 
 /// What every suite is given.

@@ -70,6 +70,7 @@ pub fn results_dir(ws: &Workspace) -> PathBuf {
 /// Results of earlier runs of the same suites are removed first, so the
 /// report never mixes a fresh run with stale numbers.
 pub fn run_suite(ws: &Workspace, suite: &str, quick: bool) -> Result {
+    crate::prereqs::ensure()?;
     let valid = !suite.is_empty()
         && suite
             .chars()

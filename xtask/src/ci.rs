@@ -34,6 +34,8 @@ pub fn run_ci(ws: &Workspace) -> Result {
             bench::write_report(ws).map(|_| Outcome::Passed)
         }),
     ];
+    // libclang for librocksdb-sys, before the first step that builds.
+    crate::prereqs::ensure()?;
     let total = Instant::now();
     let mut timings: Vec<(&str, Duration, String)> = Vec::new();
     for (i, (name, step)) in steps.iter().enumerate() {

@@ -12,6 +12,7 @@ const DEFAULT_EVENTS: &str = "200000";
 /// `--events` there replace the defaults. Without `resume`, a directory left
 /// by an earlier run is removed first so the demo starts fresh.
 pub fn run_demo(ws: &Workspace, resume: bool, extra: &[String]) -> Result {
+    crate::prereqs::ensure()?;
     let default_dir = ws.target_dir.join("demo-data");
     let user_dir = flag_value(extra, "--dir").map(|d| ws.root.join(d));
     let dir = user_dir.clone().unwrap_or_else(|| default_dir.clone());

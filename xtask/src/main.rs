@@ -19,6 +19,7 @@
 mod bench;
 mod ci;
 mod demo;
+mod prereqs;
 mod services;
 mod testing;
 mod tidy;

@@ -570,7 +570,7 @@ fn stop_process(p: &Process) -> Result {
 }
 
 /// True when `program` is an executable file in a `PATH` directory.
-fn on_path(program: &str) -> bool {
+pub(crate) fn on_path(program: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|paths| {
         std::env::split_paths(&paths)
             .any(|d| std::fs::metadata(d.join(program)).is_ok_and(|m| m.is_file()))
@@ -578,7 +578,7 @@ fn on_path(program: &str) -> bool {
 }
 
 /// Installs Debian packages non-interactively (`apt-get update` first).
-fn apt_install(packages: &[&str]) -> Result {
+pub(crate) fn apt_install(packages: &[&str]) -> Result {
     let mut update = Command::new("apt-get");
     update
         .arg("update")

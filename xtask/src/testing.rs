@@ -13,6 +13,7 @@ use crate::util::{Result, Workspace, run};
 /// `extra` is appended to the main test command (a test-name filter,
 /// `--no-capture`, or anything else the runner accepts).
 pub fn run_all(ws: &Workspace, extra: &[String]) -> Result {
+    crate::prereqs::ensure()?;
     with_services(ws, |env| run_tests(ws, env, extra))
 }
 

@@ -46,6 +46,10 @@ pub struct DemoArgs {
     /// Redis server of `--backend redis`.
     #[arg(long)]
     redis_url: Option<String>,
+    /// Working directory of `--backend rocksdb` (default DIR/rocksdb);
+    /// wiped at start, live state comes from checkpoints.
+    #[arg(long)]
+    rocksdb_dir: Option<PathBuf>,
     /// Key namespace in Redis (state and checkpoints); object-store URLs use
     /// their prefix instead.
     #[arg(long, default_value = "highwater")]
@@ -171,7 +175,14 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
             ));
         }
     };
-    let backend = open_backend(args.backend, args.redis_url.as_deref(), &args.namespace)?;
+    let rocksdb_dir =
+        (args.rocksdb_dir.clone()).or_else(|| args.dir.as_ref().map(|d| d.join("rocksdb")));
+    let backend = open_backend(
+        args.backend,
+        args.redis_url.as_deref(),
+        &args.namespace,
+        rocksdb_dir.as_deref(),
+    )?;
     let wal_dir = match (&args.wal_dir, args.wal, &args.dir) {
         (Some(d), _, _) => Some(d.clone()),
         (None, true, Some(dir)) => Some(dir.join("wal")),

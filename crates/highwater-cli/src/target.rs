@@ -7,6 +7,7 @@ use std::sync::Arc;
 use highwater::cloud::ObjectCheckpointStore;
 use highwater::memory::MemoryBackend;
 use highwater::redis::{RedisBackend, RedisCheckpointStore, RedisEndpoint, RedisStoreConfig};
+use highwater::rocksdb::RocksDbBackend;
 use highwater::{CheckpointStore, Error, Result, StateBackend};
 
 /// True when `spec` names a Redis server rather than a directory.
@@ -55,13 +56,18 @@ pub enum BackendKind {
     Memory,
     /// Redis (needs --redis-url).
     Redis,
+    /// RocksDB in a local working directory (--rocksdb-dir, or DIR/rocksdb),
+    /// with native checkpoints: SST files uploaded once and shared.
+    Rocksdb,
 }
 
-/// Opens the backend; Redis keys live under `namespace`.
+/// Opens the backend; Redis keys live under `namespace`; RocksDB works in
+/// `rocksdb_dir` (wiped first: live state comes from checkpoints).
 pub fn open_backend(
     kind: BackendKind,
     redis_url: Option<&str>,
     namespace: &str,
+    rocksdb_dir: Option<&Path>,
 ) -> Result<Arc<dyn StateBackend>> {
     match kind {
         BackendKind::Memory => Ok(Arc::new(MemoryBackend::new())),
@@ -72,6 +78,14 @@ pub fn open_backend(
                 )
             })?;
             Ok(Arc::new(RedisBackend::open(url, namespace)?))
+        }
+        BackendKind::Rocksdb => {
+            let dir = rocksdb_dir.ok_or_else(|| {
+                Error::InvalidArgument(
+                    "--backend rocksdb needs --rocksdb-dir DIR (or --dir)".into(),
+                )
+            })?;
+            Ok(Arc::new(RocksDbBackend::open(dir)?))
         }
     }
 }

@@ -1,9 +1,13 @@
 //! The synchronous state backend trait: where live keyed state is read and
 //! written on the hot path.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::error::Result;
+use bytes::Bytes;
+
+use crate::error::{Error, Result};
+use crate::keygroup::KeyGroupRange;
 
 /// One change in a [`WriteBatch`] or a change snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,7 +118,48 @@ pub trait StateSnapshot: Send + Sync {
 
     /// Approximate number of entries, for sizing buffers and progress.
     fn approximate_entries(&self) -> usize;
+
+    /// The backend's own checkpoint files when this snapshot is a native
+    /// checkpoint (see [`StateBackend::native_snapshot`]); `None` for
+    /// ordinary snapshots.
+    fn native(&self) -> Option<&NativeCheckpoint> {
+        None
+    }
 }
+
+/// One file of a [`NativeCheckpoint`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NativeFile {
+    /// File name inside the checkpoint directory (no directory part).
+    pub name: String,
+    /// Length in bytes.
+    pub len: u64,
+    /// Entries the file holds, when the backend knows (SST files); 0
+    /// otherwise.
+    pub entries: u64,
+}
+
+/// A checkpoint a backend wrote in its own file format (RocksDB: hard links
+/// of its immutable SST files plus copies of its small metadata files).
+///
+/// The checkpointer uploads the files as content-addressed artifacts, so
+/// files already stored by an earlier checkpoint are not uploaded again.
+/// The directory belongs to the snapshot that carries it and is removed
+/// when that snapshot is dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NativeCheckpoint {
+    /// The backend's name ([`StateBackend::name`]); a native checkpoint is
+    /// restored only by the same kind of backend.
+    pub format: &'static str,
+    /// Directory holding the files.
+    pub dir: PathBuf,
+    /// Every file of the checkpoint.
+    pub files: Vec<NativeFile>,
+}
+
+/// The files of a native checkpoint being restored: names and contents,
+/// each already checked against its content address.
+pub type NativeFiles<'a> = dyn Iterator<Item = Result<(String, Bytes)>> + 'a;
 
 /// Size statistics of a backend.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -174,4 +219,30 @@ pub trait StateBackend: Send + Sync + 'static {
 
     /// Size statistics.
     fn stats(&self) -> BackendStats;
+
+    /// Takes a native checkpoint if the backend writes them (RocksDB), else
+    /// returns `Ok(None)` (the default). Like [`snapshot`](Self::snapshot)
+    /// with [`SnapshotKind::Full`] it starts a new change-tracking epoch;
+    /// the returned snapshot also answers
+    /// [`StateSnapshot::native`] with its files.
+    fn native_snapshot(&self) -> Result<Option<Arc<dyn StateSnapshot>>> {
+        Ok(None)
+    }
+
+    /// Replaces all state with the native checkpoint whose files `files`
+    /// yields, keeping only the key groups in `keep` (all when `None`;
+    /// a narrower range is a rescaling restore), and starts a new
+    /// change-tracking epoch. The default refuses: only a backend that
+    /// writes native checkpoints can open them.
+    fn restore_native(
+        &self,
+        files: &mut NativeFiles<'_>,
+        keep: Option<KeyGroupRange>,
+    ) -> Result<()> {
+        let _ = (files, keep);
+        Err(Error::InvalidArgument(format!(
+            "backend {} cannot restore native checkpoints",
+            self.name()
+        )))
+    }
 }

@@ -30,7 +30,8 @@ pub mod store;
 pub mod ttl;
 
 pub use backend::{
-    BackendStats, EntryVisitor, Mutation, SnapshotKind, StateBackend, StateSnapshot, WriteBatch,
+    BackendStats, EntryVisitor, Mutation, NativeCheckpoint, NativeFile, NativeFiles, SnapshotKind,
+    StateBackend, StateSnapshot, WriteBatch,
 };
 pub use codec::{
     ArtifactKind, Codec, DecodeLimits, DecodedArtifact, EncodeOptions, EncodedArtifact, KeyForm,
@@ -41,6 +42,7 @@ pub use key::StateKey;
 pub use keygroup::{DEFAULT_MAX_PARALLELISM, KeyGroup, KeyGroupRange, key_group_for};
 pub use manifest::{
     ArtifactId, ArtifactRef, CheckpointId, CheckpointKind, Layer, LayerKind, Manifest,
+    valid_native_file_name,
 };
 pub use read::{RecordVisitor, Records, decode_checked, load_manifest, visit_checked};
 pub use retry::RetryPolicy;

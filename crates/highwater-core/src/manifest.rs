@@ -117,6 +117,28 @@ pub enum LayerKind {
     Full,
     /// Puts and deletes relative to the previous layer.
     Delta,
+    /// The files of a backend's native checkpoint (RocksDB SST, MANIFEST,
+    /// OPTIONS and CURRENT files), restored by opening them rather than by
+    /// decoding records. A native layer is the only layer of a
+    /// [`CheckpointKind::Full`] checkpoint; each artifact is one file, its
+    /// [`ArtifactRef::operator`] holds the file's name (see
+    /// [`valid_native_file_name`]), its codec is [`Codec::Raw`] and its
+    /// key groups are those of the whole job. Appended last, so manifests
+    /// written before it still decode.
+    Native,
+}
+
+/// True when `name` is acceptable as the file name of a native layer's
+/// artifact: 1 to 255 bytes of ASCII letters, digits, `.`, `-` and `_`,
+/// not `.` or `..`. Anything else could escape the restore directory.
+pub fn valid_native_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
 }
 
 /// A reference from a manifest to one stored artifact.
@@ -177,6 +199,14 @@ impl Manifest {
         self.layers.iter().flat_map(|l| l.artifacts.iter())
     }
 
+    /// True when the checkpoint is a backend's native checkpoint (its only
+    /// layer is [`LayerKind::Native`]).
+    pub fn is_native(&self) -> bool {
+        self.layers
+            .first()
+            .is_some_and(|l| l.kind == LayerKind::Native)
+    }
+
     /// Artifacts written by this checkpoint itself (its last layer).
     pub fn own_artifacts(&self) -> &[ArtifactRef] {
         self.layers
@@ -210,6 +240,9 @@ impl Manifest {
         let Some(first) = self.layers.first() else {
             return bad(format!("no layers: checkpoint={}", self.checkpoint_id));
         };
+        if first.kind == LayerKind::Native {
+            return self.validate_native();
+        }
         if first.kind != LayerKind::Full {
             return bad(format!(
                 "first layer is not full: checkpoint={}",
@@ -250,6 +283,56 @@ impl Manifest {
                 "last layer is not this checkpoint's: checkpoint={}",
                 self.checkpoint_id
             ));
+        }
+        Ok(())
+    }
+
+    /// The invariants of a native checkpoint: one layer, this checkpoint's,
+    /// of a full checkpoint; every artifact a raw file with a safe, unique
+    /// name covering the job's key groups.
+    fn validate_native(&self) -> Result<()> {
+        let bad = |detail: String| Err(Error::corrupt("manifest", detail));
+        let id = self.checkpoint_id;
+        if self.kind != CheckpointKind::Full || self.layers.len() != 1 {
+            return bad(format!(
+                "a native layer must be the only layer of a full checkpoint: checkpoint={id} kind={} layers={}",
+                self.kind,
+                self.layers.len()
+            ));
+        }
+        let layer = &self.layers[0];
+        if layer.checkpoint_id != id {
+            return bad(format!(
+                "native layer written by another checkpoint: checkpoint={id} layer={}",
+                layer.checkpoint_id
+            ));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for a in &layer.artifacts {
+            if !valid_native_file_name(&a.operator) {
+                return bad(format!(
+                    "native file name is not a plain file name: checkpoint={id} name={:?}",
+                    a.operator
+                ));
+            }
+            if !names.insert(a.operator.as_str()) {
+                return bad(format!(
+                    "native file named twice: checkpoint={id} name={}",
+                    a.operator
+                ));
+            }
+            if a.codec != Codec::Raw || a.stored_bytes != a.logical_bytes {
+                return bad(format!(
+                    "native file must be stored raw: checkpoint={id} name={} codec={:?} stored={} logical={}",
+                    a.operator, a.codec, a.stored_bytes, a.logical_bytes
+                ));
+            }
+            if a.key_groups != KeyGroupRange::all(self.max_parallelism) {
+                return bad(format!(
+                    "native file must cover every key group: checkpoint={id} name={} range={}",
+                    a.operator, a.key_groups
+                ));
+            }
         }
         Ok(())
     }
@@ -397,6 +480,105 @@ mod tests {
         let enc = sample().encode().unwrap();
         for len in 0..enc.len() {
             assert!(Manifest::decode(&enc[..len]).unwrap_err().is_corruption());
+        }
+    }
+
+    fn native_sample() -> Manifest {
+        let file = |name: &str, id: u128| ArtifactRef {
+            operator: name.into(),
+            key_groups: KeyGroupRange::all(128),
+            id: ArtifactId(id),
+            entries: 3,
+            logical_bytes: 10,
+            stored_bytes: 10,
+            codec: Codec::Raw,
+        };
+        Manifest {
+            checkpoint_id: CheckpointId(4),
+            parent: None,
+            kind: CheckpointKind::Full,
+            created_at_ms: 1,
+            wal_position: None,
+            max_parallelism: 128,
+            layers: vec![Layer {
+                checkpoint_id: CheckpointId(4),
+                kind: LayerKind::Native,
+                artifacts: vec![file("000009.sst", 1), file("CURRENT", 2)],
+            }],
+            properties: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn a_native_manifest_round_trips_and_its_invariants_are_checked() {
+        let m = native_sample();
+        assert!(m.is_native());
+        assert!(!sample().is_native());
+        assert_eq!(Manifest::decode(&m.encode().unwrap()).unwrap(), m);
+
+        type Break = (&'static str, fn(&mut Manifest));
+        let broken: [Break; 7] = [
+            ("path in a name", |m| {
+                m.layers[0].artifacts[0].operator = "../x".into()
+            }),
+            ("empty name", |m| {
+                m.layers[0].artifacts[0].operator = String::new()
+            }),
+            ("duplicate name", |m| {
+                m.layers[0].artifacts[1].operator = "000009.sst".into()
+            }),
+            ("compressed file", |m| {
+                m.layers[0].artifacts[0].codec = Codec::Zstd
+            }),
+            ("partial key groups", |m| {
+                m.layers[0].artifacts[0].key_groups.end = 64
+            }),
+            ("incremental kind", |m| m.kind = CheckpointKind::Incremental),
+            ("a delta after it", |m| {
+                m.layers.push(Layer {
+                    checkpoint_id: CheckpointId(5),
+                    kind: LayerKind::Delta,
+                    artifacts: vec![],
+                });
+                m.checkpoint_id = CheckpointId(5);
+            }),
+        ];
+        for (what, f) in broken {
+            let mut m = native_sample();
+            f(&mut m);
+            let err = m.validate().expect_err(what);
+            assert!(err.is_corruption(), "{what}: {err}");
+        }
+        // A native layer after a full base is rejected too.
+        let mut m = sample();
+        m.layers[1].kind = LayerKind::Native;
+        assert!(m.validate().unwrap_err().is_corruption());
+    }
+
+    #[test]
+    fn native_file_names_are_plain() {
+        for ok in [
+            "000012.sst",
+            "MANIFEST-000005",
+            "OPTIONS-000007",
+            "CURRENT",
+            "a_b",
+        ] {
+            assert!(valid_native_file_name(ok), "{ok}");
+        }
+        let long = "x".repeat(256);
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "/etc",
+            "a\\b",
+            "a b",
+            "\0",
+            long.as_str(),
+        ] {
+            assert!(!valid_native_file_name(bad), "{bad:?}");
         }
     }
 

@@ -86,14 +86,21 @@ pub fn visit_checked(
             format!("checkpoint={checkpoint} artifact={}: {detail}", r.id),
         )
     };
+    let expected = match layer {
+        LayerKind::Full => ArtifactKind::Entries,
+        LayerKind::Delta => ArtifactKind::Delta,
+        LayerKind::Native => {
+            // SST and metadata files of a backend: only that backend opens them.
+            return Err(Error::InvalidArgument(format!(
+                "checkpoint={checkpoint} artifact={} is a file of a native checkpoint ({}); restore it with the backend that wrote it, records cannot be decoded from it",
+                r.id, r.operator
+            )));
+        }
+    };
     let decoded = decode_artifact(bytes, limits).map_err(|e| match e {
         Error::Corrupt { detail, .. } => ctx(detail),
         other => other,
     })?;
-    let expected = match layer {
-        LayerKind::Full => ArtifactKind::Entries,
-        LayerKind::Delta => ArtifactKind::Delta,
-    };
     if decoded.header.kind != expected {
         return Err(ctx(format!(
             "artifact kind {:?} in a {:?} layer",
@@ -158,4 +165,35 @@ pub fn visit_checked(
         n += 1;
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::Codec;
+    use crate::keygroup::KeyGroupRange;
+    use crate::manifest::ArtifactId;
+
+    #[test]
+    fn a_native_layer_is_refused_with_a_typed_error_before_decoding() {
+        let r = ArtifactRef {
+            operator: "000007.sst".into(),
+            key_groups: KeyGroupRange::all(128),
+            id: ArtifactId::of(b"sst bytes"),
+            entries: 0,
+            logical_bytes: 9,
+            stored_bytes: 9,
+            codec: Codec::Raw,
+        };
+        let err = decode_checked(
+            CheckpointId(3),
+            LayerKind::Native,
+            &r,
+            b"sst bytes",
+            &DecodeLimits::default(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+        assert!(err.to_string().contains("000007.sst"), "{err}");
+    }
 }

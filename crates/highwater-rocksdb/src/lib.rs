@@ -1,1 +1,34 @@
-//! RocksDB state backend for highwater.
+//! # highwater-rocksdb
+//!
+//! A [`StateBackend`](highwater_core::StateBackend) on RocksDB, for keyed
+//! state larger than memory, with native incremental checkpoints.
+//!
+//! - Keys are highwater's encoded state keys, key group first (big-endian):
+//!   one column family holds all state and a key-group range is one
+//!   contiguous key range, so a rescaling restore deletes two ranges.
+//! - [`RocksDbConfig`] tunes memtables, block cache, bloom filters,
+//!   compression, statistics and TTL.
+//! - Entries whose TTL envelope ([`highwater_core::ttl`]) expired are
+//!   dropped by a compaction filter; the typed state handles never return
+//!   them before that.
+//! - [`StateBackend::native_snapshot`](highwater_core::StateBackend::native_snapshot)
+//!   takes a RocksDB checkpoint (hard links to immutable SST files); the
+//!   checkpointer (`highwater::native`) uploads only the files the store
+//!   does not hold yet, and a restore fetches the files and opens them
+//!   instead of replaying every key.
+//! - [`RocksDbBackend::metrics`] reports operation counters and RocksDB
+//!   properties (estimated keys, memtable sizes, block cache usage).
+//!
+//! See `docs/rocksdb.md` for the design and the measured costs.
+
+#![deny(missing_docs)]
+
+mod backend;
+mod changes;
+mod config;
+mod metrics;
+mod snapshot;
+
+pub use backend::RocksDbBackend;
+pub use config::{Compression, RocksDbConfig, TtlOptions};
+pub use metrics::{OpCounters, RocksDbMetrics};

@@ -19,6 +19,7 @@
 //! | (always) | [`wal`] | write-ahead log of state changes (replayed on restore) |
 //! | `redis` | `redis` | Redis state backend and checkpoint store, standalone and cluster |
 //! | `raft` | `raft` | Raft-coordinated distributed checkpoints (openraft): ledger, coordinator |
+//! | `rocksdb` | `rocksdb` | RocksDB state backend with native incremental checkpoints ([`native`]) |
 //!
 //! See [`StateManager`] for an example.
 
@@ -27,6 +28,7 @@
 mod config;
 mod logged;
 mod manager;
+pub mod native;
 mod restore;
 mod retention;
 mod verify;
@@ -41,6 +43,8 @@ pub use highwater_merge as merge;
 pub use highwater_raft as raft;
 #[cfg(feature = "redis")]
 pub use highwater_redis as redis;
+#[cfg(feature = "rocksdb")]
+pub use highwater_rocksdb as rocksdb;
 pub use highwater_wal as wal;
 
 pub use config::CheckpointConfig;

@@ -584,7 +584,12 @@ impl StateManager {
                 let (s, lsn) = logged.snapshot_at(snapshot_kind)?;
                 (s, Some(lsn))
             }
-            None => (self.inner.backend.snapshot(snapshot_kind)?, None),
+            // A backend with native checkpoints (RocksDB) hands over its
+            // own files instead; they become a full manifest (native.rs).
+            None => match self.inner.backend.native_snapshot()? {
+                Some(native) => (native, None),
+                None => (self.inner.backend.snapshot(snapshot_kind)?, None),
+            },
         };
         let snapshot_pause = started.elapsed();
         let id = t.next_id;
@@ -763,6 +768,24 @@ impl StateManager {
                 "checkpoint {id} was written with max_parallelism={} but this job uses {}",
                 manifest.max_parallelism, self.inner.config.max_parallelism
             )));
+        }
+        // Native checkpoints (RocksDB files) are opened by the backend, not
+        // decoded and replayed (native.rs).
+        if manifest.is_native() {
+            let backend = &*self.inner.backend;
+            let info = crate::native::restore_for_manager(
+                &self.inner.handle,
+                &store,
+                backend,
+                &manifest,
+                concurrency,
+                started,
+            )?;
+            if t.next_id <= id {
+                t.next_id = id.next();
+            }
+            t.base = Some(Arc::new(manifest));
+            return Ok(info);
         }
         let manifest = Arc::new(manifest);
         let loaded = self
@@ -968,6 +991,22 @@ fn spawn_merge(inner: &Arc<Inner>, base: Arc<Manifest>) {
 /// worker thread (never on a runtime thread, so blocking here is fine).
 fn run_checkpoint(inner: &Inner, job: Job) -> Result<(Arc<Manifest>, CheckpointInfo)> {
     let cfg = &inner.config;
+    // Native snapshots upload the backend's files instead of encoding
+    // entries (native.rs).
+    if job.snapshot.native().is_some() {
+        let native = crate::native::NativeJob {
+            handle: &inner.handle,
+            store: &inner.store,
+            config: cfg,
+            properties: &inner.properties,
+            id: job.id,
+            created_at_ms: job.created_at_ms,
+            wal_position: job.wal_position,
+            started: job.started,
+            snapshot_pause: job.snapshot_pause,
+        };
+        return crate::native::run_checkpoint(native, job.snapshot);
+    }
     let params = EncodeParams {
         max_parallelism: cfg.max_parallelism,
         key_groups_per_artifact: cfg.key_groups_per_artifact,

@@ -84,6 +84,7 @@ fn layer(store: &Store, id: u64, kind: LayerKind, writes: &Writes, cfg: &MergerC
         let kind = match kind {
             LayerKind::Full => ArtifactKind::Entries,
             LayerKind::Delta => ArtifactKind::Delta,
+            LayerKind::Native => panic!("the model writes encoded layers only"),
         };
         artifacts.extend(encode_group(OP, range, kind, &borrowed, cfg, &store.sink()).unwrap());
     }

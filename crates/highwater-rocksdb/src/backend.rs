@@ -1,0 +1,797 @@
+//! The RocksDB state backend.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Instant;
+
+use highwater_core::ttl::Envelope;
+use highwater_core::{
+    BackendStats, Error, KeyGroupRange, Mutation, NativeCheckpoint, NativeFile, NativeFiles,
+    Result, SnapshotKind, StateBackend, StateSnapshot, WriteBatch, valid_native_file_name,
+};
+use rocksdb::checkpoint::Checkpoint;
+use rocksdb::{BlockBasedOptions, Cache, DB, Options, ReadOptions, WriteOptions};
+
+use crate::changes::{ChangeLog, sorted_unique};
+use crate::config::{Compression, RocksDbConfig};
+use crate::metrics::{Counters, RocksDbMetrics};
+use crate::snapshot::{ChangesSnapshot, FullSnapshot, NativeSnapshot, Snap, take_snapshot};
+
+/// Number of partitions of a full snapshot (key-group ranges read in
+/// parallel by the checkpoint encoder).
+const FULL_PARTITIONS: usize = 8;
+/// Number of partitions of a changes snapshot.
+const CHANGES_PARTITIONS: usize = 4;
+/// Shards of the changed-key log (fewer lock collisions between writers).
+const CHANGE_SHARDS: usize = 16;
+/// Entries per write batch during a restore.
+const RESTORE_BATCH: usize = 4096;
+/// Every key starting with these bytes is above any key group (key groups
+/// are below 2^15), so `[.., FAR)` ranges plus a scan from `FAR` reach
+/// every byte string.
+pub(crate) const FAR: &[u8] = &[0xff, 0xff, 0xff, 0xff];
+
+/// Wraps a RocksDB error with what the backend was doing.
+#[derive(Debug)]
+pub(crate) struct RocksError {
+    op: String,
+    source: rocksdb::Error,
+}
+
+impl std::fmt::Display for RocksError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.op, self.source)
+    }
+}
+
+impl std::error::Error for RocksError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+/// Converts a RocksDB error into a backend error naming the operation.
+pub(crate) fn rocks(op: impl Into<String>) -> impl FnOnce(rocksdb::Error) -> Error {
+    move |source| Error::Backend {
+        backend: "rocksdb",
+        source: Box::new(RocksError {
+            op: op.into(),
+            source,
+        }),
+    }
+}
+
+/// Removes a directory of the backend's working path when dropped.
+#[derive(Debug)]
+pub(crate) struct DirGuard(pub(crate) PathBuf);
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %self.0.display(), error = %e, "could not remove a rocksdb working directory");
+        }
+    }
+}
+
+/// One open database. `clear`, `restore` and `restore_native` open a new
+/// generation and swap it in; the old one closes (and its directory is
+/// removed) when the last snapshot reading it is dropped.
+pub(crate) struct Generation {
+    // Field order matters: the database closes before its directory goes.
+    pub(crate) db: DB,
+    _dir: DirGuard,
+}
+
+struct Live {
+    generation: Arc<Generation>,
+}
+
+/// A [`StateBackend`] on RocksDB, for state larger than memory.
+///
+/// - **Layout**: one column family; keys are highwater's encoded state keys,
+///   whose first two bytes are the key group (big-endian), so a key-group
+///   range is one contiguous key range (rescaling deletes whole ranges) and
+///   one operator's state for a key group is one contiguous prefix.
+/// - **Snapshots**: a full snapshot is a RocksDB snapshot (a sequence
+///   number; no copy, no flush); a changes snapshot is the set of keys
+///   written since the previous snapshot plus a RocksDB snapshot to read
+///   their values from. A snapshot keeps its database open and readable
+///   after the backend is dropped.
+/// - **Native checkpoints**: [`native_snapshot`](StateBackend::native_snapshot)
+///   writes a RocksDB checkpoint (hard links to the immutable SST files and
+///   copies of MANIFEST, OPTIONS and CURRENT) for the checkpointer to
+///   upload; files already stored are not uploaded again.
+/// - **TTL**: a compaction filter drops entries whose envelope has expired.
+///
+/// Writers hold a shared lock while they write and record the key; a
+/// snapshot holds it exclusively only while it swaps the changed-key set and
+/// takes the RocksDB snapshot (microseconds), so a snapshot sees each batch
+/// entirely or not at all.
+pub struct RocksDbBackend {
+    config: RocksDbConfig,
+    cache: Cache,
+    options: Options,
+    write_options: WriteOptions,
+    live: RwLock<Live>,
+    changed: Box<[Mutex<ChangeLog>]>,
+    next_dir: AtomicU64,
+    counters: Counters,
+}
+
+impl std::fmt::Debug for RocksDbBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RocksDbBackend")
+            .field("path", &self.config.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RocksDbBackend {
+    /// Opens a backend with the default configuration in `path`, which is
+    /// wiped first (see [`RocksDbConfig::path`]).
+    pub fn open(path: impl Into<PathBuf>) -> Result<Self> {
+        Self::with_config(RocksDbConfig::new(path))
+    }
+
+    /// Opens a backend with `config`. Anything under `config.path` is
+    /// removed first: live state comes from checkpoints.
+    pub fn with_config(config: RocksDbConfig) -> Result<Self> {
+        config.validate()?;
+        let root = &config.path;
+        prepare_working_dir(root)?;
+        let cache = Cache::new_lru_cache(config.block_cache_size);
+        let mut write_options = WriteOptions::default();
+        write_options.disable_wal(!config.rocksdb_wal);
+        let options = db_options(&config, &cache);
+        let generation = open_generation(root.join("db-000000"), &options)?;
+        let backend = RocksDbBackend {
+            cache,
+            options,
+            write_options,
+            live: RwLock::new(Live {
+                generation: Arc::new(generation),
+            }),
+            changed: (0..CHANGE_SHARDS)
+                .map(|_| Mutex::new(ChangeLog::default()))
+                .collect(),
+            next_dir: AtomicU64::new(1),
+            counters: Counters::default(),
+            config,
+        };
+        tracing::info!(path = %backend.config.path.display(), "rocksdb backend opened");
+        Ok(backend)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RocksDbConfig {
+        &self.config
+    }
+
+    fn fresh_dir(&self, prefix: &str) -> PathBuf {
+        let n = self.next_dir.fetch_add(1, Ordering::Relaxed);
+        self.config.path.join(format!("{prefix}-{n:06}"))
+    }
+
+    /// Opens an empty database in a new directory.
+    fn new_generation(&self) -> Result<Generation> {
+        open_generation(self.fresh_dir("db"), &self.options)
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Live> {
+        // A panic while holding the lock cannot leave a half-swapped
+        // generation: the swap is one assignment.
+        self.live.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Live> {
+        self.live.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn shard(&self, key: &[u8]) -> MutexGuard<'_, ChangeLog> {
+        let i = (xxhash_rust::xxh3::xxh3_64(key) as usize) % CHANGE_SHARDS;
+        self.changed[i]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn mark(&self, key: &[u8]) {
+        self.shard(key).push(key);
+    }
+
+    /// Takes every shard's log of changed keys, starting a new epoch.
+    /// Called with the live lock held exclusively; O(shards).
+    fn take_changes(&self) -> Vec<Vec<u8>> {
+        self.changed
+            .iter()
+            .map(|shard| shard.lock().unwrap_or_else(PoisonError::into_inner).take())
+            .collect()
+    }
+
+    fn forget_changes(&self) {
+        for shard in self.changed.iter() {
+            shard.lock().unwrap_or_else(PoisonError::into_inner).take();
+        }
+    }
+
+    /// Swaps in `generation` and starts a new epoch; the old generation
+    /// closes when its last snapshot goes.
+    fn install(&self, generation: Generation) {
+        let mut live = self.write();
+        live.generation = Arc::new(generation);
+        self.forget_changes();
+    }
+
+    /// Stamps the default TTL on a plain-envelope value, if configured.
+    fn stamp<'v>(&self, value: &'v [u8], buf: &'v mut Vec<u8>) -> &'v [u8] {
+        let Some(ttl) = self.config.ttl.default_ttl else {
+            return value;
+        };
+        match Envelope::decode(value) {
+            Ok(e) if e.expires_at_ms.is_none() => {
+                let at = self
+                    .config
+                    .clock
+                    .now_ms()
+                    .saturating_add(ttl.as_millis() as u64);
+                buf.clear();
+                Envelope::encode_into(Some(at), e.payload, buf);
+                buf
+            }
+            _ => value,
+        }
+    }
+
+    fn scan(&self, lower: &[u8], upper: Option<&[u8]>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.counters.scans.fetch_add(1, Ordering::Relaxed);
+        let live = self.read();
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_lower_bound(lower.to_vec());
+        if let Some(u) = upper {
+            ro.set_iterate_upper_bound(u.to_vec());
+        }
+        let mut it = live.generation.db.raw_iterator_opt(ro);
+        it.seek(lower);
+        let mut out = Vec::new();
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            out.push((k.to_vec(), v.to_vec()));
+            it.next();
+        }
+        it.status().map_err(rocks("scan"))?;
+        Ok(out)
+    }
+
+    /// Operation counters and RocksDB's properties (estimated keys, memtable
+    /// sizes, block cache usage, SST sizes), also logged at debug level
+    /// through `tracing`.
+    pub fn metrics(&self) -> RocksDbMetrics {
+        let live = self.read();
+        let db = &live.generation.db;
+        let prop = |name: &rocksdb::properties::PropName| {
+            db.property_int_value(name)
+                .ok()
+                .flatten()
+                .unwrap_or_default()
+        };
+        use rocksdb::properties as p;
+        let m = RocksDbMetrics {
+            counters: self.counters.snapshot(),
+            estimate_num_keys: prop(p::ESTIMATE_NUM_KEYS),
+            active_memtable_bytes: prop(p::CUR_SIZE_ACTIVE_MEM_TABLE),
+            all_memtables_bytes: prop(p::SIZE_ALL_MEM_TABLES),
+            block_cache_usage: self.cache.get_usage() as u64,
+            block_cache_pinned_usage: self.cache.get_pinned_usage() as u64,
+            live_sst_bytes: prop(p::LIVE_SST_FILES_SIZE),
+            estimate_live_data_bytes: prop(p::ESTIMATE_LIVE_DATA_SIZE),
+            pending_compaction_bytes: prop(p::ESTIMATE_PENDING_COMPACTION_BYTES),
+            running_compactions: prop(p::NUM_RUNNING_COMPACTIONS),
+            snapshots: prop(p::NUM_SNAPSHOTS),
+        };
+        tracing::debug!(
+            gets = m.counters.gets,
+            puts = m.counters.puts,
+            deletes = m.counters.deletes,
+            estimate_num_keys = m.estimate_num_keys,
+            memtables = m.all_memtables_bytes,
+            block_cache = m.block_cache_usage,
+            live_sst = m.live_sst_bytes,
+            "rocksdb metrics"
+        );
+        m
+    }
+
+    /// RocksDB's statistics dump (tickers such as
+    /// `rocksdb.block.cache.miss` and histograms), when
+    /// [`RocksDbConfig::statistics`] is on.
+    pub fn statistics(&self) -> Option<String> {
+        if !self.config.statistics {
+            return None;
+        }
+        self.options.get_statistics()
+    }
+
+    /// Compacts the whole database now: merges SST files and runs the TTL
+    /// compaction filter over every entry. RocksDB compacts on its own;
+    /// this is for tests, benchmarks and maintenance windows.
+    pub fn compact(&self) -> Result<()> {
+        let generation = self.read().generation.clone();
+        generation
+            .db
+            .flush()
+            .map_err(rocks("flush before compaction"))?;
+        let mut opts = rocksdb::CompactOptions::default();
+        opts.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+        generation
+            .db
+            .compact_range_opt(None::<&[u8]>, None::<&[u8]>, &opts);
+        Ok(())
+    }
+
+    /// Flushes the memtables to SST files.
+    pub fn flush(&self) -> Result<()> {
+        let generation = self.read().generation.clone();
+        generation.db.flush().map_err(rocks("flush"))
+    }
+
+    /// Names and sizes of the live SST files (for tests and tools).
+    pub fn live_sst_files(&self) -> Result<Vec<(String, u64)>> {
+        let generation = self.read().generation.clone();
+        let files = generation
+            .db
+            .live_files()
+            .map_err(rocks("list live files"))?;
+        Ok(files
+            .into_iter()
+            .map(|f| (f.name.trim_start_matches('/').to_string(), f.size as u64))
+            .collect())
+    }
+
+    fn write_restore_files(&self, dir: &Path, files: &mut NativeFiles<'_>) -> Result<u64> {
+        let mut bytes = 0u64;
+        let mut names = HashSet::new();
+        for f in files {
+            let (name, data) = f?;
+            if !valid_native_file_name(&name) {
+                return Err(Error::corrupt(
+                    "native checkpoint",
+                    format!("file name is not a plain file name: {name:?}"),
+                ));
+            }
+            if !names.insert(name.clone()) {
+                return Err(Error::corrupt(
+                    "native checkpoint",
+                    format!("file given twice: {name}"),
+                ));
+            }
+            let path = dir.join(&name);
+            write_synced(&path, &data)?;
+            bytes += data.len() as u64;
+        }
+        if !names.contains("CURRENT") {
+            return Err(Error::corrupt(
+                "native checkpoint",
+                "no CURRENT file among the checkpoint's files",
+            ));
+        }
+        sync_dir(dir)?;
+        Ok(bytes)
+    }
+}
+
+/// The RocksDB options of every generation.
+fn db_options(c: &RocksDbConfig, cache: &Cache) -> Options {
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(cache);
+    table.set_block_size(c.block_size);
+    if c.bloom_bits_per_key > 0.0 {
+        table.set_bloom_filter(c.bloom_bits_per_key, false);
+    }
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.set_block_based_table_factory(&table);
+    opts.set_write_buffer_size(c.write_buffer_size);
+    opts.set_max_write_buffer_number(c.max_write_buffer_number);
+    opts.set_max_open_files(c.max_open_files);
+    opts.increase_parallelism(c.background_threads);
+    opts.set_max_background_jobs(c.background_threads);
+    opts.set_level_compaction_dynamic_level_bytes(true);
+    let compression = match c.compression {
+        Compression::None => rocksdb::DBCompressionType::None,
+        Compression::Lz4 => rocksdb::DBCompressionType::Lz4,
+        Compression::Zstd => rocksdb::DBCompressionType::Zstd,
+    };
+    opts.set_compression_type(compression);
+    opts.set_bottommost_compression_type(compression);
+    if c.statistics {
+        opts.enable_statistics();
+    }
+    if c.ttl.compaction_filter {
+        let clock = c.clock.clone();
+        opts.set_compaction_filter(
+            "highwater-ttl",
+            move |_level: u32, _key: &[u8], value: &[u8]| {
+                if highwater_core::ttl::is_expired_value(value, clock.now_ms()) {
+                    rocksdb::compaction_filter::Decision::Remove
+                } else {
+                    rocksdb::compaction_filter::Decision::Keep
+                }
+            },
+        );
+    }
+    opts
+}
+
+/// The file that marks a directory as a backend's working directory, which
+/// `open` may wipe. A non-empty directory without it is refused, so a
+/// mistyped path never deletes someone's files.
+const MARKER: &str = "HIGHWATER-ROCKSDB-WORKDIR";
+
+/// Empties (or creates) the working directory `root`.
+fn prepare_working_dir(root: &Path) -> Result<()> {
+    let io = |what: &str, e| {
+        Error::io(
+            format!("{what} the rocksdb working directory {}", root.display()),
+            e,
+        )
+    };
+    match std::fs::read_dir(root) {
+        Ok(mut entries) => {
+            if root.join(MARKER).exists() {
+                std::fs::remove_dir_all(root).map_err(|e| io("wipe", e))?;
+            } else if entries.next().is_some() {
+                return Err(Error::InvalidArgument(format!(
+                    "rocksdb working directory {} is not empty and was not created by this backend (no {MARKER} file); refusing to wipe it",
+                    root.display()
+                )));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("read", e)),
+    }
+    std::fs::create_dir_all(root).map_err(|e| io("create", e))?;
+    std::fs::write(
+        root.join(MARKER),
+        b"scratch directory of a highwater RocksDB backend; wiped when the backend opens\n",
+    )
+    .map_err(|e| io("mark", e))
+}
+
+/// Opens an empty database in the new directory `dir`.
+fn open_generation(dir: PathBuf, opts: &Options) -> Result<Generation> {
+    std::fs::create_dir(&dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+    let guard = DirGuard(dir);
+    let db = DB::open(opts, &guard.0).map_err(rocks(format!("open {}", guard.0.display())))?;
+    Ok(Generation { db, _dir: guard })
+}
+
+/// Writes a file and fsyncs it.
+fn write_synced(path: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create_new(path)
+        .map_err(|e| Error::io(format!("create {}", path.display()), e))?;
+    f.write_all(data)
+        .map_err(|e| Error::io(format!("write {}", path.display()), e))?;
+    f.sync_all()
+        .map_err(|e| Error::io(format!("fsync {}", path.display()), e))
+}
+
+/// Fsyncs a directory, making the names it holds durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(format!("fsync directory {}", dir.display()), e))
+}
+
+/// The smallest key greater than every key starting with `prefix`, if any.
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// Deletes every key outside `keep`: two range deletes, plus point deletes
+/// of any key at or above [`FAR`] (none in practice: state keys start with
+/// a key group below 2^15).
+fn delete_outside(db: &DB, keep: KeyGroupRange) -> Result<()> {
+    let mut batch = rocksdb::WriteBatch::default();
+    let start = keep.start.to_be_bytes();
+    let end = keep.end.to_be_bytes();
+    batch.delete_range(&[][..], &start[..]);
+    batch.delete_range(&end[..], FAR);
+    let mut it = db.raw_iterator();
+    it.seek(FAR);
+    while let Some(k) = it.key() {
+        batch.delete(k);
+        it.next();
+    }
+    it.status().map_err(rocks("scan above the key groups"))?;
+    db.write(batch)
+        .map_err(rocks("delete key groups not owned"))
+}
+
+impl StateBackend for RocksDbBackend {
+    fn name(&self) -> &'static str {
+        "rocksdb"
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.counters.gets.fetch_add(1, Ordering::Relaxed);
+        let live = self.read();
+        let v = live.generation.db.get_pinned(key).map_err(rocks("get"))?;
+        Ok(v.map(|v| v.to_vec()))
+    }
+
+    fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.counters.puts.fetch_add(1, Ordering::Relaxed);
+        let mut buf = Vec::new();
+        let value = self.stamp(value, &mut buf);
+        let live = self.read();
+        live.generation
+            .db
+            .put_opt(key, value, &self.write_options)
+            .map_err(rocks("put"))?;
+        self.mark(key);
+        Ok(())
+    }
+
+    fn delete(&self, key: &[u8]) -> Result<()> {
+        self.counters.deletes.fetch_add(1, Ordering::Relaxed);
+        let live = self.read();
+        live.generation
+            .db
+            .delete_opt(key, &self.write_options)
+            .map_err(rocks("delete"))?;
+        self.mark(key);
+        Ok(())
+    }
+
+    fn write_batch(&self, batch: WriteBatch) -> Result<()> {
+        self.counters.batches.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .batch_mutations
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let mut wb = rocksdb::WriteBatch::default();
+        let mut buf = Vec::new();
+        for m in batch.mutations() {
+            match m {
+                Mutation::Put { key, value } => wb.put(key, self.stamp(value, &mut buf)),
+                Mutation::Delete { key } => wb.delete(key),
+            }
+        }
+        let live = self.read();
+        live.generation
+            .db
+            .write_opt(wb, &self.write_options)
+            .map_err(rocks("write batch"))?;
+        for m in batch.mutations() {
+            self.mark(m.key());
+        }
+        Ok(())
+    }
+
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let end = prefix_end(prefix);
+        self.scan(prefix, end.as_deref())
+    }
+
+    fn scan_range(&self, start: &[u8], end: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        self.scan(start, Some(end))
+    }
+
+    fn snapshot(&self, kind: SnapshotKind) -> Result<Arc<dyn StateSnapshot>> {
+        self.counters.snapshots.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let live = self.write();
+        let logs = self.take_changes();
+        let snap: Snap = take_snapshot(live.generation.clone());
+        drop(live);
+        let pause = started.elapsed();
+        let out: Arc<dyn StateSnapshot> = match kind {
+            SnapshotKind::Full => Arc::new(FullSnapshot::new(
+                snap,
+                self.config.max_parallelism,
+                FULL_PARTITIONS,
+            )),
+            SnapshotKind::Changes => Arc::new(ChangesSnapshot::new(
+                snap,
+                sorted_unique(&logs),
+                CHANGES_PARTITIONS,
+            )),
+        };
+        tracing::debug!(
+            ?kind,
+            pause_us = pause.as_micros() as u64,
+            "rocksdb snapshot"
+        );
+        Ok(out)
+    }
+
+    fn restore(&self, entries: &mut dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>)>>) -> Result<()> {
+        let generation = self.new_generation()?;
+        let mut batch = rocksdb::WriteBatch::default();
+        let mut n = 0usize;
+        for e in entries {
+            let (k, v) = e?;
+            batch.put(k, v);
+            n += 1;
+            if n.is_multiple_of(RESTORE_BATCH) {
+                generation
+                    .db
+                    .write_opt(std::mem::take(&mut batch), &self.write_options)
+                    .map_err(rocks("restore"))?;
+            }
+        }
+        generation
+            .db
+            .write_opt(batch, &self.write_options)
+            .map_err(rocks("restore"))?;
+        self.install(generation);
+        tracing::info!(entries = n, "rocksdb backend restored from entries");
+        Ok(())
+    }
+
+    fn clear(&self) -> Result<()> {
+        let generation = self.new_generation()?;
+        self.install(generation);
+        Ok(())
+    }
+
+    fn stats(&self) -> BackendStats {
+        // Exact counts need a scan: RocksDB only estimates its key count
+        // (see `metrics`), and counting on every write would cost a read
+        // per put.
+        let live = self.read();
+        let snap = take_snapshot(live.generation.clone());
+        drop(live);
+        let mut stats = BackendStats::default();
+        let s = snap.get();
+        let mut it = s.0.raw_iterator();
+        it.seek_to_first();
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            stats.entries += 1;
+            stats.bytes += (k.len() + v.len()) as u64;
+            it.next();
+        }
+        if let Err(e) = it.status() {
+            tracing::warn!(error = %e, "rocksdb stats scan failed");
+        }
+        stats
+    }
+
+    fn native_snapshot(&self) -> Result<Option<Arc<dyn StateSnapshot>>> {
+        self.counters
+            .native_checkpoints
+            .fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        // Flush first without holding writers: the flush under the lock
+        // below then only writes what arrived meanwhile.
+        let generation = self.read().generation.clone();
+        generation
+            .db
+            .flush()
+            .map_err(rocks("flush before checkpoint"))?;
+        drop(generation);
+        let dir = DirGuard(self.fresh_dir("checkpoint"));
+        let live = self.write();
+        let keys = self.take_changes();
+        let checkpoint = Checkpoint::new(&live.generation.db)
+            .and_then(|c| c.create_checkpoint(&dir.0))
+            .map_err(rocks(format!("create checkpoint {}", dir.0.display())));
+        let snap = take_snapshot(live.generation.clone());
+        drop(live);
+        drop(keys);
+        checkpoint?;
+        let pause = started.elapsed();
+        let sst_entries: std::collections::HashMap<String, u64> = snap
+            .backing_cart()
+            .db
+            .live_files()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|f| (f.name.trim_start_matches('/').to_string(), f.num_entries))
+            .collect();
+        let mut files = Vec::new();
+        let listing = std::fs::read_dir(&dir.0)
+            .map_err(|e| Error::io(format!("list {}", dir.0.display()), e))?;
+        for entry in listing {
+            let entry = entry.map_err(|e| Error::io(format!("list {}", dir.0.display()), e))?;
+            let name = entry.file_name().into_string().map_err(|n| {
+                Error::Internal(format!(
+                    "rocksdb wrote a file name that is not utf-8: {n:?}"
+                ))
+            })?;
+            let len = entry
+                .metadata()
+                .map_err(|e| Error::io(format!("stat {name}"), e))?
+                .len();
+            if !valid_native_file_name(&name) {
+                return Err(Error::Internal(format!(
+                    "rocksdb wrote a file name a manifest cannot hold: {name:?}"
+                )));
+            }
+            let entries = sst_entries.get(&name).copied().unwrap_or(0);
+            files.push(NativeFile { name, len, entries });
+        }
+        files.sort_by(|a, b| a.name.cmp(&b.name));
+        tracing::debug!(
+            files = files.len(),
+            bytes = files.iter().map(|f| f.len).sum::<u64>(),
+            pause_us = pause.as_micros() as u64,
+            "rocksdb native checkpoint"
+        );
+        let native = NativeCheckpoint {
+            format: "rocksdb",
+            dir: dir.0.clone(),
+            files,
+        };
+        Ok(Some(Arc::new(NativeSnapshot::new(
+            FullSnapshot::new(snap, self.config.max_parallelism, FULL_PARTITIONS),
+            native,
+            dir,
+        ))))
+    }
+
+    fn restore_native(
+        &self,
+        files: &mut NativeFiles<'_>,
+        keep: Option<KeyGroupRange>,
+    ) -> Result<()> {
+        let started = Instant::now();
+        let dir = self.fresh_dir("db");
+        std::fs::create_dir(&dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+        let guard = DirGuard(dir);
+        let bytes = self.write_restore_files(&guard.0, files)?;
+        let mut opts = self.options.clone();
+        opts.create_if_missing(false);
+        let db = DB::open(&opts, &guard.0).map_err(|e| {
+            // RocksDB reports damaged files (bad checksums, truncation) as
+            // corruption: keep that classification for the caller's fallback.
+            let msg = e.to_string();
+            if msg.contains("Corruption") || msg.contains("corrupt") {
+                Error::corrupt(
+                    "native checkpoint",
+                    format!("rocksdb cannot open it: {msg}"),
+                )
+            } else {
+                rocks(format!("open restored checkpoint {}", guard.0.display()))(e)
+            }
+        })?;
+        if let Some(keep) = keep {
+            delete_outside(&db, keep)?;
+        }
+        self.install(Generation { db, _dir: guard });
+        tracing::info!(
+            bytes,
+            ?keep,
+            ms = started.elapsed().as_millis() as u64,
+            "rocksdb backend restored from a native checkpoint"
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_is_the_next_prefix() {
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(&[1, 0xff]), Some(vec![2]));
+        assert_eq!(prefix_end(&[0xff, 0xff]), None);
+        assert_eq!(prefix_end(b""), None);
+    }
+}

@@ -1,0 +1,151 @@
+//! Configuration of a [`RocksDbBackend`](crate::RocksDbBackend).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use highwater_core::{Clock, DEFAULT_MAX_PARALLELISM, Error, Result, SystemClock};
+
+/// Block compression of SST files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    /// No compression.
+    None,
+    /// LZ4: fast, moderate ratio (the default, as in Flink's RocksDB backend).
+    #[default]
+    Lz4,
+    /// Zstandard: better ratio, more CPU.
+    Zstd,
+}
+
+/// Time-to-live handling inside RocksDB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TtlOptions {
+    /// Run the compaction filter that physically drops entries whose value
+    /// envelope ([`highwater_core::ttl`]) has expired. Reads never return
+    /// expired entries through the typed handles either way; the filter is
+    /// what reclaims their space.
+    pub compaction_filter: bool,
+    /// Expiry stamped on values written with a plain envelope (no TTL of
+    /// their own), counted from the write. `None` (the default) leaves such
+    /// values without expiry. Values that already carry an expiry keep it.
+    pub default_ttl: Option<Duration>,
+}
+
+/// How a [`RocksDbBackend`](crate::RocksDbBackend) opens and tunes RocksDB.
+///
+/// The defaults suit a stream-processing subtask holding a few GiB on a
+/// machine shared with other subtasks: 64 MiB memtables (three of them),
+/// a 256 MiB block cache, 16 KiB blocks, 10-bit bloom filters and LZ4.
+#[derive(Debug, Clone)]
+pub struct RocksDbConfig {
+    /// Working directory. The backend owns it: it is wiped on open (live
+    /// state is restored from checkpoints, not from a previous process's
+    /// files) and holds one database directory per generation plus
+    /// temporary checkpoint directories.
+    pub path: PathBuf,
+    /// Size of one memtable, in bytes.
+    pub write_buffer_size: usize,
+    /// Memtables kept in memory (one active, the others being flushed).
+    pub max_write_buffer_number: i32,
+    /// Open SST files RocksDB keeps (-1 = unlimited).
+    pub max_open_files: i32,
+    /// Uncompressed size of a data block, in bytes.
+    pub block_size: usize,
+    /// Capacity of the LRU block cache, in bytes.
+    pub block_cache_size: usize,
+    /// Bloom filter bits per key (0 disables the filter). Ten bits give a
+    /// false-positive rate of about 1 %.
+    pub bloom_bits_per_key: f64,
+    /// Block compression.
+    pub compression: Compression,
+    /// Collect RocksDB's internal statistics (tickers and histograms, a few
+    /// percent of CPU); reported by [`RocksDbBackend::metrics`](crate::RocksDbBackend::metrics).
+    pub statistics: bool,
+    /// Write RocksDB's own write-ahead log. Off by default: durability comes
+    /// from highwater's checkpoints (and its write-ahead log, if used), and
+    /// the backend starts from a checkpoint after a crash anyway.
+    pub rocksdb_wal: bool,
+    /// Time-to-live handling.
+    pub ttl: TtlOptions,
+    /// Clock of the TTL compaction filter and of the default TTL.
+    pub clock: Arc<dyn Clock>,
+    /// Background threads for flushes and compactions.
+    pub background_threads: i32,
+    /// Number of key groups of the job; full snapshots are split into
+    /// partitions along key-group boundaries.
+    pub max_parallelism: u16,
+}
+
+impl RocksDbConfig {
+    /// The defaults, with the working directory `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        RocksDbConfig {
+            path: path.into(),
+            write_buffer_size: 64 << 20,
+            max_write_buffer_number: 3,
+            max_open_files: -1,
+            block_size: 16 << 10,
+            block_cache_size: 256 << 20,
+            bloom_bits_per_key: 10.0,
+            compression: Compression::default(),
+            statistics: false,
+            rocksdb_wal: false,
+            ttl: TtlOptions {
+                compaction_filter: true,
+                default_ttl: None,
+            },
+            clock: Arc::new(SystemClock),
+            background_threads: 2,
+            max_parallelism: DEFAULT_MAX_PARALLELISM,
+        }
+    }
+
+    /// Checks the values for consistency.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidArgument(format!("rocksdb config: {m}")));
+        if self.path.as_os_str().is_empty() {
+            return bad("path is empty".into());
+        }
+        if self.write_buffer_size < 64 << 10 {
+            return bad(format!(
+                "write_buffer_size must be at least 64 KiB: got={}",
+                self.write_buffer_size
+            ));
+        }
+        if self.max_write_buffer_number < 2 {
+            return bad(format!(
+                "max_write_buffer_number must be at least 2: got={}",
+                self.max_write_buffer_number
+            ));
+        }
+        if self.max_open_files != -1 && self.max_open_files < 16 {
+            return bad(format!(
+                "max_open_files must be -1 or at least 16: got={}",
+                self.max_open_files
+            ));
+        }
+        if !(1 << 10..=1 << 24).contains(&self.block_size) {
+            return bad(format!(
+                "block_size must be in 1 KiB..=16 MiB: got={}",
+                self.block_size
+            ));
+        }
+        if !(0.0..=64.0).contains(&self.bloom_bits_per_key) {
+            return bad(format!(
+                "bloom_bits_per_key must be in 0..=64: got={}",
+                self.bloom_bits_per_key
+            ));
+        }
+        if self.background_threads < 1 {
+            return bad("background_threads must be at least 1".into());
+        }
+        if self.max_parallelism == 0 {
+            return bad("max_parallelism must be at least 1".into());
+        }
+        if self.ttl.default_ttl.is_some_and(|d| d.is_zero()) {
+            return bad("default_ttl must be positive".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,83 @@
+//! Operation counters and RocksDB properties of a backend.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Operation counters, updated without locks.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) gets: AtomicU64,
+    pub(crate) puts: AtomicU64,
+    pub(crate) deletes: AtomicU64,
+    pub(crate) batches: AtomicU64,
+    pub(crate) batch_mutations: AtomicU64,
+    pub(crate) scans: AtomicU64,
+    pub(crate) snapshots: AtomicU64,
+    pub(crate) native_checkpoints: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn snapshot(&self) -> OpCounters {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        OpCounters {
+            gets: l(&self.gets),
+            puts: l(&self.puts),
+            deletes: l(&self.deletes),
+            batches: l(&self.batches),
+            batch_mutations: l(&self.batch_mutations),
+            scans: l(&self.scans),
+            snapshots: l(&self.snapshots),
+            native_checkpoints: l(&self.native_checkpoints),
+        }
+    }
+}
+
+/// Operations served since the backend was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpCounters {
+    /// Point reads.
+    pub gets: u64,
+    /// Single puts.
+    pub puts: u64,
+    /// Single deletes.
+    pub deletes: u64,
+    /// Write batches.
+    pub batches: u64,
+    /// Mutations inside write batches.
+    pub batch_mutations: u64,
+    /// Prefix and range scans.
+    pub scans: u64,
+    /// Snapshots (full and changes).
+    pub snapshots: u64,
+    /// Native checkpoints.
+    pub native_checkpoints: u64,
+}
+
+/// What [`RocksDbBackend::metrics`](crate::RocksDbBackend::metrics) reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RocksDbMetrics {
+    /// Operation counters.
+    pub counters: OpCounters,
+    /// RocksDB's estimate of the number of keys (`rocksdb.estimate-num-keys`;
+    /// counts overwritten and deleted keys until compaction).
+    pub estimate_num_keys: u64,
+    /// Bytes of the active memtable.
+    pub active_memtable_bytes: u64,
+    /// Bytes of all memtables, including those being flushed and those
+    /// pinned by snapshots or iterators.
+    pub all_memtables_bytes: u64,
+    /// Bytes held by the block cache.
+    pub block_cache_usage: u64,
+    /// Bytes of the block cache pinned by readers.
+    pub block_cache_pinned_usage: u64,
+    /// Bytes of the SST files the current version uses.
+    pub live_sst_bytes: u64,
+    /// Estimated bytes of live data.
+    pub estimate_live_data_bytes: u64,
+    /// Estimated bytes compaction still has to rewrite.
+    pub pending_compaction_bytes: u64,
+    /// Compactions running now.
+    pub running_compactions: u64,
+    /// RocksDB snapshots held (by highwater snapshots being read).
+    pub snapshots: u64,
+}

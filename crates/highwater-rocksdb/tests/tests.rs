@@ -1,0 +1,478 @@
+//! Tests of the RocksDB backend: the testkit conformance suite, TTL
+//! compaction, native checkpoints opened again (whole and rescaled), damaged
+//! native checkpoints, and metrics.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use highwater_core::{Error, KeyGroupRange, ManualClock, SnapshotKind, StateBackend, WriteBatch};
+use highwater_rocksdb::{RocksDbBackend, RocksDbConfig};
+use highwater_testkit::SplitMix64;
+use highwater_testkit::keys::{encode_key, expiring_value, plain_value};
+
+/// A small configuration: tests open many databases at once.
+fn small(path: &Path) -> RocksDbConfig {
+    let mut c = RocksDbConfig::new(path);
+    c.write_buffer_size = 1 << 20;
+    c.block_cache_size = 4 << 20;
+    c
+}
+
+fn open(dir: &tempfile::TempDir, name: &str) -> RocksDbBackend {
+    RocksDbBackend::with_config(small(&dir.path().join(name))).unwrap()
+}
+
+mod conformance {
+    highwater_testkit::backend_conformance!(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = std::sync::Arc::new(super::open(&dir, "db"));
+        (dir, backend)
+    });
+}
+
+/// Everything the backend holds, in key order.
+fn all(b: &dyn StateBackend) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut out = b.scan_range(&[], &[0xff, 0xff, 0xff, 0xff, 0xff]).unwrap();
+    // Keys at or above the bound (none here) would be missed by the range.
+    out.extend(b.scan_prefix(&[0xff, 0xff, 0xff, 0xff, 0xff]).unwrap());
+    out
+}
+
+/// `n` keys spread over `max_parallelism` key groups and two operators.
+fn fill(
+    b: &dyn StateBackend,
+    n: u32,
+    max_parallelism: u16,
+    seed: u64,
+) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let mut rng = SplitMix64::new(seed);
+    let mut model = BTreeMap::new();
+    let mut batch = WriteBatch::new();
+    for i in 0..n {
+        let kg = (i % u32::from(max_parallelism)) as u16;
+        let op = if i % 3 == 0 { "join" } else { "window" };
+        let k = encode_key(kg, op, "s", &i.to_be_bytes(), b"", b"");
+        let v = plain_value(&rng.bytes(24));
+        batch.put(k.clone(), v.clone());
+        model.insert(k, v);
+        if batch.len() == 1000 {
+            b.write_batch(std::mem::take(&mut batch)).unwrap();
+        }
+    }
+    b.write_batch(batch).unwrap();
+    model
+}
+
+/// Reads a native snapshot's files as a restore would receive them.
+fn native_files(s: &dyn highwater_core::StateSnapshot) -> Vec<(String, Bytes)> {
+    let native = s.native().expect("a native snapshot names its files");
+    native
+        .files
+        .iter()
+        .map(|f| {
+            let bytes = std::fs::read(native.dir.join(&f.name)).unwrap();
+            assert_eq!(bytes.len() as u64, f.len, "listed length of {}", f.name);
+            (f.name.clone(), Bytes::from(bytes))
+        })
+        .collect()
+}
+
+#[test]
+fn expired_entries_are_physically_dropped_by_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(1_000_000);
+    let mut config = small(&dir.path().join("db"));
+    config.clock = Arc::new(clock.clone());
+    let b = RocksDbBackend::with_config(config).unwrap();
+    let key = |i: u32| encode_key((i % 16) as u16, "op", "ttl", &i.to_be_bytes(), b"", b"");
+    for i in 0..300 {
+        let v = match i % 3 {
+            0 => expiring_value(1_000_500, b"short"), // expires after 500 ms
+            1 => expiring_value(9_000_000, b"long"),
+            _ => plain_value(b"forever"),
+        };
+        b.put(&key(i), &v).unwrap();
+    }
+    b.flush().unwrap();
+    assert_eq!(
+        b.stats().entries,
+        300,
+        "nothing is dropped before compaction"
+    );
+    // Not expired yet: compaction keeps everything.
+    b.compact().unwrap();
+    assert_eq!(
+        b.stats().entries,
+        300,
+        "a compaction before the expiry keeps every entry"
+    );
+    clock.advance(Duration::from_millis(500));
+    b.compact().unwrap();
+    assert_eq!(
+        b.stats().entries,
+        200,
+        "compaction after the expiry drops the 100 expired entries"
+    );
+    for i in 0..300 {
+        let got = b.get(&key(i)).unwrap();
+        assert_eq!(
+            got.is_none(),
+            i % 3 == 0,
+            "key {i} after compaction: {got:?}"
+        );
+    }
+    // The filter can be switched off: then expired entries stay until read
+    // (the typed handles hide them) or overwritten.
+    let mut config = small(&dir.path().join("db-off"));
+    config.clock = Arc::new(clock.clone());
+    config.ttl.compaction_filter = false;
+    let off = RocksDbBackend::with_config(config).unwrap();
+    off.put(&key(0), &expiring_value(1, b"old")).unwrap();
+    off.compact().unwrap();
+    assert_eq!(
+        off.stats().entries,
+        1,
+        "without the filter compaction keeps expired entries"
+    );
+}
+
+#[test]
+fn the_default_ttl_stamps_values_without_their_own_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(5_000);
+    let mut config = small(&dir.path().join("db"));
+    config.clock = Arc::new(clock.clone());
+    config.ttl.default_ttl = Some(Duration::from_secs(2));
+    let b = RocksDbBackend::with_config(config).unwrap();
+    let k = encode_key(1, "op", "s", b"k", b"", b"");
+    let j = encode_key(1, "op", "s", b"j", b"", b"");
+    b.put(&k, &plain_value(b"v")).unwrap();
+    let mut batch = WriteBatch::new();
+    batch.put(j.clone(), expiring_value(6_000, b"own"));
+    b.write_batch(batch).unwrap();
+    assert_eq!(b.get(&k).unwrap(), Some(expiring_value(7_000, b"v")));
+    assert_eq!(
+        b.get(&j).unwrap(),
+        Some(expiring_value(6_000, b"own")),
+        "an own expiry is kept"
+    );
+    clock.set(7_000);
+    b.compact().unwrap();
+    assert_eq!(
+        b.get(&k).unwrap(),
+        None,
+        "stamped entry dropped after its default ttl"
+    );
+    let mut bad = small(&dir.path().join("bad"));
+    bad.ttl.default_ttl = Some(Duration::ZERO);
+    assert!(matches!(
+        RocksDbBackend::with_config(bad),
+        Err(Error::InvalidArgument(_))
+    ));
+}
+
+#[test]
+fn a_native_checkpoint_opens_as_the_same_state_and_later_writes_do_not_leak_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = open(&dir, "a");
+    let model = fill(&b, 5000, 128, 1);
+    let s = b
+        .native_snapshot()
+        .unwrap()
+        .expect("rocksdb takes native checkpoints");
+    assert_eq!(s.kind(), SnapshotKind::Full);
+    let files = native_files(&*s);
+    assert!(
+        files.iter().any(|(n, _)| n.ends_with(".sst")),
+        "files: {:?}",
+        files.iter().map(|f| &f.0).collect::<Vec<_>>()
+    );
+    assert!(files.iter().any(|(n, _)| n == "CURRENT"));
+    // Writes after the checkpoint are not in it.
+    b.put(
+        &encode_key(3, "join", "s", b"late", b"", b""),
+        &plain_value(b"x"),
+    )
+    .unwrap();
+    b.delete(model.keys().next().unwrap()).unwrap();
+    // The snapshot's entries are the checkpoint's.
+    let mut visited = BTreeMap::new();
+    for p in 0..s.partitions() {
+        s.for_each_in_partition(p, &mut |k, v| {
+            visited.insert(k.to_vec(), v.unwrap().to_vec());
+            Ok(())
+        })
+        .unwrap();
+    }
+    assert_eq!(visited, model);
+
+    let restored = open(&dir, "b");
+    restored
+        .put(
+            &encode_key(9, "x", "s", b"stale", b"", b""),
+            &plain_value(b"gone"),
+        )
+        .unwrap();
+    restored
+        .restore_native(&mut files.clone().into_iter().map(Ok), None)
+        .unwrap();
+    let got: BTreeMap<_, _> = all(&restored).into_iter().collect();
+    assert_eq!(got, model, "restored state equals the checkpoint's");
+    // A restore starts a new change epoch, and the backend is writable.
+    let c = restored.snapshot(SnapshotKind::Changes).unwrap();
+    assert_eq!(c.approximate_entries(), 0);
+    restored
+        .put(
+            &encode_key(1, "x", "s", b"new", b"", b""),
+            &plain_value(b"n"),
+        )
+        .unwrap();
+    assert_eq!(restored.stats().entries, model.len() as u64 + 1);
+    // The checkpoint directory goes with its snapshot.
+    let native_dir = s.native().unwrap().dir.clone();
+    assert!(native_dir.exists());
+    drop(s);
+    assert!(
+        !native_dir.exists(),
+        "checkpoint directory removed with its snapshot"
+    );
+}
+
+#[test]
+fn a_rescaling_restore_keeps_exactly_the_owned_key_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = open(&dir, "src");
+    let mut model = fill(&b, 4000, 128, 2);
+    // Keys in the first and last possible key groups too.
+    for kg in [0u16, 127, 0xffff] {
+        let k = encode_key(kg, "edge", "s", b"k", b"", b"");
+        b.put(&k, &plain_value(b"edge")).unwrap();
+        model.insert(k, plain_value(b"edge"));
+    }
+    let s = b.native_snapshot().unwrap().unwrap();
+    let files = native_files(&*s);
+    let mut union = BTreeMap::new();
+    for (i, range) in [(0u16, 43u16), (43, 90), (90, 128)].into_iter().enumerate() {
+        let part = open(&dir, &format!("part-{i}"));
+        let keep = KeyGroupRange::new(range.0, range.1).unwrap();
+        part.restore_native(&mut files.clone().into_iter().map(Ok), Some(keep))
+            .unwrap();
+        let got = all(&part);
+        for (k, _) in &got {
+            let kg = u16::from_be_bytes([k[0], k[1]]);
+            assert!(
+                keep.contains(highwater_core::KeyGroup(kg)),
+                "key group {kg} outside {keep}"
+            );
+        }
+        let expected: BTreeMap<_, _> = model
+            .iter()
+            .filter(|(k, _)| {
+                keep.contains(highwater_core::KeyGroup(u16::from_be_bytes([k[0], k[1]])))
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        assert_eq!(got.len(), expected.len(), "entries of {keep}");
+        assert_eq!(part.stats().entries, expected.len() as u64);
+        union.extend(got);
+    }
+    // Key group 0xffff is outside every subtask's range of 128 key groups.
+    model.retain(|k, _| u16::from_be_bytes([k[0], k[1]]) < 128);
+    assert_eq!(
+        union, model,
+        "the subtasks together hold every key exactly once"
+    );
+}
+
+#[test]
+fn damaged_native_checkpoints_are_refused_with_typed_errors_and_keep_the_old_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = open(&dir, "src");
+    fill(&b, 500, 16, 3);
+    let s = b.native_snapshot().unwrap().unwrap();
+    let files = native_files(&*s);
+    let target = open(&dir, "dst");
+    let k = encode_key(1, "op", "s", b"keep", b"", b"");
+    target.put(&k, &plain_value(b"me")).unwrap();
+
+    let mut cases: Vec<(&str, Vec<(String, Bytes)>)> = Vec::new();
+    cases.push((
+        "no CURRENT",
+        files
+            .iter()
+            .filter(|(n, _)| n != "CURRENT")
+            .cloned()
+            .collect(),
+    ));
+    let mut escaping = files.clone();
+    escaping.push(("../evil".into(), Bytes::from_static(b"x")));
+    cases.push(("a path in a file name", escaping));
+    let mut twice = files.clone();
+    twice.push(files[0].clone());
+    cases.push(("a file given twice", twice));
+    let manifest_missing: Vec<_> = files
+        .iter()
+        .filter(|(n, _)| !n.starts_with("MANIFEST"))
+        .cloned()
+        .collect();
+    cases.push(("the MANIFEST missing", manifest_missing));
+    for (what, case) in cases {
+        let err = target
+            .restore_native(&mut case.into_iter().map(Ok), None)
+            .expect_err(what);
+        assert!(
+            err.is_corruption() || matches!(err, Error::Backend { .. }),
+            "{what}: unexpected error kind: {err}"
+        );
+        assert_eq!(
+            target.get(&k).unwrap(),
+            Some(plain_value(b"me")),
+            "{what}: old state kept"
+        );
+    }
+    // An error from the source of files is returned as is.
+    let err = target
+        .restore_native(
+            &mut std::iter::once(Err(Error::NotFound("artifact x".into()))),
+            None,
+        )
+        .unwrap_err();
+    assert!(matches!(err, Error::NotFound(_)), "{err}");
+}
+
+#[test]
+fn metrics_report_counters_and_rocksdb_properties() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = small(&dir.path().join("db"));
+    config.statistics = true;
+    let b = RocksDbBackend::with_config(config).unwrap();
+    fill(&b, 2000, 8, 4);
+    let k = encode_key(1, "join", "s", &0u32.to_be_bytes(), b"", b"");
+    for _ in 0..5 {
+        b.get(&k).unwrap();
+    }
+    b.delete(&k).unwrap();
+    let m = b.metrics();
+    assert_eq!(m.counters.gets, 5);
+    assert_eq!(m.counters.deletes, 1);
+    assert_eq!(m.counters.batch_mutations, 2000);
+    assert!(
+        m.estimate_num_keys >= 1000,
+        "estimate-num-keys={}",
+        m.estimate_num_keys
+    );
+    assert!(m.all_memtables_bytes > 0);
+    b.flush().unwrap();
+    b.get(&encode_key(1, "join", "s", &3u32.to_be_bytes(), b"", b""))
+        .unwrap();
+    let m = b.metrics();
+    assert!(
+        m.live_sst_bytes > 0,
+        "after a flush the data is in SST files"
+    );
+    assert!(
+        m.block_cache_usage > 0,
+        "a read from an SST file fills the block cache"
+    );
+    assert!(
+        b.statistics().is_some_and(|s| s.contains("rocksdb")),
+        "statistics dump"
+    );
+}
+
+#[test]
+fn the_working_directory_is_wiped_on_open_and_invalid_configs_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    {
+        let b = RocksDbBackend::with_config(small(&path)).unwrap();
+        fill(&b, 100, 8, 5);
+    }
+    let b = RocksDbBackend::with_config(small(&path)).unwrap();
+    assert_eq!(b.stats().entries, 0, "a reopened backend starts empty");
+    // A directory the backend did not create is never wiped.
+    let foreign = dir.path().join("foreign");
+    std::fs::create_dir_all(&foreign).unwrap();
+    std::fs::write(foreign.join("precious.txt"), b"keep me").unwrap();
+    assert!(matches!(
+        RocksDbBackend::with_config(small(&foreign)),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert_eq!(
+        std::fs::read(foreign.join("precious.txt")).unwrap(),
+        b"keep me"
+    );
+    for f in [
+        |c: &mut RocksDbConfig| c.write_buffer_size = 10,
+        |c: &mut RocksDbConfig| c.max_write_buffer_number = 1,
+        |c: &mut RocksDbConfig| c.block_size = 0,
+        |c: &mut RocksDbConfig| c.bloom_bits_per_key = -1.0,
+        |c: &mut RocksDbConfig| c.max_parallelism = 0,
+        |c: &mut RocksDbConfig| c.max_open_files = 3,
+    ] {
+        let mut c = small(&dir.path().join("other"));
+        f(&mut c);
+        assert!(matches!(
+            RocksDbBackend::with_config(c),
+            Err(Error::InvalidArgument(_))
+        ));
+    }
+}
+
+#[test]
+fn native_checkpoints_taken_while_writers_run_hold_whole_batches() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let b = Arc::new(open(&dir, "src"));
+    let stop = AtomicBool::new(false);
+    let key = |w: u8, which: &str| encode_key(u16::from(w) * 7, "op", which, &[w], b"", b"");
+    let counter = |v: Option<Vec<u8>>| -> u64 {
+        v.map(|v| u64::from_le_bytes(v[1..9].try_into().unwrap()))
+            .unwrap_or(0)
+    };
+    let mut checkpoints = Vec::new();
+    std::thread::scope(|s| {
+        for w in 0..2u8 {
+            let (b, stop) = (&b, &stop);
+            s.spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let v = plain_value(&n.to_le_bytes());
+                    let mut batch = WriteBatch::new();
+                    batch.put(key(w, "a"), v.clone()).put(key(w, "b"), v);
+                    b.write_batch(batch).unwrap();
+                }
+            });
+        }
+        for _ in 0..5 {
+            std::thread::sleep(Duration::from_millis(20));
+            let s = b.native_snapshot().unwrap().unwrap();
+            checkpoints.push(native_files(&*s));
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    let mut last = [0u64; 2];
+    for (i, files) in checkpoints.into_iter().enumerate() {
+        let r = open(&dir, &format!("restored-{i}"));
+        r.restore_native(&mut files.into_iter().map(Ok), None)
+            .unwrap();
+        for w in 0..2u8 {
+            let a = counter(r.get(&key(w, "a")).unwrap());
+            let bb = counter(r.get(&key(w, "b")).unwrap());
+            assert_eq!(a, bb, "checkpoint {i} writer {w}: a batch was split");
+            assert!(
+                a >= last[w as usize],
+                "checkpoint {i} writer {w}: went back in time"
+            );
+            last[w as usize] = a;
+        }
+    }
+    assert!(
+        last.iter().all(|&n| n > 0),
+        "writers made progress: {last:?}"
+    );
+}

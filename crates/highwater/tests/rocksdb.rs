@@ -1,0 +1,307 @@
+//! Native checkpoints of the RocksDB backend through the state manager:
+//! SST files shared between checkpoints and kept by retention while
+//! referenced, exact restores, rescaling restores, fallback past damaged
+//! checkpoints, and refusal by backends that cannot open native files.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use highwater::cloud::ObjectCheckpointStore;
+use highwater::core::key::key_group_of;
+use highwater::core::{ArtifactId, KeyGroupRange, LayerKind, load_manifest};
+use highwater::memory::MemoryBackend;
+use highwater::native::restore_native;
+use highwater::{
+    CheckpointConfig, CheckpointId, CheckpointStore, Error, Manifest, StateBackend, StateManager,
+    ValueStateDescriptor,
+};
+use highwater_rocksdb::{RocksDbBackend, RocksDbConfig};
+
+fn rocks(path: &Path) -> Arc<RocksDbBackend> {
+    let mut c = RocksDbConfig::new(path);
+    c.write_buffer_size = 4 << 20;
+    c.block_cache_size = 8 << 20;
+    Arc::new(RocksDbBackend::with_config(c).unwrap())
+}
+
+fn manager(
+    backend: Arc<dyn StateBackend>,
+    store: Arc<dyn CheckpointStore>,
+    keep: usize,
+) -> StateManager {
+    let mut cfg = CheckpointConfig::default();
+    cfg.max_retained = keep;
+    StateManager::builder()
+        .backend(backend)
+        .store(store)
+        .config(cfg)
+        .build()
+        .unwrap()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn manifest(
+    rt: &tokio::runtime::Runtime,
+    store: &Arc<dyn CheckpointStore>,
+    id: CheckpointId,
+) -> Manifest {
+    rt.block_on(load_manifest(&**store, id)).unwrap()
+}
+
+fn sst_ids(m: &Manifest) -> BTreeSet<ArtifactId> {
+    m.artifacts()
+        .filter(|a| a.operator.ends_with(".sst"))
+        .map(|a| a.id)
+        .collect()
+}
+
+fn all(b: &dyn StateBackend) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    b.scan_range(&[], &[0xff, 0xff, 0xff])
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+/// Writes `n` counters (`user-i` → `i * round`) through the typed API.
+fn write_counters(m: &StateManager, range: std::ops::Range<u64>, round: u64) {
+    let counts = m
+        .keyed_state("counter")
+        .unwrap()
+        .value_state::<String, u64>(&ValueStateDescriptor::new("count"))
+        .unwrap();
+    for i in range {
+        counts.update(&format!("user-{i}"), &(i * round)).unwrap();
+    }
+}
+
+#[test]
+fn consecutive_checkpoints_share_sst_files_and_retention_keeps_them_while_referenced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store: Arc<dyn CheckpointStore> =
+        Arc::new(ObjectCheckpointStore::local(tmp.path().join("store")).unwrap());
+    let backend = rocks(&tmp.path().join("live"));
+    let m = manager(backend.clone(), store.clone(), 2);
+    let rt = runtime();
+
+    // 20 000 keys compacted into the bottom level: the checkpoint's flush
+    // then adds one small level-0 file per checkpoint, below RocksDB's
+    // level-0 compaction trigger, so nothing is rewritten in between.
+    write_counters(&m, 0..20_000, 1);
+    backend.compact().unwrap();
+    let first = m.checkpoint().unwrap().wait().unwrap();
+    assert_eq!(first.kind, highwater::CheckpointKind::Full);
+    assert_eq!(first.artifacts_reused, 0);
+    let m1 = manifest(&rt, &store, first.id);
+    assert!(m1.is_native());
+    assert_eq!(m1.layers[0].kind, LayerKind::Native);
+    let ssts1 = sst_ids(&m1);
+    assert!(!ssts1.is_empty());
+
+    // 1 % of the keys change.
+    write_counters(&m, 0..200, 2);
+    let second = m.checkpoint().unwrap().wait().unwrap();
+    let m2 = manifest(&rt, &store, second.id);
+    let ssts2 = sst_ids(&m2);
+    assert!(
+        ssts1.is_subset(&ssts2),
+        "every SST of the first checkpoint is in the second"
+    );
+    assert!(
+        ssts2.len() > ssts1.len(),
+        "the second adds the flushed changes"
+    );
+    let sst_bytes = |m: &Manifest, only: &dyn Fn(&ArtifactId) -> bool| -> u64 {
+        m.artifacts()
+            .filter(|a| a.operator.ends_with(".sst") && only(&a.id))
+            .map(|a| a.stored_bytes)
+            .sum()
+    };
+    let shared_bytes = sst_bytes(&m2, &|id| ssts1.contains(id));
+    let total_bytes = sst_bytes(&m2, &|_| true);
+    assert!(
+        shared_bytes * 10 >= total_bytes * 9,
+        "the SST bytes of the second checkpoint are mostly shared: {shared_bytes} of {total_bytes}"
+    );
+    assert!(
+        second.artifacts_reused >= ssts1.len(),
+        "shared files are reused, not uploaded"
+    );
+    assert!(
+        second.bytes_written * 10 < first.bytes_written,
+        "the second checkpoint uploads little: {} bytes vs {} for the first",
+        second.bytes_written,
+        first.bytes_written
+    );
+
+    // Compaction rewrites everything into new files; two more checkpoints
+    // push the first two out of retention (max_retained = 2).
+    write_counters(&m, 200..400, 3);
+    let third = m.checkpoint().unwrap().wait().unwrap();
+    let retention = third.retention.clone().expect("retention ran");
+    assert_eq!(retention.manifests_deleted, vec![first.id]);
+    let stored: BTreeSet<ArtifactId> = rt
+        .block_on(store.list_artifacts())
+        .unwrap()
+        .into_iter()
+        .collect();
+    let m3 = manifest(&rt, &store, third.id);
+    for id in m2.artifacts().chain(m3.artifacts()).map(|a| a.id) {
+        assert!(
+            stored.contains(&id),
+            "artifact {id} of a retained checkpoint was deleted"
+        );
+    }
+    // Files the first checkpoint shared with the second survive its deletion.
+    for id in &ssts1 {
+        assert!(
+            stored.contains(id),
+            "shared SST {id} deleted while checkpoint 2 references it"
+        );
+    }
+
+    backend.compact().unwrap();
+    write_counters(&m, 400..600, 4);
+    let fourth = m.checkpoint().unwrap().wait().unwrap();
+    let fifth = {
+        backend.compact().unwrap();
+        m.checkpoint().unwrap().wait().unwrap()
+    };
+    let stored: BTreeSet<ArtifactId> = rt
+        .block_on(store.list_artifacts())
+        .unwrap()
+        .into_iter()
+        .collect();
+    let m4 = manifest(&rt, &store, fourth.id);
+    let m5 = manifest(&rt, &store, fifth.id);
+    let referenced: BTreeSet<ArtifactId> =
+        m4.artifacts().chain(m5.artifacts()).map(|a| a.id).collect();
+    assert_eq!(
+        stored, referenced,
+        "after compaction and retention the store holds exactly what retained manifests reference"
+    );
+    assert!(
+        ssts1.iter().any(|id| !stored.contains(id)),
+        "SST files no retained checkpoint references are deleted"
+    );
+
+    // Restoring the newest checkpoint gives exactly the live state.
+    let before = all(&*backend);
+    write_counters(&m, 0..50, 99);
+    let info = m.restore(fifth.id).unwrap();
+    assert_eq!(info.checkpoint_id, fifth.id);
+    assert!(info.bytes_fetched > 0);
+    assert_eq!(all(&*backend), before, "restore of a native checkpoint");
+}
+
+#[test]
+fn restore_latest_falls_back_past_a_checkpoint_with_a_missing_sst() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store_dir = tmp.path().join("store");
+    let store: Arc<dyn CheckpointStore> =
+        Arc::new(ObjectCheckpointStore::local(&store_dir).unwrap());
+    let backend = rocks(&tmp.path().join("live"));
+    let m = manager(backend.clone(), store.clone(), 3);
+    let rt = runtime();
+    write_counters(&m, 0..3000, 1);
+    let first = m.checkpoint().unwrap().wait().unwrap();
+    let expected = all(&*backend);
+    write_counters(&m, 3000..3100, 1);
+    let second = m.checkpoint().unwrap().wait().unwrap();
+    let m1 = manifest(&rt, &store, first.id);
+    let m2 = manifest(&rt, &store, second.id);
+    // A file only the second checkpoint has.
+    let only_second = m2
+        .artifacts()
+        .find(|a| a.operator.ends_with(".sst") && !m1.artifacts().any(|b| b.id == a.id))
+        .expect("the second checkpoint flushed a new SST file");
+    rt.block_on(store.delete_artifact(only_second.id)).unwrap();
+
+    let fresh = rocks(&tmp.path().join("fresh"));
+    let m_fresh = manager(fresh.clone(), store.clone(), 3);
+    let info = m_fresh.restore_latest().unwrap().unwrap();
+    assert_eq!(info.checkpoint_id, first.id);
+    assert_eq!(info.fallbacks.len(), 1, "{:?}", info.fallbacks);
+    assert_eq!(info.fallbacks[0].0, second.id);
+    assert_eq!(all(&*fresh), expected);
+
+    // A damaged copy of a shared file is caught by its content address.
+    let victim = m1
+        .artifacts()
+        .find(|a| a.operator.ends_with(".sst"))
+        .unwrap();
+    let path = store_dir
+        .join(highwater::cloud::layout::ARTIFACTS_DIR)
+        .join(highwater::cloud::layout::artifact_name(victim.id));
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&path, bytes).unwrap();
+    let err = m_fresh.restore(first.id).unwrap_err();
+    assert!(err.is_corruption(), "{err}");
+}
+
+#[test]
+fn a_rescaling_restore_splits_a_checkpoint_between_subtasks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store: Arc<dyn CheckpointStore> =
+        Arc::new(ObjectCheckpointStore::local(tmp.path().join("store")).unwrap());
+    let backend = rocks(&tmp.path().join("live"));
+    let m = manager(backend.clone(), store.clone(), 3);
+    write_counters(&m, 0..4000, 7);
+    let info = m.checkpoint().unwrap().wait().unwrap();
+    let everything = all(&*backend);
+    let rt = runtime();
+    let man = manifest(&rt, &store, info.id);
+    let mut union = BTreeMap::new();
+    for index in 0..3u16 {
+        let keep = KeyGroupRange::for_subtask(man.max_parallelism, 3, index).unwrap();
+        let sub = rocks(&tmp.path().join(format!("sub-{index}")));
+        let r = restore_native(rt.handle(), &store, &*sub, &man, Some(keep), 4).unwrap();
+        assert_eq!(r.files, man.artifacts().count());
+        let got = all(&*sub);
+        assert!(!got.is_empty(), "subtask {index} owns some keys");
+        for k in got.keys() {
+            assert!(
+                keep.contains(key_group_of(k).unwrap()),
+                "subtask {index} holds a key outside {keep}"
+            );
+        }
+        union.extend(got);
+    }
+    assert_eq!(
+        union, everything,
+        "the subtasks hold every key exactly once"
+    );
+    let out_of_range = KeyGroupRange::new(0, man.max_parallelism + 1).unwrap();
+    let sub = rocks(&tmp.path().join("sub-bad"));
+    assert!(matches!(
+        restore_native(rt.handle(), &store, &*sub, &man, Some(out_of_range), 4),
+        Err(Error::InvalidArgument(_))
+    ));
+}
+
+#[test]
+fn a_backend_without_native_checkpoints_refuses_a_native_manifest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store: Arc<dyn CheckpointStore> =
+        Arc::new(ObjectCheckpointStore::local(tmp.path().join("store")).unwrap());
+    let backend = rocks(&tmp.path().join("live"));
+    let m = manager(backend, store.clone(), 3);
+    write_counters(&m, 0..100, 1);
+    let info = m.checkpoint().unwrap().wait().unwrap();
+    let memory = manager(Arc::new(MemoryBackend::new()), store.clone(), 3);
+    let err = memory.restore(info.id).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+    // Verification checks native files by content address and finds them sound.
+    let rt = runtime();
+    let report = rt.block_on(highwater::verify_store(&*store)).unwrap();
+    assert!(report.iter().all(|v| v.is_sound()), "{report:?}");
+}
