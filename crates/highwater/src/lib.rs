@@ -16,6 +16,7 @@
 //! | `cloud` | [`cloud`] | object_store checkpoint store: local directory, in-memory |
 //! | `s3`, `azure`, `gcs` | [`cloud`] | the same store on S3, Azure Blob and GCS (`ObjectCheckpointStore::from_url`) |
 //! | (always) | [`wal`] | write-ahead log of state changes (replayed on restore) |
+//! | (always) | [`recovery`] | recovery engine: plans, parallel verified restore, point in time, rescaling |
 //! | `redis` | `redis` | Redis state backend and checkpoint store, standalone and cluster |
 //!
 //! See [`StateManager`] for an example.
@@ -26,13 +27,13 @@ mod config;
 mod encode;
 mod logged;
 mod manager;
-mod restore;
 mod retention;
 mod verify;
 
 #[cfg(feature = "cloud")]
 pub use highwater_cloud as cloud;
 pub use highwater_core as core;
+pub use highwater_recovery as recovery;
 #[cfg(feature = "memory")]
 pub use highwater_memory as memory;
 #[cfg(feature = "redis")]
@@ -49,8 +50,11 @@ pub use highwater_core::{
 pub use manager::{
     CheckpointHandle, CheckpointInfo, HistoryEntry, RestoreInfo, StateManager, StateManagerBuilder,
 };
+pub use highwater_recovery::{
+    RecoveryConfig, RecoveryPlan, RecoveryScope, RecoveryStats, RecoveryTarget, VerificationLevel,
+};
 pub use retention::{RetentionReport, apply_retention};
-pub use verify::{CheckpointVerification, VerifyProblem, verify_store};
+pub use verify::{CheckpointVerification, VerifyProblem, verify_store, verify_store_with};
 
 /// The README's examples, compiled and run as doctests.
 #[doc = include_str!("../../../README.md")]
