@@ -326,9 +326,11 @@ impl Recovery {
             // The log alone: start from nothing.
             return backend.restore(&mut std::iter::empty());
         };
+        check_deadline(deadline)?;
         let t = Instant::now();
         let artifacts = self.fetch(plan, checkpoint, stats, progress, deadline)?;
         stats.fetch_duration += t.elapsed();
+        check_deadline(deadline)?;
         let t = Instant::now();
         let loaded = self.fold_and_load(plan, checkpoint, &artifacts, backend, stats, progress, deadline);
         stats.load_duration += t.elapsed();
