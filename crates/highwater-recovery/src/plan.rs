@@ -259,6 +259,9 @@ impl fmt::Display for RecoveryPlan {
             None => writeln!(f, "  no checkpoint: the write-ahead log alone")?,
         }
         match &self.wal {
+            Some(w) if w.from_lsn > w.last_lsn => {
+                writeln!(f, "  wal: nothing after lsn {} to replay", w.last_lsn)?
+            }
             Some(w) => {
                 write!(f, "  wal: replay lsn {}..={}", w.from_lsn, w.last_lsn)?;
                 match w.until_ms {
