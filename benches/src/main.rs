@@ -21,6 +21,7 @@
 //! listed in [`SUITES`]; add new suites (wal, merge, recovery, …) there.
 
 mod cloud;
+mod recovery;
 mod redis;
 mod state;
 mod util;
@@ -47,6 +48,7 @@ const SUITES: &[Suite] = &[
     ("redis", redis::run),
     ("cloud", cloud::run),
     ("wal", wal::run),
+    ("recovery", recovery::run),
 ];
 
 /// What every suite is given.

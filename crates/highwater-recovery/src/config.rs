@@ -54,6 +54,27 @@ impl PrefetchStrategy {
     }
 }
 
+/// How folded state is loaded into the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub enum LoadStrategy {
+    /// Stream folded ranges, as they finish, into the backend's `restore`
+    /// on the recovering thread: decoding runs in parallel with one
+    /// loading thread. Fails atomically where the backend's `restore` does
+    /// (the memory backend builds the new state aside).
+    Restore,
+    /// Decode and fold every range first (in parallel, holding the folded
+    /// state in memory), then `clear` the backend and load the ranges from
+    /// all decode threads at once with concurrent single-key writes, then
+    /// start a new change-tracking epoch (a full snapshot, dropped). A
+    /// damaged artifact is found before the backend is touched; a backend
+    /// error while loading leaves it partly loaded.
+    Parallel,
+    /// `Parallel` for backends that take concurrent writes in memory
+    /// (`memory`), `Restore` for the others.
+    #[default]
+    Auto,
+}
+
 /// Configuration of a recovery (names after the reference documents).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
@@ -75,6 +96,8 @@ pub struct RecoveryConfig {
     pub prefetch_strategy: PrefetchStrategy,
     /// How fetched data is checked.
     pub verification_level: VerificationLevel,
+    /// How folded state is loaded into the backend.
+    pub load_strategy: LoadStrategy,
 }
 
 impl Default for RecoveryConfig {
@@ -85,6 +108,7 @@ impl Default for RecoveryConfig {
             optimistic_recovery: true,
             prefetch_strategy: PrefetchStrategy::Adaptive,
             verification_level: VerificationLevel::Checksum,
+            load_strategy: LoadStrategy::Auto,
         }
     }
 }
@@ -117,6 +141,12 @@ impl RecoveryConfig {
     /// Sets [`RecoveryConfig::verification_level`].
     pub fn verification_level(mut self, level: VerificationLevel) -> Self {
         self.verification_level = level;
+        self
+    }
+
+    /// Sets [`RecoveryConfig::load_strategy`].
+    pub fn load_strategy(mut self, strategy: LoadStrategy) -> Self {
+        self.load_strategy = strategy;
         self
     }
 

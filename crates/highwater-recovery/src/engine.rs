@@ -10,14 +10,14 @@ use bytes::Bytes;
 use highwater_core::key::key_group_of;
 use highwater_core::ttl::is_expired_value;
 use highwater_core::{
-    ArtifactId, CheckpointId, CheckpointStore, DecodeLimits, Error, Result, StateBackend,
-    decode_checked, load_manifest,
+    ArtifactId, CheckpointId, CheckpointStore, DecodeLimits, Error, Result, SnapshotKind,
+    StateBackend, decode_checked, load_manifest,
 };
 use highwater_wal::Wal;
 use rayon::prelude::*;
 use tokio::task::JoinSet;
 
-use crate::config::{RecoveryConfig, VerificationLevel};
+use crate::config::{LoadStrategy, RecoveryConfig, VerificationLevel};
 use crate::plan::{
     RangePlan, RecoveryPlan, RecoveryScope, RecoveryTarget, candidate_ids, check_manifest,
     disqualifies, log_only_plan, plan_for,
@@ -433,6 +433,14 @@ impl Recovery {
         deadline: Option<Instant>,
     ) -> Result<()> {
         let total = plan.ranges.len() as u64;
+        let parallel = match self.config.load_strategy {
+            LoadStrategy::Restore => false,
+            LoadStrategy::Parallel => true,
+            LoadStrategy::Auto => backend.name() == "memory",
+        };
+        if parallel {
+            return self.fold_then_load_in_parallel(plan, checkpoint, artifacts, backend, stats, progress, deadline);
+        }
         let bound = self.pool.current_num_threads() * 2;
         let (tx, rx) = crossbeam_channel::bounded::<Result<Folded>>(bound);
         let ctx = FoldCtx {
@@ -495,6 +503,81 @@ impl Recovery {
             stats.records_filtered += filtered;
             Ok(())
         })
+    }
+}
+
+impl Recovery {
+    /// [`LoadStrategy::Parallel`]: fold every range, then clear the
+    /// backend and load all ranges concurrently.
+    #[allow(clippy::too_many_arguments)]
+    fn fold_then_load_in_parallel(
+        &self,
+        plan: &RecoveryPlan,
+        checkpoint: CheckpointId,
+        artifacts: &HashMap<ArtifactId, Bytes>,
+        backend: &dyn StateBackend,
+        stats: &mut RecoveryStats,
+        progress: Option<ProgressFn<'_>>,
+        deadline: Option<Instant>,
+    ) -> Result<()> {
+        let total = plan.ranges.len() as u64;
+        let ctx = FoldCtx {
+            checkpoint,
+            artifacts,
+            limits: &self.limits,
+            now_ms: self.now_ms,
+            scope: &plan.scope,
+        };
+        let bytes = stats.bytes_fetched;
+        let done = std::sync::atomic::AtomicU64::new(0);
+        let report = |n: u64| {
+            if let Some(p) = progress {
+                p(Progress {
+                    checkpoint: Some(checkpoint),
+                    phase: Phase::Loading,
+                    done: n,
+                    total,
+                    bytes,
+                });
+            }
+        };
+        report(0);
+        let folded: Vec<Folded> = self.pool.install(|| {
+            plan.ranges
+                .par_iter()
+                .map(|range| {
+                    check_deadline(deadline)?;
+                    fold_range(&ctx, range)
+                })
+                .collect::<Result<_>>()
+        })?;
+        check_deadline(deadline)?;
+        for f in &folded {
+            stats.records_decoded += f.decoded;
+            stats.records_filtered += f.filtered;
+            stats.entries_loaded += f.entries.len() as u64;
+            stats.logical_bytes += f
+                .entries
+                .iter()
+                .map(|(k, v)| (k.len() + v.len()) as u64)
+                .sum::<u64>();
+        }
+        // Every range decoded: only now is live state replaced.
+        backend.clear()?;
+        self.pool.install(|| {
+            folded.into_par_iter().try_for_each(|f| {
+                // Single-key writes: a memory-backend batch locks every
+                // shard it touches at once, which would serialise loaders.
+                for (k, v) in f.entries {
+                    backend.put(&k, &v)?;
+                }
+                report(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1);
+                Ok::<_, Error>(())
+            })
+        })?;
+        // The loaded state is the base of the next epoch, not a change.
+        drop(backend.snapshot(SnapshotKind::Full)?);
+        Ok(())
     }
 }
 

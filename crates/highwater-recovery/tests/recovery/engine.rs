@@ -7,7 +7,7 @@ use highwater::core::ManualClock;
 use highwater::memory::MemoryBackend;
 use highwater::ValueStateDescriptor;
 use highwater_recovery::{
-    Phase, PrefetchStrategy, Progress, Recovery, RecoveryConfig, RecoveryScope, RecoveryTarget,
+    LoadStrategy, Phase, PrefetchStrategy, Progress, Recovery, RecoveryConfig, RecoveryScope, RecoveryTarget,
     VerificationLevel,
 };
 
@@ -64,17 +64,21 @@ fn every_thread_count_level_and_prefetch_strategy_gives_the_same_state_and_repor
     let dirs = JobDirs::new();
     let want = chain_job(&dirs);
     let rt = runtime();
-    for (threads, level, prefetch) in [
-        (1, VerificationLevel::None, PrefetchStrategy::Sequential),
-        (2, VerificationLevel::Checksum, PrefetchStrategy::Concurrent(3)),
-        (4, VerificationLevel::Full, PrefetchStrategy::Adaptive),
+    for (threads, level, prefetch, load) in [
+        (1, VerificationLevel::None, PrefetchStrategy::Sequential, LoadStrategy::Restore),
+        (2, VerificationLevel::Checksum, PrefetchStrategy::Concurrent(3), LoadStrategy::Parallel),
+        (4, VerificationLevel::Full, PrefetchStrategy::Adaptive, LoadStrategy::Restore),
+        (3, VerificationLevel::Full, PrefetchStrategy::Adaptive, LoadStrategy::Auto),
     ] {
         let cfg = RecoveryConfig::default()
             .max_parallel_threads(threads)
             .verification_level(level)
-            .prefetch_strategy(prefetch);
+            .prefetch_strategy(prefetch)
+            .load_strategy(load);
         let engine = Recovery::new(dirs.store(), cfg, rt.handle().clone()).unwrap();
         let backend = MemoryBackend::new();
+        // Live state to be replaced.
+        backend.put(b"\x00\x05stale", b"x").unwrap();
         let fetched = AtomicU64::new(0);
         let loaded = AtomicU64::new(0);
         let progress = |p: Progress| match p.phase {
@@ -89,8 +93,12 @@ fn every_thread_count_level_and_prefetch_strategy_gives_the_same_state_and_repor
         let out = engine
             .recover(RecoveryTarget::Latest, &RecoveryScope::all(), &backend, None, Some(&progress))
             .unwrap();
-        let ctx = format!("threads={threads} {level:?} {prefetch:?}");
+        let ctx = format!("threads={threads} {level:?} {prefetch:?} {load:?}");
         assert_state(&want, &dump(&backend), &ctx);
+        // A new change-tracking epoch starts at the recovered state.
+        use highwater::core::StateBackend as _;
+        let changes = backend.snapshot(highwater::core::SnapshotKind::Changes).unwrap();
+        assert_eq!(changes.approximate_entries(), 0, "{ctx}: recovered entries are no changes");
         let s = &out.stats;
         assert_eq!(s.entries_loaded, want.len() as u64, "{ctx}");
         assert_eq!(s.chain_length, 5, "{ctx}");
