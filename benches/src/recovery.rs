@@ -45,9 +45,7 @@ use highwater::core::{
     load_manifest,
 };
 use highwater::memory::MemoryBackend;
-use highwater::recovery::{
-    LoadStrategy, Recovery, RecoveryConfig, RecoveryScope, RecoveryTarget,
-};
+use highwater::recovery::{LoadStrategy, Recovery, RecoveryConfig, RecoveryScope, RecoveryTarget};
 use highwater::{CheckpointConfig, CheckpointKind, StateBackend, StateManager};
 use serde_json::{Map, json};
 
@@ -89,7 +87,13 @@ fn value(rng: &mut Rng, version: u8) -> Vec<u8> {
     v
 }
 
-fn write_state(backend: &dyn StateBackend, keys: u64, version: u8, every: u64, seed: u64) -> Result {
+fn write_state(
+    backend: &dyn StateBackend,
+    keys: u64,
+    version: u8,
+    every: u64,
+    seed: u64,
+) -> Result {
     let mut rng = Rng::new(seed);
     let mut batch = WriteBatch::new();
     for i in (0..keys).filter(|i| i % every == u64::from(version) % every) {
@@ -274,7 +278,11 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
     // The other load strategy, for comparison.
     let mut streamed = Vec::new();
     for _ in 0..plan.reps {
-        streamed.push(recover(&rt, &dir_b, 0, LoadStrategy::Restore)?.1.as_secs_f64());
+        streamed.push(
+            recover(&rt, &dir_b, 0, LoadStrategy::Restore)?
+                .1
+                .as_secs_f64(),
+        );
     }
     metrics.push(Metric::versus(
         "recovery_throughput_streamed_restore",

@@ -332,7 +332,9 @@ impl Recovery {
         stats.fetch_duration += t.elapsed();
         check_deadline(deadline)?;
         let t = Instant::now();
-        let loaded = self.fold_and_load(plan, checkpoint, &artifacts, backend, stats, progress, deadline);
+        let loaded = self.fold_and_load(
+            plan, checkpoint, &artifacts, backend, stats, progress, deadline,
+        );
         stats.load_duration += t.elapsed();
         loaded
     }
@@ -373,7 +375,9 @@ impl Recovery {
                     let store = store.clone();
                     set.spawn(fetch_one(store, checkpoint, id, verify));
                 }
-                let Some(joined) = set.join_next().await else { break };
+                let Some(joined) = set.join_next().await else {
+                    break;
+                };
                 let r = joined
                     .map_err(|e| Error::Internal(format!("fetch task failed: {e}")))
                     .and_then(|r| r);
@@ -398,14 +402,12 @@ impl Recovery {
         report(0, stats.bytes_fetched);
         while (out.len() as u64) < total {
             let next = match deadline {
-                Some(d) => rx
-                    .recv_deadline(d)
-                    .map_err(|e| match e {
-                        crossbeam_channel::RecvTimeoutError::Timeout => timeout_error(),
-                        crossbeam_channel::RecvTimeoutError::Disconnected => {
-                            Error::Internal("the fetch driver stopped".into())
-                        }
-                    })?,
+                Some(d) => rx.recv_deadline(d).map_err(|e| match e {
+                    crossbeam_channel::RecvTimeoutError::Timeout => timeout_error(),
+                    crossbeam_channel::RecvTimeoutError::Disconnected => {
+                        Error::Internal("the fetch driver stopped".into())
+                    }
+                })?,
                 None => rx
                     .recv()
                     .map_err(|_| Error::Closed("the i/o runtime stopped".into()))?,
@@ -439,7 +441,9 @@ impl Recovery {
             LoadStrategy::Auto => backend.name() == "memory",
         };
         if parallel {
-            return self.fold_then_load_in_parallel(plan, checkpoint, artifacts, backend, stats, progress, deadline);
+            return self.fold_then_load_in_parallel(
+                plan, checkpoint, artifacts, backend, stats, progress, deadline,
+            );
         }
         let bound = self.pool.current_num_threads() * 2;
         let (tx, rx) = crossbeam_channel::bounded::<Result<Folded>>(bound);
@@ -592,9 +596,9 @@ async fn fetch_one(
 ) -> Result<(ArtifactId, Bytes)> {
     let get = async || {
         store.get_artifact(id).await.map_err(|e| match e {
-            Error::NotFound(_) => {
-                Error::NotFound(format!("artifact of checkpoint {checkpoint}: artifact={id}"))
-            }
+            Error::NotFound(_) => Error::NotFound(format!(
+                "artifact of checkpoint {checkpoint}: artifact={id}"
+            )),
             other => other,
         })
     };

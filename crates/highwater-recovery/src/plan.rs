@@ -89,7 +89,10 @@ impl RecoveryScope {
     }
 
     /// Restricts the scope to `operators`.
-    pub fn with_operators<S: Into<String>>(mut self, operators: impl IntoIterator<Item = S>) -> Self {
+    pub fn with_operators<S: Into<String>>(
+        mut self,
+        operators: impl IntoIterator<Item = S>,
+    ) -> Self {
         self.operators = Some(operators.into_iter().map(Into::into).collect());
         self
     }
@@ -107,7 +110,9 @@ impl RecoveryScope {
 
     /// True when an artifact of `operator` over `range` holds state in scope.
     pub fn wants(&self, operator: &str, range: &KeyGroupRange) -> bool {
-        self.operators.as_ref().is_none_or(|ops| ops.contains(operator))
+        self.operators
+            .as_ref()
+            .is_none_or(|ops| ops.contains(operator))
             && self
                 .key_groups
                 .is_none_or(|kg| kg.intersect(range).is_some())
@@ -139,7 +144,10 @@ pub struct PlannedArtifact {
     pub artifact: ArtifactRef,
 }
 
-fn serialize_ref<S: serde::Serializer>(r: &ArtifactRef, s: S) -> std::result::Result<S::Ok, S::Error> {
+fn serialize_ref<S: serde::Serializer>(
+    r: &ArtifactRef,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
     let mut st = s.serialize_struct("ArtifactRef", 6)?;
     st.serialize_field("id", &r.id.to_hex())?;
     st.serialize_field("operator", &r.operator)?;
@@ -291,12 +299,17 @@ pub(crate) fn disqualifies(e: &Error) -> bool {
 
 /// Candidate ids for `target`, newest first (time is checked later, on the
 /// manifests).
-pub(crate) fn candidate_ids(mut ids: Vec<CheckpointId>, target: RecoveryTarget) -> Result<Vec<CheckpointId>> {
+pub(crate) fn candidate_ids(
+    mut ids: Vec<CheckpointId>,
+    target: RecoveryTarget,
+) -> Result<Vec<CheckpointId>> {
     ids.sort_unstable_by(|a, b| b.cmp(a));
     ids.dedup();
     if let RecoveryTarget::Checkpoint(id) = target {
         if !ids.contains(&id) {
-            return Err(Error::NotFound(format!("manifest {id}: no such checkpoint")));
+            return Err(Error::NotFound(format!(
+                "manifest {id}: no such checkpoint"
+            )));
         }
         ids.retain(|c| *c <= id);
     }
@@ -326,11 +339,14 @@ pub(crate) fn plan_for(
             n += 1;
             bytes += r.stored_bytes;
             distinct.insert(r.id, r.stored_bytes);
-            per_op.entry(&r.operator).or_default().push(PlannedArtifact {
-                layer: i,
-                kind: layer.kind,
-                artifact: r.clone(),
-            });
+            per_op
+                .entry(&r.operator)
+                .or_default()
+                .push(PlannedArtifact {
+                    layer: i,
+                    kind: layer.kind,
+                    artifact: r.clone(),
+                });
         }
         chain.push(PlannedLayer {
             checkpoint: layer.checkpoint_id,
@@ -373,7 +389,12 @@ pub(crate) fn plan_for(
     // Largest first, so the longest folds start early and the tail of the
     // parallel phase is short.
     ranges.sort_by_key(|r| {
-        std::cmp::Reverse(r.artifacts.iter().map(|a| a.artifact.logical_bytes).sum::<u64>())
+        std::cmp::Reverse(
+            r.artifacts
+                .iter()
+                .map(|a| a.artifact.logical_bytes)
+                .sum::<u64>(),
+        )
     });
     let until_ms = match target {
         RecoveryTarget::PointInTime { at_ms } => Some(at_ms),
@@ -479,7 +500,12 @@ pub(crate) async fn check_manifest(
     if level != VerificationLevel::Full {
         return Ok(());
     }
-    let bad = |detail: String| Err(Error::corrupt("manifest", format!("checkpoint={id}: {detail}")));
+    let bad = |detail: String| {
+        Err(Error::corrupt(
+            "manifest",
+            format!("checkpoint={id}: {detail}"),
+        ))
+    };
     match manifest.layers.last() {
         Some(l) if l.checkpoint_id == id => {}
         _ => return bad("the last layer is not the checkpoint's own".into()),

@@ -33,9 +33,9 @@ mod verify;
 #[cfg(feature = "cloud")]
 pub use highwater_cloud as cloud;
 pub use highwater_core as core;
-pub use highwater_recovery as recovery;
 #[cfg(feature = "memory")]
 pub use highwater_memory as memory;
+pub use highwater_recovery as recovery;
 #[cfg(feature = "redis")]
 pub use highwater_redis as redis;
 pub use highwater_wal as wal;
@@ -47,11 +47,11 @@ pub use highwater_core::{
     MapState, MapStateDescriptor, ReducingState, ReducingStateDescriptor, Result, StateBackend,
     TtlConfig, ValueState, ValueStateDescriptor,
 };
-pub use manager::{
-    CheckpointHandle, CheckpointInfo, HistoryEntry, RestoreInfo, StateManager, StateManagerBuilder,
-};
 pub use highwater_recovery::{
     RecoveryConfig, RecoveryPlan, RecoveryScope, RecoveryStats, RecoveryTarget, VerificationLevel,
+};
+pub use manager::{
+    CheckpointHandle, CheckpointInfo, HistoryEntry, RestoreInfo, StateManager, StateManagerBuilder,
 };
 pub use retention::{RetentionReport, apply_retention};
 pub use verify::{CheckpointVerification, VerifyProblem, verify_store, verify_store_with};

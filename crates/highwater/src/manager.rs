@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use highwater_core::{
-    ArtifactRef, CheckpointId, CheckpointKind, CheckpointStore, Clock, Error,
-    KeyedStateContext, Layer, LayerKind, Manifest, PutOutcome, Result, SnapshotKind, StateBackend,
-    StateSnapshot, SystemClock,
+    ArtifactRef, CheckpointId, CheckpointKind, CheckpointStore, Clock, Error, KeyedStateContext,
+    Layer, LayerKind, Manifest, PutOutcome, Result, SnapshotKind, StateBackend, StateSnapshot,
+    SystemClock,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -650,8 +650,14 @@ impl StateManager {
             return Ok(None);
         }
         let config = self.inner.recovery.clone();
-        self.restore_locked(&mut t, RecoveryTarget::Latest, &RecoveryScope::all(), &config, None)
-            .map(Some)
+        self.restore_locked(
+            &mut t,
+            RecoveryTarget::Latest,
+            &RecoveryScope::all(),
+            &config,
+            None,
+        )
+        .map(Some)
     }
 
     /// Restores checkpoint `id` exactly, replacing all live state (the
@@ -661,7 +667,13 @@ impl StateManager {
     pub fn restore(&self, id: CheckpointId) -> Result<RestoreInfo> {
         let mut t = self.inner.wait_idle();
         let config = self.inner.recovery.clone().optimistic_recovery(false);
-        self.restore_locked(&mut t, RecoveryTarget::Checkpoint(id), &RecoveryScope::all(), &config, None)
+        self.restore_locked(
+            &mut t,
+            RecoveryTarget::Checkpoint(id),
+            &RecoveryScope::all(),
+            &config,
+            None,
+        )
     }
 
     /// Restores the state as of `at_ms` (ms since the Unix epoch, on the
@@ -708,21 +720,35 @@ impl StateManager {
 
     /// The plan a restore to `target` of `scope` would follow, without
     /// loading anything (manifests are read; artifacts are not).
-    pub fn recovery_plan(&self, target: RecoveryTarget, scope: &RecoveryScope) -> Result<RecoveryPlan> {
+    pub fn recovery_plan(
+        &self,
+        target: RecoveryTarget,
+        scope: &RecoveryScope,
+    ) -> Result<RecoveryPlan> {
         let engine = self.recovery_engine(&self.inner.recovery)?;
         let scope = self.job_scope(scope);
-        engine.plan(target, &scope, self.inner.logged.as_ref().map(|l| &**l.wal()))
+        engine.plan(
+            target,
+            &scope,
+            self.inner.logged.as_ref().map(|l| &**l.wal()),
+        )
     }
 
     fn recovery_engine(&self, config: &RecoveryConfig) -> Result<Recovery> {
-        Ok(Recovery::new(self.inner.store.clone(), config.clone(), self.inner.handle.clone())?
-            .with_now_ms(self.inner.clock.now_ms()))
+        Ok(Recovery::new(
+            self.inner.store.clone(),
+            config.clone(),
+            self.inner.handle.clone(),
+        )?
+        .with_now_ms(self.inner.clock.now_ms()))
     }
 
     /// `scope`, pinned to this job's number of key groups.
     fn job_scope(&self, scope: &RecoveryScope) -> RecoveryScope {
         let mut scope = scope.clone();
-        scope.max_parallelism.get_or_insert(self.inner.config.max_parallelism);
+        scope
+            .max_parallelism
+            .get_or_insert(self.inner.config.max_parallelism);
         scope
     }
 
@@ -744,9 +770,8 @@ impl StateManager {
         // touched nothing; the chain the next checkpoint builds on stands.
         let plan = engine.plan(target, &scope, wal)?;
         let result = match &self.inner.logged {
-            Some(logged) => logged.recover_with(|backend, wal| {
-                engine.execute(plan, backend, Some(wal), progress)
-            }),
+            Some(logged) => logged
+                .recover_with(|backend, wal| engine.execute(plan, backend, Some(wal), progress)),
             None => engine.execute(plan, &*self.inner.backend, None, progress),
         };
         let outcome = match result {

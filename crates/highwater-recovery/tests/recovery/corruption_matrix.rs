@@ -158,7 +158,11 @@ fn damaged_newest_manifest_falls_back_to_checkpoint_2_and_the_longer_log() {
             _ => {
                 assert_eq!(info.fallbacks.len(), 1, "{ctx}");
                 assert_eq!(info.fallbacks[0].0, CheckpointId(3), "{ctx}");
-                assert!(info.fallbacks[0].1.contains("manifest"), "{ctx}: {:?}", info.fallbacks);
+                assert!(
+                    info.fallbacks[0].1.contains("manifest"),
+                    "{ctx}: {:?}",
+                    info.fallbacks
+                );
             }
         }
         // Checkpoint 2 plus the log after it is the same state.
@@ -192,7 +196,10 @@ fn damaged_incremental_chunk_falls_back_or_names_checkpoint_and_artifact() {
             };
             assert_eq!(err.kind(), want, "{ctx}: {err}");
             let msg = err.to_string();
-            assert!(msg.contains("checkpoint 3") || msg.contains("checkpoint=3"), "{ctx}: {msg}");
+            assert!(
+                msg.contains("checkpoint 3") || msg.contains("checkpoint=3"),
+                "{ctx}: {msg}"
+            );
             assert!(msg.contains(&hex), "{ctx}: {msg}");
             assert_state(&before, &dump(&**m.backend()), &format!("{ctx}: untouched"));
             // Dropped, not closed: closing would log the scribble.
@@ -203,7 +210,11 @@ fn damaged_incremental_chunk_falls_back_or_names_checkpoint_and_artifact() {
         assert_eq!(info.checkpoint_id, CheckpointId(2), "{ctx}");
         assert_eq!(info.fallbacks.len(), 1, "{ctx}");
         assert_eq!(info.fallbacks[0].0, CheckpointId(3), "{ctx}");
-        assert!(info.fallbacks[0].1.contains(&hex), "{ctx}: {:?}", info.fallbacks);
+        assert!(
+            info.fallbacks[0].1.contains(&hex),
+            "{ctx}: {:?}",
+            info.fallbacks
+        );
         assert_eq!(info.stats.fallbacks.len(), 1, "{ctx}");
         assert_state(&job.last, &dump(&**m.backend()), &ctx);
         // The damaged stored copy was removed (not left for checkpoint
@@ -212,7 +223,11 @@ fn damaged_incremental_chunk_falls_back_or_names_checkpoint_and_artifact() {
         assert!(!job.dirs.artifact_file(job.delta_chunk).exists(), "{ctx}");
         let next = m.checkpoint().unwrap().wait().unwrap();
         m.restore(next.id).unwrap();
-        assert_state(&job.last, &dump(&**m.backend()), &format!("{ctx}: next checkpoint"));
+        assert_state(
+            &job.last,
+            &dump(&**m.backend()),
+            &format!("{ctx}: next checkpoint"),
+        );
     }
 }
 

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use highwater::core::ManualClock;
 use highwater::ValueStateDescriptor;
+use highwater::core::ManualClock;
 use highwater_testkit::SplitMix64;
 use highwater_testkit::model::Entries;
 
@@ -120,8 +120,14 @@ fn recovering_to_random_times_gives_the_models_state_at_that_time() {
             }
             m.close().unwrap();
         }
-        assert!(from_checkpoint > 0, "seed={seed}: no recovery used a checkpoint");
-        assert!(from_log_alone > 0, "seed={seed}: no recovery used the log alone");
+        assert!(
+            from_checkpoint > 0,
+            "seed={seed}: no recovery used a checkpoint"
+        );
+        assert!(
+            from_log_alone > 0,
+            "seed={seed}: no recovery used the log alone"
+        );
     }
 }
 
@@ -146,7 +152,11 @@ fn restore_at_without_a_log_has_checkpoint_granularity() {
     let info = m.restore_at(START_MS + 50).unwrap();
     assert_eq!(info.checkpoint_id, highwater::CheckpointId(1));
     assert_eq!(info.fork_checkpoint, None);
-    assert_state(&at_first, &dump(&**m.backend()), "restore_at between checkpoints");
+    assert_state(
+        &at_first,
+        &dump(&**m.backend()),
+        "restore_at between checkpoints",
+    );
     let err = m.restore_at(START_MS - 1).unwrap_err();
     assert_eq!(err.kind(), highwater::ErrorKind::NotFound, "{err}");
 }

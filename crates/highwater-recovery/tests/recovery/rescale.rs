@@ -103,7 +103,10 @@ fn restore_at(dirs: &JobDirs, parallelism: u16, original: &Entries) {
         let planned = plan.artifacts_to_fetch;
         let out = engine.execute(plan, &backend, Some(&wal), None).unwrap();
         assert_eq!(out.stats.artifacts_fetched, planned);
-        assert!(out.stats.wal_records_replayed > 0, "the log tail was replayed");
+        assert!(
+            out.stats.wal_records_replayed > 0,
+            "the log tail was replayed"
+        );
         let state = dump(&backend);
         assert_eq!(state.len() as u64, backend.stats().entries);
         for k in state.keys() {
@@ -117,7 +120,11 @@ fn restore_at(dirs: &JobDirs, parallelism: u16, original: &Entries) {
         }
         union.extend(state);
     }
-    assert_state(original, &union, &format!("union of {parallelism} subtasks"));
+    assert_state(
+        original,
+        &union,
+        &format!("union of {parallelism} subtasks"),
+    );
 }
 
 #[test]
