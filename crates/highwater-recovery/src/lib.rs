@@ -6,21 +6,27 @@
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use highwater_core::CheckpointStore;
+//! use highwater_core::{CheckpointStore, StateBackend};
 //! use highwater_recovery::{Recovery, RecoveryConfig, RecoveryScope, RecoveryTarget};
 //!
-//! # fn main() -> highwater_core::Result<()> {
-//! # let store: Arc<dyn CheckpointStore> = unimplemented!();
-//! # let backend: Arc<dyn highwater_core::StateBackend> = unimplemented!();
-//! let runtime = tokio::runtime::Runtime::new().unwrap();
-//! let engine = Recovery::new(store, RecoveryConfig::default(), runtime.handle().clone())?;
-//! // Subtask 2 of 8 after rescaling: only its key groups are fetched.
-//! let scope = RecoveryScope::subtask(128, 8, 2)?;
-//! let plan = engine.plan(RecoveryTarget::Latest, &scope, None)?;
-//! println!("{plan}");
-//! let outcome = engine.execute(plan, &*backend, None, None)?;
-//! println!("{} entries, {:.0} MB/s", outcome.stats.entries_loaded, outcome.stats.throughput_mb_s());
-//! # Ok(()) }
+//! /// Recovers subtask 2 of 8 after rescaling: only its key groups are fetched.
+//! fn recover_subtask(
+//!     store: Arc<dyn CheckpointStore>,
+//!     backend: &dyn StateBackend,
+//! ) -> highwater_core::Result<()> {
+//!     let runtime = tokio::runtime::Runtime::new().expect("runtime");
+//!     let engine = Recovery::new(store, RecoveryConfig::default(), runtime.handle().clone())?;
+//!     let scope = RecoveryScope::subtask(128, 8, 2)?;
+//!     let plan = engine.plan(RecoveryTarget::Latest, &scope, None)?;
+//!     println!("{plan}");
+//!     let outcome = engine.execute(plan, backend, None, None)?;
+//!     println!(
+//!         "{} entries, {:.0} MB/s",
+//!         outcome.stats.entries_loaded,
+//!         outcome.stats.throughput_mb_s()
+//!     );
+//!     Ok(())
+//! }
 //! ```
 //!
 //! ## How a recovery runs

@@ -528,19 +528,16 @@ pub(crate) async fn check_manifest(
         }
     }
     if let (CheckpointKind::Incremental, Some(parent)) = (manifest.kind, manifest.parent) {
-        match load_manifest(store, parent).await {
-            Ok(p) => {
-                let n = manifest.layers.len() - 1;
-                if p.layers.len() != n || p.layers[..] != manifest.layers[..n] {
-                    return bad(format!(
-                        "its chain does not extend its parent's: parent={parent}"
-                    ));
-                }
+        // Retention may have removed the parent; a manifest is
+        // self-contained, so that is not a fault. A damaged parent is
+        // reported by its own recovery, not this one's.
+        if let Ok(p) = load_manifest(store, parent).await {
+            let n = manifest.layers.len() - 1;
+            if p.layers.len() != n || p.layers[..] != manifest.layers[..n] {
+                return bad(format!(
+                    "its chain does not extend its parent's: parent={parent}"
+                ));
             }
-            // Retention may have removed the parent; a manifest is
-            // self-contained, so that is not a fault. A damaged parent is
-            // reported by its own recovery, not this one's.
-            Err(_) => {}
         }
     }
     Ok(())
