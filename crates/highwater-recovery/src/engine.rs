@@ -248,6 +248,11 @@ impl Recovery {
             fallbacks: plan.fallbacks.clone(),
             ..RecoveryStats::default()
         };
+        // A log that ends before the checkpoint's position has lost records
+        // the checkpoint was built on: refuse before touching live state.
+        if let (Some(_), Some(wal)) = (plan.wal, wal) {
+            check_log_reaches(wal, plan.wal_position)?;
+        }
         loop {
             match self.load(&plan, backend, &mut stats, progress, deadline) {
                 Ok(()) => break,
@@ -615,6 +620,20 @@ async fn fetch_one(
         "artifact",
         format!("content does not match its id (xxh3-128): checkpoint={checkpoint} artifact={id}"),
     ))
+}
+
+fn check_log_reaches(wal: &Wal, covered: Option<u64>) -> Result<()> {
+    let last = wal.written_lsn();
+    match covered {
+        Some(p) if last < p => Err(Error::corrupt(
+            "wal",
+            format!(
+                "the log ends before the checkpoint's position: last_lsn={last} checkpoint_position={p} dir={}",
+                wal.dir().display()
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn timeout_error() -> Error {

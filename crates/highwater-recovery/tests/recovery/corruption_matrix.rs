@@ -270,22 +270,31 @@ fn damaged_log_segment_is_a_typed_error() {
         // cover lie after it, so the damage cannot pass for a torn tail.
         let victim = &segments[segments.len() / 2];
         damage.apply(victim);
+        // The log refuses to open: records after the damage were durable
+        // (later frames say so), so it cannot be a torn tail.
         match reopen(&job, true) {
-            Err(e) => assert_eq!(e.kind(), ErrorKind::Corruption, "{ctx}: {e}"),
-            Ok((m, before)) => {
-                // If the log opened, recovery itself must refuse or give
-                // the model's state.
-                match m.restore_latest() {
-                    Err(e) => {
-                        assert!(
-                            e.kind() == ErrorKind::Corruption || e.kind() == ErrorKind::NotFound,
-                            "{ctx}: {e}"
-                        );
-                        let _ = before;
-                    }
-                    Ok(_) => assert_state(&job.last, &dump(&**m.backend()), &ctx),
-                }
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::Corruption, "{ctx}: {e}");
+                assert!(e.to_string().contains("wal"), "{ctx}: {e}");
             }
+            Ok(_) => panic!("{ctx}: a log damaged in the middle opened"),
         }
     }
+}
+
+#[test]
+fn a_lost_log_directory_is_refused_rather_than_replayed_from_scratch() {
+    let job = job();
+    std::fs::remove_dir_all(&job.dirs.wal_dir).unwrap();
+    // A fresh, empty log opens; the checkpoint claims records it lacks.
+    let (m, before) = reopen(&job, true).unwrap();
+    let err = m.restore_latest().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Corruption, "{err}");
+    assert!(err.to_string().contains("ends before"), "{err}");
+    // Refused before anything was loaded.
+    assert_state(&before, &dump(&**m.backend()), "untouched");
+    // The checkpoint alone (no replay) still restores.
+    let info = m.restore(CheckpointId(3)).unwrap();
+    assert_eq!(info.wal_records_replayed, 0);
+    drop(m);
 }
