@@ -21,10 +21,10 @@
 //!   `decode_artifact` (header, zstd, payload checksum; no records built)
 //!   on one core, times the number of cores. Same numerator (the state's
 //!   logical bytes) on both sides.
-//! - `recovery_throughput_streamed_restore` (MB/s): the same with
-//!   `LoadStrategy::Restore` (folded ranges streamed into one
-//!   `backend.restore` call) instead of the default parallel load, against
-//!   the same limit.
+//! - `recovery_throughput_parallel_load` (MB/s): the same with
+//!   `LoadStrategy::Parallel` (fold everything, then clear and load from
+//!   all threads) instead of the default (folded ranges streamed into one
+//!   `backend.restore` call), against the same limit.
 //! - `recovery_scaling_<n>t` (MB/s): the same recovery with 1, 2 and 4
 //!   decode threads; baseline the 1-thread figure.
 //! - `recovery_chain_depth` (s, lower is better): recovery of store A's
@@ -253,7 +253,7 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
     for threads in [1usize, 2, 4] {
         let mut times = Vec::new();
         for _ in 0..plan.reps {
-            let (l, d) = recover(&rt, &dir_b, threads, LoadStrategy::Auto)?;
+            let (l, d) = recover(&rt, &dir_b, threads, LoadStrategy::Restore)?;
             logical = l;
             times.push(d.as_secs_f64());
         }
@@ -308,12 +308,16 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
     let mut deep = Vec::new();
     let mut flat = Vec::new();
     for _ in 0..plan.reps {
-        let (l, d) = recover(&rt, &dir_a, 0, LoadStrategy::Auto)?;
+        let (l, d) = recover(&rt, &dir_a, 0, LoadStrategy::Restore)?;
         if l != logical {
             return Err(format!("depth 10 loaded {l} bytes, depth 0 {logical}").into());
         }
         deep.push(d.as_secs_f64());
-        flat.push(recover(&rt, &dir_b, 0, LoadStrategy::Auto)?.1.as_secs_f64());
+        flat.push(
+            recover(&rt, &dir_b, 0, LoadStrategy::Restore)?
+                .1
+                .as_secs_f64(),
+        );
     }
     metrics.push(Metric::versus(
         "recovery_chain_depth",

@@ -440,12 +440,7 @@ impl Recovery {
         deadline: Option<Instant>,
     ) -> Result<()> {
         let total = plan.ranges.len() as u64;
-        let parallel = match self.config.load_strategy {
-            LoadStrategy::Restore => false,
-            LoadStrategy::Parallel => true,
-            LoadStrategy::Auto => backend.name() == "memory",
-        };
-        if parallel {
+        if self.config.load_strategy == LoadStrategy::Parallel {
             return self.fold_then_load_in_parallel(
                 plan, checkpoint, artifacts, backend, stats, progress, deadline,
             );

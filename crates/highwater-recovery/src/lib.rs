@@ -51,15 +51,15 @@
 //!    [`decode_checked`](highwater_core::decode_checked), the one decoding
 //!    path of the project. Expired entries and records outside the scope's
 //!    key groups are dropped.
-//! 4. **Load** ([`LoadStrategy`]). Either folded ranges stream, as they
+//! 4. **Load** ([`LoadStrategy`]). By default folded ranges stream, as they
 //!    finish, into the backend's
 //!    [`restore`](highwater_core::StateBackend::restore), which replaces all
 //!    live state and starts a new change-tracking epoch (the memory backend
 //!    builds the new state aside and swaps it in, so a recovery that fails
-//!    part-way leaves live state untouched); or, for the memory backend,
-//!    every range is folded first and the backend is then cleared and
-//!    loaded from all threads at once (a damaged artifact is still found
-//!    before live state is touched).
+//!    part-way leaves live state untouched). `LoadStrategy::Parallel` folds
+//!    every range first and then clears the backend and loads it from all
+//!    threads at once (a damaged artifact is still found before live state
+//!    is touched).
 //! 5. **Replay** the write-ahead log from the checkpoint's position + 1, one
 //!    logged batch per `write_batch`, up to the end of the log or the point
 //!    in time.

@@ -92,9 +92,9 @@ fn every_thread_count_level_and_prefetch_strategy_gives_the_same_state_and_repor
         ),
         (
             3,
-            VerificationLevel::Full,
+            VerificationLevel::Checksum,
             PrefetchStrategy::Adaptive,
-            LoadStrategy::Auto,
+            LoadStrategy::Parallel,
         ),
     ] {
         let cfg = RecoveryConfig::default()
