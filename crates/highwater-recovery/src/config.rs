@@ -57,10 +57,10 @@ impl PrefetchStrategy {
 /// How folded state is loaded into the backend.
 ///
 /// Measured at 1 GiB into the memory backend on 2 shared cores
-/// (`cargo xtask bench recovery`): `Restore` 56 MB/s, `Parallel` 33 MB/s
-/// (at 32 MiB the order was the other way round: 61 against 105 MB/s);
-/// `Parallel` holds the whole folded state in memory before loading, which
-/// costs more than it gains at that size.
+/// (`cargo xtask bench recovery`, two runs): `Restore` 56 and 134 MB/s,
+/// `Parallel` 33 and 105 MB/s (at 32 MiB the order was the other way
+/// round: 61 against 105 MB/s). `Parallel` holds the whole folded state in
+/// memory before loading, which costs more than it gains at that size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub enum LoadStrategy {
     /// Stream folded ranges, as they finish, into the backend's `restore`
