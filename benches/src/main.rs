@@ -23,6 +23,7 @@
 mod cloud;
 mod merge;
 mod raft;
+mod recovery;
 mod redis;
 mod rocksdb;
 mod state;
@@ -53,6 +54,7 @@ const SUITES: &[Suite] = &[
     ("merge", merge::run),
     ("raft", raft::run),
     ("rocksdb", rocksdb::run),
+    ("recovery", recovery::run),
 ];
 
 /// What every suite is given.

@@ -248,6 +248,15 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
                     "resumed from checkpoint {} (chain of {}, {} entries) and {} logged changes at offset {offset}",
                     info.checkpoint_id, info.chain_length, info.entries, info.wal_records_replayed
                 );
+                let s = &info.stats;
+                println!(
+                    "recovery: {} artifacts ({} bytes) fetched, {} ranges decoded in parallel, {:.3}s ({:.1} MB/s)",
+                    s.artifacts_fetched,
+                    s.bytes_fetched,
+                    s.ranges,
+                    s.duration.as_secs_f64(),
+                    s.throughput_mb_s()
+                );
             }
             None => println!("no checkpoint in {store_spec}; starting at offset 0"),
         }

@@ -6,6 +6,7 @@ mod compact;
 mod coordinator;
 mod demo;
 mod inspect;
+mod recover;
 mod target;
 
 use std::process::ExitCode;
@@ -42,6 +43,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Plan (--plan) or run a recovery of STORE into memory: the newest
+    /// checkpoint, a checkpoint (--checkpoint ID) or a point in time
+    /// (--to TIME), plus the write-ahead log; rescaled (--parallelism P
+    /// --subtask I) or partial (--operator OP).
+    Recover(recover::RecoverArgs),
     /// Check every manifest and artifact checksum in STORE (a directory, or
     /// a redis://, s3://, az:// or gs:// URL); exit 1 if any is bad.
     Verify {
@@ -105,6 +111,7 @@ fn main() -> ExitCode {
             namespace,
             json,
         } => inspect::inspect(&store, &namespace, json),
+        Command::Recover(args) => recover::run(args),
         Command::Verify {
             store,
             namespace,

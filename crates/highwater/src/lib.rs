@@ -17,6 +17,7 @@
 //! | `s3`, `azure`, `gcs` | [`cloud`] | the same store on S3, Azure Blob and GCS (`ObjectCheckpointStore::from_url`) |
 //! | (always) | [`merge`] | chunked content-addressed encoding, chain merging, dedup, retention |
 //! | (always) | [`wal`] | write-ahead log of state changes (replayed on restore) |
+//! | (always) | [`recovery`] | recovery engine: plans, parallel verified restore, point in time, rescaling |
 //! | `redis` | `redis` | Redis state backend and checkpoint store, standalone and cluster |
 //! | `raft` | `raft` | Raft-coordinated distributed checkpoints (openraft): ledger, coordinator |
 //! | `rocksdb` | `rocksdb` | RocksDB state backend with native incremental checkpoints ([`native`]) |
@@ -29,7 +30,6 @@ mod config;
 mod logged;
 mod manager;
 pub mod native;
-mod restore;
 mod retention;
 mod verify;
 
@@ -41,6 +41,7 @@ pub use highwater_memory as memory;
 pub use highwater_merge as merge;
 #[cfg(feature = "raft")]
 pub use highwater_raft as raft;
+pub use highwater_recovery as recovery;
 #[cfg(feature = "redis")]
 pub use highwater_redis as redis;
 #[cfg(feature = "rocksdb")]
@@ -55,11 +56,14 @@ pub use highwater_core::{
     TtlConfig, ValueState, ValueStateDescriptor,
 };
 pub use highwater_merge::{ConflictResolution, MergeStats, MergeStrategy, MergerConfig};
+pub use highwater_recovery::{
+    RecoveryConfig, RecoveryPlan, RecoveryScope, RecoveryStats, RecoveryTarget, VerificationLevel,
+};
 pub use manager::{
     CheckpointHandle, CheckpointInfo, HistoryEntry, RestoreInfo, StateManager, StateManagerBuilder,
 };
 pub use retention::{RetentionReport, apply_retention};
-pub use verify::{CheckpointVerification, VerifyProblem, verify_store};
+pub use verify::{CheckpointVerification, VerifyProblem, verify_store, verify_store_with};
 
 /// The README's examples, compiled and run as doctests.
 #[doc = include_str!("../../../README.md")]

@@ -6,11 +6,17 @@
 //! changes in the log is the order they were applied: replaying the log
 //! over a checkpoint rebuilds exactly the live state. (With the log on,
 //! writers are serialised through that lock; the log is one sequence.)
+//!
+//! Every logged record carries the manager clock's time when the change was
+//! applied as its event time, so a replay can stop at a point in time: the
+//! recovery engine replays up to the last batch whose changes were all made
+//! at or before it (`Replay::until_event_time`), which is a state the
+//! writer really had.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use highwater_core::{
-    BackendStats, Error, Mutation, Result, SnapshotKind, StateBackend, StateSnapshot, WriteBatch,
+    BackendStats, Clock, Result, SnapshotKind, StateBackend, StateSnapshot, WriteBatch,
 };
 use highwater_wal::{Lsn, SyncPolicy, Wal, WalBatch};
 
@@ -18,16 +24,23 @@ use highwater_wal::{Lsn, SyncPolicy, Wal, WalBatch};
 pub(crate) struct LoggedBackend {
     inner: Arc<dyn StateBackend>,
     wal: Arc<Wal>,
+    clock: Arc<dyn Clock>,
     pending: Mutex<WalBatch>,
 }
 
 impl LoggedBackend {
-    pub(crate) fn new(inner: Arc<dyn StateBackend>, wal: Arc<Wal>) -> Self {
+    pub(crate) fn new(inner: Arc<dyn StateBackend>, wal: Arc<Wal>, clock: Arc<dyn Clock>) -> Self {
         LoggedBackend {
             inner,
             wal,
+            clock,
             pending: Mutex::new(WalBatch::new()),
         }
+    }
+
+    /// The time stamped on records logged now.
+    fn now(&self) -> Option<u64> {
+        Some(self.clock.now_ms())
     }
 
     pub(crate) fn wal(&self) -> &Arc<Wal> {
@@ -73,34 +86,18 @@ impl LoggedBackend {
         Ok((snapshot, lsn))
     }
 
-    /// Applies the log from `from` to the live backend (not logging it
-    /// again), one logged batch at a time. Returns the records applied.
-    pub(crate) fn replay_from(&self, from: Lsn) -> Result<u64> {
-        let _pending = self.pending();
-        let mut batch = WriteBatch::new();
-        let mut applied = 0u64;
-        for entry in self.wal.replay(from)? {
-            let entry = entry?;
-            let m = entry.record.to_mutation().ok_or_else(|| {
-                Error::corrupt(
-                    "wal",
-                    format!("merge record the backend cannot apply: lsn={}", entry.lsn),
-                )
-            })?;
-            match m {
-                Mutation::Put { key, value } => batch.put(key, value),
-                Mutation::Delete { key } => batch.delete(key),
-            };
-            applied += 1;
-            if entry.batch_end {
-                self.inner.write_batch(std::mem::take(&mut batch))?;
-            }
-        }
-        // The log only ever holds whole batches, so nothing is left over.
-        if !batch.is_empty() {
-            return Err(Error::Internal("wal replay ended inside a batch".into()));
-        }
-        Ok(applied)
+    /// Runs a recovery `f` against the unlogged backend and the log, with
+    /// writers held off: what `f` loads (a checkpoint, a replay of the log)
+    /// must not be logged again. Pending changes belong to the state being
+    /// replaced and are dropped once `f` succeeds.
+    pub(crate) fn recover_with<R>(
+        &self,
+        f: impl FnOnce(&dyn StateBackend, &Wal) -> Result<R>,
+    ) -> Result<R> {
+        let mut pending = self.pending();
+        let r = f(&*self.inner, &self.wal)?;
+        pending.clear();
+        Ok(r)
     }
 }
 
@@ -116,14 +113,14 @@ impl StateBackend for LoggedBackend {
     fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
         let mut pending = self.pending();
         self.inner.put(key, value)?;
-        pending.put(key, value, None);
+        pending.put(key, value, self.now());
         Ok(())
     }
 
     fn delete(&self, key: &[u8]) -> Result<()> {
         let mut pending = self.pending();
         self.inner.delete(key)?;
-        pending.delete(key, None);
+        pending.delete(key, self.now());
         Ok(())
     }
 
@@ -132,8 +129,9 @@ impl StateBackend for LoggedBackend {
         // Logged only once applied: a batch that failed must not replay.
         let logged = batch.clone();
         self.inner.write_batch(batch)?;
+        let now = self.now();
         for m in logged.mutations() {
-            pending.push_mutation(m, None);
+            pending.push_mutation(m, now);
         }
         Ok(())
     }
@@ -164,8 +162,9 @@ impl StateBackend for LoggedBackend {
         let mut pending = self.pending();
         let keys = self.inner.scan_prefix(&[])?;
         self.inner.clear()?;
+        let now = self.now();
         for (k, _) in keys {
-            pending.delete(&k, None);
+            pending.delete(&k, now);
         }
         Ok(())
     }

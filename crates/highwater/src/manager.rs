@@ -6,21 +6,24 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use highwater_core::{
-    ArtifactRef, CheckpointId, CheckpointKind, CheckpointStore, Clock, DecodeLimits, Error,
-    KeyedStateContext, Layer, LayerKind, Manifest, PutOutcome, Result, SnapshotKind, StateBackend,
-    StateSnapshot, SystemClock,
+    ArtifactRef, CheckpointId, CheckpointKind, CheckpointStore, Clock, Error, KeyedStateContext,
+    Layer, LayerKind, Manifest, PutOutcome, Result, SnapshotKind, StateBackend, StateSnapshot,
+    SystemClock,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::config::CheckpointConfig;
 use crate::logged::LoggedBackend;
-use crate::restore::{fetch_artifacts, materialize};
 use crate::retention::RetentionReport;
 use highwater_core::load_manifest;
 use highwater_merge::{
     EncodeParams, MergeParams, MergeStats, PinGuard, Pins, Produced, collect_garbage,
     encode_snapshot, merge_into_store, needs_merge, substitute,
+};
+use highwater_recovery::{
+    ProgressFn, Recovery, RecoveryConfig, RecoveryOutcome, RecoveryPlan, RecoveryScope,
+    RecoveryStats, RecoveryTarget,
 };
 
 /// Statistics of one completed checkpoint.
@@ -106,6 +109,35 @@ pub struct RestoreInfo {
     pub wal_position: Option<u64>,
     /// Wall time.
     pub duration: Duration,
+    /// After a point-in-time recovery with a write-ahead log: the full
+    /// checkpoint of the recovered state taken before returning, so that a
+    /// crash afterwards resumes from it rather than from the abandoned
+    /// later history still in the store and the log.
+    pub fork_checkpoint: Option<CheckpointId>,
+    /// Everything the recovery engine measured.
+    pub stats: RecoveryStats,
+}
+
+impl RestoreInfo {
+    fn from_outcome(o: &RecoveryOutcome) -> Self {
+        let s = &o.stats;
+        RestoreInfo {
+            checkpoint_id: s.checkpoint.unwrap_or(CheckpointId(0)),
+            chain_length: s.chain_length,
+            entries: s.entries_loaded,
+            bytes_fetched: s.bytes_fetched,
+            fallbacks: s
+                .fallbacks
+                .iter()
+                .map(|f| (f.checkpoint, f.reason.clone()))
+                .collect(),
+            wal_records_replayed: s.wal_records_replayed,
+            wal_position: s.wal_position,
+            duration: s.duration,
+            fork_checkpoint: None,
+            stats: s.clone(),
+        }
+    }
 }
 
 /// One entry of [`StateManager::checkpoint_history`].
@@ -125,6 +157,7 @@ pub struct StateManagerBuilder {
     clock: Arc<dyn Clock>,
     properties: BTreeMap<String, String>,
     wal: Option<(std::path::PathBuf, highwater_wal::WalConfig)>,
+    recovery: RecoveryConfig,
 }
 
 impl std::fmt::Debug for StateManagerBuilder {
@@ -202,6 +235,13 @@ impl StateManagerBuilder {
         self
     }
 
+    /// How restores run (threads, timeout, verification level, fallback).
+    /// `restore(id)` never falls back, whatever `optimistic_recovery` says.
+    pub fn recovery(mut self, config: RecoveryConfig) -> Self {
+        self.recovery = config;
+        self
+    }
+
     /// A property written into every manifest (for example the job name).
     pub fn property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.properties.insert(key.into(), value.into());
@@ -212,6 +252,7 @@ impl StateManagerBuilder {
     /// the store's existing checkpoint ids (new ids continue after them).
     pub fn build(self) -> Result<StateManager> {
         self.config.validate()?;
+        self.recovery.validate()?;
         let backend = self
             .backend
             .ok_or_else(|| Error::InvalidArgument("a state backend is required".into()))?;
@@ -224,7 +265,11 @@ impl StateManagerBuilder {
                 if let Some(torn) = &report.torn_tail {
                     tracing::warn!(dir = %dir.display(), ?torn, "cut the torn tail of the write-ahead log");
                 }
-                let logged = Arc::new(LoggedBackend::new(backend, Arc::new(wal)));
+                let logged = Arc::new(LoggedBackend::new(
+                    backend,
+                    Arc::new(wal),
+                    self.clock.clone(),
+                ));
                 (logged.clone() as Arc<dyn StateBackend>, Some(logged))
             }
             None => (backend, None),
@@ -251,6 +296,7 @@ impl StateManagerBuilder {
             store,
             config: self.config,
             clock: self.clock,
+            recovery: self.recovery,
             properties: self.properties,
             handle: runtime.handle().clone(),
             runtime: Mutex::new(Some(runtime)),
@@ -365,6 +411,7 @@ struct Inner {
     store: Arc<dyn CheckpointStore>,
     config: CheckpointConfig,
     clock: Arc<dyn Clock>,
+    recovery: RecoveryConfig,
     properties: BTreeMap<String, String>,
     handle: tokio::runtime::Handle,
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
@@ -453,6 +500,7 @@ impl StateManager {
             clock: Arc::new(SystemClock),
             properties: BTreeMap::new(),
             wal: None,
+            recovery: RecoveryConfig::default(),
         }
     }
 
@@ -675,135 +723,159 @@ impl StateManager {
 
     /// Restores the newest readable checkpoint and, with a write-ahead log,
     /// replays the log after it (a state with no checkpoint yet is rebuilt
-    /// from the log alone, reported as checkpoint id 0). A checkpoint whose manifest
+    /// from the log alone, reported as checkpoint id 0). With
+    /// `optimistic_recovery` on (the default), a checkpoint whose manifest
     /// or artifacts are corrupt or missing is skipped (with a warning and an
     /// entry in [`RestoreInfo::fallbacks`]) in favour of the previous one.
-    /// Returns `Ok(None)` when the store holds no checkpoint.
+    /// Returns `Ok(None)` when the store holds no checkpoint and there is
+    /// no log to rebuild from.
     pub fn restore_latest(&self) -> Result<Option<RestoreInfo>> {
         // Held for the whole restore: no checkpoint may start meanwhile.
         let mut t = self.inner.wait_idle();
         let store = self.inner.store.clone();
-        let mut ids = self
+        let ids = self
             .inner
             .run_io(async move { store.list_manifests().await })?;
-        ids.sort_unstable_by(|a, b| b.cmp(a));
-        let mut fallbacks = Vec::new();
-        for id in ids {
-            match self.restore_locked(&mut t, id) {
-                Ok(mut info) => {
-                    info.fallbacks = fallbacks;
-                    if let Some(logged) = &self.inner.logged {
-                        match info.wal_position {
-                            Some(p) => info.wal_records_replayed = logged.replay_from(p + 1)?,
-                            None => {
-                                tracing::warn!(checkpoint = %id, "checkpoint records no log position; the write-ahead log is not replayed")
-                            }
-                        }
-                    }
-                    return Ok(Some(info));
-                }
-                Err(e) if e.is_corruption() || e.kind() == highwater_core::ErrorKind::NotFound => {
-                    tracing::warn!(checkpoint = %id, error = %e, "checkpoint unusable; falling back to the previous one");
-                    fallbacks.push((id, e.to_string()));
-                }
-                Err(e) => return Err(e),
-            }
+        let log_holds_state = self
+            .inner
+            .logged
+            .as_ref()
+            .is_some_and(|l| l.wal().first_lsn() == 1 && l.wal().last_lsn() >= 1);
+        if ids.is_empty() && !log_holds_state {
+            return Ok(None);
         }
-        if fallbacks.is_empty() {
-            // No checkpoint: the state is whatever the log holds, if it
-            // still reaches back to its first record.
-            if let Some(logged) = &self.inner.logged
-                && logged.wal().first_lsn() == 1
-                && logged.wal().last_lsn() >= 1
-            {
-                let started = Instant::now();
-                logged.restore(&mut std::iter::empty())?;
-                let replayed = logged.replay_from(1)?;
-                return Ok(Some(RestoreInfo {
-                    checkpoint_id: CheckpointId(0),
-                    chain_length: 0,
-                    entries: 0,
-                    bytes_fetched: 0,
-                    fallbacks,
-                    wal_records_replayed: replayed,
-                    wal_position: None,
-                    duration: started.elapsed(),
-                }));
-            }
-            Ok(None)
-        } else {
-            Err(Error::corrupt(
-                "checkpoints",
-                format!(
-                    "no readable checkpoint; tried: {}",
-                    fallbacks
-                        .iter()
-                        .map(|(id, e)| format!("{id} ({e})"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ))
-        }
+        let config = self.inner.recovery.clone();
+        self.restore_locked(
+            &mut t,
+            RecoveryTarget::Latest,
+            &RecoveryScope::all(),
+            &config,
+            None,
+        )
+        .map(Some)
     }
 
     /// Restores checkpoint `id` exactly, replacing all live state (the
-    /// write-ahead log is not replayed: the state is the checkpoint's).
+    /// write-ahead log is not replayed: the state is the checkpoint's). A
+    /// damaged or missing checkpoint is a typed error naming the checkpoint
+    /// and the artifact, and leaves live state untouched.
     pub fn restore(&self, id: CheckpointId) -> Result<RestoreInfo> {
         let mut t = self.inner.wait_idle();
-        self.restore_locked(&mut t, id)
+        let config = self.inner.recovery.clone().optimistic_recovery(false);
+        self.restore_locked(
+            &mut t,
+            RecoveryTarget::Checkpoint(id),
+            &RecoveryScope::all(),
+            &config,
+            None,
+        )
     }
 
-    /// Restores `id` while the caller holds the tracking lock `t` (taken by
-    /// `wait_idle`); it must not lock again (std mutexes are not reentrant).
-    fn restore_locked(&self, t: &mut Tracking, id: CheckpointId) -> Result<RestoreInfo> {
-        let started = Instant::now();
-        let store = self.inner.store.clone();
-        let concurrency = self.inner.config.io_concurrency;
-        let manifest = self.inner.run_io({
-            let store = store.clone();
-            async move { load_manifest(&*store, id).await }
-        })?;
-        if manifest.max_parallelism != self.inner.config.max_parallelism {
-            return Err(Error::InvalidArgument(format!(
-                "checkpoint {id} was written with max_parallelism={} but this job uses {}",
-                manifest.max_parallelism, self.inner.config.max_parallelism
-            )));
+    /// Restores the state as of `at_ms` (ms since the Unix epoch, on the
+    /// manager's clock): the newest checkpoint created at or before it and,
+    /// with a write-ahead log, the log after that checkpoint up to the last
+    /// batch whose changes were all made at or before `at_ms`. Without a
+    /// log the granularity is the checkpoint.
+    ///
+    /// With a log, the recovered state is then checkpointed (a full
+    /// checkpoint, [`RestoreInfo::fork_checkpoint`]) before this returns:
+    /// the store and the log still hold the later history, and a crash
+    /// must resume from the recovered state, not from that history.
+    pub fn restore_at(&self, at_ms: u64) -> Result<RestoreInfo> {
+        self.restore_with(
+            RecoveryTarget::PointInTime { at_ms },
+            &RecoveryScope::all(),
+            &self.inner.recovery.clone(),
+            None,
+        )
+    }
+
+    /// The general restore: any target, any scope (a subtask's key groups
+    /// after rescaling, selected operators), any configuration, with a
+    /// progress callback. All live state is replaced by the scope's state.
+    /// A [`RecoveryTarget::PointInTime`] with a log ends with a full
+    /// checkpoint, as [`restore_at`](StateManager::restore_at) explains. After a restore
+    /// of part of the state the next checkpoint is full.
+    pub fn restore_with(
+        &self,
+        target: RecoveryTarget,
+        scope: &RecoveryScope,
+        config: &RecoveryConfig,
+        progress: Option<ProgressFn<'_>>,
+    ) -> Result<RestoreInfo> {
+        let mut t = self.inner.wait_idle();
+        let mut info = self.restore_locked(&mut t, target, scope, config, progress)?;
+        if matches!(target, RecoveryTarget::PointInTime { .. }) && self.inner.logged.is_some() {
+            t.base = None;
+            let done = self.trigger(t)?.wait()?;
+            info.fork_checkpoint = Some(done.id);
         }
+        Ok(info)
+    }
+
+    /// The plan a restore to `target` of `scope` would follow, without
+    /// loading anything (manifests are read; artifacts are not).
+    pub fn recovery_plan(
+        &self,
+        target: RecoveryTarget,
+        scope: &RecoveryScope,
+    ) -> Result<RecoveryPlan> {
+        let engine = self.recovery_engine(&self.inner.recovery)?;
+        let scope = self.job_scope(scope);
+        engine.plan(
+            target,
+            &scope,
+            self.inner.logged.as_ref().map(|l| &**l.wal()),
+        )
+    }
+
+    fn recovery_engine(&self, config: &RecoveryConfig) -> Result<Recovery> {
+        Ok(Recovery::new(
+            self.inner.store.clone(),
+            config.clone(),
+            self.inner.handle.clone(),
+        )?
+        .with_now_ms(self.inner.clock.now_ms()))
+    }
+
+    /// `scope`, pinned to this job's number of key groups.
+    fn job_scope(&self, scope: &RecoveryScope) -> RecoveryScope {
+        let mut scope = scope.clone();
+        scope
+            .max_parallelism
+            .get_or_insert(self.inner.config.max_parallelism);
+        scope
+    }
+
+    /// Runs a recovery while the caller holds the tracking lock `t` (taken
+    /// by `wait_idle`); it must not lock again (std mutexes are not
+    /// reentrant).
+    fn restore_locked(
+        &self,
+        t: &mut Tracking,
+        target: RecoveryTarget,
+        scope: &RecoveryScope,
+        config: &RecoveryConfig,
+        progress: Option<ProgressFn<'_>>,
+    ) -> Result<RestoreInfo> {
+        let engine = self.recovery_engine(config)?;
+        let scope = self.job_scope(scope);
+        let wal = self.inner.logged.as_ref().map(|l| &**l.wal());
+        // A plan that fails (no such checkpoint, nothing readable) has
+        // touched nothing; the chain the next checkpoint builds on stands.
+        let plan = engine.plan(target, &scope, wal)?;
         // Native checkpoints (RocksDB files) are opened by the backend, not
-        // decoded and replayed (native.rs).
-        if manifest.is_native() {
-            let backend = &*self.inner.backend;
-            let info = crate::native::restore_for_manager(
-                &self.inner.handle,
-                &store,
-                backend,
-                &manifest,
-                concurrency,
-                started,
-            )?;
-            if t.next_id <= id {
-                t.next_id = id.next();
-            }
-            t.base = Some(Arc::new(manifest));
-            return Ok(info);
+        // decoded and folded (native.rs).
+        if plan.manifest().is_some_and(|m| m.is_native()) {
+            return self.restore_native_locked(t, &plan, &scope, config);
         }
-        let manifest = Arc::new(manifest);
-        let loaded = self
-            .inner
-            .run_io({
-                let manifest = manifest.clone();
-                async move { fetch_artifacts(store, &manifest, concurrency).await }
-            })
-            .and_then(|artifacts| {
-                let now = self.inner.clock.now_ms();
-                let bytes: u64 = artifacts.values().map(|b| b.len() as u64).sum();
-                let state = self.inner.pool.install(|| {
-                    materialize(&manifest, &artifacts, &DecodeLimits::default(), now)
-                })?;
-                Ok((bytes, state))
-            });
-        let (bytes_fetched, state) = match loaded {
-            Ok(x) => x,
+        let result = match &self.inner.logged {
+            Some(logged) => logged
+                .recover_with(|backend, wal| engine.execute(plan, backend, Some(wal), progress)),
+            None => engine.execute(plan, &*self.inner.backend, None, progress),
+        };
+        let outcome = match result {
+            Ok(o) => o,
             Err(e) => {
                 if e.is_corruption() || e.kind() == highwater_core::ErrorKind::NotFound {
                     // Artifacts are shared between checkpoints, so the chain
@@ -814,24 +886,123 @@ impl StateManager {
                 return Err(e);
             }
         };
-        let entries = state.len() as u64;
-        self.inner.backend.restore(&mut state.into_iter().map(Ok))?;
-        if t.next_id <= id {
+        if let Some(id) = outcome.stats.checkpoint
+            && t.next_id <= id
+        {
             t.next_id = id.next();
         }
-        let chain_length = manifest.chain_length();
-        let manifest_wal_position = manifest.wal_position;
-        t.base = Some(manifest);
-        Ok(RestoreInfo {
-            checkpoint_id: id,
-            chain_length,
-            entries,
-            bytes_fetched,
-            fallbacks: Vec::new(),
-            wal_records_replayed: 0,
-            wal_position: manifest_wal_position,
-            duration: started.elapsed(),
-        })
+        // The backend's change epoch starts at the restored state; an
+        // incremental may build on the checkpoint only if the backend holds
+        // all of it (every artifact of which was just fetched and verified).
+        t.base = if scope.is_everything() {
+            outcome.manifest.clone()
+        } else {
+            None
+        };
+        Ok(RestoreInfo::from_outcome(&outcome))
+    }
+
+    /// Restores the native checkpoint `plan` chose, falling back (with
+    /// `optimistic_recovery`) to the older checkpoints the plan lists: a
+    /// native one is opened by the backend, an encoded one goes through
+    /// the recovery engine. A native checkpoint restores whole; rescaled
+    /// subtasks use [`native::restore_native`](crate::native::restore_native).
+    fn restore_native_locked(
+        &self,
+        t: &mut Tracking,
+        plan: &RecoveryPlan,
+        scope: &RecoveryScope,
+        config: &RecoveryConfig,
+    ) -> Result<RestoreInfo> {
+        let started = Instant::now();
+        if !scope.is_everything() {
+            return Err(Error::InvalidArgument(
+                "a native checkpoint restores whole: rescale with highwater::native::restore_native"
+                    .into(),
+            ));
+        }
+        let mut candidates: Vec<CheckpointId> = plan.checkpoint.into_iter().collect();
+        if config.optimistic_recovery {
+            candidates.extend(plan.fallback_candidates.iter().copied());
+        }
+        let mut fallbacks: Vec<(CheckpointId, String)> = Vec::new();
+        for (i, id) in candidates.into_iter().enumerate() {
+            let manifest = match plan.manifest().filter(|_| i == 0) {
+                Some(m) => Ok(m.clone()),
+                None => {
+                    let store = self.inner.store.clone();
+                    self.inner
+                        .run_io(async move { load_manifest(&*store, id).await })
+                        .map(Arc::new)
+                }
+            };
+            let result = manifest.and_then(|manifest| {
+                if !manifest.is_native() {
+                    return Ok(Err(manifest));
+                }
+                crate::native::restore_for_manager(
+                    &self.inner.handle,
+                    &self.inner.store,
+                    &*self.inner.backend,
+                    &manifest,
+                    self.inner.config.io_concurrency,
+                    started,
+                )
+                .map(|info| Ok((info, manifest)))
+            });
+            match result {
+                Ok(Ok((mut info, manifest))) => {
+                    if t.next_id <= id {
+                        t.next_id = id.next();
+                    }
+                    t.base = Some(manifest);
+                    info.stats.fallbacks = fallbacks
+                        .iter()
+                        .map(|(checkpoint, reason)| highwater_recovery::Fallback {
+                            checkpoint: *checkpoint,
+                            reason: reason.clone(),
+                        })
+                        .collect();
+                    info.fallbacks = fallbacks;
+                    return Ok(info);
+                }
+                // An older encoded checkpoint: the recovery engine takes over.
+                Ok(Err(_)) => {
+                    let mut info = self.restore_locked(
+                        t,
+                        RecoveryTarget::Checkpoint(id),
+                        scope,
+                        config,
+                        None,
+                    )?;
+                    fallbacks.append(&mut info.fallbacks);
+                    info.fallbacks = fallbacks;
+                    return Ok(info);
+                }
+                Err(e) if e.is_corruption() || e.kind() == highwater_core::ErrorKind::NotFound => {
+                    // Files are shared between checkpoints: the next
+                    // checkpoint must not build on what may be damaged.
+                    t.base = None;
+                    if !config.optimistic_recovery {
+                        return Err(e);
+                    }
+                    tracing::warn!(checkpoint = %id, error = %e, "native checkpoint unusable; falling back to the previous one");
+                    fallbacks.push((id, e.to_string()));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::corrupt(
+            "checkpoints",
+            format!(
+                "no readable checkpoint; tried: {}",
+                fallbacks
+                    .iter()
+                    .map(|(id, e)| format!("{id} ({e})"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ))
     }
 
     /// Every committed checkpoint, oldest first, with its manifest or the
@@ -933,7 +1104,7 @@ fn merge_manifest(inner: &Inner, base: &Manifest) -> Result<(PendingMerge, Merge
     let params = MergeParams {
         merger: inner.config.merger.clone(),
         now_ms: inner.clock.now_ms(),
-        limits: DecodeLimits::default(),
+        limits: highwater_core::DecodeLimits::default(),
     };
     let stored = inner.merge_pool.install(|| {
         merge_into_store(

@@ -349,6 +349,15 @@ pub(crate) fn restore_for_manager(
     started: Instant,
 ) -> Result<RestoreInfo> {
     let r = restore_native(handle, store, backend, manifest, None, concurrency)?;
+    let mut stats = highwater_recovery::RecoveryStats::default();
+    stats.checkpoint = Some(manifest.checkpoint_id);
+    stats.chain_length = 1;
+    stats.artifacts_fetched = manifest.artifacts().count();
+    stats.bytes_fetched = r.bytes;
+    stats.entries_loaded = r.entries;
+    stats.wal_position = manifest.wal_position;
+    stats.fetch_duration = started.elapsed();
+    stats.duration = started.elapsed();
     Ok(RestoreInfo {
         checkpoint_id: manifest.checkpoint_id,
         chain_length: 1,
@@ -358,5 +367,7 @@ pub(crate) fn restore_for_manager(
         wal_records_replayed: 0,
         wal_position: manifest.wal_position,
         duration: started.elapsed(),
+        fork_checkpoint: None,
+        stats,
     })
 }

@@ -1,0 +1,337 @@
+//! Suite `recovery`: the recovery engine restoring checkpoints from a local
+//! directory store into the memory backend, against the machine's limit
+//! measured in the same run.
+//!
+//! Setup: state of `state_bytes` logical bytes (keys + values; 1 GiB in
+//! full mode, 32 MiB with `--quick`) of one operator, values of ~160 bytes
+//! that zstd compresses about 2.5×, written through a `StateManager` into
+//! two local stores: store A holds a chain of depth 10 (a full checkpoint,
+//! then 10 incrementals each rewriting 10 % of the keys), store B one full
+//! checkpoint of the same final state (depth 0). The writer is dropped
+//! before anything is measured.
+//!
+//! Metrics:
+//!
+//! - `recovery_throughput` (MB/s of logical state loaded, higher is
+//!   better): [`Recovery::recover`] of store B's checkpoint into a fresh
+//!   `MemoryBackend` with one decode thread per core (fetch, content-address
+//!   check, decode, fold, load; entries are counted after the load).
+//!   Baseline: the limit of this machine — the same stored artifact files
+//!   read one after another with `std::fs::read` and decompressed with
+//!   `decode_artifact` (header, zstd, payload checksum; no records built)
+//!   on one core, times the number of cores. Same numerator (the state's
+//!   logical bytes) on both sides.
+//! - `recovery_throughput_parallel_load` (MB/s): the same with
+//!   `LoadStrategy::Parallel` (fold everything, then clear and load from
+//!   all threads) instead of the default (folded ranges streamed into one
+//!   `backend.restore` call), against the same limit.
+//! - `recovery_scaling_<n>t` (MB/s): the same recovery with 1, 2 and 4
+//!   decode threads; baseline the 1-thread figure.
+//! - `recovery_chain_depth` (s, lower is better): recovery of store A's
+//!   depth-10 chain; baseline the depth-0 recovery of the same logical
+//!   state (store B). Target ratio ≤ 1.5.
+//!
+//! Each figure is the median of `reps` runs (3 in both modes). The share
+//! of CPU other processes used during the measurements is recorded
+//! (`other_processes_cpu_pct`): the machine is shared.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use highwater::cloud::ObjectCheckpointStore;
+use highwater::core::{
+    CheckpointStore, DecodeLimits, StateKey, WriteBatch, decode_artifact, key_group_for,
+    load_manifest,
+};
+use highwater::memory::MemoryBackend;
+use highwater::recovery::{LoadStrategy, Recovery, RecoveryConfig, RecoveryScope, RecoveryTarget};
+use highwater::{CheckpointConfig, CheckpointKind, StateBackend, StateManager};
+use serde_json::{Map, json};
+
+use crate::util::{self, CpuReading, Rng, median};
+use crate::{Ctx, Metric, Result, SuiteResult};
+
+const MAX_PARALLELISM: u16 = 128;
+const VALUE_LEN: usize = 160;
+const DEPTH: usize = 10;
+
+struct Plan {
+    quick: bool,
+    state_bytes: u64,
+    reps: usize,
+    cores: usize,
+}
+
+fn key(i: u64) -> Result<Vec<u8>> {
+    let k = i.to_be_bytes();
+    Ok(StateKey {
+        key_group: key_group_for(&k, MAX_PARALLELISM),
+        operator: "sessions",
+        state: "profile",
+        key: &k,
+        namespace: &[],
+        user_key: &[],
+    }
+    .encode()?)
+}
+
+/// A value of [`VALUE_LEN`] bytes: small numbers with some noise, which
+/// zstd compresses about 2.5×.
+fn value(rng: &mut Rng, version: u8) -> Vec<u8> {
+    let mut v = Vec::with_capacity(VALUE_LEN);
+    v.push(version);
+    while v.len() < VALUE_LEN {
+        v.push(rng.below(24) as u8);
+    }
+    v
+}
+
+fn write_state(
+    backend: &dyn StateBackend,
+    keys: u64,
+    version: u8,
+    every: u64,
+    seed: u64,
+) -> Result {
+    let mut rng = Rng::new(seed);
+    let mut batch = WriteBatch::new();
+    for i in (0..keys).filter(|i| i % every == u64::from(version) % every) {
+        batch.put(key(i)?, value(&mut rng, version));
+        if batch.len() == 4096 {
+            backend.write_batch(std::mem::take(&mut batch))?;
+        }
+    }
+    backend.write_batch(batch)?;
+    Ok(())
+}
+
+fn checkpoint_config(incremental: bool) -> CheckpointConfig {
+    let mut c = CheckpointConfig::default();
+    c.max_parallelism = MAX_PARALLELISM;
+    c.incremental = incremental;
+    c.max_chain_length = DEPTH + 2;
+    c.max_retained = DEPTH + 2;
+    c
+}
+
+/// Builds store A (depth-10 chain) and store B (depth 0) of one state.
+fn build(dir_a: &Path, dir_b: &Path, keys: u64) -> Result<(u64, u64)> {
+    let backend: Arc<dyn StateBackend> = Arc::new(MemoryBackend::new());
+    let a = StateManager::builder()
+        .backend(backend.clone())
+        .store(Arc::new(ObjectCheckpointStore::local(dir_a)?))
+        .config(checkpoint_config(true))
+        .build()?;
+    write_state(&*backend, keys, 0, 1, 1)?;
+    let first = a.checkpoint()?.wait()?;
+    assert_eq!(first.kind, CheckpointKind::Full);
+    for d in 1..=DEPTH {
+        // 10 % of the keys get a new value of the same size.
+        write_state(&*backend, keys, d as u8, 10, 100 + d as u64)?;
+        let info = a.checkpoint()?.wait()?;
+        if info.kind != CheckpointKind::Incremental || info.chain_length != d + 1 {
+            return Err(format!("expected an incremental of depth {d}: {info:?}").into());
+        }
+    }
+    a.wait_idle();
+    let b = StateManager::builder()
+        .backend(backend.clone())
+        .store(Arc::new(ObjectCheckpointStore::local(dir_b)?))
+        .config(checkpoint_config(false))
+        .build()?;
+    let full = b.checkpoint()?.wait()?;
+    let stats = backend.stats();
+    drop((a, b, full));
+    Ok((stats.entries, stats.bytes))
+}
+
+/// One recovery of the newest checkpoint of `dir`; returns (logical bytes,
+/// wall time).
+fn recover(
+    rt: &tokio::runtime::Runtime,
+    dir: &Path,
+    threads: usize,
+    load: LoadStrategy,
+) -> Result<(u64, Duration)> {
+    let store: Arc<dyn CheckpointStore> = Arc::new(ObjectCheckpointStore::local(dir)?);
+    let engine = Recovery::new(
+        store,
+        RecoveryConfig::default()
+            .max_parallel_threads(threads)
+            .load_strategy(load),
+        rt.handle().clone(),
+    )?;
+    let backend = MemoryBackend::new();
+    let started = Instant::now();
+    let out = engine.recover(
+        RecoveryTarget::Latest,
+        &RecoveryScope::all(),
+        &backend,
+        None,
+        None,
+    )?;
+    let elapsed = started.elapsed();
+    if backend.stats().entries != out.stats.entries_loaded {
+        return Err("the backend does not hold what was loaded".into());
+    }
+    // Freeing a GiB of small allocations is not part of the recovery.
+    drop(backend);
+    Ok((out.stats.logical_bytes, elapsed))
+}
+
+/// The limit: read every artifact file of `dir`'s newest checkpoint in
+/// sequence and decompress it on this one thread.
+fn sequential_read_decompress(rt: &tokio::runtime::Runtime, dir: &Path) -> Result<Duration> {
+    let store = ObjectCheckpointStore::local(dir)?;
+    let ids = rt.block_on(store.list_manifests())?;
+    let newest = ids.into_iter().max().ok_or("no checkpoint")?;
+    let manifest = rt.block_on(load_manifest(&store, newest))?;
+    let limits = DecodeLimits::default();
+    let started = Instant::now();
+    let mut raw = 0usize;
+    for r in manifest.artifacts() {
+        let bytes = std::fs::read(dir.join("artifacts").join(r.id.to_hex()))?;
+        let decoded = decode_artifact(&bytes, &limits)?;
+        raw += decoded.header.entries as usize;
+    }
+    let elapsed = started.elapsed();
+    if raw == 0 {
+        return Err("nothing decoded".into());
+    }
+    Ok(elapsed)
+}
+
+/// Runs the suite.
+pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let plan = Plan {
+        quick: ctx.quick,
+        state_bytes: if ctx.quick { 32 << 20 } else { 1 << 30 },
+        reps: 3,
+        cores,
+    };
+    let scratch = tempfile::Builder::new()
+        .prefix("recovery-")
+        .tempdir_in(&ctx.out)?;
+    let dir_a = scratch.path().join("depth10");
+    let dir_b = scratch.path().join("depth0");
+    let entry_bytes = (key(0)?.len() + VALUE_LEN) as u64;
+    let keys = plan.state_bytes / entry_bytes;
+    let mut params = Map::new();
+    params.insert("quick".into(), json!(plan.quick));
+    params.insert("cores".into(), json!(plan.cores));
+    params.insert("reps".into(), json!(plan.reps));
+    params.insert("state_bytes_target".into(), json!(plan.state_bytes));
+    params.insert("chain_depth".into(), json!(DEPTH));
+    if let Some(load) = util::loadavg() {
+        params.insert("loadavg_1m_at_start".into(), json!(load));
+    }
+    let t = Instant::now();
+    let (entries, bytes) = build(&dir_a, &dir_b, keys)?;
+    params.insert("setup_s".into(), json!(t.elapsed().as_secs_f64()));
+    params.insert("state_entries".into(), json!(entries));
+    params.insert("state_bytes".into(), json!(bytes));
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let cpu_start = CpuReading::now();
+    let mut metrics = Vec::new();
+
+    // The limit baseline.
+    let mut seq = Vec::new();
+    for _ in 0..plan.reps {
+        seq.push(sequential_read_decompress(&rt, &dir_b)?.as_secs_f64());
+    }
+    let seq_s = median(&seq);
+
+    // Throughput with one thread per core, and scaling.
+    let mut by_threads = Vec::new();
+    let mut logical = 0;
+    for threads in [1usize, 2, 4] {
+        let mut times = Vec::new();
+        for _ in 0..plan.reps {
+            let (l, d) = recover(&rt, &dir_b, threads, LoadStrategy::Restore)?;
+            logical = l;
+            times.push(d.as_secs_f64());
+        }
+        by_threads.push((threads, median(&times)));
+    }
+    let mb = logical as f64 / 1e6;
+    let limit = mb / seq_s * cores as f64;
+    params.insert("logical_bytes_loaded".into(), json!(logical));
+    params.insert("sequential_read_decompress_s".into(), json!(seq_s));
+    let at_cores = by_threads
+        .iter()
+        .find(|(t, _)| *t == cores.min(4))
+        .map_or(by_threads[0].1, |(_, s)| *s);
+    metrics.push(Metric::versus(
+        "recovery_throughput",
+        mb / at_cores,
+        "MB/s",
+        &format!("sequential read + zstd decompress on one core × {cores} cores"),
+        limit,
+        true,
+    ));
+    // The other load strategy, for comparison.
+    let mut parallel = Vec::new();
+    for _ in 0..plan.reps {
+        let (_, d) = recover(&rt, &dir_b, 0, LoadStrategy::Parallel)?;
+        parallel.push(d.as_secs_f64());
+    }
+    metrics.push(Metric::versus(
+        "recovery_throughput_parallel_load",
+        mb / median(&parallel),
+        "MB/s",
+        &format!("sequential read + zstd decompress on one core × {cores} cores"),
+        limit,
+        true,
+    ));
+    let one = mb / by_threads[0].1;
+    for (threads, s) in &by_threads {
+        metrics.push(Metric::versus(
+            &format!("recovery_scaling_{threads}t"),
+            mb / s,
+            "MB/s",
+            "the same recovery with 1 thread",
+            one,
+            true,
+        ));
+    }
+
+    // Chain depth.
+    let mut deep = Vec::new();
+    let mut flat = Vec::new();
+    for _ in 0..plan.reps {
+        let (l, d) = recover(&rt, &dir_a, 0, LoadStrategy::Restore)?;
+        if l != logical {
+            return Err(format!("depth 10 loaded {l} bytes, depth 0 {logical}").into());
+        }
+        deep.push(d.as_secs_f64());
+        flat.push(
+            recover(&rt, &dir_b, 0, LoadStrategy::Restore)?
+                .1
+                .as_secs_f64(),
+        );
+    }
+    metrics.push(Metric::versus(
+        "recovery_chain_depth",
+        median(&deep),
+        "s",
+        "depth-0 recovery of the same logical state",
+        median(&flat),
+        false,
+    ));
+    if let (Some(start), Some(end)) = (cpu_start, CpuReading::now())
+        && let Some(pct) = end.others_since(&start)
+    {
+        params.insert("other_processes_cpu_pct".into(), json!(pct));
+    }
+    Ok(SuiteResult {
+        suite: "recovery".into(),
+        params,
+        metrics,
+    })
+}

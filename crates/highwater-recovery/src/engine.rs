@@ -1,0 +1,806 @@
+//! The recovery engine: planning with fallback, concurrent fetching,
+//! parallel decode-and-fold per key-group range, streamed loading, and the
+//! write-ahead-log replay.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use highwater_core::key::key_group_of;
+use highwater_core::ttl::is_expired_value;
+use highwater_core::{
+    ArtifactId, CheckpointId, CheckpointStore, DecodeLimits, Error, Result, SnapshotKind,
+    StateBackend, decode_checked, load_manifest,
+};
+use highwater_wal::Wal;
+use rayon::prelude::*;
+use tokio::task::JoinSet;
+
+use crate::config::{LoadStrategy, RecoveryConfig, VerificationLevel};
+use crate::plan::{
+    RangePlan, RecoveryPlan, RecoveryScope, RecoveryTarget, candidate_ids, check_manifest,
+    disqualifies, log_only_plan, plan_for,
+};
+use crate::replay::replay_wal;
+use crate::stats::{Fallback, Phase, Progress, ProgressFn, RecoveryStats};
+
+/// The result of a recovery.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RecoveryOutcome {
+    /// What was done.
+    pub stats: RecoveryStats,
+    /// The manifest of the checkpoint recovered from (`None`: the log
+    /// alone). A checkpointer continues its incremental chain from it.
+    pub manifest: Option<Arc<highwater_core::Manifest>>,
+}
+
+/// The recovery engine for one checkpoint store.
+///
+/// Blocking methods ([`plan`](Recovery::plan), [`recover`](Recovery::recover),
+/// [`execute`](Recovery::execute)) run their I/O on the tokio runtime whose
+/// handle they were given and wait for it on the calling thread; call them
+/// from a thread that is not one of that runtime's workers' async tasks
+/// (`spawn_blocking` is fine). Decoding runs on the engine's own rayon pool
+/// of [`RecoveryConfig::max_parallel_threads`] threads.
+pub struct Recovery {
+    store: Arc<dyn CheckpointStore>,
+    config: RecoveryConfig,
+    io: tokio::runtime::Handle,
+    pool: rayon::ThreadPool,
+    limits: DecodeLimits,
+    now_ms: u64,
+}
+
+impl std::fmt::Debug for Recovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recovery")
+            .field("store", &self.store.name())
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Recovery {
+    /// An engine reading `store`, doing I/O on the runtime of `io`.
+    pub fn new(
+        store: Arc<dyn CheckpointStore>,
+        config: RecoveryConfig,
+        io: tokio::runtime::Handle,
+    ) -> Result<Self> {
+        config.validate()?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(config.threads())
+            .thread_name(|i| format!("highwater-recover-{i}"))
+            .build()
+            .map_err(|e| Error::Internal(format!("start the recovery pool: {e}")))?;
+        Ok(Recovery {
+            store,
+            config,
+            io,
+            pool,
+            limits: DecodeLimits::default(),
+            now_ms: highwater_core::Clock::now_ms(&highwater_core::SystemClock),
+        })
+    }
+
+    /// Sets the time (ms since the Unix epoch) at which TTL expiry is
+    /// judged: entries expired then are not loaded. Defaults to the wall
+    /// clock when the engine was made.
+    pub fn with_now_ms(mut self, now_ms: u64) -> Self {
+        self.now_ms = now_ms;
+        self
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RecoveryConfig {
+        &self.config
+    }
+
+    /// Runs `fut` on the I/O runtime and waits for it.
+    fn run_io<T: Send + 'static>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T>> + Send + 'static,
+    ) -> Result<T> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.io.spawn(async move {
+            let _ = tx.send(fut.await);
+        });
+        rx.recv()
+            .map_err(|_| Error::Closed("the i/o runtime stopped".into()))?
+    }
+
+    /// Plans a recovery of `scope` to `target`. With `wal` the plan
+    /// includes the log range to replay (none for a
+    /// [`RecoveryTarget::Checkpoint`]), and falls back to the log alone
+    /// when no checkpoint qualifies and the log reaches back to its first
+    /// record. Manifests that cannot be read are skipped (and listed) when
+    /// `optimistic_recovery` is on, and an error otherwise.
+    pub fn plan(
+        &self,
+        target: RecoveryTarget,
+        scope: &RecoveryScope,
+        wal: Option<&Wal>,
+    ) -> Result<RecoveryPlan> {
+        let store = self.store.clone();
+        let ids = self.run_io(async move { store.list_manifests().await })?;
+        let ids = candidate_ids(ids, target)?;
+        self.plan_from(target, scope, wal, ids, Vec::new())
+    }
+
+    /// Plans from `candidates` (newest first), after `fallbacks`.
+    fn plan_from(
+        &self,
+        target: RecoveryTarget,
+        scope: &RecoveryScope,
+        wal: Option<&Wal>,
+        candidates: Vec<CheckpointId>,
+        mut fallbacks: Vec<Fallback>,
+    ) -> Result<RecoveryPlan> {
+        let mut rest = candidates.into_iter();
+        while let Some(id) = rest.next() {
+            let store = self.store.clone();
+            let scope2 = scope.clone();
+            let level = self.config.verification_level;
+            let loaded = self.run_io(async move {
+                let m = load_manifest(&*store, id).await?;
+                check_manifest(&*store, &m, &scope2, level).await?;
+                Ok(m)
+            });
+            match loaded {
+                Ok(m) => {
+                    if let RecoveryTarget::PointInTime { at_ms } = target
+                        && m.created_at_ms > at_ms
+                    {
+                        continue;
+                    }
+                    return Ok(plan_for(
+                        target,
+                        scope,
+                        Arc::new(m),
+                        wal,
+                        fallbacks,
+                        rest.collect(),
+                    ));
+                }
+                Err(e) if disqualifies(&e) && self.config.optimistic_recovery => {
+                    tracing::warn!(checkpoint = %id, error = %e, "checkpoint unusable; falling back to the previous one");
+                    fallbacks.push(Fallback {
+                        checkpoint: id,
+                        reason: e.to_string(),
+                    });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if fallbacks.is_empty() {
+            if let Some(wal) = wal
+                && !matches!(target, RecoveryTarget::Checkpoint(_))
+                && wal.first_lsn() == 1
+                && wal.written_lsn() >= 1
+            {
+                return Ok(log_only_plan(target, scope, wal, fallbacks));
+            }
+            return Err(Error::NotFound(match target {
+                RecoveryTarget::PointInTime { at_ms } => format!(
+                    "no checkpoint created at or before {at_ms} ms, and no write-ahead log reaching back to its first record"
+                ),
+                _ => "no checkpoint to recover from".to_string(),
+            }));
+        }
+        Err(Error::corrupt(
+            "checkpoints",
+            format!(
+                "no readable checkpoint; tried: {}",
+                fallbacks
+                    .iter()
+                    .map(|f| format!("{} ({})", f.checkpoint, f.reason))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ))
+    }
+
+    /// Plans and executes a recovery of `scope` to `target` into `backend`
+    /// (replacing all of its state), replaying `wal` after the checkpoint.
+    pub fn recover(
+        &self,
+        target: RecoveryTarget,
+        scope: &RecoveryScope,
+        backend: &dyn StateBackend,
+        wal: Option<&Wal>,
+        progress: Option<ProgressFn<'_>>,
+    ) -> Result<RecoveryOutcome> {
+        let started = Instant::now();
+        let plan = self.plan(target, scope, wal)?;
+        self.execute_from(plan, backend, wal, progress, started)
+    }
+
+    /// Executes `plan` into `backend`, replacing all of its state, then
+    /// replays `wal` over the plan's log range. If the checkpoint turns out
+    /// to be damaged (a corrupt or missing artifact) and
+    /// `optimistic_recovery` is on, the next older qualifying checkpoint is
+    /// planned and loaded instead; otherwise the error is returned and, for
+    /// backends whose `restore` is atomic (memory), the live state is
+    /// untouched. Errors of the log replay are returned as they are (an
+    /// older checkpoint would need the same log).
+    pub fn execute(
+        &self,
+        plan: RecoveryPlan,
+        backend: &dyn StateBackend,
+        wal: Option<&Wal>,
+        progress: Option<ProgressFn<'_>>,
+    ) -> Result<RecoveryOutcome> {
+        self.execute_from(plan, backend, wal, progress, Instant::now())
+    }
+
+    fn execute_from(
+        &self,
+        mut plan: RecoveryPlan,
+        backend: &dyn StateBackend,
+        wal: Option<&Wal>,
+        progress: Option<ProgressFn<'_>>,
+        started: Instant,
+    ) -> Result<RecoveryOutcome> {
+        let deadline = self.config.recovery_timeout.map(|t| started + t);
+        let mut stats = RecoveryStats {
+            fallbacks: plan.fallbacks.clone(),
+            ..RecoveryStats::default()
+        };
+        // A log that ends before the checkpoint's position has lost records
+        // the checkpoint was built on: refuse before touching live state.
+        if let (Some(_), Some(wal)) = (plan.wal, wal) {
+            check_log_reaches(wal, plan.wal_position)?;
+        }
+        loop {
+            match self.load(&plan, backend, &mut stats, progress, deadline) {
+                Ok(()) => break,
+                Err(e) if disqualifies(&e) && self.config.optimistic_recovery => {
+                    let Some(id) = plan.checkpoint else {
+                        return Err(e);
+                    };
+                    tracing::warn!(checkpoint = %id, error = %e, "checkpoint unusable; falling back to the previous one");
+                    stats.fallbacks.push(Fallback {
+                        checkpoint: id,
+                        reason: e.to_string(),
+                    });
+                    check_deadline(deadline)?;
+                    plan = self.plan_from(
+                        plan.target,
+                        &plan.scope,
+                        wal,
+                        std::mem::take(&mut plan.fallback_candidates),
+                        stats.fallbacks.clone(),
+                    )?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        stats.checkpoint = plan.checkpoint;
+        stats.chain_length = plan.chain.len();
+        stats.ranges = plan.ranges.len();
+        stats.wal_position = plan.wal_position;
+        if let (Some(range), Some(wal)) = (plan.wal, wal) {
+            check_deadline(deadline)?;
+            let t = Instant::now();
+            let bytes = stats.bytes_fetched;
+            stats.wal_records_replayed = replay_wal(
+                wal,
+                range,
+                plan.wal_position,
+                &plan.scope,
+                backend,
+                &|done, total| {
+                    if let Some(p) = progress {
+                        p(Progress {
+                            checkpoint: plan.checkpoint,
+                            phase: Phase::ReplayingWal,
+                            done,
+                            total,
+                            bytes,
+                        });
+                    }
+                },
+            )?;
+            stats.wal_duration = t.elapsed();
+        } else if plan.wal.is_none()
+            && wal.is_some()
+            && plan.wal_position.is_none()
+            && !matches!(plan.target, RecoveryTarget::Checkpoint(_))
+        {
+            tracing::warn!(checkpoint = ?plan.checkpoint, "checkpoint records no log position; the write-ahead log is not replayed");
+        }
+        stats.duration = started.elapsed();
+        Ok(RecoveryOutcome {
+            stats,
+            manifest: plan.manifest,
+        })
+    }
+
+    /// Fetches, decodes, folds and loads the checkpoint of `plan`.
+    fn load(
+        &self,
+        plan: &RecoveryPlan,
+        backend: &dyn StateBackend,
+        stats: &mut RecoveryStats,
+        progress: Option<ProgressFn<'_>>,
+        deadline: Option<Instant>,
+    ) -> Result<()> {
+        let Some(checkpoint) = plan.checkpoint else {
+            // The log alone: start from nothing.
+            return backend.restore(&mut std::iter::empty());
+        };
+        check_deadline(deadline)?;
+        let t = Instant::now();
+        let artifacts = self.fetch(plan, checkpoint, stats, progress, deadline)?;
+        stats.fetch_duration += t.elapsed();
+        check_deadline(deadline)?;
+        let t = Instant::now();
+        let loaded = self.fold_and_load(
+            plan, checkpoint, &artifacts, backend, stats, progress, deadline,
+        );
+        stats.load_duration += t.elapsed();
+        loaded
+    }
+
+    /// Fetches every distinct artifact of the plan, a bounded number at a
+    /// time, verifying each at the configured level.
+    fn fetch(
+        &self,
+        plan: &RecoveryPlan,
+        checkpoint: CheckpointId,
+        stats: &mut RecoveryStats,
+        progress: Option<ProgressFn<'_>>,
+        deadline: Option<Instant>,
+    ) -> Result<HashMap<ArtifactId, Bytes>> {
+        let mut ids: Vec<ArtifactId> = plan
+            .ranges
+            .iter()
+            .flat_map(|r| r.artifacts.iter().map(|a| a.artifact.id))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let total = ids.len() as u64;
+        let concurrency = self
+            .config
+            .prefetch_strategy
+            .concurrency(self.pool.current_num_threads());
+        let verify = self.config.verification_level != VerificationLevel::None;
+        let (tx, rx) = crossbeam_channel::unbounded::<Result<(ArtifactId, Bytes)>>();
+        let store = self.store.clone();
+        // The driver stops (and its JoinSet aborts the fetches in flight)
+        // as soon as the receiver is gone or a fetch failed.
+        self.io.spawn(async move {
+            let mut set = JoinSet::new();
+            let mut pending = ids.into_iter();
+            loop {
+                while set.len() < concurrency {
+                    let Some(id) = pending.next() else { break };
+                    let store = store.clone();
+                    set.spawn(fetch_one(store, checkpoint, id, verify));
+                }
+                let Some(joined) = set.join_next().await else {
+                    break;
+                };
+                let r = joined
+                    .map_err(|e| Error::Internal(format!("fetch task failed: {e}")))
+                    .and_then(|r| r);
+                let failed = r.is_err();
+                if tx.send(r).is_err() || failed {
+                    break;
+                }
+            }
+        });
+        let mut out = HashMap::with_capacity(total as usize);
+        let report = |done: u64, bytes: u64| {
+            if let Some(p) = progress {
+                p(Progress {
+                    checkpoint: Some(checkpoint),
+                    phase: Phase::Fetching,
+                    done,
+                    total,
+                    bytes,
+                });
+            }
+        };
+        report(0, stats.bytes_fetched);
+        while (out.len() as u64) < total {
+            let next = match deadline {
+                Some(d) => rx.recv_deadline(d).map_err(|e| match e {
+                    crossbeam_channel::RecvTimeoutError::Timeout => timeout_error(),
+                    crossbeam_channel::RecvTimeoutError::Disconnected => {
+                        Error::Internal("the fetch driver stopped".into())
+                    }
+                })?,
+                None => rx
+                    .recv()
+                    .map_err(|_| Error::Closed("the i/o runtime stopped".into()))?,
+            };
+            let (id, bytes) = next?;
+            stats.bytes_fetched += bytes.len() as u64;
+            stats.artifacts_fetched += 1;
+            out.insert(id, bytes);
+            report(out.len() as u64, stats.bytes_fetched);
+        }
+        Ok(out)
+    }
+
+    /// Decodes and folds the plan's ranges in parallel on the pool and
+    /// streams the folded entries into `backend.restore` on this thread.
+    #[allow(clippy::too_many_arguments)]
+    fn fold_and_load(
+        &self,
+        plan: &RecoveryPlan,
+        checkpoint: CheckpointId,
+        artifacts: &HashMap<ArtifactId, Bytes>,
+        backend: &dyn StateBackend,
+        stats: &mut RecoveryStats,
+        progress: Option<ProgressFn<'_>>,
+        deadline: Option<Instant>,
+    ) -> Result<()> {
+        let total = plan.ranges.len() as u64;
+        if self.config.load_strategy == LoadStrategy::Parallel {
+            return self.fold_then_load_in_parallel(
+                plan, checkpoint, artifacts, backend, stats, progress, deadline,
+            );
+        }
+        let bound = self.pool.current_num_threads() * 2;
+        let (tx, rx) = crossbeam_channel::bounded::<Result<Folded>>(bound);
+        let ctx = FoldCtx {
+            checkpoint,
+            artifacts,
+            limits: &self.limits,
+            now_ms: self.now_ms,
+            scope: &plan.scope,
+        };
+        std::thread::scope(|s| {
+            let producer = s.spawn(|| {
+                self.pool.install(|| {
+                    // Stop at the first error or once the consumer is gone.
+                    let _ = plan.ranges.par_iter().try_for_each_with(tx, |tx, range| {
+                        let folded = fold_range(&ctx, range);
+                        let failed = folded.is_err();
+                        match tx.send(folded) {
+                            Ok(()) if !failed => Ok(()),
+                            _ => Err(()),
+                        }
+                    });
+                });
+            });
+            let bytes = stats.bytes_fetched;
+            let mut feed = Feed {
+                rx,
+                current: Vec::new().into_iter(),
+                received: 0,
+                total,
+                finished: false,
+                deadline,
+                entries: 0,
+                logical: 0,
+                decoded: 0,
+                filtered: 0,
+                report: &|done| {
+                    if let Some(p) = progress {
+                        p(Progress {
+                            checkpoint: Some(checkpoint),
+                            phase: Phase::Loading,
+                            done,
+                            total,
+                            bytes,
+                        });
+                    }
+                },
+            };
+            (feed.report)(0);
+            let restored = backend.restore(&mut feed);
+            let (entries, logical, decoded, filtered) =
+                (feed.entries, feed.logical, feed.decoded, feed.filtered);
+            // Dropping the receiver stops the producers.
+            drop(feed);
+            let joined = producer.join();
+            restored?;
+            joined.map_err(|_| Error::Internal("a decode worker panicked".into()))?;
+            stats.entries_loaded = entries;
+            stats.logical_bytes = logical;
+            stats.records_decoded += decoded;
+            stats.records_filtered += filtered;
+            Ok(())
+        })
+    }
+}
+
+impl Recovery {
+    /// [`LoadStrategy::Parallel`]: fold every range, then clear the
+    /// backend and load all ranges concurrently.
+    #[allow(clippy::too_many_arguments)]
+    fn fold_then_load_in_parallel(
+        &self,
+        plan: &RecoveryPlan,
+        checkpoint: CheckpointId,
+        artifacts: &HashMap<ArtifactId, Bytes>,
+        backend: &dyn StateBackend,
+        stats: &mut RecoveryStats,
+        progress: Option<ProgressFn<'_>>,
+        deadline: Option<Instant>,
+    ) -> Result<()> {
+        let total = plan.ranges.len() as u64;
+        let ctx = FoldCtx {
+            checkpoint,
+            artifacts,
+            limits: &self.limits,
+            now_ms: self.now_ms,
+            scope: &plan.scope,
+        };
+        let bytes = stats.bytes_fetched;
+        let done = std::sync::atomic::AtomicU64::new(0);
+        let report = |n: u64| {
+            if let Some(p) = progress {
+                p(Progress {
+                    checkpoint: Some(checkpoint),
+                    phase: Phase::Loading,
+                    done: n,
+                    total,
+                    bytes,
+                });
+            }
+        };
+        report(0);
+        let folded: Vec<Folded> = self.pool.install(|| {
+            plan.ranges
+                .par_iter()
+                .map(|range| {
+                    check_deadline(deadline)?;
+                    fold_range(&ctx, range)
+                })
+                .collect::<Result<_>>()
+        })?;
+        check_deadline(deadline)?;
+        for f in &folded {
+            stats.records_decoded += f.decoded;
+            stats.records_filtered += f.filtered;
+            stats.entries_loaded += f.entries.len() as u64;
+            stats.logical_bytes += f
+                .entries
+                .iter()
+                .map(|(k, v)| (k.len() + v.len()) as u64)
+                .sum::<u64>();
+        }
+        // Every range decoded: only now is live state replaced.
+        backend.clear()?;
+        self.pool.install(|| {
+            folded.into_par_iter().try_for_each(|f| {
+                // Single-key writes: a memory-backend batch locks every
+                // shard it touches at once, which would serialise loaders.
+                for (k, v) in f.entries {
+                    backend.put(&k, &v)?;
+                }
+                report(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1);
+                Ok::<_, Error>(())
+            })
+        })?;
+        // The loaded state is the base of the next epoch, not a change.
+        drop(backend.snapshot(SnapshotKind::Full)?);
+        Ok(())
+    }
+}
+
+/// Fetches one artifact and checks it against its content address (when
+/// `verify`): a mismatch is read again, and a stored copy that is itself
+/// damaged is deleted so the next checkpoint holding the data rewrites it.
+async fn fetch_one(
+    store: Arc<dyn CheckpointStore>,
+    checkpoint: CheckpointId,
+    id: ArtifactId,
+    verify: bool,
+) -> Result<(ArtifactId, Bytes)> {
+    let get = async || {
+        store.get_artifact(id).await.map_err(|e| match e {
+            Error::NotFound(_) => Error::NotFound(format!(
+                "artifact of checkpoint {checkpoint}: artifact={id}"
+            )),
+            other => other,
+        })
+    };
+    let bytes = get().await?;
+    if !verify || ArtifactId::of(&bytes) == id {
+        return Ok((id, bytes));
+    }
+    // A damaged transfer must not be mistaken for damaged storage.
+    if ArtifactId::of(&get().await?) != id {
+        tracing::warn!(checkpoint = %checkpoint, artifact = %id, "deleting a corrupt artifact so the next checkpoint rewrites it");
+        store.delete_artifact(id).await?;
+    }
+    Err(Error::corrupt(
+        "artifact",
+        format!("content does not match its id (xxh3-128): checkpoint={checkpoint} artifact={id}"),
+    ))
+}
+
+fn check_log_reaches(wal: &Wal, covered: Option<u64>) -> Result<()> {
+    let last = wal.written_lsn();
+    match covered {
+        Some(p) if last < p => Err(Error::corrupt(
+            "wal",
+            format!(
+                "the log ends before the checkpoint's position: last_lsn={last} checkpoint_position={p} dir={}",
+                wal.dir().display()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn timeout_error() -> Error {
+    Error::io(
+        "recovery",
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "recovery_timeout elapsed before the recovery finished",
+        ),
+    )
+}
+
+fn check_deadline(deadline: Option<Instant>) -> Result<()> {
+    match deadline {
+        Some(d) if Instant::now() >= d => Err(timeout_error()),
+        _ => Ok(()),
+    }
+}
+
+struct FoldCtx<'a> {
+    checkpoint: CheckpointId,
+    artifacts: &'a HashMap<ArtifactId, Bytes>,
+    limits: &'a DecodeLimits,
+    now_ms: u64,
+    scope: &'a RecoveryScope,
+}
+
+/// The live entries of one range.
+struct Folded {
+    entries: Vec<(Vec<u8>, Vec<u8>)>,
+    decoded: u64,
+    filtered: u64,
+}
+
+type Record = (Vec<u8>, Option<Vec<u8>>);
+
+/// Decodes a range's artifacts and folds them: base first, then each delta
+/// in order; the newest record of a key wins and a delete removes it.
+/// Expired entries and entries outside the scope's key groups are dropped.
+fn fold_range(ctx: &FoldCtx<'_>, range: &RangePlan) -> Result<Folded> {
+    let mut records: Vec<Record> = Vec::new();
+    let mut decoded = 0u64;
+    let mut filtered = 0u64;
+    // Artifacts wholly inside the scope's key groups need no per-record
+    // filter (records were checked against the artifact's range).
+    for pa in &range.artifacts {
+        let r = &pa.artifact;
+        let bytes = ctx.artifacts.get(&r.id).ok_or_else(|| {
+            Error::NotFound(format!(
+                "artifact of checkpoint {}: artifact={}",
+                ctx.checkpoint, r.id
+            ))
+        })?;
+        let recs = decode_checked(ctx.checkpoint, pa.kind, r, bytes, ctx.limits)?;
+        decoded += recs.len() as u64;
+        let keep = match ctx.scope.key_groups {
+            Some(kg) if kg.intersect(&r.key_groups) != Some(r.key_groups) => Some(kg),
+            _ => None,
+        };
+        match keep {
+            None => {
+                if records.is_empty() {
+                    records = recs;
+                } else {
+                    records.extend(recs);
+                }
+            }
+            Some(kg) => {
+                for rec in recs {
+                    // decode_checked verified every key's key group.
+                    match key_group_of(&rec.0) {
+                        Ok(g) if kg.contains(g) => records.push(rec),
+                        _ => filtered += 1,
+                    }
+                }
+            }
+        }
+    }
+    if range.artifacts.len() > 1 {
+        // Stable sort: records of one key stay in layer order, so the last
+        // of each run is the newest. The runs of each artifact are already
+        // sorted (the encoder sorts), which the sort detects and merges.
+        records.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut out = Vec::with_capacity(records.len());
+        let mut it = records.into_iter().peekable();
+        while let Some(rec) = it.next() {
+            if it.peek().is_some_and(|next| next.0 == rec.0) {
+                continue;
+            }
+            if let (k, Some(v)) = rec
+                && !is_expired_value(&v, ctx.now_ms)
+            {
+                out.push((k, v));
+            }
+        }
+        return Ok(Folded {
+            entries: out,
+            decoded,
+            filtered,
+        });
+    }
+    let entries = records
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k, v)))
+        .filter(|(_, v)| !is_expired_value(v, ctx.now_ms))
+        .collect();
+    Ok(Folded {
+        entries,
+        decoded,
+        filtered,
+    })
+}
+
+/// The iterator `backend.restore` consumes: folded ranges as the decode
+/// workers finish them.
+struct Feed<'a> {
+    rx: crossbeam_channel::Receiver<Result<Folded>>,
+    current: std::vec::IntoIter<(Vec<u8>, Vec<u8>)>,
+    received: u64,
+    total: u64,
+    finished: bool,
+    deadline: Option<Instant>,
+    entries: u64,
+    logical: u64,
+    decoded: u64,
+    filtered: u64,
+    report: &'a dyn Fn(u64),
+}
+
+impl Iterator for Feed<'_> {
+    type Item = Result<(Vec<u8>, Vec<u8>)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some((k, v)) = self.current.next() {
+                self.entries += 1;
+                self.logical += (k.len() + v.len()) as u64;
+                return Some(Ok((k, v)));
+            }
+            if self.finished || self.received == self.total {
+                return None;
+            }
+            let next = match self.deadline {
+                Some(d) => match self.rx.recv_deadline(d) {
+                    Ok(x) => Some(x),
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                        self.finished = true;
+                        return Some(Err(timeout_error()));
+                    }
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => None,
+                },
+                None => self.rx.recv().ok(),
+            };
+            match next {
+                Some(Ok(f)) => {
+                    self.received += 1;
+                    self.decoded += f.decoded;
+                    self.filtered += f.filtered;
+                    self.current = f.entries.into_iter();
+                    (self.report)(self.received);
+                }
+                Some(Err(e)) => {
+                    self.finished = true;
+                    return Some(Err(e));
+                }
+                None => {
+                    self.finished = true;
+                    return Some(Err(Error::Internal(
+                        "decode workers stopped before every range was loaded".into(),
+                    )));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! The engine's plan, statistics, progress and verification levels.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use highwater::ValueStateDescriptor;
+use highwater::core::ManualClock;
+use highwater::memory::MemoryBackend;
+use highwater_recovery::{
+    LoadStrategy, Phase, PrefetchStrategy, Progress, Recovery, RecoveryConfig, RecoveryScope,
+    RecoveryTarget, VerificationLevel,
+};
+
+use crate::common::{JobDirs, assert_state, config, dump, flip_byte, manager, runtime};
+
+fn chain_job(dirs: &JobDirs) -> highwater_testkit::model::Entries {
+    let clock = Arc::new(ManualClock::new(5_000));
+    let m = manager(dirs, config(10), clock, None).unwrap();
+    let v = m
+        .keyed_state("op")
+        .unwrap()
+        .value_state::<u32, u64>(&ValueStateDescriptor::new("v"))
+        .unwrap();
+    for round in 0..5u64 {
+        for k in 0..(if round == 0 { 2000 } else { 200 }) {
+            v.update(&(k * (round as u32 + 1)), &round).unwrap();
+        }
+        for k in 0..20 {
+            v.clear(&(k * 13 + round as u32)).unwrap();
+        }
+        m.checkpoint().unwrap().wait().unwrap();
+    }
+    dump(&**m.backend())
+}
+
+#[test]
+fn plan_prints_and_serialises_the_chain_ranges_and_log_range() {
+    let dirs = JobDirs::new();
+    chain_job(&dirs);
+    let rt = runtime();
+    let engine =
+        Recovery::new(dirs.store(), RecoveryConfig::default(), rt.handle().clone()).unwrap();
+    let plan = engine
+        .plan(RecoveryTarget::Latest, &RecoveryScope::all(), None)
+        .unwrap();
+    assert_eq!(plan.checkpoint, Some(highwater::CheckpointId(5)));
+    assert_eq!(plan.chain.len(), 5);
+    assert_eq!(plan.ranges.len(), 16, "128 key groups in chunks of 8");
+    let text = plan.to_string();
+    assert!(text.contains("checkpoint 5"), "{text}");
+    assert!(text.contains("chain of 5 layers"), "{text}");
+    let json: serde_json::Value = serde_json::to_value(&plan).unwrap();
+    assert_eq!(json["checkpoint"], 5);
+    let id = json["ranges"][0]["artifacts"][0]["artifact"]["id"]
+        .as_str()
+        .unwrap();
+    assert_eq!(id.len(), 32, "artifact ids are hex");
+    let at2 = engine
+        .plan(
+            RecoveryTarget::Checkpoint(highwater::CheckpointId(2)),
+            &RecoveryScope::all(),
+            None,
+        )
+        .unwrap();
+    assert_eq!(at2.chain.len(), 2);
+    assert_eq!(at2.fallback_candidates, vec![highwater::CheckpointId(1)]);
+}
+
+#[test]
+fn every_thread_count_level_and_prefetch_strategy_gives_the_same_state_and_reports_progress() {
+    let dirs = JobDirs::new();
+    let want = chain_job(&dirs);
+    let rt = runtime();
+    for (threads, level, prefetch, load) in [
+        (
+            1,
+            VerificationLevel::None,
+            PrefetchStrategy::Sequential,
+            LoadStrategy::Restore,
+        ),
+        (
+            2,
+            VerificationLevel::Checksum,
+            PrefetchStrategy::Concurrent(3),
+            LoadStrategy::Parallel,
+        ),
+        (
+            4,
+            VerificationLevel::Full,
+            PrefetchStrategy::Adaptive,
+            LoadStrategy::Restore,
+        ),
+        (
+            3,
+            VerificationLevel::Checksum,
+            PrefetchStrategy::Adaptive,
+            LoadStrategy::Parallel,
+        ),
+    ] {
+        let cfg = RecoveryConfig::default()
+            .max_parallel_threads(threads)
+            .verification_level(level)
+            .prefetch_strategy(prefetch)
+            .load_strategy(load);
+        let engine = Recovery::new(dirs.store(), cfg, rt.handle().clone()).unwrap();
+        let backend = MemoryBackend::new();
+        // Live state to be replaced.
+        backend.put(b"\x00\x05stale", b"x").unwrap();
+        let fetched = AtomicU64::new(0);
+        let loaded = AtomicU64::new(0);
+        let progress = |p: Progress| match p.phase {
+            Phase::Fetching => {
+                fetched.fetch_max(p.done, Ordering::Relaxed);
+            }
+            Phase::Loading => {
+                loaded.fetch_max(p.done, Ordering::Relaxed);
+            }
+            Phase::ReplayingWal => {}
+        };
+        let out = engine
+            .recover(
+                RecoveryTarget::Latest,
+                &RecoveryScope::all(),
+                &backend,
+                None,
+                Some(&progress),
+            )
+            .unwrap();
+        let ctx = format!("threads={threads} {level:?} {prefetch:?} {load:?}");
+        assert_state(&want, &dump(&backend), &ctx);
+        // A new change-tracking epoch starts at the recovered state.
+        use highwater::core::StateBackend as _;
+        let changes = backend
+            .snapshot(highwater::core::SnapshotKind::Changes)
+            .unwrap();
+        assert_eq!(
+            changes.approximate_entries(),
+            0,
+            "{ctx}: recovered entries are no changes"
+        );
+        let s = &out.stats;
+        assert_eq!(s.entries_loaded, want.len() as u64, "{ctx}");
+        assert_eq!(s.chain_length, 5, "{ctx}");
+        assert!(
+            s.records_decoded > s.entries_loaded,
+            "{ctx}: deltas were folded"
+        );
+        assert_eq!(
+            fetched.load(Ordering::Relaxed),
+            s.artifacts_fetched as u64,
+            "{ctx}"
+        );
+        assert_eq!(loaded.load(Ordering::Relaxed), s.ranges as u64, "{ctx}");
+        assert!(s.bytes_fetched > 0 && s.logical_bytes > 0, "{ctx}");
+    }
+}
+
+#[test]
+fn verification_level_none_skips_the_content_address_but_not_the_decoder_checks() {
+    let dirs = JobDirs::new();
+    let want = chain_job(&dirs);
+    let rt = runtime();
+    let store = dirs.store();
+    let manifest = rt
+        .block_on(highwater::core::load_manifest(
+            &*store,
+            highwater::CheckpointId(5),
+        ))
+        .unwrap();
+    let victim = manifest.layers[0].artifacts[3].id;
+    flip_byte(&dirs.artifact_file(victim));
+    let file = dirs.artifact_file(victim);
+    for level in [
+        VerificationLevel::None,
+        VerificationLevel::Checksum,
+        VerificationLevel::Full,
+    ] {
+        let cfg = RecoveryConfig::default()
+            .verification_level(level)
+            .optimistic_recovery(false);
+        let engine = Recovery::new(dirs.store(), cfg, rt.handle().clone()).unwrap();
+        let backend = MemoryBackend::new();
+        let err = engine
+            .recover(
+                RecoveryTarget::Latest,
+                &RecoveryScope::all(),
+                &backend,
+                None,
+                None,
+            )
+            .unwrap_err();
+        assert!(
+            err.to_string().contains(&victim.to_hex()),
+            "{level:?}: {err}"
+        );
+        assert!(dump(&backend).is_empty(), "{level:?}: nothing loaded");
+        match level {
+            // The decoder's own checksums refuse it; nothing is deleted.
+            VerificationLevel::None => {
+                assert!(err.is_corruption(), "{level:?}: {err}");
+                assert!(file.exists(), "level None deletes nothing");
+            }
+            // The content address refuses it, twice: the stored copy is
+            // damaged and deleted so the next checkpoint rewrites it.
+            VerificationLevel::Checksum => {
+                assert!(err.is_corruption(), "{level:?}: {err}");
+                assert!(err.to_string().contains("xxh3"), "{level:?}: {err}");
+                assert!(!file.exists(), "the damaged copy was deleted");
+            }
+            VerificationLevel::Full => {
+                assert_eq!(
+                    err.kind(),
+                    highwater::ErrorKind::NotFound,
+                    "{level:?}: {err}"
+                );
+            }
+        }
+    }
+    // The other checkpoints sharing the artifact are unusable too; the
+    // state written is still recoverable from the live job only.
+    assert!(!want.is_empty());
+}
+
+#[test]
+fn a_timeout_is_an_unavailable_error() {
+    let dirs = JobDirs::new();
+    chain_job(&dirs);
+    let rt = runtime();
+    let cfg = RecoveryConfig::default().recovery_timeout(Some(std::time::Duration::from_nanos(1)));
+    let engine = Recovery::new(dirs.store(), cfg, rt.handle().clone()).unwrap();
+    let err = engine
+        .recover(
+            RecoveryTarget::Latest,
+            &RecoveryScope::all(),
+            &MemoryBackend::new(),
+            None,
+            None,
+        )
+        .unwrap_err();
+    assert_eq!(err.kind(), highwater::ErrorKind::Unavailable, "{err}");
+    assert!(err.to_string().contains("recovery_timeout"), "{err}");
+}
