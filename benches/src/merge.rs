@@ -50,25 +50,12 @@ use highwater::merge::{EncodeParams, MergerConfig, encode_snapshot};
 use highwater::{CheckpointConfig, CheckpointInfo, CheckpointKind, StateManager};
 use serde_json::{Map, json};
 
-use crate::util::{CpuReading, Rng, loadavg, mib};
+use crate::util::{CpuReading, Rng, loadavg, mib, push_str, push_varint};
 use crate::{Ctx, Metric, Result, SuiteResult};
 
 const MAX_PARALLELISM: u16 = 128;
 const WINDOW_BASE_MS: u64 = 1_735_689_600_000;
 const STATUSES: [&str; 6] = ["ok", "ok", "ok", "ok", "warn", "calibrating"];
-
-fn push_varint(out: &mut Vec<u8>, mut x: u64) {
-    while x >= 0x80 {
-        out.push((x as u8) | 0x80);
-        x >>= 7;
-    }
-    out.push(x as u8);
-}
-
-fn push_str(out: &mut Vec<u8>, s: &str) {
-    push_varint(out, s.len() as u64);
-    out.extend_from_slice(s.as_bytes());
-}
 
 fn key(operator: &str, state: &str, user_key: &[u8], ns: &[u8], out: &mut Vec<u8>) {
     out.clear();

@@ -59,7 +59,7 @@ use highwater::memory::MemoryBackend;
 use highwater::{CheckpointInfo, CheckpointKind, StateBackend, StateManager};
 use serde_json::{Map, Value, json};
 
-use crate::util::{self, Rng, median, median_duration, ms, percentile};
+use crate::util::{self, Rng, median, median_duration, ms, percentile, push_str, push_varint};
 use crate::{Ctx, Metric, Result, SuiteResult};
 
 /// Key groups of the benchmark job (the library default).
@@ -455,21 +455,6 @@ fn push_str_id(out: &mut Vec<u8>, prefix: &str, id: u64) {
         x /= 10;
     }
     out.extend_from_slice(&buf[..digits]);
-}
-
-/// Appends a postcard (LEB128) varint.
-fn push_varint(out: &mut Vec<u8>, mut x: u64) {
-    while x >= 0x80 {
-        out.push((x as u8) | 0x80);
-        x >>= 7;
-    }
-    out.push(x as u8);
-}
-
-/// Appends the postcard encoding of a string.
-fn push_str(out: &mut Vec<u8>, s: &str) {
-    push_varint(out, s.len() as u64);
-    out.extend_from_slice(s.as_bytes());
 }
 
 /// An encoded state key, in the key group of `user_key` as the typed API

@@ -73,6 +73,11 @@ impl Shard {
 
     fn put(&mut self, key: &[u8], split: usize, value: &[u8]) {
         self.mark(key);
+        self.store(key, split, value);
+    }
+
+    /// `put` without change tracking (a restore starts a new epoch).
+    fn store(&mut self, key: &[u8], split: usize, value: &[u8]) {
         let (base, user_key) = key.split_at(split);
         let map = Arc::make_mut(&mut self.map);
         let slot = match map.get_mut(base) {
@@ -398,15 +403,18 @@ impl StateBackend for MemoryBackend {
     fn restore(&self, entries: &mut dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>)>>) -> Result<()> {
         // Build the new shards aside; the live state is replaced only when
         // every entry was read, so a failing source leaves it untouched.
-        let mut fresh: Vec<Shard> = (0..self.shards.len()).map(|_| Shard::default()).collect();
+        // Entries are sorted into their shards as they arrive, then the
+        // shards are built on every core.
+        let mut parts: Vec<Vec<(Vec<u8>, Vec<u8>)>> =
+            (0..self.shards.len()).map(|_| Vec::new()).collect();
         for e in entries {
             let (k, v) = e?;
             let split = split_of(&k);
-            fresh[self.shard_index(&k, split)].put(&k, split, &v);
+            parts[self.shard_index(&k, split)].push((k, v));
         }
+        let fresh = build_shards(parts);
         let mut guards = self.lock_all();
-        for (g, mut f) in guards.iter_mut().zip(fresh) {
-            f.changed = KeySet::default();
+        for (g, f) in guards.iter_mut().zip(fresh) {
             **g = f;
         }
         Ok(())
@@ -429,6 +437,57 @@ impl StateBackend for MemoryBackend {
         }
         s
     }
+}
+
+/// Builds one shard from each part's entries, on up to as many threads as
+/// there are cores, without change tracking.
+fn build_shards(parts: Vec<Vec<(Vec<u8>, Vec<u8>)>>) -> Vec<Shard> {
+    let build = |entries: Vec<(Vec<u8>, Vec<u8>)>| {
+        let mut shard = Shard::default();
+        Arc::make_mut(&mut shard.map).reserve(entries.len());
+        for (k, v) in entries {
+            shard.store(&k, split_of(&k), &v);
+        }
+        shard
+    };
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, parts.len().max(1));
+    if threads == 1 {
+        return parts.into_iter().map(build).collect();
+    }
+    // Thread t builds parts t, t + threads, t + 2 * threads, ...
+    let mut lanes: Vec<Vec<(usize, Vec<(Vec<u8>, Vec<u8>)>)>> =
+        (0..threads).map(|_| Vec::new()).collect();
+    for (i, part) in parts.into_iter().enumerate() {
+        lanes[i % threads].push((i, part));
+    }
+    let total: usize = lanes.iter().map(Vec::len).sum();
+    let mut out: Vec<Option<Shard>> = (0..total).map(|_| None).collect();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = lanes
+            .into_iter()
+            .map(|lane| {
+                scope.spawn(move || {
+                    lane.into_iter()
+                        .map(|(i, part)| (i, build(part)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for h in handles {
+            match h.join() {
+                Ok(built) => {
+                    for (i, shard) in built {
+                        out[i] = Some(shard);
+                    }
+                }
+                // A panic while building cannot be recovered from here.
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+    });
+    out.into_iter().map(Option::unwrap_or_default).collect()
 }
 
 /// A frozen view: the shard maps at snapshot time, plus the changed keys

@@ -516,13 +516,22 @@ pub(crate) async fn check_manifest(
     for (i, layer) in manifest.layers.iter().enumerate() {
         let mut seen = BTreeSet::new();
         for r in &layer.artifacts {
-            if !seen.insert((r.operator.as_str(), r.key_groups.start, r.key_groups.end)) {
+            // A range may hold several chunks (content-defined cuts), but
+            // never the same chunk twice.
+            if !seen.insert((
+                r.operator.as_str(),
+                r.key_groups.start,
+                r.key_groups.end,
+                r.id,
+            )) {
                 return bad(format!(
-                    "layer {i} names operator {} range {} twice",
-                    r.operator, r.key_groups
+                    "layer {i} names artifact {} of operator {} range {} twice",
+                    r.id, r.operator, r.key_groups
                 ));
             }
-            if r.stored_bytes == 0 {
+            // Every encoded artifact has at least its header; a native file
+            // (an empty RocksDB log, say) may be empty.
+            if r.stored_bytes == 0 && layer.kind != LayerKind::Native {
                 return bad(format!("artifact {} has no stored bytes", r.id));
             }
         }

@@ -381,8 +381,10 @@ impl RocksDbBackend {
     }
 }
 
-/// The RocksDB options of every generation.
-fn db_options(c: &RocksDbConfig, cache: &Cache) -> Options {
+/// The RocksDB options [`RocksDbBackend`] opens every database with for
+/// `c`, sharing the block cache `cache`. Public so a comparison against raw
+/// RocksDB (the `rocksdb` bench suite) runs with exactly the same options.
+pub fn db_options(c: &RocksDbConfig, cache: &Cache) -> Options {
     let mut table = BlockBasedOptions::default();
     table.set_block_cache(cache);
     table.set_block_size(c.block_size);

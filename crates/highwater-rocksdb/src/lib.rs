@@ -29,6 +29,6 @@ mod config;
 mod metrics;
 mod snapshot;
 
-pub use backend::RocksDbBackend;
+pub use backend::{RocksDbBackend, db_options};
 pub use config::{Compression, RocksDbConfig, TtlOptions};
 pub use metrics::{OpCounters, RocksDbMetrics};
