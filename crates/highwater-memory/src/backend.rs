@@ -405,8 +405,7 @@ impl StateBackend for MemoryBackend {
         // every entry was read, so a failing source leaves it untouched.
         // Entries are sorted into their shards as they arrive, then the
         // shards are built on every core.
-        let mut parts: Vec<Vec<(Vec<u8>, Vec<u8>)>> =
-            (0..self.shards.len()).map(|_| Vec::new()).collect();
+        let mut parts: Vec<Part> = (0..self.shards.len()).map(|_| Vec::new()).collect();
         for e in entries {
             let (k, v) = e?;
             let split = split_of(&k);
@@ -439,10 +438,13 @@ impl StateBackend for MemoryBackend {
     }
 }
 
+/// The entries of one shard, as a restore receives them.
+type Part = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Builds one shard from each part's entries, on up to as many threads as
 /// there are cores, without change tracking.
-fn build_shards(parts: Vec<Vec<(Vec<u8>, Vec<u8>)>>) -> Vec<Shard> {
-    let build = |entries: Vec<(Vec<u8>, Vec<u8>)>| {
+fn build_shards(parts: Vec<Part>) -> Vec<Shard> {
+    let build = |entries: Part| {
         let mut shard = Shard::default();
         Arc::make_mut(&mut shard.map).reserve(entries.len());
         for (k, v) in entries {
@@ -457,8 +459,7 @@ fn build_shards(parts: Vec<Vec<(Vec<u8>, Vec<u8>)>>) -> Vec<Shard> {
         return parts.into_iter().map(build).collect();
     }
     // Thread t builds parts t, t + threads, t + 2 * threads, ...
-    let mut lanes: Vec<Vec<(usize, Vec<(Vec<u8>, Vec<u8>)>)>> =
-        (0..threads).map(|_| Vec::new()).collect();
+    let mut lanes: Vec<Vec<(usize, Part)>> = (0..threads).map(|_| Vec::new()).collect();
     for (i, part) in parts.into_iter().enumerate() {
         lanes[i % threads].push((i, part));
     }
