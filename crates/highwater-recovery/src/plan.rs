@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use highwater_core::{
     ArtifactRef, CheckpointId, CheckpointKind, CheckpointStore, Error, ErrorKind, KeyGroupRange,
-    LayerKind, Manifest, Result, load_manifest,
+    Layer, LayerKind, Manifest, Result, load_manifest,
 };
 use highwater_wal::{Lsn, Wal};
 use serde::Serialize;
@@ -542,7 +542,7 @@ pub(crate) async fn check_manifest(
         // reported by its own recovery, not this one's.
         if let Ok(p) = load_manifest(store, parent).await {
             let n = manifest.layers.len() - 1;
-            if p.layers.len() != n || p.layers[..] != manifest.layers[..n] {
+            if !extends_chain(&p.layers, &manifest.layers[..n]) {
                 return bad(format!(
                     "its chain does not extend its parent's: parent={parent}"
                 ));
@@ -550,4 +550,60 @@ pub(crate) async fn check_manifest(
         }
     }
     Ok(())
+}
+
+/// True when `prefix` (a checkpoint's layers before its own) continues the
+/// chain of its parent, whose layers are `parent`: either the same layers,
+/// or a merged base that stands for a prefix of the parent's chain (it
+/// carries the id of the last layer it absorbed) followed by the rest of
+/// the parent's layers.
+fn extends_chain(parent: &[Layer], prefix: &[Layer]) -> bool {
+    if parent == prefix {
+        return true;
+    }
+    let Some((base, rest)) = prefix.split_first() else {
+        return false;
+    };
+    if base.kind != LayerKind::Full || rest.len() >= parent.len() {
+        return false;
+    }
+    let cut = parent.len() - rest.len();
+    parent[cut..] == *rest && parent[cut - 1].checkpoint_id == base.checkpoint_id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(id: u64, kind: LayerKind) -> Layer {
+        Layer {
+            checkpoint_id: CheckpointId(id),
+            kind,
+            artifacts: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_chain_extends_its_parent_directly_or_through_a_merged_base() {
+        let full = |id| layer(id, LayerKind::Full);
+        let delta = |id| layer(id, LayerKind::Delta);
+        let parent = [full(1), delta(2), delta(3), delta(4)];
+        // The same layers.
+        assert!(extends_chain(&parent, &parent));
+        // A base merged through checkpoint 3, then the parent's delta 4.
+        assert!(extends_chain(&parent, &[full(3), delta(4)]));
+        // A base merged through the parent itself.
+        assert!(extends_chain(&parent, &[full(4)]));
+        // A merged base that stands for no layer of the parent.
+        assert!(!extends_chain(&parent, &[full(2), delta(4)]));
+        // A merged "base" that is a delta.
+        assert!(!extends_chain(&parent, &[delta(3), delta(4)]));
+        // Layers the parent does not end with.
+        assert!(!extends_chain(&parent, &[full(3), delta(5)]));
+        assert!(!extends_chain(&parent, &[]));
+        assert!(!extends_chain(
+            &parent,
+            &[full(0), delta(1), delta(2), delta(3), delta(4)]
+        ));
+    }
 }
