@@ -858,11 +858,15 @@ fn record_streams(backend: &MemoryBackend, key_groups_per_artifact: u16) -> Resu
             let KeyGroup(kg) = key_group_of(k)?;
             let chunk = kg / key_groups_per_artifact;
             let op = operator_of(k)?.to_owned();
+            // Stored as checkpoints store them: without the operator name
+            // (format v2's operator-relative keys; the artifact names it).
+            let (head, tail) = (&k[..2], &k[3 + op.len()..]);
             let (data, recs) = buckets.entry((op, chunk)).or_default();
             let at = data.len();
-            data.extend_from_slice(k);
+            data.extend_from_slice(head);
+            data.extend_from_slice(tail);
             data.extend_from_slice(v);
-            recs.push((at, k.len(), v.len()));
+            recs.push((at, head.len() + tail.len(), v.len()));
             Ok(())
         })?;
     }
