@@ -1044,14 +1044,7 @@ impl StateManager {
     /// there is nothing to merge (no checkpoint yet, or a single layer).
     pub fn compact(&self) -> Result<Option<MergeStats>> {
         let base = {
-            let mut t = self.inner.lock();
-            while t.merging {
-                t = self
-                    .inner
-                    .merge_done
-                    .wait(t)
-                    .unwrap_or_else(PoisonError::into_inner);
-            }
+            let mut t = self.merges_done();
             match t.base.clone() {
                 Some(b) if b.layers.len() > 1 => {
                     t.merging = true;
@@ -1063,14 +1056,10 @@ impl StateManager {
         let result = merge_manifest(&self.inner, &base);
         let mut t = self.inner.lock();
         t.merging = false;
-        let out = match result {
-            Ok(pending) => {
-                let stats = pending.1;
-                t.merged = Some(pending.0);
-                Ok(Some(stats))
-            }
-            Err(e) => Err(e),
-        };
+        let out = result.map(|(merged, stats)| {
+            t.merged = Some(merged);
+            Some(stats)
+        });
         drop(t);
         self.inner.merge_done.notify_all();
         out
@@ -1078,6 +1067,11 @@ impl StateManager {
 
     /// Blocks until no background merge is running.
     pub fn wait_merges(&self) {
+        drop(self.merges_done());
+    }
+
+    /// The tracking lock, taken once no merge is running.
+    fn merges_done(&self) -> MutexGuard<'_, Tracking> {
         let mut t = self.inner.lock();
         while t.merging {
             t = self
@@ -1086,6 +1080,7 @@ impl StateManager {
                 .wait(t)
                 .unwrap_or_else(PoisonError::into_inner);
         }
+        t
     }
 
     /// The checkpoint id up to which a merged base is waiting to be used by

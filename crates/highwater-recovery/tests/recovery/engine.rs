@@ -33,6 +33,28 @@ fn chain_job(dirs: &JobDirs) -> highwater_testkit::model::Entries {
     dump(&**m.backend())
 }
 
+/// Recovers the newest checkpoint of `dirs`, all of it, into a fresh
+/// memory backend with `cfg`.
+fn recover_latest(
+    dirs: &JobDirs,
+    rt: &tokio::runtime::Runtime,
+    cfg: RecoveryConfig,
+) -> (
+    MemoryBackend,
+    highwater::Result<highwater_recovery::RecoveryOutcome>,
+) {
+    let engine = Recovery::new(dirs.store(), cfg, rt.handle().clone()).unwrap();
+    let backend = MemoryBackend::new();
+    let out = engine.recover(
+        RecoveryTarget::Latest,
+        &RecoveryScope::all(),
+        &backend,
+        None,
+        None,
+    );
+    (backend, out)
+}
+
 #[test]
 fn plan_prints_and_serialises_the_chain_ranges_and_log_range() {
     let dirs = JobDirs::new();
@@ -178,17 +200,8 @@ fn verification_level_none_skips_the_content_address_but_not_the_decoder_checks(
         let cfg = RecoveryConfig::default()
             .verification_level(level)
             .optimistic_recovery(false);
-        let engine = Recovery::new(dirs.store(), cfg, rt.handle().clone()).unwrap();
-        let backend = MemoryBackend::new();
-        let err = engine
-            .recover(
-                RecoveryTarget::Latest,
-                &RecoveryScope::all(),
-                &backend,
-                None,
-                None,
-            )
-            .unwrap_err();
+        let (backend, out) = recover_latest(&dirs, &rt, cfg);
+        let err = out.unwrap_err();
         assert!(
             err.to_string().contains(&victim.to_hex()),
             "{level:?}: {err}"
@@ -227,16 +240,7 @@ fn a_timeout_is_an_unavailable_error() {
     chain_job(&dirs);
     let rt = runtime();
     let cfg = RecoveryConfig::default().recovery_timeout(Some(std::time::Duration::from_nanos(1)));
-    let engine = Recovery::new(dirs.store(), cfg, rt.handle().clone()).unwrap();
-    let err = engine
-        .recover(
-            RecoveryTarget::Latest,
-            &RecoveryScope::all(),
-            &MemoryBackend::new(),
-            None,
-            None,
-        )
-        .unwrap_err();
+    let err = recover_latest(&dirs, &rt, cfg).1.unwrap_err();
     assert_eq!(err.kind(), highwater::ErrorKind::Unavailable, "{err}");
     assert!(err.to_string().contains("recovery_timeout"), "{err}");
 }
@@ -287,17 +291,8 @@ fn ranges_cut_into_several_chunks_recover_and_verify_at_every_level() {
         let cfg = RecoveryConfig::default()
             .verification_level(level)
             .optimistic_recovery(false);
-        let engine = Recovery::new(dirs.store(), cfg, rt.handle().clone()).unwrap();
-        let backend = MemoryBackend::new();
-        let outcome = engine
-            .recover(
-                RecoveryTarget::Latest,
-                &RecoveryScope::all(),
-                &backend,
-                None,
-                None,
-            )
-            .unwrap();
+        let (backend, out) = recover_latest(&dirs, &rt, cfg);
+        let outcome = out.unwrap();
         assert!(outcome.stats.fallbacks.is_empty(), "{level:?}");
         assert_state(&want, &dump(&backend), &format!("{level:?}"));
     }
