@@ -23,7 +23,7 @@
 //!   checkpoints upload what RocksDB wrote since the last one, which is the
 //!   flushed changes plus whatever compaction rewrote.
 //! - `rocksdb_restore_throughput`: MB/s of checkpoint files restored by
-//!   `highwater::native::restore_native` from a local checkpoint store
+//!   the recovery engine (`highwater::recovery::Recovery`) from a local checkpoint store
 //!   (fetch, check the content address, write and fsync each file, open
 //!   RocksDB). Baseline: copying the same files from the store's directory
 //!   into a fresh directory with an fsync per file.
@@ -376,7 +376,18 @@ fn restore(root: &Path, plan: &Plan, inc: &Incremental) -> Result<(f64, f64, u64
             &root.join(format!("restore-{rep}")),
         ))?);
         let t = Instant::now();
-        highwater::native::restore_native(rt.handle(), &store, &*target, &manifest, None, 4)?;
+        highwater::recovery::Recovery::new(
+            store.clone(),
+            highwater::RecoveryConfig::default(),
+            rt.handle().clone(),
+        )?
+        .recover(
+            highwater::RecoveryTarget::Checkpoint(inc.last),
+            &highwater::RecoveryScope::all(),
+            &*target,
+            None,
+            None,
+        )?;
         hw.push(util::mib(bytes) / t.elapsed().as_secs_f64());
         drop(target);
         let _ = std::fs::remove_dir_all(root.join(format!("restore-{rep}")));

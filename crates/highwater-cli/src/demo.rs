@@ -246,7 +246,10 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
                 }
                 println!(
                     "resumed from checkpoint {} (chain of {}, {} entries) and {} logged changes at offset {offset}",
-                    info.checkpoint_id, info.chain_length, info.entries, info.wal_records_replayed
+                    info.checkpoint_id.unwrap_or(highwater::CheckpointId(0)),
+                    info.chain_length,
+                    info.entries,
+                    info.wal_records_replayed
                 );
                 let s = &info.stats;
                 println!(

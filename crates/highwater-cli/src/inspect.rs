@@ -39,6 +39,10 @@ struct Row {
     /// Stored bytes saved inside this checkpoint by content addressing
     /// (identical chunks of several operators or layers stored once).
     dedup_saved_bytes: Option<u64>,
+    /// The checkpoint holds the backend's own files (RocksDB SST files).
+    native: Option<bool>,
+    /// The write-ahead-log position the checkpoint covers.
+    wal_position: Option<u64>,
     error: Option<String>,
 }
 
@@ -62,6 +66,8 @@ impl Row {
             depth: None,
             shared_artifacts: None,
             dedup_saved_bytes: None,
+            native: Some(m.is_native()),
+            wal_position: m.wal_position,
             error: None,
         }
     }
@@ -138,6 +144,8 @@ pub fn inspect(spec: &str, namespace: &str, json: bool) -> Result<ExitCode> {
                     depth: None,
                     shared_artifacts: None,
                     dedup_saved_bytes: None,
+                    native: None,
+                    wal_position: None,
                     error: Some(e.to_string()),
                 },
             };

@@ -179,6 +179,47 @@ fn kill_and_resume_with_state_in_rocksdb() {
     );
 }
 
+/// Regression: with the write-ahead log on, RocksDB used to fall back to
+/// encoded checkpoints (the log's wrapper did not forward native
+/// checkpoints) and a native restore through it failed. Now the killed run
+/// takes native checkpoints that record the log position, and a resume
+/// opens the SST files and replays the log after that position.
+#[test]
+fn kill_and_resume_with_rocksdb_and_the_write_ahead_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let killed = tmp.path().join("killed");
+    std::fs::create_dir_all(&killed).unwrap();
+    let rocks = vec![
+        "--dir".to_string(),
+        killed.display().to_string(),
+        "--backend".into(),
+        "rocksdb".into(),
+        "--wal".into(),
+    ];
+    kill_and_resume(
+        &[
+            "--dir".to_string(),
+            tmp.path().join("reference").display().to_string(),
+        ],
+        &rocks,
+        &[killed.display().to_string()],
+        300_000,
+    );
+    let out = Command::new(BIN)
+        .args(["inspect", "--json"])
+        .arg(&killed)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cps = v["checkpoints"].as_array().unwrap();
+    assert!(!cps.is_empty());
+    for c in cps {
+        assert_eq!(c["native"], serde_json::Value::Bool(true), "{c}");
+        assert!(c["wal_position"].as_u64().is_some(), "{c}");
+    }
+}
+
 fn redis_url() -> String {
     std::env::var("HIGHWATER_REDIS_URL").expect(
         "HIGHWATER_REDIS_URL is not set: run the tests through `cargo xtask test`, \

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::keygroup::KeyGroupRange;
 
 /// One change in a [`WriteBatch`] or a change snapshot.
@@ -120,7 +120,7 @@ pub trait StateSnapshot: Send + Sync {
     fn approximate_entries(&self) -> usize;
 
     /// The backend's own checkpoint files when this snapshot is a native
-    /// checkpoint (see [`StateBackend::native_snapshot`]); `None` for
+    /// checkpoint (see [`NativeCheckpoints::native_snapshot`]); `None` for
     /// ordinary snapshots.
     fn native(&self) -> Option<&NativeCheckpoint> {
         None
@@ -220,29 +220,44 @@ pub trait StateBackend: Send + Sync + 'static {
     /// Size statistics.
     fn stats(&self) -> BackendStats;
 
-    /// Takes a native checkpoint if the backend writes them (RocksDB), else
-    /// returns `Ok(None)` (the default). Like [`snapshot`](Self::snapshot)
-    /// with [`SnapshotKind::Full`] it starts a new change-tracking epoch;
-    /// the returned snapshot also answers
-    /// [`StateSnapshot::native`] with its files.
-    fn native_snapshot(&self) -> Result<Option<Arc<dyn StateSnapshot>>> {
-        Ok(None)
-    }
+    /// The backend's native checkpoints, if it writes them (RocksDB: its
+    /// own SST files), else `None`.
+    ///
+    /// Required, so that a wrapper around another backend (the write-ahead
+    /// log's `LoggedBackend`, a test's fault injector) must say what it
+    /// does with the capability of the backend it wraps rather than lose
+    /// it silently through a default.
+    fn native(&self) -> Option<&dyn NativeCheckpoints>;
+}
+
+/// The capability of a backend that checkpoints in its own file format:
+/// reached through [`StateBackend::native`].
+///
+/// The checkpointer uploads a native checkpoint's files as content-addressed
+/// artifacts (a file already stored is not uploaded again) and commits a
+/// manifest with one [`LayerKind::Native`](crate::LayerKind::Native) layer;
+/// the recovery engine fetches and verifies the files and hands them to
+/// [`restore_native`](Self::restore_native) of the same kind of backend.
+pub trait NativeCheckpoints: Send + Sync {
+    /// The format name recorded with the checkpoint
+    /// ([`NativeCheckpoint::format`]); only a backend with the same format
+    /// restores it.
+    fn format(&self) -> &'static str;
+
+    /// Takes a native checkpoint. Like [`StateBackend::snapshot`] with
+    /// [`SnapshotKind::Full`] it is a consistent cut and starts a new
+    /// change-tracking epoch; the returned snapshot answers
+    /// [`StateSnapshot::native`] with its files (and can still be read
+    /// entry by entry).
+    fn native_snapshot(&self) -> Result<Arc<dyn StateSnapshot>>;
 
     /// Replaces all state with the native checkpoint whose files `files`
-    /// yields, keeping only the key groups in `keep` (all when `None`;
-    /// a narrower range is a rescaling restore), and starts a new
-    /// change-tracking epoch. The default refuses: only a backend that
-    /// writes native checkpoints can open them.
+    /// yields, keeping only the key groups in `keep` (all when `None`; a
+    /// narrower range is a rescaling restore), and starts a new
+    /// change-tracking epoch. On error the live state is unchanged.
     fn restore_native(
         &self,
         files: &mut NativeFiles<'_>,
         keep: Option<KeyGroupRange>,
-    ) -> Result<()> {
-        let _ = (files, keep);
-        Err(Error::InvalidArgument(format!(
-            "backend {} cannot restore native checkpoints",
-            self.name()
-        )))
-    }
+    ) -> Result<()>;
 }

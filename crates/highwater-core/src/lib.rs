@@ -30,8 +30,8 @@ pub mod store;
 pub mod ttl;
 
 pub use backend::{
-    BackendStats, EntryVisitor, Mutation, NativeCheckpoint, NativeFile, NativeFiles, SnapshotKind,
-    StateBackend, StateSnapshot, WriteBatch,
+    BackendStats, EntryVisitor, Mutation, NativeCheckpoint, NativeCheckpoints, NativeFile,
+    NativeFiles, SnapshotKind, StateBackend, StateSnapshot, WriteBatch,
 };
 pub use codec::{
     ArtifactKind, Codec, DecodeLimits, DecodedArtifact, EncodeOptions, EncodedArtifact, KeyForm,

@@ -427,6 +427,10 @@ impl StateBackend for MemoryBackend {
         Ok(())
     }
 
+    fn native(&self) -> Option<&dyn highwater_core::NativeCheckpoints> {
+        None
+    }
+
     fn stats(&self) -> BackendStats {
         let mut s = BackendStats::default();
         for i in 0..self.shards.len() {

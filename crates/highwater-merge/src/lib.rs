@@ -23,25 +23,39 @@
 //! only when no retained manifest references it and no pin
 //! holds it.
 //!
-//! Depends on `highwater-core` only among highwater crates (no backend, no
-//! concrete store); store I/O goes through `dyn CheckpointStore` on a tokio
-//! runtime handle the caller owns.
+//! - [`Checkpointer`] is the checkpoint pipeline: snapshot → producer
+//!   (encoded entries, or a backend's native files) → [`io::Uploader`]
+//!   (pinned, create-only) → write-ahead-log sync → manifest commit →
+//!   retention → log release, plus merge scheduling.
+//! - [`io`] is the artifact I/O layer the checkpointer, the merger and the
+//!   recovery engine share: bounded pinned upload, verified fetch that
+//!   repairs a damaged stored artifact.
+//!
+//! Depends on `highwater-core` and `highwater-wal` (the logged backend whose
+//! position a checkpoint records) among highwater crates: no backend, no
+//! concrete store; store I/O goes through `dyn CheckpointStore` on the
+//! checkpointer's runtime ([`Exec`]) or a handle the caller owns.
 
 #![deny(missing_docs)]
 
 mod chain;
+mod checkpointer;
 mod config;
 mod encode;
 mod gc;
+pub mod io;
 mod merge;
 mod store;
 
 pub use chain::{ChainSummary, StoreSummary, needs_merge, substitute, summarize};
-pub use config::{ChunkConfig, ConflictResolution, MergeStrategy, MergerConfig};
+pub use checkpointer::{
+    CheckpointHandle, CheckpointInfo, Checkpointer, CheckpointerParts, Exec, Idle,
+};
+pub use config::{CheckpointConfig, ChunkConfig, ConflictResolution, MergeStrategy, MergerConfig};
 pub use encode::{
     EncodeParams, EncodeTotals, Produced, RAW_OPERATOR, chunk_ends, encode_group, encode_snapshot,
     key_form_for,
 };
-pub use gc::{PinGuard, Pins, RetentionReport, collect_garbage};
+pub use gc::{PinGuard, Pins, RetentionReport, apply_retention, collect_garbage};
 pub use merge::{MergeOutcome, MergeParams, MergeStats, check_chain, merge_layers};
 pub use store::{CompactReport, StoredMerge, compact_newest, merge_into_store};

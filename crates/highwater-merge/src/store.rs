@@ -6,13 +6,14 @@ use std::sync::Arc;
 use bytes::Bytes;
 use highwater_core::{
     ArtifactRef, CheckpointId, CheckpointKind, CheckpointStore, DecodeLimits, Error, Layer,
-    Manifest, PutOutcome, Result, load_manifest,
+    Manifest, Result, load_manifest,
 };
 use serde::Serialize;
 use tokio::runtime::Handle;
 
 use crate::config::MergerConfig;
 use crate::gc::PinGuard;
+use crate::io::{Uploader, fetch_verified, run_io};
 use crate::merge::{MergeOutcome, MergeParams, merge_layers};
 
 /// A merge whose output is stored but not yet in a committed manifest. Its
@@ -32,10 +33,13 @@ pub struct StoredMerge {
 
 /// Folds `layers` and uploads the new base to `store`.
 ///
-/// Runs the CPU work on the current rayon pool and blocks on `handle` for
-/// store requests, so call it from a pool thread or a plain thread, never
-/// from an async task. Every input artifact is pinned before it is read
-/// and every output artifact before it is written.
+/// Runs the CPU work on the current rayon pool; store requests run on the
+/// runtime of `handle` through the artifact I/O layer ([`crate::io`]):
+/// inputs are fetched and verified (a damaged stored input is deleted so
+/// the next checkpoint rewrites it), outputs go through one bounded
+/// [`Uploader`]. Call it from a pool thread or a plain thread, never from
+/// an async task. Every input artifact is pinned before it is read and
+/// every output artifact before it is queued for upload.
 pub fn merge_into_store(
     store: &Arc<dyn CheckpointStore>,
     handle: &Handle,
@@ -45,34 +49,23 @@ pub fn merge_into_store(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<StoredMerge> {
     pins.add_all(layers.iter().flat_map(|l| l.artifacts.iter().map(|a| a.id)));
-    let written = std::sync::atomic::AtomicU64::new(0);
-    let present = std::sync::atomic::AtomicUsize::new(0);
+    let checkpoint = layers.last().map_or(CheckpointId(0), |l| l.checkpoint_id);
     let fetch = |r: &ArtifactRef| -> Result<Bytes> {
-        let store = store.clone();
-        let id = r.id;
-        handle.block_on(async move { store.get_artifact(id).await })
+        run_io(
+            handle,
+            fetch_verified(store.clone(), checkpoint, r.id, true),
+        )
+        .map(|(_, b)| b)
     };
-    let sink = |p: crate::encode::Produced| -> Result<()> {
-        pins.add(p.reference.id);
-        let store = store.clone();
-        let n = p.bytes.len() as u64;
-        let outcome =
-            handle.block_on(async move { store.put_artifact(p.reference.id, p.bytes).await })?;
-        match outcome {
-            PutOutcome::Written => {
-                written.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-            }
-            PutOutcome::AlreadyPresent => {
-                present.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
-        Ok(())
-    };
-    let outcome = merge_layers(layers, params, &fetch, &sink, progress)?;
+    let threads = rayon::current_num_threads();
+    let uploader = Uploader::start(handle, store.clone(), threads * 2, threads * 2);
+    let sink = |p: crate::encode::Produced| -> Result<()> { uploader.send(p, &pins) };
+    let merged = merge_layers(layers, params, &fetch, &sink, progress);
+    let (outcome, totals) = uploader.finish(merged)?;
     Ok(StoredMerge {
         outcome,
-        bytes_written: written.into_inner(),
-        artifacts_already_stored: present.into_inner(),
+        bytes_written: totals.bytes_written,
+        artifacts_already_stored: totals.already_present,
         pins,
     })
 }
@@ -97,7 +90,8 @@ pub struct CompactReport {
 /// commits the result as a new full checkpoint (next id, same write-ahead
 /// log position, parallelism and properties, plus `compacted_from`).
 ///
-/// Blocks on `handle`; call it from a plain thread. The work runs on
+/// Waits for store requests on `handle`'s runtime; call it from a plain
+/// thread. The work runs on
 /// `pool`. One writer per store: do not run it while a job checkpoints into
 /// the same store (its new id could collide; the commit would then fail
 /// with `AlreadyExists` and nothing is lost, the next GC removes the
@@ -113,7 +107,7 @@ pub fn compact_newest(
     merger.validate()?;
     let newest = {
         let store = store.clone();
-        handle.block_on(async move {
+        run_io(handle, async move {
             let mut ids = store.list_manifests().await?;
             ids.sort_unstable_by(|a, b| b.cmp(a));
             for id in ids {
@@ -175,7 +169,10 @@ pub fn compact_newest(
     let bytes = Bytes::from(manifest.encode()?);
     {
         let store = store.clone();
-        handle.block_on(async move { store.commit_manifest(id, bytes).await })?;
+        run_io(
+            handle,
+            async move { store.commit_manifest(id, bytes).await },
+        )?;
     }
     drop(stored.pins);
     Ok(CompactReport {

@@ -2,7 +2,7 @@
 //! parallel decode-and-fold per key-group range, streamed loading, and the
 //! write-ahead-log replay.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -10,9 +10,10 @@ use bytes::Bytes;
 use highwater_core::key::key_group_of;
 use highwater_core::ttl::is_expired_value;
 use highwater_core::{
-    ArtifactId, CheckpointId, CheckpointStore, DecodeLimits, Error, Result, SnapshotKind,
-    StateBackend, decode_checked, load_manifest,
+    ArtifactId, ArtifactRef, CheckpointId, CheckpointStore, DecodeLimits, Error, Manifest,
+    NativeCheckpoints, Result, SnapshotKind, StateBackend, decode_checked, load_manifest,
 };
+use highwater_merge::io::{fetch_verified, run_io};
 use highwater_wal::Wal;
 use rayon::prelude::*;
 use tokio::task::JoinSet;
@@ -103,12 +104,7 @@ impl Recovery {
         &self,
         fut: impl std::future::Future<Output = Result<T>> + Send + 'static,
     ) -> Result<T> {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        self.io.spawn(async move {
-            let _ = tx.send(fut.await);
-        });
-        rx.recv()
-            .map_err(|_| Error::Closed("the i/o runtime stopped".into()))?
+        run_io(&self.io, fut)
     }
 
     /// Plans a recovery of `scope` to `target`. With `wal` the plan
@@ -332,6 +328,15 @@ impl Recovery {
             return backend.restore(&mut std::iter::empty());
         };
         check_deadline(deadline)?;
+        // A native checkpoint (the backend's own files) is opened by the
+        // backend rather than decoded and folded; it falls back like any
+        // other checkpoint.
+        if let Some(manifest) = plan.manifest().filter(|m| m.is_native()) {
+            let t = Instant::now();
+            let loaded = self.load_native(plan, manifest, backend, stats, deadline);
+            stats.load_duration += t.elapsed();
+            return loaded;
+        }
         let t = Instant::now();
         let artifacts = self.fetch(plan, checkpoint, stats, progress, deadline)?;
         stats.fetch_duration += t.elapsed();
@@ -342,6 +347,57 @@ impl Recovery {
         );
         stats.load_duration += t.elapsed();
         loaded
+    }
+
+    /// Hands the files of the native checkpoint `manifest` to the backend's
+    /// [`NativeCheckpoints::restore_native`], fetched in order a few at a
+    /// time, each verified against its content address whatever the
+    /// verification level (a damaged stored file is deleted, as any
+    /// artifact is, so the next checkpoint uploads it again). A narrower
+    /// key-group scope (checked against the manifest by the plan) is a
+    /// rescaling restore.
+    fn load_native(
+        &self,
+        plan: &RecoveryPlan,
+        manifest: &Manifest,
+        backend: &dyn StateBackend,
+        stats: &mut RecoveryStats,
+        deadline: Option<Instant>,
+    ) -> Result<()> {
+        let native: &dyn NativeCheckpoints = backend.native().ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "checkpoint {} holds native files; backend {} cannot open them",
+                manifest.checkpoint_id,
+                backend.name()
+            ))
+        })?;
+        if plan.scope.operators.is_some() {
+            return Err(Error::InvalidArgument(format!(
+                "checkpoint {} holds native files, which restore every operator; select key groups only",
+                manifest.checkpoint_id
+            )));
+        }
+        let refs = manifest.own_artifacts();
+        let mut files = NativeFetch {
+            io: &self.io,
+            store: &self.store,
+            checkpoint: manifest.checkpoint_id,
+            refs: refs.iter(),
+            window: VecDeque::new(),
+            deadline,
+            bytes: 0,
+            files: 0,
+            failed: false,
+        };
+        let t = Instant::now();
+        let restored = native.restore_native(&mut files, plan.scope.key_groups);
+        stats.fetch_duration += t.elapsed();
+        stats.bytes_fetched += files.bytes;
+        stats.artifacts_fetched += files.files;
+        restored?;
+        stats.entries_loaded += refs.iter().map(|a| a.entries).sum::<u64>();
+        stats.logical_bytes += refs.iter().map(|a| a.logical_bytes).sum::<u64>();
+        Ok(())
     }
 
     /// Fetches every distinct artifact of the plan, a bounded number at a
@@ -378,7 +434,7 @@ impl Recovery {
                 while set.len() < concurrency {
                     let Some(id) = pending.next() else { break };
                     let store = store.clone();
-                    set.spawn(fetch_one(store, checkpoint, id, verify));
+                    set.spawn(fetch_verified(store, checkpoint, id, verify));
                 }
                 let Some(joined) = set.join_next().await else {
                     break;
@@ -585,36 +641,100 @@ impl Recovery {
     }
 }
 
-/// Fetches one artifact and checks it against its content address (when
-/// `verify`): a mismatch is read again, and a stored copy that is itself
-/// damaged is deleted so the next checkpoint holding the data rewrites it.
-async fn fetch_one(
-    store: Arc<dyn CheckpointStore>,
+/// Native files are large (RocksDB writes SST files of up to 64 MiB): at
+/// most this many are fetched ahead and held in memory.
+const NATIVE_FILES_IN_FLIGHT: usize = 4;
+
+/// The files of a native checkpoint, fetched in order a few ahead and
+/// verified by [`fetch_verified`] (which also repairs a damaged stored copy).
+struct NativeFetch<'a> {
+    io: &'a tokio::runtime::Handle,
+    store: &'a Arc<dyn CheckpointStore>,
     checkpoint: CheckpointId,
-    id: ArtifactId,
-    verify: bool,
-) -> Result<(ArtifactId, Bytes)> {
-    let get = async || {
-        store.get_artifact(id).await.map_err(|e| match e {
-            Error::NotFound(_) => Error::NotFound(format!(
-                "artifact of checkpoint {checkpoint}: artifact={id}"
-            )),
-            other => other,
-        })
-    };
-    let bytes = get().await?;
-    if !verify || ArtifactId::of(&bytes) == id {
-        return Ok((id, bytes));
+    refs: std::slice::Iter<'a, ArtifactRef>,
+    window: VecDeque<(
+        &'a ArtifactRef,
+        tokio::task::JoinHandle<()>,
+        crossbeam_channel::Receiver<Result<(ArtifactId, Bytes)>>,
+    )>,
+    deadline: Option<Instant>,
+    bytes: u64,
+    files: usize,
+    failed: bool,
+}
+
+impl NativeFetch<'_> {
+    fn fill(&mut self) {
+        while self.window.len() < NATIVE_FILES_IN_FLIGHT {
+            let Some(r) = self.refs.next() else { break };
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            let fetch = fetch_verified(self.store.clone(), self.checkpoint, r.id, true);
+            let task = self.io.spawn(async move {
+                let _ = tx.send(fetch.await);
+            });
+            self.window.push_back((r, task, rx));
+        }
     }
-    // A damaged transfer must not be mistaken for damaged storage.
-    if ArtifactId::of(&get().await?) != id {
-        tracing::warn!(checkpoint = %checkpoint, artifact = %id, "deleting a corrupt artifact so the next checkpoint rewrites it");
-        store.delete_artifact(id).await?;
+
+    fn receive(
+        &self,
+        rx: &crossbeam_channel::Receiver<Result<(ArtifactId, Bytes)>>,
+    ) -> Result<Bytes> {
+        let got = match self.deadline {
+            Some(d) => rx.recv_deadline(d).map_err(|e| match e {
+                crossbeam_channel::RecvTimeoutError::Timeout => timeout_error(),
+                crossbeam_channel::RecvTimeoutError::Disconnected => {
+                    Error::Internal("a native file fetch stopped".into())
+                }
+            })?,
+            None => rx
+                .recv()
+                .map_err(|_| Error::Closed("the i/o runtime stopped".into()))?,
+        };
+        got.map(|(_, bytes)| bytes)
     }
-    Err(Error::corrupt(
-        "artifact",
-        format!("content does not match its id (xxh3-128): checkpoint={checkpoint} artifact={id}"),
-    ))
+}
+
+impl Iterator for NativeFetch<'_> {
+    type Item = Result<(String, Bytes)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        self.fill();
+        let (r, _task, rx) = self.window.pop_front()?;
+        let checked = self.receive(&rx).and_then(|bytes| {
+            if bytes.len() as u64 != r.stored_bytes {
+                return Err(Error::corrupt(
+                    "artifact",
+                    format!(
+                        "native file has the wrong length: checkpoint={} file={} artifact={} len={} expected_len={}",
+                        self.checkpoint,
+                        r.operator,
+                        r.id,
+                        bytes.len(),
+                        r.stored_bytes
+                    ),
+                ));
+            }
+            Ok(bytes)
+        });
+        match checked {
+            Ok(bytes) => {
+                self.bytes += bytes.len() as u64;
+                self.files += 1;
+                Some(Ok((r.operator.clone(), bytes)))
+            }
+            Err(e) => {
+                self.failed = true;
+                for (_, task, _) in self.window.drain(..) {
+                    task.abort();
+                }
+                Some(Err(e))
+            }
+        }
+    }
 }
 
 fn check_log_reaches(wal: &Wal, covered: Option<u64>) -> Result<()> {

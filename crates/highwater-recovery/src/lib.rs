@@ -78,6 +78,7 @@ mod engine;
 mod plan;
 mod replay;
 mod stats;
+mod verify;
 
 pub use config::{LoadStrategy, PrefetchStrategy, RecoveryConfig, VerificationLevel};
 pub use engine::{Recovery, RecoveryOutcome};
@@ -86,3 +87,4 @@ pub use plan::{
     WalRange, verify_manifest,
 };
 pub use stats::{Fallback, Phase, Progress, ProgressFn, RecoveryStats};
+pub use verify::{CheckpointVerification, VerifyProblem, verify_store, verify_store_with};

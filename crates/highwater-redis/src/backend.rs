@@ -1296,6 +1296,10 @@ impl StateBackend for RedisBackend {
     /// Counts the namespace now: exact (Redis-side expiry included), O(state)
     /// — a `SCAN` and a pipelined `STRLEN` per entry. When the server cannot
     /// be reached, the last successful count is returned.
+    fn native(&self) -> Option<&dyn highwater_core::NativeCheckpoints> {
+        None
+    }
+
     fn stats(&self) -> BackendStats {
         let s = &self.shared;
         match s.count() {

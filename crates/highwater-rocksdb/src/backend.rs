@@ -8,8 +8,9 @@ use std::time::Instant;
 
 use highwater_core::ttl::Envelope;
 use highwater_core::{
-    BackendStats, Error, KeyGroupRange, Mutation, NativeCheckpoint, NativeFile, NativeFiles,
-    Result, SnapshotKind, StateBackend, StateSnapshot, WriteBatch, valid_native_file_name,
+    BackendStats, Error, KeyGroupRange, Mutation, NativeCheckpoint, NativeCheckpoints, NativeFile,
+    NativeFiles, Result, SnapshotKind, StateBackend, StateSnapshot, WriteBatch,
+    valid_native_file_name,
 };
 use rocksdb::checkpoint::Checkpoint;
 use rocksdb::{BlockBasedOptions, Cache, DB, Options, ReadOptions, WriteOptions};
@@ -101,7 +102,7 @@ struct Live {
 ///   written since the previous snapshot plus a RocksDB snapshot to read
 ///   their values from. A snapshot keeps its database open and readable
 ///   after the backend is dropped.
-/// - **Native checkpoints**: [`native_snapshot`](StateBackend::native_snapshot)
+/// - **Native checkpoints**: [`native_snapshot`](NativeCheckpoints::native_snapshot)
 ///   writes a RocksDB checkpoint (hard links to the immutable SST files and
 ///   copies of MANIFEST, OPTIONS and CURRENT) for the checkpointer to
 ///   upload; files already stored are not uploaded again.
@@ -673,7 +674,17 @@ impl StateBackend for RocksDbBackend {
         stats
     }
 
-    fn native_snapshot(&self) -> Result<Option<Arc<dyn StateSnapshot>>> {
+    fn native(&self) -> Option<&dyn NativeCheckpoints> {
+        Some(self)
+    }
+}
+
+impl NativeCheckpoints for RocksDbBackend {
+    fn format(&self) -> &'static str {
+        "rocksdb"
+    }
+
+    fn native_snapshot(&self) -> Result<Arc<dyn StateSnapshot>> {
         self.counters
             .native_checkpoints
             .fetch_add(1, Ordering::Relaxed);
@@ -739,11 +750,11 @@ impl StateBackend for RocksDbBackend {
             dir: dir.0.clone(),
             files,
         };
-        Ok(Some(Arc::new(NativeSnapshot::new(
+        Ok(Arc::new(NativeSnapshot::new(
             FullSnapshot::new(snap, self.config.max_parallelism, FULL_PARTITIONS),
             native,
             dir,
-        ))))
+        )))
     }
 
     fn restore_native(

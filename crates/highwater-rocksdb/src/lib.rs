@@ -11,7 +11,7 @@
 //! - Entries whose TTL envelope ([`highwater_core::ttl`]) expired are
 //!   dropped by a compaction filter; the typed state handles never return
 //!   them before that.
-//! - [`StateBackend::native_snapshot`](highwater_core::StateBackend::native_snapshot)
+//! - [`NativeCheckpoints::native_snapshot`](highwater_core::NativeCheckpoints::native_snapshot)
 //!   takes a RocksDB checkpoint (hard links to immutable SST files); the
 //!   checkpointer (`highwater::native`) uploads only the files the store
 //!   does not hold yet, and a restore fetches the files and opens them

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use highwater_core::{Error, KeyGroupRange, ManualClock, SnapshotKind, StateBackend, WriteBatch};
+use highwater_core::{
+    Error, KeyGroupRange, ManualClock, NativeCheckpoints, SnapshotKind, StateBackend, WriteBatch,
+};
 use highwater_rocksdb::{RocksDbBackend, RocksDbConfig};
 use highwater_testkit::SplitMix64;
 use highwater_testkit::keys::{encode_key, expiring_value, plain_value};
@@ -180,9 +182,10 @@ fn a_native_checkpoint_opens_as_the_same_state_and_later_writes_do_not_leak_in()
     let b = open(&dir, "a");
     let model = fill(&b, 5000, 128, 1);
     let s = b
+        .native()
+        .expect("rocksdb takes native checkpoints")
         .native_snapshot()
-        .unwrap()
-        .expect("rocksdb takes native checkpoints");
+        .unwrap();
     assert_eq!(s.kind(), SnapshotKind::Full);
     let files = native_files(&*s);
     assert!(
@@ -252,7 +255,7 @@ fn a_rescaling_restore_keeps_exactly_the_owned_key_groups() {
         b.put(&k, &plain_value(b"edge")).unwrap();
         model.insert(k, plain_value(b"edge"));
     }
-    let s = b.native_snapshot().unwrap().unwrap();
+    let s = b.native_snapshot().unwrap();
     let files = native_files(&*s);
     let mut union = BTreeMap::new();
     for (i, range) in [(0u16, 43u16), (43, 90), (90, 128)].into_iter().enumerate() {
@@ -292,7 +295,7 @@ fn damaged_native_checkpoints_are_refused_with_typed_errors_and_keep_the_old_sta
     let dir = tempfile::tempdir().unwrap();
     let b = open(&dir, "src");
     fill(&b, 500, 16, 3);
-    let s = b.native_snapshot().unwrap().unwrap();
+    let s = b.native_snapshot().unwrap();
     let files = native_files(&*s);
     let target = open(&dir, "dst");
     let k = encode_key(1, "op", "s", b"keep", b"", b"");
@@ -450,7 +453,7 @@ fn native_checkpoints_taken_while_writers_run_hold_whole_batches() {
         }
         for _ in 0..5 {
             std::thread::sleep(Duration::from_millis(20));
-            let s = b.native_snapshot().unwrap().unwrap();
+            let s = b.native_snapshot().unwrap();
             checkpoints.push(native_files(&*s));
         }
         stop.store(true, Ordering::Relaxed);

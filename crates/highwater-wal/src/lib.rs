@@ -180,6 +180,7 @@
 
 mod config;
 mod format;
+mod logged;
 mod record;
 mod recovery;
 mod replay;
@@ -193,6 +194,7 @@ pub type Lsn = u64;
 
 pub use config::{SyncPolicy, WalConfig};
 pub use format::{FORMAT_VERSION, MAX_FRAME_BYTES};
+pub use logged::LoggedBackend;
 pub use record::{WalBatch, WalOp, WalRecord};
 pub use recovery::{RecoveryReport, TornTail};
 pub use replay::{Replay, WalEntry};

@@ -6,8 +6,11 @@
 //! [`StateManager`].
 //!
 //! This facade re-exports the member crates (each optional one behind a
-//! feature of the same name) and holds only the composition. Algorithms live
-//! in their crates:
+//! feature of the same name) and holds only the wiring: the
+//! [`StateManager`] builds a [`merge::Checkpointer`] (the checkpoint
+//! pipeline) and a [`recovery::Recovery`] engine around a backend, a store
+//! and an optional write-ahead log, and hands out typed state. Algorithms
+//! live in their crates:
 //!
 //! | feature | crate | what |
 //! | --- | --- | --- |
@@ -20,18 +23,13 @@
 //! | (always) | [`recovery`] | recovery engine: plans, parallel verified restore, point in time, rescaling |
 //! | `redis` | `redis` | Redis state backend and checkpoint store, standalone and cluster |
 //! | `raft` | `raft` | Raft-coordinated distributed checkpoints (openraft): ledger, coordinator |
-//! | `rocksdb` | `rocksdb` | RocksDB state backend with native incremental checkpoints ([`native`]) |
+//! | `rocksdb` | `rocksdb` | RocksDB state backend with native checkpoints ([`core::NativeCheckpoints`]) |
 //!
 //! See [`StateManager`] for an example.
 
 #![deny(missing_docs)]
 
-mod config;
-mod logged;
 mod manager;
-pub mod native;
-mod retention;
-mod verify;
 
 #[cfg(feature = "cloud")]
 pub use highwater_cloud as cloud;
@@ -48,22 +46,21 @@ pub use highwater_redis as redis;
 pub use highwater_rocksdb as rocksdb;
 pub use highwater_wal as wal;
 
-pub use config::CheckpointConfig;
 pub use highwater_core::{
     AggregateFunction, AggregatingState, AggregatingStateDescriptor, CheckpointId, CheckpointKind,
     CheckpointStore, Error, ErrorKind, KeyedStateContext, ListState, ListStateDescriptor, Manifest,
     MapState, MapStateDescriptor, ReducingState, ReducingStateDescriptor, Result, StateBackend,
     TtlConfig, ValueState, ValueStateDescriptor,
 };
-pub use highwater_merge::{ConflictResolution, MergeStats, MergeStrategy, MergerConfig};
+pub use highwater_merge::{
+    CheckpointConfig, CheckpointHandle, CheckpointInfo, ConflictResolution, MergeStats,
+    MergeStrategy, MergerConfig, RetentionReport, apply_retention,
+};
 pub use highwater_recovery::{
-    RecoveryConfig, RecoveryPlan, RecoveryScope, RecoveryStats, RecoveryTarget, VerificationLevel,
+    CheckpointVerification, RecoveryConfig, RecoveryPlan, RecoveryScope, RecoveryStats,
+    RecoveryTarget, VerificationLevel, VerifyProblem, verify_store, verify_store_with,
 };
-pub use manager::{
-    CheckpointHandle, CheckpointInfo, HistoryEntry, RestoreInfo, StateManager, StateManagerBuilder,
-};
-pub use retention::{RetentionReport, apply_retention};
-pub use verify::{CheckpointVerification, VerifyProblem, verify_store, verify_store_with};
+pub use manager::{HistoryEntry, RestoreInfo, StateManager, StateManagerBuilder};
 
 /// The README's examples, compiled and run as doctests.
 #[doc = include_str!("../../../README.md")]

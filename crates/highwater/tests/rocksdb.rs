@@ -11,10 +11,9 @@ use highwater::cloud::ObjectCheckpointStore;
 use highwater::core::key::key_group_of;
 use highwater::core::{ArtifactId, KeyGroupRange, LayerKind, load_manifest};
 use highwater::memory::MemoryBackend;
-use highwater::native::restore_native;
 use highwater::{
-    CheckpointConfig, CheckpointId, CheckpointStore, Error, Manifest, StateBackend, StateManager,
-    ValueStateDescriptor,
+    CheckpointConfig, CheckpointId, CheckpointStore, Error, Manifest, RecoveryConfig,
+    RecoveryScope, RecoveryTarget, StateBackend, StateManager, ValueStateDescriptor,
 };
 use highwater_rocksdb::{RocksDbBackend, RocksDbConfig};
 
@@ -196,7 +195,7 @@ fn consecutive_checkpoints_share_sst_files_and_retention_keeps_them_while_refere
     let before = all(&*backend);
     write_counters(&m, 0..50, 99);
     let info = m.restore(fifth.id).unwrap();
-    assert_eq!(info.checkpoint_id, fifth.id);
+    assert_eq!(info.checkpoint_id, Some(fifth.id));
     assert!(info.bytes_fetched > 0);
     assert_eq!(all(&*backend), before, "restore of a native checkpoint");
 }
@@ -227,7 +226,7 @@ fn restore_latest_falls_back_past_a_checkpoint_with_a_missing_sst() {
     let fresh = rocks(&tmp.path().join("fresh"));
     let m_fresh = manager(fresh.clone(), store.clone(), 3);
     let info = m_fresh.restore_latest().unwrap().unwrap();
-    assert_eq!(info.checkpoint_id, first.id);
+    assert_eq!(info.checkpoint_id, Some(first.id));
     assert_eq!(info.fallbacks.len(), 1, "{:?}", info.fallbacks);
     assert_eq!(info.fallbacks[0].0, second.id);
     assert_eq!(all(&*fresh), expected);
@@ -264,8 +263,16 @@ fn a_rescaling_restore_splits_a_checkpoint_between_subtasks() {
     for index in 0..3u16 {
         let keep = KeyGroupRange::for_subtask(man.max_parallelism, 3, index).unwrap();
         let sub = rocks(&tmp.path().join(format!("sub-{index}")));
-        let r = restore_native(rt.handle(), &store, &*sub, &man, Some(keep), 4).unwrap();
-        assert_eq!(r.files, man.artifacts().count());
+        let scope = RecoveryScope::subtask(man.max_parallelism, 3, index).unwrap();
+        let r = manager(sub.clone(), store.clone(), 3)
+            .restore_with(
+                RecoveryTarget::Checkpoint(info.id),
+                &scope,
+                &RecoveryConfig::default(),
+                None,
+            )
+            .unwrap();
+        assert_eq!(r.stats.artifacts_fetched, man.artifacts().count());
         let got = all(&*sub);
         assert!(!got.is_empty(), "subtask {index} owns some keys");
         for k in got.keys() {
@@ -282,10 +289,20 @@ fn a_rescaling_restore_splits_a_checkpoint_between_subtasks() {
     );
     let out_of_range = KeyGroupRange::new(0, man.max_parallelism + 1).unwrap();
     let sub = rocks(&tmp.path().join("sub-bad"));
-    assert!(matches!(
-        restore_native(rt.handle(), &store, &*sub, &man, Some(out_of_range), 4),
-        Err(Error::InvalidArgument(_))
-    ));
+    let scope = RecoveryScope {
+        key_groups: Some(out_of_range),
+        ..RecoveryScope::all()
+    };
+    let refused = manager(sub, store.clone(), 3).restore_with(
+        RecoveryTarget::Checkpoint(info.id),
+        &scope,
+        &RecoveryConfig::default(),
+        None,
+    );
+    assert!(
+        matches!(refused, Err(Error::InvalidArgument(_))),
+        "{refused:?}"
+    );
 }
 
 #[test]
@@ -304,4 +321,66 @@ fn a_backend_without_native_checkpoints_refuses_a_native_manifest() {
     let rt = runtime();
     let report = rt.block_on(highwater::verify_store(&*store)).unwrap();
     assert!(report.iter().all(|v| v.is_sound()), "{report:?}");
+}
+
+/// A damaged SST file in the store is repaired the way a damaged encoded
+/// chunk is: the restore that finds it deletes the stored copy, and the
+/// next native checkpoint of a backend that still has the file uploads it
+/// again, so that checkpoint restores. (Before, native upload skipped any
+/// file already present, so the damaged copy stayed referenced by every
+/// later checkpoint sharing it.)
+#[test]
+fn a_damaged_sst_in_the_store_is_deleted_on_restore_and_rewritten_by_the_next_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store_dir = tmp.path().join("store");
+    let store: Arc<dyn CheckpointStore> =
+        Arc::new(ObjectCheckpointStore::local(&store_dir).unwrap());
+    let backend = rocks(&tmp.path().join("live"));
+    let m = manager(backend.clone(), store.clone(), 3);
+    let rt = runtime();
+    write_counters(&m, 0..5000, 1);
+    backend.compact().unwrap();
+    let first = m.checkpoint().unwrap().wait().unwrap();
+    let m1 = manifest(&rt, &store, first.id);
+    let victim = m1
+        .artifacts()
+        .find(|a| a.operator.ends_with(".sst"))
+        .unwrap()
+        .clone();
+    let path = store_dir
+        .join(highwater::cloud::layout::ARTIFACTS_DIR)
+        .join(highwater::cloud::layout::artifact_name(victim.id));
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&path, &bytes).unwrap();
+
+    // Detected on restore, and the stored copy deleted.
+    let fresh = manager(rocks(&tmp.path().join("fresh")), store.clone(), 3);
+    let err = fresh.restore(first.id).unwrap_err();
+    assert!(err.is_corruption(), "{err}");
+    assert!(
+        !rt.block_on(store.has_artifact(victim.id)).unwrap(),
+        "the damaged copy of {} is deleted",
+        victim.operator
+    );
+
+    // The live backend still has the file: its next checkpoint writes it
+    // again and verifies.
+    write_counters(&m, 0..50, 2);
+    let second = m.checkpoint().unwrap().wait().unwrap();
+    let m2 = manifest(&rt, &store, second.id);
+    assert!(
+        m2.artifacts().any(|a| a.id == victim.id),
+        "the second checkpoint shares {}",
+        victim.operator
+    );
+    let stored = rt.block_on(store.get_artifact(victim.id)).unwrap();
+    assert_eq!(ArtifactId::of(&stored), victim.id);
+    let again = rocks(&tmp.path().join("again"));
+    let info = manager(again.clone(), store.clone(), 3)
+        .restore(second.id)
+        .unwrap();
+    assert_eq!(info.checkpoint_id, Some(second.id));
+    assert_eq!(all(&*again), all(&*backend));
 }

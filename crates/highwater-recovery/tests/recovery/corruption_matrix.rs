@@ -136,7 +136,7 @@ fn undamaged_job_recovers_checkpoint_3_and_the_log_tail() {
     let job = job();
     let (m, _) = reopen(&job, true).unwrap();
     let info = m.restore_latest().unwrap().unwrap();
-    assert_eq!(info.checkpoint_id, CheckpointId(3));
+    assert_eq!(info.checkpoint_id, Some(CheckpointId(3)));
     assert!(info.fallbacks.is_empty());
     assert!(info.wal_records_replayed > 0);
     assert_state(&job.last, &dump(&**m.backend()), "undamaged");
@@ -150,7 +150,7 @@ fn damaged_newest_manifest_falls_back_to_checkpoint_2_and_the_longer_log() {
         let (m, _) = reopen(&job, true).unwrap();
         let info = m.restore_latest().unwrap().unwrap();
         let ctx = format!("{damage:?} manifest 3");
-        assert_eq!(info.checkpoint_id, CheckpointId(2), "{ctx}");
+        assert_eq!(info.checkpoint_id, Some(CheckpointId(2)), "{ctx}");
         match damage {
             // A deleted manifest is no checkpoint at all: nothing to fall
             // back from.
@@ -207,7 +207,7 @@ fn damaged_incremental_chunk_falls_back_or_names_checkpoint_and_artifact() {
         }
         let (m, _) = reopen(&job, true).unwrap();
         let info = m.restore_latest().unwrap().unwrap();
-        assert_eq!(info.checkpoint_id, CheckpointId(2), "{ctx}");
+        assert_eq!(info.checkpoint_id, Some(CheckpointId(2)), "{ctx}");
         assert_eq!(info.fallbacks.len(), 1, "{ctx}");
         assert_eq!(info.fallbacks[0].0, CheckpointId(3), "{ctx}");
         assert!(

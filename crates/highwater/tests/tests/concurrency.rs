@@ -138,3 +138,77 @@ fn checkpoints_during_concurrent_batches_are_consistent_cuts() {
         assert_eq!(c[w], want, "writer {w} final state");
     }
 }
+
+/// A model of checkpoint handles: at most one checkpoint is in flight, so
+/// once a new one has started (its handle exists), every earlier handle
+/// holds its outcome. Random operations (`maybe_checkpoint` with a zero
+/// interval, `checkpoint`, waiting on an older handle, polling) are checked
+/// against that rule, with background merges on to widen the window in
+/// which the worker finishes (the bug: the worker became idle before it
+/// sent the outcome, and `try_result` answered `None` for a checkpoint that
+/// had finished).
+#[test]
+fn handles_of_finished_checkpoints_always_hold_their_outcome() {
+    use highwater::CheckpointHandle;
+    for seed in crate::common::seeds(&[1, 2, 3]) {
+        let mut cfg = config(true, 4, 3);
+        cfg.interval = Some(Duration::ZERO);
+        cfg.background_merge = true;
+        cfg.merger.max_chain_length = 2;
+        let m = memory_manager(cfg);
+        let mut rng = highwater_testkit::SplitMix64::new(seed);
+        // Handles not yet waited on, oldest first; and how many outcomes
+        // each one has shown (a handle answers exactly once).
+        let mut open: Vec<CheckpointHandle> = Vec::new();
+        let mut finished = 0usize;
+        for step in 0..400u64 {
+            let key = encode_key(
+                rng.below(128) as u16,
+                "op",
+                "s",
+                &step.to_le_bytes(),
+                &[],
+                &[],
+            );
+            m.backend().put(&key, &[1, 2, 3]).unwrap();
+            let started = match rng.below(4) {
+                0 => Some(m.checkpoint().unwrap()),
+                1 | 2 => m.maybe_checkpoint().unwrap(),
+                _ => {
+                    if let Some(h) = open.pop() {
+                        h.wait().unwrap();
+                        finished += 1;
+                    }
+                    None
+                }
+            };
+            if let Some(new) = started {
+                // The model: every handle older than `new` has finished.
+                for (i, h) in open.drain(..).enumerate() {
+                    match h.try_result() {
+                        Some(r) => {
+                            r.unwrap();
+                            finished += 1;
+                        }
+                        None => panic!(
+                            "seed {seed} step {step}: checkpoint {} (handle {i}) had no outcome \
+                             although checkpoint {} has started",
+                            h.id(),
+                            new.id()
+                        ),
+                    }
+                }
+                open.push(new);
+            }
+        }
+        for h in open {
+            h.wait().unwrap();
+            finished += 1;
+        }
+        assert!(
+            finished > 10,
+            "seed {seed}: only {finished} checkpoints ran"
+        );
+        m.wait_merges();
+    }
+}

@@ -72,7 +72,7 @@ impl Fixture {
     fn expect_fallback_to_2(&self, reason: &[&str]) {
         self.scribble();
         let info = self.m.restore_latest().unwrap().expect("a checkpoint");
-        assert_eq!(info.checkpoint_id, CheckpointId(2));
+        assert_eq!(info.checkpoint_id, Some(CheckpointId(2)));
         assert_eq!(info.fallbacks.len(), 1, "{:?}", info.fallbacks);
         let (id, why) = &info.fallbacks[0];
         assert_eq!(*id, CheckpointId(3));

@@ -131,7 +131,7 @@ fn checkpoint_ids_continue_across_a_rebuilt_manager() {
     let info = b.restore_latest().unwrap().unwrap();
     assert_eq!(
         (info.checkpoint_id, info.chain_length),
-        (CheckpointId(3), 3)
+        (Some(CheckpointId(3)), 3)
     );
     assert_entries(&state, &dump(&**b.backend()), "restored in a new manager");
     counter(&b).update(&"k4".into(), &4).unwrap();

@@ -63,7 +63,7 @@ fn restore_latest_replays_the_committed_tail_only() {
     };
     let m = manager(&local, &wal_dir, 3);
     let info = m.restore_latest().unwrap().expect("a checkpoint");
-    assert_eq!(info.checkpoint_id, CheckpointId(1));
+    assert_eq!(info.checkpoint_id, Some(CheckpointId(1)));
     assert_eq!(info.wal_records_replayed, 51);
     assert_eq!(dump(&**m.backend()), expected);
     // The next checkpoint is an incremental holding the replayed changes.
@@ -91,7 +91,7 @@ fn without_a_checkpoint_the_log_alone_rebuilds_the_state() {
     };
     let m = manager(&local, &wal_dir, 3);
     let info = m.restore_latest().unwrap().expect("the log holds state");
-    assert_eq!(info.checkpoint_id, CheckpointId(0));
+    assert_eq!(info.checkpoint_id, None);
     assert_eq!(info.wal_records_replayed, 20);
     assert_eq!(dump(&**m.backend()), expected);
 }

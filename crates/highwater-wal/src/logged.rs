@@ -12,16 +12,24 @@
 //! recovery engine replays up to the last batch whose changes were all made
 //! at or before it (`Replay::until_event_time`), which is a state the
 //! writer really had.
+//!
+//! The wrapper forwards every capability of the backend it wraps, native
+//! checkpoints included ([`StateBackend::native`]): a native checkpoint
+//! taken through it records the log position it covers exactly like an
+//! ordinary snapshot, so a restore opens the backend's files and replays
+//! the log after that position.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use highwater_core::{
-    BackendStats, Clock, Result, SnapshotKind, StateBackend, StateSnapshot, WriteBatch,
+    BackendStats, Clock, Error, KeyGroupRange, NativeCheckpoints, NativeFiles, Result,
+    SnapshotKind, StateBackend, StateSnapshot, WriteBatch,
 };
-use highwater_wal::{Lsn, SyncPolicy, Wal, WalBatch};
+
+use crate::{Lsn, SyncPolicy, Wal, WalBatch};
 
 /// A [`StateBackend`] whose changes are logged to a [`Wal`].
-pub(crate) struct LoggedBackend {
+pub struct LoggedBackend {
     inner: Arc<dyn StateBackend>,
     wal: Arc<Wal>,
     clock: Arc<dyn Clock>,
@@ -29,7 +37,8 @@ pub(crate) struct LoggedBackend {
 }
 
 impl LoggedBackend {
-    pub(crate) fn new(inner: Arc<dyn StateBackend>, wal: Arc<Wal>, clock: Arc<dyn Clock>) -> Self {
+    /// Wraps `inner`; its changes go to `wal`, stamped with `clock`'s time.
+    pub fn new(inner: Arc<dyn StateBackend>, wal: Arc<Wal>, clock: Arc<dyn Clock>) -> Self {
         LoggedBackend {
             inner,
             wal,
@@ -43,7 +52,8 @@ impl LoggedBackend {
         Some(self.clock.now_ms())
     }
 
-    pub(crate) fn wal(&self) -> &Arc<Wal> {
+    /// The log.
+    pub fn wal(&self) -> &Arc<Wal> {
         &self.wal
     }
 
@@ -55,7 +65,7 @@ impl LoggedBackend {
     /// `SyncPolicy::Always` it returns once the batch is durable; otherwise
     /// once it is queued (a failed write poisons the log, and the next call
     /// reports it).
-    pub(crate) fn commit(&self) -> Result<()> {
+    pub fn commit(&self) -> Result<()> {
         let mut pending = self.pending();
         if pending.is_empty() {
             return Ok(());
@@ -73,7 +83,25 @@ impl LoggedBackend {
 
     /// Commits pending changes and takes a snapshot of exactly the state
     /// the log holds up to the returned LSN.
-    pub(crate) fn snapshot_at(&self, kind: SnapshotKind) -> Result<(Arc<dyn StateSnapshot>, Lsn)> {
+    pub fn snapshot_at(&self, kind: SnapshotKind) -> Result<(Arc<dyn StateSnapshot>, Lsn)> {
+        self.cut(|inner| inner.snapshot(kind))
+    }
+
+    /// Like [`snapshot_at`](Self::snapshot_at), a native checkpoint of the
+    /// wrapped backend; `None` if it does not write them.
+    pub fn native_snapshot_at(&self) -> Result<Option<(Arc<dyn StateSnapshot>, Lsn)>> {
+        match self.inner.native() {
+            Some(native) => self.cut(|_| native.native_snapshot()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Commits pending changes and runs `take` with writers held off, so
+    /// the snapshot it takes holds exactly the log up to the returned LSN.
+    fn cut(
+        &self,
+        take: impl FnOnce(&dyn StateBackend) -> Result<Arc<dyn StateSnapshot>>,
+    ) -> Result<(Arc<dyn StateSnapshot>, Lsn)> {
         let mut pending = self.pending();
         if !pending.is_empty() {
             // The snapshot itself holds these changes, so the checkpoint
@@ -82,7 +110,7 @@ impl LoggedBackend {
             pending.clear();
         }
         let lsn = self.wal.last_lsn();
-        let snapshot = self.inner.snapshot(kind)?;
+        let snapshot = take(&*self.inner)?;
         Ok((snapshot, lsn))
     }
 
@@ -90,7 +118,7 @@ impl LoggedBackend {
     /// writers held off: what `f` loads (a checkpoint, a replay of the log)
     /// must not be logged again. Pending changes belong to the state being
     /// replaced and are dropped once `f` succeeds.
-    pub(crate) fn recover_with<R>(
+    pub fn recover_with<R>(
         &self,
         f: impl FnOnce(&dyn StateBackend, &Wal) -> Result<R>,
     ) -> Result<R> {
@@ -171,5 +199,45 @@ impl StateBackend for LoggedBackend {
 
     fn stats(&self) -> BackendStats {
         self.inner.stats()
+    }
+
+    fn native(&self) -> Option<&dyn NativeCheckpoints> {
+        // Forwarded whenever the wrapped backend has it, through this
+        // wrapper so the log position and the pending batch stay right.
+        self.inner.native().map(|_| self as &dyn NativeCheckpoints)
+    }
+}
+
+impl NativeCheckpoints for LoggedBackend {
+    fn format(&self) -> &'static str {
+        self.inner.native().map_or("", |n| n.format())
+    }
+
+    fn native_snapshot(&self) -> Result<Arc<dyn StateSnapshot>> {
+        self.native_snapshot_at()?
+            .map(|(s, _)| s)
+            .ok_or_else(|| self.no_native())
+    }
+
+    fn restore_native(
+        &self,
+        files: &mut NativeFiles<'_>,
+        keep: Option<KeyGroupRange>,
+    ) -> Result<()> {
+        let mut pending = self.pending();
+        let native = self.inner.native().ok_or_else(|| self.no_native())?;
+        native.restore_native(files, keep)?;
+        // Uncommitted changes belonged to the state just replaced.
+        pending.clear();
+        Ok(())
+    }
+}
+
+impl LoggedBackend {
+    fn no_native(&self) -> Error {
+        Error::InvalidArgument(format!(
+            "backend {} does not write native checkpoints",
+            self.inner.name()
+        ))
     }
 }

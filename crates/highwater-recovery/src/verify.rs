@@ -4,8 +4,8 @@ use std::collections::HashMap;
 
 use highwater_core::{ArtifactId, CheckpointId, CheckpointStore, DecodeLimits, Error, Result};
 
+use crate::{VerificationLevel, verify_manifest};
 use highwater_core::{decode_checked, load_manifest};
-use highwater_recovery::{VerificationLevel, verify_manifest};
 
 /// A problem found by [`verify_store`].
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

@@ -1,0 +1,911 @@
+//! The checkpointer: the one checkpoint pipeline.
+//!
+//! ```text
+//!  processing thread            checkpoint worker (one at a time)
+//!  ─────────────────            ──────────────────────────────────────────────
+//!  trigger ── snapshot ──┐
+//!   (µs; WAL position)   └──► producer ──► Uploader ──► WAL sync ──► commit ──► retention ──► log release
+//!                              encoded: encode_snapshot on the encode pool       (pinned)
+//!                              native:  the backend's files, read in order
+//!                                                          │
+//!                                                          └──► merge scheduling (merge pool)
+//! ```
+//!
+//! A checkpoint takes a snapshot on the caller's thread (a native one when
+//! the backend writes them, [`StateBackend::native`]), then a worker thread
+//! hands the producer's artifacts to the [`Uploader`] (each pinned first),
+//! makes the write-ahead log durable up to the snapshot's position, commits
+//! the manifest, applies retention with the pins of other in-flight work,
+//! and releases the log before the oldest retained checkpoint. With
+//! background merging on, a chain that is due is folded on the merge pool
+//! and the next checkpoint builds on the merged base.
+//!
+//! Invariants:
+//! - at most one checkpoint is in flight; its outcome is published to its
+//!   [`CheckpointHandle`] before the next one can start;
+//! - an incremental checkpoint's parent is exactly the checkpoint whose
+//!   snapshot started the backend's change-tracking epoch (a failed
+//!   checkpoint or a partial restore makes the next one full);
+//! - every artifact a checkpoint or a merge writes or reuses is pinned until
+//!   a committed manifest references it.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use highwater_core::{
+    ArtifactId, ArtifactRef, CheckpointId, CheckpointKind, CheckpointStore, Clock, Codec, Error,
+    KeyGroupRange, Layer, LayerKind, Manifest, NativeCheckpoint, Result, SnapshotKind,
+    StateBackend, StateSnapshot, load_manifest,
+};
+use highwater_wal::LoggedBackend;
+use tokio::runtime::Handle;
+
+use crate::chain::{needs_merge, substitute};
+use crate::config::CheckpointConfig;
+use crate::encode::{EncodeParams, EncodeTotals, Produced, encode_snapshot};
+use crate::gc::{PinGuard, Pins, RetentionReport, collect_garbage};
+use crate::io::{UploadTotals, Uploader, run_io};
+use crate::merge::{MergeParams, MergeStats};
+use crate::store::merge_into_store;
+
+/// Native files are large (RocksDB writes SST files of up to 64 MiB), so at
+/// most this many wait in memory or upload at once.
+const NATIVE_FILES_IN_FLIGHT: usize = 4;
+
+/// Statistics of one completed checkpoint.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct CheckpointInfo {
+    /// The checkpoint's id.
+    pub id: CheckpointId,
+    /// Full or incremental.
+    pub kind: CheckpointKind,
+    /// Layers a restore of this checkpoint applies.
+    pub chain_length: usize,
+    /// Records this checkpoint wrote (its own layer); for a native
+    /// checkpoint, the entries its files hold as the backend counted them.
+    pub entries: u64,
+    /// Expired entries dropped (full) or written as deletes (incremental).
+    pub expired_dropped: u64,
+    /// Record bytes of its own layer before compression (native: the
+    /// files' bytes).
+    pub logical_bytes: u64,
+    /// Encoded bytes of its own layer.
+    pub encoded_bytes: u64,
+    /// Bytes actually written to the store (artifacts already stored are
+    /// not written again).
+    pub bytes_written: u64,
+    /// Artifacts of its own layer.
+    pub artifacts: usize,
+    /// Artifacts that were already stored and were reused.
+    pub artifacts_reused: usize,
+    /// How long the processing thread was held for the snapshot.
+    pub snapshot_pause: Duration,
+    /// From trigger to committed manifest.
+    pub duration: Duration,
+    /// What retention did after the commit; `None` if it failed (the failure
+    /// is logged; the checkpoint itself is committed and valid).
+    pub retention: Option<RetentionReport>,
+    /// When the chain starts with a merged base instead of its parent's
+    /// layers: the last checkpoint the merged base absorbed.
+    pub merged_base: Option<CheckpointId>,
+}
+
+/// A checkpoint running in the background.
+#[derive(Debug)]
+pub struct CheckpointHandle {
+    id: CheckpointId,
+    done: crossbeam_channel::Receiver<Result<CheckpointInfo>>,
+}
+
+impl CheckpointHandle {
+    /// The id the checkpoint will have once committed.
+    pub fn id(&self) -> CheckpointId {
+        self.id
+    }
+
+    /// Blocks until the checkpoint is committed or has failed.
+    pub fn wait(self) -> Result<CheckpointInfo> {
+        self.done
+            .recv()
+            .map_err(|_| Error::Internal("checkpoint worker vanished".into()))?
+    }
+
+    /// The outcome if the checkpoint has finished. It is there before the
+    /// next checkpoint can start.
+    pub fn try_result(&self) -> Option<Result<CheckpointInfo>> {
+        self.done.try_recv().ok()
+    }
+}
+
+/// Where a checkpointer's work runs: the I/O runtime (store requests), the
+/// encode pool and the merge pool. One per checkpointer; the recovery
+/// engine borrows its I/O handle.
+#[derive(Debug)]
+pub struct Exec {
+    io: Handle,
+    runtime: Mutex<Option<tokio::runtime::Runtime>>,
+    encode: rayon::ThreadPool,
+    merge: rayon::ThreadPool,
+}
+
+impl Exec {
+    /// Starts a 2-thread I/O runtime, an encode pool of `encode_threads`
+    /// and a merge pool of `merge_threads` (0 = number of cores).
+    pub fn start(encode_threads: usize, merge_threads: usize) -> Result<Exec> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("highwater-io")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("start the i/o runtime", e))?;
+        let pool = |threads: usize, name: &'static str| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .thread_name(move |i| format!("highwater-{name}-{i}"))
+                .build()
+                .map_err(|e| Error::Internal(format!("start the {name} pool: {e}")))
+        };
+        Ok(Exec {
+            io: runtime.handle().clone(),
+            runtime: Mutex::new(Some(runtime)),
+            encode: pool(encode_threads, "encode")?,
+            merge: pool(merge_threads, "merge")?,
+        })
+    }
+
+    /// The I/O runtime's handle.
+    pub fn io(&self) -> &Handle {
+        &self.io
+    }
+
+    /// Runs `fut` on the I/O runtime and waits for it ([`run_io`]).
+    pub fn run_io<T: Send + 'static>(
+        &self,
+        fut: impl Future<Output = Result<T>> + Send + 'static,
+    ) -> Result<T> {
+        run_io(&self.io, fut)
+    }
+}
+
+impl Drop for Exec {
+    fn drop(&mut self) {
+        // Never block here: the last reference may be dropped on a thread
+        // of the caller's own async runtime.
+        if let Some(rt) = self
+            .runtime
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// What a [`Checkpointer`] is made of.
+pub struct CheckpointerParts {
+    /// The backend checkpoints snapshot (the logged one when `logged` is
+    /// set).
+    pub backend: Arc<dyn StateBackend>,
+    /// The write-ahead-logged wrapper of `backend`, when the log is on.
+    pub logged: Option<Arc<LoggedBackend>>,
+    /// Where checkpoints go.
+    pub store: Arc<dyn CheckpointStore>,
+    /// How checkpoints are taken.
+    pub config: CheckpointConfig,
+    /// Time for TTL and manifests.
+    pub clock: Arc<dyn Clock>,
+    /// Written into every manifest.
+    pub properties: BTreeMap<String, String>,
+}
+
+struct Tracking {
+    next_id: CheckpointId,
+    /// The committed checkpoint whose snapshot started the backend's current
+    /// change-tracking epoch: the only valid parent of an incremental.
+    base: Option<Arc<Manifest>>,
+    in_flight: bool,
+    last_trigger: Instant,
+    /// A merged base stored but not yet used by a committed manifest; its
+    /// pins keep its artifacts from retention until then.
+    merged: Option<PendingMerge>,
+    /// A background merge is running.
+    merging: bool,
+}
+
+/// A merged base waiting for the next checkpoint to build on it.
+struct PendingMerge {
+    layer: Layer,
+    /// Held for its `Drop`: unpins the merged artifacts.
+    _pins: PinGuard,
+}
+
+struct Inner {
+    parts: CheckpointerParts,
+    exec: Exec,
+    /// Artifacts of in-flight checkpoints and merges.
+    pins: Arc<Pins>,
+    tracking: Mutex<Tracking>,
+    idle: Condvar,
+    /// Signalled when a background merge ends.
+    merge_done: Condvar,
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, Tracking> {
+        self.tracking.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn config(&self) -> &CheckpointConfig {
+        &self.parts.config
+    }
+}
+
+/// The checkpoint pipeline of one job's state: see the module docs.
+#[derive(Clone)]
+pub struct Checkpointer {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Checkpointer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkpointer")
+            .field("backend", &self.inner.parts.backend.name())
+            .field("store", &self.inner.parts.store.name())
+            .field("config", &self.inner.parts.config)
+            .finish()
+    }
+}
+
+/// The checkpointer held with no checkpoint in flight and none able to
+/// start: for restores, which rebase the chain.
+pub struct Idle<'a> {
+    checkpointer: &'a Checkpointer,
+    t: MutexGuard<'a, Tracking>,
+}
+
+impl std::fmt::Debug for Idle<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Idle")
+            .field("next_id", &self.t.next_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Idle<'_> {
+    /// Records a restore of `manifest` (`None`: state rebuilt without a
+    /// checkpoint): new ids continue after it, and when `whole` (the
+    /// backend holds all of it) the next incremental builds on it;
+    /// otherwise the next checkpoint is full.
+    pub fn restored(&mut self, manifest: Option<Arc<Manifest>>, whole: bool) {
+        if let Some(m) = &manifest
+            && self.t.next_id <= m.checkpoint_id
+        {
+            self.t.next_id = m.checkpoint_id.next();
+        }
+        self.t.base = manifest.filter(|_| whole);
+    }
+
+    /// Makes the next checkpoint full (the chain it would build on may be
+    /// damaged, or the backend no longer holds it).
+    pub fn forget_base(&mut self) {
+        self.t.base = None;
+    }
+
+    /// Takes a checkpoint now, as [`Checkpointer::checkpoint`] does.
+    pub fn trigger(self) -> Result<CheckpointHandle> {
+        self.checkpointer.trigger(self.t)
+    }
+}
+
+/// Everything the background worker needs for one checkpoint.
+struct Job {
+    id: CheckpointId,
+    kind: CheckpointKind,
+    parent: Option<Arc<Manifest>>,
+    /// The layers this checkpoint's own layer goes on top of: the parent's,
+    /// or a merged base and the parent's layers after it.
+    parent_layers: Vec<Layer>,
+    /// Set when `parent_layers` starts with a merged base: the last
+    /// checkpoint it absorbed.
+    merged_base: Option<CheckpointId>,
+    snapshot: Arc<dyn StateSnapshot>,
+    started: Instant,
+    snapshot_pause: Duration,
+    created_at_ms: u64,
+    wal_position: Option<u64>,
+}
+
+/// What a producer made of a snapshot: the artifacts of the checkpoint's
+/// own layer and its totals.
+struct Produce {
+    layer_kind: LayerKind,
+    refs: Vec<ArtifactRef>,
+    totals: EncodeTotals,
+}
+
+impl Checkpointer {
+    /// Starts the pipeline: its runtime and pools, and the store's existing
+    /// checkpoint ids (new ids continue after them).
+    pub fn start(parts: CheckpointerParts) -> Result<Checkpointer> {
+        parts.config.validate()?;
+        let exec = Exec::start(
+            parts.config.encode_threads,
+            parts.config.merger.parallel_threads,
+        )?;
+        let store = parts.store.clone();
+        let ids = exec.run_io(async move { store.list_manifests().await })?;
+        let next_id = ids.iter().max().map_or(CheckpointId(1), |l| l.next());
+        Ok(Checkpointer {
+            inner: Arc::new(Inner {
+                parts,
+                exec,
+                pins: Pins::new(),
+                tracking: Mutex::new(Tracking {
+                    next_id,
+                    base: None,
+                    in_flight: false,
+                    last_trigger: Instant::now(),
+                    merged: None,
+                    merging: false,
+                }),
+                idle: Condvar::new(),
+                merge_done: Condvar::new(),
+            }),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &CheckpointConfig {
+        self.inner.config()
+    }
+
+    /// The backend checkpoints snapshot.
+    pub fn backend(&self) -> &Arc<dyn StateBackend> {
+        &self.inner.parts.backend
+    }
+
+    /// The logged wrapper of the backend, when the write-ahead log is on.
+    pub fn logged(&self) -> Option<&Arc<LoggedBackend>> {
+        self.inner.parts.logged.as_ref()
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn CheckpointStore> {
+        &self.inner.parts.store
+    }
+
+    /// Where the work runs.
+    pub fn exec(&self) -> &Exec {
+        &self.inner.exec
+    }
+
+    /// Waits for the checkpoint in flight and holds the checkpointer idle.
+    pub fn idle(&self) -> Idle<'_> {
+        let mut t = self.inner.lock();
+        while t.in_flight {
+            t = self
+                .inner
+                .idle
+                .wait(t)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        Idle {
+            checkpointer: self,
+            t,
+        }
+    }
+
+    /// Takes a checkpoint now, after waiting for any checkpoint in flight.
+    pub fn checkpoint(&self) -> Result<CheckpointHandle> {
+        self.idle().trigger()
+    }
+
+    /// Takes a checkpoint if the configured interval has passed since the
+    /// last one and none is in flight.
+    pub fn maybe_checkpoint(&self) -> Result<Option<CheckpointHandle>> {
+        let Some(interval) = self.inner.config().interval else {
+            return Ok(None);
+        };
+        let t = self.inner.lock();
+        if t.in_flight || t.last_trigger.elapsed() < interval {
+            return Ok(None);
+        }
+        self.trigger(t).map(Some)
+    }
+
+    /// The newest committed checkpoint the backend's changes are tracked
+    /// relative to, if any.
+    pub fn last_checkpoint(&self) -> Option<CheckpointId> {
+        self.inner.lock().base.as_ref().map(|m| m.checkpoint_id)
+    }
+
+    /// The checkpoint id up to which a merged base is waiting to be used by
+    /// the next checkpoint, if any.
+    pub fn pending_merge(&self) -> Option<CheckpointId> {
+        self.inner
+            .lock()
+            .merged
+            .as_ref()
+            .map(|m| m.layer.checkpoint_id)
+    }
+
+    /// Applies retention now, with the pins of in-flight work.
+    pub fn apply_retention(&self) -> Result<RetentionReport> {
+        let _idle = self.idle();
+        let store = self.store().clone();
+        let keep = self.config().max_retained;
+        let pins = self.inner.pins.clone();
+        self.inner
+            .exec
+            .run_io(async move { collect_garbage(&*store, keep, Some(&pins), &|_, _| {}).await })
+    }
+
+    /// Merges the chain of the newest checkpoint now, on the calling thread
+    /// (using the merge pool), after any background merge finishes. `None`
+    /// when there is nothing to merge.
+    pub fn compact(&self) -> Result<Option<MergeStats>> {
+        let base = {
+            let mut t = self.merges_done();
+            match t.base.clone() {
+                Some(b) if b.layers.len() > 1 && !b.is_native() => {
+                    t.merging = true;
+                    b
+                }
+                _ => return Ok(None),
+            }
+        };
+        let result = merge_manifest(&self.inner, &base);
+        let mut t = self.inner.lock();
+        t.merging = false;
+        let out = result.map(|(merged, stats)| {
+            t.merged = Some(merged);
+            Some(stats)
+        });
+        drop(t);
+        self.inner.merge_done.notify_all();
+        out
+    }
+
+    /// Blocks until no background merge is running.
+    pub fn wait_merges(&self) {
+        drop(self.merges_done());
+    }
+
+    fn merges_done(&self) -> MutexGuard<'_, Tracking> {
+        let mut t = self.inner.lock();
+        while t.merging {
+            t = self
+                .inner
+                .merge_done
+                .wait(t)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        t
+    }
+
+    /// Every committed checkpoint id with its manifest or why it cannot be
+    /// read, oldest first.
+    pub fn history(&self) -> Result<Vec<(CheckpointId, Result<Manifest>)>> {
+        let store = self.store().clone();
+        self.inner.exec.run_io(async move {
+            let mut out = Vec::new();
+            for id in store.list_manifests().await? {
+                out.push((id, load_manifest(&*store, id).await));
+            }
+            Ok(out)
+        })
+    }
+
+    /// Decides the checkpoint's kind and parent, takes the snapshot on this
+    /// thread and starts the worker.
+    fn trigger(&self, mut t: MutexGuard<'_, Tracking>) -> Result<CheckpointHandle> {
+        let inner = &self.inner;
+        let cfg = inner.config();
+        // A merged base replaces the head of the parent's chain when it
+        // absorbed a layer of it; a stale one (another chain) is dropped.
+        let mut merged_base = None;
+        let mut parent_layers = Vec::new();
+        if let Some(b) = &t.base {
+            match t
+                .merged
+                .as_ref()
+                .and_then(|m| substitute(&b.layers, &m.layer).map(|l| (l, m.layer.checkpoint_id)))
+            {
+                Some((layers, through)) => {
+                    parent_layers = layers;
+                    merged_base = Some(through);
+                }
+                None => parent_layers = b.layers.clone(),
+            }
+        }
+        if merged_base.is_none() {
+            t.merged = None;
+        }
+        // A backend with native checkpoints hands over its own files, which
+        // make a full checkpoint (unchanged files are not uploaded again).
+        let native = inner.parts.backend.native().is_some();
+        let parent = t.base.clone().filter(|b| {
+            cfg.incremental
+                && !native
+                && !b.is_native()
+                && parent_layers.len() < cfg.max_chain_length
+        });
+        if parent.is_none() {
+            t.merged = None;
+            merged_base = None;
+            parent_layers.clear();
+        }
+        let (kind, snapshot_kind) = match parent {
+            Some(_) => (CheckpointKind::Incremental, SnapshotKind::Changes),
+            None => (CheckpointKind::Full, SnapshotKind::Full),
+        };
+        // The backend's change epoch starts at this snapshot (even if taking
+        // it fails part-way): until this checkpoint commits there is no valid
+        // parent for an incremental.
+        t.base = None;
+        let started = Instant::now();
+        let (snapshot, wal_position) = take_snapshot(&inner.parts, snapshot_kind)?;
+        let snapshot_pause = started.elapsed();
+        let id = t.next_id;
+        t.next_id = id.next();
+        t.in_flight = true;
+        t.last_trigger = started;
+        drop(t);
+
+        let job = Job {
+            id,
+            kind,
+            parent,
+            parent_layers,
+            merged_base,
+            snapshot,
+            started,
+            snapshot_pause,
+            created_at_ms: inner.parts.clock.now_ms(),
+            wal_position,
+        };
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let worker = inner.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("highwater-checkpoint-{id}"))
+            .spawn(move || finish_checkpoint(&worker, job, &tx));
+        if let Err(e) = spawned {
+            inner.lock().in_flight = false;
+            inner.idle.notify_all();
+            return Err(Error::io("spawn the checkpoint worker", e));
+        }
+        Ok(CheckpointHandle { id, done: rx })
+    }
+}
+
+/// The snapshot a checkpoint starts from, and the log position it covers:
+/// a native one when the backend writes them, through the log's wrapper
+/// when the log is on.
+fn take_snapshot(
+    parts: &CheckpointerParts,
+    kind: SnapshotKind,
+) -> Result<(Arc<dyn StateSnapshot>, Option<u64>)> {
+    match &parts.logged {
+        Some(logged) => {
+            let (s, lsn) = match logged.native_snapshot_at()? {
+                Some(cut) => cut,
+                None => logged.snapshot_at(kind)?,
+            };
+            Ok((s, Some(lsn)))
+        }
+        None => match parts.backend.native() {
+            Some(native) => Ok((native.native_snapshot()?, None)),
+            None => Ok((parts.backend.snapshot(kind)?, None)),
+        },
+    }
+}
+
+/// The worker: runs the checkpoint, records the outcome in the tracking
+/// state, publishes it to the handle, and only then becomes idle.
+fn finish_checkpoint(
+    inner: &Arc<Inner>,
+    job: Job,
+    tx: &crossbeam_channel::Sender<Result<CheckpointInfo>>,
+) {
+    let id = job.id;
+    let result = run_checkpoint(inner, job);
+    // Another writer committed this id: continue after the newest id in
+    // the store instead of colliding again.
+    let newest = match &result {
+        Err(Error::AlreadyExists(_)) => {
+            let store = inner.parts.store.clone();
+            inner
+                .exec
+                .run_io(async move { store.list_manifests().await })
+                .ok()
+                .and_then(|ids| ids.into_iter().max())
+        }
+        _ => None,
+    };
+    let mut t = inner.lock();
+    if let Some(newest) = newest
+        && t.next_id <= newest
+    {
+        t.next_id = newest.next();
+    }
+    match &result {
+        Ok((manifest, info)) => {
+            t.base = Some(manifest.clone());
+            // The committed manifest references the merged base it used:
+            // the pins can go (a newer merge that finished meanwhile
+            // absorbed more and stays).
+            if info.merged_base.is_some()
+                && t.merged.as_ref().map(|m| m.layer.checkpoint_id) == info.merged_base
+            {
+                t.merged = None;
+            }
+            if inner.config().background_merge
+                && !t.merging
+                && !manifest.is_native()
+                && needs_merge(&manifest.layers, &inner.config().merger)
+            {
+                t.merging = true;
+                spawn_merge(inner, manifest.clone());
+            }
+        }
+        Err(e) => {
+            tracing::warn!(checkpoint = %id, error = %e, "checkpoint failed; the next one will be full");
+            t.base = None;
+        }
+    }
+    // Published before the worker is idle: a checkpoint that can start
+    // after this one must never see this one's handle still empty. The
+    // channel has room for the one result, so this never blocks.
+    let _ = tx.send(result.map(|(_, info)| info));
+    t.in_flight = false;
+    drop(t);
+    inner.idle.notify_all();
+}
+
+/// Produce, upload, sync the log, commit, apply retention, release the log.
+/// Runs on the checkpoint worker thread.
+fn run_checkpoint(inner: &Inner, job: Job) -> Result<(Arc<Manifest>, CheckpointInfo)> {
+    let cfg = inner.config();
+    // Every artifact this checkpoint writes or reuses is pinned before it
+    // is queued, so a concurrent retention pass cannot delete it before the
+    // manifest commits.
+    let pins = inner.pins.guard();
+    let native = job.snapshot.native().is_some();
+    let (queue, concurrency) = if native {
+        (NATIVE_FILES_IN_FLIGHT, NATIVE_FILES_IN_FLIGHT)
+    } else {
+        (cfg.io_concurrency * 2, cfg.io_concurrency)
+    };
+    let uploader = Uploader::start(
+        inner.exec.io(),
+        inner.parts.store.clone(),
+        queue,
+        concurrency,
+    );
+    let produced = match job.snapshot.native() {
+        Some(files) => produce_native(files, cfg.max_parallelism, &uploader, &pins),
+        None => produce_encoded(inner, &*job.snapshot, &uploader, &pins),
+    };
+    // A native snapshot's hard links go as soon as the files are stored.
+    drop(job.snapshot);
+    let (produced, uploaded): (Produce, UploadTotals) = uploader.finish(produced)?;
+
+    let own = Layer {
+        checkpoint_id: job.id,
+        kind: produced.layer_kind,
+        artifacts: produced.refs,
+    };
+    let mut layers = job.parent_layers;
+    layers.push(own);
+    let manifest = Manifest {
+        checkpoint_id: job.id,
+        parent: job.parent.as_ref().map(|p| p.checkpoint_id),
+        kind: job.kind,
+        created_at_ms: job.created_at_ms,
+        wal_position: job.wal_position,
+        max_parallelism: cfg.max_parallelism,
+        layers,
+        properties: inner.parts.properties.clone(),
+    };
+    manifest.validate()?;
+    // The manifest claims the state up to its log position; under the
+    // Interval and Never policies that part of the log may not be durable
+    // yet. Make it so first, or a crash could lose records the checkpoint
+    // says come before the tail to replay. Under Always this finds nothing
+    // to do.
+    if let Some(logged) = &inner.parts.logged {
+        logged.wal().sync()?;
+    }
+    let encoded_manifest = Bytes::from(manifest.encode()?);
+    let store = inner.parts.store.clone();
+    let keep = cfg.max_retained;
+    let id = job.id;
+    let all_pins = inner.pins.clone();
+    let retention = inner.exec.run_io(async move {
+        store.commit_manifest(id, encoded_manifest).await?;
+        // The committed manifest references everything this checkpoint
+        // wrote: its pins can go. Pins of other work (a merged base, which
+        // the worker releases once it sees this commit, or a background
+        // merge) stay and protect it from this pass.
+        drop(pins);
+        Ok::<_, Error>(
+            match collect_garbage(&*store, keep, Some(&all_pins), &|_, _| {}).await {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::warn!(checkpoint = %id, error = %e, "retention failed after a committed checkpoint");
+                    None
+                }
+            },
+        )
+    })?;
+    // The log before the oldest retained checkpoint is no longer needed by
+    // any restore (restore_latest may fall back to any retained one).
+    if let (Some(logged), Some(pos)) = (
+        &inner.parts.logged,
+        retention.as_ref().and_then(|r| r.oldest_wal_position),
+    ) && let Err(e) = logged.wal().truncate_before(pos + 1)
+    {
+        tracing::warn!(checkpoint = %id, error = %e, "could not release write-ahead-log segments");
+    }
+    let own: &[ArtifactRef] = manifest.own_artifacts();
+    let info = CheckpointInfo {
+        id: job.id,
+        kind: job.kind,
+        chain_length: manifest.chain_length(),
+        entries: produced.totals.entries,
+        expired_dropped: produced.totals.expired_dropped,
+        logical_bytes: own.iter().map(|a| a.logical_bytes).sum(),
+        encoded_bytes: own.iter().map(|a| a.stored_bytes).sum(),
+        bytes_written: uploaded.bytes_written,
+        artifacts: own.len(),
+        artifacts_reused: uploaded.already_present,
+        snapshot_pause: job.snapshot_pause,
+        duration: job.started.elapsed(),
+        retention,
+        merged_base: job.merged_base,
+    };
+    tracing::debug!(
+        checkpoint = %info.id,
+        kind = %info.kind,
+        native,
+        entries = info.entries,
+        bytes_written = info.bytes_written,
+        "checkpoint committed"
+    );
+    Ok((Arc::new(manifest), info))
+}
+
+/// The encoded producer: entries encoded into content-addressed chunks on
+/// the encode pool.
+fn produce_encoded(
+    inner: &Inner,
+    snapshot: &dyn StateSnapshot,
+    uploader: &Uploader,
+    pins: &PinGuard,
+) -> Result<Produce> {
+    let cfg = inner.config();
+    let params = EncodeParams {
+        max_parallelism: cfg.max_parallelism,
+        key_groups_per_artifact: cfg.key_groups_per_artifact,
+        merger: cfg.merger.clone(),
+        now_ms: inner.parts.clock.now_ms(),
+    };
+    let layer_kind = match snapshot.kind() {
+        SnapshotKind::Full => LayerKind::Full,
+        SnapshotKind::Changes => LayerKind::Delta,
+    };
+    let (refs, totals) = inner
+        .exec
+        .encode
+        .install(|| encode_snapshot(snapshot, &params, &|p| uploader.send(p, pins)))?;
+    Ok(Produce {
+        layer_kind,
+        refs,
+        totals,
+    })
+}
+
+/// The native producer: the backend's files, read in name order, each one
+/// artifact addressed by its content (a file already stored is not written
+/// again, and retention's reference counting keeps it while any retained
+/// manifest names it).
+fn produce_native(
+    native: &NativeCheckpoint,
+    max_parallelism: u16,
+    uploader: &Uploader,
+    pins: &PinGuard,
+) -> Result<Produce> {
+    let mut refs = Vec::with_capacity(native.files.len());
+    let mut entries = 0;
+    for file in &native.files {
+        let path = native.dir.join(&file.name);
+        let bytes = Bytes::from(
+            std::fs::read(&path)
+                .map_err(|e| Error::io(format!("read native file {}", path.display()), e))?,
+        );
+        let len = bytes.len() as u64;
+        let reference = ArtifactRef {
+            operator: file.name.clone(),
+            key_groups: KeyGroupRange::all(max_parallelism),
+            id: ArtifactId::of(&bytes),
+            entries: file.entries,
+            logical_bytes: len,
+            stored_bytes: len,
+            codec: Codec::Raw,
+        };
+        entries += file.entries;
+        refs.push(reference.clone());
+        uploader.send(Produced { reference, bytes }, pins)?;
+    }
+    Ok(Produce {
+        layer_kind: LayerKind::Native,
+        refs,
+        totals: EncodeTotals {
+            entries,
+            expired_dropped: 0,
+        },
+    })
+}
+
+/// Folds the chain of `base` into a new base in the store (pinned).
+fn merge_manifest(inner: &Inner, base: &Manifest) -> Result<(PendingMerge, MergeStats)> {
+    let params = MergeParams {
+        merger: inner.config().merger.clone(),
+        now_ms: inner.parts.clock.now_ms(),
+        limits: highwater_core::DecodeLimits::default(),
+    };
+    let stored = inner.exec.merge.install(|| {
+        merge_into_store(
+            &inner.parts.store,
+            inner.exec.io(),
+            &base.layers,
+            &params,
+            inner.pins.guard(),
+            &|_| {},
+        )
+    })?;
+    tracing::debug!(
+        through = %stored.outcome.layer.checkpoint_id,
+        bytes_written = stored.bytes_written,
+        "chain merged"
+    );
+    let stats = stored.outcome.stats.clone();
+    Ok((
+        PendingMerge {
+            layer: stored.outcome.layer,
+            _pins: stored.pins,
+        },
+        stats,
+    ))
+}
+
+/// Runs a merge of `base`'s chain on its own thread; the result waits in
+/// `Tracking::merged` for the next checkpoint. New checkpoints continue
+/// meanwhile.
+fn spawn_merge(inner: &Arc<Inner>, base: Arc<Manifest>) {
+    let worker = inner.clone();
+    let spawned = std::thread::Builder::new()
+        .name(format!("highwater-merge-{}", base.checkpoint_id))
+        .spawn(move || {
+            let result = merge_manifest(&worker, &base);
+            let mut t = worker.lock();
+            t.merging = false;
+            match result {
+                Ok((pending, _)) => t.merged = Some(pending),
+                Err(e) => {
+                    tracing::warn!(checkpoint = %base.checkpoint_id, error = %e, "background merge failed; the chain stays as it is");
+                }
+            }
+            drop(t);
+            worker.merge_done.notify_all();
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "could not start a background merge");
+        inner.lock().merging = false;
+        inner.merge_done.notify_all();
+    }
+}

@@ -1,0 +1,178 @@
+//! The artifact I/O layer: the one way artifacts go into and come out of a
+//! [`CheckpointStore`], shared by the checkpointer (encoded and native
+//! producers), the merger and the recovery engine.
+//!
+//! - **Upload** ([`Uploader`]): producers hand over finished artifacts
+//!   through a bounded queue; each is pinned ([`PinGuard`]) before it is
+//!   queued, so retention running meanwhile cannot delete it before a
+//!   manifest references it, and uploaded with the store's create-only
+//!   `put_artifact` (which skips what is already stored). One
+//!   [`UploadTotals`] counts written and already-present artifacts.
+//! - **Fetch** ([`fetch_verified`]): a fetched artifact is checked against
+//!   its content address; a mismatch is read again, and a stored copy that
+//!   is itself damaged is deleted so the next checkpoint holding the data
+//!   writes it again (encoded chunks and native files alike).
+//! - [`run_io`] waits for a future on the I/O runtime from a plain or pool
+//!   thread without entering a runtime there.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use highwater_core::{ArtifactId, CheckpointId, CheckpointStore, Error, PutOutcome, Result};
+use tokio::runtime::Handle;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::encode::Produced;
+use crate::gc::PinGuard;
+
+/// Runs `fut` on the runtime of `handle` and waits for it on the calling
+/// thread, which may be any thread that is not blocking inside an async
+/// task: the caller's own runtime, a rayon pool or a plain thread. (Unlike
+/// `Handle::block_on`, it never drives a runtime from the caller's thread.)
+pub fn run_io<T: Send + 'static>(
+    handle: &Handle,
+    fut: impl Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    handle.spawn(async move {
+        let _ = tx.send(fut.await);
+    });
+    rx.recv()
+        .map_err(|_| Error::Closed("the i/o runtime stopped".into()))?
+}
+
+/// What an upload did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UploadTotals {
+    /// Artifacts written.
+    pub written: usize,
+    /// Artifacts the store already held (not written again).
+    pub already_present: usize,
+    /// Bytes written.
+    pub bytes_written: u64,
+}
+
+impl UploadTotals {
+    fn account(&mut self, outcome: PutOutcome, bytes: u64) {
+        match outcome {
+            PutOutcome::Written => {
+                self.written += 1;
+                self.bytes_written += bytes;
+            }
+            PutOutcome::AlreadyPresent => self.already_present += 1,
+        }
+    }
+}
+
+/// Uploads artifacts as producers hand them over: at most `queue` wait in
+/// memory and `concurrency` are in flight.
+#[derive(Debug)]
+pub struct Uploader {
+    tx: mpsc::Sender<Produced>,
+    done: crossbeam_channel::Receiver<Result<UploadTotals>>,
+}
+
+impl Uploader {
+    /// Starts the upload driver on the runtime of `handle`.
+    pub fn start(
+        handle: &Handle,
+        store: Arc<dyn CheckpointStore>,
+        queue: usize,
+        concurrency: usize,
+    ) -> Uploader {
+        let (tx, rx) = mpsc::channel::<Produced>(queue.max(1));
+        let (done_tx, done) = crossbeam_channel::bounded(1);
+        handle.spawn(async move {
+            let _ = done_tx.send(upload_all(store, rx, concurrency.max(1)).await);
+        });
+        Uploader { tx, done }
+    }
+
+    /// Pins `artifact` with `pins` and queues it, waiting while the queue
+    /// is full. Call it from a plain or pool thread, not an async task.
+    pub fn send(&self, artifact: Produced, pins: &PinGuard) -> Result<()> {
+        pins.add(artifact.reference.id);
+        self.tx
+            .blocking_send(artifact)
+            .map_err(|_| Error::Closed("the uploader stopped".into()))
+    }
+
+    /// Waits until everything queued is stored. `produced` is the
+    /// producers' outcome: an upload error is reported before it, since a
+    /// failed upload is what makes a producer fail with "the uploader
+    /// stopped".
+    pub fn finish<T>(self, produced: Result<T>) -> Result<(T, UploadTotals)> {
+        drop(self.tx);
+        let uploaded = self
+            .done
+            .recv()
+            .map_err(|_| Error::Closed("the i/o runtime stopped".into()))?;
+        let totals = uploaded?;
+        Ok((produced?, totals))
+    }
+}
+
+async fn upload_all(
+    store: Arc<dyn CheckpointStore>,
+    mut rx: mpsc::Receiver<Produced>,
+    concurrency: usize,
+) -> Result<UploadTotals> {
+    let mut set = JoinSet::new();
+    let mut totals = UploadTotals::default();
+    let joined = |r: std::result::Result<Result<(PutOutcome, u64)>, tokio::task::JoinError>| {
+        r.map_err(|e| Error::Internal(format!("upload task failed: {e}")))?
+    };
+    while let Some(p) = rx.recv().await {
+        while set.len() >= concurrency {
+            if let Some(r) = set.join_next().await {
+                let (outcome, n) = joined(r)?;
+                totals.account(outcome, n);
+            }
+        }
+        let store = store.clone();
+        set.spawn(async move {
+            let n = p.bytes.len() as u64;
+            let outcome = store.put_artifact(p.reference.id, p.bytes).await?;
+            Ok((outcome, n))
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        let (outcome, n) = joined(r)?;
+        totals.account(outcome, n);
+    }
+    Ok(totals)
+}
+
+/// Fetches artifact `id` of `checkpoint` and, when `verify`, checks it
+/// against its content address: a mismatch is read again (a damaged
+/// transfer is not damaged storage), and a stored copy that is itself
+/// damaged is deleted so the next checkpoint holding the data writes it
+/// again. A missing artifact is `NotFound` naming the checkpoint.
+pub async fn fetch_verified(
+    store: Arc<dyn CheckpointStore>,
+    checkpoint: CheckpointId,
+    id: ArtifactId,
+    verify: bool,
+) -> Result<(ArtifactId, Bytes)> {
+    let get = async || {
+        store.get_artifact(id).await.map_err(|e| match e {
+            Error::NotFound(_) => Error::NotFound(format!(
+                "artifact of checkpoint {checkpoint}: artifact={id}"
+            )),
+            other => other,
+        })
+    };
+    let bytes = get().await?;
+    if !verify || ArtifactId::of(&bytes) == id {
+        return Ok((id, bytes));
+    }
+    if ArtifactId::of(&get().await?) != id {
+        tracing::warn!(checkpoint = %checkpoint, artifact = %id, "deleting a corrupt artifact so the next checkpoint rewrites it");
+        store.delete_artifact(id).await?;
+    }
+    Err(Error::corrupt(
+        "artifact",
+        format!("content does not match its id (xxh3-128): checkpoint={checkpoint} artifact={id}"),
+    ))
+}
