@@ -3,5 +3,4 @@
 mod tests {
     mod conflicts;
     mod dedup;
-    mod manager_model;
 }

@@ -23,6 +23,8 @@ mod dedup;
 mod failures;
 #[path = "tests/lifecycle.rs"]
 mod lifecycle;
+#[path = "tests/manager_model.rs"]
+mod manager_model;
 #[path = "tests/model_based.rs"]
 mod model_based;
 #[path = "tests/redis.rs"]

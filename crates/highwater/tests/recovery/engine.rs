@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use highwater::ValueStateDescriptor;
 use highwater::core::ManualClock;
 use highwater::memory::MemoryBackend;
-use highwater_recovery::{
+use highwater::recovery::{
     LoadStrategy, Phase, PrefetchStrategy, Progress, Recovery, RecoveryConfig, RecoveryScope,
     RecoveryTarget, VerificationLevel,
 };
@@ -41,7 +41,7 @@ fn recover_latest(
     cfg: RecoveryConfig,
 ) -> (
     MemoryBackend,
-    highwater::Result<highwater_recovery::RecoveryOutcome>,
+    highwater::Result<highwater::recovery::RecoveryOutcome>,
 ) {
     let engine = Recovery::new(dirs.store(), cfg, rt.handle().clone()).unwrap();
     let backend = MemoryBackend::new();

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use highwater::core::{ArtifactId, ManualClock};
 use highwater::{CheckpointId, CheckpointKind, ErrorKind, StateManager, ValueStateDescriptor};
-use highwater_recovery::RecoveryConfig;
+use highwater::recovery::RecoveryConfig;
 use highwater_testkit::model::Entries;
 
 use crate::common::{

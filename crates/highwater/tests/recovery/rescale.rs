@@ -10,7 +10,7 @@ use highwater::core::{KeyGroupRange, ManualClock, StateBackend};
 use highwater::memory::MemoryBackend;
 use highwater::wal::Wal;
 use highwater::{MapStateDescriptor, ValueStateDescriptor};
-use highwater_recovery::{Recovery, RecoveryConfig, RecoveryScope, RecoveryTarget};
+use highwater::recovery::{Recovery, RecoveryConfig, RecoveryScope, RecoveryTarget};
 use highwater_testkit::model::Entries;
 
 use crate::common::{JobDirs, assert_state, config, dump, manager, runtime, wal_config};
