@@ -9,7 +9,11 @@
 //!   file;
 //! - every member manifest (`crates/*/Cargo.toml`, `xtask/`, `benches/`)
 //!   takes its version and license from the workspace and opts into the
-//!   workspace lints.
+//!   workspace lints;
+//! - the crate layering of `docs/architecture.md` holds, dev-dependencies
+//!   included ([`layering`]);
+//! - what `docs/*.md` and `README.md` name in backticks exists: repository
+//!   paths, Rust file names, highwater item paths ([`docs`]).
 //!
 //! The same checks run as a unit test of xtask, so `cargo xtask test` fails
 //! on a violation too.
@@ -18,6 +22,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use crate::util::{Result, Workspace, bail, io_context};
+
+mod docs;
+mod layering;
 
 /// The directories whose Rust sources are checked, relative to the root.
 const SOURCE_DIRS: [&str; 3] = ["crates", "xtask", "benches"];
@@ -53,7 +60,7 @@ impl fmt::Display for Violation {
 /// Runs every check, prints every violation and fails if there is one.
 pub fn run_tidy(ws: &Workspace) -> Result {
     println!(
-        "xtask: tidy: checking {} and the member manifests",
+        "xtask: tidy: checking {}, the member manifests, the crate layering and the docs",
         SOURCE_DIRS.join("/, ") + "/"
     );
     let (files, violations) = check(&ws.root)?;
@@ -86,6 +93,23 @@ pub fn check(root: &Path) -> Result<(usize, Vec<Violation>)> {
     for manifest in member_manifests(root)? {
         let text = std::fs::read_to_string(&manifest).map_err(io_context("read", &manifest))?;
         violations.extend(check_manifest(relative(root, &manifest), &text));
+    }
+    violations.extend(layering::check_layering(root, &layering::members(root)?));
+    let rs_files: Vec<String> = sources
+        .iter()
+        .map(|f| relative(root, f).to_string_lossy().replace('\\', "/"))
+        .collect();
+    let crates = docs::Crates::read(root)?;
+    let exists = |p: &str| root.join(p).exists();
+    for doc in docs::doc_files(root)? {
+        let text = std::fs::read_to_string(&doc).map_err(io_context("read", &doc))?;
+        violations.extend(docs::check_doc(
+            &relative(root, &doc),
+            &text,
+            &exists,
+            &rs_files,
+            &crates,
+        ));
     }
     Ok((sources.len(), violations))
 }

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use highwater::core::{ArtifactId, ManualClock};
-use highwater::{CheckpointId, CheckpointKind, ErrorKind, StateManager, ValueStateDescriptor};
 use highwater::recovery::RecoveryConfig;
+use highwater::{CheckpointId, CheckpointKind, ErrorKind, StateManager, ValueStateDescriptor};
 use highwater_testkit::model::Entries;
 
 use crate::common::{

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use highwater::core::key::key_group_of;
 use highwater::core::{KeyGroupRange, ManualClock, StateBackend};
 use highwater::memory::MemoryBackend;
+use highwater::recovery::{Recovery, RecoveryConfig, RecoveryScope, RecoveryTarget};
 use highwater::wal::Wal;
 use highwater::{MapStateDescriptor, ValueStateDescriptor};
-use highwater::recovery::{Recovery, RecoveryConfig, RecoveryScope, RecoveryTarget};
 use highwater_testkit::model::Entries;
 
 use crate::common::{JobDirs, assert_state, config, dump, manager, runtime, wal_config};
