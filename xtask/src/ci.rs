@@ -2,13 +2,27 @@
 //! failure.
 //!
 //! Cheap checks come first so a formatting slip fails in seconds, not after
-//! the build. Clippy uses the `ci` profile like the tests and benches, so
-//! the three share one build of the dependencies.
+//! the build. Clippy, the docs and the facade's feature matrix use the `ci`
+//! profile like the tests and benches, so all of them share one build of the
+//! dependencies (RocksDB's above all).
 
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::util::{Result, Workspace, bail, run};
+use crate::util::{Result, Workspace, bail, render, run};
 use crate::{bench, testing, tidy};
+
+/// The package whose feature combinations CI checks: the facade.
+const FACADE: &str = "highwater";
+
+/// Feature sets of the facade that build RocksDB, each with a package
+/// checked in the same command only so that the features of the crates
+/// under `librocksdb-sys` are the workspace build's: alone, `rocksdb` leaves
+/// out libc's `extra_traits` (turned on by object_store's nix, under
+/// `highwater-cloud`), which would make Cargo build RocksDB again (≈ 23
+/// minutes). The facade itself is still checked with that feature alone:
+/// the other package does not depend on it.
+const SHARED_BUILD_COMPANIONS: [(&str, &str); 1] = [("rocksdb", "highwater-cloud")];
 
 /// How a step ended.
 enum Outcome {
@@ -19,10 +33,12 @@ enum Outcome {
 /// Runs every CI step; fails with the name of the first step that failed.
 pub fn run_ci(ws: &Workspace) -> Result {
     type Step = (&'static str, fn(&Workspace) -> Result<Outcome>);
-    let steps: [Step; 7] = [
+    let steps: [Step; 9] = [
         ("fmt", fmt),
         ("tidy", |ws| tidy::run_tidy(ws).map(|()| Outcome::Passed)),
         ("clippy", clippy),
+        ("doc", doc),
+        ("features", features),
         ("test", |ws| {
             testing::run_all(ws, &[]).map(|()| Outcome::Passed)
         }),
@@ -95,6 +111,91 @@ fn clippy(ws: &Workspace) -> Result<Outcome> {
     Ok(Outcome::Passed)
 }
 
+/// `cargo doc` of every member, without dependencies, with every rustdoc
+/// warning (a broken intra-doc link, an unclosed HTML tag, …) an error.
+fn doc(ws: &Workspace) -> Result<Outcome> {
+    run(&mut doc_command(ws.cargo([
+        "doc",
+        "--workspace",
+        "--no-deps",
+        "--profile",
+        "ci",
+    ])))?;
+    Ok(Outcome::Passed)
+}
+
+/// `cmd` (a `cargo doc`) with rustdoc's warnings denied.
+fn doc_command(mut cmd: Command) -> Command {
+    cmd.env("RUSTDOCFLAGS", "-D warnings");
+    cmd
+}
+
+/// `cargo check` of the facade with no default features, each feature
+/// alone and all features, in the `ci` profile.
+fn features(ws: &Workspace) -> Result<Outcome> {
+    let members = tidy::layering::members(&ws.root)?;
+    let Some(facade) = members.iter().find(|m| m.name == FACADE) else {
+        bail!("no package `{FACADE}` in the workspace");
+    };
+    let features: Vec<&str> = facade
+        .features
+        .keys()
+        .map(String::as_str)
+        .filter(|f| *f != "default")
+        .collect();
+    check_feature_sets(
+        |args| ws.cargo(args),
+        &feature_sets(FACADE, &features, "ci", &SHARED_BUILD_COMPANIONS),
+    )?;
+    Ok(Outcome::Passed)
+}
+
+/// The `cargo` arguments of every feature set of `package` to check: no
+/// default features, each feature alone, all features. A feature listed in
+/// `companions` is checked together with its companion package.
+fn feature_sets(
+    package: &str,
+    features: &[&str],
+    profile: &str,
+    companions: &[(&str, &str)],
+) -> Vec<Vec<String>> {
+    let base = ["check", "-p", package, "--profile", profile];
+    let with = |extra: &[&str]| -> Vec<String> {
+        base.iter().chain(extra).map(|s| (*s).to_owned()).collect()
+    };
+    let mut sets = vec![with(&["--no-default-features"])];
+    for f in features {
+        let feature = format!("{package}/{f}");
+        let mut args = with(&["--no-default-features", "--features", &feature]);
+        if let Some((_, companion)) = companions.iter().find(|(c, _)| c == f) {
+            args.extend(["-p".to_owned(), (*companion).to_owned()]);
+        }
+        sets.push(args);
+    }
+    sets.push(with(&["--all-features"]));
+    sets
+}
+
+/// Runs every set (all of them, so one run shows every broken combination)
+/// and fails naming the ones that did not compile.
+fn check_feature_sets(cargo: impl Fn(&[String]) -> Command, sets: &[Vec<String>]) -> Result {
+    let mut failed = Vec::new();
+    for args in sets {
+        if run(&mut cargo(args)).is_err() {
+            failed.push(format!("`{}`", render(&cargo(args))));
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "{} of {} feature sets do not compile: {}",
+            failed.len(),
+            sets.len(),
+            failed.join(", ")
+        );
+    }
+    Ok(())
+}
+
 fn deny(ws: &Workspace) -> Result<Outcome> {
     if !ws.cargo_probe(&["deny", "--version"]) {
         println!(
@@ -106,4 +207,119 @@ fn deny(ws: &Workspace) -> Result<Outcome> {
     // advisories needs the network; the three offline checks are named.
     run(&mut ws.cargo(["deny", "check", "bans", "licenses", "sources"]))?;
     Ok(Outcome::Passed)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    /// A one-file crate in a fresh directory (its own workspace and target
+    /// dir), removed on drop.
+    struct Probe(std::path::PathBuf);
+
+    impl Probe {
+        fn new(name: &str, features: &str, lib: &str) -> Probe {
+            let dir = std::env::temp_dir().join(format!(
+                "xtask-ci-{name}-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(dir.join("src")).unwrap();
+            let manifest = format!(
+                "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\
+                 [workspace]\n[features]\n{features}\n[profile.ci]\ninherits = \"dev\"\n"
+            );
+            std::fs::write(dir.join("Cargo.toml"), manifest).unwrap();
+            std::fs::write(dir.join("src/lib.rs"), lib).unwrap();
+            Probe(dir)
+        }
+
+        fn cargo(&self, args: &[String]) -> Command {
+            let mut cmd = Command::new("cargo");
+            cmd.args(args)
+                .arg("--offline")
+                .arg("--quiet")
+                .current_dir(&self.0)
+                .env("CARGO_TARGET_DIR", self.0.join("target"))
+                .env_remove("RUSTFLAGS");
+            cmd
+        }
+
+        fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Probe {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn the_matrix_is_none_each_alone_and_all() {
+        let sets = feature_sets("hw", &["a", "rocksdb"], "ci", &SHARED_BUILD_COMPANIONS);
+        let lines: Vec<String> = sets.iter().map(|s| s.join(" ")).collect();
+        assert_eq!(
+            lines,
+            [
+                "check -p hw --profile ci --no-default-features",
+                "check -p hw --profile ci --no-default-features --features hw/a",
+                "check -p hw --profile ci --no-default-features --features hw/rocksdb \
+                 -p highwater-cloud",
+                "check -p hw --profile ci --all-features",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_feature_that_does_not_compile_alone_is_caught() {
+        // `a` uses what only `b` declares: fine with all features, broken
+        // with `a` alone.
+        let probe = Probe::new(
+            "probe_features",
+            "a = []\nb = []",
+            "//! Probe.\n#[cfg(feature = \"b\")]\npub fn g() -> u8 { 1 }\n\
+             #[cfg(feature = \"a\")]\npub fn f() -> u8 { g() }\n",
+        );
+        let sets = feature_sets("probe_features", &["a", "b"], "ci", &[]);
+        let err = check_feature_sets(|args| probe.cargo(args), &sets)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("1 of 4 feature sets do not compile"),
+            "{err}"
+        );
+        assert!(err.contains("--features probe_features/a "), "{err}");
+        // Fixed, every set passes.
+        std::fs::write(
+            probe.path().join("src/lib.rs"),
+            "//! Probe.\n#[cfg(feature = \"a\")]\npub fn f() -> u8 { 1 }\n",
+        )
+        .unwrap();
+        check_feature_sets(|args| probe.cargo(args), &sets).unwrap();
+    }
+
+    #[test]
+    fn a_rustdoc_warning_fails_the_doc_step() {
+        let probe = Probe::new(
+            "probe_doc",
+            "",
+            "//! Probe: see [`Missing`].\n\n/// Documented.\npub fn f() {}\n",
+        );
+        let args: Vec<String> = ["doc", "--no-deps", "--profile", "ci"]
+            .map(str::to_owned)
+            .to_vec();
+        let err = run(&mut doc_command(probe.cargo(&args))).unwrap_err();
+        assert!(err.to_string().contains("cargo doc"), "{err}");
+        std::fs::write(
+            probe.path().join("src/lib.rs"),
+            "//! Probe: see [`f`].\n\n/// Documented.\npub fn f() {}\n",
+        )
+        .unwrap();
+        run(&mut doc_command(probe.cargo(&args))).unwrap();
+    }
 }

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use crate::util::{Result, Workspace, bail, io_context};
 
 mod docs;
-mod layering;
+pub(crate) mod layering;
 
 /// The directories whose Rust sources are checked, relative to the root.
 const SOURCE_DIRS: [&str; 3] = ["crates", "xtask", "benches"];

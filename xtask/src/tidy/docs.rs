@@ -236,7 +236,7 @@ fn as_repo_path(span: &str, exists: &dyn Fn(&str) -> bool) -> Option<String> {
         None => path,
     };
     let (first, rest) = path.split_once('/')?;
-    if first.is_empty() || first.starts_with('.') && first != ".cargo" || rest.is_empty() {
+    if first.is_empty() || first == ".git" || rest.is_empty() {
         return None;
     }
     // `target/` is build output, not part of the repository.
