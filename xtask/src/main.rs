@@ -8,7 +8,8 @@
 //! - `test [-- ARGS]`: every test of the workspace in the `ci` profile;
 //! - `demo [--resume] [ARGS]`: the CLI's demo pipeline into `<target>/demo-data`;
 //! - `bench [SUITE] [--quick] [--report]`: benchmarks, and the Markdown report;
-//! - `tidy`: source-tree checks (module docs, forbidden markers, manifests);
+//! - `tidy`: source-tree checks (module docs, forbidden markers, manifests,
+//!   crate layering, docs that name what exists);
 //! - `ci`: exactly what CI runs, in order;
 //! - `services start|stop|status`: the servers tests and benches talk to;
 //! - `torture SUITE [--rounds N]`: long crash tests (`wal`: 1,000 SIGKILLs;
@@ -73,7 +74,8 @@ enum Command {
     },
     /// Run exactly what CI runs, stopping at the first failure.
     Ci,
-    /// Check the source tree: module docs, forbidden markers, manifests.
+    /// Check the source tree: module docs, forbidden markers, manifests, the
+    /// crate layering, and that the docs name only what exists.
     Tidy,
     /// Run a long crash test: `wal` SIGKILLs a writing child 1,000 times;
     /// `raft` runs 500 rounds of crashes, restarts and partitions.
