@@ -13,8 +13,9 @@
 //!   them before that.
 //! - [`NativeCheckpoints::native_snapshot`](highwater_core::NativeCheckpoints::native_snapshot)
 //!   takes a RocksDB checkpoint (hard links to immutable SST files); the
-//!   checkpointer (`highwater::native`) uploads only the files the store
-//!   does not hold yet, and a restore fetches the files and opens them
+//!   checkpointer (`highwater_merge::Checkpointer`) uploads only the files
+//!   the store does not hold yet, and a restore (the recovery engine,
+//!   `highwater_recovery::Recovery`) fetches the files and opens them
 //!   instead of replaying every key.
 //! - [`RocksDbBackend::metrics`] reports operation counters and RocksDB
 //!   properties (estimated keys, memtable sizes, block cache usage).
