@@ -1,6 +1,6 @@
 //! # highwater-memory
 //!
-//! A concurrent in-memory [`StateBackend`] for hot state.
+//! A concurrent in-memory [`StateBackend`](highwater_core::StateBackend) for hot state.
 //!
 //! ## Design
 //!
@@ -11,14 +11,14 @@
 //! `RwLock` around an `Arc`'d hash map:
 //!
 //! - **Snapshots are copy-on-write.** Taking a snapshot locks every shard in
-//!   index order (so the cut is consistent: a [`WriteBatch`] is seen whole or
+//!   index order (so the cut is consistent: a [`WriteBatch`](highwater_core::WriteBatch) is seen whole or
 //!   not at all), clones each shard's `Arc` and swaps out its change set:
 //!   O(shards) work, microseconds, whatever the state size. The first write
 //!   to a shard while a snapshot still holds it copies that one shard
 //!   (`Arc::make_mut`), so a writer waits at most for one shard copy, and
 //!   once the snapshot is dropped writes go back to mutating in place.
 //! - **Change tracking.** Every shard keeps the set of keys written since
-//!   the last snapshot. A [`SnapshotKind::Changes`] snapshot reads only those
+//!   the last snapshot. A [`SnapshotKind::Changes`](highwater_core::SnapshotKind::Changes) snapshot reads only those
 //!   keys from the frozen maps, so it costs O(changes), not O(state).
 //!
 //! Architecture invariant: no I/O, no dependency on other backends.
