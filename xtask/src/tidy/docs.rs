@@ -108,17 +108,19 @@ pub fn check_doc(
         });
     };
     let mut section: Vec<(usize, Option<String>)> = Vec::new();
-    for (line, span, heading) in spans(text) {
-        if let Some((level, title)) = heading {
-            section.retain(|(l, _)| *l < level);
-            let krate = title
-                .split('`')
-                .find_map(|s| s.strip_prefix("crates/"))
-                .map(|s| s.trim_end_matches('/').to_owned());
-            section.push((level, krate));
-            continue;
-        }
-        let Some(span) = span else { continue };
+    for (line, piece) in pieces(text) {
+        let span = match piece {
+            Piece::Span(span) => span,
+            Piece::Heading { level, title } => {
+                section.retain(|(l, _)| *l < level);
+                let krate = title
+                    .split('`')
+                    .find_map(|s| s.strip_prefix("crates/"))
+                    .map(|s| s.trim_end_matches('/').to_owned());
+                section.push((level, krate));
+                continue;
+            }
+        };
         let in_crate = section.iter().rev().find_map(|(_, c)| c.clone());
         if let Some(repo_path) = as_repo_path(&span, exists) {
             if !exists(&repo_path) {
@@ -147,10 +149,18 @@ pub fn check_doc(
     out
 }
 
-/// Every backticked span outside fenced code blocks, and every heading:
-/// `(line, span, heading)` with the heading's level and text.
-#[allow(clippy::type_complexity)]
-fn spans(text: &str) -> Vec<(usize, Option<String>, Option<(usize, String)>)> {
+/// What the check reads of a Markdown file.
+#[derive(Debug)]
+enum Piece {
+    /// A heading: its level (the number of `#`) and text.
+    Heading { level: usize, title: String },
+    /// The text of a backticked span outside fenced code blocks.
+    Span(String),
+}
+
+/// Every heading and every backticked span, in order, each with its
+/// (first) line.
+fn pieces(text: &str) -> Vec<(usize, Piece)> {
     let mut out = Vec::new();
     let mut fenced = false;
     // The paragraph being read: its text and the line of each of its chars.
@@ -184,7 +194,7 @@ fn spans(text: &str) -> Vec<(usize, Option<String>, Option<(usize, String)>)> {
                         .iter()
                         .map(|(c, _)| if *c == '\n' { ' ' } else { *c })
                         .collect();
-                    out.push((para[i].1, Some(s.trim().to_owned()), None));
+                    out.push((para[i].1, Piece::Span(s.trim().to_owned())));
                     i = end + ticks;
                 }
                 None => i = start,
@@ -210,7 +220,8 @@ fn spans(text: &str) -> Vec<(usize, Option<String>, Option<(usize, String)>)> {
         let level = trimmed.chars().take_while(|c| *c == '#').count();
         if level > 0 && trimmed[level..].starts_with(' ') {
             flush(&mut para, &mut out);
-            out.push((n, None, Some((level, trimmed[level..].trim().to_owned()))));
+            let title = trimmed[level..].trim().to_owned();
+            out.push((n, Piece::Heading { level, title }));
             para.extend(trimmed.chars().map(|c| (c, n)));
             flush(&mut para, &mut out);
             continue;
