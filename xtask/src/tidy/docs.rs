@@ -16,6 +16,8 @@
 //!   crate is declared `pub` (an item, a re-export, a macro) in that
 //!   crate's sources; the last one may instead be a variant, field or
 //!   method of the type named before it.
+//! - A relative link (`[format](format.md#layout)`) points to a file that
+//!   exists (anchors are not checked).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -111,6 +113,14 @@ pub fn check_doc(
     for (line, piece) in pieces(text) {
         let span = match piece {
             Piece::Span(span) => span,
+            Piece::Link(target) => {
+                if let Some(file) = link_file(path, &target)
+                    && !exists(&file)
+                {
+                    flag(line, format!("link to `{target}`: no such file ({file})"));
+                }
+                continue;
+            }
             Piece::Heading { level, title } => {
                 section.retain(|(l, _)| *l < level);
                 let krate = title
@@ -156,6 +166,8 @@ enum Piece {
     Heading { level: usize, title: String },
     /// The text of a backticked span outside fenced code blocks.
     Span(String),
+    /// The target of a link, `[text](target)`.
+    Link(String),
 }
 
 /// Every heading and every backticked span, in order, each with its
@@ -168,6 +180,20 @@ fn pieces(text: &str) -> Vec<(usize, Piece)> {
     let flush = |para: &mut Vec<(char, usize)>, out: &mut Vec<_>| {
         let mut i = 0;
         while i < para.len() {
+            // A link: `](target)`, the target without spaces.
+            if para[i].0 == ']' && para.get(i + 1).is_some_and(|(c, _)| *c == '(') {
+                let target = &para[i + 2..];
+                let len = target
+                    .iter()
+                    .position(|(c, _)| *c == ')' || c.is_whitespace())
+                    .unwrap_or(target.len());
+                if target.get(len).is_some_and(|(c, _)| *c == ')') {
+                    let link = target[..len].iter().map(|(c, _)| c).collect();
+                    out.push((para[i].1, Piece::Link(link)));
+                    i += 2 + len + 1;
+                    continue;
+                }
+            }
             if para[i].0 != '`' {
                 i += 1;
                 continue;
@@ -231,6 +257,28 @@ fn pieces(text: &str) -> Vec<(usize, Piece)> {
     }
     flush(&mut para, &mut out);
     out
+}
+
+/// The file a link in the doc at `doc` (relative to the root) points to,
+/// relative to the root; `None` for web links and anchors in the same doc.
+fn link_file(doc: &Path, target: &str) -> Option<String> {
+    let file = target.split('#').next().unwrap_or_default();
+    if file.is_empty() || file.contains("://") || file.starts_with("mailto:") {
+        return None;
+    }
+    let mut parts: Vec<&str> = Vec::new();
+    let base = doc.parent().map(|p| p.to_string_lossy().replace('\\', "/"));
+    let base = base.unwrap_or_default();
+    for part in base.split('/').chain(file.split('/')) {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    Some(parts.join("/"))
 }
 
 /// The repository path a span names, if it names one: no spaces or
@@ -482,7 +530,8 @@ mod tests {
                     `highwater_core::Error::Corrupt`, `highwater::core::StateBackend::native`,\n\
                     `highwater_merge::RetentionPins`, `highwater::StateManager::config` and\n\
                     `manager.rs`; patterns: `crates/*/Cargo.toml`, `artifacts/<id>`,\n\
-                    `target/ci/x`, `a/b`.\n\n\
+                    `target/ci/x`, `a/b`; links: [m](merge.md#tests), [w](https://x.y/z),\n\
+                    [here](#a), [up](../docs/merge.md).\n\n\
                     ### `crates/highwater-merge`\n\n`io.rs`\n\n\
                     ```\nnot checked: `crates/nope.rs` `highwater::Nope`\n```\n";
         assert_eq!(check(text), Vec::<String>::new());
@@ -493,7 +542,8 @@ mod tests {
         let text = "# A\n\n`crates/highwater/src/encode.rs` and `docs/gone.md`\n\
                     and `highwater_merge::hidden`, `highwater::merge::Nope`,\n\
                     `highwater_core::Error::Broken` over\ntwo `highwater_merge::\nMissing` lines.\n\n\
-                    ### `crates/highwater-merge`\n\n`manager.rs` `restore.rs`\n";
+                    ### `crates/highwater-merge`\n\n`manager.rs` `restore.rs`\n\n\
+                    See [the format](format.md#layout) and [ops](../docs/ops.md).\n";
         let found = check(text);
         assert_eq!(
             found,
@@ -512,6 +562,8 @@ mod tests {
                  section's crate)",
                 "docs/a.md:11: `restore.rs`: no such file in crates/highwater-merge (this \
                  section's crate)",
+                "docs/a.md:13: link to `format.md#layout`: no such file (docs/format.md)",
+                "docs/a.md:13: link to `../docs/ops.md`: no such file (docs/ops.md)",
             ]
         );
     }
