@@ -21,7 +21,9 @@ const FACADE: &str = "highwater";
 /// out libc's `extra_traits` (turned on by object_store's nix, under
 /// `highwater-cloud`), which would make Cargo build RocksDB again (≈ 23
 /// minutes). The facade itself is still checked with that feature alone:
-/// the other package does not depend on it.
+/// the other package does not depend on it. (The sets without RocksDB
+/// build zstd-sys once more, without the `legacy` feature RocksDB turns on:
+/// about a minute, once per target directory.)
 const SHARED_BUILD_COMPANIONS: [(&str, &str); 1] = [("rocksdb", "highwater-cloud")];
 
 /// How a step ended.
