@@ -134,6 +134,11 @@ fn doc_command(mut cmd: Command) -> Command {
 
 /// `cargo check` of the facade with no default features, each feature
 /// alone and all features, in the `ci` profile.
+///
+/// Before anything is checked, every set that builds RocksDB is compared
+/// with the workspace build: if a crate under `librocksdb-sys` would get
+/// other features (so Cargo would build RocksDB a second time, ≈ 23
+/// minutes), the step fails at once and names the difference.
 fn features(ws: &Workspace) -> Result<Outcome> {
     let members = tidy::layering::members(&ws.root)?;
     let Some(facade) = members.iter().find(|m| m.name == FACADE) else {
@@ -145,25 +150,87 @@ fn features(ws: &Workspace) -> Result<Outcome> {
         .map(String::as_str)
         .filter(|f| *f != "default")
         .collect();
+    let sets = feature_sets(FACADE, &features, &SHARED_BUILD_COMPANIONS);
+    let tree = |selection: &[String]| -> Result<String> {
+        let mut cmd = ws.cargo(["tree", "--offline"]);
+        cmd.args(selection)
+            .args(["-f", "{p} [{f}]", "--prefix", "depth", "--no-dedupe"]);
+        let out = cmd
+            .output()
+            .map_err(|e| format!("cannot start `{}`: {e}", render(&cmd)))?;
+        if !out.status.success() {
+            bail!(
+                "`{}` failed: {}",
+                render(&cmd),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let workspace = ["--workspace", "-e", "normal,build,dev"].map(str::to_owned);
+    let reference = subtree(&tree(&workspace)?, ROCKSDB_SYS);
+    for set in &sets {
+        let mut selection = set.clone();
+        selection.extend(["-e", "normal,build"].map(str::to_owned));
+        let inputs = subtree(&tree(&selection)?, ROCKSDB_SYS);
+        if !inputs.is_empty() && inputs != reference {
+            let differ: Vec<&String> = inputs.symmetric_difference(&reference).collect();
+            bail!(
+                "`cargo check {}` would build RocksDB again: the crates under {ROCKSDB_SYS} \
+                 differ from the workspace build's ({differ:?}); check it beside a package \
+                 that restores them (SHARED_BUILD_COMPANIONS in xtask/src/ci.rs)",
+                set.join(" ")
+            );
+        }
+    }
     check_feature_sets(
-        |args| ws.cargo(args),
-        &feature_sets(FACADE, &features, "ci", &SHARED_BUILD_COMPANIONS),
+        |set| {
+            let mut cmd = ws.cargo(["check", "--profile", "ci"]);
+            cmd.args(set);
+            cmd
+        },
+        &sets,
     )?;
     Ok(Outcome::Passed)
 }
 
-/// The `cargo` arguments of every feature set of `package` to check: no
+/// The crate whose second build the feature matrix must never cause.
+const ROCKSDB_SYS: &str = "librocksdb-sys";
+
+/// Every `package [features]` line below each `root` line of a `cargo tree
+/// --prefix depth -f "{p} [{f}]"` listing (the root itself included).
+fn subtree(listing: &str, root: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut inside: Option<usize> = None;
+    for line in listing.lines() {
+        let digits = line.chars().take_while(char::is_ascii_digit).count();
+        let Ok(depth) = line[..digits].parse::<usize>() else {
+            continue;
+        };
+        let entry = &line[digits..];
+        if inside.is_some_and(|d| depth <= d) {
+            inside = None;
+        }
+        if inside.is_none() && entry.split(' ').next() == Some(root) {
+            inside = Some(depth);
+        }
+        if inside.is_some() {
+            out.insert(entry.trim_end_matches(" (*)").to_owned());
+        }
+    }
+    out
+}
+
+/// The package selections of every feature set of `package` to check: no
 /// default features, each feature alone, all features. A feature listed in
 /// `companions` is checked together with its companion package.
-fn feature_sets(
-    package: &str,
-    features: &[&str],
-    profile: &str,
-    companions: &[(&str, &str)],
-) -> Vec<Vec<String>> {
-    let base = ["check", "-p", package, "--profile", profile];
+fn feature_sets(package: &str, features: &[&str], companions: &[(&str, &str)]) -> Vec<Vec<String>> {
     let with = |extra: &[&str]| -> Vec<String> {
-        base.iter().chain(extra).map(|s| (*s).to_owned()).collect()
+        ["-p", package]
+            .iter()
+            .chain(extra)
+            .map(|s| (*s).to_owned())
+            .collect()
     };
     let mut sets = vec![with(&["--no-default-features"])];
     for f in features {
@@ -178,13 +245,13 @@ fn feature_sets(
     sets
 }
 
-/// Runs every set (all of them, so one run shows every broken combination)
-/// and fails naming the ones that did not compile.
+/// Runs `cargo(set)` for every set (all of them, so one run shows every
+/// broken combination) and fails naming the ones that did not compile.
 fn check_feature_sets(cargo: impl Fn(&[String]) -> Command, sets: &[Vec<String>]) -> Result {
     let mut failed = Vec::new();
-    for args in sets {
-        if run(&mut cargo(args)).is_err() {
-            failed.push(format!("`{}`", render(&cargo(args))));
+    for set in sets {
+        if run(&mut cargo(set)).is_err() {
+            failed.push(format!("`{}`", render(&cargo(set))));
         }
     }
     if !failed.is_empty() {
@@ -263,18 +330,38 @@ mod tests {
 
     #[test]
     fn the_matrix_is_none_each_alone_and_all() {
-        let sets = feature_sets("hw", &["a", "rocksdb"], "ci", &SHARED_BUILD_COMPANIONS);
+        let sets = feature_sets("hw", &["a", "rocksdb"], &SHARED_BUILD_COMPANIONS);
         let lines: Vec<String> = sets.iter().map(|s| s.join(" ")).collect();
         assert_eq!(
             lines,
             [
-                "check -p hw --profile ci --no-default-features",
-                "check -p hw --profile ci --no-default-features --features hw/a",
-                "check -p hw --profile ci --no-default-features --features hw/rocksdb \
-                 -p highwater-cloud",
-                "check -p hw --profile ci --all-features",
+                "-p hw --no-default-features",
+                "-p hw --no-default-features --features hw/a",
+                "-p hw --no-default-features --features hw/rocksdb -p highwater-cloud",
+                "-p hw --all-features",
             ]
         );
+    }
+
+    #[test]
+    fn the_crates_under_rocksdb_are_read_from_the_tree() {
+        let listing = "0highwater v0.1.0 (/r) [rocksdb]\n\
+                       1highwater-rocksdb v0.1.0 (/r) []\n\
+                       2librocksdb-sys v0.19.0 [zstd]\n\
+                       3libc v0.2.191 [default,std]\n\
+                       3zstd-sys v2.1.2 [legacy] (*)\n\
+                       2rocksdb v0.25.0 []\n\
+                       1libc v0.2.191 [default,extra_traits,std]\n";
+        let found: Vec<String> = subtree(listing, ROCKSDB_SYS).into_iter().collect();
+        assert_eq!(
+            found,
+            [
+                "libc v0.2.191 [default,std]",
+                "librocksdb-sys v0.19.0 [zstd]",
+                "zstd-sys v2.1.2 [legacy]",
+            ]
+        );
+        assert!(subtree("0highwater v0.1.0 []\n", ROCKSDB_SYS).is_empty());
     }
 
     #[test]
@@ -287,10 +374,13 @@ mod tests {
             "//! Probe.\n#[cfg(feature = \"b\")]\npub fn g() -> u8 { 1 }\n\
              #[cfg(feature = \"a\")]\npub fn f() -> u8 { g() }\n",
         );
-        let sets = feature_sets("probe_features", &["a", "b"], "ci", &[]);
-        let err = check_feature_sets(|args| probe.cargo(args), &sets)
-            .unwrap_err()
-            .to_string();
+        let sets = feature_sets("probe_features", &["a", "b"], &[]);
+        let check = |set: &[String]| {
+            let mut args = vec!["check".to_owned()];
+            args.extend_from_slice(set);
+            probe.cargo(&args)
+        };
+        let err = check_feature_sets(check, &sets).unwrap_err().to_string();
         assert!(
             err.starts_with("1 of 4 feature sets do not compile"),
             "{err}"
@@ -302,7 +392,7 @@ mod tests {
             "//! Probe.\n#[cfg(feature = \"a\")]\npub fn f() -> u8 { 1 }\n",
         )
         .unwrap();
-        check_feature_sets(|args| probe.cargo(args), &sets).unwrap();
+        check_feature_sets(check, &sets).unwrap();
     }
 
     #[test]
