@@ -128,6 +128,10 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
 
 /// A prefix of its own for each use, so runs never see each other.
 fn unique(base: &str, what: &str) -> String {
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "a unique name, not the time of state"
+    )]
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());

@@ -317,6 +317,14 @@ mod tests {
             cmd
         }
 
+        /// `cargo args` where `args` has a `--`: cargo's own flags go before it.
+        fn cargo_before_dashdash(&self, args: &[String]) -> Command {
+            let split = args.iter().position(|a| a == "--").unwrap_or(args.len());
+            let mut cmd = self.cargo(&args[..split]);
+            cmd.args(&args[split..]);
+            cmd
+        }
+
         fn path(&self) -> &Path {
             &self.0
         }
@@ -393,6 +401,35 @@ mod tests {
         )
         .unwrap();
         check_feature_sets(check, &sets).unwrap();
+    }
+
+    #[test]
+    fn the_workspace_clippy_config_refuses_a_direct_wall_clock_read() {
+        let probe = Probe::new(
+            "probe_clock",
+            "",
+            "//! Probe.\n\n/// Now.\npub fn now() -> std::time::SystemTime {\n    \
+             std::time::SystemTime::now()\n}\n",
+        );
+        let ws = Workspace::locate().unwrap();
+        std::fs::copy(
+            ws.root.join("clippy.toml"),
+            probe.path().join("clippy.toml"),
+        )
+        .unwrap();
+        let args: Vec<String> = ["clippy", "--", "-D", "warnings"]
+            .map(str::to_owned)
+            .to_vec();
+        let err = run(&mut probe.cargo_before_dashdash(&args)).unwrap_err();
+        assert!(err.to_string().contains("cargo clippy"), "{err}");
+        // Said out loud, the read passes.
+        std::fs::write(
+            probe.path().join("src/lib.rs"),
+            "//! Probe.\n\n/// Now.\n#[expect(clippy::disallowed_methods, reason = \"a test\")]\n\
+             pub fn now() -> std::time::SystemTime {\n    std::time::SystemTime::now()\n}\n",
+        )
+        .unwrap();
+        run(&mut probe.cargo_before_dashdash(&args)).unwrap();
     }
 
     #[test]

@@ -160,6 +160,10 @@ fn sigkill_during_checkpoints_merges_and_gc_leaves_every_retained_checkpoint_res
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("store");
     let started = Instant::now();
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "a random seed, not the time of state"
+    )]
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

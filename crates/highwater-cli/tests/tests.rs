@@ -69,6 +69,10 @@ fn kill_and_resume(reference: &[String], killed: &[String], verify_args: &[Strin
     let expected = digest_of(&run_ok(demo_on(reference, events, false)));
     let full_run = started.elapsed();
 
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "a random seed, not the time of state"
+    )]
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -228,6 +232,10 @@ fn redis_url() -> String {
 }
 
 fn unique(name: &str) -> String {
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "a unique name, not the time of state"
+    )]
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

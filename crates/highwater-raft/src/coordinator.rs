@@ -5,9 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use highwater_core::{CheckpointId, CheckpointStore, Error, Result};
+use highwater_core::{CheckpointId, CheckpointStore, Clock, Error, Result, SystemClock};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, Raft, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
@@ -57,6 +57,9 @@ pub struct DistributedConfig {
     /// Join an existing cluster (do not initialize one); the leader must
     /// then [`add_node`](CheckpointCoordinator::add_node) this node.
     pub join: bool,
+    /// The wall clock of trigger times and checkpoint timeouts
+    /// ([`SystemClock`] unless a test injects another).
+    pub clock: Arc<dyn Clock>,
 }
 
 impl DistributedConfig {
@@ -79,6 +82,7 @@ impl DistributedConfig {
             rpc_timeout: Duration::from_millis(500),
             snapshot_every: 1000,
             join: false,
+            clock: Arc::new(SystemClock),
         }
     }
 
@@ -175,12 +179,6 @@ pub struct CheckpointCoordinator {
     addr: SocketAddr,
     log: WalLogStore,
     tasks: Vec<JoinHandle<()>>,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn raft_err(op: &str, e: impl std::fmt::Display) -> Error {
@@ -621,7 +619,7 @@ async fn trigger(shared: &Shared) -> Result<CheckpointId> {
     let checkpoint = shared.sm.ledger().next_id();
     let command = Command::Trigger {
         checkpoint,
-        time_ms: now_ms(),
+        time_ms: shared.config.clock.now_ms(),
         participants,
     };
     match propose_local(shared, command).await {
@@ -655,7 +653,7 @@ async fn drive(shared: Arc<Shared>) {
         let ledger = shared.sm.ledger();
         let voters = health(&shared).voters;
         let live = live_voters(&shared);
-        let now = now_ms();
+        let now = shared.config.clock.now_ms();
         let timeout = shared.config.checkpoint_timeout.as_millis() as u64;
         let mut decisions = Vec::new();
         for c in ledger.pending() {

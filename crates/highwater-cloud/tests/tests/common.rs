@@ -25,6 +25,10 @@ fn var(name: &str) -> String {
 /// A prefix no other test (or earlier run) uses.
 pub fn unique(name: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "a unique name, not the time of state"
+    )]
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock after 1970")

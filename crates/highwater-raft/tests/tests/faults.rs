@@ -180,6 +180,10 @@ async fn randomized_crashes_restarts_and_partitions_keep_the_ledger_invariants()
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "a random seed, not the time of state"
+    )]
     let seed: u64 = std::env::var("HIGHWATER_RAFT_SEED")
         .ok()
         .and_then(|v| v.parse().ok())

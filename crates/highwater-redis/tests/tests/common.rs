@@ -40,6 +40,10 @@ pub fn cluster() -> RedisEndpoint {
 /// A namespace no other test (or test run) uses.
 pub fn namespace(tag: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "a unique name, not the time of state"
+    )]
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
