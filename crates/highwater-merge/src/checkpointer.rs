@@ -532,7 +532,7 @@ impl Checkpointer {
             cfg.incremental
                 && !native
                 && !b.is_native()
-                && parent_layers.len() < cfg.max_chain_length
+                && parent_layers.len() < cfg.max_chain_before_full
         });
         if parent.is_none() {
             t.merged = None;
