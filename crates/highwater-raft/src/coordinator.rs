@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 
 use crate::TypeConfig;
 use crate::ledger::{
-    AbortReason, Command, CompletedCheckpoint, Ledger, ManifestRef, NodeId, Outcome,
+    AbortReason, Command, CompletedCheckpoint, Ledger, ManifestRef, NodeId, Outcome, decide,
 };
 use crate::log_store::WalLogStore;
 use crate::network::{
@@ -657,27 +657,7 @@ async fn drive(shared: Arc<Shared>) {
         let live = live_voters(&shared);
         let now = now_ms();
         let timeout = shared.config.checkpoint_timeout.as_millis() as u64;
-        let mut decisions = Vec::new();
-        for c in ledger.pending() {
-            if c.fully_acked() {
-                decisions.push(Command::Complete { checkpoint: c.id });
-            } else if let Some(lost) = c
-                .participants
-                .iter()
-                .find(|p| !voters.contains(p) || (!live.contains(p) && !c.acks.contains_key(p)))
-            {
-                decisions.push(Command::Abort {
-                    checkpoint: c.id,
-                    reason: AbortReason::ParticipantLost(*lost),
-                });
-            } else if now.saturating_sub(c.triggered_ms) > timeout {
-                decisions.push(Command::Abort {
-                    checkpoint: c.id,
-                    reason: AbortReason::Timeout,
-                });
-            }
-        }
-        for d in decisions {
+        for d in decide(&ledger, &voters, &live, now, timeout) {
             let _guard = shared.propose_lock.lock().await;
             if let Err(e) = propose_local(&shared, d).await {
                 tracing::debug!(node = shared.id, error = ?e, "ledger decision not committed");
