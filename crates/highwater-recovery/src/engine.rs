@@ -645,6 +645,14 @@ impl Recovery {
 /// most this many are fetched ahead and held in memory.
 const NATIVE_FILES_IN_FLIGHT: usize = 4;
 
+/// A native file being fetched: its reference, the fetch task and where
+/// its outcome arrives.
+type InFlight<'a> = (
+    &'a ArtifactRef,
+    tokio::task::JoinHandle<()>,
+    crossbeam_channel::Receiver<Result<(ArtifactId, Bytes)>>,
+);
+
 /// The files of a native checkpoint, fetched in order a few ahead and
 /// verified by [`fetch_verified`] (which also repairs a damaged stored copy).
 struct NativeFetch<'a> {
@@ -652,11 +660,7 @@ struct NativeFetch<'a> {
     store: &'a Arc<dyn CheckpointStore>,
     checkpoint: CheckpointId,
     refs: std::slice::Iter<'a, ArtifactRef>,
-    window: VecDeque<(
-        &'a ArtifactRef,
-        tokio::task::JoinHandle<()>,
-        crossbeam_channel::Receiver<Result<(ArtifactId, Bytes)>>,
-    )>,
+    window: VecDeque<InFlight<'a>>,
     deadline: Option<Instant>,
     bytes: u64,
     files: usize,
