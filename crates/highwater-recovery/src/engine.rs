@@ -49,7 +49,8 @@ pub struct Recovery {
     store: Arc<dyn CheckpointStore>,
     config: RecoveryConfig,
     io: tokio::runtime::Handle,
-    pool: rayon::ThreadPool,
+    /// Started on first use: planning alone (`plan`) needs no threads.
+    pool: std::sync::OnceLock<rayon::ThreadPool>,
     limits: DecodeLimits,
     now_ms: u64,
 }
@@ -71,19 +72,29 @@ impl Recovery {
         io: tokio::runtime::Handle,
     ) -> Result<Self> {
         config.validate()?;
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(config.threads())
-            .thread_name(|i| format!("highwater-recover-{i}"))
-            .build()
-            .map_err(|e| Error::Internal(format!("start the recovery pool: {e}")))?;
         Ok(Recovery {
             store,
             config,
             io,
-            pool,
+            pool: std::sync::OnceLock::new(),
             limits: DecodeLimits::default(),
             now_ms: highwater_core::Clock::now_ms(&highwater_core::SystemClock),
         })
+    }
+
+    /// The decode pool of [`RecoveryConfig::max_parallel_threads`] threads,
+    /// started on first use.
+    fn pool(&self) -> Result<&rayon::ThreadPool> {
+        if let Some(pool) = self.pool.get() {
+            return Ok(pool);
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(self.config.threads())
+            .thread_name(|i| format!("highwater-recover-{i}"))
+            .build()
+            .map_err(|e| Error::Internal(format!("start the recovery pool: {e}")))?;
+        // A concurrent first use may have won; either pool will do.
+        Ok(self.pool.get_or_init(|| pool))
     }
 
     /// Sets the time (ms since the Unix epoch) at which TTL expiry is
@@ -421,7 +432,7 @@ impl Recovery {
         let concurrency = self
             .config
             .prefetch_strategy
-            .concurrency(self.pool.current_num_threads());
+            .concurrency(self.pool()?.current_num_threads());
         let verify = self.config.verification_level != VerificationLevel::None;
         let (tx, rx) = crossbeam_channel::unbounded::<Result<(ArtifactId, Bytes)>>();
         let store = self.store.clone();
@@ -501,7 +512,8 @@ impl Recovery {
                 plan, checkpoint, artifacts, backend, stats, progress, deadline,
             );
         }
-        let bound = self.pool.current_num_threads() * 2;
+        let pool = self.pool()?;
+        let bound = pool.current_num_threads() * 2;
         let (tx, rx) = crossbeam_channel::bounded::<Result<Folded>>(bound);
         let ctx = FoldCtx {
             checkpoint,
@@ -512,7 +524,7 @@ impl Recovery {
         };
         std::thread::scope(|s| {
             let producer = s.spawn(|| {
-                self.pool.install(|| {
+                pool.install(|| {
                     // Stop at the first error or once the consumer is gone.
                     let _ = plan.ranges.par_iter().try_for_each_with(tx, |tx, range| {
                         let folded = fold_range(&ctx, range);
@@ -602,7 +614,7 @@ impl Recovery {
             }
         };
         report(0);
-        let folded: Vec<Folded> = self.pool.install(|| {
+        let folded: Vec<Folded> = self.pool()?.install(|| {
             plan.ranges
                 .par_iter()
                 .map(|range| {
@@ -624,7 +636,7 @@ impl Recovery {
         }
         // Every range decoded: only now is live state replaced.
         backend.clear()?;
-        self.pool.install(|| {
+        self.pool()?.install(|| {
             folded.into_par_iter().try_for_each(|f| {
                 // Single-key writes: a memory-backend batch locks every
                 // shard it touches at once, which would serialise loaders.
