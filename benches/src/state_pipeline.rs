@@ -74,8 +74,10 @@ fn logged_put(n: u64, rounds: usize, metrics: &mut Vec<Metric>) -> Result {
     let keys: Vec<Vec<u8>> = (0..n).map(key).collect();
     let value = [7u8; 100];
     let dir = tempfile::tempdir()?;
-    let mut config = WalConfig::default();
-    config.sync_policy = SyncPolicy::Never;
+    let config = WalConfig {
+        sync_policy: SyncPolicy::Never,
+        ..WalConfig::default()
+    };
     let (wal, _) = Wal::open(dir.path(), config)?;
     let logged = LoggedBackend::new(
         Arc::new(MemoryBackend::new()),
