@@ -473,18 +473,7 @@ impl Recovery {
         };
         report(0, stats.bytes_fetched);
         while (out.len() as u64) < total {
-            let next = match deadline {
-                Some(d) => rx.recv_deadline(d).map_err(|e| match e {
-                    crossbeam_channel::RecvTimeoutError::Timeout => timeout_error(),
-                    crossbeam_channel::RecvTimeoutError::Disconnected => {
-                        Error::Internal("the fetch driver stopped".into())
-                    }
-                })?,
-                None => rx
-                    .recv()
-                    .map_err(|_| Error::Closed("the i/o runtime stopped".into()))?,
-            };
-            let (id, bytes) = next?;
+            let (id, bytes) = recv_until(&rx, deadline, "the fetch driver")??;
             stats.bytes_fetched += bytes.len() as u64;
             stats.artifacts_fetched += 1;
             out.insert(id, bytes);
@@ -696,18 +685,7 @@ impl NativeFetch<'_> {
         &self,
         rx: &crossbeam_channel::Receiver<Result<(ArtifactId, Bytes)>>,
     ) -> Result<Bytes> {
-        let got = match self.deadline {
-            Some(d) => rx.recv_deadline(d).map_err(|e| match e {
-                crossbeam_channel::RecvTimeoutError::Timeout => timeout_error(),
-                crossbeam_channel::RecvTimeoutError::Disconnected => {
-                    Error::Internal("a native file fetch stopped".into())
-                }
-            })?,
-            None => rx
-                .recv()
-                .map_err(|_| Error::Closed("the i/o runtime stopped".into()))?,
-        };
-        got.map(|(_, bytes)| bytes)
+        recv_until(rx, self.deadline, "a native file fetch")?.map(|(_, bytes)| bytes)
     }
 }
 
@@ -750,6 +728,26 @@ impl Iterator for NativeFetch<'_> {
                 Some(Err(e))
             }
         }
+    }
+}
+
+/// Receives from `rx`, giving up with the recovery's timeout error at
+/// `deadline`; `sender` names what stopped if the channel closes.
+fn recv_until<T>(
+    rx: &crossbeam_channel::Receiver<T>,
+    deadline: Option<Instant>,
+    sender: &str,
+) -> Result<T> {
+    match deadline {
+        Some(d) => rx.recv_deadline(d).map_err(|e| match e {
+            crossbeam_channel::RecvTimeoutError::Timeout => timeout_error(),
+            crossbeam_channel::RecvTimeoutError::Disconnected => {
+                Error::Internal(format!("{sender} stopped"))
+            }
+        }),
+        None => rx
+            .recv()
+            .map_err(|_| Error::Closed("the i/o runtime stopped".into())),
     }
 }
 
