@@ -72,7 +72,7 @@ fn corrupt(detail: impl std::fmt::Display) -> Error {
 fn encode<T: serde::Serialize>(what: &str, v: &T) -> Result<Vec<u8>> {
     postcard::to_allocvec(v).map_err(|e| Error::Serialization {
         context: format!("raft log {what}"),
-        source: e,
+        source: e.into(),
     })
 }
 

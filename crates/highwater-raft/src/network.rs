@@ -73,7 +73,7 @@ fn frame_err(detail: impl std::fmt::Display) -> Error {
 pub(crate) async fn write_frame<T: Serialize>(stream: &mut TcpStream, value: &T) -> Result<()> {
     let body = postcard::to_allocvec(value).map_err(|e| Error::Serialization {
         context: "raft frame".into(),
-        source: e,
+        source: e.into(),
     })?;
     if body.len() > MAX_FRAME_BYTES {
         return Err(Error::InvalidArgument(format!(

@@ -106,7 +106,7 @@ fn lock(m: &Mutex<SmInner>) -> MutexGuard<'_, SmInner> {
 fn encode_snapshot(body: &SnapshotBody) -> Result<Vec<u8>> {
     let payload = postcard::to_allocvec(body).map_err(|e| Error::Serialization {
         context: "raft snapshot".into(),
-        source: e,
+        source: e.into(),
     })?;
     let mut out = Vec::with_capacity(payload.len() + 18);
     out.extend_from_slice(SNAPSHOT_MAGIC);
@@ -264,7 +264,7 @@ impl LedgerStateMachine {
         };
         let bytes = postcard::to_allocvec(&pointer).map_err(|e| Error::Serialization {
             context: "raft snapshot pointer".into(),
-            source: e,
+            source: e.into(),
         })?;
         let dir = self.dir.clone();
         tokio::task::spawn_blocking(move || write_atomic(&dir, POINTER_FILE, &bytes))
