@@ -1,8 +1,8 @@
 //! What to do about an `object_store` error: [`classify`] maps it to an
 //! [`ErrorKind`]; only [`ErrorKind::Unavailable`] is retried.
 
-pub use highwater_core::RetryPolicy;
 use highwater_core::ErrorKind;
+pub use highwater_core::RetryPolicy;
 
 /// Classifies an `object_store` error by what the caller should do.
 ///

@@ -341,11 +341,9 @@ impl ObjectCheckpointStore {
     /// `object_store` error as its source.
     fn error(&self, op: &str, what: &str, path: &Path, err: object_store::Error) -> Error {
         match classify(&err) {
-            ErrorKind::NotFound => Error::NotFound(format!(
-                "{what} at {}:{}",
-                self.name,
-                self.location(path)
-            )),
+            ErrorKind::NotFound => {
+                Error::NotFound(format!("{what} at {}:{}", self.name, self.location(path)))
+            }
             kind => Error::store_with_kind(
                 kind,
                 self.name,
@@ -410,7 +408,10 @@ impl ObjectCheckpointStore {
         .await
         .map_err(|e| {
             Error::unexpected(
-                format!("{op} {what}: fsync the directory of {}", self.location(path)),
+                format!(
+                    "{op} {what}: fsync the directory of {}",
+                    self.location(path)
+                ),
                 e,
             )
         })?

@@ -368,9 +368,9 @@ impl Error {
             Error::AlreadyExists(_) => ErrorKind::AlreadyExists,
             Error::InvalidArgument(_) => ErrorKind::Invalid,
             Error::Serialization { .. } => ErrorKind::Invalid,
-            Error::Store { kind, .. } | Error::Backend { kind, .. } | Error::Consensus { kind, .. } => {
-                *kind
-            }
+            Error::Store { kind, .. }
+            | Error::Backend { kind, .. }
+            | Error::Consensus { kind, .. } => *kind,
             Error::Io { source, .. } => ErrorKind::of_io(source),
             Error::Closed(_) => ErrorKind::Closed,
             Error::Internal(_) | Error::Unexpected { .. } => ErrorKind::Internal,
@@ -399,7 +399,10 @@ mod tests {
     fn io_errors_are_classified_by_what_to_do() {
         let cases = [
             (io::ErrorKind::PermissionDenied, ErrorKind::PermissionDenied),
-            (io::ErrorKind::ReadOnlyFilesystem, ErrorKind::PermissionDenied),
+            (
+                io::ErrorKind::ReadOnlyFilesystem,
+                ErrorKind::PermissionDenied,
+            ),
             (io::ErrorKind::StorageFull, ErrorKind::StorageFull),
             (io::ErrorKind::QuotaExceeded, ErrorKind::StorageFull),
             (io::ErrorKind::NotFound, ErrorKind::NotFound),
