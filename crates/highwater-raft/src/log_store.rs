@@ -163,7 +163,7 @@ impl WalLogStore {
             wal.append_batch(&batch)
         })
         .await
-        .map_err(|e| Error::Internal(format!("raft log writer task failed: {e}")))?
+        .map_err(|e| Error::unexpected("the raft log writer task", e))?
     }
 
     /// Closes the WAL (making everything durable).
@@ -172,8 +172,9 @@ impl WalLogStore {
     }
 }
 
-fn io_err(e: impl std::fmt::Display) -> std::io::Error {
-    std::io::Error::other(e.to_string())
+/// An I/O error for openraft's storage API, keeping `e` as its source.
+fn io_err(e: impl Into<highwater_core::BoxError>) -> std::io::Error {
+    std::io::Error::other(e)
 }
 
 impl RaftLogReader<TypeConfig> for WalLogStore {
