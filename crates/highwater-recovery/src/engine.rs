@@ -74,7 +74,7 @@ impl Recovery {
             .num_threads(config.threads())
             .thread_name(|i| format!("highwater-recover-{i}"))
             .build()
-            .map_err(|e| Error::Internal(format!("start the recovery pool: {e}")))?;
+            .map_err(|e| Error::unexpected("start the recovery pool", e))?;
         Ok(Recovery {
             store,
             config,
@@ -384,7 +384,7 @@ impl Recovery {
                     break;
                 };
                 let r = joined
-                    .map_err(|e| Error::Internal(format!("fetch task failed: {e}")))
+                    .map_err(|e| Error::unexpected("an artifact fetch task", e))
                     .and_then(|r| r);
                 let failed = r.is_err();
                 if tx.send(r).is_err() || failed {

@@ -3,20 +3,19 @@
 //! permanent kind that says what to fix, name the path or URL, are not
 //! retried, and leave no manifest behind.
 //!
-//! The file-system cases mount a tmpfs (read-only, or 1 MiB small) under a
-//! temporary directory, which needs root (CI runs as root; `chmod` would
-//! not do: root writes through any mode). Without root, or where the
-//! kernel refuses the mount (a container without `CAP_SYS_ADMIN`), they
-//! print why and return. A last test checks the other side: a transient
+//! The file-system cases mount a tmpfs (read-only, or 1 MiB small) with
+//! the testkit's [`Tmpfs`], which needs root (CI runs as root; `chmod`
+//! would not do: root writes through any mode). Without root, or where the
+//! kernel refuses the mount, they print why and return. A last test checks the other side: a transient
 //! failure (a refused connection) is retried until the server answers.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use highwater_cloud::{CloudOptions, ObjectCheckpointStore, RetryPolicy, StoreConfig};
 use highwater_core::{ArtifactId, CheckpointId, CheckpointStore, Error, ErrorKind};
+use highwater_testkit::mounts::Tmpfs;
 
 use super::common::{big_artifact, s3_url, unique};
 
@@ -52,83 +51,6 @@ async fn checkpoint(
         .await
 }
 
-/// True when this process runs as root (the real user id, from
-/// `/proc/self/status`).
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(1).map(|uid| uid == "0"))
-        })
-        .unwrap_or(false)
-}
-
-/// A tmpfs mounted on a fresh temporary directory, unmounted on drop.
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    /// Mounts a tmpfs with `options` (for example `size=1m`), or returns
-    /// why it cannot.
-    fn mount(options: &str) -> Result<Tmpfs, String> {
-        if !is_root() {
-            return Err("not running as root".into());
-        }
-        let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
-        run(Command::new("mount")
-            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
-            .arg(dir.path()))?;
-        Ok(Tmpfs { dir })
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Makes the mounted file system read-only.
-    fn remount_read_only(&self) {
-        run(Command::new("mount")
-            .args(["-o", "remount,ro"])
-            .arg(self.path()))
-        .expect("remount the tmpfs read-only");
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        if let Err(e) = run(Command::new("umount").arg(self.dir.path())) {
-            eprintln!("could not unmount {}: {e}", self.dir.path().display());
-        }
-    }
-}
-
-fn run(cmd: &mut Command) -> Result<(), String> {
-    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{cmd:?}: {}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-/// Mounts a tmpfs or prints why the test cannot run.
-fn tmpfs_or_skip(test: &str, options: &str) -> Option<Tmpfs> {
-    match Tmpfs::mount(options) {
-        Ok(m) => Some(m),
-        Err(why) => {
-            eprintln!("skipping {test}: cannot mount a tmpfs ({why}); run as root to test it");
-            None
-        }
-    }
-}
-
 /// The path of the first artifact file the store writes, as its message
 /// must name it.
 fn artifact_file(store_dir: &Path, store: &ObjectCheckpointStore, a: &Bytes) -> PathBuf {
@@ -137,14 +59,16 @@ fn artifact_file(store_dir: &Path, store: &ObjectCheckpointStore, a: &Bytes) -> 
 
 #[tokio::test]
 async fn a_read_only_store_directory_is_permission_denied_and_not_retried() {
-    let Some(mount) = tmpfs_or_skip("the read-only store test", "size=16m") else {
+    let Some(mount) = Tmpfs::mount_or_skip("the read-only store test", "size=16m") else {
         return;
     };
     let dir = mount.path().join("store");
     let store = ObjectCheckpointStore::local(&dir)
         .unwrap()
         .with_config(patient());
-    mount.remount_read_only();
+    mount
+        .remount_read_only()
+        .expect("remount the tmpfs read-only");
 
     let artifacts = vec![big_artifact(1, 64 << 10)];
     let started = Instant::now();
@@ -169,7 +93,7 @@ async fn a_read_only_store_directory_is_permission_denied_and_not_retried() {
 
 #[tokio::test]
 async fn a_full_disk_is_storage_full_and_not_retried() {
-    let Some(mount) = tmpfs_or_skip("the full-disk test", "size=1m") else {
+    let Some(mount) = Tmpfs::mount_or_skip("the full-disk test", "size=1m") else {
         return;
     };
     let dir = mount.path().join("store");

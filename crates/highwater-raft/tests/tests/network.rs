@@ -103,7 +103,8 @@ async fn without_a_quorum_consensus_errors_are_transient_and_name_the_operation(
     assert!(matches!(err, Error::Consensus { .. }), "{err:?}");
     assert!(err.is_transient(), "{err}");
     assert!(
-        err.to_string().contains("acknowledge checkpoint 7 for node 1"),
+        err.to_string()
+            .contains("acknowledge checkpoint 7 for node 1"),
         "{err}"
     );
     assert!(
