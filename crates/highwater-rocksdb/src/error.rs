@@ -99,9 +99,17 @@ mod tests {
                 "IO error: While lock file: /d/LOCK: Resource temporarily unavailable",
                 ErrorKind::Unavailable,
             ),
-            (K::Corruption, "Corruption: block checksum mismatch", ErrorKind::Corruption),
+            (
+                K::Corruption,
+                "Corruption: block checksum mismatch",
+                ErrorKind::Corruption,
+            ),
             (K::Busy, "Resource busy: ", ErrorKind::Unavailable),
-            (K::ShutdownInProgress, "Shutdown in progress: ", ErrorKind::Closed),
+            (
+                K::ShutdownInProgress,
+                "Shutdown in progress: ",
+                ErrorKind::Closed,
+            ),
             (K::Unknown, "something else", ErrorKind::Internal),
         ];
         for (kind, message, want) in cases {
