@@ -189,8 +189,8 @@ fn now_ms() -> u64 {
 enum LocalProposeError {
     /// This node is not the leader; the hint may be.
     NotLeader(Option<NodeId>),
-    /// Raft refused or failed the write.
-    Raft(RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>),
+    /// Raft refused or failed the write (boxed: it is large).
+    Raft(Box<RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>>),
 }
 
 impl LocalProposeError {
@@ -210,7 +210,7 @@ impl LocalProposeError {
                 op,
                 format!("this node is not the leader: leader={hint:?}"),
             ),
-            LocalProposeError::Raft(e) => consensus(op, e),
+            LocalProposeError::Raft(e) => consensus(op, *e),
         }
     }
 }
@@ -552,7 +552,7 @@ async fn propose_local(
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
             Err(LocalProposeError::NotLeader(f.leader_id))
         }
-        Err(e) => Err(LocalProposeError::Raft(e)),
+        Err(e) => Err(LocalProposeError::Raft(Box::new(e))),
     }
 }
 
