@@ -133,7 +133,7 @@ impl WalLogStore {
                     let result = ticket
                         .wait()
                         .map(|_| ())
-                        .map_err(|e| std::io::Error::other(e.to_string()));
+                        .map_err(std::io::Error::other);
                     callback.log_io_completed(result);
                 }
             })
