@@ -130,10 +130,7 @@ impl WalLogStore {
                 // Tickets arrive in append order and the WAL makes them
                 // durable in LSN order, so callbacks fire in append order.
                 for (ticket, callback) in rx {
-                    let result = ticket
-                        .wait()
-                        .map(|_| ())
-                        .map_err(std::io::Error::other);
+                    let result = ticket.wait().map(|_| ()).map_err(std::io::Error::other);
                     callback.log_io_completed(result);
                 }
             })

@@ -490,11 +490,18 @@ fn a_full_disk_is_storage_full() {
         return;
     };
     let path = mount.path().join("db");
+    let names_the_path = |err: &Error| {
+        assert!(
+            err.to_string().contains(&path.display().to_string()),
+            "the message names the database directory: {err}"
+        )
+    };
     let b = match RocksDbBackend::with_config(small(&path)) {
         Ok(b) => b,
         // The database's own files may not fit already.
         Err(err) => {
             assert_eq!(err.kind(), ErrorKind::StorageFull, "{err}");
+            names_the_path(&err);
             return;
         }
     };
@@ -514,9 +521,6 @@ fn a_full_disk_is_storage_full() {
         .expect("1 MiB cannot hold 4 MiB of incompressible values");
     assert_eq!(err.kind(), ErrorKind::StorageFull, "{err}");
     assert!(!err.is_transient(), "{err}");
-    assert!(
-        err.to_string().contains(&path.display().to_string()),
-        "the message names the database directory: {err}"
-    );
+    names_the_path(&err);
     drop(b);
 }
