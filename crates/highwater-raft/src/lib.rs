@@ -26,6 +26,7 @@
 #![deny(missing_docs)]
 
 mod coordinator;
+mod error;
 mod ledger;
 mod log_store;
 mod network;

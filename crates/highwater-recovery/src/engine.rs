@@ -92,7 +92,7 @@ impl Recovery {
             .num_threads(self.config.threads())
             .thread_name(|i| format!("highwater-recover-{i}"))
             .build()
-            .map_err(|e| Error::Internal(format!("start the recovery pool: {e}")))?;
+            .map_err(|e| Error::unexpected("start the recovery pool", e))?;
         // A concurrent first use may have won; either pool will do.
         Ok(self.pool.get_or_init(|| pool))
     }
@@ -451,7 +451,7 @@ impl Recovery {
                     break;
                 };
                 let r = joined
-                    .map_err(|e| Error::Internal(format!("fetch task failed: {e}")))
+                    .map_err(|e| Error::unexpected("an artifact fetch task", e))
                     .and_then(|r| r);
                 let failed = r.is_err();
                 if tx.send(r).is_err() || failed {

@@ -25,6 +25,8 @@ mod failures;
 mod lifecycle;
 #[path = "tests/model_based.rs"]
 mod model_based;
+#[path = "tests/permanent.rs"]
+mod permanent;
 #[path = "tests/redis.rs"]
 mod redis;
 #[path = "tests/retention.rs"]
