@@ -225,7 +225,7 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
     let store = Arc::new(ObjectCheckpointStore::in_memory());
     let mut cfg = CheckpointConfig::default();
     cfg.max_retained = 8;
-    cfg.max_chain_length = 8;
+    cfg.max_chain_before_full = 8;
     let manager = StateManager::builder()
         .backend(backend.clone())
         .store(store.clone())

@@ -110,7 +110,7 @@ fn checkpoint_config(incremental: bool) -> CheckpointConfig {
     let mut c = CheckpointConfig::default();
     c.max_parallelism = MAX_PARALLELISM;
     c.incremental = incremental;
-    c.max_chain_length = DEPTH + 2;
+    c.max_chain_before_full = DEPTH + 2;
     c.max_retained = DEPTH + 2;
     c
 }

@@ -29,6 +29,9 @@
 //!   a disk), against single-threaded zstd level 1 over the very same record
 //!   bytes in 4 MiB chunks, times the number of cores. `_local` is the same
 //!   into a local directory store (fsync'd), for information.
+//! - `logged_put` and `checkpoint_latency_small`: the write-ahead log's
+//!   cost on the put path and the latency of a small checkpoint, see
+//!   [`crate::state_pipeline`].
 //! - `checkpoint_incremental_1pct` and `checkpoint_incremental_bytes_1pct`:
 //!   after a full checkpoint, 1% of the keys (random) are rewritten and the
 //!   next (incremental) checkpoint is timed and sized against the full one.
@@ -152,6 +155,9 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
 
     let mut phases = Phases::default();
     phases.run("ops", || ops_bench(&plan, &mut params, &mut metrics))?;
+    phases.run("pipeline", || {
+        crate::state_pipeline::run(plan.quick, &mut metrics)
+    })?;
 
     let model = StateModel::sized(plan.state_bytes);
     println!(

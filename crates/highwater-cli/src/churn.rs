@@ -69,11 +69,11 @@ pub fn step(seed: u64, i: u64) -> (u32, Option<String>) {
 pub fn config() -> CheckpointConfig {
     let mut c = CheckpointConfig::default();
     c.max_retained = 3;
-    c.max_chain_length = 6;
+    c.max_chain_before_full = 6;
     c.key_groups_per_artifact = 32;
     c.encode_threads = 2;
     c.background_merge = true;
-    c.merger.max_chain_length = 3;
+    c.merger.merge_at_chain_length = 3;
     c.merger.parallel_threads = 2;
     c.merger.chunking = ChunkConfig {
         min_bytes: 256,

@@ -56,7 +56,7 @@ pub fn compact(
         .num_threads(threads)
         .thread_name(|i| format!("compact-{i}"))
         .build()
-        .map_err(|e| Error::Internal(format!("start the merge pool: {e}")))?;
+        .map_err(|e| Error::unexpected("start the merge pool", e))?;
     let mut merger = MergerConfig::default();
     merger.zstd_level = zstd_level;
     merger.parallel_threads = threads;

@@ -183,7 +183,7 @@ pub fn run(args: RecoverArgs) -> Result<ExitCode> {
             println!(
                 "{}",
                 serde_json::to_string_pretty(&plan)
-                    .map_err(|e| Error::Internal(format!("serialise the plan: {e}")))?
+                    .map_err(|e| Error::serialization("the recovery plan as json", e))?
             );
         } else {
             print!("{plan}");
@@ -198,7 +198,7 @@ pub fn run(args: RecoverArgs) -> Result<ExitCode> {
     };
     bar.set_style(
         ProgressStyle::with_template("{msg:>14} [{bar:40}] {pos}/{len} ({elapsed})")
-            .map_err(|e| Error::Internal(format!("progress template: {e}")))?
+            .map_err(|e| Error::unexpected("build the progress bar", e))?
             .progress_chars("=> "),
     );
     let on_progress = {
@@ -228,7 +228,7 @@ pub fn run(args: RecoverArgs) -> Result<ExitCode> {
                 "throughput_mb_s": s.throughput_mb_s(),
                 "backend_entries": backend.stats().entries,
             }))
-            .map_err(|e| Error::Internal(format!("serialise the stats: {e}")))?
+            .map_err(|e| Error::serialization("the recovery stats as json", e))?
         );
         return Ok(ExitCode::SUCCESS);
     }

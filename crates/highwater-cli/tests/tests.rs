@@ -159,28 +159,37 @@ fn sigkill_and_resume_with_the_write_ahead_log() {
     );
 }
 
-#[test]
-fn kill_and_resume_with_state_in_rocksdb() {
-    let tmp = tempfile::tempdir().unwrap();
-    let killed = tmp.path().join("killed");
+/// Kills and resumes the demo on RocksDB with `extra` flags, against the
+/// memory backend running without interruption; returns the killed run's
+/// directory (inside `tmp`).
+fn kill_and_resume_on_rocksdb(tmp: &Path, extra: &[&str]) -> PathBuf {
+    let killed = tmp.join("killed");
     std::fs::create_dir_all(&killed).unwrap();
-    let rocks = vec![
+    let mut rocks = vec![
         "--dir".to_string(),
         killed.display().to_string(),
         "--backend".into(),
         "rocksdb".into(),
     ];
-    // Native checkpoints (SST files) restored into RocksDB must give the
-    // same digest as the memory backend running without interruption.
+    rocks.extend(extra.iter().map(|s| s.to_string()));
     kill_and_resume(
         &[
             "--dir".to_string(),
-            tmp.path().join("reference").display().to_string(),
+            tmp.join("reference").display().to_string(),
         ],
         &rocks,
         &[killed.display().to_string()],
         300_000,
     );
+    killed
+}
+
+#[test]
+fn kill_and_resume_with_state_in_rocksdb() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Native checkpoints (SST files) restored into RocksDB must give the
+    // same digest as the memory backend running without interruption.
+    kill_and_resume_on_rocksdb(tmp.path(), &[]);
 }
 
 /// Regression: with the write-ahead log on, RocksDB used to fall back to
@@ -191,24 +200,7 @@ fn kill_and_resume_with_state_in_rocksdb() {
 #[test]
 fn kill_and_resume_with_rocksdb_and_the_write_ahead_log() {
     let tmp = tempfile::tempdir().unwrap();
-    let killed = tmp.path().join("killed");
-    std::fs::create_dir_all(&killed).unwrap();
-    let rocks = vec![
-        "--dir".to_string(),
-        killed.display().to_string(),
-        "--backend".into(),
-        "rocksdb".into(),
-        "--wal".into(),
-    ];
-    kill_and_resume(
-        &[
-            "--dir".to_string(),
-            tmp.path().join("reference").display().to_string(),
-        ],
-        &rocks,
-        &[killed.display().to_string()],
-        300_000,
-    );
+    let killed = kill_and_resume_on_rocksdb(tmp.path(), &["--wal"]);
     let out = Command::new(BIN)
         .args(["inspect", "--json"])
         .arg(&killed)

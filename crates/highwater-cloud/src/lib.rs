@@ -163,6 +163,6 @@ mod retry;
 mod store;
 mod url;
 
-pub use retry::{RetryPolicy, http_status, is_transient};
+pub use retry::{RetryPolicy, classify, http_status, is_transient};
 pub use store::{DEFAULT_PART_SIZE, ObjectCheckpointStore, StoreConfig, TransferConfig};
 pub use url::{CloudOptions, CloudService, StoreUrl, is_cloud_url};

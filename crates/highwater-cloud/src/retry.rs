@@ -1,39 +1,90 @@
-//! Bounded retries of transient object-store errors.
+//! What to do about an `object_store` error: [`classify`] maps it to an
+//! [`ErrorKind`]; only [`ErrorKind::Unavailable`] is retried.
 
+use highwater_core::ErrorKind;
 pub use highwater_core::RetryPolicy;
 
-/// True when retrying the request may succeed.
+/// Classifies an `object_store` error by what the caller should do.
 ///
-/// Answers about the object itself (not found, already exists, precondition
-/// failed, not modified), requests the store cannot serve (not implemented,
-/// not supported, invalid path, bad configuration) and authorization
-/// failures are permanent. So is any other HTTP 4xx answer of a cloud
-/// store (a malformed request, a part below the service's minimum size)
-/// except 408 Request Timeout and 429 Too Many Requests. Everything else —
-/// I/O and network failures, timeouts, HTTP 5xx (which `object_store`
-/// reports as `Generic` once its own HTTP retries are used up), a failed
-/// blocking task — is treated as transient.
-pub fn is_transient(err: &object_store::Error) -> bool {
+/// - `NotFound`: [`ErrorKind::NotFound`] for a missing object, but
+///   [`ErrorKind::Misconfigured`] when the service says the bucket or
+///   container itself does not exist (S3 `NoSuchBucket`, Azure
+///   `ContainerNotFound`, GCS "bucket does not exist").
+/// - `AlreadyExists`, `Precondition` (a create-only put that lost),
+///   `NotModified`: [`ErrorKind::AlreadyExists`].
+/// - `PermissionDenied` (HTTP 403), `Unauthenticated` (401):
+///   [`ErrorKind::PermissionDenied`].
+/// - `NotImplemented`, `NotSupported`, `UnknownConfigurationKey`:
+///   [`ErrorKind::Misconfigured`]; `InvalidPath`: [`ErrorKind::Invalid`];
+///   a failed blocking task: [`ErrorKind::Internal`].
+/// - `Generic` wrapping an operating-system error (the local file system):
+///   [`ErrorKind::of_io`] of it — `EACCES`/`EROFS` are permission denied,
+///   `ENOSPC`/`EDQUOT` storage full.
+/// - `Generic` with an HTTP status in its source chain (see
+///   [`http_status`]; `object_store` reports a listing's 404 and any
+///   status without a variant this way): 404 is a missing bucket
+///   ([`ErrorKind::Misconfigured`]), 401/403 [`ErrorKind::PermissionDenied`],
+///   507 [`ErrorKind::StorageFull`], 408, 429 and 5xx
+///   [`ErrorKind::Unavailable`], any other 4xx (a malformed request, a part
+///   below the service's minimum size, a wrong region)
+///   [`ErrorKind::Misconfigured`].
+/// - Everything else (connection and timeout errors, which carry no status,
+///   and HTTP 5xx that `object_store`'s own retries gave up on) is
+///   [`ErrorKind::Unavailable`].
+pub fn classify(err: &object_store::Error) -> ErrorKind {
     use object_store::Error as E;
-    if matches!(
-        err,
-        E::NotFound { .. }
-            | E::AlreadyExists { .. }
-            | E::Precondition { .. }
-            | E::NotModified { .. }
-            | E::NotImplemented { .. }
-            | E::NotSupported { .. }
-            | E::InvalidPath { .. }
-            | E::PermissionDenied { .. }
-            | E::Unauthenticated { .. }
-            | E::UnknownConfigurationKey { .. }
-    ) {
-        return false;
+    match err {
+        E::NotFound { .. } if names_missing_container(err) => ErrorKind::Misconfigured,
+        E::NotFound { .. } => ErrorKind::NotFound,
+        E::AlreadyExists { .. } | E::Precondition { .. } | E::NotModified { .. } => {
+            ErrorKind::AlreadyExists
+        }
+        E::PermissionDenied { .. } | E::Unauthenticated { .. } => ErrorKind::PermissionDenied,
+        E::NotImplemented { .. } | E::NotSupported { .. } | E::UnknownConfigurationKey { .. } => {
+            ErrorKind::Misconfigured
+        }
+        E::InvalidPath { .. } => ErrorKind::Invalid,
+        E::JoinError { .. } => ErrorKind::Internal,
+        _ => {
+            if let Some(kind) = ErrorKind::of_io_in_chain(err) {
+                return kind;
+            }
+            match http_status(err) {
+                Some(404) => ErrorKind::Misconfigured,
+                Some(401 | 403) => ErrorKind::PermissionDenied,
+                Some(507) => ErrorKind::StorageFull,
+                Some(408 | 429) => ErrorKind::Unavailable,
+                Some(status) if (400..500).contains(&status) => ErrorKind::Misconfigured,
+                _ => ErrorKind::Unavailable,
+            }
+        }
     }
-    match http_status(err) {
-        Some(status) if (400..500).contains(&status) => matches!(status, 408 | 429),
-        _ => true,
+}
+
+/// True when retrying the request may succeed: [`classify`] says
+/// [`ErrorKind::Unavailable`]. Every permanent error is returned at once.
+pub fn is_transient(err: &object_store::Error) -> bool {
+    classify(err).is_transient()
+}
+
+/// True when the messages of `err`'s source chain say that the bucket or
+/// container does not exist (the answer to a request for an object in it).
+fn names_missing_container(err: &object_store::Error) -> bool {
+    const MARKERS: [&str; 4] = [
+        "NoSuchBucket",
+        "ContainerNotFound",
+        "bucket does not exist",
+        "container does not exist",
+    ];
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        let text = e.to_string();
+        if MARKERS.iter().any(|m| text.contains(m)) {
+            return true;
+        }
+        source = e.source();
     }
+    false
 }
 
 /// The HTTP status of a cloud store's answer behind `err`, if it carried one.
@@ -105,5 +156,46 @@ mod tests {
         };
         assert_eq!(http_status(&e), Some(409));
         assert!(!is_transient(&e));
+    }
+
+    #[test]
+    fn errors_are_classified_by_what_to_do() {
+        let missing_bucket = object_store::Error::NotFound {
+            path: "p".into(),
+            source: Box::new(Http(
+                "Server returned non-2xx status code: 404 Not Found: <Error><Code>NoSuchBucket</Code></Error>",
+            )),
+        };
+        assert_eq!(classify(&missing_bucket), ErrorKind::Misconfigured);
+        let missing_object = object_store::Error::NotFound {
+            path: "p".into(),
+            source: Box::new(Http(
+                "Server returned non-2xx status code: 404 Not Found: <Error><Code>NoSuchKey</Code></Error>",
+            )),
+        };
+        assert_eq!(classify(&missing_object), ErrorKind::NotFound);
+        let listing = generic("Server returned non-2xx status code: 404 Not Found: NoSuchBucket");
+        assert_eq!(classify(&listing), ErrorKind::Misconfigured);
+        let forbidden = generic("Server returned non-2xx status code: 403 Forbidden: AccessDenied");
+        assert_eq!(classify(&forbidden), ErrorKind::PermissionDenied);
+        let denied = object_store::Error::PermissionDenied {
+            path: "p".into(),
+            source: Box::new(Http("denied")),
+        };
+        assert_eq!(classify(&denied), ErrorKind::PermissionDenied);
+        assert!(!is_transient(&denied));
+        let full = object_store::Error::Generic {
+            store: "LocalFileSystem",
+            source: Box::new(std::io::Error::from(std::io::ErrorKind::StorageFull)),
+        };
+        assert_eq!(classify(&full), ErrorKind::StorageFull);
+        let interrupted = object_store::Error::Generic {
+            store: "LocalFileSystem",
+            source: Box::new(std::io::Error::from(std::io::ErrorKind::Interrupted)),
+        };
+        assert_eq!(classify(&interrupted), ErrorKind::Unavailable);
+        assert!(is_transient(&interrupted));
+        let slow = generic("Server returned non-2xx status code: 503 Service Unavailable: x");
+        assert_eq!(classify(&slow), ErrorKind::Unavailable);
     }
 }

@@ -6,7 +6,8 @@ use std::sync::atomic::AtomicU64;
 
 use bytes::Bytes;
 use highwater_core::{
-    ArtifactId, BoxFuture, CheckpointId, CheckpointStore, Error, PutOutcome, Result, StoreCounters,
+    ArtifactId, BoxFuture, CheckpointId, CheckpointStore, Error, ErrorKind, PutOutcome, Result,
+    StoreCounters,
 };
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
@@ -22,7 +23,7 @@ use crate::layout::{
     ARTIFACTS_DIR, MANIFESTS_DIR, artifact_name, manifest_name, parse_artifact_name,
     parse_manifest_name,
 };
-use crate::retry::{RetryPolicy, http_status, is_transient};
+use crate::retry::{RetryPolicy, classify, http_status, is_transient};
 
 /// Configuration of an [`ObjectCheckpointStore`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -102,6 +103,9 @@ pub struct ObjectCheckpointStore {
     store: Arc<dyn ObjectStore>,
     prefix: Path,
     name: &'static str,
+    /// Where the store is, for messages: `s3://bucket`, a local directory,
+    /// or the object store's own description.
+    root: String,
     config: StoreConfig,
     /// Permits for requests in flight ([`TransferConfig::max_requests`]).
     requests: Arc<Semaphore>,
@@ -135,6 +139,7 @@ impl ObjectCheckpointStore {
     pub fn new(store: Arc<dyn ObjectStore>, prefix: &str, name: &'static str) -> Self {
         let config = StoreConfig::default();
         ObjectCheckpointStore {
+            root: store.to_string(),
             store,
             prefix: Path::from(prefix),
             name,
@@ -183,7 +188,9 @@ impl ObjectCheckpointStore {
                 .map_err(|e| Error::io(format!("create store directory {}", sub.display()), e))?;
         }
         let fs = LocalFileSystem::new_with_prefix(&dir)
-            .map_err(|e| Error::store("local", format!("open {}", dir.display()), e))?
+            .map_err(|e| {
+                Error::store_with_kind(classify(&e), "local", format!("open {}", dir.display()), e)
+            })?
             .with_fsync(true);
         let mut store = ObjectCheckpointStore::new(Arc::new(fs.clone()), "", "local").with_config(
             StoreConfig {
@@ -193,6 +200,7 @@ impl ObjectCheckpointStore {
         );
         store.local = Some(fs);
         store.list_page = None;
+        store.root = dir.display().to_string();
         Ok(store)
     }
 
@@ -205,7 +213,21 @@ impl ObjectCheckpointStore {
                 ..StoreConfig::default()
             });
         store.list_page = None;
+        store.root = "memory:".into();
         store
+    }
+
+    /// Sets where the store is, as its error messages name it (`s3://bucket`;
+    /// [`from_url`](Self::from_url) and [`local`](Self::local) set it).
+    pub(crate) fn with_root(mut self, root: String) -> Self {
+        self.root = root;
+        self
+    }
+
+    /// Where `path` is, as error messages name it: the store's root
+    /// (`s3://bucket`, the local directory) joined with the object path.
+    pub fn location(&self, path: &Path) -> String {
+        format!("{}/{path}", self.root.trim_end_matches('/'))
     }
 
     /// Replaces the configuration.
@@ -312,14 +334,22 @@ impl ObjectCheckpointStore {
         }
     }
 
-    /// Maps an object-store error: not found names the object, everything
-    /// else is a store error with the operation and path.
+    /// Maps an object-store error by [`classify`]: a missing object is
+    /// [`Error::NotFound`] naming it; everything else is an
+    /// [`Error::Store`] of the classified kind, naming the operation, the
+    /// object and where it is (the URL or local path), with the
+    /// `object_store` error as its source.
     fn error(&self, op: &str, what: &str, path: &Path, err: object_store::Error) -> Error {
-        match err {
-            object_store::Error::NotFound { .. } => {
-                Error::NotFound(format!("{what} at {}:{path}", self.name))
+        match classify(&err) {
+            ErrorKind::NotFound => {
+                Error::NotFound(format!("{what} at {}:{}", self.name, self.location(path)))
             }
-            other => Error::store(self.name, format!("{op} {path}"), other),
+            kind => Error::store_with_kind(
+                kind,
+                self.name,
+                format!("{op} {what} at {}", self.location(path)),
+                err,
+            ),
         }
     }
 
@@ -376,7 +406,15 @@ impl ObjectCheckpointStore {
             r => r.map_err(|e| Error::io(format!("fsync directory {}", dir.display()), e)),
         })
         .await
-        .map_err(|e| Error::store(self.name, format!("{op} {path}"), e))?
+        .map_err(|e| {
+            Error::unexpected(
+                format!(
+                    "{op} {what}: fsync the directory of {}",
+                    self.location(path)
+                ),
+                e,
+            )
+        })?
     }
 
     /// Names of the objects directly under `<prefix>/<dir>`.
@@ -678,8 +716,9 @@ impl CheckpointStore for ObjectCheckpointStore {
                                 Ok(())
                             }
                             Ok(_) => Err(Error::AlreadyExists(format!(
-                                "{what} at {}:{path}",
-                                self.name
+                                "{what} at {}:{}",
+                                self.name,
+                                self.location(&path)
                             ))),
                             Err(Error::NotFound(_)) => Err(self.error("commit", &what, &path, e)),
                             Err(other) => Err(other),
@@ -695,8 +734,9 @@ impl CheckpointStore for ObjectCheckpointStore {
                         return Ok(());
                     }
                     Err(Error::AlreadyExists(format!(
-                        "{what} at {}:{path}",
-                        self.name
+                        "{what} at {}:{}",
+                        self.name,
+                        self.location(&path)
                     )))
                 }
                 Err(e) => Err(self.error("commit", &what, &path, e)),

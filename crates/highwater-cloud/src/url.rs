@@ -89,6 +89,18 @@ fn service_of(scheme: &str) -> Option<CloudService> {
 }
 
 impl StoreUrl {
+    /// The bucket's URL in the service's canonical scheme (`s3://bucket`,
+    /// `az://container`, `gs://bucket`), which error messages put before
+    /// an object's path.
+    pub fn root(&self) -> String {
+        let scheme = match self.service {
+            CloudService::S3 => "s3",
+            CloudService::Azure => "az",
+            CloudService::Gcs => "gs",
+        };
+        format!("{scheme}://{}", self.bucket)
+    }
+
     /// Parses `scheme://bucket[/prefix][/]`.
     ///
     /// Refuses (with [`Error::InvalidArgument`]) other schemes, an empty
@@ -257,11 +269,13 @@ impl ObjectCheckpointStore {
             ))
         })?;
         Ok(
-            ObjectCheckpointStore::new(store, &parsed.prefix, service.name()).with_service_rules(
-                service.list_page(),
-                service == CloudService::S3,
-                service != CloudService::Azure,
-            ),
+            ObjectCheckpointStore::new(store, &parsed.prefix, service.name())
+                .with_service_rules(
+                    service.list_page(),
+                    service == CloudService::S3,
+                    service != CloudService::Azure,
+                )
+                .with_root(parsed.root()),
         )
     }
 }

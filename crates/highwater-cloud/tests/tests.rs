@@ -17,6 +17,7 @@ mod tests {
     mod fault;
     mod local;
     mod multipart;
+    mod permanent;
     mod race;
     mod url;
 }

@@ -341,7 +341,7 @@ impl Manifest {
     pub fn encode(&self) -> Result<Vec<u8>> {
         let body = postcard::to_allocvec(self).map_err(|source| Error::Serialization {
             context: format!("manifest {}", self.checkpoint_id),
-            source,
+            source: source.into(),
         })?;
         if body.len() > MAX_MANIFEST_BYTES {
             return Err(Error::InvalidArgument(format!(

@@ -32,14 +32,14 @@ use crate::ttl::{Clock, Envelope, SystemClock, TtlConfig, TtlUpdate};
 fn encode<T: Serialize + ?Sized>(what: &str, v: &T) -> Result<Vec<u8>> {
     postcard::to_allocvec(v).map_err(|source| Error::Serialization {
         context: format!("encode {what}"),
-        source,
+        source: source.into(),
     })
 }
 
 fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
     postcard::from_bytes(bytes).map_err(|source| Error::Serialization {
         context: format!("decode {what}"),
-        source,
+        source: source.into(),
     })
 }
 
@@ -496,7 +496,7 @@ impl<K: Serialize + ?Sized, T: Serialize + DeserializeOwned> ListState<K, T> {
             let (item, tail) =
                 postcard::take_from_bytes::<T>(slice).map_err(|source| Error::Serialization {
                     context: format!("decode list {}", self.base.state),
-                    source,
+                    source: source.into(),
                 })?;
             out.push(item);
             slice = tail;

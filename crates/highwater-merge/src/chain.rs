@@ -13,7 +13,7 @@ pub fn needs_merge(layers: &[Layer], config: &MergerConfig) -> bool {
     if layers.len() < 2 {
         return false;
     }
-    if layers.len() >= config.max_chain_length {
+    if layers.len() >= config.merge_at_chain_length {
         return true;
     }
     match config.merge_strategy {
@@ -166,14 +166,14 @@ mod tests {
         let base = layer(1, LayerKind::Full, &[1000]);
         let d = |id, s| layer(id, LayerKind::Delta, &[s]);
         let by_length = MergerConfig {
-            max_chain_length: 3,
+            merge_at_chain_length: 3,
             ..MergerConfig::default()
         };
         assert!(!needs_merge(std::slice::from_ref(&base), &by_length));
         assert!(!needs_merge(&[base.clone(), d(2, 900)], &by_length));
         assert!(needs_merge(&[base.clone(), d(2, 1), d(3, 1)], &by_length));
         let by_ratio = MergerConfig {
-            max_chain_length: 8,
+            merge_at_chain_length: 8,
             merge_strategy: MergeStrategy::DeltaRatio(0.5),
             ..MergerConfig::default()
         };

@@ -146,7 +146,7 @@ impl Exec {
                 .num_threads(threads)
                 .thread_name(move |i| format!("highwater-{name}-{i}"))
                 .build()
-                .map_err(|e| Error::Internal(format!("start the {name} pool: {e}")))
+                .map_err(|e| Error::unexpected(format!("start the {name} pool"), e))
         };
         Ok(Exec {
             io: runtime.handle().clone(),
@@ -532,7 +532,7 @@ impl Checkpointer {
             cfg.incremental
                 && !native
                 && !b.is_native()
-                && parent_layers.len() < cfg.max_chain_length
+                && parent_layers.len() < cfg.max_chain_before_full
         });
         if parent.is_none() {
             t.merged = None;

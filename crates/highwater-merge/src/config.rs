@@ -8,10 +8,10 @@ use serde::{Deserialize, Serialize};
 /// When a chain (base + deltas) is folded into a new base.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub enum MergeStrategy {
-    /// When the chain has `max_chain_length` layers or more.
+    /// When the chain has `merge_at_chain_length` layers or more.
     ChainLength,
     /// When the deltas' stored bytes reach this fraction of the base's
-    /// stored bytes (or the chain reaches `max_chain_length`, whichever is
+    /// stored bytes (or the chain reaches `merge_at_chain_length`, whichever is
     /// first; the chain bound always holds).
     DeltaRatio(f64),
 }
@@ -71,8 +71,10 @@ impl Default for ChunkConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct MergerConfig {
-    /// A chain of this many layers (base + deltas) is merged.
-    pub max_chain_length: usize,
+    /// A chain of this many layers (base + deltas) is merged. (Called
+    /// `max_chain_length` before; the old name is still read.)
+    #[serde(alias = "max_chain_length")]
+    pub merge_at_chain_length: usize,
     /// Compress delta artifacts (base artifacts are always compressed when
     /// at least `compression_threshold` bytes and compression saves space).
     pub enable_delta_compression: bool,
@@ -96,7 +98,7 @@ pub struct MergerConfig {
 impl Default for MergerConfig {
     fn default() -> Self {
         MergerConfig {
-            max_chain_length: 4,
+            merge_at_chain_length: 4,
             enable_delta_compression: true,
             compression_threshold: 512,
             zstd_level: 1,
@@ -113,10 +115,10 @@ impl MergerConfig {
     /// Checks the values for consistency.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::InvalidArgument(m));
-        if self.max_chain_length < 2 {
+        if self.merge_at_chain_length < 2 {
             return bad(format!(
-                "merger max_chain_length must be at least 2: got={}",
-                self.max_chain_length
+                "merger merge_at_chain_length must be at least 2: got={}",
+                self.merge_at_chain_length
             ));
         }
         if !(-7..=22).contains(&self.zstd_level) {
@@ -179,7 +181,7 @@ mod tests {
         let d = MergerConfig::default;
         let bad = [
             MergerConfig {
-                max_chain_length: 1,
+                merge_at_chain_length: 1,
                 ..d()
             },
             MergerConfig {
@@ -232,12 +234,12 @@ pub struct CheckpointConfig {
     /// Longest chain of layers (base + deltas) before a full checkpoint is
     /// taken instead of another incremental, which bounds restore work even
     /// when merges lag behind.
-    pub max_chain_length: usize,
+    pub max_chain_before_full: usize,
     /// Merge chains in the background: after a checkpoint whose chain is
     /// due under `merger.merge_strategy`, its layers are folded into a new
     /// base on a pool of `merger.parallel_threads`, and the next checkpoint
     /// builds on that base instead of the long chain. Off by default: chains
-    /// are then bounded by `max_chain_length` (a full checkpoint) alone.
+    /// are then bounded by `max_chain_before_full` (a full checkpoint) alone.
     pub background_merge: bool,
     /// Chunking, compression, deduplication and merge settings.
     pub merger: MergerConfig,
@@ -257,7 +259,7 @@ impl Default for CheckpointConfig {
             interval: None,
             max_retained: 3,
             incremental: true,
-            max_chain_length: 8,
+            max_chain_before_full: 8,
             background_merge: false,
             merger: MergerConfig::default(),
             key_groups_per_artifact: 8,
@@ -277,8 +279,8 @@ impl CheckpointConfig {
         if self.max_retained == 0 {
             return bad("max_retained must be at least 1");
         }
-        if self.max_chain_length == 0 {
-            return bad("max_chain_length must be at least 1");
+        if self.max_chain_before_full == 0 {
+            return bad("max_chain_before_full must be at least 1");
         }
         if self.key_groups_per_artifact == 0 {
             return bad("key_groups_per_artifact must be at least 1");
@@ -286,10 +288,10 @@ impl CheckpointConfig {
         if self.io_concurrency == 0 {
             return bad("io_concurrency must be at least 1");
         }
-        if self.background_merge && self.merger.max_chain_length > self.max_chain_length {
+        if self.background_merge && self.merger.merge_at_chain_length > self.max_chain_before_full {
             return Err(Error::InvalidArgument(format!(
-                "merger.max_chain_length ({}) above max_chain_length ({}): chains would be cut by full checkpoints before any merge",
-                self.merger.max_chain_length, self.max_chain_length
+                "merger.merge_at_chain_length ({}) above max_chain_before_full ({}): chains would be cut by full checkpoints before any merge",
+                self.merger.merge_at_chain_length, self.max_chain_before_full
             )));
         }
         self.merger.validate()

@@ -230,6 +230,20 @@ pub async fn collect_garbage(
     Ok(report)
 }
 
+/// Keeps the `max_retained` newest readable checkpoints of `store` and
+/// deletes older manifests and unreferenced artifacts.
+///
+/// Without pins this is safe only while nothing writes to the store (a
+/// [`Checkpointer`](crate::Checkpointer) runs retention with its pins, so
+/// its own checkpoints and merges may be in flight). It must never run
+/// while another process writes to the same store.
+pub async fn apply_retention(
+    store: &dyn CheckpointStore,
+    max_retained: usize,
+) -> Result<RetentionReport> {
+    collect_garbage(store, max_retained, None, &|_, _| {}).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,18 +287,4 @@ mod tests {
         drop(c);
         assert!(pins.is_empty());
     }
-}
-
-/// Keeps the `max_retained` newest readable checkpoints of `store` and
-/// deletes older manifests and unreferenced artifacts.
-///
-/// Without pins this is safe only while nothing writes to the store (a
-/// [`Checkpointer`](crate::Checkpointer) runs retention with its pins, so
-/// its own checkpoints and merges may be in flight). It must never run
-/// while another process writes to the same store.
-pub async fn apply_retention(
-    store: &dyn CheckpointStore,
-    max_retained: usize,
-) -> Result<RetentionReport> {
-    collect_garbage(store, max_retained, None, &|_, _| {}).await
 }

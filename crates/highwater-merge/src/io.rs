@@ -121,7 +121,7 @@ async fn upload_all(
     let mut set = JoinSet::new();
     let mut totals = UploadTotals::default();
     let joined = |r: std::result::Result<Result<(PutOutcome, u64)>, tokio::task::JoinError>| {
-        r.map_err(|e| Error::Internal(format!("upload task failed: {e}")))?
+        r.map_err(|e| Error::unexpected("an upload task", e))?
     };
     while let Some(p) = rx.recv().await {
         while set.len() >= concurrency {

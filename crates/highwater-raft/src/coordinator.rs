@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use highwater_core::{CheckpointId, CheckpointStore, Clock, Error, Result, SystemClock};
+use highwater_core::{CheckpointId, CheckpointStore, Clock, Error, ErrorKind, Result, SystemClock};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, Raft, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
@@ -16,8 +16,9 @@ use tokio::sync::{Mutex as AsyncMutex, Notify, broadcast};
 use tokio::task::JoinHandle;
 
 use crate::TypeConfig;
+use crate::error::{RemoteFailure, consensus};
 use crate::ledger::{
-    AbortReason, Command, CompletedCheckpoint, Ledger, ManifestRef, NodeId, Outcome,
+    AbortReason, Command, CompletedCheckpoint, Ledger, ManifestRef, NodeId, Outcome, decide,
 };
 use crate::log_store::WalLogStore;
 use crate::network::{
@@ -181,10 +182,46 @@ pub struct CheckpointCoordinator {
     tasks: Vec<JoinHandle<()>>,
 }
 
-fn raft_err(op: &str, e: impl std::fmt::Display) -> Error {
-    Error::Backend {
-        backend: "raft",
-        source: format!("{op}: {e}").into(),
+/// Why a proposal on this node failed.
+#[derive(Debug)]
+enum LocalProposeError {
+    /// This node is not the leader; the hint may be.
+    NotLeader(Option<NodeId>),
+    /// Raft refused or failed the write (boxed: it is large).
+    Raft(Box<RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>>),
+}
+
+impl LocalProposeError {
+    /// The answer to a proposal forwarded by another node (which gets text).
+    fn into_wire(self) -> ProposeError {
+        match self {
+            LocalProposeError::NotLeader(hint) => ProposeError::NotLeader(hint),
+            LocalProposeError::Raft(e) => ProposeError::Failed(e.to_string()),
+        }
+    }
+
+    /// The error for a caller of `op` on this node.
+    fn into_error(self, op: &str) -> Error {
+        match self {
+            LocalProposeError::NotLeader(hint) => Error::consensus(
+                ErrorKind::Unavailable,
+                op,
+                format!("this node is not the leader: leader={hint:?}"),
+            ),
+            LocalProposeError::Raft(e) => consensus(op, *e),
+        }
+    }
+}
+
+/// The operation a ledger command carries out, as errors name it.
+fn command_op(command: &Command) -> String {
+    match command {
+        Command::Trigger { checkpoint, .. } => format!("trigger checkpoint {checkpoint}"),
+        Command::Ack {
+            checkpoint, node, ..
+        } => format!("acknowledge checkpoint {checkpoint} for node {node}"),
+        Command::Complete { checkpoint } => format!("complete checkpoint {checkpoint}"),
+        Command::Abort { checkpoint, .. } => format!("abort checkpoint {checkpoint}"),
     }
 }
 
@@ -211,7 +248,7 @@ impl CheckpointCoordinator {
             let dir = log_dir.clone();
             tokio::task::spawn_blocking(move || WalLogStore::open(&dir))
                 .await
-                .map_err(|e| Error::Internal(format!("opening the raft log: {e}")))??
+                .map_err(|e| Error::unexpected("open the raft log", e))??
         };
         let sm = LedgerStateMachine::open(config.node_id, &config.data_dir, store).await?;
         let listener = TcpListener::bind(config.listen)
@@ -248,7 +285,7 @@ impl CheckpointCoordinator {
             sm.clone(),
         )
         .await
-        .map_err(|e| raft_err("starting", e))?;
+        .map_err(|e| consensus("start the raft node", e))?;
         if !config.join {
             let members: BTreeMap<NodeId, BasicNode> = config
                 .members()
@@ -258,7 +295,7 @@ impl CheckpointCoordinator {
             if !raft
                 .is_initialized()
                 .await
-                .map_err(|e| raft_err("initialize", e))?
+                .map_err(|e| consensus("initialize the cluster", e))?
             {
                 // Every initial node initializes with the same membership;
                 // on all but the first this is refused, which is harmless.
@@ -357,8 +394,9 @@ impl CheckpointCoordinator {
             }
         };
         tokio::time::timeout(timeout, wait).await.map_err(|_| {
-            raft_err(
-                "waiting for a leader",
+            Error::consensus(
+                ErrorKind::Unavailable,
+                "wait for a leader",
                 format!("no leader after {timeout:?}"),
             )
         })?
@@ -419,12 +457,12 @@ impl CheckpointCoordinator {
         let raft = &self.shared.raft;
         raft.add_learner(id, BasicNode { addr }, true)
             .await
-            .map_err(|e| raft_err("add learner", e))?;
+            .map_err(|e| consensus(format!("add node {id} as a learner"), e))?;
         let mut voters: BTreeSet<NodeId> = self.cluster_health().voters;
         voters.insert(id);
         raft.change_membership(voters, false)
             .await
-            .map_err(|e| raft_err("change membership", e))?;
+            .map_err(|e| consensus(format!("change membership to add node {id}"), e))?;
         Ok(())
     }
 
@@ -439,7 +477,7 @@ impl CheckpointCoordinator {
             .raft
             .change_membership(voters, false)
             .await
-            .map_err(|e| raft_err("change membership", e))?;
+            .map_err(|e| consensus(format!("change membership to remove node {id}"), e))?;
         Ok(())
     }
 
@@ -452,11 +490,11 @@ impl CheckpointCoordinator {
             .raft
             .shutdown()
             .await
-            .map_err(|e| raft_err("shutdown", e))?;
+            .map_err(|e| Error::unexpected("shut down the raft node", e))?;
         let log = self.log.clone();
         tokio::task::spawn_blocking(move || log.close())
             .await
-            .map_err(|e| Error::Internal(format!("closing the raft log: {e}")))?
+            .map_err(|e| Error::unexpected("close the raft log", e))?
     }
 }
 
@@ -506,26 +544,32 @@ fn is_leader(shared: &Shared) -> bool {
 async fn propose_local(
     shared: &Shared,
     command: Command,
-) -> std::result::Result<Outcome, ProposeError> {
+) -> std::result::Result<Outcome, LocalProposeError> {
     match shared.raft.client_write(command).await {
         Ok(r) => Ok(r.data),
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-            Err(ProposeError::NotLeader(f.leader_id))
+            Err(LocalProposeError::NotLeader(f.leader_id))
         }
-        Err(e) => Err(ProposeError::Failed(e.to_string())),
+        Err(e) => Err(LocalProposeError::Raft(Box::new(e))),
     }
 }
 
-/// Proposes on the leader, wherever it is, retrying until the checkpoint
-/// timeout.
+/// Proposes on the leader, wherever it is, retrying transient failures (no
+/// leader, not the leader, an unreachable or failing leader) until the
+/// checkpoint timeout. A permanent failure (this node's Raft stopped, a
+/// reply that breaks the protocol) is returned at once.
 async fn propose_anywhere(shared: &Shared, command: Command) -> Result<Outcome> {
-    let deadline = tokio::time::Instant::now() + shared.config.checkpoint_timeout;
-    let mut last_error;
+    let op = command_op(&command);
+    let timeout = shared.config.checkpoint_timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
     let mut conns: BTreeMap<NodeId, Connection> = BTreeMap::new();
     loop {
         let leader = shared.raft.metrics().borrow().current_leader;
-        let result = match leader {
-            Some(l) if l == shared.id => propose_local(shared, command.clone()).await,
+        let failure = match leader {
+            Some(l) if l == shared.id => match propose_local(shared, command.clone()).await {
+                Ok(outcome) => return Ok(outcome),
+                Err(e) => e.into_error(&op),
+            },
             Some(l) => {
                 let conn = conns.entry(l).or_insert_with(|| {
                     // The address given at start, or the one in the
@@ -541,26 +585,37 @@ async fn propose_anywhere(shared: &Shared, command: Command) -> Result<Outcome> 
                     )
                     .await
                 {
-                    Ok(Reply::Proposed(r)) => r,
-                    Ok(other) => Err(ProposeError::Failed(format!("unexpected reply {other:?}"))),
-                    Err(e @ (CallError::Unreachable(_) | CallError::Failed(_))) => {
-                        Err(ProposeError::Failed(e.to_string()))
+                    Ok(Reply::Proposed(Ok(outcome))) => return Ok(outcome),
+                    Ok(Reply::Proposed(Err(ProposeError::NotLeader(hint)))) => Error::consensus(
+                        ErrorKind::Unavailable,
+                        &op,
+                        format!("node {l} is not the leader: leader={hint:?}"),
+                    ),
+                    Ok(Reply::Proposed(Err(ProposeError::Failed(text)))) => {
+                        Error::consensus(ErrorKind::Unavailable, &op, RemoteFailure(text))
                     }
+                    Ok(other) => Error::consensus(
+                        ErrorKind::Internal,
+                        &op,
+                        format!("unexpected reply from node {l}: {other:?}"),
+                    ),
+                    // Whatever the cause, the leader may be reachable later.
+                    Err(CallError::Unreachable(e)) => {
+                        Error::consensus(ErrorKind::Unavailable, &op, e)
+                    }
+                    Err(CallError::Failed(e)) => Error::consensus(e.kind(), &op, e),
                 }
             }
-            None => Err(ProposeError::NotLeader(None)),
+            None => Error::consensus(ErrorKind::Unavailable, &op, "no leader is known"),
         };
-        match result {
-            Ok(outcome) => return Ok(outcome),
-            Err(ProposeError::NotLeader(hint)) => {
-                last_error = format!("not the leader (leader hint {hint:?})")
-            }
-            Err(ProposeError::Failed(e)) => last_error = e,
+        if !failure.is_transient() {
+            return Err(failure);
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(raft_err(
-                "proposal",
-                format!("gave up after the checkpoint timeout: {last_error}"),
+            return Err(Error::consensus(
+                ErrorKind::Unavailable,
+                format!("{op} (gave up after the checkpoint timeout of {timeout:?})"),
+                failure,
             ));
         }
         tokio::time::sleep(shared.config.heartbeat_interval).await;
@@ -610,8 +665,9 @@ async fn trigger(shared: &Shared) -> Result<CheckpointId> {
     let _guard = shared.propose_lock.lock().await;
     if !is_leader(shared) {
         let leader = shared.raft.metrics().borrow().current_leader;
-        return Err(raft_err(
-            "trigger",
+        return Err(Error::consensus(
+            ErrorKind::Unavailable,
+            "trigger a checkpoint",
             format!("this node is not the leader: leader={leader:?}"),
         ));
     }
@@ -622,10 +678,17 @@ async fn trigger(shared: &Shared) -> Result<CheckpointId> {
         time_ms: shared.config.clock.now_ms(),
         participants,
     };
+    let op = command_op(&command);
     match propose_local(shared, command).await {
         Ok(Outcome::Triggered(id)) => Ok(id),
-        Ok(other) => Err(raft_err("trigger", format!("not accepted: {other:?}"))),
-        Err(e) => Err(raft_err("trigger", format!("{e:?}"))),
+        // The ledger moved on (another trigger won): a new trigger gets a
+        // new id.
+        Ok(other) => Err(Error::consensus(
+            ErrorKind::Unavailable,
+            op,
+            format!("not accepted: {other:?}"),
+        )),
+        Err(e) => Err(e.into_error(&op)),
     }
 }
 
@@ -655,27 +718,7 @@ async fn drive(shared: Arc<Shared>) {
         let live = live_voters(&shared);
         let now = shared.config.clock.now_ms();
         let timeout = shared.config.checkpoint_timeout.as_millis() as u64;
-        let mut decisions = Vec::new();
-        for c in ledger.pending() {
-            if c.fully_acked() {
-                decisions.push(Command::Complete { checkpoint: c.id });
-            } else if let Some(lost) = c
-                .participants
-                .iter()
-                .find(|p| !voters.contains(p) || (!live.contains(p) && !c.acks.contains_key(p)))
-            {
-                decisions.push(Command::Abort {
-                    checkpoint: c.id,
-                    reason: AbortReason::ParticipantLost(*lost),
-                });
-            } else if now.saturating_sub(c.triggered_ms) > timeout {
-                decisions.push(Command::Abort {
-                    checkpoint: c.id,
-                    reason: AbortReason::Timeout,
-                });
-            }
-        }
-        for d in decisions {
+        for d in decide(&ledger, &voters, &live, now, timeout) {
             let _guard = shared.propose_lock.lock().await;
             if let Err(e) = propose_local(&shared, d).await {
                 tracing::debug!(node = shared.id, error = ?e, "ledger decision not committed");
@@ -721,7 +764,11 @@ async fn connection(mut stream: tokio::net::TcpStream, shared: Arc<Shared>) {
             Request::Vote(r) => Reply::Vote(shared.raft.vote(r).await),
             Request::Propose(c) => {
                 if is_leader(&shared) {
-                    Reply::Proposed(propose_local(&shared, c).await)
+                    Reply::Proposed(
+                        propose_local(&shared, c)
+                            .await
+                            .map_err(LocalProposeError::into_wire),
+                    )
                 } else {
                     Reply::Proposed(Err(ProposeError::NotLeader(
                         shared.raft.metrics().borrow().current_leader,

@@ -418,6 +418,49 @@ impl Ledger {
     }
 }
 
+/// The leader's decisions on the pending checkpoints of `ledger`: a pure
+/// function of the ledger, the voters of the current membership, the
+/// voters the leader heard from recently (`live`), the time and the
+/// checkpoint timeout, so it is tested like [`Ledger::apply`].
+///
+/// For each pending checkpoint, at most one command, in this order of
+/// precedence:
+/// - `Complete` when every participant has acknowledged;
+/// - `Abort` with [`AbortReason::ParticipantLost`] naming the first
+///   participant that left the membership, or that is not live and has not
+///   acknowledged (it cannot acknowledge any more);
+/// - `Abort` with [`AbortReason::Timeout`] once more than `timeout_ms` has
+///   passed since the trigger.
+pub fn decide(
+    ledger: &Ledger,
+    voters: &BTreeSet<NodeId>,
+    live: &BTreeSet<NodeId>,
+    now_ms: u64,
+    timeout_ms: u64,
+) -> Vec<Command> {
+    let mut decisions = Vec::new();
+    for c in ledger.pending() {
+        if c.fully_acked() {
+            decisions.push(Command::Complete { checkpoint: c.id });
+        } else if let Some(lost) = c
+            .participants
+            .iter()
+            .find(|p| !voters.contains(p) || (!live.contains(p) && !c.acks.contains_key(p)))
+        {
+            decisions.push(Command::Abort {
+                checkpoint: c.id,
+                reason: AbortReason::ParticipantLost(*lost),
+            });
+        } else if now_ms.saturating_sub(c.triggered_ms) > timeout_ms {
+            decisions.push(Command::Abort {
+                checkpoint: c.id,
+                reason: AbortReason::Timeout,
+            });
+        }
+    }
+    decisions
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -559,6 +602,82 @@ mod tests {
                 replay.apply(i as u64 + 1, c);
             }
             prop_assert_eq!(replay, l);
+        }
+    }
+
+    fn command_id(c: &Command) -> CheckpointId {
+        match c {
+            Command::Trigger { checkpoint, .. }
+            | Command::Ack { checkpoint, .. }
+            | Command::Complete { checkpoint }
+            | Command::Abort { checkpoint, .. } => *checkpoint,
+        }
+    }
+
+    proptest! {
+        /// The leader's decisions, against the rules they implement: one
+        /// command per pending checkpoint at most; `Complete` exactly for
+        /// the fully acknowledged; a lost participant really is gone or
+        /// silent without an ack; a timeout only after the timeout; every
+        /// decision is accepted by the ledger; and once applied, nothing is
+        /// left to decide at the same moment.
+        #[test]
+        fn leader_decisions_follow_the_rules_and_settle_the_ledger(
+            cmds in proptest::collection::vec(any_command(), 0..40),
+            voters in proptest::collection::btree_set(1u64..5, 0..4),
+            live in proptest::collection::btree_set(1u64..5, 0..4),
+            now in 0u64..20,
+            timeout in 0u64..10,
+        ) {
+            let mut l = Ledger::new();
+            for (i, c) in cmds.iter().enumerate() {
+                // Triggers at varied times so some are past the timeout.
+                let c = match c {
+                    Command::Trigger { checkpoint, participants, .. } => Command::Trigger {
+                        checkpoint: *checkpoint,
+                        time_ms: i as u64 % 20,
+                        participants: participants.clone(),
+                    },
+                    other => other.clone(),
+                };
+                l.apply(i as u64 + 1, &c);
+            }
+            let decisions = decide(&l, &voters, &live, now, timeout);
+            let ids: BTreeSet<CheckpointId> = decisions.iter().map(command_id).collect();
+            prop_assert_eq!(ids.len(), decisions.len(), "one decision per checkpoint");
+            for d in &decisions {
+                let rec = l.get(command_id(d)).expect("decided on a known checkpoint");
+                prop_assert!(rec.is_pending());
+                match d {
+                    Command::Complete { .. } => prop_assert!(rec.fully_acked()),
+                    Command::Abort { reason: AbortReason::ParticipantLost(p), .. } => {
+                        prop_assert!(!rec.fully_acked());
+                        prop_assert!(rec.participants.contains(p));
+                        prop_assert!(!voters.contains(p) || (!live.contains(p) && !rec.acks.contains_key(p)));
+                    }
+                    Command::Abort { reason: AbortReason::Timeout, .. } => {
+                        prop_assert!(!rec.fully_acked());
+                        prop_assert!(now.saturating_sub(rec.triggered_ms) > timeout);
+                    }
+                    other => prop_assert!(false, "unexpected decision {:?}", other),
+                }
+            }
+            for rec in l.pending() {
+                let undecided = !ids.contains(&rec.id);
+                if rec.fully_acked() {
+                    prop_assert!(!undecided, "a fully acknowledged checkpoint is completed");
+                }
+                if undecided {
+                    prop_assert!(now.saturating_sub(rec.triggered_ms) <= timeout);
+                }
+            }
+            let mut index = cmds.len() as u64;
+            for d in &decisions {
+                index += 1;
+                let out = l.apply(index, d);
+                prop_assert!(!matches!(out, Outcome::Rejected(_)), "{:?} rejected: {:?}", d, out);
+            }
+            prop_assert!(decide(&l, &voters, &live, now, timeout).is_empty());
         }
     }
 }

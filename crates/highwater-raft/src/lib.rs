@@ -26,6 +26,7 @@
 #![deny(missing_docs)]
 
 mod coordinator;
+mod error;
 mod ledger;
 mod log_store;
 mod network;
@@ -35,7 +36,7 @@ mod state_machine;
 pub use coordinator::{CheckpointCoordinator, ClusterHealth, DistributedConfig, NodeStatus};
 pub use ledger::{
     AbortReason, CheckpointRecord, CheckpointState, Command, CompletedCheckpoint, FINISHED_HISTORY,
-    Ledger, MAX_MANIFEST_REF_LEN, ManifestRef, NodeId, Outcome,
+    Ledger, MAX_MANIFEST_REF_LEN, ManifestRef, NodeId, Outcome, decide,
 };
 pub use log_store::WalLogStore;
 pub use network::{MAX_FRAME_BYTES, query_status, request_checkpoint};

@@ -72,7 +72,7 @@ fn corrupt(detail: impl std::fmt::Display) -> Error {
 fn encode<T: serde::Serialize>(what: &str, v: &T) -> Result<Vec<u8>> {
     postcard::to_allocvec(v).map_err(|e| Error::Serialization {
         context: format!("raft log {what}"),
-        source: e,
+        source: e.into(),
     })
 }
 
@@ -130,10 +130,7 @@ impl WalLogStore {
                 // Tickets arrive in append order and the WAL makes them
                 // durable in LSN order, so callbacks fire in append order.
                 for (ticket, callback) in rx {
-                    let result = ticket
-                        .wait()
-                        .map(|_| ())
-                        .map_err(|e| std::io::Error::other(e.to_string()));
+                    let result = ticket.wait().map(|_| ()).map_err(std::io::Error::other);
                     callback.log_io_completed(result);
                 }
             })
@@ -163,7 +160,7 @@ impl WalLogStore {
             wal.append_batch(&batch)
         })
         .await
-        .map_err(|e| Error::Internal(format!("raft log writer task failed: {e}")))?
+        .map_err(|e| Error::unexpected("the raft log writer task", e))?
     }
 
     /// Closes the WAL (making everything durable).
@@ -172,8 +169,9 @@ impl WalLogStore {
     }
 }
 
-fn io_err(e: impl std::fmt::Display) -> std::io::Error {
-    std::io::Error::other(e.to_string())
+/// An I/O error for openraft's storage API, keeping `e` as its source.
+fn io_err(e: impl Into<highwater_core::BoxError>) -> std::io::Error {
+    std::io::Error::other(e)
 }
 
 impl RaftLogReader<TypeConfig> for WalLogStore {

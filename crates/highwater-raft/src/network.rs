@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use highwater_core::{Error, Result};
+use highwater_core::{Error, ErrorKind, Result};
 use openraft::BasicNode;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -73,7 +73,7 @@ fn frame_err(detail: impl std::fmt::Display) -> Error {
 pub(crate) async fn write_frame<T: Serialize>(stream: &mut TcpStream, value: &T) -> Result<()> {
     let body = postcard::to_allocvec(value).map_err(|e| Error::Serialization {
         context: "raft frame".into(),
-        source: e,
+        source: e.into(),
     })?;
     if body.len() > MAX_FRAME_BYTES {
         return Err(Error::InvalidArgument(format!(
@@ -368,14 +368,21 @@ pub async fn request_checkpoint(
     let mut conn = Connection::new(Some(addr.to_string()));
     match conn.call(&Request::Trigger, timeout).await {
         Ok(Reply::Proposed(Ok(Outcome::Triggered(id)))) => Ok(id),
-        Ok(Reply::Proposed(Err(ProposeError::NotLeader(l)))) => Err(Error::Backend {
-            backend: "raft",
-            source: format!("trigger refused: not the leader: leader={l:?}").into(),
-        }),
-        Ok(other) => Err(Error::Backend {
-            backend: "raft",
-            source: format!("trigger failed: {other:?}").into(),
-        }),
+        Ok(Reply::Proposed(Err(ProposeError::NotLeader(l)))) => Err(Error::consensus(
+            ErrorKind::Unavailable,
+            format!("trigger a checkpoint at {addr}"),
+            format!("not the leader: leader={l:?}"),
+        )),
+        Ok(Reply::Proposed(Err(ProposeError::Failed(text)))) => Err(Error::consensus(
+            ErrorKind::Unavailable,
+            format!("trigger a checkpoint at {addr}"),
+            crate::error::RemoteFailure(text),
+        )),
+        Ok(other) => Err(Error::consensus(
+            ErrorKind::Internal,
+            format!("trigger a checkpoint at {addr}"),
+            format!("unexpected reply: {other:?}"),
+        )),
         Err(CallError::Unreachable(e) | CallError::Failed(e)) => Err(e),
     }
 }

@@ -106,7 +106,7 @@ fn lock(m: &Mutex<SmInner>) -> MutexGuard<'_, SmInner> {
 fn encode_snapshot(body: &SnapshotBody) -> Result<Vec<u8>> {
     let payload = postcard::to_allocvec(body).map_err(|e| Error::Serialization {
         context: "raft snapshot".into(),
-        source: e,
+        source: e.into(),
     })?;
     let mut out = Vec::with_capacity(payload.len() + 18);
     out.extend_from_slice(SNAPSHOT_MAGIC);
@@ -173,8 +173,9 @@ pub(crate) fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn sm_err(e: impl std::fmt::Display) -> std::io::Error {
-    std::io::Error::other(e.to_string())
+/// An I/O error for openraft's storage API, keeping `e` as its source.
+fn sm_err(e: impl Into<highwater_core::BoxError>) -> std::io::Error {
+    std::io::Error::other(e)
 }
 
 impl LedgerStateMachine {
@@ -264,12 +265,12 @@ impl LedgerStateMachine {
         };
         let bytes = postcard::to_allocvec(&pointer).map_err(|e| Error::Serialization {
             context: "raft snapshot pointer".into(),
-            source: e,
+            source: e.into(),
         })?;
         let dir = self.dir.clone();
         tokio::task::spawn_blocking(move || write_atomic(&dir, POINTER_FILE, &bytes))
             .await
-            .map_err(|e| Error::Internal(format!("snapshot pointer writer failed: {e}")))??;
+            .map_err(|e| Error::unexpected("the snapshot pointer writer", e))??;
         if let Some(old) = previous.filter(|old| *old != id) {
             // Only the pointer's artifact is needed from here on; a failed
             // delete leaves garbage, never a dangling pointer.

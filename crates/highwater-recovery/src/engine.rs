@@ -49,7 +49,8 @@ pub struct Recovery {
     store: Arc<dyn CheckpointStore>,
     config: RecoveryConfig,
     io: tokio::runtime::Handle,
-    pool: rayon::ThreadPool,
+    /// Started on first use: planning alone (`plan`) needs no threads.
+    pool: std::sync::OnceLock<rayon::ThreadPool>,
     limits: DecodeLimits,
     now_ms: u64,
 }
@@ -71,19 +72,29 @@ impl Recovery {
         io: tokio::runtime::Handle,
     ) -> Result<Self> {
         config.validate()?;
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(config.threads())
-            .thread_name(|i| format!("highwater-recover-{i}"))
-            .build()
-            .map_err(|e| Error::Internal(format!("start the recovery pool: {e}")))?;
         Ok(Recovery {
             store,
             config,
             io,
-            pool,
+            pool: std::sync::OnceLock::new(),
             limits: DecodeLimits::default(),
             now_ms: highwater_core::Clock::now_ms(&highwater_core::SystemClock),
         })
+    }
+
+    /// The decode pool of [`RecoveryConfig::max_parallel_threads`] threads,
+    /// started on first use.
+    fn pool(&self) -> Result<&rayon::ThreadPool> {
+        if let Some(pool) = self.pool.get() {
+            return Ok(pool);
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(self.config.threads())
+            .thread_name(|i| format!("highwater-recover-{i}"))
+            .build()
+            .map_err(|e| Error::unexpected("start the recovery pool", e))?;
+        // A concurrent first use may have won; either pool will do.
+        Ok(self.pool.get_or_init(|| pool))
     }
 
     /// Sets the time (ms since the Unix epoch) at which TTL expiry is
@@ -421,7 +432,7 @@ impl Recovery {
         let concurrency = self
             .config
             .prefetch_strategy
-            .concurrency(self.pool.current_num_threads());
+            .concurrency(self.pool()?.current_num_threads());
         let verify = self.config.verification_level != VerificationLevel::None;
         let (tx, rx) = crossbeam_channel::unbounded::<Result<(ArtifactId, Bytes)>>();
         let store = self.store.clone();
@@ -440,7 +451,7 @@ impl Recovery {
                     break;
                 };
                 let r = joined
-                    .map_err(|e| Error::Internal(format!("fetch task failed: {e}")))
+                    .map_err(|e| Error::unexpected("an artifact fetch task", e))
                     .and_then(|r| r);
                 let failed = r.is_err();
                 if tx.send(r).is_err() || failed {
@@ -462,18 +473,7 @@ impl Recovery {
         };
         report(0, stats.bytes_fetched);
         while (out.len() as u64) < total {
-            let next = match deadline {
-                Some(d) => rx.recv_deadline(d).map_err(|e| match e {
-                    crossbeam_channel::RecvTimeoutError::Timeout => timeout_error(),
-                    crossbeam_channel::RecvTimeoutError::Disconnected => {
-                        Error::Internal("the fetch driver stopped".into())
-                    }
-                })?,
-                None => rx
-                    .recv()
-                    .map_err(|_| Error::Closed("the i/o runtime stopped".into()))?,
-            };
-            let (id, bytes) = next?;
+            let (id, bytes) = recv_until(&rx, deadline, "the fetch driver")??;
             stats.bytes_fetched += bytes.len() as u64;
             stats.artifacts_fetched += 1;
             out.insert(id, bytes);
@@ -501,7 +501,8 @@ impl Recovery {
                 plan, checkpoint, artifacts, backend, stats, progress, deadline,
             );
         }
-        let bound = self.pool.current_num_threads() * 2;
+        let pool = self.pool()?;
+        let bound = pool.current_num_threads() * 2;
         let (tx, rx) = crossbeam_channel::bounded::<Result<Folded>>(bound);
         let ctx = FoldCtx {
             checkpoint,
@@ -512,7 +513,7 @@ impl Recovery {
         };
         std::thread::scope(|s| {
             let producer = s.spawn(|| {
-                self.pool.install(|| {
+                pool.install(|| {
                     // Stop at the first error or once the consumer is gone.
                     let _ = plan.ranges.par_iter().try_for_each_with(tx, |tx, range| {
                         let folded = fold_range(&ctx, range);
@@ -602,7 +603,7 @@ impl Recovery {
             }
         };
         report(0);
-        let folded: Vec<Folded> = self.pool.install(|| {
+        let folded: Vec<Folded> = self.pool()?.install(|| {
             plan.ranges
                 .par_iter()
                 .map(|range| {
@@ -624,7 +625,7 @@ impl Recovery {
         }
         // Every range decoded: only now is live state replaced.
         backend.clear()?;
-        self.pool.install(|| {
+        self.pool()?.install(|| {
             folded.into_par_iter().try_for_each(|f| {
                 // Single-key writes: a memory-backend batch locks every
                 // shard it touches at once, which would serialise loaders.
@@ -645,6 +646,14 @@ impl Recovery {
 /// most this many are fetched ahead and held in memory.
 const NATIVE_FILES_IN_FLIGHT: usize = 4;
 
+/// A native file being fetched: its reference, the fetch task and where
+/// its outcome arrives.
+type InFlight<'a> = (
+    &'a ArtifactRef,
+    tokio::task::JoinHandle<()>,
+    crossbeam_channel::Receiver<Result<(ArtifactId, Bytes)>>,
+);
+
 /// The files of a native checkpoint, fetched in order a few ahead and
 /// verified by [`fetch_verified`] (which also repairs a damaged stored copy).
 struct NativeFetch<'a> {
@@ -652,11 +661,7 @@ struct NativeFetch<'a> {
     store: &'a Arc<dyn CheckpointStore>,
     checkpoint: CheckpointId,
     refs: std::slice::Iter<'a, ArtifactRef>,
-    window: VecDeque<(
-        &'a ArtifactRef,
-        tokio::task::JoinHandle<()>,
-        crossbeam_channel::Receiver<Result<(ArtifactId, Bytes)>>,
-    )>,
+    window: VecDeque<InFlight<'a>>,
     deadline: Option<Instant>,
     bytes: u64,
     files: usize,
@@ -680,18 +685,7 @@ impl NativeFetch<'_> {
         &self,
         rx: &crossbeam_channel::Receiver<Result<(ArtifactId, Bytes)>>,
     ) -> Result<Bytes> {
-        let got = match self.deadline {
-            Some(d) => rx.recv_deadline(d).map_err(|e| match e {
-                crossbeam_channel::RecvTimeoutError::Timeout => timeout_error(),
-                crossbeam_channel::RecvTimeoutError::Disconnected => {
-                    Error::Internal("a native file fetch stopped".into())
-                }
-            })?,
-            None => rx
-                .recv()
-                .map_err(|_| Error::Closed("the i/o runtime stopped".into()))?,
-        };
-        got.map(|(_, bytes)| bytes)
+        recv_until(rx, self.deadline, "a native file fetch")?.map(|(_, bytes)| bytes)
     }
 }
 
@@ -734,6 +728,26 @@ impl Iterator for NativeFetch<'_> {
                 Some(Err(e))
             }
         }
+    }
+}
+
+/// Receives from `rx`, giving up with the recovery's timeout error at
+/// `deadline`; `sender` names what stopped if the channel closes.
+fn recv_until<T>(
+    rx: &crossbeam_channel::Receiver<T>,
+    deadline: Option<Instant>,
+    sender: &str,
+) -> Result<T> {
+    match deadline {
+        Some(d) => rx.recv_deadline(d).map_err(|e| match e {
+            crossbeam_channel::RecvTimeoutError::Timeout => timeout_error(),
+            crossbeam_channel::RecvTimeoutError::Disconnected => {
+                Error::Internal(format!("{sender} stopped"))
+            }
+        }),
+        None => rx
+            .recv()
+            .map_err(|_| Error::Closed("the i/o runtime stopped".into())),
     }
 }
 

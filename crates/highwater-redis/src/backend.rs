@@ -9,14 +9,14 @@ use std::time::Duration;
 
 use highwater_core::ttl::{Envelope, SystemClock};
 use highwater_core::{
-    BackendStats, Clock, EntryVisitor, Error, Mutation, Result, SnapshotKind, StateBackend,
-    StateSnapshot, WriteBatch,
+    BackendStats, Clock, EntryVisitor, Error, ErrorKind, Mutation, Result, SnapshotKind,
+    StateBackend, StateSnapshot, WriteBatch,
 };
 use redis::{RedisError, Value};
 
 use crate::conn::{
-    ConnectOptions, Pipe, RedisEndpoint, ScanTarget, SyncConn, config_error, glob_escape_into,
-    is_transient, needs_reconnect,
+    ConnectOptions, Pipe, RedisEndpoint, ScanTarget, SyncConn, classify, config_error,
+    glob_escape_into, is_transient, needs_reconnect,
 };
 use crate::error::RedisOpError;
 
@@ -398,7 +398,8 @@ struct Content {
 enum Progress {
     Reading,
     Done(Arc<Content>),
-    Failed(String),
+    /// Shared by every reader of the snapshot.
+    Failed(Arc<Error>),
 }
 
 /// A snapshot whose content is being read from Redis in the background.
@@ -420,7 +421,7 @@ struct Materialization {
 }
 
 impl Materialization {
-    fn wait(&self) -> std::result::Result<Arc<Content>, String> {
+    fn wait(&self) -> std::result::Result<Arc<Content>, Arc<Error>> {
         let mut g = lock(&self.progress);
         loop {
             match &*g {
@@ -433,10 +434,10 @@ impl Materialization {
         }
     }
 
-    fn finish(&self, outcome: std::result::Result<Content, String>) {
+    fn finish(&self, outcome: Result<Content>) {
         *lock(&self.progress) = match outcome {
             Ok(c) => Progress::Done(Arc::new(c)),
-            Err(e) => Progress::Failed(e),
+            Err(e) => Progress::Failed(Arc::new(e)),
         };
         self.done.notify_all();
     }
@@ -594,14 +595,17 @@ impl Shared {
         if let Some(e) = config_error(&self.config.endpoint, &source) {
             return e;
         }
-        Error::Backend {
-            backend: NAME,
-            source: Box::new(RedisOpError {
+        let endpoint = self.config.endpoint.redacted();
+        Error::backend(
+            classify(&source),
+            NAME,
+            format!("{op} at {endpoint}"),
+            RedisOpError {
                 op,
-                endpoint: self.config.endpoint.redacted(),
+                endpoint,
                 source,
-            }),
-        }
+            },
+        )
     }
 
     /// Runs `f` on a pooled connection under the retry policy. Returns the
@@ -1061,17 +1065,20 @@ impl Shared {
             std::mem::take(&mut *lock(&m.undo))
         };
         if m.poisoned.load(Ordering::Relaxed) {
-            m.finish(Err(
+            m.finish(Err(Error::backend(
+                // Another snapshot succeeds.
+                ErrorKind::Unavailable,
+                NAME,
+                "read the snapshot",
                 "a write with an unknown outcome (a failed request) happened while the snapshot \
-                 was being read; take another snapshot"
-                    .to_owned(),
-            ));
+                 was being read; take another snapshot",
+            )));
             return;
         }
         let mut map = match read {
             Ok(map) => map,
             Err(e) => {
-                m.finish(Err(format!("reading the snapshot failed: {e}")));
+                m.finish(Err(e));
                 return;
             }
         };
@@ -1248,7 +1255,10 @@ impl StateBackend for RedisBackend {
             let mut epoch = s.epoch.write().unwrap_or_else(PoisonError::into_inner);
             epoch.pending.retain(|p| !Arc::ptr_eq(p, &m));
             drop(epoch);
-            m.finish(Err(format!("cannot start the snapshot reader thread: {e}")));
+            // Nobody reads this snapshot: the error below is returned.
+            m.finish(Err(Error::Internal(
+                "the snapshot reader thread did not start".into(),
+            )));
             return Err(Error::io("start the redis snapshot reader thread", e));
         }
         Ok(Arc::new(RedisSnapshot { m }))
@@ -1338,10 +1348,10 @@ impl StateSnapshot for RedisSnapshot {
                 self.m.partitions
             )));
         }
-        let content = self.m.wait().map_err(|e| Error::Backend {
-            backend: NAME,
-            source: e.into(),
-        })?;
+        let content = self
+            .m
+            .wait()
+            .map_err(|e| Error::backend(e.kind(), NAME, "read the snapshot", e))?;
         for (k, v) in &content.partitions[partition] {
             f(k, v.as_deref())?;
         }

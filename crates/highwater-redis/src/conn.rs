@@ -7,7 +7,7 @@ use std::time::Duration;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{Cmd, RedisError, RedisResult, Value};
 
-use highwater_core::{Error, Result};
+use highwater_core::{Error, ErrorKind, Result};
 
 /// Which Redis deployment to talk to.
 ///
@@ -145,19 +145,98 @@ impl Default for ConnectOptions {
     }
 }
 
-/// True when retrying may succeed: I/O failures (refused, reset, timed
-/// out, dropped connections), a cluster that is reconfiguring or down
-/// (`TRYAGAIN`, `CLUSTERDOWN`, `MASTERDOWN`), a server still loading its
-/// data (`LOADING`), and a lost cluster node connection. `MOVED` and `ASK`
-/// never reach this point: the cluster client follows them itself.
-pub fn is_transient(err: &RedisError) -> bool {
+/// Classifies a redis error by what the caller should do.
+///
+/// - Transient ([`ErrorKind::Unavailable`], retried): I/O failures
+///   (refused, reset, timed out, dropped connections), a lost cluster node
+///   connection, a cluster that is reconfiguring or down (`TRYAGAIN`,
+///   `CLUSTERDOWN`, `MASTERDOWN`, `MOVED`/`ASK` the client could not
+///   follow), a server still loading its data (`LOADING`), a write that
+///   reached a replica during a failover (`READONLY`), and a server at its
+///   client limit (`ERR max number of clients reached`).
+/// - [`ErrorKind::PermissionDenied`]: a failed `AUTH` (`WRONGPASS`), a
+///   server that requires one (`NOAUTH`), an ACL refusal (`NOPERM`, or the
+///   `ERR` a script gets for a command the user may not run).
+/// - [`ErrorKind::StorageFull`]: `OOM` (the server reached `maxmemory`).
+/// - [`ErrorKind::Misconfigured`]: `MISCONF` (the server cannot persist,
+///   often because its disk is full, and refuses writes), a command the
+///   server does not know (too old a server).
+/// - [`ErrorKind::Invalid`]: a client configuration the redis crate refuses
+///   (a URL it cannot parse, TLS without the feature).
+/// - [`ErrorKind::Internal`] for everything else: a reply of an unexpected
+///   shape, a cross-slot command, any other server error.
+pub fn classify(err: &RedisError) -> ErrorKind {
     use redis::ErrorKind as K;
     use redis::ServerErrorKind as S;
-    match err.kind() {
-        K::Io | K::ClusterConnectionNotFound => true,
-        K::Server(S::TryAgain | S::ClusterDown | S::MasterDown | S::BusyLoading) => true,
-        _ => err.is_timeout() || err.is_connection_dropped() || err.is_connection_refusal(),
+    if let Some(kind) = classify_code(err) {
+        return kind;
     }
+    match err.kind() {
+        K::Io | K::ClusterConnectionNotFound => ErrorKind::Unavailable,
+        K::Server(
+            S::TryAgain
+            | S::ClusterDown
+            | S::MasterDown
+            | S::BusyLoading
+            | S::Moved
+            | S::Ask
+            | S::ReadOnly,
+        ) => ErrorKind::Unavailable,
+        K::AuthenticationFailed | K::Server(S::NoPerm) => ErrorKind::PermissionDenied,
+        K::InvalidClientConfig => ErrorKind::Invalid,
+        _ if err.is_timeout() || err.is_connection_dropped() || err.is_connection_refusal() => {
+            ErrorKind::Unavailable
+        }
+        _ => ErrorKind::Internal,
+    }
+}
+
+/// The kind named by a server error code the redis crate has no variant
+/// for. The code is read from [`RedisError::code`], or from the message
+/// when the error came back inside a pipeline (whose errors carry no code).
+fn classify_code(err: &RedisError) -> Option<ErrorKind> {
+    const CODES: [(&str, ErrorKind); 5] = [
+        ("NOAUTH", ErrorKind::PermissionDenied),
+        ("WRONGPASS", ErrorKind::PermissionDenied),
+        ("NOPERM", ErrorKind::PermissionDenied),
+        ("OOM", ErrorKind::StorageFull),
+        ("MISCONF", ErrorKind::Misconfigured),
+    ];
+    let named = |text: &str| {
+        CODES.iter().find_map(|(code, kind)| {
+            text.split(|c: char| !c.is_ascii_alphanumeric())
+                .any(|word| word == *code)
+                .then_some(*kind)
+        })
+    };
+    if let Some(kind) = err.code().and_then(named) {
+        return Some(kind);
+    }
+    if err.kind() == redis::ErrorKind::Extension
+        || matches!(err.kind(), redis::ErrorKind::Server(_))
+    {
+        let text = err.to_string();
+        if let Some(kind) = named(&text) {
+            return Some(kind);
+        }
+        // An ACL refusal inside a script comes back as `ERR`.
+        if text.contains("can't run this command") || text.contains("no permissions to") {
+            return Some(ErrorKind::PermissionDenied);
+        }
+        if text.contains("max number of clients reached") {
+            return Some(ErrorKind::Unavailable);
+        }
+        if text.contains("unknown command") {
+            return Some(ErrorKind::Misconfigured);
+        }
+    }
+    None
+}
+
+/// True when retrying may succeed: [`classify`] says
+/// [`ErrorKind::Unavailable`]. Permanent errors are returned at once.
+pub fn is_transient(err: &RedisError) -> bool {
+    classify(err).is_transient()
 }
 
 /// True when the connection that returned `err` should be thrown away and a
@@ -562,6 +641,37 @@ fn scan_cmd(cursor: u64, pattern: &[u8], count: usize) -> redis::Cmd {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_are_classified_by_what_to_do() {
+        let io = |kind| RedisError::from(std::io::Error::from(kind));
+        assert_eq!(
+            classify(&io(std::io::ErrorKind::ConnectionRefused)),
+            ErrorKind::Unavailable
+        );
+        assert_eq!(
+            classify(&io(std::io::ErrorKind::TimedOut)),
+            ErrorKind::Unavailable
+        );
+        let kind = |k, msg: &'static str| RedisError::from((k, msg));
+        assert_eq!(
+            classify(&kind(redis::ErrorKind::AuthenticationFailed, "WRONGPASS")),
+            ErrorKind::PermissionDenied
+        );
+        assert_eq!(
+            classify(&kind(redis::ErrorKind::InvalidClientConfig, "bad url")),
+            ErrorKind::Invalid
+        );
+        assert_eq!(
+            classify(&kind(redis::ErrorKind::UnexpectedReturnType, "odd reply")),
+            ErrorKind::Internal
+        );
+        assert!(!is_transient(&kind(
+            redis::ErrorKind::UnexpectedReturnType,
+            "x"
+        )));
+        assert!(is_transient(&io(std::io::ErrorKind::ConnectionReset)));
+    }
 
     #[test]
     fn endpoints_parse() {

@@ -102,10 +102,15 @@
 //! - **Failures.** Requests have connect and response timeouts and are
 //!   retried a bounded number of times with exponential backoff on
 //!   transient errors (I/O, refused connections, `TRYAGAIN`, `CLUSTERDOWN`,
-//!   `MASTERDOWN`, `LOADING`); then the call fails with
-//!   [`Error::Backend`](highwater_core::Error::Backend) (kind
-//!   `Unavailable`). Broken connections are dropped and the next call
-//!   reconnects, so the same backend works again once the server is back.
+//!   `MASTERDOWN`, `LOADING`, `READONLY`); then the call fails with
+//!   [`Error::Backend`](highwater_core::Error::Backend) of kind
+//!   `Unavailable`. Permanent errors are not retried and carry the kind
+//!   [`classify`] gives them: `NOAUTH`/`WRONGPASS`/`NOPERM` are
+//!   `PermissionDenied`, `OOM` is `StorageFull`, `MISCONF` is
+//!   `Misconfigured`. The message names the operation and the endpoint
+//!   (password redacted); the redis crate's error is the typed source.
+//!   Broken connections are dropped and the next call reconnects, so the
+//!   same backend works again once the server is back.
 //!
 //! ## The backend: costs
 //!
@@ -180,9 +185,10 @@
 //! - **Errors.** Missing artifacts and manifests are
 //!   [`Error::NotFound`](highwater_core::Error::NotFound); a header whose
 //!   parts are missing or of the wrong length is
-//!   [`Error::Corrupt`](highwater_core::Error::Corrupt); server failures,
-//!   after bounded retries with backoff, are
-//!   [`Error::Store`](highwater_core::Error::Store) (kind `Unavailable`).
+//!   [`Error::Corrupt`](highwater_core::Error::Corrupt); server failures
+//!   are [`Error::Store`](highwater_core::Error::Store) of the kind
+//!   [`classify`] gives them — transient ones (kind `Unavailable`) after
+//!   bounded retries with backoff, permanent ones at once.
 //!   The connection is rebuilt on the next call after it broke.
 //! - **Costs.** `list_artifacts` is a `SCAN` of every node (retention
 //!   only); everything else is O(1) round trips per artifact (one per four
@@ -202,5 +208,5 @@ mod error;
 mod store;
 
 pub use backend::{RedisBackend, RedisBackendConfig};
-pub use conn::{ConnectOptions, RedisEndpoint, RetryPolicy, is_transient};
+pub use conn::{ConnectOptions, RedisEndpoint, RetryPolicy, classify, is_transient};
 pub use store::{RedisCheckpointStore, RedisStoreConfig};

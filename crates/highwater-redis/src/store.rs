@@ -9,13 +9,14 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use highwater_core::{
-    ArtifactId, BoxFuture, CheckpointId, CheckpointStore, Error, PutOutcome, Result, StoreCounters,
+    ArtifactId, BoxFuture, CheckpointId, CheckpointStore, Error, ErrorKind, PutOutcome, Result,
+    StoreCounters,
 };
 use redis::{RedisError, Value};
 
 use crate::backend::check_namespace;
 use crate::conn::{
-    AsyncConn, ConnectOptions, RedisEndpoint, config_error, is_transient, needs_reconnect,
+    AsyncConn, ConnectOptions, RedisEndpoint, classify, config_error, is_transient, needs_reconnect,
 };
 use crate::error::RedisOpError;
 
@@ -252,15 +253,17 @@ impl RedisCheckpointStore {
         if let Some(e) = config_error(&self.config.endpoint, &source) {
             return e;
         }
-        Error::Store {
-            store: NAME,
-            op: op.to_owned(),
-            source: Box::new(RedisOpError {
+        let endpoint = self.config.endpoint.redacted();
+        Error::store_with_kind(
+            classify(&source),
+            NAME,
+            format!("{op} at {endpoint}"),
+            RedisOpError {
                 op,
-                endpoint: self.config.endpoint.redacted(),
+                endpoint,
                 source,
-            }),
-        }
+            },
+        )
     }
 
     /// The current connection, connecting first if there is none.
@@ -496,7 +499,9 @@ impl RedisCheckpointStore {
                 }
                 Ok(PutOutcome::AlreadyPresent)
             }
-            Value::Int(-1) => Err(Error::store(
+            Value::Int(-1) => Err(Error::store_with_kind(
+                // Putting it again succeeds.
+                ErrorKind::Unavailable,
                 NAME,
                 "publish artifact",
                 format!(

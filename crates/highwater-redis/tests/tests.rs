@@ -1,6 +1,8 @@
 //! Integration tests of highwater-redis against real Redis servers: the
 //! testkit conformance suites on a standalone server and on a cluster, and
-//! fault tests with a private server stopped and restarted by PID.
+//! fault tests with a private server stopped and restarted by PID, and
+//! permanent failures (out of memory, ACL refusals, a wrong password) on a
+//! private server.
 //!
 //! The shared servers come from `cargo xtask services start` (or `cargo
 //! xtask test`, which starts them): their URLs are read from
@@ -13,5 +15,6 @@ mod tests {
 
     mod backend;
     mod fault;
+    mod permanent;
     mod store;
 }

@@ -53,14 +53,17 @@ impl std::error::Error for RocksError {
     }
 }
 
-/// Converts a RocksDB error into a backend error naming the operation.
+/// Converts a RocksDB error into a backend error naming the operation, of
+/// the kind [`classify`](crate::classify) gives it.
 pub(crate) fn rocks(op: impl Into<String>) -> impl FnOnce(rocksdb::Error) -> Error {
-    move |source| Error::Backend {
-        backend: "rocksdb",
-        source: Box::new(RocksError {
-            op: op.into(),
-            source,
-        }),
+    move |source| {
+        let op = op.into();
+        Error::backend(
+            crate::classify(&source),
+            "rocksdb",
+            op.clone(),
+            RocksError { op, source },
+        )
     }
 }
 

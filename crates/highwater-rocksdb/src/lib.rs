@@ -19,6 +19,12 @@
 //!   instead of replaying every key.
 //! - [`RocksDbBackend::metrics`] reports operation counters and RocksDB
 //!   properties (estimated keys, memtable sizes, block cache usage).
+//! - Failures are [`Error::Backend`](highwater_core::Error::Backend)
+//!   naming the operation and the path, with RocksDB's error as the source
+//!   and the kind [`classify`] reads from its status: a full disk is
+//!   `StorageFull`, a read-only or forbidden directory `PermissionDenied`,
+//!   a busy or timed-out operation `Unavailable`. File I/O the backend does
+//!   itself is classified by the core's `ErrorKind::of_io`.
 //!
 //! See `docs/rocksdb.md` for the design and the measured costs.
 
@@ -27,9 +33,11 @@
 mod backend;
 mod changes;
 mod config;
+mod error;
 mod metrics;
 mod snapshot;
 
 pub use backend::{RocksDbBackend, db_options};
 pub use config::{Compression, RocksDbConfig, TtlOptions};
+pub use error::classify;
 pub use metrics::{OpCounters, RocksDbMetrics};

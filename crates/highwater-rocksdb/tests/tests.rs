@@ -479,3 +479,51 @@ fn native_checkpoints_taken_while_writers_run_hold_whole_batches() {
         "writers made progress: {last:?}"
     );
 }
+
+/// RocksDB on a full disk (a 1 MiB tmpfs mounted by the test; root only,
+/// elsewhere the test prints why and returns): writing and flushing past
+/// the space left fails with `StorageFull`, permanent, naming the database
+/// directory.
+#[test]
+fn a_full_disk_is_storage_full() {
+    use highwater_core::ErrorKind;
+    use highwater_testkit::mounts::Tmpfs;
+
+    let Some(mount) = Tmpfs::mount_or_skip("the rocksdb full-disk test", "size=1m") else {
+        return;
+    };
+    let path = mount.path().join("db");
+    let names_the_path = |err: &Error| {
+        assert!(
+            err.to_string().contains(&path.display().to_string()),
+            "the message names the database directory: {err}"
+        )
+    };
+    let b = match RocksDbBackend::with_config(small(&path)) {
+        Ok(b) => b,
+        // The database's own files may not fit already.
+        Err(err) => {
+            assert_eq!(err.kind(), ErrorKind::StorageFull, "{err}");
+            names_the_path(&err);
+            return;
+        }
+    };
+    let mut rng = SplitMix64::new(7);
+    let err = (0..64u32)
+        .find_map(|i| {
+            let mut batch = WriteBatch::new();
+            for j in 0..64u32 {
+                let value: Vec<u8> = (0..1024).map(|_| rng.next_u64() as u8).collect();
+                batch.put(
+                    encode_key(1, "op", "s", &(i * 64 + j).to_be_bytes(), b"", b""),
+                    plain_value(&value),
+                );
+            }
+            b.write_batch(batch).and_then(|()| b.flush()).err()
+        })
+        .expect("1 MiB cannot hold 4 MiB of incompressible values");
+    assert_eq!(err.kind(), ErrorKind::StorageFull, "{err}");
+    assert!(!err.is_transient(), "{err}");
+    names_the_path(&err);
+    drop(b);
+}

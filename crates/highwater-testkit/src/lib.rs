@@ -13,6 +13,8 @@
 //!   snapshot readers, reusable by other crates' tests.
 //! - [`keys`]: generators of valid encoded state keys and envelope values.
 //! - [`rng`]: the explicitly seeded generator behind every random choice.
+//! - [`mounts`]: small real file systems (a full or read-only tmpfs) for
+//!   tests of permanent I/O failures.
 //! - [`fixture`]: what a factory may return (an implementation, or a guard
 //!   and an implementation) and the [`Guards`] that outlive a case.
 //!
@@ -43,6 +45,7 @@ pub mod fixture;
 pub mod keys;
 mod macros;
 pub mod model;
+pub mod mounts;
 pub mod rng;
 pub mod servers;
 pub mod store;

@@ -104,6 +104,7 @@ macro_rules! __backend_cases {
             scan_order_and_bounds
             restore_replaces_everything_and_clear
             stats
+            native_checkpoints
         }
     };
 }

@@ -45,7 +45,8 @@ mod cloud_local_async_factory {
 
 #[test]
 fn case_lists_are_complete() {
-    assert_eq!(highwater_testkit::backend::CASE_NAMES.len(), 12);
+    assert_eq!(highwater_testkit::backend::CASE_NAMES.len(), 13);
+    assert!(highwater_testkit::backend::CASE_NAMES.contains(&"native_checkpoints"));
     assert_eq!(highwater_testkit::store::CASE_NAMES.len(), 11);
 }
 

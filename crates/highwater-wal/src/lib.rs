@@ -125,11 +125,16 @@
 //! - Opening `fdatasync`s every segment it recovered before any new frame
 //!   can claim them durable, and truncates the last one to its last valid
 //!   frame (`fsync`ed).
-//! - After a failed write or `fdatasync` the log is **poisoned**: the
-//!   failing group gets the I/O error and every later call gets
-//!   [`Error::Closed`](highwater_core::Error::Closed). An `fsync` error
-//!   cannot be retried: the kernel may already have dropped the pages it
-//!   failed to write (the PostgreSQL "fsyncgate" lesson).
+//! - After a failed write or `fdatasync` the log is **poisoned**: every
+//!   later call fails with an [`Error::Backend`](highwater_core::Error::Backend)
+//!   (`backend: "wal"`) naming the directory, whose source is the failure
+//!   and whose kind is the failure's when that is permanent (a full disk
+//!   is [`StorageFull`](highwater_core::ErrorKind::StorageFull), a
+//!   read-only one [`PermissionDenied`](highwater_core::ErrorKind::PermissionDenied))
+//!   and [`Closed`](highwater_core::ErrorKind::Closed) otherwise: a
+//!   poisoned log is never retried, it is reopened. An `fsync` error cannot
+//!   be retried: the kernel may already have dropped the pages it failed to
+//!   write (the PostgreSQL "fsyncgate" lesson).
 //!
 //! ## Recovery
 //!

@@ -49,7 +49,7 @@ use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use highwater_core::{Error, Result};
+use highwater_core::{Error, ErrorKind, Result};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::Lsn;
@@ -149,8 +149,9 @@ pub(crate) struct Shared {
     /// Number of registered waiters: the writer writes the block being
     /// filled at once when someone waits.
     waiting: AtomicUsize,
-    /// Set once, when a write or fsync fails (or the writer dies).
-    pub poison: OnceLock<String>,
+    /// Set once, when a write or fsync fails (or the writer dies): the
+    /// failure, which every later call reports as its cause.
+    pub poison: OnceLock<Arc<Error>>,
     /// Every record up to this LSN has been written to the OS.
     pub written_lsn: AtomicU64,
     /// Every record up to this LSN is durable.
@@ -202,11 +203,28 @@ impl Shared {
         }
     }
 
+    /// The error of every call after the log was poisoned: of the kind of
+    /// the failure that poisoned it when that is permanent (a full disk
+    /// stays [`ErrorKind::StorageFull`], so the caller knows what to fix),
+    /// else [`ErrorKind::Closed`] (a poisoned log never retries: reopen
+    /// it), with the failure as the source.
     pub(crate) fn poisoned_error(&self) -> Option<Error> {
-        self.poison.get().map(|p| {
-            Error::Closed(format!(
-                "wal is poisoned by an earlier failed write or fsync and refuses work: {p}"
-            ))
+        self.poison.get().map(|cause| {
+            let kind = if cause.is_transient() {
+                ErrorKind::Closed
+            } else {
+                cause.kind()
+            };
+            Error::backend(
+                kind,
+                "wal",
+                format!(
+                    "write to the wal in {} (poisoned by an earlier failed write or fsync; \
+                     reopen the log once the cause is fixed)",
+                    self.dir.display()
+                ),
+                Arc::clone(cause),
+            )
         })
     }
 
@@ -377,7 +395,9 @@ struct PanicGuard(Arc<Shared>);
 impl Drop for PanicGuard {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            let _ = self.0.poison.set("wal writer thread panicked".into());
+            let _ = self.0.poison.set(Arc::new(Error::Internal(
+                "wal writer thread panicked".into(),
+            )));
             self.0.wake(&mut Vec::new());
         }
     }
@@ -607,7 +627,7 @@ impl Writer {
     fn poison(&mut self, e: Error) {
         if self.shared.poison.get().is_none() {
             tracing::error!(error = %e, dir = %self.shared.dir.display(), "wal poisoned");
-            let _ = self.shared.poison.set(e.to_string());
+            let _ = self.shared.poison.set(Arc::new(e));
         }
     }
 

@@ -10,6 +10,8 @@
 //!   with SIGKILL at random moments (`HIGHWATER_WAL_TORTURE_ROUNDS` rounds,
 //!   default 50) and every acknowledged record must survive;
 //! - `fixtures`: a log written by format version 1 still replays;
+//! - `full_disk`: a log on a full (1 MiB tmpfs) disk fails with
+//!   `StorageFull` naming the place, and stays failed;
 //! - `model`: random interleavings of appends, truncations and reopenings
 //!   against a model (proptest).
 
@@ -24,6 +26,8 @@ mod corruption;
 mod crash;
 #[path = "tests/fixtures.rs"]
 mod fixtures;
+#[path = "tests/full_disk.rs"]
+mod full_disk;
 #[path = "tests/model.rs"]
 mod model;
 #[path = "tests/replay.rs"]

@@ -81,6 +81,36 @@ fn write_counters(m: &StateManager, range: std::ops::Range<u64>, round: u64) {
     }
 }
 
+/// A local store in `dir/store` and a manager over RocksDB in `dir/live`
+/// keeping 3 checkpoints.
+fn live(
+    dir: &Path,
+) -> (
+    std::path::PathBuf,
+    Arc<dyn CheckpointStore>,
+    Arc<RocksDbBackend>,
+    StateManager,
+) {
+    let store_dir = dir.join("store");
+    let store: Arc<dyn CheckpointStore> =
+        Arc::new(ObjectCheckpointStore::local(&store_dir).unwrap());
+    let backend = rocks(&dir.join("live"));
+    let m = manager(backend.clone(), store.clone(), 3);
+    (store_dir, store, backend, m)
+}
+
+/// Flips one byte in the middle of artifact `id` in the local store at
+/// `store_dir`, as storage damage would.
+fn damage_stored(store_dir: &Path, id: ArtifactId) {
+    let path = store_dir
+        .join(highwater::cloud::layout::ARTIFACTS_DIR)
+        .join(highwater::cloud::layout::artifact_name(id));
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&path, bytes).unwrap();
+}
+
 #[test]
 fn consecutive_checkpoints_share_sst_files_and_retention_keeps_them_while_referenced() {
     let tmp = tempfile::tempdir().unwrap();
@@ -203,11 +233,7 @@ fn consecutive_checkpoints_share_sst_files_and_retention_keeps_them_while_refere
 #[test]
 fn restore_latest_falls_back_past_a_checkpoint_with_a_missing_sst() {
     let tmp = tempfile::tempdir().unwrap();
-    let store_dir = tmp.path().join("store");
-    let store: Arc<dyn CheckpointStore> =
-        Arc::new(ObjectCheckpointStore::local(&store_dir).unwrap());
-    let backend = rocks(&tmp.path().join("live"));
-    let m = manager(backend.clone(), store.clone(), 3);
+    let (store_dir, store, backend, m) = live(tmp.path());
     let rt = runtime();
     write_counters(&m, 0..3000, 1);
     let first = m.checkpoint().unwrap().wait().unwrap();
@@ -236,13 +262,7 @@ fn restore_latest_falls_back_past_a_checkpoint_with_a_missing_sst() {
         .artifacts()
         .find(|a| a.operator.ends_with(".sst"))
         .unwrap();
-    let path = store_dir
-        .join(highwater::cloud::layout::ARTIFACTS_DIR)
-        .join(highwater::cloud::layout::artifact_name(victim.id));
-    let mut bytes = std::fs::read(&path).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0x40;
-    std::fs::write(&path, bytes).unwrap();
+    damage_stored(&store_dir, victim.id);
     let err = m_fresh.restore(first.id).unwrap_err();
     assert!(err.is_corruption(), "{err}");
 }
@@ -332,11 +352,7 @@ fn a_backend_without_native_checkpoints_refuses_a_native_manifest() {
 #[test]
 fn a_damaged_sst_in_the_store_is_deleted_on_restore_and_rewritten_by_the_next_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
-    let store_dir = tmp.path().join("store");
-    let store: Arc<dyn CheckpointStore> =
-        Arc::new(ObjectCheckpointStore::local(&store_dir).unwrap());
-    let backend = rocks(&tmp.path().join("live"));
-    let m = manager(backend.clone(), store.clone(), 3);
+    let (store_dir, store, backend, m) = live(tmp.path());
     let rt = runtime();
     write_counters(&m, 0..5000, 1);
     backend.compact().unwrap();
@@ -347,13 +363,7 @@ fn a_damaged_sst_in_the_store_is_deleted_on_restore_and_rewritten_by_the_next_ch
         .find(|a| a.operator.ends_with(".sst"))
         .unwrap()
         .clone();
-    let path = store_dir
-        .join(highwater::cloud::layout::ARTIFACTS_DIR)
-        .join(highwater::cloud::layout::artifact_name(victim.id));
-    let mut bytes = std::fs::read(&path).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0x40;
-    std::fs::write(&path, &bytes).unwrap();
+    damage_stored(&store_dir, victim.id);
 
     // Detected on restore, and the stored copy deleted.
     let fresh = manager(rocks(&tmp.path().join("fresh")), store.clone(), 3);

@@ -27,6 +27,8 @@ mod lifecycle;
 mod manager_model;
 #[path = "tests/model_based.rs"]
 mod model_based;
+#[path = "tests/permanent.rs"]
+mod permanent;
 #[path = "tests/redis.rs"]
 mod redis;
 #[path = "tests/retention.rs"]

@@ -369,7 +369,7 @@ async fn store_under_a_prefix_keeps_its_objects_there() {
 }
 
 #[tokio::test]
-async fn persistent_failures_are_retried_a_bounded_number_of_times() {
+async fn a_file_in_place_of_a_store_directory_is_permanent_and_not_retried() {
     let (tmp, store) = local();
     let store = store.with_config(StoreConfig {
         retry: RetryPolicy {
@@ -379,7 +379,8 @@ async fn persistent_failures_are_retried_a_bounded_number_of_times() {
         },
         ..StoreConfig::default()
     });
-    // A file where the manifests directory should be: every write fails.
+    // A file where the manifests directory should be: every write fails
+    // with ENOTDIR, which no retry repairs.
     let manifests = tmp.path().join("store").join("manifests");
     std::fs::remove_dir(&manifests).unwrap();
     std::fs::write(&manifests, b"in the way").unwrap();
@@ -389,69 +390,21 @@ async fn persistent_failures_are_retried_a_bounded_number_of_times() {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Store { store: "local", .. }), "{err}");
-    assert_eq!(err.kind(), ErrorKind::Unavailable);
+    assert_eq!(err.kind(), ErrorKind::Misconfigured, "{err}");
+    assert!(!err.is_transient());
+    // The message names the file: the store's directory and the object.
+    let path = manifests.join("00000000000000000001.hwm");
     assert!(
-        err.to_string()
-            .contains("manifests/00000000000000000001.hwm"),
+        err.to_string().contains(&path.display().to_string()),
         "{err}"
     );
     assert_eq!(
         store.counters(),
         StoreCounters {
-            puts: 3,
+            puts: 1,
             ..StoreCounters::default()
-        }
-    );
-
-    let store = store.with_config(StoreConfig {
-        retry: RetryPolicy::none(),
-        ..StoreConfig::default()
-    });
-    store
-        .commit_manifest(CheckpointId(1), Bytes::from_static(b"m"))
-        .await
-        .unwrap_err();
-    assert_eq!(store.counters().puts, 4);
-}
-
-#[tokio::test]
-async fn a_transient_failure_is_survived() {
-    let (tmp, store) = local();
-    let store = Arc::new(store.with_config(StoreConfig {
-        retry: RetryPolicy {
-            max_attempts: 200,
-            initial_backoff: Duration::from_millis(10),
-            max_backoff: Duration::from_millis(10),
         },
-        ..StoreConfig::default()
-    }));
-    let manifests = tmp.path().join("store").join("manifests");
-    std::fs::remove_dir(&manifests).unwrap();
-    std::fs::write(&manifests, b"in the way").unwrap();
-
-    // Repair the store once a retry has started: the first attempt failed.
-    // (Attempts are counted as they start.)
-    let watcher = store.clone();
-    let repair = tokio::spawn(async move {
-        while watcher.counters().puts < 2 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        std::fs::remove_file(&manifests).unwrap();
-        // An attempt running in the blocking pool right now may create the
-        // directory itself once the file is gone (the local store creates
-        // missing parents).
-        std::fs::create_dir_all(&manifests).unwrap();
-    });
-
-    store
-        .commit_manifest(CheckpointId(9), Bytes::from_static(b"m9"))
-        .await
-        .unwrap();
-    repair.await.unwrap();
-    assert!(store.counters().puts >= 2);
-    assert_eq!(
-        store.get_manifest(CheckpointId(9)).await.unwrap(),
-        Bytes::from_static(b"m9")
+        "a permanent error is not retried"
     );
 }
 

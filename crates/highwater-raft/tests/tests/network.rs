@@ -61,3 +61,56 @@ async fn oversized_and_garbage_frames_close_the_connection_and_the_node_keeps_wo
     assert_eq!(status.ledger.completed_total(), 1);
     node.shutdown().await.unwrap();
 }
+
+/// A node whose only peer never answers has no quorum: waiting for a
+/// leader, triggering and acknowledging fail with `Error::Consensus`,
+/// transient (`Unavailable`), naming the operation; the acknowledgement is
+/// retried until the checkpoint timeout and no longer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_quorum_consensus_errors_are_transient_and_name_the_operation() {
+    use highwater_core::{CheckpointId, Error, ErrorKind};
+
+    let dir = tempfile::tempdir().unwrap();
+    // A loopback port on which nothing listens.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut config = DistributedConfig::new(1, "127.0.0.1:0".parse().unwrap(), dir.path());
+    config.peers.insert(2, silent.to_string());
+    config.checkpoint_timeout = Duration::from_millis(600);
+    let store = Arc::new(ObjectCheckpointStore::local(dir.path().join("snapshots")).unwrap());
+    let node = CheckpointCoordinator::start(config, store).await.unwrap();
+
+    let err = node
+        .wait_for_leader(Duration::from_millis(500))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Consensus { .. }), "{err:?}");
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    assert!(err.to_string().contains("wait for a leader"), "{err}");
+
+    let err = node.trigger_checkpoint().await.unwrap_err();
+    assert!(matches!(err, Error::Consensus { .. }), "{err:?}");
+    assert!(err.is_transient(), "{err}");
+    assert!(err.to_string().contains("trigger a checkpoint"), "{err}");
+
+    let started = std::time::Instant::now();
+    let err = node
+        .report_completion(CheckpointId(7), 1, highwater_raft::ManifestRef("m".into()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Consensus { .. }), "{err:?}");
+    assert!(err.is_transient(), "{err}");
+    assert!(
+        err.to_string()
+            .contains("acknowledge checkpoint 7 for node 1"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(600),
+        "retried until the checkpoint timeout: {:?}",
+        started.elapsed()
+    );
+    node.shutdown().await.unwrap();
+}

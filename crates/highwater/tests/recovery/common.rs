@@ -59,7 +59,7 @@ impl JobDirs {
 pub fn config(max_retained: usize) -> CheckpointConfig {
     let mut c = CheckpointConfig::default();
     c.max_retained = max_retained;
-    c.max_chain_length = 16;
+    c.max_chain_before_full = 16;
     c.key_groups_per_artifact = 8;
     c.encode_threads = 2;
     c.io_concurrency = 4;

@@ -23,10 +23,14 @@ use highwater_testkit::model::{Entries, diff_entries};
 
 /// A configuration with the knobs the tests vary. 16 key groups per
 /// artifact gives 8 artifacts per operator at the default 128 key groups.
-pub fn config(incremental: bool, max_chain_length: usize, max_retained: usize) -> CheckpointConfig {
+pub fn config(
+    incremental: bool,
+    max_chain_before_full: usize,
+    max_retained: usize,
+) -> CheckpointConfig {
     let mut c = CheckpointConfig::default();
     c.incremental = incremental;
-    c.max_chain_length = max_chain_length;
+    c.max_chain_before_full = max_chain_before_full;
     c.max_retained = max_retained;
     c.key_groups_per_artifact = 16;
     c.encode_threads = 2;

@@ -154,7 +154,7 @@ fn handles_of_finished_checkpoints_always_hold_their_outcome() {
         let mut cfg = config(true, 4, 3);
         cfg.interval = Some(Duration::ZERO);
         cfg.background_merge = true;
-        cfg.merger.max_chain_length = 2;
+        cfg.merger.merge_at_chain_length = 2;
         let m = memory_manager(cfg);
         let mut rng = highwater_testkit::SplitMix64::new(seed);
         // Handles not yet waited on, oldest first; and how many outcomes

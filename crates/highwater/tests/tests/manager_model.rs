@@ -60,11 +60,11 @@ fn read_all(handles: &[ValueState<u16, u32>]) -> State {
 fn config(merge_at: usize, retained: usize) -> CheckpointConfig {
     let mut c = CheckpointConfig::default();
     c.max_retained = retained;
-    c.max_chain_length = 6;
+    c.max_chain_before_full = 6;
     c.key_groups_per_artifact = 32;
     c.encode_threads = 2;
     c.background_merge = true;
-    c.merger.max_chain_length = merge_at;
+    c.merger.merge_at_chain_length = merge_at;
     c.merger.parallel_threads = 2;
     c.merger.chunking = ChunkConfig {
         min_bytes: 32,
