@@ -25,7 +25,7 @@
 
 #![deny(missing_docs)]
 
+mod arena;
 mod backend;
-mod hash;
 
 pub use backend::{MemoryBackend, MemoryConfig};
