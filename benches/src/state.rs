@@ -29,6 +29,13 @@
 //!   a disk), against single-threaded zstd level 1 over the very same record
 //!   bytes in 4 MiB chunks, times the number of cores. `_local` is the same
 //!   into a local directory store (fsync'd), for information.
+//! - `memory_bytes_per_state_byte`: resident memory a fresh process grows
+//!   by when it loads `state_bytes` of the state below into a
+//!   [`MemoryBackend`] (and takes the first snapshot, which ends the load's
+//!   change-tracking epoch), per byte of keys and values, against a
+//!   `HashMap<Vec<u8>, Vec<u8>>` holding the same entries. Each side runs
+//!   in its own child process (this binary with `--memory-probe`), so
+//!   neither reuses memory the other freed.
 //! - `checkpoint_incremental_1pct` and `checkpoint_incremental_bytes_1pct`:
 //!   after a full checkpoint, 1% of the keys (random) are rewritten and the
 //!   next (incremental) checkpoint is timed and sized against the full one.
@@ -154,6 +161,7 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
     phases.run("ops", || ops_bench(&plan, &mut params, &mut metrics))?;
 
     let model = StateModel::sized(plan.state_bytes);
+    phases.run("memory", || memory_bench(&model, &mut params, &mut metrics))?;
     println!(
         "state: filling a memory backend with {:.0} MiB of keys and values ({} entries) …",
         util::mib(plan.state_bytes),
@@ -229,6 +237,141 @@ impl Phases {
         }
         Ok(out)
     }
+}
+
+// ---------------------------------------------------------------------------
+// Resident memory per byte of state, measured in child processes.
+
+/// The hidden first argument that makes this binary a memory probe.
+pub const MEMORY_PROBE_ARG: &str = "--memory-probe";
+
+/// Resident set size of this process, from `/proc/self/status` (Linux).
+fn rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// The child side: `--memory-probe <memory|hashmap> <entries>` loads the
+/// model's first `entries` entries into one container and prints
+/// `rss_growth=<bytes> logical=<bytes>`.
+pub fn memory_probe_main(args: &[String]) -> std::process::ExitCode {
+    match memory_probe(args) {
+        Ok(line) => {
+            println!("{line}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("memory probe: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn memory_probe(args: &[String]) -> Result<String> {
+    let [which, entries] = args else {
+        return Err("usage: --memory-probe <memory|hashmap> <entries>".into());
+    };
+    let model = StateModel {
+        entries: entries.parse()?,
+    };
+    let before = rss_bytes().ok_or("no /proc/self/status")?;
+    let mut rng = Rng::new(0x5eed_0002);
+    let (mut k, mut v) = (Vec::new(), Vec::new());
+    let mut logical = 0u64;
+    let after = match which.as_str() {
+        "memory" => {
+            let backend = MemoryBackend::new();
+            let (kb, vb) = model.fill(&backend)?;
+            logical = kb + vb;
+            drop(backend.snapshot(SnapshotKind::Full)?);
+            let after = rss_bytes();
+            drop(backend);
+            after
+        }
+        "hashmap" => {
+            let mut map: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+            for i in 0..model.entries {
+                model.key(i, &mut k);
+                model.value(i, &mut rng, &mut v);
+                logical += (k.len() + v.len()) as u64;
+                map.insert(k.clone(), v.clone());
+            }
+            let after = rss_bytes();
+            drop(map);
+            after
+        }
+        other => return Err(format!("unknown memory probe {other:?}").into()),
+    };
+    let after = after.ok_or("no /proc/self/status")?;
+    Ok(format!(
+        "rss_growth={} logical={logical}",
+        after.saturating_sub(before)
+    ))
+}
+
+/// Runs one probe in a child process; returns (RSS growth, logical bytes).
+fn run_probe(which: &str, entries: u64) -> Result<(u64, u64)> {
+    let exe = std::env::current_exe()?;
+    let out = std::process::Command::new(exe)
+        .args([MEMORY_PROBE_ARG, which, &entries.to_string()])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!(
+            "memory probe {which} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    let field = |name: &str| -> Result<u64> {
+        let at = text
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .ok_or_else(|| format!("memory probe {which} printed no {name}: {text}"))?;
+        Ok(at.parse()?)
+    };
+    Ok((field("rss_growth=")?, field("logical=")?))
+}
+
+fn memory_bench(
+    model: &StateModel,
+    params: &mut Map<String, Value>,
+    metrics: &mut Vec<Metric>,
+) -> Result {
+    if rss_bytes().is_none() {
+        println!("state: no /proc/self/status; memory_bytes_per_state_byte skipped");
+        return Ok(());
+    }
+    println!(
+        "state: resident memory of {} entries, memory backend vs HashMap (child processes) …",
+        model.entries
+    );
+    let (ours, logical) = run_probe("memory", model.entries)?;
+    let (theirs, logical_b) = run_probe("hashmap", model.entries)?;
+    if logical != logical_b {
+        return Err(
+            format!("memory probes loaded different data: {logical} vs {logical_b}").into(),
+        );
+    }
+    let per = |rss: u64| (rss as f64 / logical as f64 * 1000.0).round() / 1000.0;
+    println!(
+        "state:   memory backend {:.0} MiB, HashMap {:.0} MiB, for {:.0} MiB of keys and values",
+        util::mib(ours),
+        util::mib(theirs),
+        util::mib(logical)
+    );
+    params.insert("memory_probe_logical_bytes".into(), json!(logical));
+    metrics.push(Metric::versus(
+        "memory_bytes_per_state_byte",
+        per(ours),
+        "bytes/byte",
+        "HashMap<Vec<u8>, Vec<u8>>",
+        per(theirs),
+        false,
+    ));
+    Ok(())
 }
 
 fn round2(x: f64) -> f64 {

@@ -106,7 +106,8 @@ impl Segment {
     /// after it stays below 4 GiB.
     pub fn append(&mut self, key: &[u8], value: &[u8]) -> u32 {
         let off = self.data.len() as u32;
-        self.data.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        self.data
+            .extend_from_slice(&(key.len() as u32).to_le_bytes());
         self.data
             .extend_from_slice(&(value.len() as u32).to_le_bytes());
         self.data.extend_from_slice(key);

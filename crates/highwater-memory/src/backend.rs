@@ -81,6 +81,9 @@ fn page_of(hash: u64) -> usize {
     (hash >> 32) as usize & (INDEX_PAGES - 1)
 }
 
+/// A visitor of live records (key, value).
+type RecordVisitor<'a> = dyn FnMut(&[u8], &[u8]) -> Result<()> + 'a;
+
 /// What a snapshot pins: the segments and the index pages of one shard.
 #[derive(Debug, Clone)]
 struct Store {
@@ -113,7 +116,7 @@ impl Store {
     }
 
     /// Visits every live record, page by page.
-    fn for_each(&self, f: &mut dyn FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()> {
+    fn for_each(&self, f: &mut RecordVisitor<'_>) -> Result<()> {
         for page in &self.pages {
             for slot in page.iter() {
                 let (k, v) = self.record(slot.loc);
@@ -313,7 +316,10 @@ impl Shard {
         let h = xxh3_64(base);
         let store = &*self.store;
         match self.maps.find_mut(h, |d| dir_is(store, d, h, base)) {
-            Some(d) => match d.locs.binary_search_by(|l| user_key(store, *l, split).cmp(uk)) {
+            Some(d) => match d
+                .locs
+                .binary_search_by(|l| user_key(store, *l, split).cmp(uk))
+            {
                 Ok(i) => d.locs[i] = loc,
                 Err(i) => d.locs.insert(i, loc),
             },
@@ -333,7 +339,10 @@ impl Shard {
         let store = &*self.store;
         if let Ok(mut entry) = self.maps.find_entry(h, |d| dir_is(store, d, h, base)) {
             let d = entry.get_mut();
-            if let Ok(i) = d.locs.binary_search_by(|l| user_key(store, *l, split).cmp(uk)) {
+            if let Ok(i) = d
+                .locs
+                .binary_search_by(|l| user_key(store, *l, split).cmp(uk))
+            {
                 d.locs.remove(i);
             }
             if d.locs.is_empty() {
@@ -432,9 +441,7 @@ impl Shard {
     fn pick_victim(&self, pinned_too: bool) -> Option<u32> {
         (0..self.dead.len() as u32)
             .filter(|&i| {
-                Some(i) != self.tail
-                    && self.dead[i as usize] > 0
-                    && (pinned_too || !self.pinned(i))
+                Some(i) != self.tail && self.dead[i as usize] > 0 && (pinned_too || !self.pinned(i))
             })
             .max_by_key(|&i| self.dead[i as usize])
     }
@@ -624,8 +631,9 @@ impl Shard {
         }
         for d in self.maps.iter_mut() {
             let split = split_of(store.record(d.locs[0]).0);
-            d.locs
-                .sort_unstable_by(|a, b| user_key(store, *a, split).cmp(user_key(store, *b, split)));
+            d.locs.sort_unstable_by(|a, b| {
+                user_key(store, *a, split).cmp(user_key(store, *b, split))
+            });
         }
     }
 

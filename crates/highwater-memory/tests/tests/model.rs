@@ -12,9 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use highwater_core::{
-    KeyGroup, SnapshotKind, StateBackend, StateKey, StateSnapshot, WriteBatch,
-};
+use highwater_core::{KeyGroup, SnapshotKind, StateBackend, StateKey, StateSnapshot, WriteBatch};
 use highwater_memory::{MemoryBackend, MemoryConfig};
 use proptest::prelude::*;
 
@@ -83,7 +81,10 @@ fn key_sel() -> impl Strategy<Value = KeySel> {
 /// Values: a length (some longer than a segment) and a fill byte. Equal
 /// lengths are frequent, so in-place rewrites happen too.
 fn value() -> impl Strategy<Value = Vec<u8>> {
-    (prop_oneof![Just(8usize), 0usize..40, 100usize..300], any::<u8>())
+    (
+        prop_oneof![Just(8usize), 0usize..40, 100usize..300],
+        any::<u8>(),
+    )
         .prop_map(|(len, fill)| vec![fill; len])
 }
 
@@ -159,8 +160,11 @@ impl Harness {
 
     fn check_live(&self) {
         let all = self.backend.scan_range(&[], &[0xff; 4]).expect("scan");
-        let want: Vec<(Vec<u8>, Vec<u8>)> =
-            self.model.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let want: Vec<(Vec<u8>, Vec<u8>)> = self
+            .model
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         assert_eq!(all, want, "live state differs from the model");
         for (k, v) in &self.model {
             assert_eq!(self.backend.get(k).expect("get").as_ref(), Some(v));
@@ -236,7 +240,11 @@ impl Harness {
                 };
                 assert_eq!(snap.approximate_entries(), expect.len());
                 assert_eq!(contents(&*snap), expect, "fresh {kind:?} snapshot");
-                self.held.push(Held { snap, expect, model });
+                self.held.push(Held {
+                    snap,
+                    expect,
+                    model,
+                });
                 if self.held.len() > 6 {
                     self.held.remove(0);
                 }
@@ -337,10 +345,7 @@ fn restore_keeps_the_last_of_duplicate_keys() {
     assert_eq!(stats.entries, 2);
     assert_eq!(stats.bytes, (k.len() + 6 + other.len() + 1) as u64);
     let scan = b.scan_prefix(&map_base(1)).expect("scan");
-    assert_eq!(
-        scan,
-        vec![(other, b"o".to_vec()), (k, b"second".to_vec())]
-    );
+    assert_eq!(scan, vec![(other, b"o".to_vec()), (k, b"second".to_vec())]);
     // The duplicate's first record is dead and compaction reclaims it.
     assert!(b.compact() > 0);
     let after = b.stats();
