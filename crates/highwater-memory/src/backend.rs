@@ -61,15 +61,16 @@ impl Default for MemoryConfig {
     }
 }
 
-/// One index entry: the whole key's hash (kept so the table can grow without
-/// reading the arena) and where the record is.
-#[derive(Debug, Clone, Copy)]
-struct Slot {
-    hash: u64,
-    loc: Loc,
-}
+/// An index page: the location of each record (8 bytes a slot). The hash
+/// is not stored: hashbrown's one-byte tag filters candidates before the
+/// key is compared in the arena, and the rare resize of a page re-reads
+/// and re-hashes its keys ([`rehash`]).
+type Page = HashTable<Loc>;
 
-type Page = HashTable<Slot>;
+/// The index hash of the record at `loc`, for a page that grows.
+fn rehash(segments: &[Arc<Segment>], loc: Loc) -> u64 {
+    key_hash(segments[loc.seg as usize].record(loc.off).0)
+}
 
 fn key_hash(key: &[u8]) -> u64 {
     xxh3_64(key)
@@ -90,14 +91,14 @@ struct Store {
     /// Indexed by segment id; a released id holds an empty segment until a
     /// new segment reuses it.
     segments: Vec<Arc<Segment>>,
-    pages: Vec<Arc<Page>>,
+    pages: [Arc<Page>; INDEX_PAGES],
 }
 
 impl Store {
     fn new() -> Store {
         Store {
             segments: Vec::new(),
-            pages: (0..INDEX_PAGES).map(|_| Arc::new(Page::new())).collect(),
+            pages: std::array::from_fn(|_| Arc::new(Page::new())),
         }
     }
 
@@ -107,8 +108,8 @@ impl Store {
 
     fn find(&self, key: &[u8], hash: u64) -> Option<Loc> {
         self.pages[page_of(hash)]
-            .find(hash, |s| s.hash == hash && self.record(s.loc).0 == key)
-            .map(|s| s.loc)
+            .find(hash, |l| self.record(*l).0 == key)
+            .copied()
     }
 
     fn get(&self, key: &[u8], hash: u64) -> Option<&[u8]> {
@@ -118,8 +119,8 @@ impl Store {
     /// Visits every live record, page by page.
     fn for_each(&self, f: &mut RecordVisitor<'_>) -> Result<()> {
         for page in &self.pages {
-            for slot in page.iter() {
-                let (k, v) = self.record(slot.loc);
+            for loc in page.iter() {
+                let (k, v) = self.record(*loc);
                 f(k, v)?;
             }
         }
@@ -299,9 +300,15 @@ impl Shard {
     }
 
     fn relocate_slot(&mut self, hash: u64, old: Loc, new: Loc) {
-        if let Some(slot) = self.page_mut(hash).find_mut(hash, |s| s.loc == old) {
-            slot.loc = new;
+        if let Some(slot) = self.page_mut(hash).find_mut(hash, |l| *l == old) {
+            *slot = new;
         }
+    }
+
+    fn insert_slot(&mut self, hash: u64, loc: Loc) {
+        let Store { segments, pages } = Arc::make_mut(&mut self.store);
+        let page = Arc::make_mut(&mut pages[page_of(hash)]);
+        page.insert_unique(hash, loc, |l| rehash(segments, *l));
     }
 
     fn kill(&mut self, loc: Loc, rec: usize) {
@@ -383,14 +390,7 @@ impl Shard {
             }
             None => {
                 let new = self.append(key, value, rec);
-                self.page_mut(k.hash).insert_unique(
-                    k.hash,
-                    Slot {
-                        hash: k.hash,
-                        loc: new,
-                    },
-                    |s| s.hash,
-                );
+                self.insert_slot(k.hash, new);
                 if k.split < key.len() {
                     self.dir_set(key, k.split, new);
                 }
@@ -414,7 +414,7 @@ impl Shard {
         if k.split < key.len() {
             self.dir_remove(key, k.split);
         }
-        if let Ok(entry) = self.page_mut(k.hash).find_entry(k.hash, |s| s.loc == old) {
+        if let Ok(entry) = self.page_mut(k.hash).find_entry(k.hash, |l| *l == old) {
             entry.remove();
         }
         let rec = HEADER + key.len() + vlen;
@@ -501,7 +501,7 @@ impl Shard {
             let rec = HEADER + k.len() + v.len();
             let hash = key_hash(k);
             let live = self.store.pages[page_of(hash)]
-                .find(hash, |s| s.loc == here)
+                .find(hash, |l| *l == here)
                 .is_some();
             if live {
                 let new = self.append(k, v, rec);
@@ -570,11 +570,10 @@ impl Shard {
     /// over earlier ones with the same key, and builds the map directories.
     fn index_restored(&mut self, records: usize) {
         let per_page = records.div_ceil(INDEX_PAGES);
-        let store = Arc::make_mut(&mut self.store);
-        for page in &mut store.pages {
-            Arc::make_mut(page).reserve(per_page, |s| s.hash);
+        let Store { segments, pages } = Arc::make_mut(&mut self.store);
+        for page in pages.iter_mut() {
+            Arc::make_mut(page).reserve(per_page, |l| rehash(segments, *l));
         }
-        let Store { segments, pages } = store;
         let mut dead = Vec::new();
         for (id, seg) in segments.iter().enumerate() {
             for off in seg.offsets() {
@@ -585,18 +584,16 @@ impl Shard {
                 let (k, v) = seg.record(off);
                 let hash = key_hash(k);
                 let page = Arc::make_mut(&mut pages[page_of(hash)]);
-                let same = |s: &Slot| {
-                    s.hash == hash && segments[s.loc.seg as usize].record(s.loc.off).0 == k
-                };
+                let same = |l: &Loc| segments[l.seg as usize].record(l.off).0 == k;
                 match page.find_mut(hash, same) {
                     Some(slot) => {
-                        let (_, ov) = segments[slot.loc.seg as usize].record(slot.loc.off);
-                        dead.push((slot.loc, HEADER + k.len() + ov.len()));
+                        let (_, ov) = segments[slot.seg as usize].record(slot.off);
+                        dead.push((*slot, HEADER + k.len() + ov.len()));
                         self.bytes = self.bytes + v.len() as u64 - ov.len() as u64;
-                        slot.loc = loc;
+                        *slot = loc;
                     }
                     None => {
-                        page.insert_unique(hash, Slot { hash, loc }, |s| s.hash);
+                        page.insert_unique(hash, loc, |l| rehash(segments, *l));
                         self.entries += 1;
                         self.bytes += (k.len() + v.len()) as u64;
                     }
@@ -609,8 +606,8 @@ impl Shard {
         // Map directories: gathered unordered, then each sorted once.
         let store = &*self.store;
         for page in &store.pages {
-            for slot in page.iter() {
-                let k = store.record(slot.loc).0;
+            for &loc in page.iter() {
+                let k = store.record(loc).0;
                 let split = split_of(k);
                 if split == k.len() {
                     continue;
@@ -618,11 +615,11 @@ impl Shard {
                 let base = &k[..split];
                 let h = xxh3_64(base);
                 match self.maps.find_mut(h, |d| dir_is(store, d, h, base)) {
-                    Some(d) => d.locs.push(slot.loc),
+                    Some(d) => d.locs.push(loc),
                     None => {
                         let dir = MapDir {
                             hash: h,
-                            locs: vec![slot.loc],
+                            locs: vec![loc],
                         };
                         self.maps.insert_unique(h, dir, |d| d.hash);
                     }
