@@ -42,6 +42,10 @@
 //!   state is replaced only when the source was read to the end.
 //!
 //! Architecture invariant: no I/O, no dependency on other backends.
+//!
+//! [`StateBackend`]: highwater_core::StateBackend
+//! [`WriteBatch`]: highwater_core::WriteBatch
+//! [`SnapshotKind::Changes`]: highwater_core::SnapshotKind::Changes
 
 #![deny(missing_docs)]
 
