@@ -448,21 +448,35 @@ impl Shard {
 
     /// One bounded step of background compaction after a write of `rec`
     /// bytes. Compaction starts when dead bytes reach a third of the arena
-    /// (and half a segment), and skips segments a snapshot holds: moving
-    /// their records would free nothing until the snapshot is dropped.
+    /// (and a quarter of a segment), takes a victim at least a quarter dead,
+    /// and skips segments a snapshot holds: moving their records would free
+    /// nothing until the snapshot is dropped. A tail that is half dead is
+    /// sealed first, so a small shard whose records all sit in its tail is
+    /// compacted too.
     fn maybe_compact(&mut self, rec: usize) {
         if self.compacting.is_none() {
             if self.backoff > 0 {
                 self.backoff -= 1;
                 return;
             }
-            if self.dead_total < (self.segment_bytes / 2) as u64 || self.dead_total * 3 < self.used
+            if self.dead_total < (self.segment_bytes / 4) as u64 || self.dead_total * 3 < self.used
             {
                 return;
             }
+            if let Some(t) = self.tail
+                && self.dead[t as usize] * 2 >= self.store.segments[t as usize].len() as u64
+                && !self.pinned(t)
+            {
+                self.tail = None;
+            }
             match self.pick_victim(false) {
-                Some(v) => self.start_victim(v),
-                None => {
+                Some(v)
+                    if self.dead[v as usize] * 4
+                        >= self.store.segments[v as usize].len() as u64 =>
+                {
+                    self.start_victim(v)
+                }
+                _ => {
                     self.backoff = COMPACT_BACKOFF;
                     return;
                 }
@@ -1121,6 +1135,28 @@ mod tests {
         let after = b.stats();
         assert_eq!(after.arena_bytes, after.live_bytes, "{after:?}");
         assert_eq!(s.arena_bytes - after.arena_bytes, reclaimed);
+    }
+
+    #[test]
+    fn a_small_shard_living_in_its_tail_is_compacted_too() {
+        let b = MemoryBackend::with_config(MemoryConfig {
+            shards: 1,
+            segment_bytes: 64 << 10,
+        });
+        // ≈ 3 KiB live, 600 KiB written: without sealing the tail, dead
+        // bytes would pile up to a whole segment before anything moved.
+        for round in 0..200usize {
+            for i in 0..100u32 {
+                let v = vec![round as u8; 10 + (round + i as usize) % 7];
+                b.put(&key(&i.to_be_bytes(), b""), &v).unwrap();
+            }
+            let s = b.stats();
+            assert!(s.arena_bytes <= 24 << 10, "round {round}: {s:?}");
+        }
+        for i in 0..100u32 {
+            let v = b.get(&key(&i.to_be_bytes(), b"")).unwrap().unwrap();
+            assert_eq!(v, vec![199u8; 10 + (199 + i as usize) % 7]);
+        }
     }
 
     #[test]
