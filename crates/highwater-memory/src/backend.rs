@@ -897,7 +897,15 @@ impl StateBackend for MemoryBackend {
             }
         }
         drop(guards);
-        drop(discarded);
+        let discarded_keys: usize = discarded.iter().map(ChangeSet::len).sum();
+        if discarded_keys > 1 << 16 {
+            // A bulk load's change set is hundreds of MiB: returning it to
+            // the system takes milliseconds, which are not the caller's.
+            // If the thread cannot be spawned the sets are freed here.
+            let _ = std::thread::Builder::new()
+                .name("highwater-memory-free".into())
+                .spawn(move || drop(discarded));
+        }
         Ok(Arc::new(MemorySnapshot {
             kind,
             stores,
