@@ -14,15 +14,15 @@
 //!   timing every put, while the main thread takes full snapshots and holds
 //!   each for a while. The p99 of the puts that overlapped a snapshot
 //!   window is the pause a processing thread sees; `_p999_ms` and `_max_ms`
-//!   show the tail (the puts that pay for a shard copy are well under 1% of
-//!   all). `snapshot_call_max_ms` is the longest `snapshot()` call itself
+//!   show the tail (the puts that pay for a copy — of an index page and
+//!   of the segment they append to — are well under 1% of all). `snapshot_call_max_ms` is the longest `snapshot()` call itself
 //!   (every shard is locked meanwhile), `snapshot_call_after_bulk_load_ms`
 //!   the first one after the state was loaded (every key changed), and
 //!   `writer_put_p99_outside_snapshots_ms` the writer's p99 without one.
 //!   `checkpoint_writer_pause_p99_ms`/`_max_ms` are the same for the puts
 //!   made while a real full checkpoint runs (and 500 ms after its commit):
-//!   the writer then copies every shard it touches, and the checkpoint
-//!   frees the old copies when it drops its snapshot.
+//!   the writer then copies the index page and segment it touches, and the
+//!   checkpoint frees the old copies when it drops its snapshot.
 //! - `checkpoint_full_throughput`: logical record bytes of a full checkpoint
 //!   of that state per second from `checkpoint()` to committed manifest,
 //!   into an in-memory store (so encoding and compression are measured, not
@@ -896,9 +896,9 @@ fn snapshot_bench(
 
 /// The writer's view of a real full checkpoint: puts while
 /// `StateManager::checkpoint()` snapshots, encodes and commits in the
-/// background (the writer copies every shard it touches while the
-/// checkpoint holds the snapshot, and the old copies are freed when the
-/// checkpoint drops it), and for a while after the commit.
+/// background (the writer copies the index pages and segments it touches
+/// while the checkpoint holds the snapshot, and the old copies are freed
+/// when the checkpoint drops it), and for a while after the commit.
 fn checkpoint_pause_bench(
     plan: &Plan,
     model: &StateModel,
