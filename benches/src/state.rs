@@ -285,7 +285,11 @@ fn memory_probe(args: &[String]) -> Result<String> {
             let backend = MemoryBackend::new();
             let (kb, vb) = model.fill(&backend)?;
             logical = kb + vb;
-            drop(backend.snapshot(SnapshotKind::Full)?);
+            // A change snapshot ends the load's epoch like the first
+            // checkpoint would, and dropping it here frees the load's
+            // change set on this thread before RSS is read (a full
+            // snapshot hands a large one to a helper thread).
+            drop(backend.snapshot(SnapshotKind::Changes)?);
             let after = rss_bytes();
             drop(backend);
             after
