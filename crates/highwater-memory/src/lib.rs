@@ -15,7 +15,7 @@
 //!   than a segment gets a segment of its own. There is no allocation per
 //!   entry, and a scan reads contiguous memory.
 //! - **A paged index.** A `hashbrown::HashTable` of 8-byte slots (segment
-//!   id and offset), split into 16 pages by hash. Lookups compare the key in
+//!   id and offset), split into 4 pages by hash. Lookups compare the key in
 //!   the arena. Map-state entries also sit in an ordered directory per base
 //!   key, so a prefix scan of a map is a binary search and a walk.
 //! - **Snapshots at segment granularity.** Segments and index pages are
