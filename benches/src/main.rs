@@ -175,6 +175,9 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
 
 fn main() -> ExitCode {
     let raw: Vec<String> = std::env::args().skip(1).collect();
+    if raw.first().map(String::as_str) == Some(state::MEMORY_PROBE_ARG) {
+        return state::memory_probe_main(&raw[1..]);
+    }
     if raw.iter().any(|a| a == "-h" || a == "--help") {
         println!("{USAGE}");
         let names: Vec<_> = SUITES.iter().map(|(n, _)| *n).collect();

@@ -14,15 +14,15 @@
 //!   timing every put, while the main thread takes full snapshots and holds
 //!   each for a while. The p99 of the puts that overlapped a snapshot
 //!   window is the pause a processing thread sees; `_p999_ms` and `_max_ms`
-//!   show the tail (the puts that pay for a shard copy are well under 1% of
-//!   all). `snapshot_call_max_ms` is the longest `snapshot()` call itself
+//!   show the tail (the puts that pay for a copy — of an index page and
+//!   of the segment they append to — are well under 1% of all). `snapshot_call_max_ms` is the longest `snapshot()` call itself
 //!   (every shard is locked meanwhile), `snapshot_call_after_bulk_load_ms`
 //!   the first one after the state was loaded (every key changed), and
 //!   `writer_put_p99_outside_snapshots_ms` the writer's p99 without one.
 //!   `checkpoint_writer_pause_p99_ms`/`_max_ms` are the same for the puts
 //!   made while a real full checkpoint runs (and 500 ms after its commit):
-//!   the writer then copies every shard it touches, and the checkpoint
-//!   frees the old copies when it drops its snapshot.
+//!   the writer then copies the index page and segment it touches, and the
+//!   checkpoint frees the old copies when it drops its snapshot.
 //! - `checkpoint_full_throughput`: logical record bytes of a full checkpoint
 //!   of that state per second from `checkpoint()` to committed manifest,
 //!   into an in-memory store (so encoding and compression are measured, not
@@ -32,6 +32,13 @@
 //! - `logged_put` and `checkpoint_latency_small`: the write-ahead log's
 //!   cost on the put path and the latency of a small checkpoint, see
 //!   [`crate::state_pipeline`].
+//! - `memory_bytes_per_state_byte`: resident memory a fresh process grows
+//!   by when it loads `state_bytes` of the state below into a
+//!   [`MemoryBackend`] (and takes the first snapshot, which ends the load's
+//!   change-tracking epoch), per byte of keys and values, against a
+//!   `HashMap<Vec<u8>, Vec<u8>>` holding the same entries. Each side runs
+//!   in its own child process (this binary with `--memory-probe`), so
+//!   neither reuses memory the other freed.
 //! - `checkpoint_incremental_1pct` and `checkpoint_incremental_bytes_1pct`:
 //!   after a full checkpoint, 1% of the keys (random) are rewritten and the
 //!   next (incremental) checkpoint is timed and sized against the full one.
@@ -160,6 +167,7 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
     })?;
 
     let model = StateModel::sized(plan.state_bytes);
+    phases.run("memory", || memory_bench(&model, &mut params, &mut metrics))?;
     println!(
         "state: filling a memory backend with {:.0} MiB of keys and values ({} entries) …",
         util::mib(plan.state_bytes),
@@ -235,6 +243,145 @@ impl Phases {
         }
         Ok(out)
     }
+}
+
+// ---------------------------------------------------------------------------
+// Resident memory per byte of state, measured in child processes.
+
+/// The hidden first argument that makes this binary a memory probe.
+pub const MEMORY_PROBE_ARG: &str = "--memory-probe";
+
+/// Resident set size of this process, from `/proc/self/status` (Linux).
+fn rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// The child side: `--memory-probe <memory|hashmap> <entries>` loads the
+/// model's first `entries` entries into one container and prints
+/// `rss_growth=<bytes> logical=<bytes>`.
+pub fn memory_probe_main(args: &[String]) -> std::process::ExitCode {
+    match memory_probe(args) {
+        Ok(line) => {
+            println!("{line}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("memory probe: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn memory_probe(args: &[String]) -> Result<String> {
+    let [which, entries] = args else {
+        return Err("usage: --memory-probe <memory|hashmap> <entries>".into());
+    };
+    let model = StateModel {
+        entries: entries.parse()?,
+    };
+    let before = rss_bytes().ok_or("no /proc/self/status")?;
+    let mut rng = Rng::new(0x5eed_0002);
+    let (mut k, mut v) = (Vec::new(), Vec::new());
+    let mut logical = 0u64;
+    let after = match which.as_str() {
+        "memory" => {
+            let backend = MemoryBackend::new();
+            let (kb, vb) = model.fill(&backend)?;
+            logical = kb + vb;
+            // A change snapshot ends the load's epoch like the first
+            // checkpoint would, and dropping it here frees the load's
+            // change set on this thread before RSS is read (a full
+            // snapshot hands a large one to a helper thread).
+            drop(backend.snapshot(SnapshotKind::Changes)?);
+            let after = rss_bytes();
+            drop(backend);
+            after
+        }
+        "hashmap" => {
+            let mut map: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+            for i in 0..model.entries {
+                model.key(i, &mut k);
+                model.value(i, &mut rng, &mut v);
+                logical += (k.len() + v.len()) as u64;
+                map.insert(k.clone(), v.clone());
+            }
+            let after = rss_bytes();
+            drop(map);
+            after
+        }
+        other => return Err(format!("unknown memory probe {other:?}").into()),
+    };
+    let after = after.ok_or("no /proc/self/status")?;
+    Ok(format!(
+        "rss_growth={} logical={logical}",
+        after.saturating_sub(before)
+    ))
+}
+
+/// Runs one probe in a child process; returns (RSS growth, logical bytes).
+fn run_probe(which: &str, entries: u64) -> Result<(u64, u64)> {
+    let exe = std::env::current_exe()?;
+    let out = std::process::Command::new(exe)
+        .args([MEMORY_PROBE_ARG, which, &entries.to_string()])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!(
+            "memory probe {which} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    let field = |name: &str| -> Result<u64> {
+        let at = text
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .ok_or_else(|| format!("memory probe {which} printed no {name}: {text}"))?;
+        Ok(at.parse()?)
+    };
+    Ok((field("rss_growth=")?, field("logical=")?))
+}
+
+fn memory_bench(
+    model: &StateModel,
+    params: &mut Map<String, Value>,
+    metrics: &mut Vec<Metric>,
+) -> Result {
+    if rss_bytes().is_none() {
+        println!("state: no /proc/self/status; memory_bytes_per_state_byte skipped");
+        return Ok(());
+    }
+    println!(
+        "state: resident memory of {} entries, memory backend vs HashMap (child processes) …",
+        model.entries
+    );
+    let (ours, logical) = run_probe("memory", model.entries)?;
+    let (theirs, logical_b) = run_probe("hashmap", model.entries)?;
+    if logical != logical_b {
+        return Err(
+            format!("memory probes loaded different data: {logical} vs {logical_b}").into(),
+        );
+    }
+    let per = |rss: u64| (rss as f64 / logical as f64 * 1000.0).round() / 1000.0;
+    println!(
+        "state:   memory backend {:.0} MiB, HashMap {:.0} MiB, for {:.0} MiB of keys and values",
+        util::mib(ours),
+        util::mib(theirs),
+        util::mib(logical)
+    );
+    params.insert("memory_probe_logical_bytes".into(), json!(logical));
+    metrics.push(Metric::versus(
+        "memory_bytes_per_state_byte",
+        per(ours),
+        "bytes/byte",
+        "HashMap<Vec<u8>, Vec<u8>>",
+        per(theirs),
+        false,
+    ));
+    Ok(())
 }
 
 fn round2(x: f64) -> f64 {
@@ -759,9 +906,9 @@ fn snapshot_bench(
 
 /// The writer's view of a real full checkpoint: puts while
 /// `StateManager::checkpoint()` snapshots, encodes and commits in the
-/// background (the writer copies every shard it touches while the
-/// checkpoint holds the snapshot, and the old copies are freed when the
-/// checkpoint drops it), and for a while after the commit.
+/// background (the writer copies the index pages and segments it touches
+/// while the checkpoint holds the snapshot, and the old copies are freed
+/// when the checkpoint drops it), and for a while after the commit.
 fn checkpoint_pause_bench(
     plan: &Plan,
     model: &StateModel,

@@ -168,6 +168,14 @@ pub struct BackendStats {
     pub entries: u64,
     /// Bytes of keys and values held.
     pub bytes: u64,
+    /// Bytes of the backend's own storage areas (arenas, blocks) in use,
+    /// dead records included; 0 when the backend does not report it.
+    pub arena_bytes: u64,
+    /// Bytes of [`arena_bytes`](Self::arena_bytes) that hold live records;
+    /// the rest is reclaimable by compaction. 0 when not reported.
+    pub live_bytes: u64,
+    /// Bytes of the backend's in-memory indexes; 0 when not reported.
+    pub index_bytes: u64,
 }
 
 /// Where live keyed state is read and written.

@@ -6,26 +6,50 @@
 //!
 //! State is split into shards (a power of two, 256 by default) by the
 //! xxh3 hash of each key's *base* (everything but a map entry's user key),
-//! so all entries of one map state for one key live in one shard and a
-//! prefix scan of that map is a lookup plus an ordered walk. Each shard is a
-//! `RwLock` around an `Arc`'d hash map:
+//! so all entries of one map state for one key live in one shard. Each shard
+//! is a `RwLock` around:
 //!
-//! - **Snapshots are copy-on-write.** Taking a snapshot locks every shard in
-//!   index order (so the cut is consistent: a [`WriteBatch`](highwater_core::WriteBatch) is seen whole or
-//!   not at all), clones each shard's `Arc` and swaps out its change set:
-//!   O(shards) work, microseconds, whatever the state size. The first write
-//!   to a shard while a snapshot still holds it copies that one shard
-//!   (`Arc::make_mut`), so a writer waits at most for one shard copy, and
-//!   once the snapshot is dropped writes go back to mutating in place.
-//! - **Change tracking.** Every shard keeps the set of keys written since
-//!   the last snapshot. A [`SnapshotKind::Changes`](highwater_core::SnapshotKind::Changes) snapshot reads only those
-//!   keys from the frozen maps, so it costs O(changes), not O(state).
+//! - **Arenas.** Keys and values are appended as records
+//!   (`[key_len u32][value_len u32][key][value]`) to fixed-size segments
+//!   (1 MiB by default, [`MemoryConfig::segment_bytes`]); a record larger
+//!   than a segment gets a segment of its own. There is no allocation per
+//!   entry, and a scan reads contiguous memory.
+//! - **A paged index.** A `hashbrown::HashTable` of 8-byte slots (segment
+//!   id and offset), split into 4 pages by hash. Lookups compare the key in
+//!   the arena. Map-state entries also sit in an ordered directory per base
+//!   key, so a prefix scan of a map is a binary search and a walk.
+//! - **Snapshots at segment granularity.** Segments and index pages are
+//!   `Arc`s inside one `Arc`'d store per shard. Taking a snapshot locks every
+//!   shard in index order (so the cut is consistent: a [`WriteBatch`] is
+//!   seen whole or not at all) and clones one `Arc` per shard: O(shards),
+//!   microseconds. A writer that later touches a shard the snapshot holds
+//!   copies the store's two short vectors of `Arc`s, then at most the one
+//!   index page and the one segment it writes to — never the shard. A value
+//!   rewritten with the same length is overwritten in place when no
+//!   snapshot holds its segment.
+//! - **Compaction.** Replaced and deleted records stay in their segment as
+//!   dead bytes. When they reach a third of a shard's arena, every write
+//!   moves the live records among the next few of its own size of the
+//!   deadest segment no snapshot holds, and the emptied segment is released:
+//!   bounded work per write, observable through `tracing` (debug events).
+//!   [`MemoryBackend::compact`] reclaims everything at once.
+//! - **Change tracking.** Every shard keeps the keys written since the last
+//!   snapshot in one buffer with a hash table of spans. A
+//!   [`SnapshotKind::Changes`] snapshot reads only those keys from the frozen
+//!   stores, so it costs O(changes), not O(state).
+//! - **Bulk restore.** Entries are copied once into their shard's arena as
+//!   they arrive; then every shard is indexed on its own thread. The live
+//!   state is replaced only when the source was read to the end.
 //!
 //! Architecture invariant: no I/O, no dependency on other backends.
+//!
+//! [`StateBackend`]: highwater_core::StateBackend
+//! [`WriteBatch`]: highwater_core::WriteBatch
+//! [`SnapshotKind::Changes`]: highwater_core::SnapshotKind::Changes
 
 #![deny(missing_docs)]
 
+mod arena;
 mod backend;
-mod hash;
 
 pub use backend::{MemoryBackend, MemoryConfig};
