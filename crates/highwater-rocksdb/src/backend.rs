@@ -448,7 +448,22 @@ fn prepare_working_dir(root: &Path) -> Result<()> {
     match std::fs::read_dir(root) {
         Ok(mut entries) => {
             if root.join(MARKER).exists() {
-                std::fs::remove_dir_all(root).map_err(|e| io("wipe", e))?;
+                // Everything but the marker goes first, the marker never:
+                // a wipe cut short (a kill, a file that cannot be removed)
+                // leaves a directory the next open still recognises and
+                // wipes, instead of one it must refuse.
+                for entry in entries {
+                    let entry = entry.map_err(|e| io("list", e))?;
+                    if entry.file_name() == MARKER {
+                        continue;
+                    }
+                    let path = entry.path();
+                    let removed = match entry.file_type() {
+                        Ok(t) if t.is_dir() => std::fs::remove_dir_all(&path),
+                        _ => std::fs::remove_file(&path),
+                    };
+                    removed.map_err(|e| io("wipe", e))?;
+                }
             } else if entries.next().is_some() {
                 return Err(Error::InvalidArgument(format!(
                     "rocksdb working directory {} is not empty and was not created by this backend (no {MARKER} file); refusing to wipe it",
