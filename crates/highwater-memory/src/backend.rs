@@ -65,15 +65,24 @@ impl Default for MemoryConfig {
     }
 }
 
-/// An index page: the location of each record (8 bytes a slot). The hash
-/// is not stored: hashbrown's one-byte tag filters candidates before the
-/// key is compared in the arena, and the rare resize of a page re-reads
-/// and re-hashes its keys ([`rehash`]).
-type Page = HashTable<Loc>;
+/// One index entry (12 bytes): where the record is, and the change-tracking
+/// epoch in which its key was last marked as changed. The hash is not
+/// stored: hashbrown's one-byte tag filters candidates before the key is
+/// compared in the arena, and the rare resize of a page re-reads and
+/// re-hashes its keys ([`rehash`]).
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    loc: Loc,
+    /// Equal to the shard's epoch if the key is in this epoch's change
+    /// set, so a write to a key already marked skips the change set.
+    epoch: u32,
+}
 
-/// The index hash of the record at `loc`, for a page that grows.
-fn rehash(segments: &[Arc<Segment>], loc: Loc) -> u64 {
-    key_hash(segments[loc.seg as usize].record(loc.off).0)
+type Page = HashTable<Slot>;
+
+/// The index hash of the record of `slot`, for a page that grows.
+fn rehash(segments: &[Arc<Segment>], slot: &Slot) -> u64 {
+    key_hash(segments[slot.loc.seg as usize].record(slot.loc.off).0)
 }
 
 fn key_hash(key: &[u8]) -> u64 {
@@ -110,10 +119,14 @@ impl Store {
         self.segments[loc.seg as usize].record(loc.off)
     }
 
-    fn find(&self, key: &[u8], hash: u64) -> Option<Loc> {
+    fn find_slot(&self, key: &[u8], hash: u64) -> Option<Slot> {
         self.pages[page_of(hash)]
-            .find(hash, |l| self.record(*l).0 == key)
+            .find(hash, |s| self.record(s.loc).0 == key)
             .copied()
+    }
+
+    fn find(&self, key: &[u8], hash: u64) -> Option<Loc> {
+        self.find_slot(key, hash).map(|s| s.loc)
     }
 
     fn get(&self, key: &[u8], hash: u64) -> Option<&[u8]> {
@@ -123,8 +136,8 @@ impl Store {
     /// Visits every live record, page by page.
     fn for_each(&self, f: &mut RecordVisitor<'_>) -> Result<()> {
         for page in &self.pages {
-            for loc in page.iter() {
-                let (k, v) = self.record(*loc);
+            for slot in page.iter() {
+                let (k, v) = self.record(slot.loc);
                 f(k, v)?;
             }
         }
@@ -173,10 +186,14 @@ impl ChangeSet {
         if self
             .spans
             .find(hash, |s| s.hash == hash && &keys[s.start..s.end] == key)
-            .is_some()
+            .is_none()
         {
-            return;
+            self.push(key, hash);
         }
+    }
+
+    /// Adds a key known not to be in the set.
+    fn push(&mut self, key: &[u8], hash: u64) {
         let start = self.keys.len();
         self.keys.extend_from_slice(key);
         let span = Span {
@@ -233,6 +250,8 @@ struct Shard {
     /// Bytes compaction moved out of the current victim.
     compact_moved: u64,
     backoff: u32,
+    /// The change-tracking epoch; never 0 (the stamp of restored slots).
+    epoch: u32,
     entries: u64,
     bytes: u64,
 }
@@ -252,6 +271,7 @@ impl Shard {
             compacting: None,
             compact_moved: 0,
             backoff: 0,
+            epoch: 1,
             entries: 0,
             bytes: 0,
         }
@@ -303,16 +323,37 @@ impl Shard {
         Arc::make_mut(&mut store.pages[page_of(hash)])
     }
 
-    fn relocate_slot(&mut self, hash: u64, old: Loc, new: Loc) {
-        if let Some(slot) = self.page_mut(hash).find_mut(hash, |l| *l == old) {
-            *slot = new;
+    /// Points the slot of the record at `old` to `new`, and stamps it with
+    /// `epoch` if given.
+    fn relocate_slot(&mut self, hash: u64, old: Loc, new: Loc, epoch: Option<u32>) {
+        if let Some(slot) = self.page_mut(hash).find_mut(hash, |s| s.loc == old) {
+            slot.loc = new;
+            if let Some(e) = epoch {
+                slot.epoch = e;
+            }
         }
     }
 
-    fn insert_slot(&mut self, hash: u64, loc: Loc) {
+    fn insert_slot(&mut self, hash: u64, slot: Slot) {
         let Store { segments, pages } = Arc::make_mut(&mut self.store);
         let page = Arc::make_mut(&mut pages[page_of(hash)]);
-        page.insert_unique(hash, loc, |l| rehash(segments, *l));
+        page.insert_unique(hash, slot, |s| rehash(segments, s));
+    }
+
+    /// Starts a new change-tracking epoch (the change set was taken).
+    fn next_epoch(&mut self) {
+        self.epoch = self.epoch.wrapping_add(1);
+        if self.epoch == 0 {
+            // Once every 2^32 snapshots: stamps of the previous cycle could
+            // match again, so every slot is reset (O(entries), once).
+            let store = Arc::make_mut(&mut self.store);
+            for page in store.pages.iter_mut() {
+                for slot in Arc::make_mut(page).iter_mut() {
+                    slot.epoch = 0;
+                }
+            }
+            self.epoch = 1;
+        }
     }
 
     fn kill(&mut self, loc: Loc, rec: usize) {
@@ -367,12 +408,18 @@ impl Shard {
         self.maps.find(h, |d| dir_is(&self.store, d, h, base))
     }
 
-    fn put(&mut self, key: &[u8], k: Keyed, value: &[u8], rec: usize, track: bool) {
-        if track {
-            self.changed.mark(key, k.hash);
-        }
-        match self.store.find(key, k.hash) {
-            Some(old) => {
+    fn put(&mut self, key: &[u8], k: Keyed, value: &[u8], rec: usize) {
+        match self.store.find_slot(key, k.hash) {
+            Some(slot) => {
+                let old = slot.loc;
+                // A key whose slot carries this epoch is already in the
+                // change set; one that does not cannot be (every path that
+                // marks a live key stamps its slot), so it is added without
+                // a lookup.
+                let stamp = (slot.epoch != self.epoch).then_some(self.epoch);
+                if stamp.is_some() {
+                    self.changed.push(key, k.hash);
+                }
                 let (ok, ov) = self.store.record(old);
                 let (old_rec, old_vlen) = (HEADER + ok.len() + ov.len(), ov.len());
                 if old_vlen == value.len() {
@@ -381,11 +428,14 @@ impl Shard {
                     let store = Arc::make_mut(&mut self.store);
                     if let Some(seg) = Arc::get_mut(&mut store.segments[old.seg as usize]) {
                         seg.value_mut(old.off).copy_from_slice(value);
+                        if stamp.is_some() {
+                            self.relocate_slot(k.hash, old, old, stamp);
+                        }
                         return;
                     }
                 }
                 let new = self.append(key, value, rec);
-                self.relocate_slot(k.hash, old, new);
+                self.relocate_slot(k.hash, old, new, stamp);
                 if k.split < key.len() {
                     self.dir_set(key, k.split, new);
                 }
@@ -393,8 +443,15 @@ impl Shard {
                 self.bytes = self.bytes + value.len() as u64 - old_vlen as u64;
             }
             None => {
+                // The key may have been deleted earlier in this epoch and
+                // be in the change set already: look it up.
+                self.changed.mark(key, k.hash);
                 let new = self.append(key, value, rec);
-                self.insert_slot(k.hash, new);
+                let slot = Slot {
+                    loc: new,
+                    epoch: self.epoch,
+                };
+                self.insert_slot(k.hash, slot);
                 if k.split < key.len() {
                     self.dir_set(key, k.split, new);
                 }
@@ -405,20 +462,21 @@ impl Shard {
         self.maybe_compact(rec);
     }
 
-    fn delete(&mut self, key: &[u8], k: Keyed, track: bool) {
-        let Some(old) = self.store.find(key, k.hash) else {
+    fn delete(&mut self, key: &[u8], k: Keyed) {
+        let Some(slot) = self.store.find_slot(key, k.hash) else {
             // Nothing to delete. The key may still have been written and
             // deleted in this epoch, in which case it is already marked.
             return;
         };
-        if track {
-            self.changed.mark(key, k.hash);
+        let old = slot.loc;
+        if slot.epoch != self.epoch {
+            self.changed.push(key, k.hash);
         }
         let vlen = self.store.record(old).1.len();
         if k.split < key.len() {
             self.dir_remove(key, k.split);
         }
-        if let Ok(entry) = self.page_mut(k.hash).find_entry(k.hash, |l| *l == old) {
+        if let Ok(entry) = self.page_mut(k.hash).find_entry(k.hash, |s| s.loc == old) {
             entry.remove();
         }
         let rec = HEADER + key.len() + vlen;
@@ -430,8 +488,8 @@ impl Shard {
 
     fn apply(&mut self, m: &Mutation, k: Keyed, rec: usize) {
         match m {
-            Mutation::Put { key, value } => self.put(key, k, value, rec, true),
-            Mutation::Delete { key } => self.delete(key, k, true),
+            Mutation::Put { key, value } => self.put(key, k, value, rec),
+            Mutation::Delete { key } => self.delete(key, k),
         }
     }
 
@@ -519,11 +577,11 @@ impl Shard {
             let rec = HEADER + k.len() + v.len();
             let hash = key_hash(k);
             let live = self.store.pages[page_of(hash)]
-                .find(hash, |l| *l == here)
+                .find(hash, |s| s.loc == here)
                 .is_some();
             if live {
                 let new = self.append(k, v, rec);
-                self.relocate_slot(hash, here, new);
+                self.relocate_slot(hash, here, new, None);
                 let split = split_of(k);
                 if split < k.len() {
                     self.dir_set(k, split, new);
@@ -590,7 +648,7 @@ impl Shard {
         let per_page = records.div_ceil(INDEX_PAGES);
         let Store { segments, pages } = Arc::make_mut(&mut self.store);
         for page in pages.iter_mut() {
-            Arc::make_mut(page).reserve(per_page, |l| rehash(segments, *l));
+            Arc::make_mut(page).reserve(per_page, |s| rehash(segments, s));
         }
         let mut dead = Vec::new();
         for (id, seg) in segments.iter().enumerate() {
@@ -602,16 +660,19 @@ impl Shard {
                 let (k, v) = seg.record(off);
                 let hash = key_hash(k);
                 let page = Arc::make_mut(&mut pages[page_of(hash)]);
-                let same = |l: &Loc| segments[l.seg as usize].record(l.off).0 == k;
+                let same = |s: &Slot| segments[s.loc.seg as usize].record(s.loc.off).0 == k;
                 match page.find_mut(hash, same) {
                     Some(slot) => {
-                        let (_, ov) = segments[slot.seg as usize].record(slot.off);
-                        dead.push((*slot, HEADER + k.len() + ov.len()));
+                        let (_, ov) = segments[slot.loc.seg as usize].record(slot.loc.off);
+                        dead.push((slot.loc, HEADER + k.len() + ov.len()));
                         self.bytes = self.bytes + v.len() as u64 - ov.len() as u64;
-                        *slot = loc;
+                        slot.loc = loc;
                     }
                     None => {
-                        page.insert_unique(hash, loc, |l| rehash(segments, *l));
+                        // Epoch 0: a fresh shard's epoch is 1, so nothing
+                        // restored counts as changed.
+                        let slot = Slot { loc, epoch: 0 };
+                        page.insert_unique(hash, slot, |s| rehash(segments, s));
                         self.entries += 1;
                         self.bytes += (k.len() + v.len()) as u64;
                     }
@@ -624,7 +685,7 @@ impl Shard {
         // Map directories: gathered unordered, then each sorted once.
         let store = &*self.store;
         for page in &store.pages {
-            for &loc in page.iter() {
+            for &Slot { loc, .. } in page.iter() {
                 let k = store.record(loc).0;
                 let split = split_of(k);
                 if split == k.len() {
@@ -798,13 +859,13 @@ impl StateBackend for MemoryBackend {
     fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
         let rec = checked_record(key, value)?;
         let (i, k) = self.keyed(key);
-        self.write(i).put(key, k, value, rec, true);
+        self.write(i).put(key, k, value, rec);
         Ok(())
     }
 
     fn delete(&self, key: &[u8]) -> Result<()> {
         let (i, k) = self.keyed(key);
-        self.write(i).delete(key, k, true);
+        self.write(i).delete(key, k);
         Ok(())
     }
 
@@ -884,6 +945,7 @@ impl StateBackend for MemoryBackend {
         let mut entries = 0usize;
         for g in guards.iter_mut() {
             let changed = std::mem::take(&mut g.changed);
+            g.next_epoch();
             match kind {
                 SnapshotKind::Full => {
                     entries += g.entries as usize;
@@ -1173,6 +1235,28 @@ mod tests {
             let v = b.get(&key(&i.to_be_bytes(), b"")).unwrap().unwrap();
             assert_eq!(v, vec![199u8; 10 + (199 + i as usize) % 7]);
         }
+    }
+
+    #[test]
+    fn change_tracking_survives_the_epoch_counter_wrapping() {
+        let b = MemoryBackend::with_config(MemoryConfig {
+            shards: 1,
+            ..MemoryConfig::default()
+        });
+        let (x, y) = (key(b"x", b""), key(b"y", b""));
+        b.put(&x, b"1").unwrap();
+        b.put(&y, b"1").unwrap();
+        b.write(0).epoch = u32::MAX;
+        // Stamp x with the last epoch before the wrap.
+        b.put(&x, b"2").unwrap();
+        drop(b.snapshot(SnapshotKind::Changes).unwrap());
+        assert_eq!(b.write(0).epoch, 1);
+        // After the wrap both keys count as unchanged, and a write to
+        // either is reported once.
+        b.put(&x, b"3").unwrap();
+        b.put(&x, b"4").unwrap();
+        let changes = b.snapshot(SnapshotKind::Changes).unwrap();
+        assert_eq!(collect(&*changes), vec![(x.clone(), Some(b"4".to_vec()))]);
     }
 
     #[test]

@@ -14,8 +14,8 @@
 //!   (1 MiB by default, [`MemoryConfig::segment_bytes`]); a record larger
 //!   than a segment gets a segment of its own. There is no allocation per
 //!   entry, and a scan reads contiguous memory.
-//! - **A paged index.** A `hashbrown::HashTable` of 8-byte slots (segment
-//!   id and offset), split into 4 pages by hash. Lookups compare the key in
+//! - **A paged index.** A `hashbrown::HashTable` of 12-byte slots (segment
+//!   id, offset, change-tracking epoch), split into 4 pages by hash. Lookups compare the key in
 //!   the arena. Map-state entries also sit in an ordered directory per base
 //!   key, so a prefix scan of a map is a binary search and a walk.
 //! - **Snapshots at segment granularity.** Segments and index pages are
@@ -34,7 +34,10 @@
 //!   bounded work per write, observable through `tracing` (debug events).
 //!   [`MemoryBackend::compact`] reclaims everything at once.
 //! - **Change tracking.** Every shard keeps the keys written since the last
-//!   snapshot in one buffer with a hash table of spans. A
+//!   snapshot in one buffer with a hash table of spans. Each index slot
+//!   carries the epoch that last marked its key, so rewriting a key already
+//!   marked costs nothing more, and a snapshot starts the next epoch by
+//!   incrementing a counter. A
 //!   [`SnapshotKind::Changes`] snapshot reads only those keys from the frozen
 //!   stores, so it costs O(changes), not O(state).
 //! - **Bulk restore.** Entries are copied once into their shard's arena as
