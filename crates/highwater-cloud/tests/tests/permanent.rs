@@ -57,6 +57,30 @@ fn artifact_file(store_dir: &Path, store: &ObjectCheckpointStore, a: &Bytes) -> 
     store_dir.join(store.artifact_path(ArtifactId::of(a)).as_ref())
 }
 
+/// A permanent failure of the local store: the `kind`, not transient, the
+/// message naming `file`, one put without backoff, no manifest committed.
+async fn assert_permanent_at_once(
+    err: &Error,
+    kind: ErrorKind,
+    file: &std::path::Path,
+    store: &ObjectCheckpointStore,
+    took: Duration,
+) {
+    assert!(matches!(err, Error::Store { store: "local", .. }), "{err}");
+    assert_eq!(err.kind(), kind, "{err}");
+    assert!(!err.is_transient(), "{err}");
+    assert!(
+        err.to_string().contains(&file.display().to_string()),
+        "the message names the file: {err}"
+    );
+    assert_eq!(store.counters().puts, 1, "not retried: {err}");
+    assert!(took < Duration::from_secs(1), "no backoff: {took:?}");
+    assert!(
+        store.list_manifests().await.unwrap().is_empty(),
+        "nothing committed"
+    );
+}
+
 #[tokio::test]
 async fn a_read_only_store_directory_is_permission_denied_and_not_retried() {
     let Some(mount) = Tmpfs::mount_or_skip("the read-only store test", "size=16m") else {
@@ -75,20 +99,8 @@ async fn a_read_only_store_directory_is_permission_denied_and_not_retried() {
     let err = checkpoint(&store, 1, &artifacts).await.unwrap_err();
     let took = started.elapsed();
 
-    assert!(matches!(err, Error::Store { store: "local", .. }), "{err}");
-    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
-    assert!(!err.is_transient(), "{err}");
     let file = artifact_file(&dir, &store, &artifacts[0]);
-    assert!(
-        err.to_string().contains(&file.display().to_string()),
-        "the message names the file: {err}"
-    );
-    assert_eq!(store.counters().puts, 1, "not retried: {err}");
-    assert!(took < Duration::from_secs(1), "no backoff: {took:?}");
-    assert!(
-        store.list_manifests().await.unwrap().is_empty(),
-        "nothing committed"
-    );
+    assert_permanent_at_once(&err, ErrorKind::PermissionDenied, &file, &store, took).await;
 }
 
 #[tokio::test]
@@ -107,20 +119,8 @@ async fn a_full_disk_is_storage_full_and_not_retried() {
     let err = checkpoint(&store, 1, &artifacts).await.unwrap_err();
     let took = started.elapsed();
 
-    assert!(matches!(err, Error::Store { store: "local", .. }), "{err}");
-    assert_eq!(err.kind(), ErrorKind::StorageFull, "{err}");
-    assert!(!err.is_transient(), "{err}");
     let file = artifact_file(&dir, &store, &artifacts[0]);
-    assert!(
-        err.to_string().contains(&file.display().to_string()),
-        "the message names the file: {err}"
-    );
-    assert_eq!(store.counters().puts, 1, "not retried: {err}");
-    assert!(took < Duration::from_secs(1), "no backoff: {took:?}");
-    assert!(
-        store.list_manifests().await.unwrap().is_empty(),
-        "nothing committed"
-    );
+    assert_permanent_at_once(&err, ErrorKind::StorageFull, &file, &store, took).await;
     // The failed write left no artifact behind either.
     assert!(store.list_artifacts().await.unwrap().is_empty());
 }
