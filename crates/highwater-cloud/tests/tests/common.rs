@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use highwater_cloud::{CloudOptions, ObjectCheckpointStore};
-use highwater_core::{ArtifactKind, EncodeOptions, RecordWriter};
+use highwater_core::{
+    ArtifactId, ArtifactKind, CheckpointId, CheckpointStore, EncodeOptions, RecordWriter,
+};
 
 /// The variable naming the S3 bucket URL (moto's server).
 pub const S3_URL_VAR: &str = "HIGHWATER_S3_URL";
@@ -96,4 +98,23 @@ pub fn big_artifact(seed: u64, bytes: usize) -> Bytes {
             .expect("encode an artifact")
             .bytes,
     )
+}
+
+/// A checkpoint as the `StateManager` takes one: every artifact, then the
+/// manifest, which is committed only when every upload succeeded.
+pub async fn checkpoint(
+    store: &ObjectCheckpointStore,
+    id: u64,
+    artifacts: &[Bytes],
+) -> highwater_core::Result<()> {
+    for a in artifacts {
+        store.put_artifact(ArtifactId::of(a), a.clone()).await?;
+    }
+    let ids: Vec<String> = artifacts
+        .iter()
+        .map(|a| ArtifactId::of(a).to_hex())
+        .collect();
+    store
+        .commit_manifest(CheckpointId(id), Bytes::from(ids.join("\n")))
+        .await
 }

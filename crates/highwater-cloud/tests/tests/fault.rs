@@ -11,13 +11,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use highwater_cloud::{
     CloudOptions, ObjectCheckpointStore, RetryPolicy, StoreConfig, TransferConfig,
 };
 use highwater_core::{ArtifactId, CheckpointId, CheckpointStore, Error, ErrorKind, PutOutcome};
 
-use super::common::big_artifact;
+use super::common::{big_artifact, checkpoint};
 
 const BUCKET: &str = "fault";
 
@@ -113,25 +112,6 @@ impl Drop for PrivateMoto {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-/// A checkpoint as the `StateManager` takes one: every artifact, then the
-/// manifest, which is committed only when every upload succeeded.
-async fn checkpoint(
-    store: &ObjectCheckpointStore,
-    id: u64,
-    artifacts: &[Bytes],
-) -> highwater_core::Result<()> {
-    for a in artifacts {
-        store.put_artifact(ArtifactId::of(a), a.clone()).await?;
-    }
-    let ids: Vec<String> = artifacts
-        .iter()
-        .map(|a| ArtifactId::of(a).to_hex())
-        .collect();
-    store
-        .commit_manifest(CheckpointId(id), Bytes::from(ids.join("\n")))
-        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,7 +17,7 @@ use highwater_cloud::{CloudOptions, ObjectCheckpointStore, RetryPolicy, StoreCon
 use highwater_core::{ArtifactId, CheckpointId, CheckpointStore, Error, ErrorKind};
 use highwater_testkit::mounts::Tmpfs;
 
-use super::common::{big_artifact, s3_url, unique};
+use super::common::{big_artifact, checkpoint, s3_url, unique};
 
 /// A retry policy that would retry a transient error 4 times, sleeping at
 /// least a second each time: a permanent error must come back at once.
@@ -30,25 +30,6 @@ fn patient() -> StoreConfig {
         },
         ..StoreConfig::default()
     }
-}
-
-/// A checkpoint as the `StateManager` takes one: every artifact, then the
-/// manifest, committed only when every upload succeeded.
-async fn checkpoint(
-    store: &ObjectCheckpointStore,
-    id: u64,
-    artifacts: &[Bytes],
-) -> highwater_core::Result<()> {
-    for a in artifacts {
-        store.put_artifact(ArtifactId::of(a), a.clone()).await?;
-    }
-    let ids: Vec<String> = artifacts
-        .iter()
-        .map(|a| ArtifactId::of(a).to_hex())
-        .collect();
-    store
-        .commit_manifest(CheckpointId(id), Bytes::from(ids.join("\n")))
-        .await
 }
 
 /// The path of the first artifact file the store writes, as its message

@@ -7,9 +7,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use highwater::ValueStateDescriptor;
 use highwater::cloud::{ObjectCheckpointStore, RetryPolicy, StoreConfig};
 use highwater::core::ErrorKind;
+use highwater::{CheckpointStore, Error, ValueStateDescriptor};
 use highwater_testkit::SplitMix64;
 use highwater_testkit::mounts::Tmpfs;
 
@@ -57,6 +57,25 @@ fn failed_checkpoint(
     (err, started.elapsed())
 }
 
+/// A permanent failure of a checkpoint: the `kind`, not transient, the
+/// message naming the store's directory `dir`, no retry, nothing committed.
+fn assert_permanent_at_once(
+    err: &Error,
+    took: Duration,
+    kind: ErrorKind,
+    dir: &std::path::Path,
+    store: &dyn CheckpointStore,
+) {
+    assert_eq!(err.kind(), kind, "{err}");
+    assert!(!err.is_transient(), "{err}");
+    assert!(
+        err.to_string().contains(&dir.display().to_string()),
+        "the message names the store's directory: {err}"
+    );
+    assert!(took < Duration::from_secs(1), "not retried: {took:?}");
+    assert!(manifest_ids(store).is_empty(), "nothing committed");
+}
+
 #[test]
 fn a_full_store_disk_fails_the_checkpoint_with_storage_full() {
     let Some(mount) = Tmpfs::mount_or_skip("the facade full-disk test", "size=1m") else {
@@ -65,14 +84,7 @@ fn a_full_store_disk_fails_the_checkpoint_with_storage_full() {
     let dir = mount.path().join("checkpoints");
     let store = patient_store(&dir);
     let (err, took) = failed_checkpoint(store.clone(), 4 << 20);
-    assert_eq!(err.kind(), ErrorKind::StorageFull, "{err}");
-    assert!(!err.is_transient(), "{err}");
-    assert!(
-        err.to_string().contains(&dir.display().to_string()),
-        "the message names the store's directory: {err}"
-    );
-    assert!(took < Duration::from_secs(1), "not retried: {took:?}");
-    assert!(manifest_ids(&*store).is_empty(), "nothing committed");
+    assert_permanent_at_once(&err, took, ErrorKind::StorageFull, &dir, &*store);
 }
 
 #[test]
@@ -84,12 +96,5 @@ fn a_read_only_store_fails_the_checkpoint_with_permission_denied() {
     let store = patient_store(&dir);
     mount.remount_read_only().expect("remount read-only");
     let (err, took) = failed_checkpoint(store.clone(), 256 << 10);
-    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
-    assert!(!err.is_transient(), "{err}");
-    assert!(
-        err.to_string().contains(&dir.display().to_string()),
-        "the message names the store's directory: {err}"
-    );
-    assert!(took < Duration::from_secs(1), "not retried: {took:?}");
-    assert!(manifest_ids(&*store).is_empty(), "nothing committed");
+    assert_permanent_at_once(&err, took, ErrorKind::PermissionDenied, &dir, &*store);
 }
