@@ -7,11 +7,12 @@
 //! over a checkpoint rebuilds exactly the live state. (With the log on,
 //! writers are serialised through that lock; the log is one sequence.)
 //!
-//! Every logged record carries the manager clock's time when the change was
-//! applied as its event time, so a replay can stop at a point in time: the
-//! recovery engine replays up to the last batch whose changes were all made
-//! at or before it (`Replay::until_event_time`), which is a state the
-//! writer really had.
+//! Every batch is dated once, when it is committed: its last record carries
+//! the clock's time as its event time ([`WalBatch::set_last_event_time`]),
+//! which no change in the batch was made after. So a replay can stop at a
+//! point in time: the recovery engine replays up to the last batch committed
+//! at or before it (`Replay::until_event_time`), a state the writer really
+//! had. (One clock read per batch, not one per change.)
 //!
 //! The wrapper forwards every capability of the backend it wraps, native
 //! checkpoints included ([`StateBackend::native`]): a native checkpoint
@@ -47,9 +48,12 @@ impl LoggedBackend {
         }
     }
 
-    /// The time stamped on records logged now.
-    fn now(&self) -> Option<u64> {
-        Some(self.clock.now_ms())
+    /// Dates `pending` with the clock's time and appends it to the log.
+    fn submit(&self, pending: &mut WalBatch) -> Result<crate::AppendTicket> {
+        pending.set_last_event_time(Some(self.clock.now_ms()));
+        let ticket = self.wal.submit(pending)?;
+        pending.clear();
+        Ok(ticket)
     }
 
     /// The log.
@@ -70,8 +74,7 @@ impl LoggedBackend {
         if pending.is_empty() {
             return Ok(());
         }
-        let ticket = self.wal.submit(&pending)?;
-        pending.clear();
+        let ticket = self.submit(&mut pending)?;
         drop(pending);
         // Waiting outside the lock lets other threads' commits join the
         // same group commit.
@@ -106,8 +109,7 @@ impl LoggedBackend {
         if !pending.is_empty() {
             // The snapshot itself holds these changes, so the checkpoint
             // does not wait for them to be durable.
-            drop(self.wal.submit(&pending)?);
-            pending.clear();
+            drop(self.submit(&mut pending)?);
         }
         let lsn = self.wal.last_lsn();
         let snapshot = take(&*self.inner)?;
@@ -141,14 +143,14 @@ impl StateBackend for LoggedBackend {
     fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
         let mut pending = self.pending();
         self.inner.put(key, value)?;
-        pending.put(key, value, self.now());
+        pending.put(key, value, None);
         Ok(())
     }
 
     fn delete(&self, key: &[u8]) -> Result<()> {
         let mut pending = self.pending();
         self.inner.delete(key)?;
-        pending.delete(key, self.now());
+        pending.delete(key, None);
         Ok(())
     }
 
@@ -157,9 +159,8 @@ impl StateBackend for LoggedBackend {
         // Logged only once applied: a batch that failed must not replay.
         let logged = batch.clone();
         self.inner.write_batch(batch)?;
-        let now = self.now();
         for m in logged.mutations() {
-            pending.push_mutation(m, now);
+            pending.push_mutation(m, None);
         }
         Ok(())
     }
@@ -190,9 +191,8 @@ impl StateBackend for LoggedBackend {
         let mut pending = self.pending();
         let keys = self.inner.scan_prefix(&[])?;
         self.inner.clear()?;
-        let now = self.now();
         for (k, _) in keys {
-            pending.delete(&k, now);
+            pending.delete(&k, None);
         }
         Ok(())
     }

@@ -183,6 +183,12 @@ fn op_ref(op: &WalOp) -> OpRef<'_> {
 /// checks it against postcard's own encoding of [`WalRecord`], which is what
 /// the decoder uses.
 fn encode_parts(out: &mut Vec<u8>, key: &[u8], op: OpRef<'_>, event_time: Option<u64>) {
+    encode_change(out, key, op);
+    encode_event_time(out, event_time);
+}
+
+/// The record's key and op: everything before its event time.
+fn encode_change(out: &mut Vec<u8>, key: &[u8], op: OpRef<'_>) {
     varint(out, key.len() as u64);
     out.extend_from_slice(key);
     match op {
@@ -198,6 +204,10 @@ fn encode_parts(out: &mut Vec<u8>, key: &[u8], op: OpRef<'_>, event_time: Option
             out.extend_from_slice(v);
         }
     }
+}
+
+/// The record's last field: `Option<u64>` as postcard writes it.
+fn encode_event_time(out: &mut Vec<u8>, event_time: Option<u64>) {
     match event_time {
         None => out.push(0),
         Some(t) => {
@@ -228,6 +238,8 @@ pub struct WalBatch {
     /// and a postcard payload.
     buf: Vec<u8>,
     count: u32,
+    /// Where the last record's length prefix and its event time start.
+    last: (usize, usize),
 }
 
 impl Default for WalBatch {
@@ -256,6 +268,7 @@ impl WalBatch {
         WalBatch {
             buf: Vec::with_capacity(bytes),
             count: 0,
+            last: (0, 0),
         }
     }
 
@@ -299,12 +312,38 @@ impl WalBatch {
     fn push_parts(&mut self, key: &[u8], op: OpRef<'_>, event_time: Option<u64>) -> &mut Self {
         let at = self.buf.len();
         self.buf.extend_from_slice(&[0u8; RECORD_PREFIX_LEN]);
-        encode_parts(&mut self.buf, key, op, event_time);
+        encode_change(&mut self.buf, key, op);
+        self.last = (at, self.buf.len());
+        encode_event_time(&mut self.buf, event_time);
+        self.seal_last();
+        self.count = self.count.saturating_add(1);
+        self
+    }
+
+    /// Writes the last record's length prefix.
+    fn seal_last(&mut self) {
+        let (at, _) = self.last;
         // A payload longer than u32::MAX makes the batch oversized; the
         // length is saturated here and the batch refused when submitted.
         let len = u32::try_from(self.buf.len() - at - RECORD_PREFIX_LEN).unwrap_or(u32::MAX);
         self.buf[at..at + RECORD_PREFIX_LEN].copy_from_slice(&len.to_le_bytes());
-        self.count = self.count.saturating_add(1);
+    }
+
+    /// Sets the event time of the batch's last record; nothing for an empty
+    /// batch.
+    ///
+    /// Stamping a batch once, when it is committed, dates it as a whole:
+    /// point-in-time replay ([`Replay::until_event_time`](crate::Replay::until_event_time))
+    /// keeps or drops batches whole and stops at the first batch holding a
+    /// time after its bound, so a batch whose last record carries its
+    /// commit time is replayed exactly when every change in it was made by
+    /// then. It costs one clock read per batch instead of one per change.
+    pub fn set_last_event_time(&mut self, event_time_ms: Option<u64>) -> &mut Self {
+        if self.count > 0 {
+            self.buf.truncate(self.last.1);
+            encode_event_time(&mut self.buf, event_time_ms);
+            self.seal_last();
+        }
         self
     }
 
@@ -327,6 +366,7 @@ impl WalBatch {
     pub fn clear(&mut self) {
         self.buf.clear();
         self.count = 0;
+        self.last = (0, 0);
     }
 
     /// Checks the size limits of a frame.
@@ -466,6 +506,40 @@ mod tests {
         let recs = crate::format::split_records(batch.body(), batch.len() as u32).unwrap();
         assert_eq!(WalRecord::decode(recs[0]).unwrap(), a);
         assert_eq!(WalRecord::decode(recs[1]).unwrap(), b);
+    }
+
+    proptest! {
+        #[test]
+        fn stamping_the_last_record_is_pushing_it_with_that_time(
+            ops in proptest::collection::vec((proptest::collection::vec(any::<u8>(), 0..40),
+                                              op_strategy(),
+                                              proptest::option::of(any::<u64>())), 1..8),
+            stamps in proptest::collection::vec(proptest::option::of(any::<u64>()), 1..4),
+        ) {
+            let mut records: Vec<WalRecord> = ops
+                .into_iter()
+                .map(|(key, op, event_time)| WalRecord { key, op, event_time })
+                .collect();
+            let mut stamped = WalBatch::from_records(&records);
+            for t in &stamps {
+                stamped.set_last_event_time(*t);
+            }
+            records.last_mut().unwrap().event_time = *stamps.last().unwrap();
+            let direct = WalBatch::from_records(&records);
+            prop_assert_eq!(stamped.len(), direct.len());
+            prop_assert_eq!(stamped.body(), direct.body());
+        }
+    }
+
+    #[test]
+    fn stamping_an_empty_batch_does_nothing() {
+        let mut b = WalBatch::new();
+        b.set_last_event_time(Some(5));
+        assert!(b.is_empty());
+        assert_eq!(b.body_len(), 0);
+        b.put(b"k", b"v", None).set_last_event_time(Some(1_000));
+        let recs = crate::format::split_records(b.body(), 1).unwrap();
+        assert_eq!(WalRecord::decode(recs[0]).unwrap().event_time, Some(1_000));
     }
 
     #[test]
