@@ -127,7 +127,7 @@ impl CheckpointHandle {
 pub struct Exec {
     io: Handle,
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
-    encode: rayon::ThreadPool,
+    encode: Arc<rayon::ThreadPool>,
     merge: rayon::ThreadPool,
 }
 
@@ -151,7 +151,7 @@ impl Exec {
         Ok(Exec {
             io: runtime.handle().clone(),
             runtime: Mutex::new(Some(runtime)),
-            encode: pool(encode_threads, "encode")?,
+            encode: Arc::new(pool(encode_threads, "encode")?),
             merge: pool(merge_threads, "merge")?,
         })
     }
@@ -159,6 +159,13 @@ impl Exec {
     /// The I/O runtime's handle.
     pub fn io(&self) -> &Handle {
         &self.io
+    }
+
+    /// The CPU pool: it encodes checkpoints, and a restore through the
+    /// manager decodes on it too (`Recovery::with_pool`), since the two
+    /// never run at once.
+    pub fn cpu(&self) -> &Arc<rayon::ThreadPool> {
+        &self.encode
     }
 
     /// Runs `fut` on the I/O runtime and waits for it ([`run_io`]).

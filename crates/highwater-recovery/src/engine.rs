@@ -43,14 +43,17 @@ pub struct RecoveryOutcome {
 /// [`execute`](Recovery::execute)) run their I/O on the tokio runtime whose
 /// handle they were given and wait for it on the calling thread; call them
 /// from a thread that is not one of that runtime's workers' async tasks
-/// (`spawn_blocking` is fine). Decoding runs on the engine's own rayon pool
-/// of [`RecoveryConfig::max_parallel_threads`] threads.
+/// (`spawn_blocking` is fine). Decoding runs on a rayon pool: the one
+/// given to [`with_pool`](Recovery::with_pool) (a job's manager passes its
+/// checkpointer's CPU pool), or else the engine's own of
+/// [`RecoveryConfig::max_parallel_threads`] threads, started on first use.
 pub struct Recovery {
     store: Arc<dyn CheckpointStore>,
     config: RecoveryConfig,
     io: tokio::runtime::Handle,
-    /// Started on first use: planning alone (`plan`) needs no threads.
-    pool: std::sync::OnceLock<rayon::ThreadPool>,
+    /// Given, or started on first use: planning alone (`plan`) needs no
+    /// threads.
+    pool: std::sync::OnceLock<Arc<rayon::ThreadPool>>,
     limits: DecodeLimits,
     now_ms: u64,
 }
@@ -94,7 +97,15 @@ impl Recovery {
             .build()
             .map_err(|e| Error::unexpected("start the recovery pool", e))?;
         // A concurrent first use may have won; either pool will do.
-        Ok(self.pool.get_or_init(|| pool))
+        Ok(self.pool.get_or_init(|| Arc::new(pool)))
+    }
+
+    /// Decodes on `pool` instead of starting a pool of its own; its size
+    /// then stands for [`RecoveryConfig::max_parallel_threads`].
+    pub fn with_pool(self, pool: Arc<rayon::ThreadPool>) -> Self {
+        // A fresh engine has no pool yet, so this always takes.
+        let _ = self.pool.set(pool);
+        self
     }
 
     /// Sets the time (ms since the Unix epoch) at which TTL expiry is
@@ -482,8 +493,10 @@ impl Recovery {
         Ok(out)
     }
 
-    /// Decodes and folds the plan's ranges in parallel on the pool and
-    /// streams the folded entries into `backend.restore` on this thread.
+    /// Decodes and folds the plan's ranges in parallel on the pool, and
+    /// loads them as the [`LoadStrategy`] says: streamed into
+    /// `backend.restore` on this thread, or all folded first and then
+    /// loaded from every pool thread.
     #[allow(clippy::too_many_arguments)]
     fn fold_and_load(
         &self,
@@ -496,14 +509,7 @@ impl Recovery {
         deadline: Option<Instant>,
     ) -> Result<()> {
         let total = plan.ranges.len() as u64;
-        if self.config.load_strategy == LoadStrategy::Parallel {
-            return self.fold_then_load_in_parallel(
-                plan, checkpoint, artifacts, backend, stats, progress, deadline,
-            );
-        }
         let pool = self.pool()?;
-        let bound = pool.current_num_threads() * 2;
-        let (tx, rx) = crossbeam_channel::bounded::<Result<Folded>>(bound);
         let ctx = FoldCtx {
             checkpoint,
             artifacts,
@@ -511,6 +517,26 @@ impl Recovery {
             now_ms: self.now_ms,
             scope: &plan.scope,
         };
+        let bytes = stats.bytes_fetched;
+        let report = |done: u64| {
+            if let Some(p) = progress {
+                p(Progress {
+                    checkpoint: Some(checkpoint),
+                    phase: Phase::Loading,
+                    done,
+                    total,
+                    bytes,
+                });
+            }
+        };
+        report(0);
+        // What was loaded is this checkpoint's (an attempt that fell back
+        // counts in what was decoded, not in what was loaded).
+        stats.entries_loaded = 0;
+        stats.logical_bytes = 0;
+        // One producer for both strategies: the pool folds ranges and
+        // sends them, at most two per thread ahead of the consumer.
+        let (tx, rx) = crossbeam_channel::bounded::<Result<Folded>>(pool.current_num_threads() * 2);
         std::thread::scope(|s| {
             let producer = s.spawn(|| {
                 pool.install(|| {
@@ -525,121 +551,63 @@ impl Recovery {
                     });
                 });
             });
-            let bytes = stats.bytes_fetched;
-            let mut feed = Feed {
+            let mut folds = Folds {
                 rx,
-                current: Vec::new().into_iter(),
                 received: 0,
                 total,
                 finished: false,
                 deadline,
-                entries: 0,
-                logical: 0,
-                decoded: 0,
-                filtered: 0,
-                report: &|done| {
-                    if let Some(p) = progress {
-                        p(Progress {
-                            checkpoint: Some(checkpoint),
-                            phase: Phase::Loading,
-                            done,
-                            total,
-                            bytes,
-                        });
-                    }
-                },
+                stats,
             };
-            (feed.report)(0);
-            let restored = backend.restore(&mut feed);
-            let (entries, logical, decoded, filtered) =
-                (feed.entries, feed.logical, feed.decoded, feed.filtered);
+            let loaded = match self.config.load_strategy {
+                LoadStrategy::Restore => {
+                    // Ranges stream into `restore` as they arrive.
+                    let mut feed = Feed {
+                        folds: &mut folds,
+                        current: Vec::new().into_iter(),
+                        report: &report,
+                    };
+                    backend.restore(&mut feed)
+                }
+                LoadStrategy::Parallel => {
+                    let folded = folds.by_ref().collect::<Result<Vec<Folded>>>();
+                    folded.and_then(|folded| load_in_parallel(pool, backend, folded, &report))
+                }
+            };
             // Dropping the receiver stops the producers.
-            drop(feed);
+            drop(folds);
             let joined = producer.join();
-            restored?;
-            joined.map_err(|_| Error::Internal("a decode worker panicked".into()))?;
-            stats.entries_loaded = entries;
-            stats.logical_bytes = logical;
-            stats.records_decoded += decoded;
-            stats.records_filtered += filtered;
-            Ok(())
+            loaded?;
+            joined.map_err(|_| Error::Internal("a decode worker panicked".into()))
         })
     }
 }
 
-impl Recovery {
-    /// [`LoadStrategy::Parallel`]: fold every range, then clear the
-    /// backend and load all ranges concurrently.
-    #[allow(clippy::too_many_arguments)]
-    fn fold_then_load_in_parallel(
-        &self,
-        plan: &RecoveryPlan,
-        checkpoint: CheckpointId,
-        artifacts: &HashMap<ArtifactId, Bytes>,
-        backend: &dyn StateBackend,
-        stats: &mut RecoveryStats,
-        progress: Option<ProgressFn<'_>>,
-        deadline: Option<Instant>,
-    ) -> Result<()> {
-        let total = plan.ranges.len() as u64;
-        let ctx = FoldCtx {
-            checkpoint,
-            artifacts,
-            limits: &self.limits,
-            now_ms: self.now_ms,
-            scope: &plan.scope,
-        };
-        let bytes = stats.bytes_fetched;
-        let done = std::sync::atomic::AtomicU64::new(0);
-        let report = |n: u64| {
-            if let Some(p) = progress {
-                p(Progress {
-                    checkpoint: Some(checkpoint),
-                    phase: Phase::Loading,
-                    done: n,
-                    total,
-                    bytes,
-                });
+/// [`LoadStrategy::Parallel`]: with every range folded, clears the backend
+/// and loads the ranges from all pool threads at once.
+fn load_in_parallel(
+    pool: &rayon::ThreadPool,
+    backend: &dyn StateBackend,
+    folded: Vec<Folded>,
+    report: &(dyn Fn(u64) + Sync),
+) -> Result<()> {
+    // Every range decoded: only now is live state replaced.
+    backend.clear()?;
+    let done = std::sync::atomic::AtomicU64::new(0);
+    pool.install(|| {
+        folded.into_par_iter().try_for_each(|f| {
+            // Single-key writes: a memory-backend batch locks every shard
+            // it touches at once, which would serialise loaders.
+            for (k, v) in f.entries {
+                backend.put(&k, &v)?;
             }
-        };
-        report(0);
-        let folded: Vec<Folded> = self.pool()?.install(|| {
-            plan.ranges
-                .par_iter()
-                .map(|range| {
-                    check_deadline(deadline)?;
-                    fold_range(&ctx, range)
-                })
-                .collect::<Result<_>>()
-        })?;
-        check_deadline(deadline)?;
-        for f in &folded {
-            stats.records_decoded += f.decoded;
-            stats.records_filtered += f.filtered;
-            stats.entries_loaded += f.entries.len() as u64;
-            stats.logical_bytes += f
-                .entries
-                .iter()
-                .map(|(k, v)| (k.len() + v.len()) as u64)
-                .sum::<u64>();
-        }
-        // Every range decoded: only now is live state replaced.
-        backend.clear()?;
-        self.pool()?.install(|| {
-            folded.into_par_iter().try_for_each(|f| {
-                // Single-key writes: a memory-backend batch locks every
-                // shard it touches at once, which would serialise loaders.
-                for (k, v) in f.entries {
-                    backend.put(&k, &v)?;
-                }
-                report(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1);
-                Ok::<_, Error>(())
-            })
-        })?;
-        // The loaded state is the base of the next epoch, not a change.
-        drop(backend.snapshot(SnapshotKind::Full)?);
-        Ok(())
-    }
+            report(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1);
+            Ok::<_, Error>(())
+        })
+    })?;
+    // The loaded state is the base of the next epoch, not a change.
+    drop(backend.snapshot(SnapshotKind::Full)?);
+    Ok(())
 }
 
 /// Native files are large (RocksDB writes SST files of up to 64 MiB): at
@@ -876,64 +844,81 @@ fn fold_range(ctx: &FoldCtx<'_>, range: &RangePlan) -> Result<Folded> {
     })
 }
 
-/// The iterator `backend.restore` consumes: folded ranges as the decode
-/// workers finish them.
-struct Feed<'a> {
+/// Folded ranges as the decode workers finish them, counted into the
+/// recovery's statistics as they arrive; an error (a damaged artifact, the
+/// deadline, workers gone early) ends the stream.
+struct Folds<'a> {
     rx: crossbeam_channel::Receiver<Result<Folded>>,
-    current: std::vec::IntoIter<(Vec<u8>, Vec<u8>)>,
     received: u64,
     total: u64,
     finished: bool,
     deadline: Option<Instant>,
-    entries: u64,
-    logical: u64,
-    decoded: u64,
-    filtered: u64,
+    stats: &'a mut RecoveryStats,
+}
+
+impl Iterator for Folds<'_> {
+    type Item = Result<Folded>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.finished || self.received == self.total {
+            return None;
+        }
+        let next = match self.deadline {
+            Some(d) => match self.rx.recv_deadline(d) {
+                Ok(x) => Ok(x),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(timeout_error()),
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(workers_gone()),
+            },
+            None => self.rx.recv().map_err(|_| workers_gone()),
+        };
+        match next.and_then(|folded| folded) {
+            Ok(f) => {
+                self.received += 1;
+                let s = &mut *self.stats;
+                s.records_decoded += f.decoded;
+                s.records_filtered += f.filtered;
+                s.entries_loaded += f.entries.len() as u64;
+                s.logical_bytes += f
+                    .entries
+                    .iter()
+                    .map(|(k, v)| (k.len() + v.len()) as u64)
+                    .sum::<u64>();
+                Some(Ok(f))
+            }
+            Err(e) => {
+                self.finished = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+fn workers_gone() -> Error {
+    Error::Internal("decode workers stopped before every range was loaded".into())
+}
+
+/// The iterator `backend.restore` consumes ([`LoadStrategy::Restore`]): the
+/// entries of each folded range, reporting progress per range.
+struct Feed<'a, 'b> {
+    folds: &'a mut Folds<'b>,
+    current: std::vec::IntoIter<(Vec<u8>, Vec<u8>)>,
     report: &'a dyn Fn(u64),
 }
 
-impl Iterator for Feed<'_> {
+impl Iterator for Feed<'_, '_> {
     type Item = Result<(Vec<u8>, Vec<u8>)>;
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            if let Some((k, v)) = self.current.next() {
-                self.entries += 1;
-                self.logical += (k.len() + v.len()) as u64;
-                return Some(Ok((k, v)));
+            if let Some(entry) = self.current.next() {
+                return Some(Ok(entry));
             }
-            if self.finished || self.received == self.total {
-                return None;
-            }
-            let next = match self.deadline {
-                Some(d) => match self.rx.recv_deadline(d) {
-                    Ok(x) => Some(x),
-                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                        self.finished = true;
-                        return Some(Err(timeout_error()));
-                    }
-                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => None,
-                },
-                None => self.rx.recv().ok(),
-            };
-            match next {
-                Some(Ok(f)) => {
-                    self.received += 1;
-                    self.decoded += f.decoded;
-                    self.filtered += f.filtered;
+            match self.folds.next()? {
+                Ok(f) => {
                     self.current = f.entries.into_iter();
-                    (self.report)(self.received);
+                    (self.report)(self.folds.received);
                 }
-                Some(Err(e)) => {
-                    self.finished = true;
-                    return Some(Err(e));
-                }
-                None => {
-                    self.finished = true;
-                    return Some(Err(Error::Internal(
-                        "decode workers stopped before every range was loaded".into(),
-                    )));
-                }
+                Err(e) => return Some(Err(e)),
             }
         }
     }

@@ -478,13 +478,17 @@ impl StateManager {
         engine.plan(target, &self.job_scope(scope), self.wal().map(|w| &**w))
     }
 
+    /// A recovery engine on this job's execution context: its I/O runtime,
+    /// and its CPU pool when `config` asks for that many threads.
     fn recovery_engine(&self, config: &RecoveryConfig) -> Result<Recovery> {
-        Ok(Recovery::new(
-            self.store().clone(),
-            config.clone(),
-            self.checkpointer.exec().io().clone(),
-        )?
-        .with_now_ms(self.clock.now_ms()))
+        let exec = self.checkpointer.exec();
+        let engine = Recovery::new(self.store().clone(), config.clone(), exec.io().clone())?
+            .with_now_ms(self.clock.now_ms());
+        Ok(if config.threads() == exec.cpu().current_num_threads() {
+            engine.with_pool(exec.cpu().clone())
+        } else {
+            engine
+        })
     }
 
     /// `scope`, pinned to this job's number of key groups.
