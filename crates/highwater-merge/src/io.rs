@@ -11,7 +11,9 @@
 //! - **Fetch** ([`fetch_verified`]): a fetched artifact is checked against
 //!   its content address; a mismatch is read again, and a stored copy that
 //!   is itself damaged is deleted so the next checkpoint holding the data
-//!   writes it again (encoded chunks and native files alike).
+//!   writes it again (encoded chunks and native files alike);
+//!   [`fetch_all_verified`] fetches several at once (a merge reads the
+//!   inputs of one cluster together).
 //! - [`run_io`] waits for a future on the I/O runtime from a plain or pool
 //!   thread without entering a runtime there.
 
@@ -175,4 +177,26 @@ pub async fn fetch_verified(
         "artifact",
         format!("content does not match its id (xxh3-128): checkpoint={checkpoint} artifact={id}"),
     ))
+}
+
+/// Fetches and verifies ([`fetch_verified`]) every artifact of `ids`
+/// concurrently; their bytes in the order of `ids`, or the first error in
+/// that order.
+pub async fn fetch_all_verified(
+    store: Arc<dyn CheckpointStore>,
+    checkpoint: CheckpointId,
+    ids: Vec<ArtifactId>,
+) -> Result<Vec<Bytes>> {
+    let tasks: Vec<_> = ids
+        .into_iter()
+        .map(|id| tokio::spawn(fetch_verified(store.clone(), checkpoint, id, true)))
+        .collect();
+    let mut out = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        let (_, bytes) = task
+            .await
+            .map_err(|e| Error::unexpected("an artifact fetch task", e))??;
+        out.push(bytes);
+    }
+    Ok(out)
 }

@@ -57,5 +57,5 @@ pub use encode::{
     key_form_for,
 };
 pub use gc::{PinGuard, Pins, RetentionReport, apply_retention, collect_garbage};
-pub use merge::{MergeOutcome, MergeParams, MergeStats, check_chain, merge_layers};
+pub use merge::{Fetch, MergeOutcome, MergeParams, MergeStats, check_chain, merge_layers};
 pub use store::{CompactReport, StoredMerge, compact_newest, merge_into_store};

@@ -165,15 +165,16 @@ fn replaces(rule: ConflictResolution, old: &Write, new: &Write) -> bool {
 
 /// Folds `layers` (a full base, then deltas in order) into one full layer.
 ///
-/// `fetch` returns the stored bytes of an artifact (checked here against its
-/// content address); `sink` receives every artifact of the new base that
+/// `fetch` returns the stored bytes of the artifacts it is given, in that
+/// order: the inputs of one cluster at a time, so a store can serve them
+/// concurrently (each is checked here against its content address); `sink` receives every artifact of the new base that
 /// was encoded (it may already be stored: the caller's put decides);
 /// `progress` is called with the logical bytes of each finished cluster.
 /// Runs on the current rayon pool, one cluster per task.
 pub fn merge_layers(
     layers: &[Layer],
     params: &MergeParams,
-    fetch: &(dyn Fn(&ArtifactRef) -> Result<Bytes> + Sync),
+    fetch: &Fetch<'_>,
     sink: &(dyn Fn(Produced) -> Result<()> + Sync),
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<MergeOutcome> {
@@ -232,13 +233,13 @@ pub fn merge_layers(
     })
 }
 
-fn fetch_checked(
-    fetch: &(dyn Fn(&ArtifactRef) -> Result<Bytes> + Sync),
-    layer: &Layer,
-    r: &ArtifactRef,
-) -> Result<Bytes> {
-    let bytes = fetch(r)?;
-    if ArtifactId::of(&bytes) != r.id {
+/// How [`merge_layers`] reads its inputs: the stored bytes of each
+/// artifact given, in order.
+pub type Fetch<'a> = dyn Fn(&[&ArtifactRef]) -> Result<Vec<Bytes>> + Sync + 'a;
+
+/// Checks fetched `bytes` against the content address of `r`.
+fn checked(layer: &Layer, r: &ArtifactRef, bytes: &[u8]) -> Result<()> {
+    if ArtifactId::of(bytes) != r.id {
         return Err(Error::corrupt(
             "artifact",
             format!(
@@ -247,14 +248,14 @@ fn fetch_checked(
             ),
         ));
     }
-    Ok(bytes)
+    Ok(())
 }
 
 fn merge_cluster(
     layers: &[Layer],
     c: &Cluster<'_>,
     params: &MergeParams,
-    fetch: &(dyn Fn(&ArtifactRef) -> Result<Bytes> + Sync),
+    fetch: &Fetch<'_>,
     sink: &(dyn Fn(Produced) -> Result<()> + Sync),
     conflicts: &AtomicU64,
     expired: &AtomicU64,
@@ -268,9 +269,18 @@ fn merge_cluster(
     // range partition its key space, so the runs ordered by first key are
     // the whole base in key order.
     let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
-    for &(i, r) in &c.members {
+    let refs: Vec<&ArtifactRef> = c.members.iter().map(|(_, r)| *r).collect();
+    let inputs = fetch(&refs)?;
+    if inputs.len() != refs.len() {
+        return Err(Error::Internal(format!(
+            "merge fetch returned {} artifacts for {} asked",
+            inputs.len(),
+            refs.len()
+        )));
+    }
+    for (&(i, r), bytes) in c.members.iter().zip(inputs) {
         let layer = &layers[i];
-        let bytes = fetch_checked(fetch, layer, r)?;
+        checked(layer, r, &bytes)?;
         if i == 0 {
             base.data.reserve(r.logical_bytes as usize);
             let first = base.recs.len();

@@ -5,15 +5,15 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use highwater_core::{
-    ArtifactRef, CheckpointId, CheckpointKind, CheckpointStore, DecodeLimits, Error, Layer,
-    Manifest, Result, load_manifest,
+    ArtifactId, ArtifactRef, CheckpointId, CheckpointKind, CheckpointStore, DecodeLimits, Error,
+    Layer, Manifest, Result, load_manifest,
 };
 use serde::Serialize;
 use tokio::runtime::Handle;
 
 use crate::config::MergerConfig;
 use crate::gc::PinGuard;
-use crate::io::{Uploader, fetch_verified, run_io};
+use crate::io::{Uploader, fetch_all_verified, run_io};
 use crate::merge::{MergeOutcome, MergeParams, merge_layers};
 
 /// A merge whose output is stored but not yet in a committed manifest. Its
@@ -50,12 +50,9 @@ pub fn merge_into_store(
 ) -> Result<StoredMerge> {
     pins.add_all(layers.iter().flat_map(|l| l.artifacts.iter().map(|a| a.id)));
     let checkpoint = layers.last().map_or(CheckpointId(0), |l| l.checkpoint_id);
-    let fetch = |r: &ArtifactRef| -> Result<Bytes> {
-        run_io(
-            handle,
-            fetch_verified(store.clone(), checkpoint, r.id, true),
-        )
-        .map(|(_, b)| b)
+    let fetch = |refs: &[&ArtifactRef]| -> Result<Vec<Bytes>> {
+        let ids: Vec<ArtifactId> = refs.iter().map(|r| r.id).collect();
+        run_io(handle, fetch_all_verified(store.clone(), checkpoint, ids))
     };
     let threads = rayon::current_num_threads();
     let uploader = Uploader::start(handle, store.clone(), threads * 2, threads * 2);

@@ -176,8 +176,8 @@ proptest! {
             layers.push(layer(&store, 2 + i as u64, LayerKind::Delta, d, &cfg));
         }
         let params = MergeParams { merger: cfg.clone(), now_ms: 0, limits: DecodeLimits::default() };
-        let fetch = |r: &highwater_core::ArtifactRef| {
-            Ok(store.0.lock().unwrap().get(&r.id).cloned().expect("artifact stored"))
+        let fetch = |refs: &[&highwater_core::ArtifactRef]| {
+            Ok(refs.iter().map(|r| store.0.lock().unwrap().get(&r.id).cloned().expect("artifact stored")).collect())
         };
         let out = merge_layers(&layers, &params, &fetch, &store.sink(), &|_| {}).unwrap();
         prop_assert_eq!(out.layer.kind, LayerKind::Full);
@@ -232,7 +232,12 @@ fn expired_values_are_dropped_by_the_merge() {
         now_ms: 100,
         limits: DecodeLimits::default(),
     };
-    let fetch = |r: &highwater_core::ArtifactRef| Ok(store.0.lock().unwrap()[&r.id].clone());
+    let fetch = |refs: &[&highwater_core::ArtifactRef]| {
+        Ok(refs
+            .iter()
+            .map(|r| store.0.lock().unwrap()[&r.id].clone())
+            .collect())
+    };
     let out = merge_layers(&layers, &params, &fetch, &store.sink(), &|_| {}).unwrap();
     assert_eq!(out.stats.records_out, 2, "{:?}", out.stats);
     assert_eq!(out.stats.expired_dropped, 1);
@@ -253,11 +258,14 @@ fn a_damaged_input_artifact_fails_the_merge_with_a_corruption_error() {
         now_ms: 0,
         limits: DecodeLimits::default(),
     };
-    let fetch = |r: &highwater_core::ArtifactRef| {
-        let mut b = store.0.lock().unwrap()[&r.id].to_vec();
-        let last = b.len() - 1;
-        b[last] ^= 1;
-        Ok(Bytes::from(b))
+    let fetch = |refs: &[&highwater_core::ArtifactRef]| {
+        let damaged = |r: &&highwater_core::ArtifactRef| {
+            let mut b = store.0.lock().unwrap()[&r.id].to_vec();
+            let last = b.len() - 1;
+            b[last] ^= 1;
+            Bytes::from(b)
+        };
+        Ok(refs.iter().map(damaged).collect())
     };
     let err = merge_layers(&layers, &params, &fetch, &store.sink(), &|_| {}).unwrap_err();
     assert!(err.is_corruption(), "{err}");
