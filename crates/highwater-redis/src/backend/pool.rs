@@ -72,12 +72,9 @@ impl Shared {
         op: &'static str,
         mut f: impl FnMut(&mut SyncConn) -> std::result::Result<T, RedisError>,
     ) -> (Result<T>, bool) {
-        let policy = self.config.connect.retry;
         let mut sent_and_failed = false;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let result = match self.pool.take() {
+        let (result, _) = self.config.connect.retry.retry_blocking(
+            || match self.pool.take() {
                 Ok(mut conn) => match f(&mut conn) {
                     Ok(v) => {
                         self.pool.give(conn);
@@ -96,24 +93,21 @@ impl Shared {
                     }
                 },
                 Err(e) => Err(e),
-            };
-            match result {
-                Ok(v) => return (Ok(v), sent_and_failed),
-                Err(e) if attempt < policy.attempts() && is_transient(&e) => {
-                    let backoff = policy.backoff(attempt);
-                    tracing::warn!(
-                        backend = NAME,
-                        op,
-                        attempt,
-                        backoff_ms = backoff.as_millis() as u64,
-                        error = %e,
-                        "transient redis error, retrying"
-                    );
-                    std::thread::sleep(backoff);
-                }
-                Err(e) => return (Err(self.err(op, e)), sent_and_failed),
-            }
-        }
+            },
+            is_transient,
+            |r| {
+                tracing::warn!(
+                    backend = NAME,
+                    op,
+                    attempt = r.attempt,
+                    backoff_ms = r.backoff.as_millis() as u64,
+                    error = %r.error,
+                    "transient redis error, retrying"
+                );
+            },
+            std::thread::sleep,
+        );
+        (result.map_err(|e| self.err(op, e)), sent_and_failed)
     }
 
     pub(super) fn run<T>(
