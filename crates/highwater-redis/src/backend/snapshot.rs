@@ -116,7 +116,7 @@ impl Shared {
         // steady state it never has to grow and rehash on the write path.
         let dirty = {
             let mut d = lock(&epoch.dirty);
-            let next = KeySet::with_capacity(d.len().min(1 << 20), d.arena.len().min(64 << 20));
+            let next = KeySet::with_capacity(d.len().min(1 << 20), d.bytes().min(64 << 20));
             std::mem::replace(&mut *d, next)
         };
         let (scope, approx) = match kind {

@@ -132,9 +132,7 @@ impl Shared {
                 let old = bytes_of(reply).map_err(|e| self.err("write", e))?;
                 for m in pending {
                     if m.scope.contains(w.key) {
-                        lock(&m.undo)
-                            .entry(w.key.into())
-                            .or_insert_with(|| old.as_deref().map(Into::into));
+                        lock(&m.undo).insert_if_absent(w.key, || old.as_deref().map(Into::into));
                     }
                 }
             }
