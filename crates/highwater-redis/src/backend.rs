@@ -20,7 +20,6 @@ mod write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
-use highwater_core::ttl::SystemClock;
 use highwater_core::{
     BackendStats, Mutation, Result, SnapshotKind, StateBackend, StateSnapshot, WriteBatch,
 };
@@ -57,7 +56,6 @@ struct Shared {
     /// The last successful count, returned by `stats` while the server is
     /// unreachable.
     last_stats: Mutex<BackendStats>,
-    clock: SystemClock,
 }
 
 /// A [`StateBackend`] keeping live state in Redis (standalone or cluster).
@@ -100,7 +98,6 @@ impl RedisBackend {
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             entries_hint: AtomicU64::new(0),
             last_stats: Mutex::new(BackendStats::default()),
-            clock: SystemClock,
             config,
         };
         // Connect now so configuration errors surface here.

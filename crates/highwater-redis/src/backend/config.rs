@@ -1,13 +1,14 @@
 //! The backend's configuration, and the namespace check the store shares.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use highwater_core::{Error, Result};
+use highwater_core::{Clock, Error, Result, SystemClock};
 
 use crate::conn::{ConnectOptions, RedisEndpoint};
 
 /// Configuration of a [`RedisBackend`](crate::RedisBackend).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct RedisBackendConfig {
     /// The server or cluster.
     pub endpoint: RedisEndpoint,
@@ -29,6 +30,10 @@ pub struct RedisBackendConfig {
     /// already in the past (by this process's clock, after the grace) are
     /// not handed to Redis.
     pub native_ttl_grace: Duration,
+    /// The clock the native expiry is judged by (the envelope's expiry is
+    /// in wall-clock milliseconds): [`SystemClock`] by default; inject
+    /// another for tests and deterministic replay.
+    pub clock: Arc<dyn Clock>,
     /// The `COUNT` hint of `SCAN`.
     pub scan_count: usize,
     /// Commands sent per pipeline round trip.
@@ -39,8 +44,8 @@ pub struct RedisBackendConfig {
 
 impl RedisBackendConfig {
     /// Defaults for `endpoint` and `namespace`: 4 idle connections, native
-    /// TTL with 1 s of grace, `SCAN COUNT 1000`, pipelines of 512 commands,
-    /// 16 snapshot partitions.
+    /// TTL with 1 s of grace judged by the [`SystemClock`], `SCAN COUNT
+    /// 1000`, pipelines of 512 commands, 16 snapshot partitions.
     pub fn new(endpoint: RedisEndpoint, namespace: impl Into<String>) -> Self {
         RedisBackendConfig {
             endpoint,
@@ -49,6 +54,7 @@ impl RedisBackendConfig {
             max_idle_connections: 4,
             native_ttl: true,
             native_ttl_grace: Duration::from_secs(1),
+            clock: Arc::new(SystemClock),
             scan_count: 1000,
             pipeline_depth: 512,
             snapshot_partitions: 16,

@@ -5,8 +5,8 @@
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard, PoisonError};
 
+use highwater_core::Result;
 use highwater_core::ttl::Envelope;
-use highwater_core::{Clock, Result};
 use redis::Value;
 
 use super::layout::map_split;
@@ -48,7 +48,7 @@ impl Shared {
     ) -> Result<()> {
         let with_old = !pending.is_empty();
         for chunk in writes.chunks(self.config.pipeline_depth.max(1)) {
-            let now_ms = self.clock.now_ms();
+            let now_ms = self.config.clock.now_ms();
             let mut buf = Vec::with_capacity(64);
             let mut cmds = Vec::with_capacity(chunk.len() + 8);
             // Where each write's SET/DEL reply is among the replies.
