@@ -250,13 +250,15 @@ impl StateBackend for RedisBackend {
         s.delete_all()
     }
 
-    /// Counts the namespace now: exact (Redis-side expiry included), O(state)
-    /// — a `SCAN` and a pipelined `STRLEN` per entry. When the server cannot
-    /// be reached, the last successful count is returned.
+    /// None: Redis has no native checkpoint format; checkpoints are encoded
+    /// from snapshots.
     fn native(&self) -> Option<&dyn highwater_core::NativeCheckpoints> {
         None
     }
 
+    /// Counts the namespace now: exact (Redis-side expiry included), O(state)
+    /// — a `SCAN` and a pipelined `STRLEN` per entry. When the server cannot
+    /// be reached, the last successful count is returned.
     fn stats(&self) -> BackendStats {
         let s = &self.shared;
         match s.count() {
