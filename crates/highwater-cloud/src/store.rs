@@ -297,41 +297,41 @@ impl ObjectCheckpointStore {
         op: &'static str,
         path: &Path,
         counter: Option<&AtomicU64>,
-        mut attempt: F,
+        attempt: F,
     ) -> (object_store::Result<T>, u32)
     where
-        F: FnMut() -> Fut,
+        F: Fn() -> Fut,
         Fut: Future<Output = object_store::Result<T>>,
     {
-        let policy = self.config.retry;
-        let mut made = 0;
-        loop {
-            made += 1;
-            let outcome = match counter {
-                Some(counter) => {
-                    let _permit = self.permit().await;
-                    bump(counter, 1);
-                    attempt().await
-                }
-                None => attempt().await,
-            };
-            match outcome {
-                Err(e) if made < policy.attempts() && self.retryable(&e) => {
-                    let backoff = policy.backoff(made);
+        let attempt = &attempt;
+        self.config
+            .retry
+            .retry(
+                || async move {
+                    match counter {
+                        Some(counter) => {
+                            let _permit = self.permit().await;
+                            bump(counter, 1);
+                            attempt().await
+                        }
+                        None => attempt().await,
+                    }
+                },
+                |e| self.retryable(e),
+                |r| {
                     tracing::warn!(
                         store = self.name,
                         op,
                         path = %path,
-                        attempt = made,
-                        backoff_ms = backoff.as_millis() as u64,
-                        error = %e,
+                        attempt = r.attempt,
+                        backoff_ms = r.backoff.as_millis() as u64,
+                        error = %r.error,
                         "transient object store error, retrying"
                     );
-                    tokio::time::sleep(backoff).await;
-                }
-                result => return (result, made),
-            }
-        }
+                },
+                tokio::time::sleep,
+            )
+            .await
     }
 
     /// Maps an object-store error by [`classify`]: a missing object is

@@ -45,7 +45,7 @@ pub use manifest::{
     valid_native_file_name,
 };
 pub use read::{RecordVisitor, Records, decode_checked, load_manifest, visit_checked};
-pub use retry::RetryPolicy;
+pub use retry::{RetryPolicy, Retrying};
 pub use state::{
     AggregateFunction, AggregatingState, AggregatingStateDescriptor, KeyedStateContext, ListState,
     ListStateDescriptor, MapState, MapStateDescriptor, ReducingState, ReducingStateDescriptor,

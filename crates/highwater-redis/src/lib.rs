@@ -95,8 +95,9 @@
 //! - **TTL.** Values carry highwater's envelope expiry; the backend also
 //!   hands it to Redis (`SET … PXAT expiry+grace`, 1 s of grace for clock
 //!   skew), so Redis reclaims expired entries by itself. Expiries already
-//!   past by the local clock are not handed over (the handles delete such
-//!   entries when they read them). A key Redis expired is not reported as a
+//!   past by the backend's clock ([`RedisBackendConfig::clock`], the system
+//!   clock unless another is injected) are not handed over (the handles
+//!   delete such entries when they read them). A key Redis expired is not reported as a
 //!   delete by change snapshots: checkpoints keep it, and restore and reads
 //!   drop it as expired, which is the same outcome.
 //! - **Failures.** Requests have connect and response timeouts and are

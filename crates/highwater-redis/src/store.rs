@@ -303,52 +303,53 @@ impl RedisCheckpointStore {
         &self,
         op: &'static str,
         counter: &AtomicU64,
-        mut attempt: F,
+        attempt: F,
     ) -> (std::result::Result<T, RedisError>, u32)
     where
-        F: FnMut(AsyncConn) -> Fut,
+        F: Fn(AsyncConn) -> Fut,
         Fut: Future<Output = std::result::Result<T, RedisError>>,
     {
-        let policy = self.config.connect.retry;
         let deadline = self.config.connect.connect_timeout + self.config.connect.response_timeout;
-        let mut made = 0;
-        loop {
-            made += 1;
-            bump(counter, 1);
-            let result = match self.conn().await {
-                Ok((generation, conn)) => {
-                    let r = match tokio::time::timeout(deadline, attempt(conn)).await {
-                        Ok(r) => r,
-                        Err(_) => Err(RedisError::from(std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            format!("no reply within {deadline:?}"),
-                        ))),
-                    };
-                    if let Err(e) = &r
-                        && needs_reconnect(e)
-                    {
-                        self.invalidate(generation);
+        let attempt = &attempt;
+        self.config
+            .connect
+            .retry
+            .retry(
+                || async move {
+                    bump(counter, 1);
+                    match self.conn().await {
+                        Ok((generation, conn)) => {
+                            let r = match tokio::time::timeout(deadline, attempt(conn)).await {
+                                Ok(r) => r,
+                                Err(_) => Err(RedisError::from(std::io::Error::new(
+                                    std::io::ErrorKind::TimedOut,
+                                    format!("no reply within {deadline:?}"),
+                                ))),
+                            };
+                            if let Err(e) = &r
+                                && needs_reconnect(e)
+                            {
+                                self.invalidate(generation);
+                            }
+                            r
+                        }
+                        Err(e) => Err(e),
                     }
-                    r
-                }
-                Err(e) => Err(e),
-            };
-            match result {
-                Err(e) if made < policy.attempts() && is_transient(&e) => {
-                    let backoff = policy.backoff(made);
+                },
+                is_transient,
+                |r| {
                     tracing::warn!(
                         store = NAME,
                         op,
-                        attempt = made,
-                        backoff_ms = backoff.as_millis() as u64,
-                        error = %e,
+                        attempt = r.attempt,
+                        backoff_ms = r.backoff.as_millis() as u64,
+                        error = %r.error,
                         "transient redis error, retrying"
                     );
-                    tokio::time::sleep(backoff).await;
-                }
-                result => return (result, made),
-            }
-        }
+                },
+                tokio::time::sleep,
+            )
+            .await
     }
 
     fn expiry_ms(&self) -> u64 {

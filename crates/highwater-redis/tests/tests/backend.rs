@@ -17,7 +17,9 @@ mod cluster {
 
 use std::time::{Duration, Instant};
 
-use highwater_core::{Envelope, SnapshotKind, StateBackend, StateSnapshot, WriteBatch};
+use highwater_core::{
+    Envelope, ManualClock, SnapshotKind, StateBackend, StateSnapshot, WriteBatch,
+};
 use highwater_redis::{RedisBackend, RedisBackendConfig};
 
 use super::common;
@@ -161,6 +163,56 @@ fn envelope_expiry_becomes_native_expiry() {
 
 /// All entries of one key group of a namespace share one hash tag, so on a
 /// cluster they live in one slot.
+/// The native expiry is judged by the configured clock, not by reading the
+/// wall clock: with an injected clock in 2200, an expiry in 2100 is already
+/// past (not handed to Redis) and one in 2300 is handed over as is (plus
+/// the grace); moving the clock past it stops handing it over.
+#[test]
+fn native_expiry_follows_the_injected_clock() {
+    const Y2100_MS: u64 = 4_102_444_800_000;
+    const Y2200_MS: u64 = 7_258_118_400_000;
+    const Y2300_MS: u64 = 10_413_792_000_000;
+    let endpoint = common::standalone();
+    let clock = ManualClock::new(Y2200_MS);
+    let mut config = RedisBackendConfig::new(endpoint.clone(), common::namespace("clock"));
+    config.native_ttl_grace = Duration::from_millis(5);
+    config.clock = std::sync::Arc::new(clock.clone());
+    let b = std::sync::Arc::new(RedisBackend::connect(config).unwrap());
+    let _guard = common::ClearOnDrop(b.clone());
+    let mut conn = raw(&endpoint);
+    let expiring = |at: u64| {
+        let mut v = Vec::new();
+        Envelope::encode_into(Some(at), b"payload", &mut v);
+        v
+    };
+    let redis_key = |i: u32| {
+        let mut k = format!("{{{}:0001}}v", b.config().namespace).into_bytes();
+        k.extend_from_slice(&key(1, i));
+        k
+    };
+    let pexpiretime = |conn: &mut redis::Connection, i: u32| -> i64 {
+        redis::cmd("PEXPIRETIME")
+            .arg(redis_key(i))
+            .query(conn)
+            .unwrap()
+    };
+    b.put(&key(1, 1), &expiring(Y2100_MS)).unwrap();
+    b.put(&key(1, 2), &expiring(Y2300_MS)).unwrap();
+    assert_eq!(
+        pexpiretime(&mut conn, 1),
+        -1,
+        "past by the injected clock: not handed to Redis"
+    );
+    assert_eq!(
+        pexpiretime(&mut conn, 2),
+        (Y2300_MS + 5) as i64,
+        "the envelope expiry plus the grace"
+    );
+    clock.set(Y2300_MS + 5);
+    b.put(&key(1, 2), &expiring(Y2300_MS)).unwrap();
+    assert_eq!(pexpiretime(&mut conn, 2), -1, "the clock moved past it");
+}
+
 #[test]
 fn a_key_group_is_one_cluster_slot() {
     let endpoint = common::cluster();
