@@ -137,7 +137,7 @@ pub fn run(args: ChurnArgs) -> Result<ExitCode> {
     let mut next = offset.get(&0)?.unwrap_or(0);
     say(format_args!(
         "start checkpoint={} step={next}",
-        restored.and_then(|r| r.checkpoint_id).map_or(0, |c| c.0)
+        restored.and_then(|r| r.stats.checkpoint).map_or(0, |c| c.0)
     ));
     // Collect what a killed run left, then count what is still unreferenced
     // (nothing is in flight now, so it must be nothing).

@@ -241,17 +241,24 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         match manager.restore_latest()? {
             Some(info) => {
                 offset = source.get(&())?.unwrap_or(0);
-                for (id, why) in &info.fallbacks {
-                    println!("skipped unreadable checkpoint {id}: {why}");
-                }
-                println!(
-                    "resumed from checkpoint {} (chain of {}, {} entries) and {} logged changes at offset {offset}",
-                    info.checkpoint_id.unwrap_or(highwater::CheckpointId(0)),
-                    info.chain_length,
-                    info.entries,
-                    info.wal_records_replayed
-                );
                 let s = &info.stats;
+                for f in &s.fallbacks {
+                    println!(
+                        "skipped unreadable checkpoint {}: {}",
+                        f.checkpoint, f.reason
+                    );
+                }
+                let from = match s.checkpoint {
+                    Some(id) => format!(
+                        "checkpoint {id} (chain of {}, {} entries)",
+                        s.chain_length, s.entries_loaded
+                    ),
+                    None => "the write-ahead log alone".to_string(),
+                };
+                println!(
+                    "resumed from {from} and {} logged changes at offset {offset}",
+                    s.wal_records_replayed
+                );
                 println!(
                     "recovery: {} artifacts ({} bytes) fetched, {} ranges decoded in parallel, {:.3}s ({:.1} MB/s)",
                     s.artifacts_fetched,

@@ -21,55 +21,30 @@ use highwater_recovery::{
 };
 use highwater_wal::LoggedBackend;
 
-/// Statistics of a restore: the recovery engine's, plus what the manager
-/// adds.
+/// What a restore did: the recovery engine's statistics, plus what the
+/// manager adds.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct RestoreInfo {
-    /// The checkpoint restored; `None` when the state was rebuilt from the
-    /// write-ahead log alone.
-    pub checkpoint_id: Option<CheckpointId>,
-    /// Layers applied.
-    pub chain_length: usize,
-    /// Entries loaded into the backend.
-    pub entries: u64,
-    /// Bytes fetched from the store.
-    pub bytes_fetched: u64,
-    /// Newer checkpoints skipped because they were unreadable, with why.
-    pub fallbacks: Vec<(CheckpointId, String)>,
-    /// Write-ahead-log records replayed after the checkpoint.
-    pub wal_records_replayed: u64,
-    /// The write-ahead-log position the checkpoint covers, if recorded.
-    pub wal_position: Option<u64>,
-    /// Wall time.
-    pub duration: Duration,
+    /// Everything the recovery engine measured: the checkpoint restored
+    /// ([`RecoveryStats::checkpoint`], `None` when the state was rebuilt
+    /// from the write-ahead log alone), its chain, the entries loaded, the
+    /// bytes fetched, the newer checkpoints skipped as unreadable
+    /// ([`RecoveryStats::fallbacks`]), the log records replayed and the
+    /// time each phase took.
+    pub stats: RecoveryStats,
     /// After a point-in-time recovery with a write-ahead log: the full
     /// checkpoint of the recovered state taken before returning, so that a
     /// crash afterwards resumes from it rather than from the abandoned
     /// later history still in the store and the log.
     pub fork_checkpoint: Option<CheckpointId>,
-    /// Everything the recovery engine measured.
-    pub stats: RecoveryStats,
 }
 
 impl RestoreInfo {
     fn from_outcome(o: &RecoveryOutcome) -> Self {
-        let s = &o.stats;
         RestoreInfo {
-            checkpoint_id: s.checkpoint,
-            chain_length: s.chain_length,
-            entries: s.entries_loaded,
-            bytes_fetched: s.bytes_fetched,
-            fallbacks: s
-                .fallbacks
-                .iter()
-                .map(|f| (f.checkpoint, f.reason.clone()))
-                .collect(),
-            wal_records_replayed: s.wal_records_replayed,
-            wal_position: s.wal_position,
-            duration: s.duration,
+            stats: o.stats.clone(),
             fork_checkpoint: None,
-            stats: s.clone(),
         }
     }
 }
@@ -379,7 +354,7 @@ impl StateManager {
     /// from the log alone, reported with no checkpoint id). With
     /// `optimistic_recovery` on (the default), a checkpoint whose manifest
     /// or artifacts are corrupt or missing is skipped (with a warning and an
-    /// entry in [`RestoreInfo::fallbacks`]) in favour of the previous one.
+    /// entry in [`RecoveryStats::fallbacks`] of [`RestoreInfo::stats`]) in favour of the previous one.
     /// Returns `Ok(None)` when the store holds no checkpoint and there is
     /// no log to rebuild from.
     pub fn restore_latest(&self) -> Result<Option<RestoreInfo>> {

@@ -225,8 +225,8 @@ fn consecutive_checkpoints_share_sst_files_and_retention_keeps_them_while_refere
     let before = all(&*backend);
     write_counters(&m, 0..50, 99);
     let info = m.restore(fifth.id).unwrap();
-    assert_eq!(info.checkpoint_id, Some(fifth.id));
-    assert!(info.bytes_fetched > 0);
+    assert_eq!(info.stats.checkpoint, Some(fifth.id));
+    assert!(info.stats.bytes_fetched > 0);
     assert_eq!(all(&*backend), before, "restore of a native checkpoint");
 }
 
@@ -252,9 +252,9 @@ fn restore_latest_falls_back_past_a_checkpoint_with_a_missing_sst() {
     let fresh = rocks(&tmp.path().join("fresh"));
     let m_fresh = manager(fresh.clone(), store.clone(), 3);
     let info = m_fresh.restore_latest().unwrap().unwrap();
-    assert_eq!(info.checkpoint_id, Some(first.id));
-    assert_eq!(info.fallbacks.len(), 1, "{:?}", info.fallbacks);
-    assert_eq!(info.fallbacks[0].0, second.id);
+    assert_eq!(info.stats.checkpoint, Some(first.id));
+    assert_eq!(info.stats.fallbacks.len(), 1, "{:?}", info.stats.fallbacks);
+    assert_eq!(info.stats.fallbacks[0].checkpoint, second.id);
     assert_eq!(all(&*fresh), expected);
 
     // A damaged copy of a shared file is caught by its content address.
@@ -391,6 +391,6 @@ fn a_damaged_sst_in_the_store_is_deleted_on_restore_and_rewritten_by_the_next_ch
     let info = manager(again.clone(), store.clone(), 3)
         .restore(second.id)
         .unwrap();
-    assert_eq!(info.checkpoint_id, Some(second.id));
+    assert_eq!(info.stats.checkpoint, Some(second.id));
     assert_eq!(all(&*again), all(&*backend));
 }

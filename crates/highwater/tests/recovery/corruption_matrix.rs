@@ -136,9 +136,9 @@ fn undamaged_job_recovers_checkpoint_3_and_the_log_tail() {
     let job = job();
     let (m, _) = reopen(&job, true).unwrap();
     let info = m.restore_latest().unwrap().unwrap();
-    assert_eq!(info.checkpoint_id, Some(CheckpointId(3)));
-    assert!(info.fallbacks.is_empty());
-    assert!(info.wal_records_replayed > 0);
+    assert_eq!(info.stats.checkpoint, Some(CheckpointId(3)));
+    assert!(info.stats.fallbacks.is_empty());
+    assert!(info.stats.wal_records_replayed > 0);
     assert_state(&job.last, &dump(&**m.backend()), "undamaged");
 }
 
@@ -150,18 +150,18 @@ fn damaged_newest_manifest_falls_back_to_checkpoint_2_and_the_longer_log() {
         let (m, _) = reopen(&job, true).unwrap();
         let info = m.restore_latest().unwrap().unwrap();
         let ctx = format!("{damage:?} manifest 3");
-        assert_eq!(info.checkpoint_id, Some(CheckpointId(2)), "{ctx}");
+        assert_eq!(info.stats.checkpoint, Some(CheckpointId(2)), "{ctx}");
         match damage {
             // A deleted manifest is no checkpoint at all: nothing to fall
             // back from.
-            Damage::Delete => assert!(info.fallbacks.is_empty(), "{ctx}"),
+            Damage::Delete => assert!(info.stats.fallbacks.is_empty(), "{ctx}"),
             _ => {
-                assert_eq!(info.fallbacks.len(), 1, "{ctx}");
-                assert_eq!(info.fallbacks[0].0, CheckpointId(3), "{ctx}");
+                assert_eq!(info.stats.fallbacks.len(), 1, "{ctx}");
+                assert_eq!(info.stats.fallbacks[0].checkpoint, CheckpointId(3), "{ctx}");
                 assert!(
-                    info.fallbacks[0].1.contains("manifest"),
+                    info.stats.fallbacks[0].reason.contains("manifest"),
                     "{ctx}: {:?}",
-                    info.fallbacks
+                    info.stats.fallbacks
                 );
             }
         }
@@ -207,13 +207,13 @@ fn damaged_incremental_chunk_falls_back_or_names_checkpoint_and_artifact() {
         }
         let (m, _) = reopen(&job, true).unwrap();
         let info = m.restore_latest().unwrap().unwrap();
-        assert_eq!(info.checkpoint_id, Some(CheckpointId(2)), "{ctx}");
-        assert_eq!(info.fallbacks.len(), 1, "{ctx}");
-        assert_eq!(info.fallbacks[0].0, CheckpointId(3), "{ctx}");
+        assert_eq!(info.stats.checkpoint, Some(CheckpointId(2)), "{ctx}");
+        assert_eq!(info.stats.fallbacks.len(), 1, "{ctx}");
+        assert_eq!(info.stats.fallbacks[0].checkpoint, CheckpointId(3), "{ctx}");
         assert!(
-            info.fallbacks[0].1.contains(&hex),
+            info.stats.fallbacks[0].reason.contains(&hex),
             "{ctx}: {:?}",
-            info.fallbacks
+            info.stats.fallbacks
         );
         assert_eq!(info.stats.fallbacks.len(), 1, "{ctx}");
         assert_state(&job.last, &dump(&**m.backend()), &ctx);
@@ -295,6 +295,6 @@ fn a_lost_log_directory_is_refused_rather_than_replayed_from_scratch() {
     assert_state(&before, &dump(&**m.backend()), "untouched");
     // The checkpoint alone (no replay) still restores.
     let info = m.restore(CheckpointId(3)).unwrap();
-    assert_eq!(info.wal_records_replayed, 0);
+    assert_eq!(info.stats.wal_records_replayed, 0);
     drop(m);
 }

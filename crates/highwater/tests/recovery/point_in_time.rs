@@ -96,9 +96,10 @@ fn recovering_to_random_times_gives_the_models_state_at_that_time() {
                 .unwrap_or_else(|e| panic!("seed={seed} t={t}: {e}"));
             let ctx = format!(
                 "seed={seed} t={t} checkpoint={} replayed={}",
-                info.checkpoint_id
+                info.stats
+                    .checkpoint
                     .map_or("none".to_string(), |c| c.to_string()),
-                info.wal_records_replayed
+                info.stats.wal_records_replayed
             );
             assert_state(&model_at(&history, t), &dump(&**m.backend()), &ctx);
             assert!(info.fork_checkpoint.is_some(), "{ctx}");
@@ -152,7 +153,7 @@ fn restore_at_without_a_log_has_checkpoint_granularity() {
     clock.advance(Duration::from_millis(100));
     v.update(&1, &3).unwrap();
     let info = m.restore_at(START_MS + 50).unwrap();
-    assert_eq!(info.checkpoint_id, Some(highwater::CheckpointId(1)));
+    assert_eq!(info.stats.checkpoint, Some(highwater::CheckpointId(1)));
     assert_eq!(info.fork_checkpoint, None);
     assert_state(
         &at_first,

@@ -64,13 +64,13 @@ fn chain_restore_equals_captured_state_and_full_only_restore() {
             let (raw, model) = &captured[&id];
             let ri = inc.restore(id).unwrap();
             let rf = full.restore(id).unwrap();
-            assert_eq!(ri.chain_length, expected[(id.0 - 1) as usize].1);
-            assert_eq!(rf.chain_length, 1);
+            assert_eq!(ri.stats.chain_length, expected[(id.0 - 1) as usize].1);
+            assert_eq!(rf.stats.chain_length, 1);
             let (di, df) = (dump(&**inc.backend()), dump(&**full.backend()));
             let ctx = format!("seed={seed} checkpoint={id}");
             assert_entries(raw, &di, &format!("{ctx} incremental manager"));
             assert_entries(raw, &df, &format!("{ctx} full-only manager"));
-            assert_eq!(ri.entries, rf.entries, "{ctx}");
+            assert_eq!(ri.stats.entries_loaded, rf.stats.entries_loaded, "{ctx}");
             w_inc.check(model).unwrap_or_else(|e| panic!("{ctx}: {e}"));
             w_full.check(model).unwrap_or_else(|e| panic!("{ctx}: {e}"));
         }
@@ -123,7 +123,7 @@ fn incremental_delta_holds_exactly_the_changes() {
 
     for (id, want) in [(c1.id, &s1), (c2.id, &s2), (c3.id, &s2), (c4.id, &s4)] {
         let info = m.restore(id).unwrap();
-        assert_eq!(info.entries, want.len() as u64);
+        assert_eq!(info.stats.entries_loaded, want.len() as u64);
         assert_entries(want, &dump(&**m.backend()), &format!("checkpoint {id}"));
     }
     assert_eq!(v.get(&7).unwrap(), Some(77));

@@ -72,9 +72,12 @@ impl Fixture {
     fn expect_fallback_to_2(&self, reason: &[&str]) {
         self.scribble();
         let info = self.m.restore_latest().unwrap().expect("a checkpoint");
-        assert_eq!(info.checkpoint_id, Some(CheckpointId(2)));
-        assert_eq!(info.fallbacks.len(), 1, "{:?}", info.fallbacks);
-        let (id, why) = &info.fallbacks[0];
+        assert_eq!(info.stats.checkpoint, Some(CheckpointId(2)));
+        assert_eq!(info.stats.fallbacks.len(), 1, "{:?}", info.stats.fallbacks);
+        let (id, why) = (
+            &info.stats.fallbacks[0].checkpoint,
+            &info.stats.fallbacks[0].reason,
+        );
         assert_eq!(*id, CheckpointId(3));
         for r in reason {
             assert!(why.contains(r), "fallback reason {why:?} lacks {r:?}");

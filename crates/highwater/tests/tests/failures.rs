@@ -96,8 +96,8 @@ fn manifest_collision_fails_the_checkpoint_and_orphans_are_cleaned() {
     // continues on it.
     m.backend().clear().unwrap();
     let info = m.restore_latest().unwrap().unwrap();
-    assert_eq!(info.checkpoint_id, Some(CheckpointId(4)));
-    assert!(info.fallbacks.is_empty());
+    assert_eq!(info.stats.checkpoint, Some(CheckpointId(4)));
+    assert!(info.stats.fallbacks.is_empty());
     assert_entries(&state, &dump(&**m.backend()), "checkpoint 4");
     w.check(&model).unwrap();
     let c5 = m.checkpoint().unwrap().wait().unwrap();

@@ -130,7 +130,7 @@ fn checkpoint_ids_continue_across_a_rebuilt_manager() {
     let b = manager_with(local.dyn_store(), config(true, 8, 2));
     let info = b.restore_latest().unwrap().unwrap();
     assert_eq!(
-        (info.checkpoint_id, info.chain_length),
+        (info.stats.checkpoint, info.stats.chain_length),
         (Some(CheckpointId(3)), 3)
     );
     assert_entries(&state, &dump(&**b.backend()), "restored in a new manager");

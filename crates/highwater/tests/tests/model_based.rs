@@ -117,10 +117,14 @@ fn run(seed: u64, store: Arc<dyn CheckpointStore>, steps: usize) -> Coverage {
                 .restore(id)
                 .unwrap_or_else(|e| panic!("{ctx}: restore {id}: {e}"));
             let rec = &recorded[&id];
-            assert_eq!(info.checkpoint_id, Some(id), "{ctx}");
-            assert_eq!(info.chain_length, rec.chain, "{ctx}: chain of {id}");
-            assert_eq!(info.entries, rec.raw.len() as u64, "{ctx}: entries of {id}");
-            assert!(info.fallbacks.is_empty(), "{ctx}");
+            assert_eq!(info.stats.checkpoint, Some(id), "{ctx}");
+            assert_eq!(info.stats.chain_length, rec.chain, "{ctx}: chain of {id}");
+            assert_eq!(
+                info.stats.entries_loaded,
+                rec.raw.len() as u64,
+                "{ctx}: entries of {id}"
+            );
+            assert!(info.stats.fallbacks.is_empty(), "{ctx}");
             assert_entries(&rec.raw, &dump(&*backend), &format!("{ctx}: restore {id}"));
             w.check(&rec.model)
                 .unwrap_or_else(|e| panic!("{ctx}: restore {id}: {e}"));
@@ -144,8 +148,8 @@ fn run(seed: u64, store: Arc<dyn CheckpointStore>, steps: usize) -> Coverage {
                 }
                 Some(&newest) => {
                     let info = got.expect("a checkpoint to restore");
-                    assert_eq!(info.checkpoint_id, Some(newest), "{ctx}");
-                    assert!(info.fallbacks.is_empty(), "{ctx}");
+                    assert_eq!(info.stats.checkpoint, Some(newest), "{ctx}");
+                    assert!(info.stats.fallbacks.is_empty(), "{ctx}");
                     let rec = &recorded[&newest];
                     assert_entries(&rec.raw, &dump(&*backend), &format!("{ctx}: latest"));
                     model = rec.model.clone();

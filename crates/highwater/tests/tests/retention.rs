@@ -76,7 +76,7 @@ fn run(incremental: bool) {
     for id in [CheckpointId(5), CheckpointId(6), CheckpointId(5)] {
         let info = m.restore(id).unwrap();
         if incremental {
-            assert_eq!(info.chain_length, id.0 as usize);
+            assert_eq!(info.stats.chain_length, id.0 as usize);
         }
         let (raw, model) = &captured[&id];
         assert_entries(

@@ -32,7 +32,7 @@ async fn exercise() {
     m.restore(c1.id).unwrap();
     assert_eq!(v.get(&1).unwrap(), Some(1));
     let latest = m.restore_latest().unwrap().unwrap();
-    assert_eq!(latest.checkpoint_id, Some(c2.id));
+    assert_eq!(latest.stats.checkpoint, Some(c2.id));
     assert_eq!(v.get(&1).unwrap(), Some(2));
     assert_eq!(m.checkpoint_history().unwrap().len(), 2);
     m.apply_retention().unwrap();

@@ -73,7 +73,7 @@ fn expired_entries_are_not_checkpointed_nor_restored() {
     assert_eq!(c1.entries, 6, "5 plain entries and the live TTL entry");
 
     let info = f.m.restore(c1.id).unwrap();
-    assert_eq!(info.entries, 6);
+    assert_eq!(info.stats.entries_loaded, 6);
     assert_eq!(f.entries(), 6, "the restore reclaimed the expired entries");
     for k in 1..=5 {
         assert_eq!(f.ttl.get(&k).unwrap(), None);
@@ -114,8 +114,8 @@ fn entry_expiring_between_base_and_incremental_does_not_resurface() {
     assert_eq!(c2.entries, 2, "the put of plain 2 and the delete of ttl 8");
 
     let info = f.m.restore(c2.id).unwrap();
-    assert_eq!(info.chain_length, 2);
-    assert_eq!(info.entries, 2, "plain 1 and 2 only");
+    assert_eq!(info.stats.chain_length, 2);
+    assert_eq!(info.stats.entries_loaded, 2, "plain 1 and 2 only");
     assert_eq!(f.entries(), 2);
     assert_eq!(f.ttl.get(&6).unwrap(), None);
     assert_eq!(f.ttl.get(&8).unwrap(), None);
@@ -144,7 +144,7 @@ fn entry_alive_at_checkpoint_but_expired_at_restore_is_dropped() {
     assert_eq!((c1.entries, c1.expired_dropped), (2, 0));
     f.clock.set(T0 + 60 * SEC);
     let info = f.m.restore(c1.id).unwrap();
-    assert_eq!(info.entries, 1);
+    assert_eq!(info.stats.entries_loaded, 1);
     assert_eq!(f.entries(), 1);
     assert_eq!(f.ttl.get(&1).unwrap(), None);
     assert_eq!(f.plain.get(&1).unwrap(), Some(1));

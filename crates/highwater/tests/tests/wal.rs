@@ -63,8 +63,8 @@ fn restore_latest_replays_the_committed_tail_only() {
     };
     let m = manager(&local, &wal_dir, 3);
     let info = m.restore_latest().unwrap().expect("a checkpoint");
-    assert_eq!(info.checkpoint_id, Some(CheckpointId(1)));
-    assert_eq!(info.wal_records_replayed, 51);
+    assert_eq!(info.stats.checkpoint, Some(CheckpointId(1)));
+    assert_eq!(info.stats.wal_records_replayed, 51);
     assert_eq!(dump(&**m.backend()), expected);
     // The next checkpoint is an incremental holding the replayed changes.
     let c2 = m.checkpoint().unwrap().wait().unwrap();
@@ -91,8 +91,8 @@ fn without_a_checkpoint_the_log_alone_rebuilds_the_state() {
     };
     let m = manager(&local, &wal_dir, 3);
     let info = m.restore_latest().unwrap().expect("the log holds state");
-    assert_eq!(info.checkpoint_id, None);
-    assert_eq!(info.wal_records_replayed, 20);
+    assert_eq!(info.stats.checkpoint, None);
+    assert_eq!(info.stats.wal_records_replayed, 20);
     assert_eq!(dump(&**m.backend()), expected);
 }
 
@@ -129,6 +129,6 @@ fn checkpoints_record_their_position_and_release_the_log() {
     m.close().unwrap();
     let m = manager(&local, &wal_dir, 2);
     let info = m.restore_latest().unwrap().unwrap();
-    assert_eq!(info.wal_position, Some(positions[5]));
-    assert_eq!(info.wal_records_replayed, 0);
+    assert_eq!(info.stats.wal_position, Some(positions[5]));
+    assert_eq!(info.stats.wal_records_replayed, 0);
 }
