@@ -39,6 +39,7 @@ use highwater::core::{
 use highwater_redis::{
     RedisBackend, RedisBackendConfig, RedisCheckpointStore, RedisEndpoint, RedisStoreConfig,
 };
+use highwater_testkit::model::visit_snapshot;
 use serde_json::{Map, Value, json};
 
 use crate::util::{self, Rng, median};
@@ -228,9 +229,7 @@ fn ops_bench(
         // Close the change epoch (and wait for its background read), as a
         // checkpoint would, so the dirty set does not grow across rounds.
         let snap = backend.snapshot(SnapshotKind::Changes)?;
-        for p in 0..snap.partitions() {
-            snap.for_each_in_partition(p, &mut |_, _| Ok(()))?;
-        }
+        visit_snapshot(&*snap, |_, _, _| Ok(()))?;
         Ok((ours, base))
     };
     println!("redis: loading {} keys …", plan.keys);

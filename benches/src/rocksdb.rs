@@ -42,7 +42,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use highwater::cloud::ObjectCheckpointStore;
-use highwater::core::{ArtifactId, CheckpointStore, StateBackend, load_manifest};
+use highwater::core::{
+    ArtifactId, CheckpointStore, KeyGroup, StateBackend, StateKey, load_manifest,
+};
 use highwater::rocksdb::{RocksDbBackend, RocksDbConfig, db_options};
 use highwater::{CheckpointConfig, StateManager};
 use rocksdb::{Cache, DB, Options, WriteOptions};
@@ -94,18 +96,19 @@ fn data_root() -> PathBuf {
     target.join("bench-data").join("rocksdb")
 }
 
-/// A state key: key group (of 128), operator, state, an 8-byte user key.
+/// A state key: key group `i % 128`, operator `window`, state `count`, an
+/// 8-byte key (`i` big-endian), no namespace.
 fn key(i: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(30);
-    k.extend_from_slice(&((i % 128) as u16).to_be_bytes());
-    k.push(6);
-    k.extend_from_slice(b"window");
-    k.push(5);
-    k.extend_from_slice(b"count");
-    k.extend_from_slice(&8u32.to_be_bytes());
-    k.extend_from_slice(&i.to_be_bytes());
-    k.extend_from_slice(&0u32.to_be_bytes());
-    k
+    StateKey {
+        key_group: KeyGroup((i % 128) as u16),
+        operator: "window",
+        state: "count",
+        key: &i.to_be_bytes(),
+        namespace: &[],
+        user_key: &[],
+    }
+    .encode()
+    .expect("the names are short")
 }
 
 fn value(i: u64, round: u64) -> Vec<u8> {

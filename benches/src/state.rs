@@ -60,13 +60,14 @@ use std::time::{Duration, Instant};
 
 use highwater::cloud::ObjectCheckpointStore;
 use highwater::core::codec::ARTIFACT_HEADER_LEN;
-use highwater::core::key::{key_group_of, operator_of};
+use highwater::core::key::{key_group_of, split_operator};
 use highwater::core::{
     ArtifactKind, CheckpointStore, EncodeOptions, KeyGroup, RecordWriter, SnapshotKind, StateKey,
     key_group_for,
 };
 use highwater::memory::MemoryBackend;
 use highwater::{CheckpointInfo, CheckpointKind, StateBackend, StateManager};
+use highwater_testkit::model::visit_snapshot;
 use serde_json::{Map, Value, json};
 
 use crate::util::{self, Rng, median, median_duration, ms, percentile, push_str, push_varint};
@@ -1005,24 +1006,21 @@ fn record_streams(backend: &MemoryBackend, key_groups_per_artifact: u16) -> Resu
     type Bucket = (Vec<u8>, Vec<(usize, usize, usize)>);
     let snapshot = backend.snapshot(SnapshotKind::Full)?;
     let mut buckets: HashMap<(String, u16), Bucket> = HashMap::new();
-    for p in 0..snapshot.partitions() {
-        snapshot.for_each_in_partition(p, &mut |k, v| {
-            let Some(v) = v else { return Ok(()) };
-            let KeyGroup(kg) = key_group_of(k)?;
-            let chunk = kg / key_groups_per_artifact;
-            let op = operator_of(k)?.to_owned();
-            // Stored as checkpoints store them: without the operator name
-            // (format v2's operator-relative keys; the artifact names it).
-            let (head, tail) = (&k[..2], &k[3 + op.len()..]);
-            let (data, recs) = buckets.entry((op, chunk)).or_default();
-            let at = data.len();
-            data.extend_from_slice(head);
-            data.extend_from_slice(tail);
-            data.extend_from_slice(v);
-            recs.push((at, head.len() + tail.len(), v.len()));
-            Ok(())
-        })?;
-    }
+    visit_snapshot(&*snapshot, |_, k, v| {
+        let Some(v) = v else { return Ok(()) };
+        let KeyGroup(kg) = key_group_of(k)?;
+        let chunk = kg / key_groups_per_artifact;
+        // Stored as checkpoints store them: without the operator name
+        // (format v2's operator-relative keys; the artifact names it).
+        let (head, op, tail) = split_operator(k)?;
+        let (data, recs) = buckets.entry((op.to_owned(), chunk)).or_default();
+        let at = data.len();
+        data.extend_from_slice(head);
+        data.extend_from_slice(tail);
+        data.extend_from_slice(v);
+        recs.push((at, head.len() + tail.len(), v.len()));
+        Ok(())
+    })?;
     drop(snapshot);
     let mut keys: Vec<(String, u16)> = buckets.keys().cloned().collect();
     keys.sort();

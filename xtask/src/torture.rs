@@ -4,28 +4,33 @@
 use crate::util::{Result, Workspace, run};
 
 /// The torture suites: name, default rounds, the rounds variable, the
-/// package, and the test (module path in the package's single test binary)
+/// package, its test target, and the test (its exact name in that target)
 /// that reads it.
-const SUITES: &[(&str, u64, &str, &str, &str)] = &[
+const SUITES: &[(&str, u64, &str, &str, &str, &str)] = &[
     (
         "wal",
         1_000,
         "HIGHWATER_WAL_TORTURE_ROUNDS",
         "highwater-wal",
-        "crash::sigkill_never_loses_an_acknowledged_record",
+        // A crash test target (highwater_testkit::crash): its binary is
+        // also the child it kills.
+        "crash",
+        "sigkill_never_loses_an_acknowledged_record",
     ),
     (
         "raft",
         500,
         "HIGHWATER_RAFT_TORTURE_ROUNDS",
         "highwater-raft",
+        "tests",
         "faults::randomized_crashes_restarts_and_partitions_keep_the_ledger_invariants",
     ),
 ];
 
 /// Runs torture suite `name` for `rounds` rounds (its default if `None`).
 pub fn run_torture(ws: &Workspace, name: &str, rounds: Option<u64>) -> Result {
-    let Some(&(_, default, var, package, test)) = SUITES.iter().find(|s| s.0 == name) else {
+    let Some(&(_, default, var, package, target, test)) = SUITES.iter().find(|s| s.0 == name)
+    else {
         let known: Vec<&str> = SUITES.iter().map(|s| s.0).collect();
         return Err(format!(
             "unknown torture suite {name:?}; known: {}",
@@ -41,12 +46,11 @@ pub fn run_torture(ws: &Workspace, name: &str, rounds: Option<u64>) -> Result {
         "-p",
         package,
         "--test",
-        "tests",
+        target,
         "--",
         "--exact",
         "--nocapture",
     ]);
-    // The test lives in a module of the single test binary.
     cmd.arg(test).env(var, rounds.to_string());
     println!("xtask: torture {name}: {rounds} rounds");
     run(&mut cmd)

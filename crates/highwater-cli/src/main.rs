@@ -1,7 +1,6 @@
 //! `highwater`: run the demo pipeline, inspect, verify, compact and
 //! garbage-collect checkpoints.
 
-mod churn;
 mod compact;
 mod coordinator;
 mod demo;
@@ -96,9 +95,6 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// The merge crash test's workload (checkpoints, merges, GC in a loop).
-    #[command(hide = true)]
-    Churn(churn::ChurnArgs),
 }
 
 fn main() -> ExitCode {
@@ -130,7 +126,6 @@ fn main() -> ExitCode {
             keep,
             json,
         } => compact::gc(&store, &namespace, json, keep),
-        Command::Churn(args) => churn::run(args),
     };
     match result {
         Ok(code) => code,

@@ -2,8 +2,10 @@
 //! SIGKILL and resume, and detection of damaged checkpoint files.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
+
+use highwater_testkit::crash::Victim;
 
 const BIN: &str = env!("CARGO_BIN_EXE_highwater");
 
@@ -85,18 +87,12 @@ fn kill_and_resume(reference: &[String], killed: &[String], verify_args: &[Strin
         // less left to do, and a run that finishes first is not killed.
         let max_ms = (full_run.as_millis() as u64 / 2).max(20);
         let after = Duration::from_millis(splitmix(&mut rng) % max_ms);
-        let mut child = demo_on(killed, events, round > 0)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn demo");
-        std::thread::sleep(after);
-        if child.try_wait().unwrap().is_none() {
-            // SIGKILL: no destructors, no flush, no chance to finish a write.
-            child.kill().unwrap();
+        // SIGKILL: no destructors, no flush, no chance to finish a write.
+        let ended = Victim::spawn(demo_on(killed, events, round > 0)).kill_after(after);
+        ended.assert_killed_or_succeeded(&format!("round {round}: demo"));
+        if ended.killed {
             kills += 1;
         }
-        child.wait().unwrap();
         // Whatever the moment of the kill, no half-written checkpoint is visible.
         let v = Command::new(BIN)
             .arg("verify")

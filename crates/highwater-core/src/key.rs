@@ -144,6 +144,19 @@ pub fn operator_of(encoded: &[u8]) -> Result<&str> {
         .map_err(|_| Error::corrupt("state key", "operator is not utf-8"))
 }
 
+/// An encoded key split around its operator name: `(head, operator,
+/// rest)`, where `head` is the key group's two bytes and `rest` everything
+/// after the operator (the state name onwards). `head` followed by `rest`
+/// is the key's operator-relative form, as artifacts with
+/// [`KeyForm::OperatorRelative`](crate::KeyForm::OperatorRelative) keys
+/// store it.
+pub fn split_operator(encoded: &[u8]) -> Result<(&[u8], &str, &[u8])> {
+    let operator = operator_of(encoded)?;
+    // `operator_of` checked that the key holds 3 + operator.len() bytes.
+    let (head, after) = encoded.split_at(2);
+    Ok((head, operator, &after[1 + operator.len()..]))
+}
+
 /// The prefix shared by every key of `operator` in key group `kg`.
 pub fn operator_prefix(kg: KeyGroup, operator: &str) -> Result<Vec<u8>> {
     check_name("operator", operator)?;
@@ -217,12 +230,24 @@ mod tests {
             prop_assert_eq!(base_len(&enc).unwrap(), enc.len() - uk.len());
             prop_assert_eq!(split_base(&enc), Some(enc.len() - uk.len()));
             prop_assert!(enc.starts_with(&operator_prefix(KeyGroup(kg), &op).unwrap()));
+            let (head, operator, rest) = split_operator(&enc).unwrap();
+            prop_assert_eq!(head, &kg.to_be_bytes()[..]);
+            prop_assert_eq!(operator, op.as_str());
+            // The rest is the key without its operator: it starts with the
+            // state name and ends with the user key.
+            prop_assert_eq!(rest.len(), enc.len() - 3 - op.len());
+            prop_assert_eq!(rest[0] as usize, st.len());
+            prop_assert_eq!(&rest[1..1 + st.len()], st.as_bytes());
+            prop_assert!(rest.ends_with(&uk));
         }
 
         #[test]
         fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
             let _ = StateKey::decode(&bytes);
             let _ = operator_of(&bytes);
+            if let Ok((head, op, rest)) = split_operator(&bytes) {
+                prop_assert_eq!(head.len() + 1 + op.len() + rest.len(), bytes.len());
+            }
             if let Some(n) = split_base(&bytes) {
                 prop_assert!(n <= bytes.len());
                 prop_assert_eq!(StateKey::decode(&bytes).ok().map(|k| bytes.len() - k.user_key.len()).unwrap_or(n), n);

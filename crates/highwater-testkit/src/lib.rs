@@ -15,6 +15,9 @@
 //! - [`rng`]: the explicitly seeded generator behind every random choice.
 //! - [`mounts`]: small real file systems (a full or read-only tmpfs) for
 //!   tests of permanent I/O failures.
+//! - [`crash`]: the one mechanism of crash tests: children reached by
+//!   running the test binary again, killed with SIGKILL at a random
+//!   moment, their whole output lines collected.
 //! - [`fixture`]: what a factory may return (an implementation, or a guard
 //!   and an implementation) and the [`Guards`] that outlive a case.
 //!
@@ -35,12 +38,13 @@
 //! case.
 //!
 //! Architecture invariant: this crate depends on `highwater-core` only (plus
-//! proptest, tokio and bytes), never on a backend or a store, and contains no
+//! proptest, tokio, bytes and libtest-mimic), never on a backend or a store, and contains no
 //! implementation of either: the suites are run against the real ones.
 
 #![deny(missing_docs)]
 
 pub mod backend;
+pub mod crash;
 pub mod fixture;
 pub mod keys;
 mod macros;

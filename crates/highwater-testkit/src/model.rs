@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
-use highwater_core::{Mutation, SnapshotKind, StateSnapshot, WriteBatch};
+use highwater_core::{Mutation, Result as CoreResult, SnapshotKind, StateSnapshot, WriteBatch};
 
 use crate::keys::{describe_key, describe_value};
 
@@ -366,9 +366,58 @@ pub fn read_snapshot(snapshot: &dyn StateSnapshot) -> Result<SnapshotContent, St
     })
 }
 
+/// Visits every entry of every partition of `snapshot`, partition by
+/// partition, without copying: the streaming form of [`read_snapshot`] for
+/// callers that cannot hold the whole snapshot (benches over gigabytes of
+/// state) or only drain it. `visit` gets the partition, the key and the
+/// value (`None` for a delete). Stops at the first error, of the snapshot
+/// or of `visit`, and returns it typed. Returns the number of entries.
+pub fn visit_snapshot(
+    snapshot: &dyn StateSnapshot,
+    mut visit: impl FnMut(usize, &[u8], Option<&[u8]>) -> CoreResult<()>,
+) -> CoreResult<usize> {
+    let mut n = 0;
+    for p in 0..snapshot.partitions() {
+        snapshot.for_each_in_partition(p, &mut |k, v| {
+            n += 1;
+            visit(p, k, v)
+        })?;
+    }
+    Ok(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use highwater_core::{Error, StateBackend};
+
+    #[test]
+    fn visit_snapshot_streams_what_read_snapshot_reads_and_stops_at_an_error() {
+        let b = highwater_memory::MemoryBackend::new();
+        for i in 0..100u32 {
+            let k = crate::keys::encode_key((i % 7) as u16, "op", "st", &i.to_be_bytes(), &[], &[]);
+            b.put(&k, &crate::keys::plain_value(&i.to_le_bytes()))
+                .unwrap();
+        }
+        let s = b.snapshot(SnapshotKind::Full).unwrap();
+        let mut seen = Entries::new();
+        let n = visit_snapshot(&*s, |p, k, v| {
+            assert!(p < s.partitions());
+            seen.insert(k.to_vec(), v.unwrap().to_vec());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(n, 100);
+        assert_eq!(seen, read_snapshot(&*s).unwrap().puts());
+        let mut calls = 0;
+        let err = visit_snapshot(&*s, |_, _, _| {
+            calls += 1;
+            Err(Error::InvalidArgument("stop".into()))
+        })
+        .unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(m) if m == "stop"));
+        assert_eq!(calls, 1);
+    }
 
     #[test]
     fn changes_rule_accepts_minimal_and_tolerant_sets() {

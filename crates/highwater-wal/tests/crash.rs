@@ -1,8 +1,8 @@
-//! The crash test: a child process (`src/bin/wal-crash-child.rs`) appends
-//! with `SyncPolicy::Always` from several threads and prints every
-//! acknowledged record; it is killed with SIGKILL at random moments — while
-//! appending, rotating, preallocating, truncating or still recovering — and
-//! the same directory is reopened and checked after every round:
+//! The crash test of the log: a child process appends with
+//! `SyncPolicy::Always` from several threads and prints every acknowledged
+//! record; it is killed with SIGKILL at random moments — while appending,
+//! rotating, preallocating, truncating or still recovering — and the same
+//! directory is reopened and checked after every round:
 //!
 //! - every acknowledged record is present, at its LSN, byte-identical
 //!   (unless a completed or interrupted `truncate_before` released it);
@@ -13,15 +13,38 @@
 //! Rounds: `HIGHWATER_WAL_TORTURE_ROUNDS` (default 50; `cargo xtask
 //! torture wal` runs 1,000). `HIGHWATER_WAL_TORTURE_SEED` changes the kill
 //! timings.
+//!
+//! The child is this test binary run again (`highwater_testkit::crash`):
+//! `append_until_killed`, the child `wal-append`, shares `value_for` and
+//! `fnv` with the checks. The test stays with the log's crate: it
+//! exercises the log alone.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
-use highwater_wal::{SyncPolicy, Wal, WalConfig, WalOp};
+use highwater_testkit::crash::{self, CrashChild, CrashTest, Victim};
+use highwater_wal::{SyncPolicy, Wal, WalBatch, WalConfig, WalOp};
 
-/// Copy of the child's `fnv`.
+/// The name of the appending child.
+const CHILD: &str = "wal-append";
+
+fn main() -> ExitCode {
+    crash::main(
+        &[CrashChild {
+            name: CHILD,
+            run: append_until_killed,
+        }],
+        &[CrashTest {
+            name: "sigkill_never_loses_an_acknowledged_record",
+            run: sigkill_never_loses_an_acknowledged_record,
+        }],
+    )
+}
+
+/// FNV-1a, 64 bits.
 fn fnv(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in bytes {
@@ -31,7 +54,10 @@ fn fnv(bytes: &[u8]) -> u64 {
     h
 }
 
-/// Copy of the child's `value_for`.
+/// The value stored under `key`: 1 to 300 bytes derived from the key (64
+/// to 256 KiB, larger than a segment, for a key ending in `/big`). Every
+/// record is self-describing, so the checks know whether whatever survives
+/// is byte-identical to what was appended.
 fn value_for(key: &[u8]) -> Vec<u8> {
     let h = fnv(key);
     let len = if key.ends_with(b"/big") {
@@ -42,6 +68,96 @@ fn value_for(key: &[u8]) -> Vec<u8> {
     (0..len)
         .map(|i| (h >> (i % 8 * 8)) as u8 ^ i as u8)
         .collect()
+}
+
+/// The configuration the child opens the log with in round `seed`: small,
+/// preallocated segments, compression in every third round.
+fn child_config(seed: u64) -> WalConfig {
+    WalConfig {
+        sync_policy: SyncPolicy::Always,
+        segment_size: 64 << 10,
+        max_batch_size: 16 << 10,
+        enable_compression: seed.is_multiple_of(3),
+        compression_threshold: 256,
+        ..WalConfig::default()
+    }
+}
+
+/// The child `wal-append`, arguments `<dir> <threads> <seed>`.
+///
+/// Opens the log in `<dir>` with [`child_config`], then appends from
+/// `<threads>` threads until it is killed. Each thread appends batches of
+/// one to four records; after a batch is acknowledged it prints one line
+/// per record, `A <lsn> <key>`, to stdout (each line is flushed as it is
+/// written). Thread 0 now and then truncates the log, printing `T <lsn>`
+/// *before* calling `truncate_before(lsn)`. One batch in 25 holds large
+/// records, so that kills often land inside a long `write` and leave torn
+/// frames.
+fn append_until_killed(args: &[String]) -> ExitCode {
+    let (Some(dir), Some(threads), Some(seed)) = (
+        args.first().map(PathBuf::from),
+        args.get(1).and_then(|s| s.parse::<u64>().ok()),
+        args.get(2).and_then(|s| s.parse::<u64>().ok()),
+    ) else {
+        eprintln!("usage: {CHILD} <dir> <threads> <seed>");
+        return ExitCode::from(2);
+    };
+    let wal = match Wal::open(&dir, child_config(seed)) {
+        Ok((wal, _)) => Arc::new(wal),
+        Err(e) => {
+            eprintln!("{CHILD}: open failed: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let wal = Arc::clone(&wal);
+            std::thread::spawn(move || -> Result<(), String> {
+                let mut i: u64 = 0;
+                loop {
+                    let h = fnv(format!("{seed}/{t}/{i}").as_bytes());
+                    let k = 1 + (h % 4) as usize;
+                    // One batch in 25 carries a large record, so that kills
+                    // land inside a long write() and leave torn frames.
+                    let big = if h.is_multiple_of(25) { "/big" } else { "" };
+                    let keys: Vec<String> = (0..k)
+                        .map(|j| format!("s{seed}/t{t}/i{i}/j{j}{big}"))
+                        .collect();
+                    let mut batch = WalBatch::new();
+                    for key in &keys {
+                        batch.put(key.as_bytes(), &value_for(key.as_bytes()), Some(i));
+                    }
+                    let lsns = wal.append_batch(&batch).map_err(|e| e.to_string())?;
+                    let mut out = String::new();
+                    for (lsn, key) in lsns.zip(&keys) {
+                        out.push_str(&format!("A {lsn} {key}\n"));
+                    }
+                    // One locked write per batch; stdout flushes at each
+                    // newline, so every printed line was acknowledged first.
+                    print!("{out}");
+                    if t == 0 && i % 150 == 149 {
+                        let upto = wal.durable_lsn().saturating_sub(200);
+                        if upto > 0 {
+                            println!("T {upto}");
+                            wal.truncate_before(upto).map_err(|e| e.to_string())?;
+                        }
+                    }
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        match h.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                eprintln!("{CHILD}: append failed: {e}");
+                return ExitCode::FAILURE;
+            }
+            Err(_) => return ExitCode::FAILURE,
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -65,14 +181,12 @@ impl Rng {
     }
 }
 
-#[test]
 fn sigkill_never_loses_an_acknowledged_record() {
     let rounds = env_u64("HIGHWATER_WAL_TORTURE_ROUNDS", 50);
     let seed = env_u64("HIGHWATER_WAL_TORTURE_SEED", 0x5eed);
     let mut rng = Rng(seed | 1);
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("wal");
-    let child_bin = env!("CARGO_BIN_EXE_wal-crash-child");
     let config = WalConfig {
         segment_size: 64 << 10,
         ..WalConfig::default().sync_policy(SyncPolicy::Always)
@@ -85,33 +199,11 @@ fn sigkill_never_loses_an_acknowledged_record() {
     let mut total_lines = 0usize;
     for round in 0..rounds {
         let threads = 1 + rng.next() % 4;
-        let mut child = Command::new(child_bin)
-            .arg(&log)
+        let mut cmd = crash::child(CHILD);
+        cmd.arg(&log)
             .arg(threads.to_string())
-            .arg(round.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn the crash child");
-        let stdout = child.stdout.take().unwrap();
-        let reader = std::thread::spawn(move || {
-            let mut r = BufReader::new(stdout);
-            let mut lines = Vec::new();
-            let mut line = Vec::new();
-            loop {
-                line.clear();
-                match r.read_until(b'\n', &mut line) {
-                    Ok(0) | Err(_) => break,
-                    // A line cut by the kill has no newline: not acknowledged
-                    // as far as the test knows.
-                    Ok(_) if line.last() == Some(&b'\n') => {
-                        lines.push(String::from_utf8(line[..line.len() - 1].to_vec()).unwrap());
-                    }
-                    Ok(_) => break,
-                }
-            }
-            lines
-        });
+            .arg(round.to_string());
+        let child = Victim::spawn(cmd);
         // Mostly mid-run; sometimes right away, to hit recovery and
         // preallocation in the child.
         let delay = match rng.next() % 10 {
@@ -119,16 +211,14 @@ fn sigkill_never_loses_an_acknowledged_record() {
             1..=3 => 3 + rng.next() % 20,
             _ => 20 + rng.next() % 150,
         };
-        std::thread::sleep(Duration::from_millis(delay));
-        let early_exit = child.try_wait().unwrap();
-        child.kill().expect("SIGKILL the child");
-        child.wait().unwrap();
-        let lines = reader.join().unwrap();
-        if let Some(status) = early_exit {
-            let mut err = String::new();
-            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
-            panic!("round {round}: the child exited by itself ({status}): {err}");
+        let ended = child.kill_after(Duration::from_millis(delay));
+        if !ended.killed {
+            panic!(
+                "round {round}: the child exited by itself ({}): {}",
+                ended.status, ended.stderr
+            );
         }
+        let lines = ended.lines;
         total_lines += lines.len();
         for line in &lines {
             let mut parts = line.split(' ');
