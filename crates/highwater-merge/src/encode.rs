@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 
 use bytes::Bytes;
-use highwater_core::key::{key_group_of, operator_of};
+use highwater_core::key::{key_group_of, split_operator};
 use highwater_core::ttl::is_expired_value;
 use highwater_core::{
     ArtifactKind, ArtifactRef, EncodeOptions, Error, KeyForm, KeyGroupRange, RecordWriter, Result,
@@ -116,7 +116,11 @@ fn scan_partition(
                 kg.0, params.max_parallelism
             )));
         }
-        let operator = operator_of(key).unwrap_or(RAW_OPERATOR);
+        // A key without an operator (raw bytes) is stored as it is.
+        let (operator, relative) = match split_operator(key) {
+            Ok((head, operator, rest)) => (operator, Some([head, rest])),
+            Err(_) => (RAW_OPERATOR, None),
+        };
         let group = usize::from(kg.0 / params.key_groups_per_artifact);
         let value = match value {
             Some(v) if is_expired_value(v, params.now_ms) => {
@@ -142,12 +146,10 @@ fn scan_partition(
             }
         };
         let arena = &mut buckets[at].1[group];
-        match key_form_for(operator, &params.merger) {
-            KeyForm::Absolute => arena.push_parts(&[key], value),
+        match (key_form_for(operator, &params.merger), relative) {
             // Key group, then everything after the operator name.
-            KeyForm::OperatorRelative => {
-                arena.push_parts(&[&key[..2], &key[3 + operator.len()..]], value)
-            }
+            (KeyForm::OperatorRelative, Some(parts)) => arena.push_parts(&parts, value),
+            _ => arena.push_parts(&[key], value),
         }
         Ok(())
     })?;

@@ -534,8 +534,23 @@ impl Recovery {
         // counts in what was decoded, not in what was loaded).
         stats.entries_loaded = 0;
         stats.logical_bytes = 0;
-        // One producer for both strategies: the pool folds ranges and
-        // sends them, at most two per thread ahead of the consumer.
+        if self.config.load_strategy == LoadStrategy::Parallel {
+            // Every range folded first (in range order), then loaded.
+            let folded = pool.install(|| {
+                plan.ranges
+                    .par_iter()
+                    .map(|range| {
+                        check_deadline(deadline)?;
+                        fold_range(&ctx, range)
+                    })
+                    .collect::<Result<Vec<Folded>>>()
+            })?;
+            check_deadline(deadline)?;
+            folded.iter().for_each(|f| f.account(stats));
+            return load_in_parallel(pool, backend, folded, &report);
+        }
+        // Streamed: the pool folds ranges and sends them, at most two per
+        // thread ahead of `restore`, which loads them as they arrive.
         let (tx, rx) = crossbeam_channel::bounded::<Result<Folded>>(pool.current_num_threads() * 2);
         std::thread::scope(|s| {
             let producer = s.spawn(|| {
@@ -551,31 +566,19 @@ impl Recovery {
                     });
                 });
             });
-            let mut folds = Folds {
+            let mut feed = Feed {
                 rx,
+                current: Vec::new().into_iter(),
                 received: 0,
                 total,
                 finished: false,
                 deadline,
                 stats,
+                report: &report,
             };
-            let loaded = match self.config.load_strategy {
-                LoadStrategy::Restore => {
-                    // Ranges stream into `restore` as they arrive.
-                    let mut feed = Feed {
-                        folds: &mut folds,
-                        current: Vec::new().into_iter(),
-                        report: &report,
-                    };
-                    backend.restore(&mut feed)
-                }
-                LoadStrategy::Parallel => {
-                    let folded = folds.by_ref().collect::<Result<Vec<Folded>>>();
-                    folded.and_then(|folded| load_in_parallel(pool, backend, folded, &report))
-                }
-            };
+            let loaded = backend.restore(&mut feed);
             // Dropping the receiver stops the producers.
-            drop(folds);
+            drop(feed);
             let joined = producer.join();
             loaded?;
             joined.map_err(|_| Error::Internal("a decode worker panicked".into()))
@@ -844,22 +847,38 @@ fn fold_range(ctx: &FoldCtx<'_>, range: &RangePlan) -> Result<Folded> {
     })
 }
 
-/// Folded ranges as the decode workers finish them, counted into the
-/// recovery's statistics as they arrive; an error (a damaged artifact, the
-/// deadline, workers gone early) ends the stream.
-struct Folds<'a> {
+impl Folded {
+    /// Counts this range into a recovery's statistics.
+    fn account(&self, stats: &mut RecoveryStats) {
+        stats.records_decoded += self.decoded;
+        stats.records_filtered += self.filtered;
+        stats.entries_loaded += self.entries.len() as u64;
+        stats.logical_bytes += self
+            .entries
+            .iter()
+            .map(|(k, v)| (k.len() + v.len()) as u64)
+            .sum::<u64>();
+    }
+}
+
+/// The iterator `backend.restore` consumes ([`LoadStrategy::Restore`]):
+/// the entries of folded ranges as the decode workers finish them, each
+/// range counted into the statistics and reported as it arrives; an error
+/// (a damaged artifact, the deadline, workers gone early) ends it.
+struct Feed<'a> {
     rx: crossbeam_channel::Receiver<Result<Folded>>,
+    current: std::vec::IntoIter<(Vec<u8>, Vec<u8>)>,
     received: u64,
     total: u64,
     finished: bool,
     deadline: Option<Instant>,
     stats: &'a mut RecoveryStats,
+    report: &'a dyn Fn(u64),
 }
 
-impl Iterator for Folds<'_> {
-    type Item = Result<Folded>;
-
-    fn next(&mut self) -> Option<Self::Item> {
+impl Feed<'_> {
+    /// The next folded range, or the error that ends the stream.
+    fn next_range(&mut self) -> Option<Result<Folded>> {
         if self.finished || self.received == self.total {
             return None;
         }
@@ -871,41 +890,13 @@ impl Iterator for Folds<'_> {
             },
             None => self.rx.recv().map_err(|_| workers_gone()),
         };
-        match next.and_then(|folded| folded) {
-            Ok(f) => {
-                self.received += 1;
-                let s = &mut *self.stats;
-                s.records_decoded += f.decoded;
-                s.records_filtered += f.filtered;
-                s.entries_loaded += f.entries.len() as u64;
-                s.logical_bytes += f
-                    .entries
-                    .iter()
-                    .map(|(k, v)| (k.len() + v.len()) as u64)
-                    .sum::<u64>();
-                Some(Ok(f))
-            }
-            Err(e) => {
-                self.finished = true;
-                Some(Err(e))
-            }
-        }
+        let next = next.and_then(|folded| folded);
+        self.finished = next.is_err();
+        Some(next)
     }
 }
 
-fn workers_gone() -> Error {
-    Error::Internal("decode workers stopped before every range was loaded".into())
-}
-
-/// The iterator `backend.restore` consumes ([`LoadStrategy::Restore`]): the
-/// entries of each folded range, reporting progress per range.
-struct Feed<'a, 'b> {
-    folds: &'a mut Folds<'b>,
-    current: std::vec::IntoIter<(Vec<u8>, Vec<u8>)>,
-    report: &'a dyn Fn(u64),
-}
-
-impl Iterator for Feed<'_, '_> {
+impl Iterator for Feed<'_> {
     type Item = Result<(Vec<u8>, Vec<u8>)>;
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -913,13 +904,19 @@ impl Iterator for Feed<'_, '_> {
             if let Some(entry) = self.current.next() {
                 return Some(Ok(entry));
             }
-            match self.folds.next()? {
+            match self.next_range()? {
                 Ok(f) => {
+                    self.received += 1;
+                    f.account(self.stats);
                     self.current = f.entries.into_iter();
-                    (self.report)(self.folds.received);
+                    (self.report)(self.received);
                 }
                 Err(e) => return Some(Err(e)),
             }
         }
     }
+}
+
+fn workers_gone() -> Error {
+    Error::Internal("decode workers stopped before every range was loaded".into())
 }
