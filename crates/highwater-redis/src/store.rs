@@ -15,10 +15,8 @@ use highwater_core::{
 use redis::{RedisError, Value};
 
 use crate::backend::check_namespace;
-use crate::conn::{
-    AsyncConn, ConnectOptions, RedisEndpoint, classify, config_error, is_transient, needs_reconnect,
-};
-use crate::error::RedisOpError;
+use crate::conn::{AsyncConn, ConnectOptions, RedisEndpoint, is_transient, needs_reconnect};
+use crate::error::op_error;
 
 /// The store's name in errors and metrics.
 const NAME: &str = "redis";
@@ -250,19 +248,12 @@ impl RedisCheckpointStore {
     }
 
     fn err(&self, op: &'static str, source: RedisError) -> Error {
-        if let Some(e) = config_error(&self.config.endpoint, &source) {
-            return e;
-        }
-        let endpoint = self.config.endpoint.redacted();
-        Error::store_with_kind(
-            classify(&source),
+        op_error(
+            Error::store_with_kind,
             NAME,
-            format!("{op} at {endpoint}"),
-            RedisOpError {
-                op,
-                endpoint,
-                source,
-            },
+            &self.config.endpoint,
+            op,
+            source,
         )
     }
 

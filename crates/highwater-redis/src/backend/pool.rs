@@ -8,10 +8,8 @@ use highwater_core::{Error, Result};
 use redis::RedisError;
 
 use super::{NAME, Shared, lock};
-use crate::conn::{
-    ConnectOptions, RedisEndpoint, SyncConn, classify, config_error, is_transient, needs_reconnect,
-};
-use crate::error::RedisOpError;
+use crate::conn::{ConnectOptions, RedisEndpoint, SyncConn, is_transient, needs_reconnect};
+use crate::error::op_error;
 
 /// Idle connections, reused across calls and threads.
 pub(super) struct Pool {
@@ -48,20 +46,7 @@ impl Pool {
 
 impl Shared {
     pub(super) fn err(&self, op: &'static str, source: RedisError) -> Error {
-        if let Some(e) = config_error(&self.config.endpoint, &source) {
-            return e;
-        }
-        let endpoint = self.config.endpoint.redacted();
-        Error::backend(
-            classify(&source),
-            NAME,
-            format!("{op} at {endpoint}"),
-            RedisOpError {
-                op,
-                endpoint,
-                source,
-            },
-        )
+        op_error(Error::backend, NAME, &self.config.endpoint, op, source)
     }
 
     /// Runs `f` on a pooled connection under the retry policy. Returns the
