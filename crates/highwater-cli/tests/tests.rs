@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use highwater_testkit::crash::Victim;
+use highwater_testkit::SplitMix64;
+use highwater_testkit::crash::{self, Victim};
 
 const BIN: &str = env!("CARGO_BIN_EXE_highwater");
 
@@ -47,14 +48,6 @@ fn digest_of(stdout: &str) -> String {
         .to_string()
 }
 
-fn splitmix(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
 fn verify(dir: &Path) -> Output {
     Command::new(BIN)
         .arg("verify")
@@ -71,22 +64,14 @@ fn kill_and_resume(reference: &[String], killed: &[String], verify_args: &[Strin
     let expected = digest_of(&run_ok(demo_on(reference, events, false)));
     let full_run = started.elapsed();
 
-    #[expect(
-        clippy::disallowed_methods,
-        reason = "a random seed, not the time of state"
-    )]
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    println!("kill-schedule seed: {seed}, uninterrupted run: {full_run:?}");
-    let mut rng = seed;
+    println!("uninterrupted run: {full_run:?}");
+    let mut rng = crash::kill_schedule();
     let mut kills = 0;
     for round in 0..6 {
         // Kill anywhere in the first half of a full run: resumed runs have
         // less left to do, and a run that finishes first is not killed.
         let max_ms = (full_run.as_millis() as u64 / 2).max(20);
-        let after = Duration::from_millis(splitmix(&mut rng) % max_ms);
+        let after = Duration::from_millis(rng.below(max_ms));
         // SIGKILL: no destructors, no flush, no chance to finish a write.
         let ended = Victim::spawn(demo_on(killed, events, round > 0)).kill_after(after);
         ended.assert_killed_or_succeeded(&format!("round {round}: demo"));
@@ -110,7 +95,7 @@ fn kill_and_resume(reference: &[String], killed: &[String], verify_args: &[Strin
     let resumed = digest_of(&run_ok(demo_on(killed, events, true)));
     assert_eq!(
         resumed, expected,
-        "resumed run diverged (seed {seed}, {kills} kills)"
+        "resumed run diverged ({kills} kills; the kill-schedule seed is printed above)"
     );
 }
 
@@ -312,12 +297,12 @@ fn verify_detects_a_flipped_byte_in_any_file() {
         "expected several files, got {}",
         files.len()
     );
-    let mut rng = 7u64;
+    let mut rng = SplitMix64::new(7);
     for file in &files {
         let original = std::fs::read(file).unwrap();
         let mut bad = original.clone();
-        let pos = (splitmix(&mut rng) % bad.len() as u64) as usize;
-        bad[pos] ^= 1 << (splitmix(&mut rng) % 8);
+        let pos = rng.below(bad.len() as u64) as usize;
+        bad[pos] ^= 1 << rng.below(8);
         std::fs::write(file, &bad).unwrap();
         let out = verify(&dir);
         let stdout = String::from_utf8_lossy(&out.stdout);

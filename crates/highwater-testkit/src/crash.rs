@@ -84,6 +84,36 @@ pub fn main(children: &[CrashChild], tests: &[CrashTest]) -> ExitCode {
     libtest_mimic::run(&args, trials).exit_code()
 }
 
+/// The environment variable that fixes the seed of [`kill_schedule`], to
+/// replay a failed run.
+pub const SEED_ENV: &str = "HIGHWATER_CRASH_SEED";
+
+/// The generator of a crash test's kill moments, seeded from [`SEED_ENV`]
+/// when it is set (a failed run printed its seed) or else from the wall
+/// clock, so every run tries new moments. Prints the seed.
+///
+/// # Panics
+///
+/// Panics when [`SEED_ENV`] is set to something that is not a `u64`.
+pub fn kill_schedule() -> crate::SplitMix64 {
+    let seed = match std::env::var(SEED_ENV) {
+        Ok(s) => s
+            .parse()
+            .unwrap_or_else(|_| panic!("{SEED_ENV}={s:?} is not a u64")),
+        Err(_) => {
+            #[expect(
+                clippy::disallowed_methods,
+                reason = "a random seed, not the time of state"
+            )]
+            let now = std::time::SystemTime::now();
+            now.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        }
+    };
+    println!("kill-schedule seed: {seed} (replay with {SEED_ENV}={seed})");
+    crate::SplitMix64::new(seed)
+}
+
 /// A command that runs this test binary again as the child `name` (one of
 /// the children given to [`main`]), with stdin closed. Add the child's
 /// arguments, then [`Victim::spawn`] it.

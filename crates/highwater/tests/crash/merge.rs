@@ -14,7 +14,7 @@ use highwater::cloud::ObjectCheckpointStore;
 use highwater::core::ArtifactId;
 use highwater_testkit::crash::{self, Victim};
 
-use crate::churn::{self, CHILD, Churn, census, check_store, splitmix64};
+use crate::churn::{self, CHILD, Churn, census, check_store};
 
 /// Starts the churn child with `run`'s arguments.
 fn spawn(run: &Churn) -> Victim {
@@ -28,22 +28,12 @@ pub fn sigkill_during_checkpoints_merges_and_gc_leaves_every_retained_checkpoint
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("store");
     let started = Instant::now();
-    #[expect(
-        clippy::disallowed_methods,
-        reason = "a random seed, not the time of state"
-    )]
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    println!("kill-schedule seed: {seed}");
-    let mut rng = seed;
+    let mut rng = crash::kill_schedule();
     let (mut kills, mut orphans_seen, mut checked) = (0, 0usize, 0usize);
     let mut orphans: HashSet<ArtifactId> = HashSet::new();
     let mut startup_collected = 0usize;
     for round in 0..32 {
-        rng = splitmix64(rng);
-        let after = Duration::from_millis(40 + rng % 400);
+        let after = Duration::from_millis(40 + rng.below(400));
         // SIGKILL: no destructors, no flush, no chance to finish a write.
         let ended = spawn(&Churn::new(&dir)).kill_after(after);
         // A run that ended before its kill must have succeeded.
