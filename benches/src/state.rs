@@ -28,7 +28,10 @@
 //!   into an in-memory store (so encoding and compression are measured, not
 //!   a disk), against single-threaded zstd level 1 over the very same record
 //!   bytes in 4 MiB chunks, times the number of cores. `_local` is the same
-//!   into a local directory store (fsync'd), for information.
+//!   into a local directory store (fsync'd), for information. `_fast` is
+//!   the same checkpoint with the artifacts' zstd level set to
+//!   [`ZSTD_FAST_LEVEL`] (`MergerConfig::zstd_level`), against that level
+//!   over the same records, times the cores.
 //! - `logged_put` and `checkpoint_latency_small`: the write-ahead log's
 //!   cost on the put path and the latency of a small checkpoint, see
 //!   [`crate::state_pipeline`].
@@ -81,6 +84,10 @@ const BASELINE_CHUNK: usize = 4 << 20;
 
 /// zstd level of the baseline (and of highwater's default encoding).
 const ZSTD_LEVEL: i32 = 1;
+
+/// The fast zstd level of `checkpoint_full_throughput_fast` (one of zstd's
+/// negative levels, set through `MergerConfig::zstd_level`).
+const ZSTD_FAST_LEVEL: i32 = -5;
 
 /// Value size of the put/get benchmark.
 const OPS_VALUE_BYTES: usize = 100;
@@ -978,11 +985,20 @@ fn checkpoint_pause_bench(
 // Checkpoints.
 
 fn manager(backend: &Arc<MemoryBackend>, store: ObjectCheckpointStore) -> Result<StateManager> {
+    manager_with(backend, store, highwater::CheckpointConfig::default())
+}
+
+fn manager_with(
+    backend: &Arc<MemoryBackend>,
+    store: ObjectCheckpointStore,
+    config: highwater::CheckpointConfig,
+) -> Result<StateManager> {
     let backend: Arc<dyn StateBackend> = backend.clone();
     let store: Arc<dyn CheckpointStore> = Arc::new(store);
     Ok(StateManager::builder()
         .backend(backend)
         .store(store)
+        .config(config)
         .build()?)
 }
 
@@ -1044,13 +1060,13 @@ fn record_streams(backend: &MemoryBackend, key_groups_per_artifact: u16) -> Resu
     Ok(out)
 }
 
-/// One single-threaded pass of zstd over `buf` in [`BASELINE_CHUNK`]s:
+/// One single-threaded pass of zstd at `level` over `buf` in [`BASELINE_CHUNK`]s:
 /// the time and the compressed size.
-fn zstd_pass(buf: &[u8]) -> Result<(Duration, u64)> {
+fn zstd_pass(buf: &[u8], level: i32) -> Result<(Duration, u64)> {
     let t = Instant::now();
     let mut compressed = 0u64;
     for chunk in buf.chunks(BASELINE_CHUNK) {
-        compressed += black_box(zstd::bulk::compress(chunk, ZSTD_LEVEL)?).len() as u64;
+        compressed += black_box(zstd::bulk::compress(chunk, level)?).len() as u64;
     }
     Ok((t.elapsed(), compressed))
 }
@@ -1102,7 +1118,7 @@ fn checkpoint_bench(
     let mut passes = Vec::new();
     let mut baseline_compressed = 0;
     for _ in 0..plan.baseline_reps {
-        let (d, c) = zstd_pass(&records)?;
+        let (d, c) = zstd_pass(&records, ZSTD_LEVEL)?;
         passes.push(mb_per_s(records.len() as u64, d));
         baseline_compressed = c;
     }
@@ -1114,6 +1130,12 @@ fn checkpoint_bench(
         parallel.push(mb_per_s(records.len() as u64, d));
     }
     let all_cores = median(&parallel);
+    let mut fast_passes = Vec::new();
+    for _ in 0..plan.baseline_reps {
+        let (d, _) = zstd_pass(&records, ZSTD_FAST_LEVEL)?;
+        fast_passes.push(mb_per_s(records.len() as u64, d));
+    }
+    let fast_baseline = median(&fast_passes) * plan.cores as f64;
     let records_len = records.len() as u64;
     drop(records);
     println!(
@@ -1198,6 +1220,40 @@ fn checkpoint_bench(
         full.bytes_written as f64,
         false,
     ));
+
+    println!("state: full checkpoints at zstd level {ZSTD_FAST_LEVEL} (in-memory store) …");
+    let mut fast = highwater::CheckpointConfig::default();
+    fast.merger.zstd_level = ZSTD_FAST_LEVEL;
+    let mut fast_times = Vec::new();
+    let mut fast_info = None;
+    for _ in 0..plan.full_reps {
+        drop(fast_info.take());
+        let fm = manager_with(backend, ObjectCheckpointStore::in_memory(), fast.clone())?;
+        let info = checkpoint(&fm, CheckpointKind::Full)?;
+        fast_times.push(info.duration);
+        fast_info = Some((fm, info));
+    }
+    let (fm, fast_full) = fast_info.ok_or("no fast full checkpoint was taken")?;
+    drop(fm);
+    let fast_mbps = mb_per_s(fast_full.logical_bytes, median_duration(&fast_times));
+    println!(
+        "state:   fast: {fast_mbps:.1} MB/s of logical state (zstd {ZSTD_FAST_LEVEL} x cores: {fast_baseline:.1} MB/s), compression {:.2}x",
+        fast_full.logical_bytes as f64 / fast_full.encoded_bytes as f64
+    );
+    metrics.push(Metric::versus(
+        "checkpoint_full_throughput_fast",
+        fast_mbps,
+        "MB/s",
+        &format!("zstd{ZSTD_FAST_LEVEL} x cores"),
+        fast_baseline,
+        true,
+    ));
+    params.insert(
+        "checkpoint_fast_compression_ratio".into(),
+        json!(round2(
+            fast_full.logical_bytes as f64 / fast_full.encoded_bytes as f64
+        )),
+    );
 
     println!("state: full checkpoint into a local directory store …");
     let dir = tempfile::Builder::new()
