@@ -28,6 +28,18 @@ const BIN: &str = env!("CARGO_BIN_EXE_highwater");
 /// `highwater gc --keep 1` then leaves that checkpoint alone, with every
 /// other manifest and every unreferenced artifact gone; `inspect --json`
 /// shows the chains.
+/// Runs `highwater <args> <dir>`, which must succeed, and parses its JSON
+/// output.
+fn json_of(args: &[&str], dir: &std::path::Path) -> serde_json::Value {
+    let out = Command::new(BIN).args(args).arg(dir).output().unwrap();
+    assert!(
+        out.status.success(),
+        "highwater {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 #[test]
 fn compact_then_gc_keeps_the_state_and_drops_everything_else() {
     let tmp = tempfile::tempdir().unwrap();
@@ -43,13 +55,7 @@ fn compact_then_gc_keeps_the_state_and_drops_everything_else() {
     let source = block_on(load_manifest(&store, newest)).unwrap();
     assert!(source.layers.len() > 1, "the workload ends on a chain");
 
-    let inspect = Command::new(BIN)
-        .arg("inspect")
-        .arg(&dir)
-        .arg("--json")
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    let v = json_of(&["inspect", "--json"], &dir);
     let rows = v["checkpoints"].as_array().unwrap();
     let row = rows.iter().find(|r| r["id"] == newest.0).unwrap();
     assert_eq!(row["depth"], source.layers.len() - 1);
@@ -58,18 +64,7 @@ fn compact_then_gc_keeps_the_state_and_drops_everything_else() {
     assert!(row["dedup_saved_bytes"].as_u64().unwrap() > 0, "{row}");
     assert!(v["storage"]["dedup_saved_bytes"].as_u64().unwrap() > 0);
 
-    let out = Command::new(BIN)
-        .arg("compact")
-        .arg(&dir)
-        .arg("--json")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = json_of(&["compact", "--json"], &dir);
     let compacted = highwater::CheckpointId(v["compact"]["compacted"].as_u64().unwrap());
     assert_eq!(compacted, newest.next());
     assert_eq!(v["compact"]["source"], newest.0);
@@ -82,17 +77,7 @@ fn compact_then_gc_keeps_the_state_and_drops_everything_else() {
         Some(&newest.0.to_string())
     );
 
-    let out = Command::new(BIN)
-        .args(["gc", "--keep", "1", "--json"])
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = json_of(&["gc", "--keep", "1", "--json"], &dir);
     assert_eq!(v["gc"]["retained"], serde_json::json!([compacted.0]));
     assert!(v["gc"]["artifacts_deleted"].as_u64().unwrap() > 0);
     let (stored, referenced, manifests) = census(&store).unwrap();
