@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use highwater_core::ttl::{Envelope, is_expired_value};
 use highwater_core::{
-    ArtifactId, ArtifactKind, ArtifactRef, DecodeLimits, Error, KeyGroupRange, Layer, LayerKind,
-    Result, visit_checked,
+    ArtifactKind, ArtifactRef, DecodeLimits, Error, KeyGroupRange, Layer, LayerKind, Result,
+    visit_checked,
 };
 use rayon::prelude::*;
 use serde::Serialize;
@@ -167,7 +167,11 @@ fn replaces(rule: ConflictResolution, old: &Write, new: &Write) -> bool {
 ///
 /// `fetch` returns the stored bytes of the artifacts it is given, in that
 /// order: the inputs of one cluster at a time, so a store can serve them
-/// concurrently (each is checked here against its content address); `sink` receives every artifact of the new base that
+/// concurrently. Checking them against their content addresses is the
+/// fetcher's ([`merge_into_store`](crate::merge_into_store) fetches through
+/// [`io::fetch_all_verified`](crate::io::fetch_all_verified), which also
+/// repairs a damaged stored copy); decoding here checks every artifact's
+/// own header and payload checksums. `sink` receives every artifact of the new base that
 /// was encoded (it may already be stored: the caller's put decides);
 /// `progress` is called with the logical bytes of each finished cluster.
 /// Runs on the current rayon pool, one cluster per task.
@@ -237,20 +241,6 @@ pub fn merge_layers(
 /// artifact given, in order.
 pub type Fetch<'a> = dyn Fn(&[&ArtifactRef]) -> Result<Vec<Bytes>> + Sync + 'a;
 
-/// Checks fetched `bytes` against the content address of `r`.
-fn checked(layer: &Layer, r: &ArtifactRef, bytes: &[u8]) -> Result<()> {
-    if ArtifactId::of(bytes) != r.id {
-        return Err(Error::corrupt(
-            "artifact",
-            format!(
-                "content does not match its id: checkpoint={} artifact={}",
-                layer.checkpoint_id, r.id
-            ),
-        ));
-    }
-    Ok(())
-}
-
 fn merge_cluster(
     layers: &[Layer],
     c: &Cluster<'_>,
@@ -280,7 +270,6 @@ fn merge_cluster(
     }
     for (&(i, r), bytes) in c.members.iter().zip(inputs) {
         let layer = &layers[i];
-        checked(layer, r, &bytes)?;
         if i == 0 {
             base.data.reserve(r.logical_bytes as usize);
             let first = base.recs.len();

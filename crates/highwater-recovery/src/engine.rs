@@ -102,9 +102,8 @@ impl Recovery {
 
     /// Decodes on `pool` instead of starting a pool of its own; its size
     /// then stands for [`RecoveryConfig::max_parallel_threads`].
-    pub fn with_pool(self, pool: Arc<rayon::ThreadPool>) -> Self {
-        // A fresh engine has no pool yet, so this always takes.
-        let _ = self.pool.set(pool);
+    pub fn with_pool(mut self, pool: Arc<rayon::ThreadPool>) -> Self {
+        self.pool = std::sync::OnceLock::from(pool);
         self
     }
 
@@ -848,22 +847,31 @@ fn fold_range(ctx: &FoldCtx<'_>, range: &RangePlan) -> Result<Folded> {
 }
 
 impl Folded {
-    /// Counts this range into a recovery's statistics.
-    fn account(&self, stats: &mut RecoveryStats) {
+    /// Counts this range's decoding into a recovery's statistics.
+    fn account_decoding(&self, stats: &mut RecoveryStats) {
         stats.records_decoded += self.decoded;
         stats.records_filtered += self.filtered;
-        stats.entries_loaded += self.entries.len() as u64;
-        stats.logical_bytes += self
-            .entries
-            .iter()
-            .map(|(k, v)| (k.len() + v.len()) as u64)
-            .sum::<u64>();
     }
+
+    /// Counts this range into a recovery's statistics, entries included.
+    fn account(&self, stats: &mut RecoveryStats) {
+        self.account_decoding(stats);
+        for (k, v) in &self.entries {
+            account_entry(stats, k, v);
+        }
+    }
+}
+
+/// Counts one loaded entry.
+fn account_entry(stats: &mut RecoveryStats, key: &[u8], value: &[u8]) {
+    stats.entries_loaded += 1;
+    stats.logical_bytes += (key.len() + value.len()) as u64;
 }
 
 /// The iterator `backend.restore` consumes ([`LoadStrategy::Restore`]):
 /// the entries of folded ranges as the decode workers finish them, each
-/// range counted into the statistics and reported as it arrives; an error
+/// entry counted into the statistics as it is handed over and each range
+/// reported as it arrives; an error
 /// (a damaged artifact, the deadline, workers gone early) ends it.
 struct Feed<'a> {
     rx: crossbeam_channel::Receiver<Result<Folded>>,
@@ -901,13 +909,15 @@ impl Iterator for Feed<'_> {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            if let Some(entry) = self.current.next() {
-                return Some(Ok(entry));
+            if let Some((k, v)) = self.current.next() {
+                // Counted as it is handed over: no extra pass over a range.
+                account_entry(self.stats, &k, &v);
+                return Some(Ok((k, v)));
             }
             match self.next_range()? {
                 Ok(f) => {
                     self.received += 1;
-                    f.account(self.stats);
+                    f.account_decoding(self.stats);
                     self.current = f.entries.into_iter();
                     (self.report)(self.received);
                 }

@@ -55,6 +55,28 @@ fn recover_latest(
     (backend, out)
 }
 
+/// Every verification level.
+const LEVELS: [VerificationLevel; 3] = [
+    VerificationLevel::None,
+    VerificationLevel::Checksum,
+    VerificationLevel::Full,
+];
+
+/// [`recover_latest`] at `level`, failing instead of falling back.
+fn recover_latest_strictly(
+    dirs: &JobDirs,
+    rt: &tokio::runtime::Runtime,
+    level: VerificationLevel,
+) -> (
+    MemoryBackend,
+    highwater::Result<highwater::recovery::RecoveryOutcome>,
+) {
+    let cfg = RecoveryConfig::default()
+        .verification_level(level)
+        .optimistic_recovery(false);
+    recover_latest(dirs, rt, cfg)
+}
+
 #[test]
 fn plan_prints_and_serialises_the_chain_ranges_and_log_range() {
     let dirs = JobDirs::new();
@@ -192,15 +214,8 @@ fn verification_level_none_skips_the_content_address_but_not_the_decoder_checks(
     let victim = manifest.layers[0].artifacts[3].id;
     flip_byte(&dirs.artifact_file(victim));
     let file = dirs.artifact_file(victim);
-    for level in [
-        VerificationLevel::None,
-        VerificationLevel::Checksum,
-        VerificationLevel::Full,
-    ] {
-        let cfg = RecoveryConfig::default()
-            .verification_level(level)
-            .optimistic_recovery(false);
-        let (backend, out) = recover_latest(&dirs, &rt, cfg);
+    for level in LEVELS {
+        let (backend, out) = recover_latest_strictly(&dirs, &rt, level);
         let err = out.unwrap_err();
         assert!(
             err.to_string().contains(&victim.to_hex()),
@@ -283,15 +298,8 @@ fn ranges_cut_into_several_chunks_recover_and_verify_at_every_level() {
     });
     assert!(shared_range, "the test needs ranges of several chunks");
 
-    for level in [
-        VerificationLevel::None,
-        VerificationLevel::Checksum,
-        VerificationLevel::Full,
-    ] {
-        let cfg = RecoveryConfig::default()
-            .verification_level(level)
-            .optimistic_recovery(false);
-        let (backend, out) = recover_latest(&dirs, &rt, cfg);
+    for level in LEVELS {
+        let (backend, out) = recover_latest_strictly(&dirs, &rt, level);
         let outcome = out.unwrap();
         assert!(outcome.stats.fallbacks.is_empty(), "{level:?}");
         assert_state(&want, &dump(&backend), &format!("{level:?}"));
