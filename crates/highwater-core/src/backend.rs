@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::block::RecordBlock;
 use crate::error::Result;
 use crate::keygroup::KeyGroupRange;
 
@@ -217,10 +218,14 @@ pub trait StateBackend: Send + Sync + 'static {
     /// longer than a few milliseconds whatever the state size.
     fn snapshot(&self, kind: SnapshotKind) -> Result<Arc<dyn StateSnapshot>>;
 
-    /// Replaces all state with `entries` and starts a new change-tracking
+    /// Replaces all state with the puts of `blocks` (a later put of a key
+    /// replaces an earlier one; deletes are ignored) and starts a new change-tracking
     /// epoch. On error the backend may hold part of the entries; the caller
     /// retries with another source or clears the backend.
-    fn restore(&self, entries: &mut dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>)>>) -> Result<()>;
+    ///
+    /// Blocks keep many records in one buffer ([`RecordBlock`]), so a
+    /// restore of millions of entries allocates per block, not per entry.
+    fn restore(&self, blocks: &mut dyn Iterator<Item = Result<RecordBlock>>) -> Result<()>;
 
     /// Removes all state and starts a new change-tracking epoch.
     fn clear(&self) -> Result<()>;

@@ -18,6 +18,7 @@
 #![deny(missing_docs)]
 
 pub mod backend;
+pub mod block;
 pub mod codec;
 pub mod error;
 pub mod key;
@@ -33,6 +34,7 @@ pub use backend::{
     BackendStats, EntryVisitor, Mutation, NativeCheckpoint, NativeCheckpoints, NativeFile,
     NativeFiles, SnapshotKind, StateBackend, StateSnapshot, WriteBatch,
 };
+pub use block::RecordBlock;
 pub use codec::{
     ArtifactKind, Codec, DecodeLimits, DecodedArtifact, EncodeOptions, EncodedArtifact, KeyForm,
     RecordWriter, decode_artifact, verify_artifact,
@@ -44,7 +46,7 @@ pub use manifest::{
     ArtifactId, ArtifactRef, CheckpointId, CheckpointKind, Layer, LayerKind, Manifest,
     valid_native_file_name,
 };
-pub use read::{RecordVisitor, Records, decode_checked, load_manifest, visit_checked};
+pub use read::{RecordVisitor, decode_checked, load_manifest, visit_checked};
 pub use retry::{RetryPolicy, Retrying};
 pub use state::{
     AggregateFunction, AggregatingState, AggregatingStateDescriptor, KeyedStateContext, ListState,

@@ -3,6 +3,7 @@
 //! (restore, verification, merging, retention) goes through these two
 //! functions, so what "a readable checkpoint" means is defined once.
 
+use crate::block::RecordBlock;
 use crate::codec::{ArtifactKind, DecodeLimits, KeyForm, decode_artifact};
 use crate::error::{Error, Result};
 use crate::key::key_group_of;
@@ -30,11 +31,8 @@ pub async fn load_manifest(store: &dyn CheckpointStore, id: CheckpointId) -> Res
     Ok(manifest)
 }
 
-/// Decoded records of one artifact: keys with their values, `None` for a
-/// delete.
-pub type Records = Vec<(Vec<u8>, Option<Vec<u8>>)>;
-
-/// Decodes one artifact and cross-checks it against its reference.
+/// Decodes one artifact, cross-checked against its reference, into one
+/// [`RecordBlock`].
 ///
 /// Keys come back whole: an artifact with operator-relative keys (format
 /// version 2) has the operator of `r` put back into every key, so callers
@@ -45,8 +43,14 @@ pub fn decode_checked(
     r: &ArtifactRef,
     bytes: &[u8],
     limits: &DecodeLimits,
-) -> Result<Records> {
-    let mut out = Vec::with_capacity(r.entries.min(1 << 20) as usize);
+) -> Result<RecordBlock> {
+    // The reference's counts are hints from a file: capped, so a forged
+    // manifest cannot make this allocate (the block grows as records
+    // really decode).
+    let mut out = RecordBlock::with_capacity(
+        r.entries.min(1 << 20) as usize,
+        r.logical_bytes.min(1 << 24) as usize,
+    );
     visit_checked(
         checkpoint,
         layer,
@@ -54,10 +58,7 @@ pub fn decode_checked(
         bytes,
         limits,
         KeyForm::Absolute,
-        &mut |k, v| {
-            out.push((k.to_vec(), v.map(<[u8]>::to_vec)));
-            Ok(())
-        },
+        &mut |k, v| out.push(k, v),
     )?;
     Ok(out)
 }

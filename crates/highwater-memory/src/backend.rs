@@ -13,7 +13,8 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use hashbrown::HashTable;
 use highwater_core::key::split_base;
 use highwater_core::{
-    BackendStats, Error, Mutation, Result, SnapshotKind, StateBackend, StateSnapshot, WriteBatch,
+    BackendStats, Error, Mutation, RecordBlock, Result, SnapshotKind, StateBackend, StateSnapshot,
+    WriteBatch,
 };
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
@@ -980,20 +981,23 @@ impl StateBackend for MemoryBackend {
         }))
     }
 
-    fn restore(&self, entries: &mut dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>)>>) -> Result<()> {
+    fn restore(&self, blocks: &mut dyn Iterator<Item = Result<RecordBlock>>) -> Result<()> {
         // Build the new shards aside; the live state is replaced only when
         // every entry was read, so a failing source leaves it untouched.
-        // Entries are copied once, into their shard's arena, as they
-        // arrive; then every shard is indexed, on every core.
+        // Entries are copied once, from their block into their shard's
+        // arena, as blocks arrive; then every shard is indexed, on every
+        // core.
         let n = self.shards.len();
         let mut fresh: Vec<Shard> = (0..n).map(|_| Shard::new(self.segment_bytes)).collect();
         let mut counts = vec![0usize; n];
-        for e in entries {
-            let (k, v) = e?;
-            let rec = checked_record(&k, &v)?;
-            let i = self.shard_of(&k, split_of(&k));
-            fresh[i].append(&k, &v, rec);
-            counts[i] += 1;
+        for block in blocks {
+            let block = block?;
+            for (k, v) in block.puts() {
+                let rec = checked_record(k, v)?;
+                let i = self.shard_of(k, split_of(k));
+                fresh[i].append(k, v, rec);
+                counts[i] += 1;
+            }
         }
         index_in_parallel(&mut fresh, &counts);
         let mut guards = self.lock_all();
@@ -1176,7 +1180,7 @@ mod tests {
         let b = MemoryBackend::new();
         b.put(&key(b"a", b""), b"1").unwrap();
         let mut src = vec![
-            Ok((key(b"x", b""), b"2".to_vec())),
+            Ok([(key(b"x", b""), b"2".to_vec())].into_iter().collect()),
             Err(Error::corrupt("artifact", "test")),
         ]
         .into_iter();

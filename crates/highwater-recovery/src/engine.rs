@@ -11,7 +11,8 @@ use highwater_core::key::key_group_of;
 use highwater_core::ttl::is_expired_value;
 use highwater_core::{
     ArtifactId, ArtifactRef, CheckpointId, CheckpointStore, DecodeLimits, Error, Manifest,
-    NativeCheckpoints, Result, SnapshotKind, StateBackend, decode_checked, load_manifest,
+    NativeCheckpoints, RecordBlock, Result, SnapshotKind, StateBackend, decode_checked,
+    load_manifest,
 };
 use highwater_merge::io::{fetch_verified, run_io};
 use highwater_wal::Wal;
@@ -600,8 +601,8 @@ fn load_in_parallel(
         folded.into_par_iter().try_for_each(|f| {
             // Single-key writes: a memory-backend batch locks every shard
             // it touches at once, which would serialise loaders.
-            for (k, v) in f.entries {
-                backend.put(&k, &v)?;
+            for (k, v) in f.blocks.iter().flat_map(RecordBlock::puts) {
+                backend.put(k, v)?;
             }
             report(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1);
             Ok::<_, Error>(())
@@ -762,22 +763,25 @@ struct FoldCtx<'a> {
 
 /// The live entries of one range.
 struct Folded {
-    entries: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The range's entries: one block per artifact, puts only, each key
+    /// once across the blocks.
+    blocks: Vec<RecordBlock>,
     decoded: u64,
     filtered: u64,
 }
 
-type Record = (Vec<u8>, Option<Vec<u8>>);
-
 /// Decodes a range's artifacts and folds them: base first, then each delta
 /// in order; the newest record of a key wins and a delete removes it.
 /// Expired entries and entries outside the scope's key groups are dropped.
+///
+/// Each artifact decodes into one [`RecordBlock`] and stays there: folding
+/// only removes records from blocks, so no record is copied or allocated
+/// on its own, and a chain of one layer (whose artifacts hold distinct
+/// keys) is not compared key by key at all.
 fn fold_range(ctx: &FoldCtx<'_>, range: &RangePlan) -> Result<Folded> {
-    let mut records: Vec<Record> = Vec::new();
+    let mut layers: Vec<(usize, RecordBlock)> = Vec::with_capacity(range.artifacts.len());
     let mut decoded = 0u64;
     let mut filtered = 0u64;
-    // Artifacts wholly inside the scope's key groups need no per-record
-    // filter (records were checked against the artifact's range).
     for pa in &range.artifacts {
         let r = &pa.artifact;
         let bytes = ctx.artifacts.get(&r.id).ok_or_else(|| {
@@ -786,64 +790,92 @@ fn fold_range(ctx: &FoldCtx<'_>, range: &RangePlan) -> Result<Folded> {
                 ctx.checkpoint, r.id
             ))
         })?;
-        let recs = decode_checked(ctx.checkpoint, pa.kind, r, bytes, ctx.limits)?;
-        decoded += recs.len() as u64;
-        let keep = match ctx.scope.key_groups {
-            Some(kg) if kg.intersect(&r.key_groups) != Some(r.key_groups) => Some(kg),
-            _ => None,
-        };
-        match keep {
-            None => {
-                if records.is_empty() {
-                    records = recs;
-                } else {
-                    records.extend(recs);
-                }
-            }
-            Some(kg) => {
-                for rec in recs {
-                    // decode_checked verified every key's key group.
-                    match key_group_of(&rec.0) {
-                        Ok(g) if kg.contains(g) => records.push(rec),
-                        _ => filtered += 1,
-                    }
-                }
-            }
+        let mut block = decode_checked(ctx.checkpoint, pa.kind, r, bytes, ctx.limits)?;
+        decoded += block.len() as u64;
+        // Artifacts wholly inside the scope's key groups need no per-record
+        // filter (decode_checked verified every key's key group).
+        if let Some(kg) = ctx.scope.key_groups
+            && kg.intersect(&r.key_groups) != Some(r.key_groups)
+        {
+            block.retain(|_, k, _| {
+                let keep = key_group_of(k).is_ok_and(|g| kg.contains(g));
+                filtered += u64::from(!keep);
+                keep
+            });
         }
+        layers.push((pa.layer, block));
     }
-    if range.artifacts.len() > 1 {
-        // Stable sort: records of one key stay in layer order, so the last
-        // of each run is the newest. The runs of each artifact are already
-        // sorted (the encoder sorts), which the sort detects and merges.
-        records.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut out = Vec::with_capacity(records.len());
-        let mut it = records.into_iter().peekable();
-        while let Some(rec) = it.next() {
-            if it.peek().is_some_and(|next| next.0 == rec.0) {
-                continue;
-            }
-            if let (k, Some(v)) = rec
-                && !is_expired_value(&v, ctx.now_ms)
-            {
-                out.push((k, v));
-            }
-        }
-        return Ok(Folded {
-            entries: out,
-            decoded,
-            filtered,
-        });
-    }
-    let entries = records
+    drop_overwritten(&mut layers);
+    let blocks = layers
         .into_iter()
-        .filter_map(|(k, v)| v.map(|v| (k, v)))
-        .filter(|(_, v)| !is_expired_value(v, ctx.now_ms))
+        .filter_map(|(_, mut block)| {
+            block.retain(|_, _, v| v.is_some_and(|v| !is_expired_value(v, ctx.now_ms)));
+            (!block.is_empty()).then_some(block)
+        })
         .collect();
     Ok(Folded {
-        entries,
+        blocks,
         decoded,
         filtered,
     })
+}
+
+/// Removes every record that a later one of the same key replaces: the
+/// blocks are in chain order (layer, then artifact), so the last record of
+/// a key wins.
+///
+/// Only keys of the layers after the first are indexed (a delta holds the
+/// keys that changed, usually a small part of the state); the first layer's
+/// records are each looked up once. A first layer alone is left as it is:
+/// its artifacts hold distinct keys.
+fn drop_overwritten(layers: &mut [(usize, RecordBlock)]) {
+    let Some(&(base, _)) = layers.first() else {
+        return;
+    };
+    let split = layers
+        .iter()
+        .position(|(l, _)| *l != base)
+        .unwrap_or(layers.len());
+    if split == layers.len() {
+        return;
+    }
+    let (older, newer) = layers.split_at_mut(split);
+    let hash = |k: &[u8]| xxhash_rust::xxh3::xxh3_64(k);
+    // (block, record) of the last record of each key in the newer layers.
+    let mut last: hashbrown::HashTable<(usize, usize)> = hashbrown::HashTable::new();
+    let key = |(b, i): (usize, usize)| newer[b].1.key(i);
+    let mut dead_newer: Vec<Vec<usize>> = vec![Vec::new(); newer.len()];
+    for (b, (_, block)) in newer.iter().enumerate() {
+        for (i, (k, _)) in block.iter().enumerate() {
+            let h = hash(k);
+            match last.find_mut(h, |&at| key(at) == k) {
+                Some(at) => {
+                    dead_newer[at.0].push(at.1);
+                    *at = (b, i);
+                }
+                None => {
+                    last.insert_unique(h, (b, i), |&at| hash(key(at)));
+                }
+            }
+        }
+    }
+    let mut dead_older: Vec<Vec<bool>> = Vec::with_capacity(older.len());
+    for (_, block) in older.iter() {
+        dead_older.push(
+            block
+                .iter()
+                .map(|(k, _)| last.find(hash(k), |&at| key(at) == k).is_some())
+                .collect(),
+        );
+    }
+    drop(last);
+    for ((_, block), dead) in older.iter_mut().zip(dead_older) {
+        block.retain(|i, _, _| !dead[i]);
+    }
+    for ((_, block), mut dead) in newer.iter_mut().zip(dead_newer) {
+        dead.sort_unstable();
+        block.retain(|i, _, _| dead.binary_search(&i).is_err());
+    }
 }
 
 impl Folded {
@@ -856,26 +888,26 @@ impl Folded {
     /// Counts this range into a recovery's statistics, entries included.
     fn account(&self, stats: &mut RecoveryStats) {
         self.account_decoding(stats);
-        for (k, v) in &self.entries {
-            account_entry(stats, k, v);
+        for block in &self.blocks {
+            account_block(stats, block);
         }
     }
 }
 
-/// Counts one loaded entry.
-fn account_entry(stats: &mut RecoveryStats, key: &[u8], value: &[u8]) {
-    stats.entries_loaded += 1;
-    stats.logical_bytes += (key.len() + value.len()) as u64;
+/// Counts one loaded block of entries.
+fn account_block(stats: &mut RecoveryStats, block: &RecordBlock) {
+    stats.entries_loaded += block.len() as u64;
+    stats.logical_bytes += block.logical_bytes();
 }
 
 /// The iterator `backend.restore` consumes ([`LoadStrategy::Restore`]):
-/// the entries of folded ranges as the decode workers finish them, each
-/// entry counted into the statistics as it is handed over and each range
+/// the blocks of folded ranges as the decode workers finish them, each
+/// block counted into the statistics as it is handed over and each range
 /// reported as it arrives; an error
 /// (a damaged artifact, the deadline, workers gone early) ends it.
 struct Feed<'a> {
     rx: crossbeam_channel::Receiver<Result<Folded>>,
-    current: std::vec::IntoIter<(Vec<u8>, Vec<u8>)>,
+    current: std::vec::IntoIter<RecordBlock>,
     received: u64,
     total: u64,
     finished: bool,
@@ -905,20 +937,20 @@ impl Feed<'_> {
 }
 
 impl Iterator for Feed<'_> {
-    type Item = Result<(Vec<u8>, Vec<u8>)>;
+    type Item = Result<RecordBlock>;
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            if let Some((k, v)) = self.current.next() {
+            if let Some(block) = self.current.next() {
                 // Counted as it is handed over: no extra pass over a range.
-                account_entry(self.stats, &k, &v);
-                return Some(Ok((k, v)));
+                account_block(self.stats, &block);
+                return Some(Ok(block));
             }
             match self.next_range()? {
                 Ok(f) => {
                     self.received += 1;
                     f.account_decoding(self.stats);
-                    self.current = f.entries.into_iter();
+                    self.current = f.blocks.into_iter();
                     (self.report)(self.received);
                 }
                 Err(e) => return Some(Err(e)),
@@ -929,4 +961,51 @@ impl Iterator for Feed<'_> {
 
 fn workers_gone() -> Error {
     Error::Internal("decode workers stopped before every range was loaded".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Folding layers of blocks keeps exactly the newest record of each
+        /// key (later blocks win), as a map applied in order would.
+        #[test]
+        fn drop_overwritten_keeps_the_last_record_of_each_key(
+            layers in proptest::collection::vec(
+                proptest::collection::vec(
+                    proptest::collection::vec((0u8..24, proptest::option::of(0u8..4)), 0..12),
+                    1..4),
+                1..5),
+        ) {
+            let mut blocks: Vec<(usize, RecordBlock)> = Vec::new();
+            let mut model: BTreeMap<u8, Option<u8>> = BTreeMap::new();
+            for (layer, artifacts) in layers.iter().enumerate() {
+                for recs in artifacts {
+                    // Within a layer a key appears once (as the encoder writes).
+                    let mut block = RecordBlock::new();
+                    for (k, v) in recs {
+                        if layer == 0 && model.contains_key(k) {
+                            continue;
+                        }
+                        block.push(&[*k], v.as_ref().map(std::slice::from_ref)).unwrap();
+                        model.insert(*k, *v);
+                    }
+                    blocks.push((layer, block));
+                }
+            }
+            drop_overwritten(&mut blocks);
+            let mut got: BTreeMap<u8, Option<u8>> = BTreeMap::new();
+            for (_, block) in &blocks {
+                for (k, v) in block.iter() {
+                    prop_assert!(got.insert(k[0], v.map(|v| v[0])).is_none(), "key {} twice", k[0]);
+                }
+            }
+            prop_assert_eq!(got, model);
+        }
+    }
 }

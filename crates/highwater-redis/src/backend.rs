@@ -21,7 +21,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use highwater_core::{
-    BackendStats, Mutation, Result, SnapshotKind, StateBackend, StateSnapshot, WriteBatch,
+    BackendStats, Mutation, RecordBlock, Result, SnapshotKind, StateBackend, StateSnapshot,
+    WriteBatch,
 };
 use redis::{RedisError, Value};
 
@@ -211,33 +212,29 @@ impl StateBackend for RedisBackend {
         self.shared.snapshot(kind)
     }
 
-    fn restore(&self, entries: &mut dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>)>>) -> Result<()> {
+    fn restore(&self, blocks: &mut dyn Iterator<Item = Result<RecordBlock>>) -> Result<()> {
         let s = &self.shared;
         let epoch = s.quiesce();
         *lock(&epoch.dirty) = KeySet::default();
         let result = (|| {
             s.delete_all()?;
             let depth = s.config.pipeline_depth.max(1);
-            let mut buf: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(depth);
-            let flush = |buf: &mut Vec<(Vec<u8>, Vec<u8>)>| -> Result<()> {
-                let writes: Vec<Write<'_>> = buf
-                    .iter()
-                    .map(|(k, v)| Write {
-                        key: k,
+            // Writes borrow from the block they come from: each block is
+            // sent in pipelines of `depth` writes.
+            for block in blocks {
+                let block = block?;
+                let writes: Vec<Write<'_>> = block
+                    .puts()
+                    .map(|(key, v)| Write {
+                        key,
                         value: Some(v),
                     })
                     .collect();
-                s.send(&writes, &[])?;
-                buf.clear();
-                Ok(())
-            };
-            for e in entries {
-                buf.push(e?);
-                if buf.len() == depth {
-                    flush(&mut buf)?;
+                for pipeline in writes.chunks(depth) {
+                    s.send(pipeline, &[])?;
                 }
             }
-            flush(&mut buf)
+            Ok(())
         })();
         drop(epoch);
         result

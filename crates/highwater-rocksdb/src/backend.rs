@@ -9,7 +9,7 @@ use std::time::Instant;
 use highwater_core::ttl::Envelope;
 use highwater_core::{
     BackendStats, Error, KeyGroupRange, Mutation, NativeCheckpoint, NativeCheckpoints, NativeFile,
-    NativeFiles, Result, SnapshotKind, StateBackend, StateSnapshot, WriteBatch,
+    NativeFiles, RecordBlock, Result, SnapshotKind, StateBackend, StateSnapshot, WriteBatch,
     valid_native_file_name,
 };
 use rocksdb::checkpoint::Checkpoint;
@@ -640,19 +640,20 @@ impl StateBackend for RocksDbBackend {
         Ok(out)
     }
 
-    fn restore(&self, entries: &mut dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>)>>) -> Result<()> {
+    fn restore(&self, blocks: &mut dyn Iterator<Item = Result<RecordBlock>>) -> Result<()> {
         let generation = self.new_generation()?;
         let mut batch = rocksdb::WriteBatch::default();
         let mut n = 0usize;
-        for e in entries {
-            let (k, v) = e?;
-            batch.put(k, v);
-            n += 1;
-            if n.is_multiple_of(RESTORE_BATCH) {
-                generation
-                    .db
-                    .write_opt(std::mem::take(&mut batch), &self.write_options)
-                    .map_err(rocks("restore"))?;
+        for block in blocks {
+            for (k, v) in block?.puts() {
+                batch.put(k, v);
+                n += 1;
+                if n.is_multiple_of(RESTORE_BATCH) {
+                    generation
+                        .db
+                        .write_opt(std::mem::take(&mut batch), &self.write_options)
+                        .map_err(rocks("restore"))?;
+                }
             }
         }
         generation

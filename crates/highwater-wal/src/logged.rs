@@ -23,7 +23,7 @@
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use highwater_core::{
-    BackendStats, Clock, Error, KeyGroupRange, NativeCheckpoints, NativeFiles, Result,
+    BackendStats, Clock, Error, KeyGroupRange, NativeCheckpoints, NativeFiles, RecordBlock, Result,
     SnapshotKind, StateBackend, StateSnapshot, WriteBatch,
 };
 
@@ -177,9 +177,9 @@ impl StateBackend for LoggedBackend {
         self.snapshot_at(kind).map(|(s, _)| s)
     }
 
-    fn restore(&self, entries: &mut dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>)>>) -> Result<()> {
+    fn restore(&self, blocks: &mut dyn Iterator<Item = Result<RecordBlock>>) -> Result<()> {
         let mut pending = self.pending();
-        self.inner.restore(entries)?;
+        self.inner.restore(blocks)?;
         // Uncommitted changes belonged to the state just replaced.
         pending.clear();
         Ok(())

@@ -268,7 +268,7 @@ impl Harness {
                     0 => self.model.clone(),
                     n => fulls[i % n].model.clone().unwrap_or_default(),
                 };
-                let mut src = model.iter().map(|(k, v)| Ok((k.clone(), v.clone())));
+                let mut src = std::iter::once(Ok(model.iter().collect()));
                 self.backend.restore(&mut src).expect("restore");
                 self.model = model;
                 self.changed.clear();
@@ -316,8 +316,8 @@ proptest! {
         // A restore from the backend's own full snapshot reproduces it.
         let snap = h.backend.snapshot(SnapshotKind::Full).expect("snapshot");
         let fresh = MemoryBackend::with_config(MemoryConfig { shards: 4, segment_bytes: 1024 });
-        let mut src = contents(&*snap).into_iter().map(|(k, v)| Ok((k, v.unwrap_or_default())));
-        fresh.restore(&mut src).expect("restore");
+        let block = contents(&*snap).into_iter().map(|(k, v)| (k, v.unwrap_or_default())).collect();
+        fresh.restore(&mut std::iter::once(Ok(block))).expect("restore");
         let all = fresh.scan_range(&[], &[0xff; 4]).expect("scan");
         let want: Vec<(Vec<u8>, Vec<u8>)> = h.model.into_iter().collect();
         prop_assert_eq!(all, want);
@@ -332,10 +332,16 @@ fn restore_keeps_the_last_of_duplicate_keys() {
     });
     let k = KeySel::MapEntry(1, 2).key();
     let other = KeySel::MapEntry(1, 0).key();
+    // The later put of a key wins, within a block and across blocks.
     let mut src = vec![
-        Ok((k.clone(), b"first".to_vec())),
-        Ok((other.clone(), b"o".to_vec())),
-        Ok((k.clone(), b"second".to_vec())),
+        Ok([
+            (k.clone(), b"zeroth".to_vec()),
+            (k.clone(), b"first".to_vec()),
+            (other.clone(), b"o".to_vec()),
+        ]
+        .into_iter()
+        .collect()),
+        Ok([(k.clone(), b"second".to_vec())].into_iter().collect()),
     ]
     .into_iter();
     b.restore(&mut src).expect("restore");

@@ -61,10 +61,13 @@ impl Store {
     }
 }
 
+/// A decoded record: key, and value or `None` for a delete.
+type Record = (Vec<u8>, Option<Vec<u8>>);
+
 /// Builds one layer from `writes`, chunked small so clusters hold several
 /// chunks per layer.
 fn layer(store: &Store, id: u64, kind: LayerKind, writes: &Writes, cfg: &MergerConfig) -> Layer {
-    let mut by_group: BTreeMap<u16, highwater_core::Records> = BTreeMap::new();
+    let mut by_group: BTreeMap<u16, Vec<Record>> = BTreeMap::new();
     for (k, v) in writes {
         let full = full_key(*k);
         let kg = u16::from_be_bytes([full[0], full[1]]);
@@ -185,11 +188,11 @@ proptest! {
         let mut got: BTreeMap<u8, Vec<u8>> = BTreeMap::new();
         for r in &out.layer.artifacts {
             let bytes = store.0.lock().unwrap().get(&r.id).cloned().unwrap();
-            for (k, v) in decode_checked(out.layer.checkpoint_id, LayerKind::Full, r, &bytes, &params.limits).unwrap() {
-                let sk = StateKey::decode(&k).unwrap();
+            for (k, v) in decode_checked(out.layer.checkpoint_id, LayerKind::Full, r, &bytes, &params.limits).unwrap().iter() {
+                let sk = StateKey::decode(k).unwrap();
                 prop_assert_eq!(sk.operator, OP);
                 prop_assert_eq!(sk.key_group, key_group_for(sk.key, MAX_PARALLELISM));
-                prop_assert!(got.insert(sk.key[0], v.unwrap()).is_none(), "a key twice in the merged base");
+                prop_assert!(got.insert(sk.key[0], v.unwrap().to_vec()).is_none(), "a key twice in the merged base");
             }
         }
         prop_assert_eq!(&got, &model(&base, &deltas, rule));

@@ -129,9 +129,9 @@ fn full_entries(b: &dyn StateBackend, ctx: &str) -> Entries {
     read(&*take(b, SnapshotKind::Full, ctx), ctx).puts()
 }
 
-/// Restores `entries` (in the given order) into `b`.
+/// Restores `entries` (in the given order, in blocks of seven) into `b`.
 fn restore_from(b: &dyn StateBackend, entries: Vec<(Vec<u8>, Vec<u8>)>, ctx: &str) {
-    let mut it = entries.into_iter().map(Ok);
+    let mut it = entries.chunks(7).map(|c| Ok(c.iter().cloned().collect()));
     must(b.restore(&mut it), &format!("{ctx}: restore"));
 }
 

@@ -279,7 +279,11 @@ impl ModelRun {
             "restore snapshot of step {taken_at} ({} entries)",
             records.len()
         ));
-        let mut it = records.into_iter().map(Ok);
+        // In blocks of random sizes, so restores see several blocks.
+        let per_block = self.rng.below(records.len() as u64 + 1) as usize + 1;
+        let mut it = records
+            .chunks(per_block)
+            .map(|c| Ok(c.iter().cloned().collect()));
         self.ok(self.backend.restore(&mut it), "restore");
         self.model.reset_to(entries);
         self.verify(

@@ -99,16 +99,12 @@ pub fn restore_replaces_everything_and_clear(factory: BackendFactory<'_>) {
     m.start_epoch();
 
     // A failing source makes restore fail.
-    let mut failing = set_a
-        .clone()
-        .into_iter()
-        .take(10)
-        .map(Ok)
+    let mut failing = std::iter::once(Ok(set_a.iter().take(10).collect()))
         .chain(std::iter::once(Err(Error::corrupt(
             "testkit restore source",
             "injected failure",
         ))))
-        .chain(set_a.clone().into_iter().skip(10).map(Ok));
+        .chain(std::iter::once(Ok(set_a.iter().skip(10).collect())));
     let r = b.restore(&mut failing);
     assert!(
         r.is_err(),
