@@ -33,6 +33,7 @@
 //! artifact can never cause a panic or an unbounded allocation.
 
 use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
 
 use crate::error::{Error, Result};
 
@@ -243,7 +244,7 @@ pub fn encode_records_as(
     let mut codec = Codec::Raw;
     let mut compressed = None;
     if records.len() >= opts.compression_threshold {
-        let c = zstd::bulk::compress(records, opts.zstd_level)
+        let c = zstd_compress(records, opts.zstd_level)
             .map_err(|e| Error::io("zstd compression", e))?;
         // Keep compression only when it saves space.
         if c.len() < records.len() {
@@ -382,6 +383,41 @@ pub struct DecodedArtifact {
     records: Vec<u8>,
 }
 
+thread_local! {
+    /// This thread's zstd compression context and its level: reused, since
+    /// setting one up costs about as much as compressing a small artifact.
+    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { RefCell::new(None) };
+    /// This thread's zstd decompression context, reused likewise.
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { RefCell::new(None) };
+}
+
+/// Compresses `data` at `level` with this thread's context.
+fn zstd_compress(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+    COMPRESSOR.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        let compressor = match &mut *cell {
+            Some((l, c)) if *l == level => c,
+            slot => &mut slot.insert((level, zstd::bulk::Compressor::new(level)?)).1,
+        };
+        compressor.compress(data)
+    })
+}
+
+/// Decompresses one frame of at most `capacity` bytes with this thread's
+/// context.
+fn zstd_decompress(data: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
+    DECOMPRESSOR.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        let decompressor = match &mut *cell {
+            Some(d) => d,
+            slot => slot.insert(zstd::bulk::Decompressor::new()?),
+        };
+        decompressor.decompress(data, capacity)
+    })
+}
+
 /// Verifies and decompresses an artifact.
 pub fn decode_artifact(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedArtifact> {
     let header = verify_artifact(bytes)?;
@@ -399,7 +435,7 @@ pub fn decode_artifact(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedArt
         Codec::Raw => payload.to_vec(),
         Codec::Zstd => {
             // The capacity is bounded by the limit checked above.
-            let out = zstd::bulk::decompress(payload, header.raw_len as usize)
+            let out = zstd_decompress(payload, header.raw_len as usize)
                 .map_err(|e| Error::corrupt("artifact", format!("zstd frame: {e}")))?;
             if out.len() as u64 != header.raw_len {
                 return Err(Error::corrupt(
