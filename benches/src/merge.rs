@@ -212,7 +212,7 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
             }
         };
     let merger = MergerConfig::default();
-    params.insert("zstd_level".into(), json!(merger.zstd_level));
+    params.insert("zstd_level".into(), json!(merger.compression.zstd_level()));
     params.insert(
         "chunk_target_bytes".into(),
         json!(merger.chunking.target_bytes),
@@ -337,7 +337,10 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
         .iter()
         .map(|id| block_on(store.get_artifact(*id))?.map_err(Into::into))
         .collect::<Result<_>>()?;
-    let level = merger.zstd_level;
+    let level = merger
+        .compression
+        .zstd_level()
+        .ok_or("the merge suite measures compressed artifacts")?;
     let cpu = CpuReading::now();
     let t = Instant::now();
     on_all_cores(&blobs, threads, |b| {
@@ -423,7 +426,7 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
     drop(snap);
 
     // Dictionary: many small artifacts.
-    let (with_dict, without_dict, dict_len) = dictionary_experiment(merger.zstd_level)?;
+    let (with_dict, without_dict, dict_len) = dictionary_experiment(level)?;
     params.insert("dictionary_bytes".into(), json!(dict_len));
     metrics.push(Metric::versus(
         "dictionary_small_artifacts",

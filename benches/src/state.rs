@@ -30,7 +30,7 @@
 //!   bytes in 4 MiB chunks, times the number of cores. `_local` is the same
 //!   into a local directory store (fsync'd), for information. `_fast` is
 //!   the same checkpoint with the artifacts' zstd level set to
-//!   [`ZSTD_FAST_LEVEL`] (`MergerConfig::zstd_level`), against that level
+//!   [`ZSTD_FAST_LEVEL`] (`MergerConfig::compression`), against that level
 //!   over the same records, times the cores.
 //! - `logged_put` and `checkpoint_latency_small`: the write-ahead log's
 //!   cost on the put path and the latency of a small checkpoint, see
@@ -86,7 +86,7 @@ const BASELINE_CHUNK: usize = 4 << 20;
 const ZSTD_LEVEL: i32 = 1;
 
 /// The fast zstd level of `checkpoint_full_throughput_fast` (one of zstd's
-/// negative levels, set through `MergerConfig::zstd_level`).
+/// negative levels, set through `MergerConfig::compression`).
 const ZSTD_FAST_LEVEL: i32 = -5;
 
 /// Value size of the put/get benchmark.
@@ -1223,7 +1223,9 @@ fn checkpoint_bench(
 
     println!("state: full checkpoints at zstd level {ZSTD_FAST_LEVEL} (in-memory store) …");
     let mut fast = highwater::CheckpointConfig::default();
-    fast.merger.zstd_level = ZSTD_FAST_LEVEL;
+    fast.merger.compression = highwater::Compression::Zstd {
+        level: ZSTD_FAST_LEVEL,
+    };
     let mut fast_times = Vec::new();
     let mut fast_info = None;
     for _ in 0..plan.full_reps {

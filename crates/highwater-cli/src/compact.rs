@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use highwater::core::{Clock, SystemClock};
-use highwater::merge::{MergerConfig, collect_garbage, compact_newest};
+use highwater::merge::{Compression, MergerConfig, collect_garbage, compact_newest};
 use highwater::{Error, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -48,7 +48,7 @@ pub fn compact(
     namespace: &str,
     json: bool,
     threads: usize,
-    zstd_level: i32,
+    zstd_level: Option<i32>,
 ) -> Result<ExitCode> {
     let store = open_store(spec, namespace, false)?;
     let rt = runtime()?;
@@ -58,7 +58,10 @@ pub fn compact(
         .build()
         .map_err(|e| Error::unexpected("start the merge pool", e))?;
     let mut merger = MergerConfig::default();
-    merger.zstd_level = zstd_level;
+    merger.compression = match zstd_level {
+        Some(level) => Compression::Zstd { level },
+        None => Compression::None,
+    };
     merger.parallel_threads = threads;
     let progress: Arc<std::sync::Mutex<Option<ProgressBar>>> = Arc::default();
     let report = compact_newest(

@@ -74,9 +74,12 @@ enum Command {
         /// Merge threads (0 = number of cores).
         #[arg(long, default_value_t = 0)]
         threads: usize,
-        /// zstd level of the new base's artifacts.
-        #[arg(long, default_value_t = 1)]
+        /// zstd level of the new base's artifacts (-7..=22).
+        #[arg(long, default_value_t = 1, conflicts_with = "no_compression")]
         zstd_level: i32,
+        /// Store the new base's artifacts uncompressed.
+        #[arg(long)]
+        no_compression: bool,
     },
     /// Apply retention to STORE: keep the newest --keep checkpoints, delete
     /// older manifests and every artifact no kept manifest references
@@ -119,7 +122,14 @@ fn main() -> ExitCode {
             json,
             threads,
             zstd_level,
-        } => compact::compact(&store, &namespace, json, threads, zstd_level),
+            no_compression,
+        } => compact::compact(
+            &store,
+            &namespace,
+            json,
+            threads,
+            (!no_compression).then_some(zstd_level),
+        ),
         Command::Gc {
             store,
             namespace,

@@ -51,7 +51,9 @@ pub use chain::{ChainSummary, StoreSummary, needs_merge, substitute, summarize};
 pub use checkpointer::{
     CheckpointHandle, CheckpointInfo, Checkpointer, CheckpointerParts, Exec, Idle,
 };
-pub use config::{CheckpointConfig, ChunkConfig, ConflictResolution, MergeStrategy, MergerConfig};
+pub use config::{
+    CheckpointConfig, ChunkConfig, Compression, ConflictResolution, MergeStrategy, MergerConfig,
+};
 pub use encode::{
     EncodeParams, EncodeTotals, Produced, RAW_OPERATOR, chunk_ends, encode_group, encode_snapshot,
     key_form_for,

@@ -53,8 +53,8 @@ pub use highwater_core::{
     TtlConfig, ValueState, ValueStateDescriptor,
 };
 pub use highwater_merge::{
-    CheckpointConfig, CheckpointHandle, CheckpointInfo, ConflictResolution, MergeStats,
-    MergeStrategy, MergerConfig, RetentionReport, apply_retention,
+    CheckpointConfig, CheckpointHandle, CheckpointInfo, Compression, ConflictResolution,
+    MergeStats, MergeStrategy, MergerConfig, RetentionReport, apply_retention,
 };
 pub use highwater_recovery::{
     CheckpointVerification, RecoveryConfig, RecoveryPlan, RecoveryScope, RecoveryStats,
