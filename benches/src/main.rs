@@ -27,6 +27,7 @@ mod recovery;
 mod redis;
 mod rocksdb;
 mod state;
+mod state_flink;
 mod state_pipeline;
 mod util;
 mod wal;

@@ -32,6 +32,8 @@
 //!   the same checkpoint with the artifacts' zstd level set to
 //!   [`ZSTD_FAST_LEVEL`] (`MergerConfig::compression`), against that level
 //!   over the same records, times the cores.
+//! - `flink_*`: the workload issue 14 compared with Apache Flink, see
+//!   [`crate::state_flink`].
 //! - `logged_put` and `checkpoint_latency_small`: the write-ahead log's
 //!   cost on the put path and the latency of a small checkpoint, see
 //!   [`crate::state_pipeline`].
@@ -172,6 +174,9 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
     phases.run("ops", || ops_bench(&plan, &mut params, &mut metrics))?;
     phases.run("pipeline", || {
         crate::state_pipeline::run(plan.quick, &mut metrics)
+    })?;
+    phases.run("flink", || {
+        crate::state_flink::run(plan.quick, &ctx.out, &mut params, &mut metrics)
     })?;
 
     let model = StateModel::sized(plan.state_bytes);
