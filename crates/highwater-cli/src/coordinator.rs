@@ -4,13 +4,9 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Duration;
 
 use clap::Args;
 use highwater::Result;
-use highwater::cloud::ObjectCheckpointStore;
-use highwater::raft::{DistributedConfig, NodeOptions, parse_peers, run_node};
 
 /// Arguments of `highwater coordinator`.
 #[derive(Debug, Args)]
@@ -51,8 +47,22 @@ pub struct CoordinatorArgs {
     exit_on_stdin_eof: bool,
 }
 
-/// Runs the node until it is killed.
+/// Without the `raft` feature: the error naming the build that has it.
+#[cfg(not(feature = "raft"))]
 pub fn run(args: CoordinatorArgs) -> Result<ExitCode> {
+    let _ = args;
+    Err(crate::target::not_built("`highwater coordinator`", "raft"))
+}
+
+/// Runs the node until it is killed.
+#[cfg(feature = "raft")]
+pub fn run(args: CoordinatorArgs) -> Result<ExitCode> {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use highwater::cloud::ObjectCheckpointStore;
+    use highwater::raft::{DistributedConfig, NodeOptions, parse_peers, run_node};
+
     let mut config = DistributedConfig::new(args.id, args.listen, &args.data);
     config.peers = parse_peers(&args.peers)?;
     config.election_timeout = Duration::from_millis(args.election_ms);

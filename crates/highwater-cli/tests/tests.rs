@@ -140,6 +140,7 @@ fn sigkill_and_resume_with_the_write_ahead_log() {
     );
 }
 
+#[cfg(feature = "rocksdb")]
 /// Kills and resumes the demo on RocksDB with `extra` flags, against the
 /// memory backend running without interruption; returns the killed run's
 /// directory (inside `tmp`).
@@ -165,6 +166,7 @@ fn kill_and_resume_on_rocksdb(tmp: &Path, extra: &[&str]) -> PathBuf {
     killed
 }
 
+#[cfg(feature = "rocksdb")]
 #[test]
 fn kill_and_resume_with_state_in_rocksdb() {
     let tmp = tempfile::tempdir().unwrap();
@@ -173,6 +175,7 @@ fn kill_and_resume_with_state_in_rocksdb() {
     kill_and_resume_on_rocksdb(tmp.path(), &[]);
 }
 
+#[cfg(feature = "rocksdb")]
 /// Regression: with the write-ahead log on, RocksDB used to fall back to
 /// encoded checkpoints (the log's wrapper did not forward native
 /// checkpoints) and a native restore through it failed. Now the killed run
@@ -197,6 +200,7 @@ fn kill_and_resume_with_rocksdb_and_the_write_ahead_log() {
     }
 }
 
+#[cfg(feature = "redis")]
 fn redis_url() -> String {
     std::env::var("HIGHWATER_REDIS_URL").expect(
         "HIGHWATER_REDIS_URL is not set: run the tests through `cargo xtask test`, \
@@ -204,6 +208,7 @@ fn redis_url() -> String {
     )
 }
 
+#[cfg(any(feature = "redis", feature = "s3"))]
 fn unique(name: &str) -> String {
     #[expect(
         clippy::disallowed_methods,
@@ -216,6 +221,7 @@ fn unique(name: &str) -> String {
     format!("{name}-{}-{nanos}", std::process::id())
 }
 
+#[cfg(feature = "redis")]
 #[test]
 fn kill_and_resume_with_checkpoints_in_redis() {
     let url = redis_url();
@@ -240,6 +246,7 @@ fn kill_and_resume_with_checkpoints_in_redis() {
     );
 }
 
+#[cfg(feature = "redis")]
 #[test]
 fn kill_and_resume_with_state_and_checkpoints_in_redis() {
     let url = redis_url();
@@ -393,6 +400,7 @@ fn inspect_lists_checkpoints_as_json() {
     assert_eq!(missing.status.code(), Some(2));
 }
 
+#[cfg(feature = "s3")]
 #[test]
 fn kill_and_resume_with_checkpoints_on_s3() {
     // The S3-compatible server from `cargo xtask services start` (moto);
@@ -410,4 +418,91 @@ fn kill_and_resume_with_checkpoints_on_s3() {
         &[killed],
         300_000,
     );
+}
+
+/// The CLI as `cargo xtask demo` builds it (default features: the memory
+/// backend and local directories only): asking it for a backend, store or
+/// command it leaves out fails with a usage error that names the feature and
+/// the commands that build it, before anything is written.
+#[cfg(not(all(
+    feature = "rocksdb",
+    feature = "redis",
+    feature = "s3",
+    feature = "raft"
+)))]
+mod default_build {
+    use super::*;
+
+    /// Runs `highwater args`, which must fail with exit code 2, and returns
+    /// its standard error.
+    fn refused(args: &[&str]) -> String {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?} printed output");
+        stderr
+    }
+
+    fn assert_names_the_build(stderr: &str, what: &str, feature: &str) {
+        assert!(stderr.starts_with("error: "), "{stderr}");
+        assert!(stderr.contains(what), "{stderr}");
+        assert!(
+            stderr.contains(&format!("cargo xtask demo --features {feature}")),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains(&format!(
+                "cargo build --profile ci -p highwater-cli --features {feature}"
+            )),
+            "{stderr}"
+        );
+    }
+
+    #[cfg(not(feature = "rocksdb"))]
+    #[test]
+    fn default_build_names_the_command_that_builds_rocksdb() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("demo");
+        let dir = dir.to_str().unwrap();
+        let stderr = refused(&["demo", "--dir", dir, "--backend", "rocksdb"]);
+        assert_names_the_build(&stderr, "the rocksdb backend", "rocksdb");
+        assert!(
+            !tmp.path().join("demo").exists(),
+            "the refused run created its directory"
+        );
+    }
+
+    #[cfg(not(feature = "redis"))]
+    #[test]
+    fn default_build_names_the_command_that_builds_redis() {
+        let stderr = refused(&["demo", "--store", "redis://127.0.0.1:1/"]);
+        assert_names_the_build(&stderr, "the redis:// checkpoint store", "redis");
+        let stderr = refused(&["inspect", "redis://127.0.0.1:1/"]);
+        assert_names_the_build(&stderr, "the redis:// checkpoint store", "redis");
+    }
+
+    #[cfg(not(feature = "s3"))]
+    #[test]
+    fn default_build_names_the_command_that_builds_s3() {
+        let stderr = refused(&["verify", "s3://bucket/prefix"]);
+        assert_names_the_build(&stderr, "the s3:// checkpoint store", "s3");
+    }
+
+    #[cfg(not(feature = "raft"))]
+    #[test]
+    fn default_build_names_the_command_that_builds_the_coordinator() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("node");
+        let stderr = refused(&[
+            "coordinator",
+            "--id",
+            "1",
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            data.to_str().unwrap(),
+        ]);
+        assert_names_the_build(&stderr, "`highwater coordinator`", "raft");
+        assert!(!data.exists());
+    }
 }
