@@ -413,9 +413,15 @@ impl Checkpointer {
 
     /// Takes a checkpoint if the configured interval has passed since the
     /// last one and none is in flight.
+    ///
+    /// Without an interval ([`CheckpointConfig::interval`] is `None`) it
+    /// fails with [`Error::InvalidArgument`] rather than never checkpoint
+    /// in silence: set an interval, or call [`checkpoint`](Self::checkpoint).
     pub fn maybe_checkpoint(&self) -> Result<Option<CheckpointHandle>> {
         let Some(interval) = self.inner.config().interval else {
-            return Ok(None);
+            return Err(Error::InvalidArgument(
+                "maybe_checkpoint needs a checkpoint interval (none is configured, so it would never checkpoint): set one with CheckpointConfig::with_interval or the StateManager builder's interval, or call checkpoint()".into(),
+            ));
         };
         let t = self.inner.lock();
         if t.in_flight || t.last_trigger.elapsed() < interval {

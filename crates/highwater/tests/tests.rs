@@ -19,6 +19,8 @@ mod concurrency;
 mod corruption;
 #[path = "tests/dedup.rs"]
 mod dedup;
+#[path = "tests/embedding.rs"]
+mod embedding;
 #[path = "tests/failures.rs"]
 mod failures;
 #[path = "tests/lifecycle.rs"]
