@@ -45,6 +45,10 @@ pub struct CoordinatorArgs {
     /// Exit when standard input closes (for supervisors and tests).
     #[arg(long)]
     exit_on_stdin_eof: bool,
+    /// Serve metrics (the ledger's completed and aborted checkpoints, …) in
+    /// Prometheus' text format on this address; see docs/metrics.md.
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
 }
 
 /// Without the `raft` feature: the error naming the build that has it.
@@ -63,6 +67,9 @@ pub fn run(args: CoordinatorArgs) -> Result<ExitCode> {
     use highwater::cloud::ObjectCheckpointStore;
     use highwater::raft::{DistributedConfig, NodeOptions, parse_peers, run_node};
 
+    if let Some(addr) = args.metrics_addr {
+        crate::prometheus::serve(addr)?;
+    }
     let mut config = DistributedConfig::new(args.id, args.listen, &args.data);
     config.peers = parse_peers(&args.peers)?;
     config.election_timeout = Duration::from_millis(args.election_ms);

@@ -506,3 +506,191 @@ mod default_build {
         assert!(!data.exists());
     }
 }
+
+/// `highwater demo --metrics-addr`: the Prometheus endpoint answers over
+/// real HTTP on loopback while the demo runs, its counters move between two
+/// scrapes, and `docs/metrics.md` documents every metric it serves.
+#[cfg(feature = "prometheus")]
+mod prometheus {
+    use std::collections::BTreeMap;
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::process::{Child, Stdio};
+
+    use super::*;
+
+    /// Kills the demo when the test ends, however it ends.
+    struct Running(Child);
+
+    impl Drop for Running {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// A loopback port nobody listens on right now.
+    fn free_port() -> u16 {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    /// One `GET /metrics` over a fresh connection: the body of a 200
+    /// response, or `None` while nothing listens yet.
+    fn scrape(addr: SocketAddr) -> Option<String> {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut response = String::new();
+        s.read_to_string(&mut response).ok()?;
+        let (head, body) = response.split_once("\r\n\r\n")?;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        Some(body.to_string())
+    }
+
+    /// Every sample of a text-format scrape: series (name and labels) →
+    /// value.
+    fn samples(text: &str) -> BTreeMap<String, f64> {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .map(|l| {
+                let (series, value) = l.rsplit_once(' ').unwrap();
+                (series.to_string(), value.parse().unwrap())
+            })
+            .collect()
+    }
+
+    /// The sum of every series of metric `name` (all label sets).
+    fn total(s: &BTreeMap<String, f64>, name: &str) -> f64 {
+        s.iter()
+            .filter(|(k, _)| k.as_str() == name || k.starts_with(&format!("{name}{{")))
+            .map(|(_, v)| v)
+            .sum()
+    }
+
+    /// Scrapes until `done` holds (the demo keeps running meanwhile).
+    fn scrape_until(
+        addr: SocketAddr,
+        demo: &mut Running,
+        what: &str,
+        done: impl Fn(&BTreeMap<String, f64>) -> bool,
+    ) -> (String, BTreeMap<String, f64>) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            assert!(
+                demo.0.try_wait().unwrap().is_none(),
+                "the demo ended before {what}"
+            );
+            if let Some(text) = scrape(addr) {
+                let s = samples(&text);
+                if done(&s) {
+                    return (text, s);
+                }
+            }
+            assert!(Instant::now() < deadline, "no scrape showed {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    #[test]
+    fn demo_serves_prometheus_metrics_that_move_while_it_runs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        // Far more events than the test waits for: it kills the demo.
+        let mut demo = Running(
+            Command::new(BIN)
+                .arg("demo")
+                .arg("--dir")
+                .arg(tmp.path().join("demo"))
+                .args(["--events", "1000000000", "--checkpoint-every", "50"])
+                .args(["--wal", "--wal-sync", "interval"])
+                .arg("--metrics-addr")
+                .arg(addr.to_string())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let completed = "highwater_checkpoints_completed_total";
+        const PUTS: &str = r#"highwater_store_requests_total{store="local",op="put"}"#;
+        let (_, first) = scrape_until(addr, &mut demo, "a checkpoint", |s| {
+            total(s, completed) >= 1.0
+        });
+        let (text, second) = scrape_until(addr, &mut demo, "a later checkpoint", |s| {
+            total(s, completed) > total(&first, completed)
+                && total(s, "highwater_wal_bytes_written_total")
+                    > total(&first, "highwater_wal_bytes_written_total")
+        });
+
+        // Counters moved between the two scrapes.
+        for name in [
+            completed,
+            "highwater_checkpoint_bytes_written_total",
+            "highwater_checkpoint_entries_total",
+            "highwater_checkpoint_duration_seconds_count",
+            "highwater_checkpoint_snapshot_pause_seconds_count",
+            "highwater_store_bytes_written_total",
+            "highwater_wal_bytes_written_total",
+            "highwater_wal_group_frames_count",
+            "highwater_wal_fsync_duration_seconds_count",
+        ] {
+            assert!(
+                total(&second, name) > total(&first, name),
+                "{name} did not move: {} then {}",
+                total(&first, name),
+                total(&second, name)
+            );
+        }
+        assert!(
+            second[PUTS] > first[PUTS],
+            "store put requests did not move"
+        );
+        assert!(
+            total(&second, "highwater_last_checkpoint_id")
+                > total(&first, "highwater_last_checkpoint_id")
+        );
+        assert!(total(&second, "highwater_last_checkpoint_size_bytes") > 0.0);
+        assert!(
+            total(&second, "highwater_last_checkpoint_full_size_bytes")
+                >= total(&second, "highwater_last_checkpoint_size_bytes")
+        );
+        assert!(total(&second, "highwater_backend_entries") > 0.0);
+        assert_eq!(total(&second, "highwater_checkpoints_failed_total"), 0.0);
+        // Descriptions were registered: exporters print them as HELP.
+        assert!(
+            text.contains(&format!("# HELP {completed} ")),
+            "no HELP line for {completed}"
+        );
+
+        // Every metric served is documented.
+        let docs = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/metrics.md"),
+        )
+        .unwrap();
+        let mut seen = 0;
+        for series in second.keys() {
+            let name = series.split('{').next().unwrap();
+            if !name.starts_with("highwater_") {
+                continue;
+            }
+            seen += 1;
+            let base = ["_sum", "_count", "_bucket"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .filter(|base| docs.contains(&format!("`{base}`")))
+                .unwrap_or(name);
+            assert!(
+                docs.contains(&format!("`{base}`")),
+                "{base} is served but not in docs/metrics.md"
+            );
+        }
+        assert!(seen >= 20, "only {seen} highwater series served");
+    }
+}

@@ -626,6 +626,7 @@ fn finish_checkpoint(
 ) {
     let id = job.id;
     let result = run_checkpoint(inner, job);
+    crate::metrics::checkpoint_finished(&result, &*inner.parts.store);
     // Another writer committed this id: continue after the newest id in
     // the store instead of colliding again.
     let newest = match &result {
@@ -887,6 +888,7 @@ fn merge_manifest(inner: &Inner, base: &Manifest) -> Result<(PendingMerge, Merge
         "chain merged"
     );
     let stats = stored.outcome.stats.clone();
+    crate::metrics::merge_completed(&stats);
     Ok((
         PendingMerge {
             layer: stored.outcome.layer,

@@ -25,11 +25,14 @@
 //! | `raft` | `raft` | Raft-coordinated distributed checkpoints (openraft): ledger, coordinator |
 //! | `rocksdb` | `rocksdb` | RocksDB state backend with native checkpoints ([`core::NativeCheckpoints`]) |
 //!
+//! Metrics go through the `metrics` crate's facade (see [`metrics`]).
+//!
 //! See [`StateManager`] for an example.
 
 #![deny(missing_docs)]
 
 mod manager;
+pub mod metrics;
 
 #[cfg(feature = "cloud")]
 pub use highwater_cloud as cloud;

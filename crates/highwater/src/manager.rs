@@ -517,6 +517,16 @@ impl StateManager {
         }
     }
 
+    /// Counts the backend ([`StateBackend::stats`]) and sets the backend
+    /// size gauges of [`crate::metrics`] (entries, bytes, arena, live and
+    /// index bytes, labelled with the backend's name). Cheap for the memory
+    /// backend; a Redis backend counts its namespace (a scan), so call it
+    /// at checkpoint pace, not per event.
+    pub fn record_backend_metrics(&self) {
+        let backend = self.checkpointer.backend();
+        crate::metrics::backend_stats(backend.name(), &backend.stats());
+    }
+
     /// The write-ahead log, if one is configured.
     pub fn wal(&self) -> Option<&Arc<highwater_wal::Wal>> {
         self.checkpointer.logged().map(|l| l.wal())
