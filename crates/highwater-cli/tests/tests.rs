@@ -519,7 +519,8 @@ mod prometheus {
 
     use super::*;
 
-    /// Kills the demo when the test ends, however it ends.
+    /// Kills the process (demo or coordinator) when the test ends, however
+    /// it ends.
     struct Running(Child);
 
     impl Drop for Running {
@@ -575,7 +576,7 @@ mod prometheus {
             .sum()
     }
 
-    /// Scrapes until `done` holds (the demo keeps running meanwhile).
+    /// Scrapes until `done` holds (the process keeps running meanwhile).
     fn scrape_until(
         addr: SocketAddr,
         demo: &mut Running,
@@ -586,7 +587,7 @@ mod prometheus {
         loop {
             assert!(
                 demo.0.try_wait().unwrap().is_none(),
-                "the demo ended before {what}"
+                "the process ended before {what}"
             );
             if let Some(text) = scrape(addr) {
                 let s = samples(&text);
@@ -692,5 +693,54 @@ mod prometheus {
             );
         }
         assert!(seen >= 20, "only {seen} highwater series served");
+    }
+
+    /// `highwater coordinator --metrics-addr`: a one-node cluster triggering
+    /// a checkpoint every 100 ms and acknowledging it serves the ledger's
+    /// counters, and they move.
+    #[cfg(feature = "raft")]
+    #[test]
+    fn coordinator_serves_the_ledger_counters() {
+        let tmp = tempfile::tempdir().unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut node = Running(
+            Command::new(BIN)
+                .args(["coordinator", "--id", "1"])
+                .arg("--listen")
+                .arg(format!("127.0.0.1:{}", free_port()))
+                .arg("--data")
+                .arg(tmp.path().join("node-1"))
+                .args(["--interval-ms", "100"])
+                .arg("--metrics-addr")
+                .arg(addr.to_string())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let completed = "highwater_raft_checkpoints_completed_total";
+        let (_, first) = scrape_until(addr, &mut node, "a completed checkpoint", |s| {
+            total(s, completed) >= 1.0
+        });
+        let (text, second) = scrape_until(addr, &mut node, "another completed checkpoint", |s| {
+            total(s, completed) > total(&first, completed)
+        });
+        assert!(
+            total(&second, "highwater_raft_checkpoints_triggered_total")
+                >= total(&second, completed)
+        );
+        assert!(text.contains(&format!("# HELP {completed} ")), "{text}");
+        let docs = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/metrics.md"),
+        )
+        .unwrap();
+        for name in second.keys().map(|k| k.split('{').next().unwrap()) {
+            if name.starts_with("highwater_raft_") {
+                assert!(
+                    docs.contains(&format!("`{name}`")),
+                    "{name} is not documented"
+                );
+            }
+        }
     }
 }
