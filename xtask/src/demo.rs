@@ -4,7 +4,8 @@
 //! It builds the CLI with its default features (the memory backend and
 //! local directories: no RocksDB, no HTTP client), so the first digest
 //! comes minutes after a fresh clone; `--features rocksdb` (or `full`, …)
-//! builds the rest when a run asks for it.
+//! builds the rest when a run asks for it, and `--metrics-addr` among the
+//! arguments adds the `prometheus` feature by itself.
 
 use std::path::PathBuf;
 
@@ -43,8 +44,8 @@ pub fn run_demo(ws: &Workspace, resume: bool, features: Option<&str>, extra: &[S
     }
 
     let mut cmd = ws.cargo(["run", "--profile", "ci", "-p", "highwater-cli"]);
-    if let Some(f) = features {
-        cmd.args(["--features", f]);
+    if let Some(f) = with_implied_features(features, extra) {
+        cmd.args(["--features", &f]);
     }
     cmd.args(["--", "demo"]);
     if user_dir.is_none() {
@@ -71,6 +72,18 @@ fn needs_rocksdb(features: &str) -> bool {
     features
         .split([',', ' '])
         .any(|f| matches!(f.trim(), "rocksdb" | "full"))
+}
+
+/// `features` plus what the demo's arguments need and cost little to build:
+/// `prometheus` for `--metrics-addr` (pure Rust). A backend or store is
+/// never added this way (RocksDB is a 25-minute build: the user asks for it).
+fn with_implied_features(features: Option<&str>, extra: &[String]) -> Option<String> {
+    let wants_metrics = flag_value(extra, "--metrics-addr").is_some();
+    match (features, wants_metrics) {
+        (Some(f), true) => Some(format!("{f},prometheus")),
+        (None, true) => Some("prometheus".to_owned()),
+        (f, false) => f.map(str::to_owned),
+    }
 }
 
 /// Removes `--flag VALUE` or `--flag=VALUE` from `args` and returns its
@@ -145,5 +158,23 @@ mod tests {
         assert!(needs_rocksdb("redis,full"));
         assert!(needs_rocksdb("rocksdb"));
         assert!(!needs_rocksdb("redis,s3"));
+    }
+
+    #[test]
+    fn metrics_addr_adds_the_prometheus_feature() {
+        let metrics = args(&["--metrics-addr", "127.0.0.1:9464"]);
+        assert_eq!(
+            with_implied_features(None, &metrics).as_deref(),
+            Some("prometheus")
+        );
+        assert_eq!(
+            with_implied_features(Some("redis"), &metrics).as_deref(),
+            Some("redis,prometheus")
+        );
+        assert_eq!(with_implied_features(None, &args(&["--wal"])), None);
+        assert_eq!(
+            with_implied_features(Some("rocksdb"), &args(&["--backend", "rocksdb"])).as_deref(),
+            Some("rocksdb")
+        );
     }
 }

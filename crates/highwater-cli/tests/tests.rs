@@ -428,7 +428,8 @@ fn kill_and_resume_with_checkpoints_on_s3() {
     feature = "rocksdb",
     feature = "redis",
     feature = "s3",
-    feature = "raft"
+    feature = "raft",
+    feature = "prometheus"
 )))]
 mod default_build {
     use super::*;
@@ -486,6 +487,22 @@ mod default_build {
     fn default_build_names_the_command_that_builds_s3() {
         let stderr = refused(&["verify", "s3://bucket/prefix"]);
         assert_names_the_build(&stderr, "the s3:// checkpoint store", "s3");
+    }
+
+    #[cfg(not(feature = "prometheus"))]
+    #[test]
+    fn default_build_names_the_command_that_builds_the_metrics_endpoint() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("demo");
+        let stderr = refused(&[
+            "demo",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--metrics-addr",
+            "127.0.0.1:9464",
+        ]);
+        assert_names_the_build(&stderr, "--metrics-addr", "prometheus");
+        assert!(!dir.exists(), "the refused run created its directory");
     }
 
     #[cfg(not(feature = "raft"))]
