@@ -27,6 +27,8 @@ mod failures;
 mod lifecycle;
 #[path = "tests/manager_model.rs"]
 mod manager_model;
+#[path = "tests/metrics.rs"]
+mod metrics;
 #[path = "tests/model_based.rs"]
 mod model_based;
 #[path = "tests/permanent.rs"]
