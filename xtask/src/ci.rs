@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use crate::util::{Result, Workspace, bail, render, run};
 use crate::{bench, testing, tidy};
 
-/// The package whose feature combinations CI checks: the facade.
-const FACADE: &str = "highwater";
+/// The packages whose feature combinations CI checks: the facade, and the
+/// CLI (whose default build is the one `cargo xtask demo` makes).
+const FEATURE_PACKAGES: [&str; 2] = ["highwater", "highwater-cli"];
 
 /// Feature sets of the facade that build RocksDB, each with a package
 /// checked in the same command only so that the features of the crates
@@ -100,29 +101,19 @@ fn fmt(ws: &Workspace) -> Result<Outcome> {
 }
 
 fn clippy(ws: &Workspace) -> Result<Outcome> {
-    run(&mut ws.cargo([
-        "clippy",
-        "--workspace",
-        "--all-targets",
-        "--profile",
-        "ci",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
+    let mut cmd = ws.cargo(["clippy", "--workspace", "--all-targets", "--profile", "ci"]);
+    run(cmd
+        .args(testing::ALL_FEATURES)
+        .args(["--", "-D", "warnings"]))?;
     Ok(Outcome::Passed)
 }
 
 /// `cargo doc` of every member, without dependencies, with every rustdoc
 /// warning (a broken intra-doc link, an unclosed HTML tag, …) an error.
 fn doc(ws: &Workspace) -> Result<Outcome> {
-    run(&mut doc_command(ws.cargo([
-        "doc",
-        "--workspace",
-        "--no-deps",
-        "--profile",
-        "ci",
-    ])))?;
+    let mut cmd = ws.cargo(["doc", "--workspace", "--no-deps", "--profile", "ci"]);
+    cmd.args(testing::ALL_FEATURES);
+    run(&mut doc_command(cmd))?;
     Ok(Outcome::Passed)
 }
 
@@ -132,8 +123,8 @@ fn doc_command(mut cmd: Command) -> Command {
     cmd
 }
 
-/// `cargo check` of the facade with no default features, each feature
-/// alone and all features, in the `ci` profile.
+/// `cargo check` of the facade and of the CLI with no default features,
+/// each feature alone and all features, in the `ci` profile.
 ///
 /// Before anything is checked, every set that builds RocksDB is compared
 /// with the workspace build: if a crate under `librocksdb-sys` would get
@@ -141,16 +132,19 @@ fn doc_command(mut cmd: Command) -> Command {
 /// minutes), the step fails at once and names the difference.
 fn features(ws: &Workspace) -> Result<Outcome> {
     let members = tidy::layering::members(&ws.root)?;
-    let Some(facade) = members.iter().find(|m| m.name == FACADE) else {
-        bail!("no package `{FACADE}` in the workspace");
-    };
-    let features: Vec<&str> = facade
-        .features
-        .keys()
-        .map(String::as_str)
-        .filter(|f| *f != "default")
-        .collect();
-    let sets = feature_sets(FACADE, &features, &SHARED_BUILD_COMPANIONS);
+    let mut sets = Vec::new();
+    for package in FEATURE_PACKAGES {
+        let Some(member) = members.iter().find(|m| m.name == package) else {
+            bail!("no package `{package}` in the workspace");
+        };
+        let features: Vec<&str> = member
+            .features
+            .keys()
+            .map(String::as_str)
+            .filter(|f| *f != "default")
+            .collect();
+        sets.extend(feature_sets(package, &features, &SHARED_BUILD_COMPANIONS));
+    }
     let tree = |selection: &[String]| -> Result<String> {
         let mut cmd = ws.cargo(["tree", "--offline"]);
         cmd.args(selection)
@@ -167,7 +161,10 @@ fn features(ws: &Workspace) -> Result<Outcome> {
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     };
-    let workspace = ["--workspace", "-e", "normal,build,dev"].map(str::to_owned);
+    let mut workspace = ["--workspace", "-e", "normal,build,dev"]
+        .map(str::to_owned)
+        .to_vec();
+    workspace.extend(testing::ALL_FEATURES.map(str::to_owned));
     let reference = subtree(&tree(&workspace)?, ROCKSDB_SYS);
     for set in &sets {
         let mut selection = set.clone();

@@ -1,5 +1,11 @@
 //! `cargo xtask demo`: runs the CLI's demo pipeline into a scratch
 //! directory under the target dir and says where its data went.
+//!
+//! It builds the CLI with its default features (the memory backend and
+//! local directories: no RocksDB, no HTTP client), so the first digest
+//! comes minutes after a fresh clone; `--features rocksdb` (or `full`, …)
+//! builds the rest when a run asks for it, and `--metrics-addr` among the
+//! arguments adds the `prometheus` feature by itself.
 
 use std::path::PathBuf;
 
@@ -8,11 +14,16 @@ use crate::util::{Result, Workspace, bail, io_context, run};
 /// Events the demo processes unless `--events` is passed through.
 const DEFAULT_EVENTS: &str = "200000";
 
-/// Runs `highwater demo`. `extra` is passed through to it; `--dir` and
-/// `--events` there replace the defaults. Without `resume`, a directory left
-/// by an earlier run is removed first so the demo starts fresh.
-pub fn run_demo(ws: &Workspace, resume: bool, extra: &[String]) -> Result {
-    crate::prereqs::ensure()?;
+/// Runs `highwater demo`, built with the CLI's default features plus
+/// `features` (a comma-separated list of `highwater-cli` features). `extra`
+/// is passed through to it; `--dir` and `--events` there replace the
+/// defaults. Without `resume`, a directory left by an earlier run is
+/// removed first so the demo starts fresh.
+pub fn run_demo(ws: &Workspace, resume: bool, features: Option<&str>, extra: &[String]) -> Result {
+    if features.is_some_and(needs_rocksdb) {
+        // libclang and a C++ compiler, for librocksdb-sys only.
+        crate::prereqs::ensure()?;
+    }
     let default_dir = ws.target_dir.join("demo-data");
     let user_dir = flag_value(extra, "--dir").map(|d| ws.root.join(d));
     let dir = user_dir.clone().unwrap_or_else(|| default_dir.clone());
@@ -32,15 +43,11 @@ pub fn run_demo(ws: &Workspace, resume: bool, extra: &[String]) -> Result {
         std::fs::remove_dir_all(&dir).map_err(io_context("remove", &dir))?;
     }
 
-    let mut cmd = ws.cargo([
-        "run",
-        "--profile",
-        "ci",
-        "-p",
-        "highwater-cli",
-        "--",
-        "demo",
-    ]);
+    let mut cmd = ws.cargo(["run", "--profile", "ci", "-p", "highwater-cli"]);
+    if let Some(f) = with_implied_features(features, extra) {
+        cmd.args(["--features", &f]);
+    }
+    cmd.args(["--", "demo"]);
     if user_dir.is_none() {
         cmd.arg("--dir").arg(&dir);
     }
@@ -57,6 +64,45 @@ pub fn run_demo(ws: &Workspace, resume: bool, extra: &[String]) -> Result {
         dir.display()
     );
     Ok(())
+}
+
+/// True when the `highwater-cli` features in `features` (comma- or
+/// space-separated) build RocksDB.
+fn needs_rocksdb(features: &str) -> bool {
+    features
+        .split([',', ' '])
+        .any(|f| matches!(f.trim(), "rocksdb" | "full"))
+}
+
+/// `features` plus what the demo's arguments need and cost little to build:
+/// `prometheus` for `--metrics-addr` (pure Rust). A backend or store is
+/// never added this way (RocksDB is a 25-minute build: the user asks for it).
+fn with_implied_features(features: Option<&str>, extra: &[String]) -> Option<String> {
+    let wants_metrics = flag_value(extra, "--metrics-addr").is_some();
+    match (features, wants_metrics) {
+        (Some(f), true) => Some(format!("{f},prometheus")),
+        (None, true) => Some("prometheus".to_owned()),
+        (f, false) => f.map(str::to_owned),
+    }
+}
+
+/// Removes `--flag VALUE` or `--flag=VALUE` from `args` and returns its
+/// value (the last one if repeated).
+pub fn take_flag(args: &mut Vec<String>, flag: &str) -> Option<String> {
+    let mut value = None;
+    let mut i = 0;
+    while i < args.len() {
+        if args[i] == flag && i + 1 < args.len() {
+            value = Some(args.remove(i + 1));
+            args.remove(i);
+        } else if let Some(v) = args[i].strip_prefix(flag).and_then(|r| r.strip_prefix('=')) {
+            value = Some(v.to_owned());
+            args.remove(i);
+        } else {
+            i += 1;
+        }
+    }
+    value
 }
 
 /// The value of `--flag VALUE` or `--flag=VALUE` in `args`, if present.
@@ -92,5 +138,43 @@ mod tests {
             Some(PathBuf::from("5"))
         );
         assert_eq!(flag_value(&args(&["--directory", "d"]), "--dir"), None);
+    }
+
+    #[test]
+    fn features_are_taken_out_of_the_demo_arguments() {
+        let mut a = args(&[
+            "--events",
+            "5",
+            "--features",
+            "rocksdb",
+            "--backend",
+            "rocksdb",
+        ]);
+        assert_eq!(take_flag(&mut a, "--features").as_deref(), Some("rocksdb"));
+        assert_eq!(a, ["--events", "5", "--backend", "rocksdb"]);
+        let mut b = args(&["--features=redis,s3"]);
+        assert_eq!(take_flag(&mut b, "--features").as_deref(), Some("redis,s3"));
+        assert!(b.is_empty());
+        assert!(needs_rocksdb("redis,full"));
+        assert!(needs_rocksdb("rocksdb"));
+        assert!(!needs_rocksdb("redis,s3"));
+    }
+
+    #[test]
+    fn metrics_addr_adds_the_prometheus_feature() {
+        let metrics = args(&["--metrics-addr", "127.0.0.1:9464"]);
+        assert_eq!(
+            with_implied_features(None, &metrics).as_deref(),
+            Some("prometheus")
+        );
+        assert_eq!(
+            with_implied_features(Some("redis"), &metrics).as_deref(),
+            Some("redis,prometheus")
+        );
+        assert_eq!(with_implied_features(None, &args(&["--wal"])), None);
+        assert_eq!(
+            with_implied_features(Some("rocksdb"), &args(&["--backend", "rocksdb"])).as_deref(),
+            Some("rocksdb")
+        );
     }
 }

@@ -6,7 +6,8 @@
 //! on failure:
 //!
 //! - `test [-- ARGS]`: every test of the workspace in the `ci` profile;
-//! - `demo [--resume] [ARGS]`: the CLI's demo pipeline into `<target>/demo-data`;
+//! - `demo [--resume] [--features F] [ARGS]`: the CLI's demo pipeline into
+//!   `<target>/demo-data` (default features unless `--features` says more);
 //! - `bench [SUITE] [--quick] [--report]`: benchmarks, and the Markdown report;
 //! - `tidy`: source-tree checks (module docs, forbidden markers, manifests,
 //!   crate layering, docs that name what exists);
@@ -51,6 +52,10 @@ enum Command {
         args: Vec<String>,
     },
     /// Run the demo pipeline of the `highwater` CLI into `<target>/demo-data`.
+    ///
+    /// The CLI is built with its default features (memory backend, local
+    /// directories); `--features rocksdb,redis,s3,azure,gcs,raft` or
+    /// `--features full` (anywhere among the arguments) builds more.
     Demo {
         /// Keep the data of an earlier run instead of starting fresh.
         #[arg(long)]
@@ -121,10 +126,12 @@ fn dispatch(ws: &Workspace, command: Command) -> Result {
     match command {
         Command::Test { args } => testing::run_all(ws, &args),
         Command::Demo { resume, args } => {
-            // `--resume` is xtask's own flag wherever it appears.
+            // `--resume` and `--features` are xtask's own flags wherever
+            // they appear.
             let resume = resume || args.iter().any(|a| a == "--resume");
-            let args: Vec<String> = args.into_iter().filter(|a| a != "--resume").collect();
-            demo::run_demo(ws, resume, &args)
+            let mut args: Vec<String> = args.into_iter().filter(|a| a != "--resume").collect();
+            let features = demo::take_flag(&mut args, "--features");
+            demo::run_demo(ws, resume, features.as_deref(), &args)
         }
         Command::Bench {
             suite,

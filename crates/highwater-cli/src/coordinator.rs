@@ -4,13 +4,9 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Duration;
 
 use clap::Args;
 use highwater::Result;
-use highwater::cloud::ObjectCheckpointStore;
-use highwater::raft::{DistributedConfig, NodeOptions, parse_peers, run_node};
 
 /// Arguments of `highwater coordinator`.
 #[derive(Debug, Args)]
@@ -49,10 +45,31 @@ pub struct CoordinatorArgs {
     /// Exit when standard input closes (for supervisors and tests).
     #[arg(long)]
     exit_on_stdin_eof: bool,
+    /// Serve metrics (the ledger's completed and aborted checkpoints, …) in
+    /// Prometheus' text format on this address; see docs/metrics.md.
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
+}
+
+/// Without the `raft` feature: the error naming the build that has it.
+#[cfg(not(feature = "raft"))]
+pub fn run(args: CoordinatorArgs) -> Result<ExitCode> {
+    let _ = args;
+    Err(crate::target::not_built("`highwater coordinator`", "raft"))
 }
 
 /// Runs the node until it is killed.
+#[cfg(feature = "raft")]
 pub fn run(args: CoordinatorArgs) -> Result<ExitCode> {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use highwater::cloud::ObjectCheckpointStore;
+    use highwater::raft::{DistributedConfig, NodeOptions, parse_peers, run_node};
+
+    if let Some(addr) = args.metrics_addr {
+        crate::prometheus::serve(addr)?;
+    }
     let mut config = DistributedConfig::new(args.id, args.listen, &args.data);
     config.peers = parse_peers(&args.peers)?;
     config.election_timeout = Duration::from_millis(args.election_ms);

@@ -83,6 +83,10 @@ pub struct DemoArgs {
     /// 10 ms) or never (on checkpoints and exit).
     #[arg(long, value_enum, default_value_t = WalSync::Interval)]
     wal_sync: WalSync,
+    /// Serve metrics in Prometheus' text format on this address (for
+    /// example 127.0.0.1:9464) while the demo runs; see docs/metrics.md.
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// The `--wal-sync` choices.
@@ -175,6 +179,9 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
             ));
         }
     };
+    if let Some(addr) = args.metrics_addr {
+        crate::prometheus::serve(addr)?;
+    }
     let rocksdb_dir =
         (args.rocksdb_dir.clone()).or_else(|| args.dir.as_ref().map(|d| d.join("rocksdb")));
     let backend = open_backend(
@@ -301,6 +308,9 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         // Between events: the state holds exactly events [0, offset).
         if manager.maybe_checkpoint()?.is_some() {
             checkpoints += 1;
+            if args.metrics_addr.is_some() {
+                manager.record_backend_metrics();
+            }
         }
     }
     let elapsed = started.elapsed();

@@ -5,6 +5,7 @@ mod compact;
 mod coordinator;
 mod demo;
 mod inspect;
+mod prometheus;
 mod recover;
 mod target;
 

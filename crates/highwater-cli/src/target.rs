@@ -4,11 +4,26 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use highwater::cloud::ObjectCheckpointStore;
+use highwater::cloud::{ObjectCheckpointStore, StoreUrl};
 use highwater::memory::MemoryBackend;
+#[cfg(feature = "redis")]
 use highwater::redis::{RedisBackend, RedisCheckpointStore, RedisEndpoint, RedisStoreConfig};
+#[cfg(feature = "rocksdb")]
 use highwater::rocksdb::RocksDbBackend;
 use highwater::{CheckpointStore, Error, Result, StateBackend};
+
+/// The error for `what` (a backend, store or command) that this build of the
+/// CLI leaves out: it names the Cargo feature of `highwater-cli` and the
+/// commands that build it.
+pub fn not_built(what: &str, feature: &str) -> Error {
+    Error::InvalidArgument(format!(
+        "{what} is not in this build of highwater (the default build has the memory backend \
+         and local directories only); build it with the `{feature}` feature: \
+         `cargo xtask demo --features {feature} ...` for the demo, or \
+         `cargo build --profile ci -p highwater-cli --features {feature}` \
+         (`--features full` builds every backend and store)"
+    ))
+}
 
 /// True when `spec` names a Redis server rather than a directory.
 pub fn is_redis_url(spec: &str) -> bool {
@@ -25,10 +40,26 @@ pub fn is_redis_url(spec: &str) -> bool {
 /// local directory (created if `create`).
 pub fn open_store(spec: &str, namespace: &str, create: bool) -> Result<Arc<dyn CheckpointStore>> {
     if is_redis_url(spec) {
-        let config = RedisStoreConfig::new(RedisEndpoint::parse(spec)?).with_namespace(namespace);
-        return Ok(Arc::new(RedisCheckpointStore::new(config)?));
+        #[cfg(feature = "redis")]
+        {
+            let config =
+                RedisStoreConfig::new(RedisEndpoint::parse(spec)?).with_namespace(namespace);
+            return Ok(Arc::new(RedisCheckpointStore::new(config)?));
+        }
+        #[cfg(not(feature = "redis"))]
+        {
+            let _ = namespace;
+            return Err(not_built("the redis:// checkpoint store", "redis"));
+        }
     }
     if highwater::cloud::is_cloud_url(spec) {
+        let service = StoreUrl::parse(spec)?.service;
+        if !service.is_enabled() {
+            return Err(not_built(
+                &format!("the {}:// checkpoint store", service.name()),
+                service.feature(),
+            ));
+        }
         // The bucket or container must exist; nothing is created in it
         // until the first checkpoint.
         return Ok(Arc::new(ObjectCheckpointStore::from_url(
@@ -71,6 +102,17 @@ pub fn open_backend(
 ) -> Result<Arc<dyn StateBackend>> {
     match kind {
         BackendKind::Memory => Ok(Arc::new(MemoryBackend::new())),
+        #[cfg(not(feature = "redis"))]
+        BackendKind::Redis => {
+            let _ = (redis_url, namespace);
+            Err(not_built("the redis backend", "redis"))
+        }
+        #[cfg(not(feature = "rocksdb"))]
+        BackendKind::Rocksdb => {
+            let _ = rocksdb_dir;
+            Err(not_built("the rocksdb backend", "rocksdb"))
+        }
+        #[cfg(feature = "redis")]
         BackendKind::Redis => {
             let url = redis_url.ok_or_else(|| {
                 Error::InvalidArgument(
@@ -79,6 +121,7 @@ pub fn open_backend(
             })?;
             Ok(Arc::new(RedisBackend::open(url, namespace)?))
         }
+        #[cfg(feature = "rocksdb")]
         BackendKind::Rocksdb => {
             let dir = rocksdb_dir.ok_or_else(|| {
                 Error::InvalidArgument(

@@ -140,6 +140,7 @@ fn sigkill_and_resume_with_the_write_ahead_log() {
     );
 }
 
+#[cfg(feature = "rocksdb")]
 /// Kills and resumes the demo on RocksDB with `extra` flags, against the
 /// memory backend running without interruption; returns the killed run's
 /// directory (inside `tmp`).
@@ -165,6 +166,7 @@ fn kill_and_resume_on_rocksdb(tmp: &Path, extra: &[&str]) -> PathBuf {
     killed
 }
 
+#[cfg(feature = "rocksdb")]
 #[test]
 fn kill_and_resume_with_state_in_rocksdb() {
     let tmp = tempfile::tempdir().unwrap();
@@ -173,6 +175,7 @@ fn kill_and_resume_with_state_in_rocksdb() {
     kill_and_resume_on_rocksdb(tmp.path(), &[]);
 }
 
+#[cfg(feature = "rocksdb")]
 /// Regression: with the write-ahead log on, RocksDB used to fall back to
 /// encoded checkpoints (the log's wrapper did not forward native
 /// checkpoints) and a native restore through it failed. Now the killed run
@@ -197,6 +200,7 @@ fn kill_and_resume_with_rocksdb_and_the_write_ahead_log() {
     }
 }
 
+#[cfg(feature = "redis")]
 fn redis_url() -> String {
     std::env::var("HIGHWATER_REDIS_URL").expect(
         "HIGHWATER_REDIS_URL is not set: run the tests through `cargo xtask test`, \
@@ -204,6 +208,7 @@ fn redis_url() -> String {
     )
 }
 
+#[cfg(any(feature = "redis", feature = "s3"))]
 fn unique(name: &str) -> String {
     #[expect(
         clippy::disallowed_methods,
@@ -216,6 +221,7 @@ fn unique(name: &str) -> String {
     format!("{name}-{}-{nanos}", std::process::id())
 }
 
+#[cfg(feature = "redis")]
 #[test]
 fn kill_and_resume_with_checkpoints_in_redis() {
     let url = redis_url();
@@ -240,6 +246,7 @@ fn kill_and_resume_with_checkpoints_in_redis() {
     );
 }
 
+#[cfg(feature = "redis")]
 #[test]
 fn kill_and_resume_with_state_and_checkpoints_in_redis() {
     let url = redis_url();
@@ -393,6 +400,7 @@ fn inspect_lists_checkpoints_as_json() {
     assert_eq!(missing.status.code(), Some(2));
 }
 
+#[cfg(feature = "s3")]
 #[test]
 fn kill_and_resume_with_checkpoints_on_s3() {
     // The S3-compatible server from `cargo xtask services start` (moto);
@@ -410,4 +418,346 @@ fn kill_and_resume_with_checkpoints_on_s3() {
         &[killed],
         300_000,
     );
+}
+
+/// The CLI as `cargo xtask demo` builds it (default features: the memory
+/// backend and local directories only): asking it for a backend, store or
+/// command it leaves out fails with a usage error that names the feature and
+/// the commands that build it, before anything is written.
+#[cfg(not(all(
+    feature = "rocksdb",
+    feature = "redis",
+    feature = "s3",
+    feature = "raft",
+    feature = "prometheus"
+)))]
+mod default_build {
+    use super::*;
+
+    /// Runs `highwater args`, which must fail with exit code 2, and returns
+    /// its standard error.
+    fn refused(args: &[&str]) -> String {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?} printed output");
+        stderr
+    }
+
+    fn assert_names_the_build(stderr: &str, what: &str, feature: &str) {
+        assert!(stderr.starts_with("error: "), "{stderr}");
+        assert!(stderr.contains(what), "{stderr}");
+        assert!(
+            stderr.contains(&format!("cargo xtask demo --features {feature}")),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains(&format!(
+                "cargo build --profile ci -p highwater-cli --features {feature}"
+            )),
+            "{stderr}"
+        );
+    }
+
+    #[cfg(not(feature = "rocksdb"))]
+    #[test]
+    fn default_build_names_the_command_that_builds_rocksdb() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("demo");
+        let dir = dir.to_str().unwrap();
+        let stderr = refused(&["demo", "--dir", dir, "--backend", "rocksdb"]);
+        assert_names_the_build(&stderr, "the rocksdb backend", "rocksdb");
+        assert!(
+            !tmp.path().join("demo").exists(),
+            "the refused run created its directory"
+        );
+    }
+
+    #[cfg(not(feature = "redis"))]
+    #[test]
+    fn default_build_names_the_command_that_builds_redis() {
+        let stderr = refused(&["demo", "--store", "redis://127.0.0.1:1/"]);
+        assert_names_the_build(&stderr, "the redis:// checkpoint store", "redis");
+        let stderr = refused(&["inspect", "redis://127.0.0.1:1/"]);
+        assert_names_the_build(&stderr, "the redis:// checkpoint store", "redis");
+    }
+
+    #[cfg(not(feature = "s3"))]
+    #[test]
+    fn default_build_names_the_command_that_builds_s3() {
+        let stderr = refused(&["verify", "s3://bucket/prefix"]);
+        assert_names_the_build(&stderr, "the s3:// checkpoint store", "s3");
+    }
+
+    #[cfg(not(feature = "prometheus"))]
+    #[test]
+    fn default_build_names_the_command_that_builds_the_metrics_endpoint() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("demo");
+        let stderr = refused(&[
+            "demo",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--metrics-addr",
+            "127.0.0.1:9464",
+        ]);
+        assert_names_the_build(&stderr, "--metrics-addr", "prometheus");
+        assert!(!dir.exists(), "the refused run created its directory");
+    }
+
+    #[cfg(not(feature = "raft"))]
+    #[test]
+    fn default_build_names_the_command_that_builds_the_coordinator() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("node");
+        let stderr = refused(&[
+            "coordinator",
+            "--id",
+            "1",
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            data.to_str().unwrap(),
+        ]);
+        assert_names_the_build(&stderr, "`highwater coordinator`", "raft");
+        assert!(!data.exists());
+    }
+}
+
+/// `highwater demo --metrics-addr`: the Prometheus endpoint answers over
+/// real HTTP on loopback while the demo runs, its counters move between two
+/// scrapes, and `docs/metrics.md` documents every metric it serves.
+#[cfg(feature = "prometheus")]
+mod prometheus {
+    use std::collections::BTreeMap;
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::process::{Child, Stdio};
+
+    use super::*;
+
+    /// Kills the process (demo or coordinator) when the test ends, however
+    /// it ends.
+    struct Running(Child);
+
+    impl Drop for Running {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// A loopback port nobody listens on right now.
+    fn free_port() -> u16 {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    /// One `GET /metrics` over a fresh connection: the body of a 200
+    /// response, or `None` while nothing listens yet.
+    fn scrape(addr: SocketAddr) -> Option<String> {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut response = String::new();
+        s.read_to_string(&mut response).ok()?;
+        let (head, body) = response.split_once("\r\n\r\n")?;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        Some(body.to_string())
+    }
+
+    /// Every sample of a text-format scrape: series (name and labels) →
+    /// value.
+    fn samples(text: &str) -> BTreeMap<String, f64> {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .map(|l| {
+                let (series, value) = l.rsplit_once(' ').unwrap();
+                (series.to_string(), value.parse().unwrap())
+            })
+            .collect()
+    }
+
+    /// The sum of every series of metric `name` (all label sets).
+    fn total(s: &BTreeMap<String, f64>, name: &str) -> f64 {
+        s.iter()
+            .filter(|(k, _)| k.as_str() == name || k.starts_with(&format!("{name}{{")))
+            .map(|(_, v)| v)
+            .sum()
+    }
+
+    /// Scrapes until `done` holds (the process keeps running meanwhile).
+    fn scrape_until(
+        addr: SocketAddr,
+        demo: &mut Running,
+        what: &str,
+        done: impl Fn(&BTreeMap<String, f64>) -> bool,
+    ) -> (String, BTreeMap<String, f64>) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            assert!(
+                demo.0.try_wait().unwrap().is_none(),
+                "the process ended before {what}"
+            );
+            if let Some(text) = scrape(addr) {
+                let s = samples(&text);
+                if done(&s) {
+                    return (text, s);
+                }
+            }
+            assert!(Instant::now() < deadline, "no scrape showed {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    #[test]
+    fn demo_serves_prometheus_metrics_that_move_while_it_runs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        // Far more events than the test waits for: it kills the demo.
+        let mut demo = Running(
+            Command::new(BIN)
+                .arg("demo")
+                .arg("--dir")
+                .arg(tmp.path().join("demo"))
+                .args(["--events", "1000000000", "--checkpoint-every", "50"])
+                .args(["--wal", "--wal-sync", "interval"])
+                .arg("--metrics-addr")
+                .arg(addr.to_string())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let completed = "highwater_checkpoints_completed_total";
+        const PUTS: &str = r#"highwater_store_requests_total{store="local",op="put"}"#;
+        let (_, first) = scrape_until(addr, &mut demo, "a checkpoint", |s| {
+            total(s, completed) >= 1.0
+        });
+        let (text, second) = scrape_until(addr, &mut demo, "a later checkpoint", |s| {
+            total(s, completed) > total(&first, completed)
+                && total(s, "highwater_wal_bytes_written_total")
+                    > total(&first, "highwater_wal_bytes_written_total")
+        });
+
+        // Counters moved between the two scrapes.
+        for name in [
+            completed,
+            "highwater_checkpoint_bytes_written_total",
+            "highwater_checkpoint_entries_total",
+            "highwater_checkpoint_duration_seconds_count",
+            "highwater_checkpoint_snapshot_pause_seconds_count",
+            "highwater_store_bytes_written_total",
+            "highwater_wal_bytes_written_total",
+            "highwater_wal_group_frames_count",
+            "highwater_wal_fsync_duration_seconds_count",
+        ] {
+            assert!(
+                total(&second, name) > total(&first, name),
+                "{name} did not move: {} then {}",
+                total(&first, name),
+                total(&second, name)
+            );
+        }
+        assert!(
+            second[PUTS] > first[PUTS],
+            "store put requests did not move"
+        );
+        assert!(
+            total(&second, "highwater_last_checkpoint_id")
+                > total(&first, "highwater_last_checkpoint_id")
+        );
+        assert!(total(&second, "highwater_last_checkpoint_size_bytes") > 0.0);
+        assert!(
+            total(&second, "highwater_last_checkpoint_full_size_bytes")
+                >= total(&second, "highwater_last_checkpoint_size_bytes")
+        );
+        assert!(total(&second, "highwater_backend_entries") > 0.0);
+        assert_eq!(total(&second, "highwater_checkpoints_failed_total"), 0.0);
+        // Descriptions were registered: exporters print them as HELP.
+        assert!(
+            text.contains(&format!("# HELP {completed} ")),
+            "no HELP line for {completed}"
+        );
+
+        // Every metric served is documented.
+        let docs = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/metrics.md"),
+        )
+        .unwrap();
+        let mut seen = 0;
+        for series in second.keys() {
+            let name = series.split('{').next().unwrap();
+            if !name.starts_with("highwater_") {
+                continue;
+            }
+            seen += 1;
+            let base = ["_sum", "_count", "_bucket"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .filter(|base| docs.contains(&format!("`{base}`")))
+                .unwrap_or(name);
+            assert!(
+                docs.contains(&format!("`{base}`")),
+                "{base} is served but not in docs/metrics.md"
+            );
+        }
+        assert!(seen >= 20, "only {seen} highwater series served");
+    }
+
+    /// `highwater coordinator --metrics-addr`: a one-node cluster triggering
+    /// a checkpoint every 100 ms and acknowledging it serves the ledger's
+    /// counters, and they move.
+    #[cfg(feature = "raft")]
+    #[test]
+    fn coordinator_serves_the_ledger_counters() {
+        let tmp = tempfile::tempdir().unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut node = Running(
+            Command::new(BIN)
+                .args(["coordinator", "--id", "1"])
+                .arg("--listen")
+                .arg(format!("127.0.0.1:{}", free_port()))
+                .arg("--data")
+                .arg(tmp.path().join("node-1"))
+                .args(["--interval-ms", "100"])
+                .arg("--metrics-addr")
+                .arg(addr.to_string())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let completed = "highwater_raft_checkpoints_completed_total";
+        let (_, first) = scrape_until(addr, &mut node, "a completed checkpoint", |s| {
+            total(s, completed) >= 1.0
+        });
+        let (text, second) = scrape_until(addr, &mut node, "another completed checkpoint", |s| {
+            total(s, completed) > total(&first, completed)
+        });
+        assert!(
+            total(&second, "highwater_raft_checkpoints_triggered_total")
+                >= total(&second, completed)
+        );
+        assert!(text.contains(&format!("# HELP {completed} ")), "{text}");
+        let docs = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/metrics.md"),
+        )
+        .unwrap();
+        for name in second.keys().map(|k| k.split('{').next().unwrap()) {
+            if name.starts_with("highwater_raft_") {
+                assert!(
+                    docs.contains(&format!("`{name}`")),
+                    "{name} is not documented"
+                );
+            }
+        }
+    }
 }

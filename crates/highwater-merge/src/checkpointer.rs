@@ -413,9 +413,15 @@ impl Checkpointer {
 
     /// Takes a checkpoint if the configured interval has passed since the
     /// last one and none is in flight.
+    ///
+    /// Without an interval ([`CheckpointConfig::interval`] is `None`) it
+    /// fails with [`Error::InvalidArgument`] rather than never checkpoint
+    /// in silence: set an interval, or call [`checkpoint`](Self::checkpoint).
     pub fn maybe_checkpoint(&self) -> Result<Option<CheckpointHandle>> {
         let Some(interval) = self.inner.config().interval else {
-            return Ok(None);
+            return Err(Error::InvalidArgument(
+                "maybe_checkpoint needs a checkpoint interval (none is configured, so it would never checkpoint): set one with CheckpointConfig::with_interval or the StateManager builder's interval, or call checkpoint()".into(),
+            ));
         };
         let t = self.inner.lock();
         if t.in_flight || t.last_trigger.elapsed() < interval {
@@ -620,6 +626,7 @@ fn finish_checkpoint(
 ) {
     let id = job.id;
     let result = run_checkpoint(inner, job);
+    crate::metrics::checkpoint_finished(&result, &*inner.parts.store);
     // Another writer committed this id: continue after the newest id in
     // the store instead of colliding again.
     let newest = match &result {
@@ -881,6 +888,7 @@ fn merge_manifest(inner: &Inner, base: &Manifest) -> Result<(PendingMerge, Merge
         "chain merged"
     );
     let stats = stored.outcome.stats.clone();
+    crate::metrics::merge_completed(&stats);
     Ok((
         PendingMerge {
             layer: stored.outcome.layer,

@@ -325,6 +325,128 @@ impl Default for CheckpointConfig {
     }
 }
 
+/// Builder-style setters, so that a configuration can be written in one
+/// expression although the struct is `#[non_exhaustive]`:
+/// `CheckpointConfig::default().with_interval(d).with_background_merge(true)`.
+impl CheckpointConfig {
+    /// Sets [`max_parallelism`](Self::max_parallelism).
+    pub fn with_max_parallelism(mut self, n: u16) -> Self {
+        self.max_parallelism = n;
+        self
+    }
+
+    /// Sets [`interval`](Self::interval).
+    pub fn with_interval(mut self, every: Duration) -> Self {
+        self.interval = Some(every);
+        self
+    }
+
+    /// Sets [`max_retained`](Self::max_retained).
+    pub fn with_max_retained(mut self, n: usize) -> Self {
+        self.max_retained = n;
+        self
+    }
+
+    /// Sets [`incremental`](Self::incremental).
+    pub fn with_incremental(mut self, on: bool) -> Self {
+        self.incremental = on;
+        self
+    }
+
+    /// Sets [`max_chain_before_full`](Self::max_chain_before_full).
+    pub fn with_max_chain_before_full(mut self, n: usize) -> Self {
+        self.max_chain_before_full = n;
+        self
+    }
+
+    /// Sets [`background_merge`](Self::background_merge).
+    pub fn with_background_merge(mut self, on: bool) -> Self {
+        self.background_merge = on;
+        self
+    }
+
+    /// Sets [`merger`](Self::merger).
+    pub fn with_merger(mut self, merger: MergerConfig) -> Self {
+        self.merger = merger;
+        self
+    }
+
+    /// Sets [`key_groups_per_artifact`](Self::key_groups_per_artifact).
+    pub fn with_key_groups_per_artifact(mut self, n: u16) -> Self {
+        self.key_groups_per_artifact = n;
+        self
+    }
+
+    /// Sets [`encode_threads`](Self::encode_threads).
+    pub fn with_encode_threads(mut self, n: usize) -> Self {
+        self.encode_threads = n;
+        self
+    }
+
+    /// Sets [`io_concurrency`](Self::io_concurrency).
+    pub fn with_io_concurrency(mut self, n: usize) -> Self {
+        self.io_concurrency = n;
+        self
+    }
+}
+
+/// Builder-style setters of the `#[non_exhaustive]` merger settings.
+impl MergerConfig {
+    /// Sets [`merge_at_chain_length`](Self::merge_at_chain_length).
+    pub fn with_merge_at_chain_length(mut self, n: usize) -> Self {
+        self.merge_at_chain_length = n;
+        self
+    }
+
+    /// Sets [`enable_delta_compression`](Self::enable_delta_compression).
+    pub fn with_delta_compression(mut self, on: bool) -> Self {
+        self.enable_delta_compression = on;
+        self
+    }
+
+    /// Sets [`compression_threshold`](Self::compression_threshold).
+    pub fn with_compression_threshold(mut self, bytes: usize) -> Self {
+        self.compression_threshold = bytes;
+        self
+    }
+
+    /// Sets [`compression`](Self::compression).
+    pub fn with_compression(mut self, compression: Compression) -> Self {
+        self.compression = compression;
+        self
+    }
+
+    /// Sets [`merge_strategy`](Self::merge_strategy).
+    pub fn with_merge_strategy(mut self, strategy: MergeStrategy) -> Self {
+        self.merge_strategy = strategy;
+        self
+    }
+
+    /// Sets [`enable_deduplication`](Self::enable_deduplication).
+    pub fn with_deduplication(mut self, on: bool) -> Self {
+        self.enable_deduplication = on;
+        self
+    }
+
+    /// Sets [`conflict_resolution`](Self::conflict_resolution).
+    pub fn with_conflict_resolution(mut self, rule: ConflictResolution) -> Self {
+        self.conflict_resolution = rule;
+        self
+    }
+
+    /// Sets [`parallel_threads`](Self::parallel_threads).
+    pub fn with_parallel_threads(mut self, n: usize) -> Self {
+        self.parallel_threads = n;
+        self
+    }
+
+    /// Sets [`chunking`](Self::chunking).
+    pub fn with_chunking(mut self, chunking: ChunkConfig) -> Self {
+        self.chunking = chunking;
+        self
+    }
+}
+
 impl CheckpointConfig {
     /// Checks the values for consistency.
     pub fn validate(&self) -> Result<()> {

@@ -45,6 +45,7 @@ mod encode;
 mod gc;
 pub mod io;
 mod merge;
+pub mod metrics;
 mod store;
 
 pub use chain::{ChainSummary, StoreSummary, needs_merge, substitute, summarize};

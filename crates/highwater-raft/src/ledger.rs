@@ -243,6 +243,7 @@ impl Ledger {
     /// Applies one committed command found at `log_index`.
     pub fn apply(&mut self, log_index: u64, command: &Command) -> Outcome {
         let outcome = self.apply_inner(log_index, command);
+        crate::metrics::ledger_applied(&outcome);
         if let Outcome::Rejected(_) = outcome {
             self.rejected_total += 1;
         }

@@ -29,6 +29,7 @@ mod coordinator;
 mod error;
 mod ledger;
 mod log_store;
+pub mod metrics;
 mod network;
 mod node;
 mod state_machine;

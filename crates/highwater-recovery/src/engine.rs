@@ -232,7 +232,9 @@ impl Recovery {
     ) -> Result<RecoveryOutcome> {
         let started = Instant::now();
         let plan = self.plan(target, scope, wal)?;
-        self.execute_from(plan, backend, wal, progress, started)
+        let result = self.execute_from(plan, backend, wal, progress, started);
+        crate::metrics::recovery_finished(&result);
+        result
     }
 
     /// Executes `plan` into `backend`, replacing all of its state, then
@@ -250,7 +252,9 @@ impl Recovery {
         wal: Option<&Wal>,
         progress: Option<ProgressFn<'_>>,
     ) -> Result<RecoveryOutcome> {
-        self.execute_from(plan, backend, wal, progress, Instant::now())
+        let result = self.execute_from(plan, backend, wal, progress, Instant::now());
+        crate::metrics::recovery_finished(&result);
+        result
     }
 
     fn execute_from(

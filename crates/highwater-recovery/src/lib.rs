@@ -75,6 +75,7 @@
 
 mod config;
 mod engine;
+pub mod metrics;
 mod plan;
 mod replay;
 mod stats;

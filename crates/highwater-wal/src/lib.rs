@@ -186,6 +186,7 @@
 mod config;
 mod format;
 mod logged;
+pub mod metrics;
 mod record;
 mod recovery;
 mod replay;

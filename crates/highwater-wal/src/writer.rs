@@ -753,6 +753,7 @@ impl Writer {
     /// Records that `bytes` and `frames` up to `last_lsn` are written.
     fn account(&mut self, (bytes, frames, last_lsn): (u64, u64, Lsn)) {
         if frames > 0 {
+            crate::metrics::group_written(frames, bytes);
             let stats = &self.shared.stats;
             stats.writes.fetch_add(1, Ordering::Relaxed);
             stats.frames.fetch_add(frames, Ordering::Relaxed);
@@ -810,6 +811,7 @@ impl Writer {
                 )
             })?;
             let ns = t.elapsed().as_nanos() as u64;
+            crate::metrics::fsynced(ns);
             self.shared.last_sync_ns.store(ns, Ordering::Relaxed);
             self.shared.stats.syncs.fetch_add(1, Ordering::Relaxed);
             self.shared.stats.sync_ns.fetch_add(ns, Ordering::Relaxed);

@@ -25,11 +25,14 @@
 //! | `raft` | `raft` | Raft-coordinated distributed checkpoints (openraft): ledger, coordinator |
 //! | `rocksdb` | `rocksdb` | RocksDB state backend with native checkpoints ([`core::NativeCheckpoints`]) |
 //!
+//! Metrics go through the `metrics` crate's facade (see [`metrics`]).
+//!
 //! See [`StateManager`] for an example.
 
 #![deny(missing_docs)]
 
 mod manager;
+pub mod metrics;
 
 #[cfg(feature = "cloud")]
 pub use highwater_cloud as cloud;
@@ -48,19 +51,36 @@ pub use highwater_wal as wal;
 
 pub use highwater_core::{
     AggregateFunction, AggregatingState, AggregatingStateDescriptor, CheckpointId, CheckpointKind,
-    CheckpointStore, Error, ErrorKind, KeyedStateContext, ListState, ListStateDescriptor, Manifest,
-    MapState, MapStateDescriptor, ReducingState, ReducingStateDescriptor, Result, StateBackend,
-    TtlConfig, ValueState, ValueStateDescriptor,
+    CheckpointStore, Clock, Error, ErrorKind, KeyGroup, KeyGroupRange, KeyedStateContext,
+    ListState, ListStateDescriptor, Manifest, ManualClock, MapState, MapStateDescriptor,
+    ReducingState, ReducingStateDescriptor, Result, StateBackend, SystemClock, TtlConfig,
+    ValueState, ValueStateDescriptor,
 };
 pub use highwater_merge::{
-    CheckpointConfig, CheckpointHandle, CheckpointInfo, Compression, ConflictResolution,
-    MergeStats, MergeStrategy, MergerConfig, RetentionReport, apply_retention,
+    CheckpointConfig, CheckpointHandle, CheckpointInfo, ChunkConfig, Compression,
+    ConflictResolution, MergeStats, MergeStrategy, MergerConfig, RetentionReport, apply_retention,
 };
 pub use highwater_recovery::{
     CheckpointVerification, RecoveryConfig, RecoveryPlan, RecoveryScope, RecoveryStats,
     RecoveryTarget, VerificationLevel, VerifyProblem, verify_store, verify_store_with,
 };
 pub use manager::{HistoryEntry, RestoreInfo, StateManager, StateManagerBuilder};
+
+/// What an embedding engine uses, in one import: `use highwater::prelude::*;`.
+///
+/// The manager and its configuration, the typed state handles and their
+/// descriptors, TTL and clocks, key groups, errors, and the backend and
+/// store traits (every item is also at the crate root).
+pub mod prelude {
+    pub use crate::{
+        AggregateFunction, AggregatingState, AggregatingStateDescriptor, CheckpointConfig,
+        CheckpointHandle, CheckpointId, CheckpointInfo, CheckpointKind, CheckpointStore, Clock,
+        Compression, Error, ErrorKind, KeyGroup, KeyGroupRange, KeyedStateContext, ListState,
+        ListStateDescriptor, ManualClock, MapState, MapStateDescriptor, MergerConfig,
+        RecoveryConfig, ReducingState, ReducingStateDescriptor, RestoreInfo, Result, StateBackend,
+        StateManager, SystemClock, TtlConfig, ValueState, ValueStateDescriptor,
+    };
+}
 
 /// The README's examples, compiled and run as doctests.
 #[doc = include_str!("../../../README.md")]

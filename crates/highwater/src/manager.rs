@@ -5,11 +5,13 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use highwater_core::{
-    CheckpointId, CheckpointStore, Clock, Error, KeyedStateContext, Manifest, Result, StateBackend,
-    SystemClock,
+    BackendStats, CheckpointId, CheckpointStore, Clock, Error, KeyedStateContext, Manifest,
+    NativeCheckpoints, RecordBlock, Result, SnapshotKind, StateBackend, StateSnapshot, SystemClock,
+    WriteBatch,
 };
 use highwater_merge::{
     CheckpointConfig, CheckpointHandle, Checkpointer, CheckpointerParts, Idle, MergeStats,
@@ -58,11 +60,51 @@ pub struct HistoryEntry {
     pub manifest: Result<Manifest>,
 }
 
+/// Settings made by the builder's own methods, applied over
+/// [`StateManagerBuilder::config`]'s at build, whatever the order of calls.
+#[derive(Debug, Default)]
+struct Overrides {
+    max_parallelism: Option<u16>,
+    interval: Option<Duration>,
+    max_retained: Option<usize>,
+    incremental: Option<bool>,
+    background_merge: Option<bool>,
+}
+
+impl Overrides {
+    fn apply(&self, mut c: CheckpointConfig) -> CheckpointConfig {
+        if let Some(n) = self.max_parallelism {
+            c.max_parallelism = n;
+        }
+        if let Some(every) = self.interval {
+            c.interval = Some(every);
+        }
+        if let Some(n) = self.max_retained {
+            c.max_retained = n;
+        }
+        if let Some(on) = self.incremental {
+            c.incremental = on;
+        }
+        if let Some(on) = self.background_merge {
+            c.background_merge = on;
+        }
+        c
+    }
+}
+
 /// Builder of a [`StateManager`].
+///
+/// The order of calls does not matter: [`config`](Self::config) sets the
+/// whole [`CheckpointConfig`] the manager starts from, and the setters of
+/// single settings ([`interval`](Self::interval),
+/// [`max_retained`](Self::max_retained), …) take precedence over it whether
+/// they come before or after it. (Build a complete configuration with
+/// `CheckpointConfig`'s `with_*` methods.)
 pub struct StateManagerBuilder {
     backend: Option<Arc<dyn StateBackend>>,
     store: Option<Arc<dyn CheckpointStore>>,
     config: CheckpointConfig,
+    overrides: Overrides,
     clock: Arc<dyn Clock>,
     properties: BTreeMap<String, String>,
     wal: Option<(std::path::PathBuf, highwater_wal::WalConfig)>,
@@ -73,6 +115,7 @@ impl std::fmt::Debug for StateManagerBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StateManagerBuilder")
             .field("config", &self.config)
+            .field("overrides", &self.overrides)
             .finish_non_exhaustive()
     }
 }
@@ -90,33 +133,43 @@ impl StateManagerBuilder {
         self
     }
 
-    /// Replaces the whole configuration.
+    /// The configuration the manager starts from (a second call replaces
+    /// the first). Settings made with this builder's other methods are
+    /// applied over it, before or after this call alike.
     pub fn config(mut self, config: CheckpointConfig) -> Self {
         self.config = config;
         self
     }
 
-    /// Number of key groups.
+    /// Number of key groups (over [`config`](Self::config)'s).
     pub fn max_parallelism(mut self, n: u16) -> Self {
-        self.config.max_parallelism = n;
+        self.overrides.max_parallelism = Some(n);
         self
     }
 
-    /// Checkpoint interval for [`StateManager::maybe_checkpoint`].
+    /// Checkpoint interval for [`StateManager::maybe_checkpoint`] (over
+    /// [`config`](Self::config)'s). Without one, `maybe_checkpoint` fails.
     pub fn interval(mut self, every: Duration) -> Self {
-        self.config.interval = Some(every);
+        self.overrides.interval = Some(every);
         self
     }
 
-    /// Completed checkpoints to keep.
+    /// Completed checkpoints to keep (over [`config`](Self::config)'s).
     pub fn max_retained(mut self, n: usize) -> Self {
-        self.config.max_retained = n;
+        self.overrides.max_retained = Some(n);
         self
     }
 
-    /// Incremental checkpoints on or off.
+    /// Incremental checkpoints on or off (over [`config`](Self::config)'s).
     pub fn incremental(mut self, on: bool) -> Self {
-        self.config.incremental = on;
+        self.overrides.incremental = Some(on);
+        self
+    }
+
+    /// Background merging of chains on or off (over
+    /// [`config`](Self::config)'s; see [`CheckpointConfig::background_merge`]).
+    pub fn background_merge(mut self, on: bool) -> Self {
+        self.overrides.background_merge = Some(on);
         self
     }
 
@@ -161,7 +214,8 @@ impl StateManagerBuilder {
     /// and starts the checkpointer (its runtime and pools; new checkpoint
     /// ids continue after the store's newest).
     pub fn build(self) -> Result<StateManager> {
-        self.config.validate()?;
+        let config = self.overrides.apply(self.config);
+        config.validate()?;
         self.recovery.validate()?;
         let backend = self
             .backend
@@ -188,12 +242,19 @@ impl StateManagerBuilder {
             backend,
             logged,
             store,
-            config: self.config,
+            config,
             clock: self.clock.clone(),
             properties: self.properties,
         })?;
+        let closed = Arc::new(AtomicBool::new(false));
+        let guarded = Arc::new(Guarded {
+            inner: checkpointer.backend().clone(),
+            closed: closed.clone(),
+        });
         Ok(StateManager {
             checkpointer,
+            guarded,
+            closed,
             clock: self.clock,
             recovery: self.recovery,
         })
@@ -246,8 +307,93 @@ impl StateManagerBuilder {
 #[derive(Clone)]
 pub struct StateManager {
     checkpointer: Checkpointer,
+    /// The backend as handed out: writes fail once the manager is closed.
+    guarded: Arc<dyn StateBackend>,
+    /// Set by [`StateManager::close`]; shared by every clone.
+    closed: Arc<AtomicBool>,
     clock: Arc<dyn Clock>,
     recovery: RecoveryConfig,
+}
+
+/// The error of every state change and checkpoint after `close()`.
+fn closed_error() -> Error {
+    Error::Closed(
+        "the state manager is closed: state changes, checkpoints and restores fail".into(),
+    )
+}
+
+/// The live backend as the manager hands it out (to state handles and
+/// through [`StateManager::backend`]): reads pass through, and every write
+/// fails with [`Error::Closed`] once the manager is closed. The checkpoint
+/// pipeline keeps the backend itself.
+struct Guarded {
+    inner: Arc<dyn StateBackend>,
+    closed: Arc<AtomicBool>,
+}
+
+impl Guarded {
+    fn open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            Err(closed_error())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl StateBackend for Guarded {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.inner.get(key)
+    }
+
+    fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.open()?;
+        self.inner.put(key, value)
+    }
+
+    fn delete(&self, key: &[u8]) -> Result<()> {
+        self.open()?;
+        self.inner.delete(key)
+    }
+
+    fn write_batch(&self, batch: WriteBatch) -> Result<()> {
+        self.open()?;
+        self.inner.write_batch(batch)
+    }
+
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.inner.scan_prefix(prefix)
+    }
+
+    fn scan_range(&self, start: &[u8], end: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.inner.scan_range(start, end)
+    }
+
+    fn snapshot(&self, kind: SnapshotKind) -> Result<Arc<dyn StateSnapshot>> {
+        self.inner.snapshot(kind)
+    }
+
+    fn restore(&self, blocks: &mut dyn Iterator<Item = Result<RecordBlock>>) -> Result<()> {
+        self.open()?;
+        self.inner.restore(blocks)
+    }
+
+    fn clear(&self) -> Result<()> {
+        self.open()?;
+        self.inner.clear()
+    }
+
+    fn stats(&self) -> BackendStats {
+        self.inner.stats()
+    }
+
+    fn native(&self) -> Option<&dyn NativeCheckpoints> {
+        self.inner.native()
+    }
 }
 
 impl std::fmt::Debug for StateManager {
@@ -265,6 +411,7 @@ impl StateManager {
             backend: None,
             store: None,
             config: CheckpointConfig::default(),
+            overrides: Overrides::default(),
             clock: Arc::new(SystemClock),
             properties: BTreeMap::new(),
             wal: None,
@@ -277,9 +424,25 @@ impl StateManager {
         self.checkpointer.config()
     }
 
-    /// The live state backend (the logged one when a write-ahead log is on).
+    /// The live state backend (the logged one when a write-ahead log is
+    /// on). Its writes fail with [`Error::Closed`] after
+    /// [`close`](StateManager::close); reads keep working.
     pub fn backend(&self) -> &Arc<dyn StateBackend> {
-        self.checkpointer.backend()
+        &self.guarded
+    }
+
+    /// True once [`close`](StateManager::close) was called (on this
+    /// manager or a clone of it).
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.is_closed() {
+            Err(closed_error())
+        } else {
+            Ok(())
+        }
     }
 
     /// The checkpoint store.
@@ -306,12 +469,20 @@ impl StateManager {
     /// The snapshot is taken before this returns; the rest runs in the
     /// background. Call it between events.
     pub fn checkpoint(&self) -> Result<CheckpointHandle> {
+        self.check_open()?;
         self.checkpointer.checkpoint()
     }
 
     /// Takes a checkpoint if the configured interval has passed since the
     /// last one and none is in flight. Call it between events.
+    ///
+    /// Without an interval (neither [`StateManagerBuilder::interval`] nor
+    /// [`CheckpointConfig::interval`]) it fails with
+    /// [`Error::InvalidArgument`] at once, instead of never checkpointing
+    /// in silence: set an interval, or call
+    /// [`checkpoint`](StateManager::checkpoint) when you want one.
     pub fn maybe_checkpoint(&self) -> Result<Option<CheckpointHandle>> {
+        self.check_open()?;
         self.checkpointer.maybe_checkpoint()
     }
 
@@ -319,6 +490,7 @@ impl StateManager {
     /// made since the last commit as one atomic batch (durable on return
     /// under `SyncPolicy::Always`). Without a log it does nothing.
     pub fn commit(&self) -> Result<()> {
+        self.check_open()?;
         match self.checkpointer.logged() {
             Some(logged) => logged.commit(),
             None => Ok(()),
@@ -327,9 +499,16 @@ impl StateManager {
 
     /// Waits for the checkpoint in flight, commits pending changes and
     /// closes the write-ahead log (which makes it durable and releases its
-    /// directory). Later state changes fail. Without a log it only waits.
+    /// directory). Afterwards every state change (through state handles or
+    /// [`backend`](StateManager::backend)), checkpoint, commit and restore
+    /// fails with [`Error::Closed`] (an error of kind
+    /// [`ErrorKind::Closed`](crate::ErrorKind::Closed)), on this manager and
+    /// every clone; reads keep working. Closing twice is not an error.
     pub fn close(&self) -> Result<()> {
         let _idle = self.checkpointer.idle();
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
         match self.checkpointer.logged() {
             Some(logged) => {
                 logged.commit()?;
@@ -337,6 +516,16 @@ impl StateManager {
             }
             None => Ok(()),
         }
+    }
+
+    /// Counts the backend ([`StateBackend::stats`]) and sets the backend
+    /// size gauges of [`crate::metrics`] (entries, bytes, arena, live and
+    /// index bytes, labelled with the backend's name). Cheap for the memory
+    /// backend; a Redis backend counts its namespace (a scan), so call it
+    /// at checkpoint pace, not per event.
+    pub fn record_backend_metrics(&self) {
+        let backend = self.checkpointer.backend();
+        crate::metrics::backend_stats(backend.name(), &backend.stats());
     }
 
     /// The write-ahead log, if one is configured.
@@ -358,6 +547,7 @@ impl StateManager {
     /// Returns `Ok(None)` when the store holds no checkpoint and there is
     /// no log to rebuild from.
     pub fn restore_latest(&self) -> Result<Option<RestoreInfo>> {
+        self.check_open()?;
         // Held for the whole restore: no checkpoint may start meanwhile.
         let mut idle = self.checkpointer.idle();
         let store = self.store().clone();
@@ -386,6 +576,7 @@ impl StateManager {
     /// damaged or missing checkpoint is a typed error naming the checkpoint
     /// and the artifact, and leaves live state untouched.
     pub fn restore(&self, id: CheckpointId) -> Result<RestoreInfo> {
+        self.check_open()?;
         let mut idle = self.checkpointer.idle();
         let config = self.recovery.clone().optimistic_recovery(false);
         self.restore_locked(
@@ -432,6 +623,7 @@ impl StateManager {
         config: &RecoveryConfig,
         progress: Option<ProgressFn<'_>>,
     ) -> Result<RestoreInfo> {
+        self.check_open()?;
         let mut idle = self.checkpointer.idle();
         let mut info = self.restore_locked(&mut idle, target, scope, config, progress)?;
         if matches!(target, RecoveryTarget::PointInTime { .. }) && self.wal().is_some() {
@@ -493,7 +685,7 @@ impl StateManager {
             // What the recovery loads must not be logged again.
             Some(logged) => logged
                 .recover_with(|backend, wal| engine.execute(plan, backend, Some(wal), progress)),
-            None => engine.execute(plan, &**self.backend(), None, progress),
+            None => engine.execute(plan, &**self.checkpointer.backend(), None, progress),
         };
         let outcome = match result {
             Ok(o) => o,

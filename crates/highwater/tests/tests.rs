@@ -19,12 +19,16 @@ mod concurrency;
 mod corruption;
 #[path = "tests/dedup.rs"]
 mod dedup;
+#[path = "tests/embedding.rs"]
+mod embedding;
 #[path = "tests/failures.rs"]
 mod failures;
 #[path = "tests/lifecycle.rs"]
 mod lifecycle;
 #[path = "tests/manager_model.rs"]
 mod manager_model;
+#[path = "tests/metrics.rs"]
+mod metrics;
 #[path = "tests/model_based.rs"]
 mod model_based;
 #[path = "tests/permanent.rs"]
