@@ -31,6 +31,7 @@
 
 #![deny(missing_docs)]
 
+mod guard;
 mod manager;
 pub mod metrics;
 
