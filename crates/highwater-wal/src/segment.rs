@@ -5,6 +5,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::Lsn;
 use crate::format::{
@@ -25,8 +26,10 @@ pub struct SegmentInfo {
 /// The segment the writer appends to.
 #[derive(Debug)]
 pub(crate) struct ActiveSegment {
-    /// Opened read-write; its cursor is at `len`.
-    pub file: File,
+    /// Opened read-write; its cursor is at `len`. Shared with the sync
+    /// thread (policy `Interval`), which `fdatasync`s it while the writer
+    /// goes on writing.
+    pub file: Arc<File>,
     pub path: PathBuf,
     /// Bytes in use: header plus frames written.
     pub len: u64,
@@ -104,7 +107,7 @@ pub(crate) fn install_segment(
     fs::rename(&tmp, &path)?;
     fsync_dir(dir)?;
     Ok(ActiveSegment {
-        file,
+        file: Arc::new(file),
         path,
         len: SEGMENT_HEADER_LEN as u64,
         frames: 0,
