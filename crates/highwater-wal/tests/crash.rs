@@ -33,7 +33,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use highwater_testkit::crash::{self, CrashChild, CrashTest, Victim};
-use highwater_wal::{SyncPolicy, Wal, WalBatch, WalConfig, WalOp};
+use highwater_core::{StateBackend, SystemClock};
+use highwater_memory::MemoryBackend;
+use highwater_wal::{LoggedBackend, SyncPolicy, Wal, WalBatch, WalConfig, WalOp};
 
 /// The name of the appending child.
 const CHILD: &str = "wal-append";
@@ -341,9 +343,9 @@ fn wall_us() -> u64 {
 /// segments (so rotations happen) and runs three threads until killed,
 /// each printing whole lines, each after the fact it reports:
 ///
-/// - a committer: `append_batch` of one to three records (what
-///   `LoggedBackend::commit` does under `Interval`), then `A <last lsn>
-///   <µs>` once it is acknowledged;
+/// - a committer: one to three puts through a `LoggedBackend` over a
+///   memory backend, then `commit()`, then `A <i> <µs>` for its `i`th
+///   commit once `commit()` returned (its keys are `s<seed>/c/i<i>/j<j>`);
 /// - a pipeliner: `submit` without waiting (the ticket is dropped), then
 ///   `S <last lsn> <µs>` once submitted, a batch every 200 µs;
 /// - an observer: every millisecond, `W <written lsn> <µs>` with the log's
@@ -368,23 +370,30 @@ fn interval_until_killed(args: &[String]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let batch_for = move |tag: &str, i: u64| {
+    let keys_for = move |tag: &str, i: u64| -> Vec<String> {
         let h = fnv(format!("{seed}/{tag}/{i}").as_bytes());
-        let mut batch = WalBatch::new();
-        for j in 0..1 + h % 3 {
-            let key = format!("s{seed}/{tag}/i{i}/j{j}");
-            batch.put(key.as_bytes(), &value_for(key.as_bytes()), Some(i));
-        }
-        batch
+        (0..1 + h % 3)
+            .map(|j| format!("s{seed}/{tag}/i{i}/j{j}"))
+            .collect()
     };
     let committer = {
-        let wal = Arc::clone(&wal);
+        // The state library's own path: changes go to a logged backend and
+        // `commit()` appends them as one batch.
+        let logged = LoggedBackend::new(
+            Arc::new(MemoryBackend::new()),
+            Arc::clone(&wal),
+            Arc::new(SystemClock),
+        );
         std::thread::spawn(move || -> Result<(), String> {
             for i in 0.. {
-                let lsns = wal
-                    .append_batch(&batch_for("c", i))
-                    .map_err(|e| e.to_string())?;
-                println!("A {} {}", lsns.end - 1, wall_us());
+                for key in keys_for("c", i) {
+                    let key = key.as_bytes();
+                    logged
+                        .put(key, &value_for(key))
+                        .map_err(|e| e.to_string())?;
+                }
+                logged.commit().map_err(|e| e.to_string())?;
+                println!("A {i} {}", wall_us());
             }
             Ok(())
         })
@@ -393,7 +402,11 @@ fn interval_until_killed(args: &[String]) -> ExitCode {
         let wal = Arc::clone(&wal);
         std::thread::spawn(move || -> Result<(), String> {
             for i in 0.. {
-                let ticket = wal.submit(&batch_for("p", i)).map_err(|e| e.to_string())?;
+                let mut batch = WalBatch::new();
+                for key in keys_for("p", i) {
+                    batch.put(key.as_bytes(), &value_for(key.as_bytes()), Some(i));
+                }
+                let ticket = wal.submit(&batch).map_err(|e| e.to_string())?;
                 let end = ticket.lsns().end;
                 drop(ticket);
                 println!("S {} {}", end - 1, wall_us());
@@ -459,7 +472,7 @@ fn sigkill_under_interval_sync_loses_nothing_acknowledged_or_written() {
             "round {round}: the child exited by itself ({}): {}",
             ended.status, ended.stderr
         );
-        let (mut max_a, mut max_w, mut max_s) = (0u64, 0u64, 0u64);
+        let (mut max_a, mut max_w, mut max_s) = (None::<u64>, 0u64, 0u64);
         for line in &ended.lines {
             let mut parts = line.split(' ');
             let (Some(tag), Some(lsn), Some(at), None) =
@@ -472,7 +485,7 @@ fn sigkill_under_interval_sync_loses_nothing_acknowledged_or_written() {
             match tag {
                 "A" => {
                     acked += 1;
-                    max_a = max_a.max(lsn);
+                    max_a = max_a.max(Some(lsn));
                 }
                 "W" => {
                     written += 1;
@@ -490,6 +503,8 @@ fn sigkill_under_interval_sync_loses_nothing_acknowledged_or_written() {
         let (wal, report) = Wal::open(&log, config.clone())
             .unwrap_or_else(|e| panic!("round {round}: reopening failed: {e}"));
         let mut expected = wal.first_lsn();
+        let committed_prefix = format!("s{round}/c/i");
+        let mut max_committed_present: Option<u64> = None;
         for entry in wal.replay(expected).unwrap() {
             let entry = entry.unwrap_or_else(|e| panic!("round {round}: replay failed: {e}"));
             assert_eq!(entry.lsn, expected, "round {round}: lsn gap");
@@ -503,13 +518,23 @@ fn sigkill_under_interval_sync_loses_nothing_acknowledged_or_written() {
                 "round {round}: record at lsn {} is not what was written",
                 entry.lsn
             );
+            let key = String::from_utf8_lossy(&entry.record.key);
+            if let Some(rest) = key.strip_prefix(&committed_prefix) {
+                let i: u64 = rest.split('/').next().unwrap().parse().unwrap();
+                max_committed_present = max_committed_present.max(Some(i));
+            }
         }
         let last = report.next_lsn - 1;
         assert_eq!(expected - 1, last, "round {round}");
-        assert!(
-            last >= max_a,
-            "round {round}: log ends at {last}, commit {max_a} was acknowledged"
-        );
+        // Commits are one thread's, in order, and the log is a prefix: the
+        // last acknowledged one present means every earlier one is.
+        if let Some(max_a) = max_a {
+            assert!(
+                max_committed_present >= Some(max_a),
+                "round {round}: commit {max_a} was acknowledged, the log holds commits \
+                 up to {max_committed_present:?}"
+            );
+        }
         assert!(
             last >= max_w,
             "round {round}: log ends at {last}, the child saw {max_w} written"
