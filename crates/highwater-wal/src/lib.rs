@@ -73,6 +73,7 @@
 //!   00000000000000000001.wal   segments, named by the LSN of their first record
 //!   00000000000000001543.wal   as 20 zero-padded decimal digits (names sort like LSNs)
 //!   LOCK                       exclusively locked (flock) while a Wal has the directory open
+//!   DURABLE                    an LSN the log was durable up to, when last opened or closed
 //!   *.tmp                      preallocated spares, segments being created; deleted on open
 //!
 //! segment file
@@ -188,7 +189,17 @@
 //!   the log is always a prefix of what was appended.
 //!
 //! A clean shutdown ends with a marker whose synced LSN covers everything,
-//! so after [`Wal::close`] damage anywhere is reported as corruption. What
+//! so after [`Wal::close`] damage anywhere is reported as corruption. The
+//! marker lives in the last segment, so the loss of that segment (deleted,
+//! truncated) is caught by the `DURABLE` file beside the segments: 32 bytes
+//! (`"HWWALDUR"`, `u16` version, 6 zero bytes, the LSN, xxh3-64 of the
+//! first 24 bytes) recording the LSN the log was durable up to when it was
+//! last opened (what recovery kept) or closed (everything). It is replaced
+//! through a synced temporary file and a rename, and the directory is
+//! `fsync`ed. The log only grows at its end, so opening a log that ends
+//! before that LSN is [`Error::Corrupt`](highwater_core::Error::Corrupt),
+//! checked before anything is repaired; a damaged file is too; a missing
+//! one (a log written before it existed) is accepted. What
 //! no log can do: after a crash, damage confined to the last frame is
 //! indistinguishable from a torn write; it is cut and reported, not
 //! refused. The writer rewrites the partial last page of a segment on each

@@ -55,7 +55,9 @@ use xxhash_rust::xxh3::xxh3_64;
 use crate::Lsn;
 use crate::config::{SyncPolicy, WalConfig};
 use crate::format::{FRAME_HEADER_LEN, FrameHeader, patch_synced_lsn};
-use crate::segment::{ActiveSegment, SegmentInfo, Spare, install_segment, make_spare};
+use crate::segment::{
+    ActiveSegment, SegmentInfo, Spare, install_segment, make_spare, write_durable,
+};
 
 /// How long the writer waits for the appenders of its previous group to
 /// come back before it commits a smaller group (policy `Always` only).
@@ -1167,7 +1169,14 @@ impl Writer {
                     format!("write close marker to {}", self.seg.path.display()),
                     e,
                 )
-            })
+            })?;
+        // The marker is evidence only while its segment exists: record the
+        // durable LSN beside the segments too, so that deleting or cutting
+        // the last segment is found as damage when the log is reopened.
+        let dir = &self.shared.dir;
+        write_durable(dir, self.durable)
+            .and_then(|()| crate::segment::fsync_dir(dir))
+            .map_err(|e| Error::io(format!("record the durable lsn in {}", dir.display()), e))
     }
 
     /// Stops the sync thread and waits for it (a sync it started finishes
