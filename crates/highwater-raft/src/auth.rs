@@ -114,8 +114,11 @@ impl ClusterSecret {
         while bytes.last().is_some_and(u8::is_ascii_whitespace) {
             bytes.pop();
         }
-        ClusterSecret::new(bytes).map_err(|e| {
-            Error::InvalidArgument(format!("{e}: file={}", path.display()))
+        ClusterSecret::new(bytes).map_err(|e| match e {
+            Error::InvalidArgument(m) => {
+                Error::InvalidArgument(format!("{m}: file={}", path.display()))
+            }
+            other => other,
         })
     }
 
