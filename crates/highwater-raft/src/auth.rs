@@ -37,8 +37,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use hmac::{Hmac, Mac};
 use highwater_core::{Error, Result};
+use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -242,7 +242,10 @@ pub(crate) async fn client_handshake(
     hello[..8].copy_from_slice(MAGIC);
     hello[8..16].copy_from_slice(&me.to_le_bytes());
     hello[16..].copy_from_slice(&nc);
-    stream.write_all(&hello).await.map_err(io("sending hello"))?;
+    stream
+        .write_all(&hello)
+        .await
+        .map_err(io("sending hello"))?;
     let mut ch = [0u8; CHALLENGE_LEN];
     stream
         .read_exact(&mut ch)
@@ -265,7 +268,10 @@ pub(crate) async fn client_handshake(
         )));
     }
     let proof = secret.mac(b"highwater-raft client", &t);
-    stream.write_all(&proof).await.map_err(io("sending proof"))?;
+    stream
+        .write_all(&proof)
+        .await
+        .map_err(io("sending proof"))?;
     Ok(Session {
         key: secret.mac(b"highwater-raft session", &t),
         send_dir: 0,

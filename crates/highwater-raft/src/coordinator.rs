@@ -16,12 +16,12 @@ use tokio::sync::{Mutex as AsyncMutex, Notify, broadcast};
 use tokio::task::JoinHandle;
 
 use crate::TypeConfig;
+use crate::auth::{ClusterSecret, Session, TOOL_IDENTITY, server_handshake};
 use crate::error::{RemoteFailure, consensus};
 use crate::ledger::{
     AbortReason, Command, CompletedCheckpoint, Ledger, ManifestRef, NodeId, Outcome, decide,
 };
 use crate::log_store::WalLogStore;
-use crate::auth::{ClusterSecret, Session, TOOL_IDENTITY, server_handshake};
 use crate::network::{
     AddressBook, CLIENT_IDLE, CallError, ClientAuth, Connection, ProposeError, Reply, Request,
     TcpNetwork, read_frame_body, read_frame_len, write_frame,
@@ -838,8 +838,7 @@ fn refusal(peer: NodeId, request: &Request) -> Option<String> {
             (!ok).then(|| "append entries: term or index out of range".into())
         }),
         Request::Vote(r) => rpc_sender(&r.vote).or_else(|| {
-            (!log_id_ok(r.last_log_id.as_ref()))
-                .then(|| "vote: last log id out of range".into())
+            (!log_id_ok(r.last_log_id.as_ref())).then(|| "vote: last log id out of range".into())
         }),
         Request::Snapshot(r) => rpc_sender(&r.vote).or_else(|| {
             let ok = log_id_ok(r.meta.last_log_id.as_ref())
@@ -988,7 +987,12 @@ async fn connection(mut stream: tokio::net::TcpStream, shared: Arc<Shared>) {
             }
         };
         if let Some(why) = refusal(peer, &request) {
-            tracing::warn!(node = shared.id, peer, why, "refused a raft request; closing");
+            tracing::warn!(
+                node = shared.id,
+                peer,
+                why,
+                "refused a raft request; closing"
+            );
             return;
         }
         let reply = match request {
@@ -1038,7 +1042,10 @@ async fn connection(mut stream: tokio::net::TcpStream, shared: Arc<Shared>) {
                 ledger: shared.sm.ledger(),
             })),
         };
-        if write_frame(&mut stream, &mut session, &reply).await.is_err() {
+        if write_frame(&mut stream, &mut session, &reply)
+            .await
+            .is_err()
+        {
             return;
         }
     }

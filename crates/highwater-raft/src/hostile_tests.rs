@@ -25,7 +25,8 @@ fn secret() -> ClusterSecret {
 
 /// A one-node cluster (node 1) that has elected itself.
 async fn single_node(dir: &std::path::Path, max_connections: usize) -> CheckpointCoordinator {
-    let mut config = DistributedConfig::new(1, "127.0.0.1:0".parse().unwrap(), dir).secret(secret());
+    let mut config =
+        DistributedConfig::new(1, "127.0.0.1:0".parse().unwrap(), dir).secret(secret());
     config.max_connections = max_connections;
     let store = Arc::new(ObjectCheckpointStore::local(dir.join("snapshots")).unwrap());
     let node = CheckpointCoordinator::start(config, store).await.unwrap();
@@ -65,7 +66,10 @@ async fn still_works(node: &CheckpointCoordinator) {
         .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while node.latest_completed().map(|c| c.id) != Some(id) {
-        assert!(std::time::Instant::now() < deadline, "{id:?} never completed");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{id:?} never completed"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -86,9 +90,11 @@ async fn clients_without_the_secret_can_neither_trigger_nor_read() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("secret"), "{err}");
-    assert!(query_status(node.local_addr(), &wrong, Duration::from_secs(5))
-        .await
-        .is_err());
+    assert!(
+        query_status(node.local_addr(), &wrong, Duration::from_secs(5))
+            .await
+            .is_err()
+    );
     // The bytes a pre-authentication client sends are never taken for a
     // request: a frame that would have triggered a checkpoint before
     // (length, then the postcard of `Request::Trigger`) is refused.
@@ -220,21 +226,42 @@ async fn snapshot_chunks_that_skip_ahead_or_pass_the_cap_are_refused_before_any_
     let (mut s, mut session) = connect(&node, 2).await;
     // The two frames: 1 GiB and 8 GiB offsets of an unknown
     // snapshot; then past the 256 MiB cap and past u64.
-    mismatch(exchange(&mut s, &mut session, &chunk("a", 1 << 30, 32)).await, 0);
-    mismatch(exchange(&mut s, &mut session, &chunk("a", 8 << 30, 32)).await, 0);
+    mismatch(
+        exchange(&mut s, &mut session, &chunk("a", 1 << 30, 32)).await,
+        0,
+    );
+    mismatch(
+        exchange(&mut s, &mut session, &chunk("a", 8 << 30, 32)).await,
+        0,
+    );
     mismatch(
         exchange(&mut s, &mut session, &chunk("a", (256 << 20) - 16, 32)).await,
         0,
     );
-    mismatch(exchange(&mut s, &mut session, &chunk("a", u64::MAX - 8, 32)).await, 0);
+    mismatch(
+        exchange(&mut s, &mut session, &chunk("a", u64::MAX - 8, 32)).await,
+        0,
+    );
     // A snapshot started at 0 may continue where it stopped (or resend),
     // never skip ahead.
     let started = exchange(&mut s, &mut session, &chunk("b", 0, 100)).await;
-    assert!(matches!(started, Some(Reply::Snapshot(Ok(_)))), "{started:?}");
-    mismatch(exchange(&mut s, &mut session, &chunk("b", 101, 10)).await, 100);
-    mismatch(exchange(&mut s, &mut session, &chunk("b", 1 << 30, 10)).await, 100);
+    assert!(
+        matches!(started, Some(Reply::Snapshot(Ok(_)))),
+        "{started:?}"
+    );
+    mismatch(
+        exchange(&mut s, &mut session, &chunk("b", 101, 10)).await,
+        100,
+    );
+    mismatch(
+        exchange(&mut s, &mut session, &chunk("b", 1 << 30, 10)).await,
+        100,
+    );
     let resumed = exchange(&mut s, &mut session, &chunk("b", 100, 10)).await;
-    assert!(matches!(resumed, Some(Reply::Snapshot(Ok(_)))), "{resumed:?}");
+    assert!(
+        matches!(resumed, Some(Reply::Snapshot(Ok(_)))),
+        "{resumed:?}"
+    );
     let grown = vm_rss_bytes().saturating_sub(rss_before);
     assert!(
         grown < 200 << 20,
@@ -270,9 +297,11 @@ async fn connections_past_the_limit_are_closed_and_the_node_serves_again_once_th
         .expect("the fifth connection is closed at once")
         .unwrap_or(0);
     assert_eq!(n, 0);
-    assert!(query_status(node.local_addr(), &secret(), Duration::from_secs(1))
-        .await
-        .is_err());
+    assert!(
+        query_status(node.local_addr(), &secret(), Duration::from_secs(1))
+            .await
+            .is_err()
+    );
     drop(held);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let status = query_status(node.local_addr(), &secret(), Duration::from_secs(5))

@@ -22,11 +22,11 @@ use highwater_core::{Error, Result};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::Lsn;
+use crate::format::DURABLE_FILE;
 use crate::format::{
     FORMAT_VERSION, FRAME_HEADER_LEN, FRAME_MAGIC, FrameHeader, SEGMENT_HEADER_LEN,
     SegmentHeaderError, decode_segment_header, split_records,
 };
-use crate::format::DURABLE_FILE;
 use crate::segment::{SegmentInfo, fsync_dir, list_dir, read_durable, read_full, read_full_at};
 
 /// What opening the log found and repaired.
@@ -127,9 +127,7 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered> {
     // The LSN the log was last known durable up to (when it was last opened
     // or closed). The log only grows at its end, so it must still reach it;
     // checked before anything is repaired.
-    let claimed = match read_durable(dir)
-        .map_err(|e| io_err("read", &dir.join(DURABLE_FILE), e))?
-    {
+    let claimed = match read_durable(dir).map_err(|e| io_err("read", &dir.join(DURABLE_FILE), e))? {
         None => 0,
         Some(Ok(lsn)) => lsn,
         Some(Err(why)) => {
@@ -217,10 +215,7 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered> {
         if claimed >= e {
             return Err(missing(
                 e - 1,
-                format!(
-                    "{reason}: segment={} offset={at_offset}",
-                    at_path.display()
-                ),
+                format!("{reason}: segment={} offset={at_offset}", at_path.display()),
             ));
         }
         let (evidence, mut discarded) = find_evidence(&at_path, at_offset, e)?;

@@ -148,8 +148,9 @@ impl Wal {
             // segment lost later (deleted, cut short) is found as missing
             // rather than taken for a torn tail. The segment installed next
             // fsyncs the directory, which makes the rename durable.
-            write_durable(&dir, next_lsn - 1)
-                .map_err(|e| Error::io(format!("record the durable lsn in {}", dir.display()), e))?;
+            write_durable(&dir, next_lsn - 1).map_err(|e| {
+                Error::io(format!("record the durable lsn in {}", dir.display()), e)
+            })?;
         }
         let spare = if config.preallocates() {
             let path = dir.join(format!("spare-open{TEMP_SUFFIX}"));

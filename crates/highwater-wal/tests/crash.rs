@@ -32,9 +32,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use highwater_testkit::crash::{self, CrashChild, CrashTest, Victim};
 use highwater_core::{StateBackend, SystemClock};
 use highwater_memory::MemoryBackend;
+use highwater_testkit::crash::{self, CrashChild, CrashTest, Victim};
 use highwater_wal::{LoggedBackend, SyncPolicy, Wal, WalBatch, WalConfig, WalOp};
 
 /// The name of the appending child.
