@@ -875,37 +875,21 @@ impl SnapshotReceipt {
     /// would zero-fill up to any offset): within
     /// [`MAX_SNAPSHOT_BYTES`](crate::MAX_SNAPSHOT_BYTES) in total, and
     /// starting a snapshot at offset 0 or continuing the current one
-    /// without skipping ahead. `Err` is the reply that tells a real leader
-    /// where to resume.
+    /// without skipping ahead. `Ok` is the end of the chunk; `Err` the
+    /// offset a real leader should resume from ([`snapshot_mismatch`]).
     fn check(
         &self,
         r: &openraft::raft::InstallSnapshotRequest<TypeConfig>,
-    ) -> std::result::Result<u64, Reply> {
-        let mismatch = |expect: u64| {
-            Reply::Snapshot(Err(RaftError::APIError(
-                openraft::error::InstallSnapshotError::SnapshotMismatch(
-                    openraft::error::SnapshotMismatch {
-                        expect: openraft::SnapshotSegmentId {
-                            id: r.meta.snapshot_id.clone(),
-                            offset: expect,
-                        },
-                        got: openraft::SnapshotSegmentId {
-                            id: r.meta.snapshot_id.clone(),
-                            offset: r.offset,
-                        },
-                    },
-                ),
-            )))
-        };
+    ) -> std::result::Result<u64, u64> {
         let current = self.id.as_deref() == Some(r.meta.snapshot_id.as_str());
         let resume = if current { self.received } else { 0 };
         let end = r
             .offset
             .checked_add(r.data.len() as u64)
             .filter(|e| *e <= crate::MAX_SNAPSHOT_BYTES as u64)
-            .ok_or_else(|| mismatch(resume))?;
+            .ok_or(resume)?;
         if r.offset != 0 && r.offset > resume {
-            return Err(mismatch(resume));
+            return Err(resume);
         }
         Ok(end)
     }
@@ -919,6 +903,25 @@ impl SnapshotReceipt {
             self.received = self.received.max(end);
         }
     }
+}
+
+/// openraft's answer to a chunk that does not continue the snapshot:
+/// resume `r`'s snapshot at `expect`.
+fn snapshot_mismatch(r: &openraft::raft::InstallSnapshotRequest<TypeConfig>, expect: u64) -> Reply {
+    Reply::Snapshot(Err(RaftError::APIError(
+        openraft::error::InstallSnapshotError::SnapshotMismatch(
+            openraft::error::SnapshotMismatch {
+                expect: openraft::SnapshotSegmentId {
+                    id: r.meta.snapshot_id.clone(),
+                    offset: expect,
+                },
+                got: openraft::SnapshotSegmentId {
+                    id: r.meta.snapshot_id.clone(),
+                    offset: r.offset,
+                },
+            },
+        ),
+    )))
 }
 
 async fn serve(listener: TcpListener, shared: Arc<Shared>) {
@@ -1008,7 +1011,7 @@ async fn connection(mut stream: tokio::net::TcpStream, shared: Arc<Shared>) {
                         }
                         Reply::Snapshot(reply)
                     }
-                    Err(reply) => reply,
+                    Err(resume) => snapshot_mismatch(&r, resume),
                 }
             }
             Request::Vote(r) => Reply::Vote(shared.raft.vote(r).await),
