@@ -595,7 +595,13 @@ mod tests {
 
     #[test]
     fn operator_names_read_from_a_manifest_are_bounded() {
-        for (len, ok) in [(0, false), (1, true), (255, true), (256, false), (1 << 20, false)] {
+        for (len, ok) in [
+            (0, false),
+            (1, true),
+            (255, true),
+            (256, false),
+            (1 << 20, false),
+        ] {
             let mut m = sample();
             m.layers[0].artifacts[0].operator = "o".repeat(len);
             let enc = m.encode().unwrap();
