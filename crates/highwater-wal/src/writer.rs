@@ -1149,6 +1149,11 @@ impl Writer {
             return Ok(());
         }
         self.stop_syncer();
+        if self.shared.poison.get().is_some() {
+            // The sync thread's last fdatasync failed: no marker and no
+            // DURABLE claim for a log whose data may not be on disk.
+            return Ok(());
+        }
         self.sync_all()?;
         let mut marker = [0u8; FRAME_HEADER_LEN];
         FrameHeader {
