@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 use highwater::cloud::ObjectCheckpointStore;
 use highwater::core::CheckpointId;
 use highwater_raft::{
-    AbortReason, CheckpointCoordinator, Command, DistributedConfig, LedgerEvent, ManifestRef,
-    NodeId,
+    AbortReason, CheckpointCoordinator, ClusterSecret, Command, DistributedConfig, LedgerEvent,
+    ManifestRef, NodeId,
 };
 use serde_json::{Map, json};
 
@@ -67,7 +67,9 @@ async fn start_cluster(dir: &std::path::Path) -> Result<Vec<Arc<CheckpointCoordi
     for (i, addr) in addrs.iter().enumerate() {
         let id = i as u64 + 1;
         let data = dir.join(format!("node-{id}"));
-        let mut config = DistributedConfig::new(id, *addr, &data);
+        let mut config = DistributedConfig::new(id, *addr, &data).secret(ClusterSecret::new(
+            b"highwater benchmark cluster secret".to_vec(),
+        )?);
         config.peers = peers.clone();
         config.election_timeout = Duration::from_millis(ELECTION_MS);
         config.heartbeat_interval = Duration::from_millis(50);

@@ -23,6 +23,12 @@ pub struct CoordinatorArgs {
     /// Data directory (Raft log, snapshots); reuse it to restart the node.
     #[arg(long)]
     data: PathBuf,
+    /// File holding the cluster's shared secret (at least 16 bytes; trailing
+    /// whitespace ignored). Every node and tool of the cluster uses the same
+    /// one; connections without it are refused (docs/raft.md, "Trust
+    /// model").
+    #[arg(long)]
+    secret_file: PathBuf,
     /// Shortest election timeout in ms (the timeout is drawn from [N, 2N)).
     #[arg(long, default_value_t = 300)]
     election_ms: u64,
@@ -65,12 +71,13 @@ pub fn run(args: CoordinatorArgs) -> Result<ExitCode> {
     use std::time::Duration;
 
     use highwater::cloud::ObjectCheckpointStore;
-    use highwater::raft::{DistributedConfig, NodeOptions, parse_peers, run_node};
+    use highwater::raft::{ClusterSecret, DistributedConfig, NodeOptions, parse_peers, run_node};
 
     if let Some(addr) = args.metrics_addr {
         crate::prometheus::serve(addr)?;
     }
-    let mut config = DistributedConfig::new(args.id, args.listen, &args.data);
+    let secret = ClusterSecret::from_file(&args.secret_file)?;
+    let mut config = DistributedConfig::new(args.id, args.listen, &args.data).secret(secret);
     config.peers = parse_peers(&args.peers)?;
     config.election_timeout = Duration::from_millis(args.election_ms);
     config.heartbeat_interval = Duration::from_millis(args.heartbeat_ms);

@@ -518,6 +518,8 @@ mod default_build {
             "127.0.0.1:0",
             "--data",
             data.to_str().unwrap(),
+            "--secret-file",
+            "/nonexistent/cluster.secret",
         ]);
         assert_names_the_build(&stderr, "`highwater coordinator`", "raft");
         assert!(!data.exists());
@@ -719,6 +721,8 @@ mod prometheus {
     #[test]
     fn coordinator_serves_the_ledger_counters() {
         let tmp = tempfile::tempdir().unwrap();
+        let secret = tmp.path().join("cluster.secret");
+        std::fs::write(&secret, "a test cluster's secret of enough bytes\n").unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut node = Running(
             Command::new(BIN)
@@ -727,6 +731,8 @@ mod prometheus {
                 .arg(format!("127.0.0.1:{}", free_port()))
                 .arg("--data")
                 .arg(tmp.path().join("node-1"))
+                .arg("--secret-file")
+                .arg(&secret)
                 .args(["--interval-ms", "100"])
                 .arg("--metrics-addr")
                 .arg(addr.to_string())

@@ -269,6 +269,17 @@ impl Manifest {
             }
             prev = Some(layer.checkpoint_id);
             for a in &layer.artifacts {
+                // Operator names are bounded like the names a caller may
+                // give (`check_name`): a forged manifest cannot hand a
+                // reader an unbounded or empty one.
+                if a.operator.is_empty() || a.operator.len() > crate::key::MAX_NAME_LEN {
+                    return bad(format!(
+                        "artifact operator name must be 1..={} bytes: artifact={} len={}",
+                        crate::key::MAX_NAME_LEN,
+                        a.id,
+                        a.operator.len()
+                    ));
+                }
                 if a.key_groups.start > a.key_groups.end || a.key_groups.end > self.max_parallelism
                 {
                     return bad(format!(
@@ -579,6 +590,29 @@ mod tests {
             long.as_str(),
         ] {
             assert!(!valid_native_file_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn operator_names_read_from_a_manifest_are_bounded() {
+        for (len, ok) in [
+            (0, false),
+            (1, true),
+            (255, true),
+            (256, false),
+            (1 << 20, false),
+        ] {
+            let mut m = sample();
+            m.layers[0].artifacts[0].operator = "o".repeat(len);
+            let enc = m.encode().unwrap();
+            match Manifest::decode(&enc) {
+                Ok(_) => assert!(ok, "len={len} was accepted"),
+                Err(e) => {
+                    assert!(!ok, "len={len} was refused: {e}");
+                    assert!(e.is_corruption(), "{e}");
+                    assert!(e.to_string().contains("operator name"), "{e}");
+                }
+            }
         }
     }
 

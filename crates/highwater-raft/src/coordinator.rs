@@ -16,14 +16,15 @@ use tokio::sync::{Mutex as AsyncMutex, Notify, broadcast};
 use tokio::task::JoinHandle;
 
 use crate::TypeConfig;
+use crate::auth::{ClusterSecret, Session, TOOL_IDENTITY, server_handshake};
 use crate::error::{RemoteFailure, consensus};
 use crate::ledger::{
     AbortReason, Command, CompletedCheckpoint, Ledger, ManifestRef, NodeId, Outcome, decide,
 };
 use crate::log_store::WalLogStore;
 use crate::network::{
-    AddressBook, CallError, Connection, ProposeError, Reply, Request, TcpNetwork, read_frame,
-    write_frame,
+    AddressBook, CLIENT_IDLE, CallError, ClientAuth, Connection, ProposeError, Reply, Request,
+    TcpNetwork, read_frame_body, read_frame_len, write_frame,
 };
 use crate::state_machine::{LedgerEvent, LedgerStateMachine};
 
@@ -61,6 +62,14 @@ pub struct DistributedConfig {
     /// The wall clock of trigger times and checkpoint timeouts
     /// ([`SystemClock`] unless a test injects another).
     pub clock: Arc<dyn Clock>,
+    /// The per-cluster shared secret every connection authenticates with
+    /// (see `docs/raft.md`, "Trust model"). Required:
+    /// [`CheckpointCoordinator::start`] refuses to start without one.
+    pub secret: Option<ClusterSecret>,
+    /// The most connections the node serves at once (authenticated or
+    /// not); further ones are closed as soon as they are accepted.
+    /// Default 256.
+    pub max_connections: usize,
 }
 
 impl DistributedConfig {
@@ -84,7 +93,15 @@ impl DistributedConfig {
             snapshot_every: 1000,
             join: false,
             clock: Arc::new(SystemClock),
+            secret: None,
+            max_connections: 256,
         }
+    }
+
+    /// Sets [`DistributedConfig::secret`].
+    pub fn secret(mut self, secret: ClusterSecret) -> DistributedConfig {
+        self.secret = Some(secret);
+        self
     }
 
     /// Checks the values.
@@ -108,6 +125,16 @@ impl DistributedConfig {
         }
         if self.checkpoint_interval.is_some_and(|d| d.is_zero()) {
             return bad("raft checkpoint interval must be positive".into());
+        }
+        if self.secret.is_none() {
+            return bad(
+                "raft nodes need the cluster secret: set DistributedConfig::secret \
+                 (highwater coordinator --secret-file)"
+                    .into(),
+            );
+        }
+        if self.max_connections == 0 {
+            return bad("raft max_connections must be positive".into());
         }
         Ok(())
     }
@@ -154,6 +181,11 @@ pub struct NodeStatus {
 
 struct Shared {
     id: NodeId,
+    secret: ClusterSecret,
+    /// The snapshot being received, checked before openraft sees a chunk;
+    /// held while openraft writes one, so chunks are checked and written in
+    /// one order.
+    snapshot_rx: AsyncMutex<SnapshotReceipt>,
     raft: Raft<TypeConfig>,
     sm: LedgerStateMachine,
     book: AddressBook,
@@ -273,9 +305,15 @@ impl CheckpointCoordinator {
             .entry(config.node_id)
             .or_insert_with(|| addr.to_string());
         let book = AddressBook::new(book_entries);
+        let secret = config
+            .secret
+            .clone()
+            .ok_or_else(|| Error::InvalidArgument("raft cluster secret missing".into()))?;
         let network = TcpNetwork {
             book: book.clone(),
             retry_backoff: config.heartbeat_interval,
+            secret: secret.clone(),
+            me: config.node_id,
         };
         let raft = Raft::new(
             config.node_id,
@@ -306,6 +344,8 @@ impl CheckpointCoordinator {
         }
         let shared = Arc::new(Shared {
             id: config.node_id,
+            secret,
+            snapshot_rx: AsyncMutex::new(SnapshotReceipt::default()),
             raft,
             sm,
             book,
@@ -576,7 +616,14 @@ async fn propose_anywhere(shared: &Shared, command: Command) -> Result<Outcome> 
                     // membership (nodes added with `add_node`).
                     let metrics = shared.raft.metrics().borrow().clone();
                     let node = metrics.membership_config.membership().get_node(&l).cloned();
-                    Connection::new(shared.book.resolve(l, node.as_ref()))
+                    Connection::new(
+                        shared.book.resolve(l, node.as_ref()),
+                        ClientAuth {
+                            secret: shared.secret.clone(),
+                            me: shared.id,
+                            expect: Some(l),
+                        },
+                    )
                 });
                 match conn
                     .call(
@@ -737,30 +784,236 @@ async fn drive(shared: Arc<Shared>) {
     }
 }
 
+/// How long a new connection has to complete the handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a connection may wait between requests before it is closed
+/// (clients re-dial after [`CLIENT_IDLE`], half of it).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(2 * CLIENT_IDLE.as_secs());
+/// How long the rest of a frame may take to arrive once its length has.
+const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The largest term or log index accepted from a peer. openraft computes
+/// `term + 1` (and index + 1) with checked arithmetic that panics on
+/// overflow, and persists a vote it accepted, so one frame carrying
+/// `u64::MAX` would disable a node for good; no real cluster gets near
+/// half of `u64`.
+pub const MAX_PEER_TERM_OR_INDEX: u64 = u64::MAX / 2;
+
+fn log_id_ok(l: Option<&openraft::LogId<NodeId>>) -> bool {
+    l.is_none_or(|l| {
+        l.leader_id.term <= MAX_PEER_TERM_OR_INDEX && l.index <= MAX_PEER_TERM_OR_INDEX
+    })
+}
+
+fn vote_ok(v: &openraft::Vote<NodeId>) -> bool {
+    v.leader_id.term <= MAX_PEER_TERM_OR_INDEX
+}
+
+/// Why a request from `peer` is refused before openraft or the ledger sees
+/// it (`None`: accepted): every term and log index within
+/// [`MAX_PEER_TERM_OR_INDEX`]; Raft RPCs only from nodes (not tools), each
+/// speaking for itself (the vote it carries names the authenticated node);
+/// acknowledgements only by the participant itself; other proposals only
+/// from nodes.
+fn refusal(peer: NodeId, request: &Request) -> Option<String> {
+    let rpc_sender = |v: &openraft::Vote<NodeId>| -> Option<String> {
+        if peer == TOOL_IDENTITY {
+            Some("a tool may not send raft rpcs".into())
+        } else if v.leader_id.node_id != peer {
+            Some(format!(
+                "node {peer} sent a raft rpc as node {}",
+                v.leader_id.node_id
+            ))
+        } else if !vote_ok(v) {
+            Some(format!("term out of range: term={}", v.leader_id.term))
+        } else {
+            None
+        }
+    };
+    match request {
+        Request::Append(r) => rpc_sender(&r.vote).or_else(|| {
+            let ok = log_id_ok(r.prev_log_id.as_ref())
+                && log_id_ok(r.leader_commit.as_ref())
+                && r.entries.iter().all(|e| log_id_ok(Some(&e.log_id)));
+            (!ok).then(|| "append entries: term or index out of range".into())
+        }),
+        Request::Vote(r) => rpc_sender(&r.vote).or_else(|| {
+            (!log_id_ok(r.last_log_id.as_ref())).then(|| "vote: last log id out of range".into())
+        }),
+        Request::Snapshot(r) => rpc_sender(&r.vote).or_else(|| {
+            let ok = log_id_ok(r.meta.last_log_id.as_ref())
+                && log_id_ok(r.meta.last_membership.log_id().as_ref());
+            (!ok).then(|| "install snapshot: term or index out of range".into())
+        }),
+        Request::Propose(Command::Ack { node, .. }) if *node != peer => Some(format!(
+            "{} may not acknowledge for node {node}",
+            if peer == TOOL_IDENTITY {
+                "a tool".to_string()
+            } else {
+                format!("node {peer}")
+            }
+        )),
+        Request::Propose(_) if peer == TOOL_IDENTITY => {
+            Some("a tool may not propose ledger commands".into())
+        }
+        Request::Propose(_) | Request::Status | Request::Trigger => None,
+    }
+}
+
+/// The snapshot a node is receiving, as far as the network layer has
+/// checked it.
+#[derive(Debug, Default)]
+struct SnapshotReceipt {
+    /// The snapshot being received.
+    id: Option<String>,
+    /// Bytes received from offset 0 on without a gap.
+    received: u64,
+}
+
+impl SnapshotReceipt {
+    /// Checks a chunk before openraft writes it into its buffer (which it
+    /// would zero-fill up to any offset): within
+    /// [`MAX_SNAPSHOT_BYTES`](crate::MAX_SNAPSHOT_BYTES) in total, and
+    /// starting a snapshot at offset 0 or continuing the current one
+    /// without skipping ahead. `Ok` is the end of the chunk; `Err` the
+    /// offset a real leader should resume from ([`snapshot_mismatch`]).
+    fn check(
+        &self,
+        r: &openraft::raft::InstallSnapshotRequest<TypeConfig>,
+    ) -> std::result::Result<u64, u64> {
+        let current = self.id.as_deref() == Some(r.meta.snapshot_id.as_str());
+        let resume = if current { self.received } else { 0 };
+        let end = r
+            .offset
+            .checked_add(r.data.len() as u64)
+            .filter(|e| *e <= crate::MAX_SNAPSHOT_BYTES as u64)
+            .ok_or(resume)?;
+        if r.offset != 0 && r.offset > resume {
+            return Err(resume);
+        }
+        Ok(end)
+    }
+
+    /// Records a chunk openraft accepted.
+    fn record(&mut self, offset: u64, id: String, end: u64) {
+        if offset == 0 {
+            self.id = Some(id);
+            self.received = end;
+        } else {
+            self.received = self.received.max(end);
+        }
+    }
+}
+
+/// openraft's answer to a chunk that does not continue the snapshot:
+/// resume `r`'s snapshot at `expect`.
+fn snapshot_mismatch(r: &openraft::raft::InstallSnapshotRequest<TypeConfig>, expect: u64) -> Reply {
+    Reply::Snapshot(Err(RaftError::APIError(
+        openraft::error::InstallSnapshotError::SnapshotMismatch(
+            openraft::error::SnapshotMismatch {
+                expect: openraft::SnapshotSegmentId {
+                    id: r.meta.snapshot_id.clone(),
+                    offset: expect,
+                },
+                got: openraft::SnapshotSegmentId {
+                    id: r.meta.snapshot_id.clone(),
+                    offset: r.offset,
+                },
+            },
+        ),
+    )))
+}
+
 async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    let limit = Arc::new(tokio::sync::Semaphore::new(shared.config.max_connections));
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, from)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            tracing::warn!(node = shared.id, %from, max = shared.config.max_connections,
+                "closing a raft connection: connection limit reached");
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(connection(stream, shared.clone()));
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            connection(stream, shared).await;
+            drop(permit);
+        });
     }
 }
 
 async fn connection(mut stream: tokio::net::TcpStream, shared: Arc<Shared>) {
+    let mut session: Session = match tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        server_handshake(&mut stream, &shared.secret, shared.id),
+    )
+    .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::warn!(node = shared.id, error = %e, "refused a raft connection");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(node = shared.id, "raft handshake timed out");
+            return;
+        }
+    };
+    let peer = session.peer;
     loop {
-        let request: Request = match read_frame(&mut stream).await {
-            Ok(Some(r)) => r,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::debug!(node = shared.id, error = %e, "dropping a raft connection");
+        let len = match tokio::time::timeout(IDLE_TIMEOUT, read_frame_len(&mut stream)).await {
+            Ok(Ok(Some(len))) => len,
+            Ok(Ok(None)) | Err(_) => return,
+            Ok(Err(e)) => {
+                tracing::debug!(node = shared.id, peer, error = %e, "dropping a raft connection");
                 return;
             }
         };
+        let request: Request = match tokio::time::timeout(
+            FRAME_TIMEOUT,
+            read_frame_body(&mut stream, &mut session, len),
+        )
+        .await
+        {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                tracing::warn!(node = shared.id, peer, error = %e, "dropping a raft connection");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(node = shared.id, peer, len, "raft frame timed out");
+                return;
+            }
+        };
+        if let Some(why) = refusal(peer, &request) {
+            tracing::warn!(
+                node = shared.id,
+                peer,
+                why,
+                "refused a raft request; closing"
+            );
+            return;
+        }
         let reply = match request {
             Request::Append(r) => Reply::Append(shared.raft.append_entries(r).await),
-            Request::Snapshot(r) => Reply::Snapshot(shared.raft.install_snapshot(r).await),
+            Request::Snapshot(r) => {
+                let mut receipt = shared.snapshot_rx.lock().await;
+                match receipt.check(&r) {
+                    Ok(end) => {
+                        let (offset, id) = (r.offset, r.meta.snapshot_id.clone());
+                        let reply = shared.raft.install_snapshot(r).await;
+                        if reply.is_ok() {
+                            receipt.record(offset, id, end);
+                        }
+                        Reply::Snapshot(reply)
+                    }
+                    Err(resume) => snapshot_mismatch(&r, resume),
+                }
+            }
             Request::Vote(r) => Reply::Vote(shared.raft.vote(r).await),
             Request::Propose(c) => {
                 if is_leader(&shared) {
@@ -792,7 +1045,10 @@ async fn connection(mut stream: tokio::net::TcpStream, shared: Arc<Shared>) {
                 ledger: shared.sm.ledger(),
             })),
         };
-        if write_frame(&mut stream, &reply).await.is_err() {
+        if write_frame(&mut stream, &mut session, &reply)
+            .await
+            .is_err()
+        {
             return;
         }
     }

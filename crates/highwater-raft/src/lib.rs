@@ -14,7 +14,11 @@
 //!   acknowledging), snapshots of the ledger go to a
 //!   [`CheckpointStore`](highwater_core::CheckpointStore);
 //! - nodes talk over TCP with length-prefixed postcard frames, bounded in
-//!   size, with per-request deadlines;
+//!   size, with per-request deadlines; every connection is authenticated
+//!   with the cluster's [`ClusterSecret`] (HMAC-SHA256 challenge–response,
+//!   then a tag on every frame), and what a peer sends is checked before
+//!   openraft sees it (terms and indices, snapshot chunks, who may
+//!   acknowledge);
 //! - [`CheckpointCoordinator`] is the API an engine uses: barriers arrive
 //!   as [`LedgerEvent`]s, acknowledgements go in through
 //!   [`CheckpointCoordinator::report_completion`].
@@ -25,8 +29,11 @@
 
 #![deny(missing_docs)]
 
+mod auth;
 mod coordinator;
 mod error;
+#[cfg(test)]
+mod hostile_tests;
 mod ledger;
 mod log_store;
 pub mod metrics;
@@ -34,7 +41,10 @@ mod network;
 mod node;
 mod state_machine;
 
-pub use coordinator::{CheckpointCoordinator, ClusterHealth, DistributedConfig, NodeStatus};
+pub use auth::{ClusterSecret, TOOL_IDENTITY};
+pub use coordinator::{
+    CheckpointCoordinator, ClusterHealth, DistributedConfig, MAX_PEER_TERM_OR_INDEX, NodeStatus,
+};
 pub use ledger::{
     AbortReason, CheckpointRecord, CheckpointState, Command, CompletedCheckpoint, FINISHED_HISTORY,
     Ledger, MAX_MANIFEST_REF_LEN, ManifestRef, NodeId, Outcome, decide,

@@ -1,16 +1,22 @@
-//! TCP transport between nodes: length-prefixed postcard frames.
+//! TCP transport between nodes: authenticated, length-prefixed postcard
+//! frames.
 //!
-//! A frame is a little-endian `u32` length followed by that many bytes of
-//! postcard. A length above [`MAX_FRAME_BYTES`] is refused before anything
-//! is allocated. Each connection carries one request at a time; every
-//! request has a deadline (openraft's per-RPC TTL for Raft traffic), and a
-//! connection that failed or timed out is dropped and re-dialled on the
-//! next request.
+//! Every connection starts with the handshake of [`crate::auth`] (both
+//! sides prove they hold the cluster secret); then a frame is a
+//! little-endian `u32` length, that many bytes of postcard and an
+//! HMAC-SHA256 tag under the session key. A length above
+//! [`MAX_FRAME_BYTES`] is refused before anything is allocated, and the
+//! body buffer grows only as its bytes arrive, so a peer announcing a large
+//! frame and sending nothing reserves nothing. Each connection carries one
+//! request at a time; every request has a deadline (openraft's per-RPC TTL
+//! for Raft traffic), and a connection that failed or timed out is dropped
+//! and re-dialled on the next request. The server side's deadlines and
+//! connection limit are in the coordinator (`serve`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use highwater_core::{Error, ErrorKind, Result};
 use openraft::BasicNode;
@@ -27,6 +33,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::TypeConfig;
+use crate::auth::{ClusterSecret, Session, TAG_LEN, TOOL_IDENTITY, client_handshake};
 use crate::ledger::{Command, NodeId, Outcome};
 
 /// The largest frame either side accepts, in bytes.
@@ -69,8 +76,17 @@ fn frame_err(detail: impl std::fmt::Display) -> Error {
     Error::corrupt("raft frame", detail)
 }
 
-/// Writes one frame.
-pub(crate) async fn write_frame<T: Serialize>(stream: &mut TcpStream, value: &T) -> Result<()> {
+/// A client drops a connection unused for this long and dials again rather
+/// than write into one the server may be closing (its idle timeout is
+/// twice this).
+pub(crate) const CLIENT_IDLE: Duration = Duration::from_secs(60);
+
+/// Writes one frame, tagged for `session`.
+pub(crate) async fn write_frame<T: Serialize>(
+    stream: &mut TcpStream,
+    session: &mut Session,
+    value: &T,
+) -> Result<()> {
     let body = postcard::to_allocvec(value).map_err(|e| Error::Serialization {
         context: "raft frame".into(),
         source: e.into(),
@@ -81,19 +97,33 @@ pub(crate) async fn write_frame<T: Serialize>(stream: &mut TcpStream, value: &T)
             body.len()
         )));
     }
-    let mut buf = Vec::with_capacity(4 + body.len());
-    buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    let len = body.len() as u32;
+    let tag = session.seal(len, &body);
+    let mut buf = Vec::with_capacity(4 + body.len() + TAG_LEN);
+    buf.extend_from_slice(&len.to_le_bytes());
     buf.extend_from_slice(&body);
+    buf.extend_from_slice(&tag);
     stream.write_all(&buf).await.map_err(|e| Error::Io {
         context: "writing a raft frame".into(),
         source: e,
     })
 }
 
-/// Reads one frame; `Ok(None)` on a clean end of stream before a frame.
+/// Reads one frame and checks its tag; `Ok(None)` on a clean end of
+/// stream before a frame.
 pub(crate) async fn read_frame<T: for<'de> Deserialize<'de>>(
     stream: &mut TcpStream,
+    session: &mut Session,
 ) -> Result<Option<T>> {
+    match read_frame_len(stream).await? {
+        Some(len) => read_frame_body(stream, session, len).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Reads a frame's length; `Ok(None)` on a clean end of stream. A length
+/// above [`MAX_FRAME_BYTES`] is an error.
+pub(crate) async fn read_frame_len(stream: &mut TcpStream) -> Result<Option<u32>> {
     let mut len = [0u8; 4];
     match stream.read_exact(&mut len).await {
         Ok(_) => {}
@@ -105,20 +135,55 @@ pub(crate) async fn read_frame<T: for<'de> Deserialize<'de>>(
             });
         }
     }
-    let len = u32::from_le_bytes(len) as usize;
-    if len > MAX_FRAME_BYTES {
+    let len = u32::from_le_bytes(len);
+    if len as usize > MAX_FRAME_BYTES {
         return Err(frame_err(format!(
             "length above the limit: len={len} max={MAX_FRAME_BYTES}"
         )));
     }
-    let mut body = vec![0u8; len];
-    stream.read_exact(&mut body).await.map_err(|e| Error::Io {
-        context: format!("reading a raft frame body: len={len}"),
+    Ok(Some(len))
+}
+
+/// Reads the body and tag of a frame of `len` bytes, checks the tag and
+/// decodes the body. The buffer grows as bytes arrive (never reserved from
+/// the announced length).
+pub(crate) async fn read_frame_body<T: for<'de> Deserialize<'de>>(
+    stream: &mut TcpStream,
+    session: &mut Session,
+    len: u32,
+) -> Result<T> {
+    let mut body = Vec::new();
+    let got = (&mut *stream)
+        .take(u64::from(len))
+        .read_to_end(&mut body)
+        .await
+        .map_err(|e| Error::Io {
+            context: format!("reading a raft frame body: len={len}"),
+            source: e,
+        })?;
+    let mut tag = [0u8; TAG_LEN];
+    if got != len as usize {
+        return Err(Error::Io {
+            context: format!("reading a raft frame body: len={len} got={got}"),
+            source: std::io::ErrorKind::UnexpectedEof.into(),
+        });
+    }
+    stream.read_exact(&mut tag).await.map_err(|e| Error::Io {
+        context: "reading a raft frame tag".into(),
         source: e,
     })?;
-    postcard::from_bytes(&body)
-        .map(Some)
-        .map_err(|e| frame_err(format!("undecodable: {e} len={len}")))
+    session.open(len, &body, &tag)?;
+    postcard::from_bytes(&body).map_err(|e| frame_err(format!("undecodable: {e} len={len}")))
+}
+
+/// How a client authenticates: the cluster secret, its own identity (a
+/// node id, or [`TOOL_IDENTITY`]), and the node it expects to reach, if
+/// known.
+#[derive(Debug, Clone)]
+pub(crate) struct ClientAuth {
+    pub(crate) secret: ClusterSecret,
+    pub(crate) me: NodeId,
+    pub(crate) expect: Option<NodeId>,
 }
 
 /// Where each node is reached: the addresses given at start (which win)
@@ -151,11 +216,13 @@ impl AddressBook {
     }
 }
 
-/// One connection to one address, re-dialled after any failure.
+/// One authenticated connection to one address, re-dialled after any
+/// failure.
 #[derive(Debug)]
 pub(crate) struct Connection {
     addr: Option<String>,
-    stream: Option<TcpStream>,
+    auth: ClientAuth,
+    stream: Option<(TcpStream, Session, Instant)>,
 }
 
 /// How a request failed: before anything was sent (unreachable) or after.
@@ -175,8 +242,12 @@ impl std::fmt::Display for CallError {
 }
 
 impl Connection {
-    pub(crate) fn new(addr: Option<String>) -> Connection {
-        Connection { addr, stream: None }
+    pub(crate) fn new(addr: Option<String>, auth: ClientAuth) -> Connection {
+        Connection {
+            addr,
+            auth,
+            stream: None,
+        }
     }
 
     /// Sends `request` and waits for the reply, all within `timeout`.
@@ -186,6 +257,13 @@ impl Connection {
         timeout: Duration,
     ) -> std::result::Result<Reply, CallError> {
         let deadline = tokio::time::Instant::now() + timeout;
+        if self
+            .stream
+            .as_ref()
+            .is_some_and(|(_, _, used)| used.elapsed() > CLIENT_IDLE)
+        {
+            self.stream = None;
+        }
         if self.stream.is_none() {
             let Some(addr) = self.addr.clone() else {
                 return Err(CallError::Unreachable(Error::InvalidArgument(
@@ -209,16 +287,35 @@ impl Connection {
             };
             // Small frames must not wait for Nagle's algorithm.
             let _ = stream.set_nodelay(true);
-            self.stream = Some(stream);
+            let mut stream = stream;
+            let auth = &self.auth;
+            let session = match tokio::time::timeout_at(
+                deadline,
+                client_handshake(&mut stream, &auth.secret, auth.me, auth.expect),
+            )
+            .await
+            {
+                Ok(Ok(session)) => session,
+                // Nothing was sent: the request can go elsewhere or later.
+                Ok(Err(e)) => return Err(CallError::Unreachable(e)),
+                Err(_) => {
+                    return Err(CallError::Unreachable(Error::Io {
+                        context: format!("authenticating to {addr}"),
+                        source: std::io::ErrorKind::TimedOut.into(),
+                    }));
+                }
+            };
+            self.stream = Some((stream, session, Instant::now()));
         }
-        let Some(stream) = self.stream.as_mut() else {
+        let Some((stream, session, used)) = self.stream.as_mut() else {
             return Err(CallError::Unreachable(Error::Internal(
                 "connection vanished".into(),
             )));
         };
+        *used = Instant::now();
         let exchange = async {
-            write_frame(stream, request).await?;
-            match read_frame::<Reply>(stream).await? {
+            write_frame(stream, session, request).await?;
+            match read_frame::<Reply>(stream, session).await? {
                 Some(r) => Ok(r),
                 None => Err(Error::Io {
                     context: "reading a raft reply".into(),
@@ -246,6 +343,9 @@ impl Connection {
 pub(crate) struct TcpNetwork {
     pub(crate) book: AddressBook,
     pub(crate) retry_backoff: Duration,
+    pub(crate) secret: ClusterSecret,
+    /// This node's id, which its clients authenticate as.
+    pub(crate) me: NodeId,
 }
 
 /// The client side of the Raft RPCs to one peer.
@@ -262,7 +362,14 @@ impl RaftNetworkFactory<TypeConfig> for TcpNetwork {
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
         PeerClient {
             target,
-            conn: Connection::new(self.book.resolve(target, Some(node))),
+            conn: Connection::new(
+                self.book.resolve(target, Some(node)),
+                ClientAuth {
+                    secret: self.secret.clone(),
+                    me: self.me,
+                    expect: Some(target),
+                },
+            ),
             retry_backoff: self.retry_backoff,
         }
     }
@@ -346,9 +453,25 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     }
 }
 
-/// Asks the node at `addr` for its status (used by tools and tests).
-pub async fn query_status(addr: SocketAddr, timeout: Duration) -> Result<crate::NodeStatus> {
-    let mut conn = Connection::new(Some(addr.to_string()));
+fn tool(addr: SocketAddr, secret: &ClusterSecret) -> Connection {
+    Connection::new(
+        Some(addr.to_string()),
+        ClientAuth {
+            secret: secret.clone(),
+            me: TOOL_IDENTITY,
+            expect: None,
+        },
+    )
+}
+
+/// Asks the node at `addr` for its status (used by tools and tests),
+/// authenticating with the cluster's `secret` as a tool.
+pub async fn query_status(
+    addr: SocketAddr,
+    secret: &ClusterSecret,
+    timeout: Duration,
+) -> Result<crate::NodeStatus> {
+    let mut conn = tool(addr, secret);
     match conn.call(&Request::Status, timeout).await {
         Ok(Reply::Status(s)) => Ok(*s),
         Ok(other) => Err(Error::corrupt(
@@ -359,13 +482,15 @@ pub async fn query_status(addr: SocketAddr, timeout: Duration) -> Result<crate::
     }
 }
 
-/// Asks the node at `addr` to trigger a checkpoint now. Only the leader
-/// accepts; another node answers with an error naming the leader it knows.
+/// Asks the node at `addr` to trigger a checkpoint now, authenticating with
+/// the cluster's `secret` as a tool. Only the leader accepts; another node
+/// answers with an error naming the leader it knows.
 pub async fn request_checkpoint(
     addr: SocketAddr,
+    secret: &ClusterSecret,
     timeout: Duration,
 ) -> Result<highwater_core::CheckpointId> {
-    let mut conn = Connection::new(Some(addr.to_string()));
+    let mut conn = tool(addr, secret);
     match conn.call(&Request::Trigger, timeout).await {
         Ok(Reply::Proposed(Ok(Outcome::Triggered(id)))) => Ok(id),
         Ok(Reply::Proposed(Err(ProposeError::NotLeader(l)))) => Err(Error::consensus(

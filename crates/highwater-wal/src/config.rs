@@ -14,8 +14,11 @@ pub enum SyncPolicy {
     /// them (group commit).
     Always,
     /// Appends return once their records are written to the operating
-    /// system (they survive a crash of the process, not of the machine); the
-    /// writer `fdatasync`s at least this often while there is unsynced data.
+    /// system (they survive a crash of the process); a separate sync thread
+    /// `fdatasync`s at least this often while there is unsynced data, so a
+    /// crash of the machine loses at most what was acknowledged in the last
+    /// interval plus the time of two `fdatasync`s (see the crate's
+    /// "Durability points"). The writer never waits for that thread.
     Interval(Duration),
     /// Appends return once written to the operating system; the log
     /// `fdatasync`s only on [`Wal::sync`](crate::Wal::sync) and

@@ -41,6 +41,50 @@ pub(crate) const TEMP_SUFFIX: &str = ".tmp";
 /// The name of the lock file that keeps a second writer out of a directory.
 pub(crate) const LOCK_FILE: &str = "LOCK";
 
+/// The name of the file recording an LSN up to which the log is known to
+/// have been durable (written by `Wal::open` and `Wal::close`): a log that
+/// recovers to less than it has lost a segment or a segment's tail.
+pub(crate) const DURABLE_FILE: &str = "DURABLE";
+
+/// The first eight bytes of the [`DURABLE_FILE`].
+const DURABLE_MAGIC: [u8; 8] = *b"HWWALDUR";
+
+/// Length of the [`DURABLE_FILE`].
+pub(crate) const DURABLE_LEN: usize = 32;
+
+/// Encodes the [`DURABLE_FILE`]: magic, version, reserved, the LSN, and the
+/// xxh3-64 of the first 24 bytes (the segment header's layout).
+pub(crate) fn encode_durable(lsn: Lsn) -> [u8; DURABLE_LEN] {
+    let mut h = [0u8; DURABLE_LEN];
+    h[0..8].copy_from_slice(&DURABLE_MAGIC);
+    h[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h[16..24].copy_from_slice(&lsn.to_le_bytes());
+    let sum = xxh3_64(&h[..24]);
+    h[24..32].copy_from_slice(&sum.to_le_bytes());
+    h
+}
+
+/// Decodes the [`DURABLE_FILE`]; `Err` says what is wrong with it.
+pub(crate) fn decode_durable(bytes: &[u8]) -> Result<Lsn, &'static str> {
+    if bytes.len() != DURABLE_LEN {
+        return Err("wrong length");
+    }
+    if bytes[0..8] != DURABLE_MAGIC {
+        return Err("bad magic");
+    }
+    if xxh3_64(&bytes[..24]).to_le_bytes() != bytes[24..32] {
+        return Err("checksum mismatch");
+    }
+    if u16::from_le_bytes([bytes[8], bytes[9]]) != FORMAT_VERSION
+        || bytes[10..16].iter().any(|b| *b != 0)
+    {
+        return Err("unknown version or nonzero reserved bytes");
+    }
+    let mut lsn = [0u8; 8];
+    lsn.copy_from_slice(&bytes[16..24]);
+    Ok(u64::from_le_bytes(lsn))
+}
+
 /// The file name of the segment whose first record is `first_lsn`.
 pub(crate) fn segment_file_name(first_lsn: Lsn) -> String {
     format!("{first_lsn:020}{SEGMENT_SUFFIX}")

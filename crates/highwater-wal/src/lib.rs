@@ -41,16 +41,19 @@
 //!   takes its LSNs and copies the frame into a shared log buffer under one
 //!   short lock, and rings the writer's doorbell (a crossbeam channel). A
 //!   single writer thread takes whatever is queued, writes it with one
-//!   vectored `write`, calls `fdatasync` once, and then wakes exactly the
-//!   appenders that group made durable. Buffers are recycled: in steady
-//!   state appending allocates nothing.
+//!   vectored `write`, calls `fdatasync` once (under `Always`), and then
+//!   wakes exactly the appenders that group made durable. Buffers are
+//!   recycled: in steady state appending allocates nothing.
 //! - **Sync policies** ([`SyncPolicy`]): `Always` acknowledges after the
-//!   group's `fdatasync`; `Interval(d)` acknowledges after the write and
-//!   syncs at least every `d`; `Never` acknowledges after the write and
-//!   syncs only on [`Wal::sync`] and [`Wal::close`]. [`Wal::submit`] returns
-//!   a ticket at once, for callers that pipeline; under `Interval` and
-//!   `Never` such batches reach the operating system when a buffer block
-//!   (`max_batch_size`) fills, when anyone waits, or within a millisecond.
+//!   group's `fdatasync`; `Interval(d)` acknowledges after the write and a
+//!   separate sync thread `fdatasync`s at least every `d` (the writer never
+//!   waits for it); `Never` acknowledges after the write and syncs only on
+//!   [`Wal::sync`] and [`Wal::close`]. [`Wal::submit`] returns a ticket at
+//!   once, for callers that pipeline; under `Interval` and `Never` such
+//!   batches reach the operating system when a buffer block
+//!   (`max_batch_size`) fills, when anyone waits, or within a millisecond
+//!   ([`LoggedBackend::commit`] waits for the write under `Interval`, not
+//!   under `Never`).
 //! - **Segments.** The log is a directory of segment files. The writer
 //!   starts a new segment when the next group would make the current one
 //!   larger than `segment_size`; a frame never spans segments. Under
@@ -70,6 +73,7 @@
 //!   00000000000000000001.wal   segments, named by the LSN of their first record
 //!   00000000000000001543.wal   as 20 zero-padded decimal digits (names sort like LSNs)
 //!   LOCK                       exclusively locked (flock) while a Wal has the directory open
+//!   DURABLE                    an LSN the log was durable up to, when last opened or closed
 //!   *.tmp                      preallocated spares, segments being created; deleted on open
 //!
 //! segment file
@@ -116,6 +120,31 @@
 //!
 //! ## Durability points
 //!
+//! What an acknowledged append ([`Wal::append`], [`Wal::append_batch`],
+//! [`AppendTicket::wait`], [`LoggedBackend::commit`]) survives:
+//!
+//! | policy        | crash of the process          | crash of the machine (power, kernel)                |
+//! |---------------|-------------------------------|-----------------------------------------------------|
+//! | `Always`      | nothing acknowledged is lost  | nothing acknowledged is lost                        |
+//! | `Interval(d)` | nothing acknowledged is lost  | at most what was acknowledged in the last `d + 2s`  |
+//! | `Never`       | nothing acknowledged is lost¹ | everything since the last [`Wal::sync`] or close    |
+//!
+//! ¹ `Wal::append`/`append_batch`/`AppendTicket::wait`; a
+//! [`LoggedBackend::commit`] under `Never` only queues the batch, which a
+//! process crash can lose.
+//!
+//! Under `Interval(d)`, `s` is the time one `fdatasync` of the log takes.
+//! The acknowledgement comes when the batch's `write` has returned: its
+//! bytes are in the kernel's page cache and survive the process. The sync
+//! thread starts an `fdatasync` whenever something written is unsynced and
+//! `d` has passed since the previous one started (at once on
+//! [`Wal::sync`]); it publishes [`Wal::durable_lsn`] only after the sync
+//! returns. A record written at time `t` is covered by the first sync that
+//! starts after `t`, which starts by `t + max(d, s)` and ends `s` later.
+//! The writer never waits for that thread, so a slow `fdatasync` delays
+//! durability, never the writes (the one `fsync` on the writer's path is
+//! the directory's, once per new segment).
+//!
 //! - An append under `Always` returns after `fdatasync` of the segment that
 //!   holds it. Before the first record of a new segment is acknowledged,
 //!   the segment's name is durable (rename, then `fsync` of the directory),
@@ -125,7 +154,11 @@
 //! - Opening `fdatasync`s every segment it recovered before any new frame
 //!   can claim them durable, and truncates the last one to its last valid
 //!   frame (`fsync`ed).
-//! - After a failed write or `fdatasync` the log is **poisoned**: every
+//! - Under `Interval` a full segment is handed to the sync thread, whose
+//!   next sync `fdatasync`s it before the active one, before the durable
+//!   LSN passes it.
+//! - After a failed write or `fdatasync` (in the writer or the sync
+//!   thread) the log is **poisoned**: every
 //!   later call fails with an [`Error::Backend`](highwater_core::Error::Backend)
 //!   (`backend: "wal"`) naming the directory, whose source is the failure
 //!   and whose kind is the failure's when that is permanent (a full disk
@@ -156,7 +189,17 @@
 //!   the log is always a prefix of what was appended.
 //!
 //! A clean shutdown ends with a marker whose synced LSN covers everything,
-//! so after [`Wal::close`] damage anywhere is reported as corruption. What
+//! so after [`Wal::close`] damage anywhere is reported as corruption. The
+//! marker lives in the last segment, so the loss of that segment (deleted,
+//! truncated) is caught by the `DURABLE` file beside the segments: 32 bytes
+//! (`"HWWALDUR"`, `u16` version, 6 zero bytes, the LSN, xxh3-64 of the
+//! first 24 bytes) recording the LSN the log was durable up to when it was
+//! last opened (what recovery kept) or closed (everything). It is replaced
+//! through a synced temporary file and a rename, and the directory is
+//! `fsync`ed. The log only grows at its end, so opening a log that ends
+//! before that LSN is [`Error::Corrupt`](highwater_core::Error::Corrupt),
+//! checked before anything is repaired; a damaged file is too; a missing
+//! one (a log written before it existed) is accepted. What
 //! no log can do: after a crash, damage confined to the last frame is
 //! indistinguishable from a torn write; it is cut and reported, not
 //! refused. The writer rewrites the partial last page of a segment on each

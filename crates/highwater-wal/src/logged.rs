@@ -65,10 +65,17 @@ impl LoggedBackend {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Appends the changes since the last commit as one atomic batch. Under
-    /// `SyncPolicy::Always` it returns once the batch is durable; otherwise
-    /// once it is queued (a failed write poisons the log, and the next call
-    /// reports it).
+    /// Appends the changes since the last commit as one atomic batch and
+    /// returns once it is acknowledged under the log's sync policy:
+    ///
+    /// - `SyncPolicy::Always`: durable (`fdatasync`ed);
+    /// - `SyncPolicy::Interval(d)`: written to the operating system, so it
+    ///   survives a crash of the process; the log's sync thread makes it
+    ///   durable within `d` plus the time of the `fdatasync`s (see the
+    ///   crate documentation for the exact bound);
+    /// - `SyncPolicy::Never`: queued in this process (the fastest; a crash
+    ///   of the process can lose it, and a failed write poisons the log,
+    ///   which the next call reports).
     pub fn commit(&self) -> Result<()> {
         let mut pending = self.pending();
         if pending.is_empty() {
@@ -78,7 +85,7 @@ impl LoggedBackend {
         drop(pending);
         // Waiting outside the lock lets other threads' commits join the
         // same group commit.
-        if self.wal.config().sync_policy == SyncPolicy::Always {
+        if self.wal.config().sync_policy != SyncPolicy::Never {
             ticket.wait()?;
         }
         Ok(())

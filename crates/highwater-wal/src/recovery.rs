@@ -22,11 +22,12 @@ use highwater_core::{Error, Result};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::Lsn;
+use crate::format::DURABLE_FILE;
 use crate::format::{
     FORMAT_VERSION, FRAME_HEADER_LEN, FRAME_MAGIC, FrameHeader, SEGMENT_HEADER_LEN,
     SegmentHeaderError, decode_segment_header, split_records,
 };
-use crate::segment::{SegmentInfo, fsync_dir, list_dir, read_full, read_full_at};
+use crate::segment::{SegmentInfo, fsync_dir, list_dir, read_durable, read_full, read_full_at};
 
 /// What opening the log found and repaired.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -123,7 +124,29 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered> {
     if !listing.temps.is_empty() {
         fsync_dir(dir).map_err(|e| io_err("fsync wal directory", dir, e))?;
     }
+    // The LSN the log was last known durable up to (when it was last opened
+    // or closed). The log only grows at its end, so it must still reach it;
+    // checked before anything is repaired.
+    let claimed = match read_durable(dir).map_err(|e| io_err("read", &dir.join(DURABLE_FILE), e))? {
+        None => 0,
+        Some(Ok(lsn)) => lsn,
+        Some(Err(why)) => {
+            return Err(corrupt(format!(
+                "damaged durable-lsn file: {why}: file={}",
+                dir.join(DURABLE_FILE).display()
+            )));
+        }
+    };
+    let missing = |end: Lsn, detail: String| {
+        corrupt(format!(
+            "the log ends at lsn={end} but was durable up to lsn={claimed} ({} says so): {detail}",
+            dir.join(DURABLE_FILE).display()
+        ))
+    };
     if listing.segments.is_empty() {
+        if claimed > 0 {
+            return Err(missing(0, "no segment file is left".into()));
+        }
         report.first_lsn = 1;
         report.next_lsn = 1;
         return Ok(Recovered {
@@ -189,6 +212,12 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered> {
         let at_path = scans[i].info.path.clone();
         let at_offset = scans[i].end_offset;
         let e = scans[i].next_lsn;
+        if claimed >= e {
+            return Err(missing(
+                e - 1,
+                format!("{reason}: segment={} offset={at_offset}", at_path.display()),
+            ));
+        }
         let (evidence, mut discarded) = find_evidence(&at_path, at_offset, e)?;
         let mut evidence = evidence;
         for later in &scans[i + 1..] {
@@ -241,6 +270,15 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered> {
     // torn bytes and any unused preallocated tail are cut off, so nothing
     // after the end of the log can ever be mistaken for part of it.
     let last = scans.last().expect("at least one segment");
+    if claimed >= last.next_lsn {
+        return Err(missing(
+            last.next_lsn - 1,
+            format!(
+                "the last segment file={} (or those after it) is missing or cut short",
+                last.info.path.display()
+            ),
+        ));
+    }
     if last.file_len > last.end_offset {
         let f = OpenOptions::new()
             .write(true)

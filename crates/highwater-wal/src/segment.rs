@@ -5,11 +5,12 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::Lsn;
 use crate::format::{
-    SEGMENT_HEADER_LEN, TEMP_SUFFIX, encode_segment_header, parse_segment_file_name,
-    segment_file_name,
+    DURABLE_FILE, DURABLE_LEN, SEGMENT_HEADER_LEN, TEMP_SUFFIX, decode_durable, encode_durable,
+    encode_segment_header, parse_segment_file_name, segment_file_name,
 };
 
 /// One segment of the log, as [`Wal::segments`](crate::Wal::segments)
@@ -25,8 +26,10 @@ pub struct SegmentInfo {
 /// The segment the writer appends to.
 #[derive(Debug)]
 pub(crate) struct ActiveSegment {
-    /// Opened read-write; its cursor is at `len`.
-    pub file: File,
+    /// Opened read-write; its cursor is at `len`. Shared with the sync
+    /// thread (policy `Interval`), which `fdatasync`s it while the writer
+    /// goes on writing.
+    pub file: Arc<File>,
     pub path: PathBuf,
     /// Bytes in use: header plus frames written.
     pub len: u64,
@@ -45,6 +48,39 @@ pub(crate) struct Spare {
 /// names in it durable.
 pub(crate) fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// Replaces the directory's [`DURABLE_FILE`] with one naming `lsn`: writes
+/// a temporary file, `fdatasync`s it and renames it into place. The rename
+/// is durable once the caller `fsync`s the directory; until then a crash
+/// leaves the previous file, whose LSN is lower (the log only grows at its
+/// end), which is still true.
+pub(crate) fn write_durable(dir: &Path, lsn: Lsn) -> io::Result<()> {
+    let tmp = dir.join(format!("{DURABLE_FILE}{TEMP_SUFFIX}"));
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)?;
+    f.write_all(&encode_durable(lsn))?;
+    f.sync_data()?;
+    fs::rename(&tmp, dir.join(DURABLE_FILE))
+}
+
+/// Reads the directory's [`DURABLE_FILE`]: `Ok(None)` when there is none (a
+/// new log, or one written before the file existed), `Err` with the reason
+/// when it is damaged.
+pub(crate) fn read_durable(dir: &Path) -> io::Result<Option<Result<Lsn, &'static str>>> {
+    let path = dir.join(DURABLE_FILE);
+    let mut f = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    // One byte more than the file should hold tells a long file apart.
+    let mut buf = [0u8; DURABLE_LEN + 1];
+    let n = read_full(&mut f, &mut buf)?;
+    Ok(Some(decode_durable(&buf[..n])))
 }
 
 /// Creates `path` and writes `size` zero bytes into it, then `fdatasync`s
@@ -104,7 +140,7 @@ pub(crate) fn install_segment(
     fs::rename(&tmp, &path)?;
     fsync_dir(dir)?;
     Ok(ActiveSegment {
-        file,
+        file: Arc::new(file),
         path,
         len: SEGMENT_HEADER_LEN as u64,
         frames: 0,
@@ -137,7 +173,7 @@ pub(crate) fn list_dir(dir: &Path) -> io::Result<DirListing> {
             });
         } else if name.ends_with(TEMP_SUFFIX) {
             temps.push(entry.path());
-        } else if name != crate::format::LOCK_FILE {
+        } else if name != crate::format::LOCK_FILE && name != DURABLE_FILE {
             tracing::warn!(dir = %dir.display(), name, "ignoring an unknown file in the wal directory");
         }
     }

@@ -18,7 +18,7 @@ use crate::format::{FLAG_ZSTD, FRAME_HEADER_LEN, FrameHeader, LOCK_FILE, TEMP_SU
 use crate::record::{WalBatch, WalRecord};
 use crate::recovery::{RecoveryReport, recover};
 use crate::replay::Replay;
-use crate::segment::{SegmentInfo, fsync_dir, install_segment, make_spare};
+use crate::segment::{SegmentInfo, fsync_dir, install_segment, make_spare, write_durable};
 use crate::writer::{Block, Queue, Shared, Writer, lock};
 
 /// A segmented write-ahead log open for appending.
@@ -143,6 +143,15 @@ impl Wal {
 
         let recovered = recover(&dir)?;
         let next_lsn = recovered.next_lsn;
+        if next_lsn > 1 {
+            // Recovery synced every record it kept: record that, so that a
+            // segment lost later (deleted, cut short) is found as missing
+            // rather than taken for a torn tail. The segment installed next
+            // fsyncs the directory, which makes the rename durable.
+            write_durable(&dir, next_lsn - 1).map_err(|e| {
+                Error::io(format!("record the durable lsn in {}", dir.display()), e)
+            })?;
+        }
         let spare = if config.preallocates() {
             let path = dir.join(format!("spare-open{TEMP_SUFFIX}"));
             Some(make_spare(&path, config.segment_size).map_err(|e| {

@@ -55,7 +55,9 @@ use xxhash_rust::xxh3::xxh3_64;
 use crate::Lsn;
 use crate::config::{SyncPolicy, WalConfig};
 use crate::format::{FRAME_HEADER_LEN, FrameHeader, patch_synced_lsn};
-use crate::segment::{ActiveSegment, SegmentInfo, Spare, install_segment, make_spare};
+use crate::segment::{
+    ActiveSegment, SegmentInfo, Spare, install_segment, make_spare, write_durable,
+};
 
 /// How long the writer waits for the appenders of its previous group to
 /// come back before it commits a smaller group (policy `Always` only).
@@ -164,6 +166,8 @@ pub(crate) struct Shared {
     pub stats: Counters,
     /// The segments, oldest first; the last is the active one.
     pub segments: Mutex<Vec<SegmentInfo>>,
+    /// What the sync thread is to `fdatasync` (policy `Interval` only).
+    syncer: Syncer,
 }
 
 impl Shared {
@@ -200,6 +204,18 @@ impl Shared {
             last_group: AtomicUsize::new(1),
             stats: Counters::default(),
             segments: Mutex::new(segments),
+            syncer: Syncer {
+                state: Mutex::new(SyncState {
+                    active: None,
+                    full: Vec::new(),
+                    written: next_lsn - 1,
+                    dirty: false,
+                    requested: 0,
+                    stop: false,
+                }),
+                bell: Condvar::new(),
+                running: Mutex::new(()),
+            },
         }
     }
 
@@ -388,6 +404,164 @@ fn helper_main(rx: Receiver<Prealloc>, spare_tx: Sender<io::Result<Spare>>) {
     }
 }
 
+/// The writer's hand-off to the sync thread (policy `Interval`).
+///
+/// The writer records here, after each `write` returns, which files hold
+/// written data and the last LSN written; the sync thread takes that
+/// snapshot, `fdatasync`s the files and then publishes the snapshot's LSN
+/// as durable. An `fdatasync` covers every `write` that returned before it
+/// was called, so the published LSN never runs ahead of the disk.
+#[derive(Debug)]
+struct Syncer {
+    state: Mutex<SyncState>,
+    /// Rung when a sync is requested or the sync thread is to stop.
+    bell: Condvar,
+    /// Held for the whole of a sync (snapshot, `fdatasync`s, publication),
+    /// so two syncs never publish out of order.
+    running: Mutex<()>,
+}
+
+#[derive(Debug)]
+struct SyncState {
+    /// The active segment, once anything was written to it.
+    active: Option<(Arc<File>, PathBuf)>,
+    /// Full segments with written data not yet synced, oldest first.
+    full: Vec<(Arc<File>, PathBuf)>,
+    /// Every record up to this LSN is written to a file listed above (or
+    /// already synced).
+    written: Lsn,
+    /// Something was written since the last sync took its snapshot.
+    dirty: bool,
+    /// A caller (`Wal::sync`) waits for every record up to this LSN to be
+    /// durable: sync without waiting for the interval.
+    requested: Lsn,
+    /// The writer is closing: the thread exits (the writer makes the final
+    /// sync itself).
+    stop: bool,
+}
+
+impl Shared {
+    /// Records (policy `Interval`) that every record up to `written` is
+    /// written, the last of them to `file`.
+    fn note_written(&self, file: &Arc<File>, path: &std::path::Path, written: Lsn) {
+        let mut st = lock(&self.syncer.state);
+        if st
+            .active
+            .as_ref()
+            .is_none_or(|(f, _)| !Arc::ptr_eq(f, file))
+        {
+            st.active = Some((Arc::clone(file), path.to_path_buf()));
+        }
+        st.written = written;
+        if !st.dirty {
+            st.dirty = true;
+            // The sync thread sleeps untimed while nothing is unsynced.
+            self.syncer.bell.notify_one();
+        }
+    }
+
+    /// Records (policy `Interval`) that the active segment is full: it is
+    /// synced with the next sync, before any LSN after it is published.
+    fn note_rotated(&self) {
+        let mut st = lock(&self.syncer.state);
+        if let Some(old) = st.active.take() {
+            st.full.push(old);
+        }
+    }
+
+    /// Asks the sync thread to make everything up to `lsn` durable now.
+    fn request_sync(&self, lsn: Lsn) {
+        let mut st = lock(&self.syncer.state);
+        st.requested = st.requested.max(lsn);
+        self.syncer.bell.notify_one();
+    }
+
+    /// Makes everything noted as written durable: `fdatasync`s the full
+    /// segments (a segment deleted by truncation since needs none), then
+    /// the active one, then publishes the LSN noted before the first of
+    /// them. Returns whether there was anything to sync.
+    fn sync_noted(&self) -> Result<bool> {
+        let _running = lock(&self.syncer.running);
+        let (target, files) = {
+            let mut st = lock(&self.syncer.state);
+            if !st.dirty {
+                return Ok(false);
+            }
+            st.dirty = false;
+            let mut files = std::mem::take(&mut st.full);
+            files.extend(st.active.clone());
+            (st.written, files)
+        };
+        let t = Instant::now();
+        for (file, path) in &files {
+            file.sync_data()
+                .map_err(|e| Error::io(format!("fdatasync wal segment {}", path.display()), e))?;
+        }
+        let ns = t.elapsed().as_nanos() as u64;
+        self.last_sync_ns.store(ns, Ordering::Relaxed);
+        self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+        self.stats.sync_ns.fetch_add(ns, Ordering::Relaxed);
+        self.durable_lsn.fetch_max(target, Ordering::AcqRel);
+        Ok(true)
+    }
+}
+
+/// The sync thread (policy `Interval(every)`): `fdatasync`s what the writer
+/// wrote, starting a sync at most `every` after the previous one started
+/// while anything is unsynced, and at once when `Wal::sync` asks. The
+/// writer never waits for it, so acknowledged (written) batches reach the
+/// operating system however long an `fdatasync` takes.
+///
+/// A failed `fdatasync` poisons the log: the kernel may already have
+/// dropped the pages it could not write, so it is never retried.
+fn sync_main(shared: Arc<Shared>, every: Duration) {
+    let mut scratch = Vec::new();
+    let mut last_start = Instant::now();
+    loop {
+        {
+            let mut st = lock(&shared.syncer.state);
+            loop {
+                if st.stop || shared.poison.get().is_some() {
+                    return;
+                }
+                let durable = shared.durable_lsn.load(Ordering::Acquire);
+                if st.dirty && st.requested > durable {
+                    break;
+                }
+                let due = last_start + every;
+                let now = Instant::now();
+                if st.dirty && now >= due {
+                    break;
+                }
+                st = if st.dirty {
+                    shared
+                        .syncer
+                        .bell
+                        .wait_timeout(st, due - now)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                } else {
+                    shared
+                        .syncer
+                        .bell
+                        .wait(st)
+                        .unwrap_or_else(PoisonError::into_inner)
+                };
+            }
+        }
+        last_start = Instant::now();
+        if let Err(e) = shared.sync_noted() {
+            if shared.poison.get().is_none() {
+                tracing::error!(error = %e, dir = %shared.dir.display(), "wal poisoned");
+                let _ = shared.poison.set(Arc::new(e));
+            }
+            shared.wake(&mut scratch);
+            return;
+        }
+        shared.wake(&mut scratch);
+    }
+}
+
 /// Poisons the log if the writer thread unwinds, so no appender waits
 /// forever for a thread that is gone.
 struct PanicGuard(Arc<Shared>);
@@ -400,6 +574,10 @@ impl Drop for PanicGuard {
             )));
             self.0.wake(&mut Vec::new());
         }
+        // Whether the writer ends normally or not, the sync thread ends
+        // with it.
+        lock(&self.0.syncer.state).stop = true;
+        self.0.syncer.bell.notify_one();
     }
 }
 
@@ -414,7 +592,6 @@ pub(crate) struct Writer {
     durable: Lsn,
     /// The active segment has writes not yet `fdatasync`ed.
     dirty: bool,
-    last_sync: Instant,
     /// Full segments not yet `fdatasync`ed (policy `Never` only).
     unsynced: Vec<PathBuf>,
     helper_tx: Option<Sender<Prealloc>>,
@@ -422,6 +599,10 @@ pub(crate) struct Writer {
     helper: Option<JoinHandle<()>>,
     spare_requested: bool,
     spare_counter: u64,
+    /// The sync thread (policy `Interval` only).
+    syncer: Option<JoinHandle<()>>,
+    /// The highest LSN whose sync was requested of the sync thread.
+    requested: Lsn,
     /// Frames in the previous group.
     last_group: usize,
     wake_scratch: Vec<Thread>,
@@ -441,6 +622,17 @@ impl Writer {
         let helper = std::thread::Builder::new()
             .name("highwater-wal-helper".into())
             .spawn(move || helper_main(helper_rx, spare_tx))?;
+        let syncer = match shared.config.sync_policy {
+            SyncPolicy::Interval(every) => {
+                let shared = Arc::clone(&shared);
+                Some(
+                    std::thread::Builder::new()
+                        .name("highwater-wal-sync".into())
+                        .spawn(move || sync_main(shared, every))?,
+                )
+            }
+            _ => None,
+        };
         let w = Writer {
             shared,
             bell,
@@ -448,13 +640,14 @@ impl Writer {
             written: next_lsn - 1,
             durable: next_lsn - 1,
             dirty: false,
-            last_sync: Instant::now(),
             unsynced: Vec::new(),
             helper_tx: Some(helper_tx),
             spare_rx,
             helper: Some(helper),
             spare_requested: false,
             spare_counter: 0,
+            syncer,
+            requested: 0,
             last_group: 1,
             wake_scratch: Vec::new(),
         };
@@ -498,7 +691,8 @@ impl Writer {
     ///   ticket, `flush`, `sync`, `close`) or after [`FLUSH_DELAY`]. Writes
     ///   stay large while nobody waits, and nobody waits on a write that
     ///   could have been larger.
-    /// - Under `Interval` the periodic sync happens here too.
+    /// - Under `Interval` the sync thread syncs; the writer never waits for
+    ///   it.
     fn next_group(&mut self) -> Take {
         let policy = self.shared.config.sync_policy;
         let always = policy == SyncPolicy::Always;
@@ -508,25 +702,12 @@ impl Writer {
         let mut spun = false;
         loop {
             let now = Instant::now();
-            let sync_due = match policy {
-                SyncPolicy::Interval(d) if self.dirty && self.shared.poison.get().is_none() => {
-                    Some(self.last_sync + d)
-                }
-                _ => None,
-            };
-            if sync_due.is_some_and(|due| now >= due) {
-                if let Err(e) = self.sync_all() {
-                    self.poison(e);
-                }
-                self.shared.wake(&mut self.wake_scratch);
-                continue;
-            }
-            let (sleep_until, parked) = {
+            let (until, parked) = {
                 let mut q = lock(&self.shared.queue);
                 // After a failure nothing more is synced; the waiters were
                 // woken with the error.
                 let healthy = self.shared.poison.get().is_none();
-                let demanded = q.closed || (healthy && q.sync_to > self.durable);
+                let demanded = q.closed || (healthy && q.sync_to > self.sync_asked());
                 let waited_on = demanded || self.shared.waiting.load(Ordering::SeqCst) > 0;
                 let take_all = match q.blocks.len() {
                     0 if demanded => true,
@@ -564,10 +745,6 @@ impl Writer {
                 // submission; with a block filling it will look by itself.
                 q.writer_parked = q.blocks.is_empty();
                 (until, q.writer_parked)
-            };
-            let until = match (sleep_until, sync_due) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
             };
             // Poll briefly before sleeping when more is likely to come soon:
             // a lone durable appender sends its next batch microseconds
@@ -642,15 +819,33 @@ impl Writer {
         if !blocks.is_empty() {
             self.write_blocks(blocks)?;
         }
-        let sync = match self.shared.config.sync_policy {
-            SyncPolicy::Always => true,
-            SyncPolicy::Interval(d) => self.last_sync.elapsed() >= d,
-            SyncPolicy::Never => false,
-        };
-        if sync || sync_to > self.durable {
-            self.sync_all()?;
+        match self.shared.config.sync_policy {
+            SyncPolicy::Always => self.sync_all()?,
+            SyncPolicy::Interval(_) => {
+                // Everything up to `sync_to` is written by now; the sync
+                // thread makes it durable and wakes the waiters.
+                if sync_to > self.requested {
+                    self.requested = sync_to;
+                    self.shared.request_sync(sync_to);
+                }
+            }
+            SyncPolicy::Never if sync_to > self.durable => self.sync_all()?,
+            SyncPolicy::Never => {}
         }
         Ok(())
+    }
+
+    /// The LSN up to which a requested sync has been done (or, under
+    /// `Interval`, handed to the sync thread).
+    fn sync_asked(&self) -> Lsn {
+        match self.shared.config.sync_policy {
+            SyncPolicy::Interval(_) => self.requested,
+            _ => self.durable,
+        }
+    }
+
+    fn interval(&self) -> bool {
+        matches!(self.shared.config.sync_policy, SyncPolicy::Interval(_))
     }
 
     /// Writes frames into the active segment, rotating when the next frame
@@ -663,7 +858,9 @@ impl Writer {
     /// claim only the older value: a claim may lag, it must never lead.)
     fn write_blocks(&mut self, blocks: &mut VecDeque<Block>) -> Result<()> {
         let limit = self.shared.config.segment_size;
-        let synced = self.durable;
+        // Under `Interval` the sync thread advances it; read once, so every
+        // frame of the group claims the same, already published value.
+        let synced = self.shared.durable_lsn.load(Ordering::Acquire);
         // Pass 1: patch headers, check LSN order, and cut the group into
         // runs that each go to one segment.
         let mut runs: Vec<Run> = Vec::new();
@@ -762,6 +959,10 @@ impl Writer {
             self.seg.frames += frames;
             self.written = last_lsn;
             self.dirty = true;
+            if self.interval() {
+                self.shared
+                    .note_written(&self.seg.file, &self.seg.path, last_lsn);
+            }
         }
     }
 
@@ -769,7 +970,7 @@ impl Writer {
     fn write_ios(&mut self, ios: &mut Vec<IoSlice<'_>>) -> Result<()> {
         let mut bufs = &mut ios[..];
         while !bufs.is_empty() {
-            match self.seg.file.write_vectored(bufs) {
+            match (&*self.seg.file).write_vectored(bufs) {
                 Ok(0) => {
                     return Err(Error::io(
                         format!("write wal segment {}", self.seg.path.display()),
@@ -793,6 +994,14 @@ impl Writer {
     /// Makes every written record durable: `fdatasync`s full segments not
     /// yet synced (policy `Never`), then the active one.
     fn sync_all(&mut self) -> Result<()> {
+        if self.interval() {
+            // Only at close, once the sync thread has stopped (and safe
+            // beside it anyway: syncs are serialised).
+            self.shared.sync_noted()?;
+            self.dirty = false;
+            self.durable = self.shared.durable_lsn.load(Ordering::Acquire);
+            return Ok(());
+        }
         for path in std::mem::take(&mut self.unsynced) {
             // A segment deleted by truncation since needs no sync.
             match File::open(&path) {
@@ -817,7 +1026,6 @@ impl Writer {
             self.shared.stats.sync_ns.fetch_add(ns, Ordering::Relaxed);
             self.dirty = false;
         }
-        self.last_sync = Instant::now();
         if self.durable != self.written {
             self.durable = self.written;
             self.shared
@@ -829,19 +1037,25 @@ impl Writer {
 
     /// Closes the active segment and starts the next one.
     ///
-    /// Under `Always` and `Interval` the full segment is `fdatasync`ed first,
-    /// so a durable LSN never runs ahead of a segment that is not; under
-    /// `Never` it is remembered and synced by the next [`Self::sync_all`],
-    /// before anything is claimed durable.
+    /// Under `Always` the full segment is `fdatasync`ed first, so a durable
+    /// LSN never runs ahead of a segment that is not; under `Never` it is
+    /// remembered and synced by the next [`Self::sync_all`], before
+    /// anything is claimed durable; under `Interval` it is handed to the
+    /// sync thread, whose next sync covers it before the new segment.
     fn rotate(&mut self) -> Result<()> {
         let next_first = self.written + 1;
-        if self.shared.config.sync_policy == SyncPolicy::Never {
-            if self.dirty {
-                self.unsynced.push(self.seg.path.clone());
+        match self.shared.config.sync_policy {
+            SyncPolicy::Never => {
+                if self.dirty {
+                    self.unsynced.push(self.seg.path.clone());
+                    self.dirty = false;
+                }
+            }
+            SyncPolicy::Interval(_) => {
+                self.shared.note_rotated();
                 self.dirty = false;
             }
-        } else {
-            self.sync_all()?;
+            SyncPolicy::Always => self.sync_all()?,
         }
         let spare = if self.shared.config.preallocates() {
             self.take_spare()
@@ -936,6 +1150,12 @@ impl Writer {
         if self.shared.poison.get().is_some() {
             return Ok(());
         }
+        self.stop_syncer();
+        if self.shared.poison.get().is_some() {
+            // The sync thread's last fdatasync failed: no marker and no
+            // DURABLE claim for a log whose data may not be on disk.
+            return Ok(());
+        }
         self.sync_all()?;
         let mut marker = [0u8; FRAME_HEADER_LEN];
         FrameHeader {
@@ -948,8 +1168,7 @@ impl Writer {
             body_checksum: xxh3_64(&[]),
         }
         .encode_into(&mut marker);
-        self.seg
-            .file
+        (&*self.seg.file)
             .write_all(&marker)
             .and_then(|()| self.seg.file.sync_data())
             .map_err(|e| {
@@ -957,11 +1176,31 @@ impl Writer {
                     format!("write close marker to {}", self.seg.path.display()),
                     e,
                 )
-            })
+            })?;
+        // The marker is evidence only while its segment exists: record the
+        // durable LSN beside the segments too, so that deleting or cutting
+        // the last segment is found as damage when the log is reopened.
+        let dir = &self.shared.dir;
+        write_durable(dir, self.durable)
+            .and_then(|()| crate::segment::fsync_dir(dir))
+            .map_err(|e| Error::io(format!("record the durable lsn in {}", dir.display()), e))
     }
 
-    /// Stops the helper and removes an unused spare.
+    /// Stops the sync thread and waits for it (a sync it started finishes
+    /// first).
+    fn stop_syncer(&mut self) {
+        lock(&self.shared.syncer.state).stop = true;
+        self.shared.syncer.bell.notify_one();
+        if let Some(h) = self.syncer.take()
+            && h.join().is_err()
+        {
+            tracing::error!("wal sync thread panicked");
+        }
+    }
+
+    /// Stops the helper (and the sync thread) and removes an unused spare.
     fn shutdown_helper(&mut self) {
+        self.stop_syncer();
         self.helper_tx = None;
         if self.spare_requested
             && let Ok(Ok(spare)) = self.spare_rx.recv()

@@ -1,4 +1,4 @@
-//! The crash test of the log: a child process appends with
+//! The crash tests of the log. The first: a child process appends with
 //! `SyncPolicy::Always` from several threads and prints every acknowledged
 //! record; it is killed with SIGKILL at random moments — while appending,
 //! rotating, preallocating, truncating or still recovering — and the same
@@ -14,7 +14,14 @@
 //! torture wal` runs 1,000). `HIGHWATER_WAL_TORTURE_SEED` changes the kill
 //! timings.
 //!
-//! The child is this test binary run again (`highwater_testkit::crash`):
+//! The second (issue 18): a child appends under `SyncPolicy::Interval(10
+//! ms)`, committing, pipelining and watching the written LSN, and is
+//! killed at moments from `highwater_testkit::crash::kill_schedule`; every
+//! acknowledged commit, every record seen written, and every batch
+//! submitted at least one interval plus 5 ms before the kill must survive
+//! (`HIGHWATER_WAL_INTERVAL_ROUNDS`, default 12).
+//!
+//! The children are this test binary run again (`highwater_testkit::crash`):
 //! `append_until_killed`, the child `wal-append`, shares `value_for` and
 //! `fnv` with the checks. The test stays with the log's crate: it
 //! exercises the log alone.
@@ -25,22 +32,39 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use highwater_core::{StateBackend, SystemClock};
+use highwater_memory::MemoryBackend;
 use highwater_testkit::crash::{self, CrashChild, CrashTest, Victim};
-use highwater_wal::{SyncPolicy, Wal, WalBatch, WalConfig, WalOp};
+use highwater_wal::{LoggedBackend, SyncPolicy, Wal, WalBatch, WalConfig, WalOp};
 
 /// The name of the appending child.
 const CHILD: &str = "wal-append";
 
+/// The name of the child appending under `SyncPolicy::Interval`.
+const INTERVAL_CHILD: &str = "wal-interval";
+
 fn main() -> ExitCode {
     crash::main(
-        &[CrashChild {
-            name: CHILD,
-            run: append_until_killed,
-        }],
-        &[CrashTest {
-            name: "sigkill_never_loses_an_acknowledged_record",
-            run: sigkill_never_loses_an_acknowledged_record,
-        }],
+        &[
+            CrashChild {
+                name: CHILD,
+                run: append_until_killed,
+            },
+            CrashChild {
+                name: INTERVAL_CHILD,
+                run: interval_until_killed,
+            },
+        ],
+        &[
+            CrashTest {
+                name: "sigkill_never_loses_an_acknowledged_record",
+                run: sigkill_never_loses_an_acknowledged_record,
+            },
+            CrashTest {
+                name: "sigkill_under_interval_sync_loses_nothing_acknowledged_or_written",
+                run: sigkill_under_interval_sync_loses_nothing_acknowledged_or_written,
+            },
+        ],
     )
 }
 
@@ -295,5 +319,239 @@ fn sigkill_never_loses_an_acknowledged_record() {
     assert!(total_lines > 0, "the child never acknowledged anything");
     eprintln!(
         "crash test: {rounds} rounds, {total_lines} acknowledged records, {torn_rounds} torn tails cut"
+    );
+}
+
+/// The sync interval of the `Interval` kill test.
+const INTERVAL: Duration = Duration::from_millis(10);
+
+/// Microseconds since the Unix epoch: the one clock the child and the test
+/// both read, to compare the child's acknowledgements with the kill.
+fn wall_us() -> u64 {
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "compares moments across two processes, not the time of state"
+    )]
+    let now = std::time::SystemTime::now();
+    now.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// The child `wal-interval`, arguments `<dir> <seed>`.
+///
+/// Opens the log in `<dir>` under `SyncPolicy::Interval(10 ms)` with small
+/// segments (so rotations happen) and runs three threads until killed,
+/// each printing whole lines, each after the fact it reports:
+///
+/// - a committer: one to three puts through a `LoggedBackend` over a
+///   memory backend, then `commit()`, then `A <i> <µs>` for its `i`th
+///   commit once `commit()` returned (its keys are `s<seed>/c/i<i>/j<j>`);
+/// - a pipeliner: `submit` without waiting (the ticket is dropped), then
+///   `S <last lsn> <µs>` once submitted, a batch every 200 µs;
+/// - an observer: every millisecond, `W <written lsn> <µs>` with the log's
+///   written LSN.
+fn interval_until_killed(args: &[String]) -> ExitCode {
+    let (Some(dir), Some(seed)) = (
+        args.first().map(PathBuf::from),
+        args.get(1).and_then(|s| s.parse::<u64>().ok()),
+    ) else {
+        eprintln!("usage: {INTERVAL_CHILD} <dir> <seed>");
+        return ExitCode::from(2);
+    };
+    let config = WalConfig {
+        segment_size: 256 << 10,
+        max_batch_size: 16 << 10,
+        ..WalConfig::default().sync_policy(SyncPolicy::Interval(INTERVAL))
+    };
+    let wal = match Wal::open(&dir, config) {
+        Ok((wal, _)) => Arc::new(wal),
+        Err(e) => {
+            eprintln!("{INTERVAL_CHILD}: open failed: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let keys_for = move |tag: &str, i: u64| -> Vec<String> {
+        let h = fnv(format!("{seed}/{tag}/{i}").as_bytes());
+        (0..1 + h % 3)
+            .map(|j| format!("s{seed}/{tag}/i{i}/j{j}"))
+            .collect()
+    };
+    let committer = {
+        // The state library's own path: changes go to a logged backend and
+        // `commit()` appends them as one batch.
+        let logged = LoggedBackend::new(
+            Arc::new(MemoryBackend::new()),
+            Arc::clone(&wal),
+            Arc::new(SystemClock),
+        );
+        std::thread::spawn(move || -> Result<(), String> {
+            for i in 0.. {
+                for key in keys_for("c", i) {
+                    let key = key.as_bytes();
+                    logged
+                        .put(key, &value_for(key))
+                        .map_err(|e| e.to_string())?;
+                }
+                logged.commit().map_err(|e| e.to_string())?;
+                println!("A {i} {}", wall_us());
+            }
+            Ok(())
+        })
+    };
+    let pipeliner = {
+        let wal = Arc::clone(&wal);
+        std::thread::spawn(move || -> Result<(), String> {
+            for i in 0.. {
+                let mut batch = WalBatch::new();
+                for key in keys_for("p", i) {
+                    batch.put(key.as_bytes(), &value_for(key.as_bytes()), Some(i));
+                }
+                let ticket = wal.submit(&batch).map_err(|e| e.to_string())?;
+                let end = ticket.lsns().end;
+                drop(ticket);
+                println!("S {} {}", end - 1, wall_us());
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            Ok(())
+        })
+    };
+    let observer = {
+        let wal = Arc::clone(&wal);
+        std::thread::spawn(move || -> Result<(), String> {
+            loop {
+                println!("W {} {}", wal.written_lsn(), wall_us());
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    for h in [committer, pipeliner, observer] {
+        match h.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                eprintln!("{INTERVAL_CHILD}: append failed: {e}");
+                return ExitCode::FAILURE;
+            }
+            Err(_) => return ExitCode::FAILURE,
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// Issue 18's kill test of `SyncPolicy::Interval(10 ms)`: the child above
+/// is killed with SIGKILL at a random moment ([`crash::kill_schedule`]),
+/// the log reopened, and
+///
+/// - every acknowledged commit (`A`) is in the log;
+/// - every record the child saw written (`W`) is in the log;
+/// - every batch submitted without waiting (`S`) at least one interval
+///   plus 5 ms before the kill is in the log (the writer does not hold
+///   batches back for the periodic `fdatasync`);
+/// - the log is contiguous and every record is byte-identical to what was
+///   appended.
+///
+/// Rounds: `HIGHWATER_WAL_INTERVAL_ROUNDS` (default 12, about 2 s).
+fn sigkill_under_interval_sync_loses_nothing_acknowledged_or_written() {
+    let rounds = env_u64("HIGHWATER_WAL_INTERVAL_ROUNDS", 12);
+    let mut rng = crash::kill_schedule();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("wal");
+    let config = WalConfig::default().sync_policy(SyncPolicy::Interval(INTERVAL));
+    let margin_us = (INTERVAL + Duration::from_millis(5)).as_micros() as u64;
+    let (mut acked, mut written, mut submitted) = (0usize, 0usize, 0usize);
+    for round in 0..rounds {
+        let mut cmd = crash::child(INTERVAL_CHILD);
+        cmd.arg(&log).arg(round.to_string());
+        let child = Victim::spawn(cmd);
+        // Long enough for several syncs and, often, a rotation.
+        let delay = Duration::from_millis(30 + rng.below(170));
+        // The kill comes no earlier than this.
+        let kill_at_least = wall_us() + delay.as_micros() as u64;
+        let ended = child.kill_after(delay);
+        assert!(
+            ended.killed,
+            "round {round}: the child exited by itself ({}): {}",
+            ended.status, ended.stderr
+        );
+        let (mut max_a, mut max_w, mut max_s) = (None::<u64>, 0u64, 0u64);
+        for line in &ended.lines {
+            let mut parts = line.split(' ');
+            let (Some(tag), Some(lsn), Some(at), None) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            else {
+                panic!("round {round}: unexpected child output {line:?}");
+            };
+            let lsn: u64 = lsn.parse().unwrap();
+            let at: u64 = at.parse().unwrap();
+            match tag {
+                "A" => {
+                    acked += 1;
+                    max_a = max_a.max(Some(lsn));
+                }
+                "W" => {
+                    written += 1;
+                    max_w = max_w.max(lsn);
+                }
+                "S" if at + margin_us <= kill_at_least => {
+                    submitted += 1;
+                    max_s = max_s.max(lsn);
+                }
+                "S" => {}
+                _ => panic!("round {round}: unexpected child output {line:?}"),
+            }
+        }
+
+        let (wal, report) = Wal::open(&log, config.clone())
+            .unwrap_or_else(|e| panic!("round {round}: reopening failed: {e}"));
+        let mut expected = wal.first_lsn();
+        let committed_prefix = format!("s{round}/c/i");
+        let mut max_committed_present: Option<u64> = None;
+        for entry in wal.replay(expected).unwrap() {
+            let entry = entry.unwrap_or_else(|e| panic!("round {round}: replay failed: {e}"));
+            assert_eq!(entry.lsn, expected, "round {round}: lsn gap");
+            expected += 1;
+            let WalOp::Put(value) = &entry.record.op else {
+                panic!("round {round}: unexpected op at lsn {}", entry.lsn);
+            };
+            assert_eq!(
+                value,
+                &value_for(&entry.record.key),
+                "round {round}: record at lsn {} is not what was written",
+                entry.lsn
+            );
+            let key = String::from_utf8_lossy(&entry.record.key);
+            if let Some(rest) = key.strip_prefix(&committed_prefix) {
+                let i: u64 = rest.split('/').next().unwrap().parse().unwrap();
+                max_committed_present = max_committed_present.max(Some(i));
+            }
+        }
+        let last = report.next_lsn - 1;
+        assert_eq!(expected - 1, last, "round {round}");
+        // Commits are one thread's, in order, and the log is a prefix: the
+        // last acknowledged one present means every earlier one is.
+        if let Some(max_a) = max_a {
+            assert!(
+                max_committed_present >= Some(max_a),
+                "round {round}: commit {max_a} was acknowledged, the log holds commits \
+                 up to {max_committed_present:?}"
+            );
+        }
+        assert!(
+            last >= max_w,
+            "round {round}: log ends at {last}, the child saw {max_w} written"
+        );
+        assert!(
+            last >= max_s,
+            "round {round}: log ends at {last}, {max_s} was submitted at least \
+             {margin_us} µs before the kill"
+        );
+        wal.close().unwrap();
+    }
+    assert!(
+        acked > 0 && written > 0 && submitted > 0,
+        "the child never reported: acked={acked} written={written} submitted={submitted}"
+    );
+    eprintln!(
+        "interval crash test: {rounds} rounds, {acked} acknowledged commits, \
+         {submitted} early submissions, {written} written observations"
     );
 }

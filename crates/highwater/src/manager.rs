@@ -188,7 +188,10 @@ impl StateManagerBuilder {
     /// the log before the oldest retained checkpoint is released, and
     /// [`StateManager::restore_latest`] replays the log after the restored
     /// checkpoint. With `SyncPolicy::Always` a committed change survives any
-    /// crash; with `Interval` or `Never`, at most the last interval's.
+    /// crash; with `Interval(d)` it survives a crash of the process, and a
+    /// crash of the machine loses at most the changes committed in the last
+    /// `d` plus two `fdatasync` times; with `Never` a crash can lose what was
+    /// committed since the last sync.
     pub fn wal(
         mut self,
         dir: impl Into<std::path::PathBuf>,
@@ -408,7 +411,8 @@ impl StateManager {
 
     /// Marks an event boundary: with a write-ahead log, appends the changes
     /// made since the last commit as one atomic batch (durable on return
-    /// under `SyncPolicy::Always`). Without a log it does nothing.
+    /// under `SyncPolicy::Always`, written to the operating system under
+    /// `Interval`, queued under `Never`). Without a log it does nothing.
     pub fn commit(&self) -> Result<()> {
         self.check_open()?;
         match self.checkpointer.logged() {

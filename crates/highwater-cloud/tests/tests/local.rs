@@ -445,4 +445,29 @@ fn layout_names_round_trip_strictly() {
     assert_eq!(parse_manifest_name("00000000000000000007.hwm#1"), None);
     assert_eq!(parse_manifest_name("+0000000000000000007.hwm"), None);
     assert_eq!(parse_manifest_name("99999999999999999999.hwm"), None);
+    // Issue 18: names read back from a listing never become a path that
+    // leaves the store's directories, an absolute path or an unbounded
+    // string.
+    let long = "0".repeat(1 << 16);
+    for name in [
+        "../00000000000000000007.hwm",
+        "/etc/00000000000000000007.hwm",
+        "manifests/00000000000000000007.hwm",
+        "00000000000000000007.hwm/..",
+        "0000000000000000000/.hwm",
+        long.as_str(),
+    ] {
+        assert_eq!(parse_manifest_name(name), None, "{name:?}");
+    }
+    let long_hwm = format!("{long}.hwm");
+    assert_eq!(parse_manifest_name(&long_hwm), None);
+    for name in [
+        "../23456789abcdef0011223344556677",
+        "/123456789abcdef0011223344556677",
+        "0123456789abcdef0011223344556677/..",
+        "0123456789abcdef001122334455/../",
+        long.as_str(),
+    ] {
+        assert_eq!(parse_artifact_name(name), None, "{name:?}");
+    }
 }

@@ -1,8 +1,9 @@
 //! A coordinator node process for the raft crate's own process-level tests
 //! and benchmarks (the same as `highwater coordinator`, without the CLI's
 //! cloud dependencies). Flags: `--id N --listen ADDR --peers ID=ADDR,…
-//! --data DIR [--election-ms N] [--heartbeat-ms N] [--interval-ms N]
-//! [--checkpoint-timeout-ms N] [--ack-delay-ms N] [--join]`.
+//! --data DIR --secret-file PATH [--election-ms N] [--heartbeat-ms N]
+//! [--interval-ms N] [--checkpoint-timeout-ms N] [--ack-delay-ms N]
+//! [--join]`.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -10,13 +11,14 @@ use std::time::Duration;
 
 use highwater_cloud::ObjectCheckpointStore;
 use highwater_core::{Error, Result};
-use highwater_raft::{DistributedConfig, NodeOptions, parse_peers, run_node};
+use highwater_raft::{ClusterSecret, DistributedConfig, NodeOptions, parse_peers, run_node};
 
 fn parse(args: &[String]) -> Result<NodeOptions> {
     let mut id = None;
     let mut listen = "127.0.0.1:0".to_string();
     let mut peers = String::new();
     let mut data = None;
+    let mut secret_file = None;
     let mut nums = std::collections::BTreeMap::new();
     let mut join = false;
     let mut it = args.iter();
@@ -34,6 +36,7 @@ fn parse(args: &[String]) -> Result<NodeOptions> {
             "--listen" => listen = value,
             "--peers" => peers = value,
             "--data" => data = Some(value),
+            "--secret-file" => secret_file = Some(value),
             "--election-ms"
             | "--heartbeat-ms"
             | "--interval-ms"
@@ -56,7 +59,10 @@ fn parse(args: &[String]) -> Result<NodeOptions> {
         .map_err(|e| Error::InvalidArgument(format!("--listen: {e}")))?;
     let data = data.ok_or_else(|| Error::InvalidArgument("--data is required".into()))?;
     let ms = |k: &str| nums.get(k).map(|&n| Duration::from_millis(n));
-    let mut config = DistributedConfig::new(id, listen, data);
+    let secret = ClusterSecret::from_file(
+        secret_file.ok_or_else(|| Error::InvalidArgument("--secret-file is required".into()))?,
+    )?;
+    let mut config = DistributedConfig::new(id, listen, data).secret(secret);
     config.peers = parse_peers(&peers)?;
     config.join = join;
     if let Some(d) = ms("--election-ms") {

@@ -7,7 +7,17 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use highwater_raft::{CheckpointState, NodeId, NodeStatus, query_status, request_checkpoint};
+use highwater_raft::{
+    CheckpointState, ClusterSecret, NodeId, NodeStatus, query_status, request_checkpoint,
+};
+
+/// The secret of every test cluster (the nodes read it from a file).
+pub const SECRET: &[u8] = b"highwater raft test cluster secret";
+
+/// [`SECRET`] as a [`ClusterSecret`].
+pub fn secret() -> ClusterSecret {
+    ClusterSecret::new(SECRET).unwrap()
+}
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -149,6 +159,16 @@ impl Cluster {
         self.children.contains_key(&id)
     }
 
+    /// The file the nodes read the cluster secret from (written on first
+    /// use).
+    fn secret_file(&self) -> std::path::PathBuf {
+        let path = self.dir.path().join("secret");
+        if !path.exists() {
+            std::fs::write(&path, SECRET).unwrap();
+        }
+        path
+    }
+
     /// Starts node `id` (again) on its data directory.
     pub fn spawn(&mut self, id: NodeId) {
         assert!(!self.children.contains_key(&id), "node {id} already runs");
@@ -161,6 +181,8 @@ impl Cluster {
         let t = self.timing;
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_highwater-raft-node"));
         cmd.args(["--id", &id.to_string(), "--listen", "127.0.0.1:0"])
+            .arg("--secret-file")
+            .arg(self.secret_file())
             .args(["--peers", &peers.join(",")])
             .arg("--data")
             .arg(self.dir.path().join(format!("node-{id}")))
@@ -250,7 +272,9 @@ impl Cluster {
         if !self.is_running(id) {
             return None;
         }
-        query_status(*addr, Duration::from_secs(1)).await.ok()
+        query_status(*addr, &secret(), Duration::from_secs(1))
+            .await
+            .ok()
     }
 
     pub async fn statuses(&self) -> BTreeMap<NodeId, NodeStatus> {
@@ -309,7 +333,9 @@ impl Cluster {
         let deadline = Instant::now() + timeout;
         loop {
             let l = self.wait_leader(timeout).await;
-            if let Ok(id) = request_checkpoint(self.addrs[&l], Duration::from_secs(2)).await {
+            if let Ok(id) =
+                request_checkpoint(self.addrs[&l], &secret(), Duration::from_secs(2)).await
+            {
                 return id.0;
             }
             assert!(

@@ -88,6 +88,21 @@ async fn a_partitioned_minority_completes_nothing_while_the_majority_continues_a
             .wait_finished(&cluster.running(), id, Duration::from_secs(10))
             .await
     );
+    // A node's ledger (its status) shows the completion a moment before its
+    // `completed` line reaches this test: wait for every line before
+    // counting them, or a late line looks like a completion while cut off.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cluster
+        .running()
+        .iter()
+        .any(|&n| cluster.completions_by(n) == 0)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "not every node printed its completion"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     // Cut the leader and one follower off: a minority of two.
     let other = *cluster.ids.iter().find(|&&n| n != leader).unwrap();

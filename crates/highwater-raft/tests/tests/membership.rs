@@ -17,7 +17,8 @@ async fn node(
     join: bool,
 ) -> CheckpointCoordinator {
     let data = dir.join(format!("node-{id}"));
-    let mut config = DistributedConfig::new(id, "127.0.0.1:0".parse().unwrap(), &data);
+    let mut config = DistributedConfig::new(id, "127.0.0.1:0".parse().unwrap(), &data)
+        .secret(crate::common::secret());
     config.peers = peers.iter().cloned().collect();
     config.join = join;
     config.checkpoint_timeout = Duration::from_secs(30);

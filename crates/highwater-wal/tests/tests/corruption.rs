@@ -334,3 +334,140 @@ fn an_empty_or_zeroed_last_segment_keeps_the_position() {
         assert_eq!(wal.append(&rec(31)).unwrap(), 31);
     }
 }
+
+/// Issue 18: after `Wal::close` the last segment held the only evidence
+/// (the close marker) that its records were durable, so deleting it or
+/// cutting it short lost acknowledged records silently. The `DURABLE` file
+/// beside the segments keeps that evidence.
+mod after_close {
+    use super::*;
+
+    /// A closed log in `dir` holding records 1..=300 over several segments;
+    /// returns the last segment that holds records.
+    fn closed_log(dir: &Path) -> std::path::PathBuf {
+        let (wal, _) = Wal::open(dir, plain(SyncPolicy::Always)).unwrap();
+        for i in 1..=300 {
+            wal.append(&rec(i)).unwrap();
+        }
+        wal.close().unwrap();
+        assert!(segment_files(dir).len() > 2, "the log spans segments");
+        last_nonempty(dir)
+    }
+
+    fn expect_missing(dir: &Path, what: &str) {
+        let err = Wal::open(dir, plain(SyncPolicy::Always))
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Corruption, "{what}: {err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("was durable up to lsn=300") && msg.contains("DURABLE"),
+            "{what}: the message says what was lost and why it is known: {msg}"
+        );
+    }
+
+    #[test]
+    fn deleting_the_last_segment_is_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let last = closed_log(dir.path());
+        std::fs::remove_file(&last).unwrap();
+        expect_missing(dir.path(), "deleted");
+        // Nothing was repaired away: the remaining segments are intact and
+        // restoring the deleted one would make the log whole again.
+        assert!(segment_files(dir.path()).len() > 1);
+    }
+
+    #[test]
+    fn deleting_every_segment_is_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        closed_log(dir.path());
+        for f in segment_files(dir.path()) {
+            std::fs::remove_file(f).unwrap();
+        }
+        expect_missing(dir.path(), "all deleted");
+    }
+
+    #[test]
+    fn truncating_the_last_segment_is_corruption() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("orig");
+        let last = closed_log(&dir);
+        let name = last.file_name().unwrap().to_owned();
+        let len = std::fs::metadata(&last).unwrap().len();
+        let frames = frame_offsets(&last);
+        // The close marker is the last 56 bytes when it shares the segment
+        // with records; cut it alone, cut into the last record frame, cut
+        // at a frame boundary, keep only the header, empty the file.
+        let cuts = [
+            ("without the marker", len.saturating_sub(56)),
+            ("mid-frame", len - 70),
+            ("at a frame boundary", frames[frames.len() / 2]),
+            ("header only", 32),
+            ("empty", 0),
+        ];
+        for (what, at) in cuts {
+            let copy = root.path().join(what.replace(' ', "-"));
+            crash_image(&dir, &copy);
+            std::fs::copy(dir.join("DURABLE"), copy.join("DURABLE")).unwrap();
+            let f = OpenOptions::new()
+                .write(true)
+                .open(copy.join(&name))
+                .unwrap();
+            f.set_len(at).unwrap();
+            drop(f);
+            let records_left = {
+                // What a reader without the DURABLE file would keep: fewer
+                // than the 300 acknowledged (otherwise the cut lost nothing).
+                let bare = root.path().join(format!("{}-bare", what.replace(' ', "-")));
+                crash_image(&copy, &bare);
+                let (wal, _) = Wal::open(&bare, plain(SyncPolicy::Always)).unwrap();
+                wal.last_lsn()
+            };
+            if records_left >= 300 {
+                // Cutting only the marker of a segment whose records all
+                // survive loses nothing; the log opens.
+                let (wal, report) = Wal::open(&copy, plain(SyncPolicy::Always)).unwrap();
+                assert_eq!(wal.last_lsn(), 300, "{what}");
+                assert!(!report.clean_shutdown, "{what}");
+                continue;
+            }
+            expect_missing(&copy, what);
+        }
+    }
+
+    #[test]
+    fn a_damaged_durable_file_is_corruption_and_a_missing_one_is_an_older_log() {
+        let dir = tempfile::tempdir().unwrap();
+        closed_log(dir.path());
+        let durable = dir.path().join("DURABLE");
+        flip(&durable, 17);
+        let err = Wal::open(dir.path(), plain(SyncPolicy::Always))
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Corruption, "{err}");
+        assert!(err.to_string().contains("durable-lsn file"), "{err}");
+        // A log written before the file existed has none: it opens as
+        // before, clean, and gets one.
+        std::fs::remove_file(&durable).unwrap();
+        let (wal, report) = Wal::open(dir.path(), plain(SyncPolicy::Always)).unwrap();
+        assert!(report.clean_shutdown, "{report:?}");
+        assert_eq!(wal.last_lsn(), 300);
+        drop(wal);
+        assert!(durable.exists());
+    }
+
+    #[test]
+    fn the_log_keeps_growing_across_reopens_with_the_file_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        closed_log(dir.path());
+        for round in 0..3u64 {
+            let (wal, report) = Wal::open(dir.path(), plain(SyncPolicy::Always)).unwrap();
+            assert!(report.clean_shutdown, "round {round}: {report:?}");
+            assert_eq!(wal.last_lsn(), 300 + round * 10);
+            for i in 1..=10 {
+                wal.append(&rec(300 + round * 10 + i)).unwrap();
+            }
+            wal.close().unwrap();
+        }
+    }
+}

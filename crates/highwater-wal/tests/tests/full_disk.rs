@@ -2,7 +2,8 @@
 //! test prints why and returns elsewhere). Opening a log whose first
 //! segment does not fit, and appending until the disk is full, both fail
 //! with `ErrorKind::StorageFull` naming the directory; the log then stays
-//! poisoned with the same kind, and what was acknowledged replays.
+//! poisoned with the same kind, and what was acknowledged replays (under
+//! `Always` and under `Interval`, whose syncs run in a thread of their own).
 
 use highwater_core::{Error, ErrorKind};
 use highwater_testkit::mounts::Tmpfs;
@@ -31,13 +32,24 @@ fn a_segment_that_does_not_fit_is_storage_full() {
 
 #[test]
 fn appending_to_a_full_disk_is_storage_full_and_stays_so() {
+    appending_to_a_full_disk(SyncPolicy::Always);
+}
+
+/// The same under `Interval`, where a separate thread syncs: the writer's
+/// failed write still poisons the log and every later append fails.
+#[test]
+fn appending_to_a_full_disk_under_interval_sync_is_storage_full() {
+    appending_to_a_full_disk(SyncPolicy::Interval(std::time::Duration::from_millis(5)));
+}
+
+fn appending_to_a_full_disk(policy: SyncPolicy) {
     let Some(mount) = Tmpfs::mount_or_skip("the wal full-disk append test", "size=1m") else {
         return;
     };
     let dir = mount.path().join("wal");
     let config = WalConfig {
         segment_size: 64 << 10,
-        ..small(SyncPolicy::Always)
+        ..small(policy)
     };
     let (wal, _) = Wal::open(&dir, config).unwrap();
     let mut acknowledged = 0;
@@ -49,7 +61,7 @@ fn appending_to_a_full_disk_is_storage_full_and_stays_so() {
         assert!(acknowledged < 100_000, "1 MiB never filled up");
     };
     assert!(acknowledged > 0, "the first records fit: {err}");
-    assert_eq!(err.kind(), ErrorKind::StorageFull, "{err}");
+    assert_eq!(err.kind(), ErrorKind::StorageFull, "{policy:?} {err}");
     assert!(
         err.to_string().contains(&dir.display().to_string()),
         "the message names the directory: {err}"
