@@ -40,7 +40,7 @@ fn value(i: u64, rng: &mut Rng, out: &mut Vec<u8>) {
     out.extend_from_slice(format!("{{\"user\":{i},\"clicks\":[").as_bytes());
     while out.len() < VALUE_BYTES {
         out.push(b'0' + rng.below(10) as u8);
-        if out.len() % 8 == 0 {
+        if out.len().is_multiple_of(8) {
             out.extend_from_slice(b",\"a\":");
         }
     }

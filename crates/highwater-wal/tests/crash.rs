@@ -82,6 +82,27 @@ fn fnv(bytes: &[u8]) -> u64 {
 /// to 256 KiB, larger than a segment, for a key ending in `/big`). Every
 /// record is self-describing, so the checks know whether whatever survives
 /// is byte-identical to what was appended.
+/// Replays the log from `from`, checking that LSNs have no gap and that
+/// every record is a put of [`value_for`] its key; returns (LSN, key).
+fn replay_checked(wal: &Wal, from: u64, round: u64) -> Vec<(u64, Vec<u8>)> {
+    let mut out = Vec::new();
+    for entry in wal.replay(from).unwrap() {
+        let entry = entry.unwrap_or_else(|e| panic!("round {round}: replay failed: {e}"));
+        assert_eq!(entry.lsn, from + out.len() as u64, "round {round}: lsn gap");
+        let WalOp::Put(value) = &entry.record.op else {
+            panic!("round {round}: unexpected op at lsn {}", entry.lsn);
+        };
+        assert_eq!(
+            value,
+            &value_for(&entry.record.key),
+            "round {round}: record at lsn {} is not what was written",
+            entry.lsn
+        );
+        out.push((entry.lsn, entry.record.key));
+    }
+    out
+}
+
 fn value_for(key: &[u8]) -> Vec<u8> {
     let h = fnv(key);
     let len = if key.ends_with(b"/big") {
@@ -270,24 +291,9 @@ fn sigkill_never_loses_an_acknowledged_record() {
             first <= truncated_to.max(1),
             "round {round}: log starts at {first} but only {truncated_to} was released"
         );
-        let mut expected_lsn = first;
-        let mut present: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
-        for entry in wal.replay(first).unwrap() {
-            let entry = entry.unwrap_or_else(|e| panic!("round {round}: replay failed: {e}"));
-            assert_eq!(entry.lsn, expected_lsn, "round {round}: lsn gap");
-            expected_lsn += 1;
-            let WalOp::Put(value) = &entry.record.op else {
-                panic!("round {round}: unexpected op at lsn {}", entry.lsn);
-            };
-            assert_eq!(
-                value,
-                &value_for(&entry.record.key),
-                "round {round}: record at lsn {} is not what was written",
-                entry.lsn
-            );
-            present.insert(entry.lsn, entry.record.key);
-        }
-        let last = expected_lsn - 1;
+        let present: BTreeMap<u64, Vec<u8>> =
+            replay_checked(&wal, first, round).into_iter().collect();
+        let last = present.last_key_value().map_or(first - 1, |(&lsn, _)| lsn);
         assert_eq!(last + 1, report.next_lsn, "round {round}");
         if let Some((&max_acked, _)) = acked.last_key_value() {
             assert!(
@@ -502,23 +508,13 @@ fn sigkill_under_interval_sync_loses_nothing_acknowledged_or_written() {
 
         let (wal, report) = Wal::open(&log, config.clone())
             .unwrap_or_else(|e| panic!("round {round}: reopening failed: {e}"));
-        let mut expected = wal.first_lsn();
+        let first = wal.first_lsn();
         let committed_prefix = format!("s{round}/c/i");
         let mut max_committed_present: Option<u64> = None;
-        for entry in wal.replay(expected).unwrap() {
-            let entry = entry.unwrap_or_else(|e| panic!("round {round}: replay failed: {e}"));
-            assert_eq!(entry.lsn, expected, "round {round}: lsn gap");
-            expected += 1;
-            let WalOp::Put(value) = &entry.record.op else {
-                panic!("round {round}: unexpected op at lsn {}", entry.lsn);
-            };
-            assert_eq!(
-                value,
-                &value_for(&entry.record.key),
-                "round {round}: record at lsn {} is not what was written",
-                entry.lsn
-            );
-            let key = String::from_utf8_lossy(&entry.record.key);
+        let replayed = replay_checked(&wal, first, round);
+        let expected = first + replayed.len() as u64;
+        for (_, key) in &replayed {
+            let key = String::from_utf8_lossy(key);
             if let Some(rest) = key.strip_prefix(&committed_prefix) {
                 let i: u64 = rest.split('/').next().unwrap().parse().unwrap();
                 max_committed_present = max_committed_present.max(Some(i));
