@@ -6,7 +6,8 @@
 
 use metrics::{Unit, counter, describe_counter, describe_histogram, histogram};
 
-/// Latency of each `fdatasync` of the active segment.
+/// Latency of each `fdatasync` of the log (under `Interval`, one pass of
+/// the sync thread over the segments it syncs).
 pub const FSYNC_DURATION: &str = "highwater_wal_fsync_duration_seconds";
 /// Frames (one atomic batch each) per write of a group commit.
 pub const GROUP_FRAMES: &str = "highwater_wal_group_frames";
@@ -32,7 +33,7 @@ pub fn describe() {
     );
 }
 
-/// The active segment was `fdatasync`ed in `nanos` nanoseconds.
+/// The log was `fdatasync`ed in `nanos` nanoseconds.
 pub(crate) fn fsynced(nanos: u64) {
     histogram!(FSYNC_DURATION).record(nanos as f64 / 1e9);
 }

@@ -498,6 +498,7 @@ impl Shared {
                 .map_err(|e| Error::io(format!("fdatasync wal segment {}", path.display()), e))?;
         }
         let ns = t.elapsed().as_nanos() as u64;
+        crate::metrics::fsynced(ns);
         self.last_sync_ns.store(ns, Ordering::Relaxed);
         self.stats.syncs.fetch_add(1, Ordering::Relaxed);
         self.stats.sync_ns.fetch_add(ns, Ordering::Relaxed);
