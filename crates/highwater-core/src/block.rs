@@ -38,7 +38,7 @@ impl Entry {
 ///
 /// A restore ([`StateBackend::restore`](crate::StateBackend::restore))
 /// receives blocks of puts; the recovery engine uses the deletes of delta
-/// layers while it folds a chain, and removes them (with everything an
+/// layers while it folds a chain, and removes them (with everything a
 /// newer layer overwrote) before a block reaches a backend.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecordBlock {
