@@ -47,6 +47,14 @@ pub fn manager_with(store: Arc<dyn CheckpointStore>, cfg: CheckpointConfig) -> S
         .expect("build the manager")
 }
 
+/// The `u64` value state "n" of operator "counter", keyed by string.
+pub fn counter(m: &StateManager) -> ValueState<String, u64> {
+    m.keyed_state("counter")
+        .unwrap()
+        .value_state(&ValueStateDescriptor::new("n"))
+        .unwrap()
+}
+
 /// A manager over a fresh memory backend and a fresh in-memory store.
 pub fn memory_manager(cfg: CheckpointConfig) -> StateManager {
     manager_with(Arc::new(ObjectCheckpointStore::in_memory()), cfg)

@@ -12,17 +12,12 @@ use highwater::cloud::ObjectCheckpointStore;
 use highwater::memory::MemoryBackend;
 use highwater::wal::WalConfig;
 
+use crate::common::counter;
+
 fn builder() -> highwater::StateManagerBuilder {
     StateManager::builder()
         .backend(Arc::new(MemoryBackend::new()))
         .store(Arc::new(ObjectCheckpointStore::in_memory()))
-}
-
-fn counter(m: &StateManager) -> ValueState<String, u64> {
-    m.keyed_state("counter")
-        .unwrap()
-        .value_state(&ValueStateDescriptor::new("n"))
-        .unwrap()
 }
 
 #[test]

@@ -6,20 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use highwater::memory::MemoryBackend;
-use highwater::{
-    CheckpointId, CheckpointKind, Error, ErrorKind, StateManager, ValueState, ValueStateDescriptor,
-};
+use highwater::{CheckpointId, CheckpointKind, Error, ErrorKind, StateManager};
 
 use crate::common::{
-    ControlledStore, LocalStore, assert_entries, config, dump, manager_with, memory_manager,
+    ControlledStore, LocalStore, assert_entries, config, counter, dump, manager_with,
+    memory_manager,
 };
-
-fn counter(m: &StateManager) -> ValueState<String, u64> {
-    m.keyed_state("counter")
-        .unwrap()
-        .value_state(&ValueStateDescriptor::new("n"))
-        .unwrap()
-}
 
 #[test]
 fn maybe_checkpoint_respects_interval_and_in_flight() {
