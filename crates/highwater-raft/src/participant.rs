@@ -24,10 +24,18 @@ use crate::ledger::{CheckpointRecord, CheckpointState, Ledger, ManifestRef, Outc
 /// coordinator runs on) and wait for them; call them from threads that
 /// are not that runtime's workers (a processing thread, a checkpoint
 /// worker).
-#[derive(Debug)]
 pub struct RaftParticipant {
     node: Arc<CheckpointCoordinator>,
     io: Handle,
+}
+
+impl std::fmt::Debug for RaftParticipant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftParticipant")
+            .field("node", &self.node.node_id())
+            .field("addr", &self.node.local_addr())
+            .finish()
+    }
 }
 
 impl RaftParticipant {
@@ -63,10 +71,14 @@ fn global(
     Ok(GlobalCheckpoint { id, parts })
 }
 
-fn completed_records(ledger: &Ledger) -> impl Iterator<Item = &CheckpointRecord> {
-    ledger
+/// The completed checkpoints of the ledger's history, newest first.
+fn completed_records(ledger: &Ledger) -> Vec<&CheckpointRecord> {
+    let mut out: Vec<&CheckpointRecord> = ledger
         .checkpoints()
         .filter(|c| matches!(c.state, CheckpointState::Completed { .. }))
+        .collect();
+    out.reverse();
+    out
 }
 
 impl Coordinator for RaftParticipant {
@@ -110,7 +122,7 @@ impl Coordinator for RaftParticipant {
     fn completed(&self, limit: usize) -> Result<Vec<GlobalCheckpoint>> {
         let ledger = self.node.ledger();
         let mut out: Vec<GlobalCheckpoint> = completed_records(&ledger)
-            .rev()
+            .into_iter()
             .take(limit)
             .map(|c| global(c.id, &c.acks))
             .collect::<Result<_>>()?;
