@@ -65,22 +65,22 @@ pub struct DemoArgs {
     namespace: String,
     /// Number of events in the stream.
     #[arg(long, default_value_t = 200_000)]
-    events: u64,
+    pub(crate) events: u64,
     /// Checkpoint interval in milliseconds (wall clock).
     #[arg(long, default_value_t = 200)]
-    checkpoint_every: u64,
+    pub(crate) checkpoint_every: u64,
     /// Restore the newest checkpoint in DIR and continue from its offset.
     #[arg(long)]
-    resume: bool,
+    pub(crate) resume: bool,
     /// Number of distinct users (keys).
     #[arg(long, default_value_t = 1_000)]
-    keys: u64,
+    pub(crate) keys: u64,
     /// Seed of the event generator.
     #[arg(long, default_value_t = 42)]
-    seed: u64,
+    pub(crate) seed: u64,
     /// Take full checkpoints only.
     #[arg(long)]
-    full_only: bool,
+    pub(crate) full_only: bool,
     /// Log every event's state changes to a write-ahead log (in DIR/wal,
     /// or --wal-dir), replayed after the checkpoint on --resume.
     #[arg(long)]
@@ -102,6 +102,14 @@ pub struct DemoArgs {
     /// `--resume` may use another parallelism.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=128))]
     parallelism: u16,
+    /// Run as this many node processes on loopback, children of this one,
+    /// coordinated by the Raft checkpoint ledger (feature `raft`; needs
+    /// --dir, the memory backend). The digest is the single-process one.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=128), conflicts_with = "parallelism")]
+    cluster: Option<u16>,
+    /// (Internal) run as node ID of --cluster N.
+    #[arg(long, hide = true, requires = "cluster")]
+    node: Option<u16>,
 }
 
 /// The `--wal-sync` choices.
@@ -180,7 +188,7 @@ impl AggregateFunction<u64> for FiredWindows {
 const WINDOW_MS: u64 = 1_000;
 
 /// The key-group count of the demo job.
-const MAX_PARALLELISM: u16 = highwater::core::DEFAULT_MAX_PARALLELISM;
+pub(crate) const MAX_PARALLELISM: u16 = highwater::core::DEFAULT_MAX_PARALLELISM;
 
 /// For each key group, the smallest `u32` whose encoded form falls in it:
 /// the key under which that partition's offset is kept.
@@ -219,6 +227,9 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     }
     if args.parallelism > 1 {
         return run_parallel(&args, &store_spec);
+    }
+    if let Some(nodes) = args.cluster {
+        return run_cluster(&args, nodes);
     }
     let rocksdb_dir =
         (args.rocksdb_dir.clone()).or_else(|| args.dir.as_ref().map(|d| d.join("rocksdb")));
@@ -297,7 +308,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn report_restore(info: &highwater::RestoreInfo) {
+pub(crate) fn report_restore(info: &highwater::RestoreInfo) {
     let s = &info.stats;
     for f in &s.fallbacks {
         println!(
@@ -327,15 +338,15 @@ fn report_restore(info: &highwater::RestoreInfo) {
 }
 
 /// What one subtask's run did.
-struct Processed {
-    processed: u64,
-    checkpoints: u64,
-    elapsed: Duration,
+pub(crate) struct Processed {
+    pub(crate) processed: u64,
+    pub(crate) checkpoints: u64,
+    pub(crate) elapsed: Duration,
 }
 
 /// Processes the events of the partitions (key groups) in `range` that the
 /// state has not seen yet, in stream order, checkpointing between events.
-fn process(
+pub(crate) fn process(
     args: &DemoArgs,
     manager: &StateManager,
     range: highwater::KeyGroupRange,
@@ -407,6 +418,40 @@ fn process(
     }
     done.elapsed = started.elapsed();
     Ok(done)
+}
+
+/// `--cluster N`: the demo on N node processes (see `cluster_demo.rs`).
+fn run_cluster(args: &DemoArgs, nodes: u16) -> Result<ExitCode> {
+    let Some(dir) = &args.dir else {
+        return Err(highwater::Error::InvalidArgument(
+            "--cluster needs --dir DIR (the shared store, the nodes' data)".into(),
+        ));
+    };
+    if args.backend != BackendKind::Memory || args.wal || args.wal_dir.is_some() {
+        return Err(highwater::Error::InvalidArgument(
+            "--cluster runs on the memory backend without a write-ahead log".into(),
+        ));
+    }
+    #[cfg(feature = "raft")]
+    {
+        match args.node {
+            Some(id) if (1..=nodes).contains(&id) => {
+                crate::cluster_demo::run_node(args, dir, nodes, id)
+            }
+            Some(id) => Err(highwater::Error::InvalidArgument(format!(
+                "--node {id} is not in 1..={nodes}"
+            ))),
+            None => crate::cluster_demo::run(args, dir, nodes),
+        }
+    }
+    #[cfg(not(feature = "raft"))]
+    {
+        let _ = (dir, nodes);
+        Err(crate::target::not_built(
+            "`highwater demo --cluster`",
+            "raft",
+        ))
+    }
 }
 
 /// `--parallelism N`: N subtasks of one process, one thread and one memory
@@ -507,7 +552,7 @@ fn run_parallel(args: &DemoArgs, store_spec: &str) -> Result<ExitCode> {
 /// length-prefixed so that different splits cannot collide. Subtasks hold
 /// disjoint keys, so the digest of N subtasks' state is the digest of the
 /// same state in one backend.
-fn digest(managers: &[&StateManager]) -> Result<String> {
+pub(crate) fn digest(managers: &[&StateManager]) -> Result<String> {
     // Encoded keys start with a big-endian key group below 2^15.
     let mut entries = Vec::new();
     for m in managers {

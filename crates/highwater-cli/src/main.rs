@@ -1,6 +1,8 @@
 //! `highwater`: run the demo pipeline, inspect, verify, compact and
 //! garbage-collect checkpoints.
 
+#[cfg(feature = "raft")]
+mod cluster_demo;
 mod compact;
 mod coordinator;
 mod demo;
