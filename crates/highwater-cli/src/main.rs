@@ -7,6 +7,7 @@ mod demo;
 mod inspect;
 mod prometheus;
 mod recover;
+mod report;
 mod target;
 
 use std::process::ExitCode;
@@ -48,6 +49,11 @@ enum Command {
     /// (--to TIME), plus the write-ahead log; rescaled (--parallelism P
     /// --subtask I) or partial (--operator OP).
     Recover(recover::RecoverArgs),
+    /// Write one self-contained HTML page (inline SVG charts, no network,
+    /// no JavaScript) about STORE's retained checkpoints: sizes, durations,
+    /// chain depth, dedup, the current chain, recovery plans and a
+    /// coordinator's ledger (--ledger DIR).
+    Report(report::ReportArgs),
     /// Check every manifest and artifact checksum in STORE (a directory, or
     /// a redis://, s3://, az:// or gs:// URL); exit 1 if any is bad.
     Verify {
@@ -112,6 +118,7 @@ fn main() -> ExitCode {
             json,
         } => inspect::inspect(&store, &namespace, json),
         Command::Recover(args) => recover::run(args),
+        Command::Report(args) => report::run(args),
         Command::Verify {
             store,
             namespace,
