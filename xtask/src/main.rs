@@ -21,6 +21,7 @@
 //! The build output is `$CARGO_TARGET_DIR`, or `target/` in the repository.
 
 mod bench;
+mod bench_chart;
 mod browser;
 mod ci;
 mod demo;
