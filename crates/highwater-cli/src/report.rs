@@ -647,8 +647,18 @@ mod ledger {
         }
         // Opening reads the snapshot pointer and its artifact; nothing is
         // written, so a running node's directory can be read.
-        let store = Arc::new(ObjectCheckpointStore::local(dir.join("snapshots"))?);
-        let sm = rt.block_on(LedgerStateMachine::open(0, dir, store))?;
+        let store: Arc<dyn highwater::CheckpointStore> =
+            Arc::new(ObjectCheckpointStore::local(dir.join("snapshots"))?);
+        // A running node replaces its snapshot (new artifact, pointer, then
+        // the old artifact deleted): a pointer read just before the switch
+        // may name an artifact gone a moment later. Read again then.
+        let mut attempt = 0;
+        let sm = loop {
+            match rt.block_on(LedgerStateMachine::open(0, dir, store.clone())) {
+                Err(Error::NotFound(_)) if attempt < 5 => attempt += 1,
+                other => break other?,
+            }
+        };
         let applied = *sm.applied_index().borrow();
         let ledger = sm.ledger();
         let mut h = String::new();

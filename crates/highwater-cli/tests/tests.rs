@@ -397,7 +397,8 @@ fn inspect_lists_checkpoints_as_json() {
         .arg(tmp.path().join("nope"))
         .output()
         .unwrap();
-    assert_eq!(missing.status.code(), Some(2));
+    // A store that is not there is a failure (1), not a usage error (2).
+    assert_eq!(missing.status.code(), Some(1));
 }
 
 #[cfg(feature = "s3")]
@@ -682,6 +683,12 @@ mod prometheus {
                 >= total(&second, "highwater_last_checkpoint_size_bytes")
         );
         assert!(total(&second, "highwater_backend_entries") > 0.0);
+        const BACKEND_PUTS: &str =
+            r#"highwater_backend_operations_total{backend="memory",op="put"}"#;
+        assert!(
+            second[BACKEND_PUTS] > first[BACKEND_PUTS],
+            "backend put operations did not move"
+        );
         assert_eq!(total(&second, "highwater_checkpoints_failed_total"), 0.0);
         // Descriptions were registered: exporters print them as HELP.
         assert!(
@@ -752,6 +759,10 @@ mod prometheus {
             total(&second, "highwater_raft_checkpoints_triggered_total")
                 >= total(&second, completed)
         );
+        // One node: it saw one leader (itself) become known, and leads.
+        assert!(total(&second, "highwater_raft_leader_changes_total") >= 1.0);
+        assert_eq!(total(&second, "highwater_raft_is_leader"), 1.0);
+        assert!(total(&second, "highwater_raft_term") >= 1.0);
         assert!(text.contains(&format!("# HELP {completed} ")), "{text}");
         let docs = std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/metrics.md"),
@@ -906,6 +917,78 @@ mod polish {
             "soon".as_ref(),
         ]);
         fails_with(&out, 2);
+    }
+
+    /// `report --ledger DIR` reads a running coordinator's ledger from its
+    /// last Raft snapshot.
+    #[cfg(feature = "raft")]
+    #[test]
+    fn a_report_shows_a_running_coordinators_ledger() {
+        struct Killed(std::process::Child);
+        impl Drop for Killed {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let secret = tmp.path().join("cluster.secret");
+        std::fs::write(&secret, "a test cluster's secret of enough bytes\n").unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let data = tmp.path().join("node-1");
+        let mut node = Killed(
+            Command::new(BIN)
+                .args(["coordinator", "--id", "1"])
+                .arg("--listen")
+                .arg(format!("127.0.0.1:{port}"))
+                .arg("--data")
+                .arg(&data)
+                .arg("--secret-file")
+                .arg(&secret)
+                .args(["--interval-ms", "50", "--snapshot-every", "10"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let store = tmp.path().join("store");
+        std::fs::create_dir_all(&store).unwrap();
+        let html = tmp.path().join("r.html");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let page = loop {
+            assert!(node.0.try_wait().unwrap().is_none(), "the node exited");
+            let out = run(&[
+                "report".as_ref(),
+                store.as_os_str(),
+                "-o".as_ref(),
+                html.as_os_str(),
+                "--ledger".as_ref(),
+                data.as_os_str(),
+            ]);
+            assert!(out.status.success(), "{out:?}");
+            let page = std::fs::read_to_string(&html).unwrap();
+            if page.contains("as of its last Raft snapshot") {
+                break page;
+            }
+            assert!(Instant::now() < deadline, "no snapshot: {page}");
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        assert!(!page.contains("No cluster ledger"));
+        assert!(page.contains("completed at log index"), "{page}");
+        // A directory that is not a coordinator's: a failure, one line.
+        let out = run(&[
+            "report".as_ref(),
+            store.as_os_str(),
+            "-o".as_ref(),
+            html.as_os_str(),
+            "--ledger".as_ref(),
+            tmp.path().join("nowhere").as_os_str(),
+        ]);
+        fails_with(&out, 1);
     }
 
     #[test]
