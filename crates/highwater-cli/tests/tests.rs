@@ -118,6 +118,45 @@ fn sigkill_at_random_moments_then_resume_gives_the_same_digest() {
     );
 }
 
+/// `--parallelism N`: subtasks of one process checkpoint one global cut;
+/// killed at random moments and resumed at random other parallelisms, the
+/// final digest is the single-process run's.
+#[test]
+fn subtasks_killed_and_resumed_at_other_parallelisms_give_the_single_process_digest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let events = 300_000;
+    let with = |name: &str, p: u64| {
+        vec![
+            "--dir".to_string(),
+            tmp.path().join(name).display().to_string(),
+            "--parallelism".into(),
+            p.to_string(),
+        ]
+    };
+    let started = Instant::now();
+    let expected = digest_of(&run_ok(demo_on(&with("reference", 1), events, false)));
+    let full_run = started.elapsed();
+    // Uninterrupted at another parallelism: the same state.
+    assert_eq!(
+        digest_of(&run_ok(demo_on(&with("four", 4), events, false))),
+        expected,
+        "four subtasks"
+    );
+    let mut rng = crash::kill_schedule();
+    let mut kills = 0;
+    for round in 0..6 {
+        let p = 1 + rng.below(4);
+        let max_ms = (full_run.as_millis() as u64 / 2).max(20);
+        let after = Duration::from_millis(rng.below(max_ms));
+        let ended = Victim::spawn(demo_on(&with("killed", p), events, round > 0)).kill_after(after);
+        ended.assert_killed_or_succeeded(&format!("round {round}: demo at parallelism {p}"));
+        kills += u32::from(ended.killed);
+    }
+    assert!(kills > 0, "no run was killed; the schedule is broken");
+    let resumed = digest_of(&run_ok(demo_on(&with("killed", 3), events, true)));
+    assert_eq!(resumed, expected, "resumed at 3 after {kills} kills");
+}
+
 #[test]
 fn sigkill_and_resume_with_the_write_ahead_log() {
     let tmp = tempfile::tempdir().unwrap();
