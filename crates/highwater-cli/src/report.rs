@@ -13,8 +13,10 @@
 //! - the newest checkpoint's chain as a picture;
 //! - the recovery plan of the newest checkpoint, and a plan summary per
 //!   retained checkpoint;
-//! - the cluster ledger of a coordinator node (`--ledger DIR`, builds with
-//!   the `raft` feature), or a sentence saying there is none.
+//! - the cluster ledger: of a coordinator node (`--ledger DIR`, builds with
+//!   the `raft` feature), or the one a job's `LocalCoordinator` keeps in
+//!   the store's `ledger` scope (with each participant's checkpoints), or
+//!   a sentence saying there is none.
 //!
 //! The numbers come from the same inventory as `highwater inspect`
 //! ([`crate::inspect::inventory`]).
@@ -55,10 +57,10 @@ pub fn run(args: ReportArgs) -> Result<ExitCode> {
     let store = open_store(&args.store, &args.namespace, false)?;
     let rt = runtime()?;
     let inv = rt.block_on(inventory(&*store))?;
-    let plans = plans(store, rt.handle(), &inv)?;
+    let plans = plans(store.clone(), rt.handle(), &inv)?;
     let ledger = match &args.ledger {
         Some(dir) => Some(ledger::read(dir, &rt)?),
-        None => None,
+        None => ledger::in_store(&store, &rt)?,
     };
     let page = render(&args.store, &inv, &plans, ledger.as_deref())?;
     std::fs::write(&args.output, page)
@@ -164,8 +166,9 @@ fn render(spec: &str, inv: &Inventory, plans: &Plans, ledger: Option<&str>) -> R
     match ledger {
         Some(section) => h.push_str(section),
         None => h.push_str(
-            "<p class=\"note\">No cluster ledger: this store has none of its own (a \
-             coordinator keeps the ledger in its data directory; pass it with \
+            "<p class=\"note\">No cluster ledger: this store has no <code>ledger</code> \
+             scope (a job of several subtasks keeps one there), and none was given (a Raft \
+             coordinator keeps its ledger in its data directory; pass it with \
              <code>--ledger DIR</code>).</p>",
         ),
     }
@@ -609,11 +612,90 @@ fn table(h: &mut String, rows: &[Row]) {
     h.push_str("</table>");
 }
 
-/// The ledger section of a coordinator's data directory.
+/// The ledger section: of a coordinator's data directory, or of the
+/// store's own `ledger` scope.
 mod ledger {
     use std::path::Path;
+    use std::sync::Arc;
 
-    use highwater::Result;
+    use highwater::cluster::{LOCAL_HISTORY, LOCAL_LEDGER_SCOPE, LocalCoordinator};
+    use highwater::core::participant_scope;
+    use highwater::{CheckpointStore, Result};
+
+    /// The ledger a job's `LocalCoordinator` keeps in `store`'s `ledger`
+    /// scope, and each participant's checkpoints, as an HTML section;
+    /// `None` when the store has no such scope (or cannot be divided).
+    pub fn in_store(
+        store: &Arc<dyn CheckpointStore>,
+        rt: &tokio::runtime::Runtime,
+    ) -> Result<Option<String>> {
+        use std::fmt::Write as _;
+
+        use super::esc;
+        use crate::inspect::{human, inventory};
+
+        let Ok(scope) = store.scoped(LOCAL_LEDGER_SCOPE) else {
+            return Ok(None);
+        };
+        if rt.block_on(scope.list_manifests())?.is_empty() {
+            return Ok(None);
+        }
+        // Opening reads the completed checkpoints; with no interval it
+        // triggers nothing and writes nothing.
+        let coordinator = LocalCoordinator::open(store.clone(), 1, None)?;
+        let completed = coordinator.completed(LOCAL_HISTORY);
+        let mut h = String::new();
+        let _ = write!(
+            h,
+            "<p>The job's ledger in the store's <code>{LOCAL_LEDGER_SCOPE}</code> scope: {} \
+             completed global checkpoint(s) remembered (newest first).</p>\
+             <table><tr><th>checkpoint</th><th>parts</th><th class=\"l\">where each part is \
+             (participant: scope@id)</th></tr>",
+            completed.len()
+        );
+        for g in &completed {
+            let parts: Vec<String> = g.parts.iter().map(|(p, r)| format!("{p}: {r}")).collect();
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td class=\"l\">{}</td></tr>",
+                g.id,
+                g.parts.len(),
+                esc(&parts.join(", "))
+            );
+        }
+        h.push_str("</table>");
+        // Each participant's own checkpoints (the charts above are of the
+        // store's root scope).
+        let mut participants = std::collections::BTreeSet::new();
+        for g in &completed {
+            participants.extend(g.parts.keys().copied());
+        }
+        if !participants.is_empty() {
+            h.push_str(
+                "<p>Each participant's checkpoints are in its own scope (for a directory, a \
+                 subdirectory: <code>highwater report STORE/participants/N</code> charts \
+                 them):</p><table><tr><th class=\"l\">participant scope</th>\
+                 <th>retained checkpoints</th><th>newest</th><th>stored (newest chain)</th></tr>",
+            );
+            for p in participants {
+                let name = participant_scope(p);
+                let inv = rt.block_on(inventory(&*store.scoped(&name)?))?;
+                let newest = inv.rows.iter().rev().find(|r| r.error.is_none());
+                let _ = write!(
+                    h,
+                    "<tr><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    esc(&name),
+                    inv.rows.len(),
+                    newest.map_or_else(|| "—".to_string(), |r| r.id.to_string()),
+                    newest
+                        .and_then(|r| r.stored_bytes)
+                        .map_or_else(|| "—".to_string(), |b| format!("{} ({b} B)", human(b)))
+                );
+            }
+            h.push_str("</table>");
+        }
+        Ok(Some(h))
+    }
 
     /// Without the `raft` feature: the error naming the build that has it.
     #[cfg(not(feature = "raft"))]
@@ -630,7 +712,6 @@ mod ledger {
     #[cfg(feature = "raft")]
     pub fn read(dir: &Path, rt: &tokio::runtime::Runtime) -> Result<String> {
         use std::fmt::Write as _;
-        use std::sync::Arc;
 
         use highwater::Error;
         use highwater::cloud::ObjectCheckpointStore;

@@ -958,6 +958,46 @@ mod polish {
         fails_with(&out, 2);
     }
 
+    /// A job of several subtasks keeps its ledger in the store: the report
+    /// shows its completed global checkpoints and each participant's scope.
+    #[test]
+    fn a_report_of_a_parallel_job_shows_the_ledger_in_its_store() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("demo");
+        let mut c = demo(&dir, 60_000, false);
+        c.args(["--parallelism", "2"]);
+        run_ok(c);
+        let html = tmp.path().join("r.html");
+        let out = run(&[
+            "report".as_ref(),
+            dir.as_os_str(),
+            "-o".as_ref(),
+            html.as_os_str(),
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        let page = std::fs::read_to_string(&html).unwrap();
+        assert!(!page.contains("No cluster ledger"), "{page}");
+        assert!(page.contains("The job's ledger"), "{page}");
+        for p in ["participants/0", "participants/1"] {
+            assert!(page.contains(&format!("{p}</td>")), "{p}");
+        }
+        // A participant's scope is a store of its own.
+        let part = dir.join("participants").join("0");
+        let one = tmp.path().join("p0.html");
+        let out = run(&[
+            "report".as_ref(),
+            part.as_os_str(),
+            "-o".as_ref(),
+            one.as_os_str(),
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        let page = std::fs::read_to_string(&one).unwrap();
+        assert!(
+            page.contains("Checkpoint size"),
+            "charts of its checkpoints"
+        );
+    }
+
     /// `report --ledger DIR` reads a running coordinator's ledger from its
     /// last Raft snapshot.
     #[cfg(feature = "raft")]
