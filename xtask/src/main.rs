@@ -11,6 +11,8 @@
 //! - `bench [SUITE] [--quick] [--report]`: benchmarks, and the Markdown report;
 //! - `tidy`: source-tree checks (module docs, forbidden markers, manifests,
 //!   crate layering, docs that name what exists);
+//! - `browser`: the browser test of `highwater report` (headless Chromium,
+//!   installed if missing);
 //! - `ci`: exactly what CI runs, in order;
 //! - `services start|stop|status`: the servers tests and benches talk to;
 //! - `torture SUITE [--rounds N]`: long crash tests (`wal`: 1,000 SIGKILLs;
@@ -19,6 +21,8 @@
 //! The build output is `$CARGO_TARGET_DIR`, or `target/` in the repository.
 
 mod bench;
+mod bench_chart;
+mod browser;
 mod ci;
 mod demo;
 mod prereqs;
@@ -77,6 +81,9 @@ enum Command {
         #[arg(long)]
         report: bool,
     },
+    /// Render a `highwater report` page in headless Chromium (installed
+    /// with apt-get if missing) and check the screenshot and the page text.
+    Browser,
     /// Run exactly what CI runs, stopping at the first failure.
     Ci,
     /// Check the source tree: module docs, forbidden markers, manifests, the
@@ -147,6 +154,7 @@ fn dispatch(ws: &Workspace, command: Command) -> Result {
             }
             Ok(())
         }
+        Command::Browser => browser::run_browser_test(ws),
         Command::Ci => ci::run_ci(ws),
         Command::Tidy => tidy::run_tidy(ws),
         Command::Torture { suite, rounds } => torture::run_torture(ws, &suite, rounds),

@@ -788,6 +788,22 @@ fn run_checkpoint(inner: &Inner, job: Job) -> Result<(Arc<Manifest>, CheckpointI
     };
     let mut layers = job.parent_layers;
     layers.push(own);
+    // The log first (under Interval and Never part of it may not be
+    // durable yet): the manifest claims the state up to its position, and
+    // a crash must not lose records it says come before the tail to replay.
+    // Under Always this finds nothing to do.
+    if let Some(logged) = &inner.parts.logged {
+        logged.wal().sync()?;
+    }
+    // How the run went, for reports (crate::recorded).
+    let mut properties = inner.parts.properties.clone();
+    crate::recorded::RunRecord {
+        duration: job.started.elapsed(),
+        snapshot_pause: job.snapshot_pause,
+        bytes_written: uploaded.bytes_written,
+        artifacts_reused: uploaded.already_present as u64,
+    }
+    .write(&mut properties);
     let manifest = Manifest {
         checkpoint_id: job.id,
         parent: job.parent.as_ref().map(|p| p.checkpoint_id),
@@ -796,17 +812,9 @@ fn run_checkpoint(inner: &Inner, job: Job) -> Result<(Arc<Manifest>, CheckpointI
         wal_position: job.wal_position,
         max_parallelism: cfg.max_parallelism,
         layers,
-        properties: inner.parts.properties.clone(),
+        properties,
     };
     manifest.validate()?;
-    // The manifest claims the state up to its log position; under the
-    // Interval and Never policies that part of the log may not be durable
-    // yet. Make it so first, or a crash could lose records the checkpoint
-    // says come before the tail to replay. Under Always this finds nothing
-    // to do.
-    if let Some(logged) = &inner.parts.logged {
-        logged.wal().sync()?;
-    }
     let encoded_manifest = Bytes::from(manifest.encode()?);
     let store = inner.parts.store.clone();
     let keep = cfg.max_retained;

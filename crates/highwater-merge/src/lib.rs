@@ -46,6 +46,7 @@ mod gc;
 pub mod io;
 mod merge;
 pub mod metrics;
+pub mod recorded;
 mod store;
 
 pub use chain::{ChainSummary, StoreSummary, needs_merge, substitute, summarize};

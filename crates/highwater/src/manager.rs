@@ -309,13 +309,16 @@ impl StateManagerBuilder {
             properties: self.properties,
         })?;
         let closed = Arc::new(AtomicBool::new(false));
+        let ops = Arc::new(crate::guard::OpCounts::default());
         let guarded = Arc::new(Guarded {
             inner: checkpointer.backend().clone(),
             closed: closed.clone(),
+            ops: ops.clone(),
         });
         Ok(StateManager {
             checkpointer,
             guarded,
+            ops,
             closed,
             clock: self.clock,
             recovery: self.recovery,
@@ -372,6 +375,8 @@ pub struct StateManager {
     checkpointer: Checkpointer,
     /// The backend as handed out: writes fail once the manager is closed.
     guarded: Arc<dyn StateBackend>,
+    /// Operations served through `guarded`.
+    ops: Arc<crate::guard::OpCounts>,
     /// Set by [`StateManager::close`]; shared by every clone.
     closed: Arc<AtomicBool>,
     clock: Arc<dyn Clock>,
@@ -530,12 +535,14 @@ impl StateManager {
 
     /// Counts the backend ([`StateBackend::stats`]) and sets the backend
     /// size gauges of [`crate::metrics`] (entries, bytes, arena, live and
-    /// index bytes, labelled with the backend's name). Cheap for the memory
+    /// index bytes, labelled with the backend's name) and the operation
+    /// counters of the state handles' calls. Cheap for the memory
     /// backend; a Redis backend counts its namespace (a scan), so call it
     /// at checkpoint pace, not per event.
     pub fn record_backend_metrics(&self) {
         let backend = self.checkpointer.backend();
         crate::metrics::backend_stats(backend.name(), &backend.stats());
+        crate::metrics::backend_operations(backend.name(), &self.ops.by_op());
     }
 
     /// The write-ahead log, if one is configured.
