@@ -254,15 +254,86 @@ pub fn inspect(spec: &str, namespace: &str, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// What `verify` found of a job's global checkpoints (its
+/// `LocalCoordinator` ledger in the store's `ledger` scope): every part of
+/// the newest completed one must be a sound checkpoint of its participant's
+/// scope; parts of older ones may have been retired by retention.
+#[derive(Debug, serde::Serialize)]
+struct GlobalVerification {
+    checkpoint: u64,
+    newest: bool,
+    parts: usize,
+    /// Parts whose checkpoint is present and sound.
+    sound_parts: usize,
+    /// Problems (only counted as failures for the newest).
+    problems: Vec<String>,
+}
+
+fn verify_global(
+    store: &std::sync::Arc<dyn highwater::CheckpointStore>,
+    rt: &tokio::runtime::Runtime,
+) -> Result<Vec<GlobalVerification>> {
+    use highwater::cluster::{LOCAL_HISTORY, LOCAL_LEDGER_SCOPE, LocalCoordinator};
+    let Ok(scope) = store.scoped(LOCAL_LEDGER_SCOPE) else {
+        return Ok(Vec::new());
+    };
+    if rt.block_on(scope.list_manifests())?.is_empty() {
+        return Ok(Vec::new());
+    }
+    let completed = LocalCoordinator::open(store.clone(), 1, None)?.completed(LOCAL_HISTORY);
+    let mut by_scope = std::collections::BTreeMap::new();
+    let mut out = Vec::new();
+    for (i, g) in completed.iter().enumerate() {
+        let mut v = GlobalVerification {
+            checkpoint: g.id.0,
+            newest: i == 0,
+            parts: g.parts.len(),
+            sound_parts: 0,
+            problems: Vec::new(),
+        };
+        for (p, part) in &g.parts {
+            if !by_scope.contains_key(&part.scope) {
+                let checked = rt.block_on(highwater::verify_store(&*store.scoped(&part.scope)?))?;
+                by_scope.insert(part.scope.clone(), checked);
+            }
+            match by_scope[&part.scope]
+                .iter()
+                .find(|c| c.checkpoint == part.checkpoint)
+            {
+                Some(c) if c.is_sound() => v.sound_parts += 1,
+                Some(c) => v.problems.extend(
+                    c.problems
+                        .iter()
+                        .map(|pr| format!("participant {p}: {}: {}", part, pr.message)),
+                ),
+                None => v
+                    .problems
+                    .push(format!("participant {p}: part {part} is not in the store")),
+            }
+        }
+        out.push(v);
+    }
+    Ok(out)
+}
+
 pub fn verify(spec: &str, namespace: &str, json: bool) -> Result<ExitCode> {
     let store = open_store(spec, namespace, false)?;
-    let results = runtime()?.block_on(highwater::verify_store(&*store))?;
-    let bad: Vec<_> = results.iter().flat_map(|r| r.problems.iter()).collect();
+    let rt = runtime()?;
+    let results = rt.block_on(highwater::verify_store(&*store))?;
+    let global = verify_global(&store, &rt)?;
+    let mut bad: Vec<_> = results
+        .iter()
+        .flat_map(|r| r.problems.iter().map(|p| p.message.clone()))
+        .collect();
+    if let Some(newest) = global.first() {
+        bad.extend(newest.problems.iter().cloned());
+    }
     if json {
         let out = serde_json::json!({
             "dir": spec,
             "sound": bad.is_empty(),
             "checkpoints": results,
+            "global_checkpoints": global,
         });
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
     } else {
@@ -283,7 +354,26 @@ pub fn verify(spec: &str, namespace: &str, json: bool) -> Result<ExitCode> {
                 }
             }
         }
-        if bad.is_empty() {
+        for g in &global {
+            if g.problems.is_empty() {
+                println!("global checkpoint {}: ok ({} parts)", g.checkpoint, g.parts);
+            } else if g.newest {
+                for p in &g.problems {
+                    println!("global checkpoint {} (newest): BAD {p}", g.checkpoint);
+                }
+            } else {
+                println!(
+                    "global checkpoint {}: retired ({} of {} parts kept)",
+                    g.checkpoint, g.sound_parts, g.parts
+                );
+            }
+        }
+        if bad.is_empty() && !global.is_empty() {
+            println!(
+                "all {} checkpoints and the newest global checkpoint sound",
+                results.len()
+            );
+        } else if bad.is_empty() {
             println!("all {} checkpoints sound", results.len());
         } else {
             println!(

@@ -227,6 +227,45 @@ fn a_raft_cluster_killed_resumed_and_shrunk_gives_the_single_process_digest() {
     );
 }
 
+/// `verify` of a multi-subtask job's store checks every part of its
+/// newest global checkpoint, and fails when one is gone.
+#[test]
+fn verify_checks_the_parts_of_the_newest_global_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("job");
+    let args = vec![
+        "--dir".to_string(),
+        dir.display().to_string(),
+        "--parallelism".into(),
+        "3".into(),
+    ];
+    run_ok(demo_on(&args, 50_000, false));
+    let out = verify(&dir);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let newest = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("global checkpoint ")?
+                .strip_suffix(": ok (3 parts)")
+        })
+        .unwrap_or_else(|| panic!("no sound global checkpoint listed:\n{text}"))
+        .to_string();
+    let part = dir
+        .join("participants/1/manifests")
+        .join(format!("{:0>20}.hwm", newest));
+    std::fs::remove_file(&part).unwrap_or_else(|e| panic!("{}: {e}", part.display()));
+    let out = verify(&dir);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!(
+            "global checkpoint {newest} (newest): BAD participant 1"
+        )),
+        "{text}"
+    );
+}
+
 #[test]
 fn sigkill_and_resume_with_the_write_ahead_log() {
     let tmp = tempfile::tempdir().unwrap();
