@@ -40,6 +40,7 @@
 
 mod chain;
 mod checkpointer;
+pub mod cluster;
 mod config;
 mod encode;
 mod gc;

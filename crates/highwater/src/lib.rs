@@ -31,7 +31,6 @@
 
 #![deny(missing_docs)]
 
-pub mod cluster;
 mod guard;
 mod manager;
 pub mod metrics;
@@ -51,7 +50,6 @@ pub use highwater_redis as redis;
 pub use highwater_rocksdb as rocksdb;
 pub use highwater_wal as wal;
 
-pub use cluster::LocalCoordinator;
 pub use highwater_core::{
     AggregateFunction, AggregatingState, AggregatingStateDescriptor, CheckpointId, CheckpointKind,
     CheckpointStore, Clock, Coordinator, Error, ErrorKind, GlobalCheckpoint, GlobalStatus,
@@ -60,6 +58,8 @@ pub use highwater_core::{
     ReducingStateDescriptor, Result, StateBackend, SystemClock, TtlConfig, ValueState,
     ValueStateDescriptor,
 };
+pub use highwater_merge::cluster;
+pub use highwater_merge::cluster::LocalCoordinator;
 pub use highwater_merge::{
     CheckpointConfig, CheckpointHandle, CheckpointInfo, ChunkConfig, Compression,
     ConflictResolution, MergeStats, MergeStrategy, MergerConfig, RetentionReport, apply_retention,

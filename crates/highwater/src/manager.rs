@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use highwater_core::{
-    CheckpointId, CheckpointStore, Clock, Coordinator, Error, KeyGroupRange, KeyedStateContext,
-    Manifest, Result, StateBackend, SystemClock, participant_scope,
+    CheckpointId, CheckpointStore, Clock, Coordinator, Error, KeyedStateContext, Manifest, Result,
+    StateBackend, SystemClock,
 };
 use highwater_merge::{
     CheckpointConfig, CheckpointHandle, Checkpointer, CheckpointerParts, Idle, MergeStats,
@@ -22,8 +22,8 @@ use highwater_recovery::{
 };
 use highwater_wal::LoggedBackend;
 
-use crate::cluster::{Member, PARTICIPANT_PROPERTY, SUBTASK_PROPERTY};
 use crate::guard::{Guarded, closed_error};
+use highwater_merge::cluster::{self, Member, PARTICIPANT_PROPERTY, SUBTASK_PROPERTY};
 
 /// What a restore did: the recovery engine's statistics, plus what the
 /// manager adds.
@@ -259,22 +259,18 @@ impl StateManagerBuilder {
         let member = match self.cluster {
             None => None,
             Some((coordinator, parallelism, subtask)) => {
-                KeyGroupRange::for_subtask(config.max_parallelism, parallelism, subtask)?;
-                let scope = participant_scope(coordinator.participant());
-                let shared = store;
-                store = shared.scoped(&scope)?;
-                let member = Member {
-                    shared,
-                    scope,
+                let (member, own) = Member::new(
+                    coordinator,
+                    store,
+                    config.max_parallelism,
                     parallelism,
                     subtask,
-                    retained: config.max_retained,
-                    taken: std::sync::Mutex::new(None),
-                    coordinator,
-                };
+                    config.max_retained,
+                )?;
+                store = own;
                 self.properties.insert(
                     PARTICIPANT_PROPERTY.into(),
-                    member.coordinator.participant().to_string(),
+                    member.coordinator().participant().to_string(),
                 );
                 self.properties
                     .insert(SUBTASK_PROPERTY.into(), member.subtask_label());
@@ -487,7 +483,7 @@ impl StateManager {
     pub fn maybe_checkpoint(&self) -> Result<Option<CheckpointHandle>> {
         self.check_open()?;
         match &self.member {
-            Some(m) => crate::cluster::take_barrier(&self.checkpointer, m),
+            Some(m) => cluster::take_barrier(&self.checkpointer, m),
             None => self.checkpointer.maybe_checkpoint(),
         }
     }
@@ -507,7 +503,7 @@ impl StateManager {
             logged.commit()?;
         }
         if let Some(m) = &self.member {
-            crate::cluster::take_barrier(&self.checkpointer, m)?;
+            cluster::take_barrier(&self.checkpointer, m)?;
         }
         Ok(())
     }
@@ -603,21 +599,20 @@ impl StateManager {
         m: &Member,
         wanted: Option<CheckpointId>,
     ) -> Result<Option<RestoreInfo>> {
-        use crate::cluster::GlobalSource;
+        use cluster::GlobalSource;
         let config = self.recovery.clone().optimistic_recovery(false);
-        let (store, id, scope) =
-            match crate::cluster::prepare_restore(&self.checkpointer, m, wanted)? {
-                GlobalSource::Nothing => return Ok(None),
-                GlobalSource::Own(id) => (self.store().clone(), id, RecoveryScope::all()),
-                GlobalSource::View(view, id) => {
-                    let max = self.config().max_parallelism;
-                    (
-                        view,
-                        id,
-                        RecoveryScope::subtask(max, m.parallelism, m.subtask)?,
-                    )
-                }
-            };
+        let (store, id, scope) = match cluster::prepare_restore(&self.checkpointer, m, wanted)? {
+            GlobalSource::Nothing => return Ok(None),
+            GlobalSource::Own(id) => (self.store().clone(), id, RecoveryScope::all()),
+            GlobalSource::View(view, id) => {
+                let max = self.config().max_parallelism;
+                (
+                    view,
+                    id,
+                    RecoveryScope::subtask(max, m.parallelism(), m.subtask())?,
+                )
+            }
+        };
         let target = RecoveryTarget::Checkpoint(id);
         self.restore_locked(idle, store, target, &scope, &config, None)
             .map(Some)

@@ -1,6 +1,6 @@
-//! Cluster jobs: a [`StateManager`](crate::StateManager) that is one
-//! participant of a job's global checkpoints (see `docs/raft.md`, "Cluster
-//! jobs").
+//! Cluster jobs: a checkpointer (and the facade's `StateManager` around
+//! it) that is one participant of a job's global checkpoints (see
+//! `docs/raft.md`, "Cluster jobs").
 //!
 //! Every participant checkpoints its own key-group range into its own
 //! scope of one shared store (`participants/<id>`), at the barriers its
@@ -18,19 +18,19 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::io::run_io;
+use crate::{AfterCheckpoint, CheckpointHandle, Checkpointer};
 use bytes::Bytes;
 use highwater_core::{
     ArtifactId, BoxFuture, CheckpointId, CheckpointKind, CheckpointStore, Coordinator, Error,
     GlobalCheckpoint, GlobalStatus, KeyGroupRange, Layer, LayerKind, Manifest, PartRef,
     ParticipantId, PutOutcome, Result, StoreCounters, load_manifest, participant_scope,
 };
-use highwater_merge::io::run_io;
-use highwater_merge::{AfterCheckpoint, CheckpointHandle, Checkpointer};
 
 /// Manifest property naming the participant that wrote a part.
-pub(crate) const PARTICIPANT_PROPERTY: &str = "highwater.cluster.participant";
+pub const PARTICIPANT_PROPERTY: &str = "highwater.cluster.participant";
 /// Manifest property: the subtask (`index/parallelism`) that wrote a part.
-pub(crate) const SUBTASK_PROPERTY: &str = "highwater.cluster.subtask";
+pub const SUBTASK_PROPERTY: &str = "highwater.cluster.subtask";
 /// Prefix of the properties of a [`LocalCoordinator`] ledger record: one
 /// per part, `highwater.global.part.<participant>` = `<scope>@<id>`.
 const PART_PROPERTY_PREFIX: &str = "highwater.global.part.";
@@ -40,19 +40,20 @@ pub const LOCAL_LEDGER_SCOPE: &str = "ledger";
 /// ledger scope); older ones are pruned.
 pub const LOCAL_HISTORY: usize = 64;
 
-/// A manager's membership in a job's global checkpoints.
-pub(crate) struct Member {
-    pub(crate) coordinator: Arc<dyn Coordinator>,
+/// A participant's membership in a job's global checkpoints: its
+/// coordinator, the shared store, and which subtask it is.
+pub struct Member {
+    coordinator: Arc<dyn Coordinator>,
     /// The shared store (every participant's scope is in it).
-    pub(crate) shared: Arc<dyn CheckpointStore>,
+    shared: Arc<dyn CheckpointStore>,
     /// This participant's scope in it.
-    pub(crate) scope: String,
-    pub(crate) parallelism: u16,
-    pub(crate) subtask: u16,
+    scope: String,
+    parallelism: u16,
+    subtask: u16,
     /// Globally completed checkpoints whose parts are retained.
-    pub(crate) retained: usize,
-    /// The newest barrier this manager took its part of.
-    pub(crate) taken: Mutex<Option<CheckpointId>>,
+    retained: usize,
+    /// The newest barrier this participant took its part of.
+    taken: Mutex<Option<CheckpointId>>,
 }
 
 impl std::fmt::Debug for Member {
@@ -67,15 +68,61 @@ impl std::fmt::Debug for Member {
 }
 
 impl Member {
-    pub(crate) fn subtask_label(&self) -> String {
+    /// Subtask `subtask` of `parallelism` (checked against
+    /// `max_parallelism`) of the job whose shared store is `shared`,
+    /// keeping the parts of the newest `retained` completed checkpoints;
+    /// also returns this participant's scope of `shared`, where its
+    /// checkpointer writes.
+    pub fn new(
+        coordinator: Arc<dyn Coordinator>,
+        shared: Arc<dyn CheckpointStore>,
+        max_parallelism: u16,
+        parallelism: u16,
+        subtask: u16,
+        retained: usize,
+    ) -> Result<(Member, Arc<dyn CheckpointStore>)> {
+        KeyGroupRange::for_subtask(max_parallelism, parallelism, subtask)?;
+        let scope = participant_scope(coordinator.participant());
+        let own = shared.scoped(&scope)?;
+        Ok((
+            Member {
+                coordinator,
+                shared,
+                scope,
+                parallelism,
+                subtask,
+                retained,
+                taken: Mutex::new(None),
+            },
+            own,
+        ))
+    }
+
+    /// The coordinator.
+    pub fn coordinator(&self) -> &Arc<dyn Coordinator> {
+        &self.coordinator
+    }
+
+    /// The number of subtasks of the job.
+    pub fn parallelism(&self) -> u16 {
+        self.parallelism
+    }
+
+    /// This participant's subtask index.
+    pub fn subtask(&self) -> u16 {
+        self.subtask
+    }
+
+    /// `index/parallelism`, as recorded in every part's manifest.
+    pub fn subtask_label(&self) -> String {
         format!("{}/{}", self.subtask, self.parallelism)
     }
 
-    pub(crate) fn range(&self, max_parallelism: u16) -> Result<KeyGroupRange> {
+    fn range(&self, max_parallelism: u16) -> Result<KeyGroupRange> {
         KeyGroupRange::for_subtask(max_parallelism, self.parallelism, self.subtask)
     }
 
-    pub(crate) fn taken(&self) -> MutexGuard<'_, Option<CheckpointId>> {
+    fn taken(&self) -> MutexGuard<'_, Option<CheckpointId>> {
         self.taken.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -83,7 +130,7 @@ impl Member {
     /// the newest `retained` completed checkpoints, and every part newer
     /// than the newest completed one that is not known to be aborted (it
     /// may still complete).
-    pub(crate) fn keep_rule(&self) -> Result<impl Fn(CheckpointId) -> bool + Send + 'static> {
+    fn keep_rule(&self) -> Result<impl Fn(CheckpointId) -> bool + Send + 'static> {
         let completed = self.coordinator.completed(self.retained)?;
         let latest = completed.first().map(|g| g.id);
         let keep: BTreeSet<CheckpointId> = completed.iter().map(|g| g.id).collect();
@@ -108,7 +155,7 @@ impl Member {
 }
 
 /// What a participant's restore loads.
-pub(crate) enum GlobalSource {
+pub enum GlobalSource {
     /// No globally completed checkpoint.
     Nothing,
     /// This participant's own part of this checkpoint, written for the
@@ -126,7 +173,7 @@ pub(crate) enum GlobalSource {
 /// participant has a part of (they would otherwise complete with state it
 /// is about to abandon), deletes its parts that no completed or pending
 /// checkpoint needs, and says where its key groups come from.
-pub(crate) fn prepare_restore(
+pub fn prepare_restore(
     checkpointer: &Checkpointer,
     m: &Member,
     wanted: Option<CheckpointId>,
@@ -184,7 +231,7 @@ pub(crate) fn prepare_restore(
 /// global checkpoint if it has not yet, with the coordinator's id, and
 /// acknowledges it (then applies retention) on the checkpoint's worker once
 /// its manifest is committed; a failed part is declined.
-pub(crate) fn take_barrier(
+pub fn take_barrier(
     checkpointer: &Checkpointer,
     m: &Arc<Member>,
 ) -> Result<Option<CheckpointHandle>> {
@@ -556,7 +603,7 @@ async fn read_record(ledger: &dyn CheckpointStore, id: CheckpointId) -> Result<G
 /// Participants own disjoint key groups, so laying their layers together
 /// changes no fold; the recovery engine plans, verifies, fetches and loads
 /// it like any checkpoint.
-pub(crate) struct GlobalView {
+struct GlobalView {
     id: CheckpointId,
     manifest: Bytes,
     stores: Vec<Arc<dyn CheckpointStore>>,
@@ -567,7 +614,7 @@ impl GlobalView {
     /// Reads the part manifests of `g` from `shared`. Parts whose
     /// key groups miss `range` are left out; `None` when no part holds any
     /// state in `range`.
-    pub(crate) async fn open(
+    async fn open(
         shared: Arc<dyn CheckpointStore>,
         g: GlobalCheckpoint,
         range: KeyGroupRange,
