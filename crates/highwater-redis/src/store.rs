@@ -31,6 +31,12 @@ const KIND_CHUNKED: u8 = 1;
 const CHUNKED_HEADER_LEN: usize = 4 + 1 + 1 + 8 + 4 + 4;
 /// Parts fetched per `MGET`, to bound the size of one reply.
 const PARTS_PER_READ: usize = 4;
+/// Keys per `UNLINK` or expiry pipeline, so a chunked header (read from
+/// the store, so not trusted) never builds one unbounded command.
+const KEYS_PER_COMMAND: usize = 1024;
+/// The largest part size a header may claim: the largest `chunk_size` a
+/// store accepts.
+const MAX_PART_SIZE: usize = 256 << 20;
 
 /// Publishes a chunked artifact once its parts are written: creates the
 /// header only if absent and makes the parts permanent (or gives them the
@@ -370,23 +376,35 @@ impl RedisCheckpointStore {
             Ok(Header::Chunked { parts, .. }) => parts,
             _ => 0,
         };
+        // The header first, then the parts, a bounded number per pipeline
+        // (the header is read from the store, so `parts` is not trusted:
+        // a batch of parts none of which exists ends the walk).
         let mut pipe = redis::pipe();
         pipe.cmd("PEXPIRE").arg(&header).arg(ttl).ignore();
-        for i in 0..parts {
-            pipe.cmd("PEXPIRE")
-                .arg(self.part_key(id, i))
-                .arg(ttl)
-                .ignore();
-        }
         let (result, _) = self
             .run("refresh artifact expiry", &self.counters.puts, |mut c| {
                 let pipe = &pipe;
                 async move { c.pipeline(pipe).await }
             })
             .await;
-        result
-            .map(|_| ())
-            .map_err(|e| self.err("refresh artifact expiry", e))
+        result.map_err(|e| self.err("refresh artifact expiry", e))?;
+        for start in (0..parts).step_by(KEYS_PER_COMMAND) {
+            let mut pipe = redis::pipe();
+            for i in start..(start + KEYS_PER_COMMAND).min(parts) {
+                pipe.cmd("PEXPIRE").arg(self.part_key(id, i)).arg(ttl);
+            }
+            let (result, _) = self
+                .run("refresh artifact expiry", &self.counters.puts, |mut c| {
+                    let pipe = &pipe;
+                    async move { c.pipeline(pipe).await }
+                })
+                .await;
+            let set = result.map_err(|e| self.err("refresh artifact expiry", e))?;
+            if set.iter().all(|v| matches!(v, Value::Int(0))) {
+                break;
+            }
+        }
+        Ok(())
     }
 
     async fn put_inline(&self, id: ArtifactId, data: &Bytes) -> Result<PutOutcome> {
@@ -596,6 +614,7 @@ fn parse_header(raw: &[u8]) -> Result<Header<'_>> {
                 u32::from_le_bytes(fields[12..16].try_into().unwrap_or_default()) as usize;
             let expected = (part_size as u64).saturating_mul(parts as u64);
             if part_size == 0
+                || part_size > MAX_PART_SIZE
                 || parts == 0
                 || total > expected
                 || total <= expected - part_size as u64
@@ -701,7 +720,10 @@ impl CheckpointStore for RedisCheckpointStore {
                     part_size,
                 } => (total, parts, part_size),
             };
-            let mut out = BytesMut::with_capacity(total as usize);
+            // The header is not trusted: memory grows with the parts that
+            // arrive (each checked against its expected length), never
+            // with the total the header claims.
+            let mut out = BytesMut::new();
             let indices: Vec<usize> = (0..parts).collect();
             for group in indices.chunks(PARTS_PER_READ) {
                 let mut cmd = redis::cmd("MGET");
@@ -745,6 +767,12 @@ impl CheckpointStore for RedisCheckpointStore {
                     out.extend_from_slice(&part);
                 }
             }
+            if out.len() as u64 != total {
+                return Err(Error::corrupt(
+                    "redis artifact",
+                    format!("parts do not add up: id={id} total={total} read={}", out.len()),
+                ));
+            }
             bump(&self.counters.bytes_read, total);
             Ok(out.freeze())
         })
@@ -784,26 +812,49 @@ impl CheckpointStore for RedisCheckpointStore {
             else {
                 return Ok(());
             };
-            // The header goes in the same command as the parts, so a reader
-            // never finds a header whose parts are gone. A damaged header
-            // is deleted alone (its parts, if any, keep only what the
-            // orphan or store expiry gives them).
-            let mut unlink = redis::cmd("UNLINK");
-            unlink.arg(&header);
-            if let Ok(Header::Chunked { parts, .. }) = parse_header(&raw) {
-                for i in 0..parts {
+            // The header goes first, in the same command as the parts when
+            // they fit in one (the usual case: up to 1023 parts), so a
+            // reader never finds a header whose parts are gone. More parts
+            // are deleted in further commands of bounded size after the
+            // header; a crash between them leaves parts no header names.
+            // A damaged header is deleted alone (its parts, if any, keep
+            // only what the orphan or store expiry gives them).
+            let parts = match parse_header(&raw) {
+                Ok(Header::Chunked { parts, .. }) => parts,
+                _ => 0,
+            };
+            // A batch of parts none of which existed ends the walk: the
+            // parts of a published artifact are 0..parts, so only a forged
+            // or damaged header claims parts beyond them.
+            let mut next = 0;
+            let mut first = true;
+            while first || next < parts {
+                let end = if first {
+                    parts.min(KEYS_PER_COMMAND - 1)
+                } else {
+                    parts.min(next + KEYS_PER_COMMAND)
+                };
+                let mut unlink = redis::cmd("UNLINK");
+                if first {
+                    unlink.arg(&header);
+                }
+                for i in next..end {
                     unlink.arg(self.part_key(id, i));
                 }
+                let (result, _) = self
+                    .run("delete artifact", &self.counters.deletes, |mut c| {
+                        let unlink = &unlink;
+                        async move { c.query(unlink).await }
+                    })
+                    .await;
+                let removed = result.map_err(|e| self.err("delete artifact", e))?;
+                if !first && matches!(removed, Value::Int(0)) {
+                    break;
+                }
+                first = false;
+                next = end;
             }
-            let (result, _) = self
-                .run("delete artifact", &self.counters.deletes, |mut c| {
-                    let unlink = &unlink;
-                    async move { c.query(unlink).await }
-                })
-                .await;
-            result
-                .map(|_| ())
-                .map_err(|e| self.err("delete artifact", e))
+            Ok(())
         })
     }
 
@@ -971,6 +1022,13 @@ mod tests {
             Err(Error::UnsupportedVersion { found: 2, .. })
         ));
         assert!(parse_header(b"HWR").unwrap_err().is_corruption());
+        // Issue 18: a part size above the largest chunk size is refused.
+        let mut huge = HEADER_MAGIC.to_vec();
+        huge.extend_from_slice(&[HEADER_VERSION, KIND_CHUNKED]);
+        huge.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        huge.extend_from_slice(&2048u32.to_le_bytes());
+        huge.extend_from_slice(&(1u32 << 29).to_le_bytes());
+        assert!(parse_header(&huge).unwrap_err().is_corruption());
         assert!(parse_header(&chunked[..20]).unwrap_err().is_corruption());
     }
 
