@@ -147,7 +147,7 @@ pub fn compact_newest(
             progress(d, total);
         })
     })?;
-    let id = m.checkpoint_id.next();
+    let id = m.checkpoint_id.next()?;
     let mut properties = m.properties.clone();
     properties.insert("compacted_from".into(), m.checkpoint_id.to_string());
     let mut layer = stored.outcome.layer.clone();
