@@ -641,6 +641,124 @@ fn parse_header(raw: &[u8]) -> Result<Header<'_>> {
     }
 }
 
+/// A chunked artifact put together from its parts as they arrive, each
+/// checked against the length its header implies.
+pub(crate) struct Assembly {
+    id: ArtifactId,
+    total: u64,
+    parts: usize,
+    part_size: usize,
+    out: BytesMut,
+    next: usize,
+}
+
+impl Assembly {
+    pub(crate) fn new(id: ArtifactId, total: u64, parts: usize, part_size: usize) -> Assembly {
+        Assembly {
+            id,
+            total,
+            parts,
+            part_size,
+            out: BytesMut::new(),
+            next: 0,
+        }
+    }
+
+    /// Appends the next part (`None`: the store has no such key).
+    pub(crate) fn push(&mut self, part: Option<&[u8]>) -> Result<()> {
+        let (id, i, parts) = (self.id, self.next, self.parts);
+        let Some(part) = part else {
+            return Err(Error::corrupt(
+                "redis artifact",
+                format!("part missing: id={id} part={i} parts={parts}"),
+            ));
+        };
+        // `parse_header` guarantees 0 < total - part_size * (parts - 1)
+        // <= part_size; checked anyway, the header being untrusted.
+        let want = if i + 1 == parts {
+            (self.total as usize).checked_sub(self.part_size.saturating_mul(parts - 1))
+        } else if i < parts {
+            Some(self.part_size)
+        } else {
+            None
+        };
+        if want != Some(part.len()) {
+            return Err(Error::corrupt(
+                "redis artifact",
+                format!(
+                    "part has the wrong length: id={id} part={i} len={} expected={want:?}",
+                    part.len()
+                ),
+            ));
+        }
+        self.out.extend_from_slice(part);
+        self.next += 1;
+        Ok(())
+    }
+
+    /// The artifact, once every part arrived.
+    pub(crate) fn finish(self) -> Result<Bytes> {
+        if self.next != self.parts || self.out.len() as u64 != self.total {
+            return Err(Error::corrupt(
+                "redis artifact",
+                format!(
+                    "parts do not add up: id={} total={} parts={} read={} bytes={}",
+                    self.id,
+                    self.total,
+                    self.parts,
+                    self.next,
+                    self.out.len()
+                ),
+            ));
+        }
+        Ok(self.out.freeze())
+    }
+}
+
+/// Entry points for fuzzing the store's decoding of what it reads (feature
+/// `fuzzing`; see `crates/highwater-fuzz`).
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing {
+    use super::*;
+
+    /// Parses `raw` as an artifact's header key and, for a chunked header,
+    /// puts the artifact together from `parts` (fewer than the header
+    /// claims is a missing part) as `get_artifact` does.
+    pub fn artifact(raw: &[u8], parts: &[&[u8]]) -> Result<Bytes> {
+        match parse_header(raw)? {
+            Header::Inline(data) => Ok(Bytes::copy_from_slice(data)),
+            Header::Chunked {
+                total,
+                parts: n,
+                part_size,
+            } => {
+                let mut a = Assembly::new(ArtifactId(0), total, n, part_size);
+                for i in 0..n {
+                    a.push(parts.get(i).copied())?;
+                }
+                a.finish()
+            }
+        }
+    }
+
+    /// The header and parts the store writes for `data` with parts of
+    /// `chunk_size` bytes (a real encoding, to seed a corpus).
+    pub fn encode(data: &[u8], chunk_size: usize) -> (Vec<u8>, Vec<Vec<u8>>) {
+        let mut header = HEADER_MAGIC.to_vec();
+        if data.len() <= chunk_size {
+            header.extend_from_slice(&[HEADER_VERSION, KIND_INLINE]);
+            header.extend_from_slice(data);
+            return (header, Vec::new());
+        }
+        let parts: Vec<Vec<u8>> = data.chunks(chunk_size).map(<[u8]>::to_vec).collect();
+        header.extend_from_slice(&[HEADER_VERSION, KIND_CHUNKED]);
+        header.extend_from_slice(&(data.len() as u64).to_le_bytes());
+        header.extend_from_slice(&(parts.len() as u32).to_le_bytes());
+        header.extend_from_slice(&(chunk_size as u32).to_le_bytes());
+        (header, parts)
+    }
+}
+
 fn unexpected(what: &str) -> RedisError {
     RedisError::from((
         redis::ErrorKind::UnexpectedReturnType,
@@ -723,11 +841,11 @@ impl CheckpointStore for RedisCheckpointStore {
             // The header is not trusted: memory grows with the parts that
             // arrive (each checked against its expected length), never
             // with the total the header claims.
-            let mut out = BytesMut::new();
-            let indices: Vec<usize> = (0..parts).collect();
-            for group in indices.chunks(PARTS_PER_READ) {
+            let mut out = Assembly::new(id, total, parts, part_size);
+            for start in (0..parts).step_by(PARTS_PER_READ) {
+                let group = start..(start + PARTS_PER_READ).min(parts);
                 let mut cmd = redis::cmd("MGET");
-                for &i in group {
+                for i in group.clone() {
                     cmd.arg(self.part_key(id, i));
                 }
                 let (result, _) = self
@@ -743,38 +861,13 @@ impl CheckpointStore for RedisCheckpointStore {
                 if values.len() != group.len() {
                     return Err(self.err("get artifact part", unexpected("MGET reply length")));
                 }
-                for (&i, v) in group.iter().zip(values) {
-                    let Some(part) = string_or_nil(v) else {
-                        return Err(Error::corrupt(
-                            "redis artifact",
-                            format!("part missing: id={id} part={i} parts={parts}"),
-                        ));
-                    };
-                    let want = if i + 1 == parts {
-                        total as usize - part_size * (parts - 1)
-                    } else {
-                        part_size
-                    };
-                    if part.len() != want {
-                        return Err(Error::corrupt(
-                            "redis artifact",
-                            format!(
-                                "part has the wrong length: id={id} part={i} len={} expected={want}",
-                                part.len()
-                            ),
-                        ));
-                    }
-                    out.extend_from_slice(&part);
+                for v in values {
+                    out.push(string_or_nil(v).as_deref())?;
                 }
             }
-            if out.len() as u64 != total {
-                return Err(Error::corrupt(
-                    "redis artifact",
-                    format!("parts do not add up: id={id} total={total} read={}", out.len()),
-                ));
-            }
+            let out = out.finish()?;
             bump(&self.counters.bytes_read, total);
-            Ok(out.freeze())
+            Ok(out)
         })
     }
 
