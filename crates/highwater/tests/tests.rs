@@ -37,6 +37,8 @@ mod permanent;
 mod redis;
 #[path = "tests/retention.rs"]
 mod retention;
+#[path = "tests/store_faults.rs"]
+mod store_faults;
 #[path = "tests/runtime.rs"]
 mod runtime;
 #[path = "tests/ttl.rs"]
