@@ -41,7 +41,7 @@ pub fn run_fuzz(ws: &Workspace, target: Option<&str>, minutes: f64) -> Result {
         }
         None => TARGETS.to_vec(),
     };
-    if !(minutes > 0.0) {
+    if minutes.is_nan() || minutes <= 0.0 {
         return Err(format!("--minutes must be positive: {minutes}").into());
     }
     let cargo_fuzz_bin = ensure_cargo_fuzz(ws)?;
@@ -81,7 +81,10 @@ pub fn run_fuzz(ws: &Workspace, target: Option<&str>, minutes: f64) -> Result {
                 "-timeout=20",
                 "-print_final_stats=1",
             ]);
-        println!("xtask: fuzz {t}: {seconds} s (log: {})", ws.display_path(&log));
+        println!(
+            "xtask: fuzz {t}: {seconds} s (log: {})",
+            ws.display_path(&log)
+        );
         let file = std::fs::File::create(&log).map_err(io_context("creating", &log))?;
         let status = cmd
             .stderr(file)
@@ -135,11 +138,21 @@ fn ensure_cargo_fuzz(ws: &Workspace) -> Result<PathBuf> {
     let root = ws.target_dir.join("tools").join("cargo-fuzz");
     let bin = root.join("bin");
     if !bin.join("cargo-fuzz").is_file() {
-        println!("xtask: installing cargo-fuzz {CARGO_FUZZ_VERSION} into {}", root.display());
+        println!(
+            "xtask: installing cargo-fuzz {CARGO_FUZZ_VERSION} into {}",
+            root.display()
+        );
         let mut cmd = Command::new("cargo");
-        cmd.args(["install", "cargo-fuzz", "--locked", "--version", CARGO_FUZZ_VERSION, "--root"])
-            .arg(&root)
-            .current_dir(std::env::temp_dir());
+        cmd.args([
+            "install",
+            "cargo-fuzz",
+            "--locked",
+            "--version",
+            CARGO_FUZZ_VERSION,
+            "--root",
+        ])
+        .arg(&root)
+        .current_dir(std::env::temp_dir());
         run(&mut cmd)?;
     }
     let nightly = Command::new("rustup")
@@ -147,16 +160,23 @@ fn ensure_cargo_fuzz(ws: &Workspace) -> Result<PathBuf> {
         .output()
         .is_ok_and(|o| o.status.success());
     if !nightly {
-        return Err("the nightly toolchain is needed for cargo fuzz: rustup toolchain install nightly".into());
+        return Err(
+            "the nightly toolchain is needed for cargo fuzz: rustup toolchain install nightly"
+                .into(),
+        );
     }
     Ok(bin)
 }
 
 /// The value of libFuzzer's final statistic `name` in `log`.
 fn final_stat(log: &str, name: &str) -> Option<u64> {
-    log.lines()
-        .rev()
-        .find_map(|l| l.strip_prefix(name)?.trim_start_matches(':').trim().parse().ok())
+    log.lines().rev().find_map(|l| {
+        l.strip_prefix(name)?
+            .trim_start_matches(':')
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 fn count_files(dir: &Path) -> usize {
@@ -170,7 +190,10 @@ mod tests {
     #[test]
     fn final_stats_are_read_from_the_log() {
         let log = "#1024 pulse\nstat::number_of_executed_units: 123456\nstat::average_exec_per_sec:     2057\n";
-        assert_eq!(final_stat(log, "stat::number_of_executed_units"), Some(123456));
+        assert_eq!(
+            final_stat(log, "stat::number_of_executed_units"),
+            Some(123456)
+        );
         assert_eq!(final_stat(log, "stat::average_exec_per_sec"), Some(2057));
         assert_eq!(final_stat(log, "stat::new_units_added"), None);
     }

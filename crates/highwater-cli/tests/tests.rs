@@ -832,7 +832,11 @@ fn a_read_only_store_is_read_and_writes_fail_cleanly() {
     fs.remount_read_only().unwrap();
     let v = verify(&store);
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
-    let inspect = Command::new(BIN).arg("inspect").arg(&store).output().unwrap();
+    let inspect = Command::new(BIN)
+        .arg("inspect")
+        .arg(&store)
+        .output()
+        .unwrap();
     assert!(
         inspect.status.success(),
         "{}",

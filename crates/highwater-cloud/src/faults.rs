@@ -181,9 +181,9 @@ impl FaultyObjectStore {
 fn injected(fault: Fault, location: &Path) -> object_store::Error {
     let source: std::io::Error = match fault {
         Fault::StorageFull => std::io::Error::from(std::io::ErrorKind::StorageFull),
-        Fault::Eio => std::io::Error::other(format!(
-            "injected input/output error (EIO) at {location}"
-        )),
+        Fault::Eio => {
+            std::io::Error::other(format!("injected input/output error (EIO) at {location}"))
+        }
         _ => std::io::Error::new(
             std::io::ErrorKind::ConnectionReset,
             format!("injected fault {fault:?} at {location}"),
@@ -252,9 +252,7 @@ impl ObjectStore for FaultyObjectStore {
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
         match self.fault(Op::Get).await {
-            None | Some(Fault::TornButAcknowledged) => {
-                self.inner.get_opts(location, options).await
-            }
+            None | Some(Fault::TornButAcknowledged) => self.inner.get_opts(location, options).await,
             Some(fault) => Err(injected(fault, location)),
         }
     }
@@ -306,7 +304,9 @@ impl ObjectStore for FaultyObjectStore {
 
     async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
         match self.fault(Op::Copy).await {
-            None | Some(Fault::TornButAcknowledged) => self.inner.copy_opts(from, to, options).await,
+            None | Some(Fault::TornButAcknowledged) => {
+                self.inner.copy_opts(from, to, options).await
+            }
             Some(fault) => Err(injected(fault, to)),
         }
     }

@@ -53,7 +53,10 @@ impl CheckpointId {
         self.0.checked_add(1).map(CheckpointId).ok_or_else(|| {
             Error::corrupt(
                 "checkpoint id",
-                format!("no id follows {}: the store holds a forged or damaged checkpoint id", self.0),
+                format!(
+                    "no id follows {}: the store holds a forged or damaged checkpoint id",
+                    self.0
+                ),
             )
         })
     }
@@ -254,7 +257,10 @@ impl Manifest {
         // successor; a log position is followed by the next record's), so
         // a forged one is refused before anything adds one to it.
         if self.checkpoint_id.0 == u64::MAX {
-            return bad(format!("checkpoint id {} has no successor", self.checkpoint_id));
+            return bad(format!(
+                "checkpoint id {} has no successor",
+                self.checkpoint_id
+            ));
         }
         if self.wal_position == Some(u64::MAX) {
             return bad(format!(
@@ -677,7 +683,10 @@ mod tests {
             m.validate().unwrap();
             forge(&mut m);
             let e = Manifest::decode(&m.encode().unwrap()).unwrap_err();
-            assert!(e.is_corruption() && e.to_string().contains(what), "{what}: {e}");
+            assert!(
+                e.is_corruption() && e.to_string().contains(what),
+                "{what}: {e}"
+            );
         }
         let mut m = sample();
         m.wal_position = Some(u64::MAX - 1);

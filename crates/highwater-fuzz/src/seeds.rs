@@ -89,7 +89,8 @@ fn checkpoint_files() -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
 /// and not.
 pub fn wal_files() -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
-    for (batches, value_len, compress) in [(20u32, 100usize, false), (3, 9000, true), (1, 0, false)] {
+    for (batches, value_len, compress) in [(20u32, 100usize, false), (3, 9000, true), (1, 0, false)]
+    {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let config = if compress {
             wal_config().compression(1024)
@@ -99,7 +100,11 @@ pub fn wal_files() -> Vec<(String, Vec<u8>)> {
         let (wal, _) = Wal::open(dir.path(), config).expect("a fresh log");
         for i in 0..batches {
             let mut batch = WalBatch::new();
-            batch.put(format!("key-{i}").as_bytes(), &vec![i as u8; value_len], None);
+            batch.put(
+                format!("key-{i}").as_bytes(),
+                &vec![i as u8; value_len],
+                None,
+            );
             batch.put(format!("k{i}").as_bytes(), b"v", Some(u64::from(i) * 1000));
             if i % 3 == 0 {
                 batch.delete(format!("key-{}", i / 2).as_bytes(), None);

@@ -205,7 +205,12 @@ fn run(target: Target) {
     // The library's own files decode (the frame seeds are all requests
     // node 2 may not send as node 1, except status and trigger).
     if target != Target::RaftFrame {
-        assert_eq!(accepted, seeds.len(), "{}: a seed was refused", target.name());
+        assert_eq!(
+            accepted,
+            seeds.len(),
+            "{}: a seed was refused",
+            target.name()
+        );
     }
     let mut corpus = seeds;
     for (i, input) in regressions(target).into_iter().enumerate() {

@@ -31,7 +31,9 @@ pub fn frame_body(peer: u64, body: &[u8]) -> Result<()> {
     if let Request::Snapshot(r) = &request {
         let receipt = SnapshotReceipt::default();
         receipt.check(r).map_err(|resume| {
-            highwater_core::Error::InvalidArgument(format!("snapshot chunk refused: resume={resume}"))
+            highwater_core::Error::InvalidArgument(format!(
+                "snapshot chunk refused: resume={resume}"
+            ))
         })?;
     }
     Ok(())
@@ -80,7 +82,7 @@ pub fn sample_frame_bodies() -> Vec<Vec<u8>> {
         time_ms: 1_700_000_000_000,
         participants: BTreeSet::from([1, 2, 3]),
     };
-    let requests = vec![
+    let requests = [
         Request::Vote(VoteRequest {
             vote: Vote::new(3, 1),
             last_log_id: Some(log_id(2, 17)),

@@ -178,9 +178,8 @@ pub(crate) async fn read_frame_body<T: for<'de> Deserialize<'de>>(
 
 /// Decodes the body of a frame whose tag was checked.
 pub(crate) fn decode_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T> {
-    postcard::from_bytes(body).map_err(|e| {
-        frame_err(format!("undecodable: {e} len={}", body.len()))
-    })
+    postcard::from_bytes(body)
+        .map_err(|e| frame_err(format!("undecodable: {e} len={}", body.len())))
 }
 
 /// How a client authenticates: the cluster secret, its own identity (a

@@ -37,10 +37,10 @@ mod permanent;
 mod redis;
 #[path = "tests/retention.rs"]
 mod retention;
-#[path = "tests/store_faults.rs"]
-mod store_faults;
 #[path = "tests/runtime.rs"]
 mod runtime;
+#[path = "tests/store_faults.rs"]
+mod store_faults;
 #[path = "tests/ttl.rs"]
 mod ttl;
 #[path = "tests/wal.rs"]

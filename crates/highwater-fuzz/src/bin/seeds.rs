@@ -24,6 +24,11 @@ fn main() {
                 std::process::exit(1);
             }
         }
-        println!("{}: {} seeds in {}", target.name(), inputs.len(), out.display());
+        println!(
+            "{}: {} seeds in {}",
+            target.name(),
+            inputs.len(),
+            out.display()
+        );
     }
 }

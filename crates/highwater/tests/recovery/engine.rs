@@ -339,8 +339,11 @@ fn swapped_artifacts_of_the_same_range_are_refused_at_every_level() {
     let rt = runtime();
     let store = dirs.store();
     let load = |id| {
-        rt.block_on(highwater::core::load_manifest(&*store, highwater::CheckpointId(id)))
-            .unwrap()
+        rt.block_on(highwater::core::load_manifest(
+            &*store,
+            highwater::CheckpointId(id),
+        ))
+        .unwrap()
     };
     let (old, new) = (load(1), load(2));
     let (a, b) = (&old.layers[0].artifacts[0], &new.layers[0].artifacts[0]);
@@ -349,7 +352,11 @@ fn swapped_artifacts_of_the_same_range_are_refused_at_every_level() {
     for level in LEVELS {
         let (backend, out) = recover_latest_strictly(&dirs, &rt, level);
         out.unwrap();
-        assert_state(&want, &dump(&backend), &format!("{level:?} before the swap"));
+        assert_state(
+            &want,
+            &dump(&backend),
+            &format!("{level:?} before the swap"),
+        );
     }
     std::fs::copy(dirs.artifact_file(a.id), dirs.artifact_file(b.id)).unwrap();
     for level in LEVELS {

@@ -43,16 +43,15 @@ impl Faulty {
         // so a short run of failing requests is absorbed by the retries
         // of different artifacts; a fault on 64 consecutive requests (the
         // rest of a checkpoint) outlasts them.
-        let store = ObjectCheckpointStore::new(faulty.clone(), "", "faulty").with_config(
-            StoreConfig {
+        let store =
+            ObjectCheckpointStore::new(faulty.clone(), "", "faulty").with_config(StoreConfig {
                 retry: RetryPolicy {
                     max_attempts: 2,
                     initial_backoff: Duration::from_millis(1),
                     max_backoff: Duration::from_millis(1),
                 },
                 transfer: TransferConfig::single_request(),
-            },
-        );
+            });
         Faulty {
             _dir: dir,
             faulty,
@@ -98,9 +97,9 @@ impl Faulty {
         let m = manager_with(self.clean.clone(), config(true, 8, 100));
         let info = m.restore_latest().unwrap().expect("a checkpoint");
         let id = info.stats.checkpoint.expect("a checkpoint restored");
-        let model = models
-            .get(&id)
-            .unwrap_or_else(|| panic!("{context}: restored checkpoint {id}, which was never acknowledged"));
+        let model = models.get(&id).unwrap_or_else(|| {
+            panic!("{context}: restored checkpoint {id}, which was never acknowledged")
+        });
         Workload::new(&m)
             .check(model)
             .unwrap_or_else(|e| panic!("{context}: checkpoint {id}: {e}"));
@@ -246,7 +245,11 @@ fn read_faults_during_recovery_never_restore_a_wrong_state() {
                     Workload::new(&r)
                         .check(&models[&id])
                         .unwrap_or_else(|e| panic!("{context}: checkpoint {id}: {e}"));
-                    if id == newest { exact += 1 } else { fell_back += 1 }
+                    if id == newest {
+                        exact += 1
+                    } else {
+                        fell_back += 1
+                    }
                 }
                 Ok(None) => panic!("{context}: nothing restored"),
                 Err(e) => {
