@@ -15,7 +15,7 @@
 //!   corpus and a few thousand mutations per target, with a counting
 //!   global allocator that fails on an oversized allocation.
 //!
-//! [`seeds`] produces each target's seed corpus from real files written by
+//! [`seeds()`] produces each target's seed corpus from real files written by
 //! the library (a checkpoint in a local directory store, a closed
 //! write-ahead log, Raft requests and a ledger snapshot, a chunked Redis
 //! artifact); the `highwater-fuzz-seeds` binary writes them to disk.
