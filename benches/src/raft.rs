@@ -21,6 +21,17 @@
 //!   until both survivors report the same new leader. No baseline: the
 //!   configured election timeout (drawn from [300, 600) ms) is given in the
 //!   params for comparison.
+//! - `cluster_checkpoint_ms`: median milliseconds from the leader's trigger
+//!   to the global completion of a checkpoint of a cluster job: three
+//!   memory-backend `StateManager`s (one per node, `cluster` through
+//!   `RaftParticipant`), each holding `state_mb` of state, each taking its
+//!   part (a full checkpoint) at its next event boundary into its scope of
+//!   one fsync'd local-directory store. Baseline: one manager
+//!   checkpointing the same amount of state into the same kind of store,
+//!   alternating with the cluster's rounds.
+//! - `cluster_restore_ms`: median milliseconds for the three managers to
+//!   restore the newest global checkpoint at once (each its own part).
+//!   Baseline: one manager restoring one node's part.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -58,6 +69,15 @@ fn free_ports(n: usize) -> Result<Vec<SocketAddr>> {
 
 /// Starts a 3-node cluster whose nodes acknowledge every barrier at once.
 async fn start_cluster(dir: &std::path::Path) -> Result<Vec<Arc<CheckpointCoordinator>>> {
+    start_cluster_acking(dir, true).await
+}
+
+/// Starts a 3-node cluster; with `ack`, its nodes acknowledge every barrier
+/// at once (otherwise their state managers do).
+async fn start_cluster_acking(
+    dir: &std::path::Path,
+    ack: bool,
+) -> Result<Vec<Arc<CheckpointCoordinator>>> {
     let addrs = free_ports(3)?;
     let peers: BTreeMap<NodeId, String> = (1..=3u64)
         .zip(&addrs)
@@ -75,6 +95,10 @@ async fn start_cluster(dir: &std::path::Path) -> Result<Vec<Arc<CheckpointCoordi
         config.heartbeat_interval = Duration::from_millis(50);
         let store = Arc::new(ObjectCheckpointStore::local(data.join("snapshots"))?);
         let node = Arc::new(CheckpointCoordinator::start(config, store).await?);
+        if !ack {
+            nodes.push(node);
+            continue;
+        }
         let mut events = node.events();
         let acker = node.clone();
         tokio::spawn(async move {
@@ -231,6 +255,166 @@ async fn failover(plan: &Plan, dir: &std::path::Path, metrics: &mut Vec<Metric>)
     Ok(())
 }
 
+/// Fills `m` with about `mb` MB of 150-byte values.
+fn fill(m: &highwater::StateManager, mb: usize, salt: u64) -> Result {
+    let s = m
+        .keyed_state("bench")?
+        .value_state::<u64, Vec<u8>>(&highwater::ValueStateDescriptor::new("v"))?;
+    let n = mb * 1_000_000 / 170;
+    for i in 0..n as u64 {
+        let mut v = vec![0u8; 150];
+        v[..8].copy_from_slice(&(i ^ salt).to_le_bytes());
+        s.update(&(i * 4 + salt), &v)?;
+    }
+    Ok(())
+}
+
+fn cluster_manager(
+    store: &Arc<dyn highwater::CheckpointStore>,
+    node: &Arc<CheckpointCoordinator>,
+    io: &tokio::runtime::Handle,
+    subtask: u16,
+) -> Result<highwater::StateManager> {
+    Ok(highwater::StateManager::builder()
+        .backend(Arc::new(highwater::memory::MemoryBackend::new()))
+        .store(store.clone())
+        .incremental(false)
+        .cluster(
+            Arc::new(highwater_raft::RaftParticipant::new(
+                node.clone(),
+                io.clone(),
+            )),
+            3,
+            subtask,
+        )
+        .build()?)
+}
+
+/// Every manager takes its part of the pending barrier (on its own
+/// thread, as its processing loop would) and waits for it.
+fn take_parts(ms: &[highwater::StateManager]) -> Result {
+    std::thread::scope(|s| {
+        let parts: Vec<_> = ms
+            .iter()
+            .map(|m| {
+                s.spawn(move || -> Result {
+                    let deadline = Instant::now() + Duration::from_secs(30);
+                    loop {
+                        if let Some(h) = m.maybe_checkpoint()? {
+                            h.wait()?;
+                            return Ok(());
+                        }
+                        if Instant::now() > deadline {
+                            return Err("no barrier reached a participant".into());
+                        }
+                        std::thread::sleep(Duration::from_micros(200));
+                    }
+                })
+            })
+            .collect();
+        parts
+            .into_iter()
+            .try_for_each(|p| p.join().map_err(|_| "a participant panicked")?)
+    })
+}
+
+/// `cluster_checkpoint_ms` and `cluster_restore_ms` (see the module docs).
+fn cluster_job(
+    plan: &Plan,
+    runtime: &tokio::runtime::Runtime,
+    dir: &std::path::Path,
+    metrics: &mut Vec<Metric>,
+) -> Result {
+    let mb = if plan.quick { 10 } else { 100 };
+    let rounds = if plan.quick { 3 } else { 7 };
+    let nodes = runtime.block_on(start_cluster_acking(&dir.join("cluster-raft"), false))?;
+    let li = runtime.block_on(leader_of(&nodes, None))?;
+    let leader = nodes[li].clone();
+    let shared: Arc<dyn highwater::CheckpointStore> =
+        Arc::new(ObjectCheckpointStore::local(dir.join("cluster-store"))?);
+    let io = runtime.handle();
+    let ms: Vec<highwater::StateManager> = (0..3u16)
+        .map(|i| cluster_manager(&shared, &nodes[i as usize], io, i))
+        .collect::<Result<_>>()?;
+    for (i, m) in ms.iter().enumerate() {
+        fill(m, mb, i as u64)?;
+    }
+    let single = highwater::StateManager::builder()
+        .backend(Arc::new(highwater::memory::MemoryBackend::new()))
+        .store(Arc::new(ObjectCheckpointStore::local(
+            dir.join("single-store"),
+        )?))
+        .incremental(false)
+        .build()?;
+    fill(&single, mb, 0)?;
+    let (mut cluster, mut one) = (Vec::new(), Vec::new());
+    let mut last = None;
+    for _ in 0..rounds {
+        let start = Instant::now();
+        let id = runtime.block_on(leader.trigger_checkpoint())?;
+        take_parts(&ms)?;
+        runtime.block_on(wait_completed(&leader, id))?;
+        cluster.push(start.elapsed().as_secs_f64() * 1000.0);
+        last = Some(id);
+        let start = Instant::now();
+        single.checkpoint()?.wait()?;
+        one.push(start.elapsed().as_secs_f64() * 1000.0);
+    }
+    metrics.push(Metric::versus(
+        "cluster_checkpoint_ms",
+        median(&cluster),
+        "ms",
+        "one manager checkpointing one node's state",
+        median(&one),
+        false,
+    ));
+    let last = last.ok_or("no round")?;
+    drop(ms);
+    let (mut cluster, mut one) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let fresh: Vec<highwater::StateManager> = (0..3u16)
+            .map(|i| cluster_manager(&shared, &nodes[i as usize], io, i))
+            .collect::<Result<_>>()?;
+        let start = Instant::now();
+        std::thread::scope(|s| {
+            let r: Vec<_> = fresh
+                .iter()
+                .map(|m| s.spawn(move || m.restore_latest()))
+                .collect();
+            r.into_iter().try_for_each(|h| {
+                h.join()
+                    .map_err(|_| "a restore panicked")?
+                    .map(drop)
+                    .map_err(Into::into)
+            })
+        })
+        .map_err(|e: Box<dyn std::error::Error>| e.to_string())?;
+        cluster.push(start.elapsed().as_secs_f64() * 1000.0);
+        // One node's part restored alone, from its scope.
+        let part = highwater::StateManager::builder()
+            .backend(Arc::new(highwater::memory::MemoryBackend::new()))
+            .store(shared.scoped(&highwater::core::participant_scope(nodes[0].node_id()))?)
+            .build()?;
+        let start = Instant::now();
+        part.restore(last)?;
+        one.push(start.elapsed().as_secs_f64() * 1000.0);
+    }
+    metrics.push(Metric::versus(
+        "cluster_restore_ms",
+        median(&cluster),
+        "ms",
+        "one manager restoring one node's part",
+        median(&one),
+        false,
+    ));
+    for n in nodes {
+        if let Ok(n) = Arc::try_unwrap(n) {
+            runtime.block_on(n.shutdown())?;
+        }
+    }
+    Ok(())
+}
+
 /// Runs the suite.
 pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
     let plan = Plan {
@@ -259,6 +443,7 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
         .build()?;
     runtime.block_on(commit_latency(&plan, dir.path(), &mut metrics))?;
     runtime.block_on(failover(&plan, dir.path(), &mut metrics))?;
+    cluster_job(&plan, &runtime, dir.path(), &mut metrics)?;
     drop(runtime);
     Ok(SuiteResult {
         suite: "raft".into(),

@@ -18,6 +18,11 @@
 //!
 //! The baseline fields may be `null`. Top-level keys other than `suite` and
 //! `metrics` (such as `params`) are shown in the report as they are.
+//!
+//! Every successful run is also archived as
+//! `<target>/bench/history/<suite>/<unix seconds>.json`; the report draws
+//! an SVG chart per suite into `docs/bench/` (ratio to baseline, and the
+//! history of the newest archived runs: see [`crate::bench_chart`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -26,6 +31,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::bench_chart;
 use crate::util::{Result, Workspace, bail, io_context, output_of, run};
 
 /// The suite name that runs every suite.
@@ -37,9 +43,9 @@ const NEEDS_SERVICES: &[&str] = &["redis", "cloud"];
 
 /// One suite's results, as the benchmark binary writes them.
 #[derive(Debug, Deserialize)]
-struct SuiteResult {
-    suite: String,
-    metrics: Vec<Metric>,
+pub(crate) struct SuiteResult {
+    pub suite: String,
+    pub metrics: Vec<Metric>,
     /// Every other top-level key, shown verbatim.
     #[serde(flatten)]
     extra: BTreeMap<String, Value>,
@@ -47,8 +53,8 @@ struct SuiteResult {
 
 /// One measured metric and its same-run baseline.
 #[derive(Debug, Deserialize)]
-struct Metric {
-    name: String,
+pub(crate) struct Metric {
+    pub name: String,
     value: f64,
     unit: String,
     #[serde(default)]
@@ -56,8 +62,8 @@ struct Metric {
     #[serde(default)]
     baseline_value: Option<f64>,
     #[serde(default)]
-    ratio: Option<f64>,
-    higher_is_better: bool,
+    pub ratio: Option<f64>,
+    pub higher_is_better: bool,
 }
 
 /// The directory the benchmark binary writes its JSON into.
@@ -116,7 +122,66 @@ pub fn run_suite(ws: &Workspace, suite: &str, quick: bool) -> Result {
             out.display()
         );
     }
+    archive(
+        &out,
+        if suite == ALL {
+            &written
+        } else {
+            std::slice::from_ref(&expected)
+        },
+    )
+}
+
+/// Copies each result file into `history/<suite>/<unix seconds>.json`
+/// under `out`, for the history charts.
+fn archive(out: &Path, files: &[PathBuf]) -> Result {
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the time of a benchmark run, not the time of state"
+    )]
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    for file in files {
+        let Some(stem) = file.file_stem().and_then(|s| s.to_str()) else {
+            continue;
+        };
+        let dir = out.join("history").join(stem);
+        std::fs::create_dir_all(&dir).map_err(io_context("create", &dir))?;
+        let to = dir.join(format!("{secs}.json"));
+        std::fs::copy(file, &to).map_err(io_context("copy to", &to))?;
+    }
     Ok(())
+}
+
+/// The newest archived runs of `suite` (at most
+/// [`bench_chart::HISTORY_RUNS`]), oldest first, each labelled with its
+/// date; unreadable files are skipped with a note.
+fn history(dir: &Path, suite: &str) -> Result<Vec<(String, SuiteResult)>> {
+    let dir = dir.join("history").join(suite);
+    if !dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut runs: Vec<(u64, PathBuf)> = json_files(&dir)?
+        .into_iter()
+        .filter_map(|p| Some((p.file_stem()?.to_str()?.parse().ok()?, p)))
+        .collect();
+    runs.sort();
+    let skip = runs.len().saturating_sub(bench_chart::HISTORY_RUNS);
+    let mut out = Vec::new();
+    for (secs, path) in runs.into_iter().skip(skip) {
+        let parsed = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| serde_json::from_str::<SuiteResult>(&t).ok());
+        match parsed {
+            Some(r) => out.push((utc_timestamp(secs).replace(" UTC", ""), r)),
+            None => println!(
+                "xtask: skipping unreadable bench history {}",
+                path.display()
+            ),
+        }
+    }
+    Ok(out)
 }
 
 /// Renders every `<target>/bench/*.json` into `docs/bench/REPORT.md` and
@@ -146,12 +211,33 @@ pub fn write_report(ws: &Workspace) -> Result<PathBuf> {
             .map_err(|e| format!("{} is not a bench result: {e}", file.display()))?;
         suites.push(suite);
     }
-    let machine = Machine::current();
-    let report = render(&suites, &machine);
-    let path = ws.root.join("docs").join("bench").join("REPORT.md");
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(io_context("create", parent))?;
+    let mut machine = Machine::current();
+    machine.measured = files
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).ok()?.modified().ok())
+        .max()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or_else(|| "unknown".to_owned(), |d| utc_timestamp(d.as_secs()));
+    let docs = ws.root.join("docs").join("bench");
+    std::fs::create_dir_all(&docs).map_err(io_context("create", &docs))?;
+    let mut charts: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for suite in &suites {
+        let mut write = |name: String, svg: String| -> Result {
+            let path = docs.join(&name);
+            std::fs::write(&path, svg).map_err(io_context("write", &path))?;
+            println!("xtask: wrote {}", ws.display_path(&path));
+            charts.entry(suite.suite.clone()).or_default().push(name);
+            Ok(())
+        };
+        if let Some(svg) = bench_chart::ratio_svg(suite)? {
+            write(format!("{}.svg", suite.suite), svg)?;
+        }
+        if let Some(svg) = bench_chart::history_svg(&suite.suite, &history(&dir, &suite.suite)?)? {
+            write(format!("{}-history.svg", suite.suite), svg)?;
+        }
     }
+    let report = render(&suites, &machine, &charts);
+    let path = docs.join("REPORT.md");
     std::fs::write(&path, report).map_err(io_context("write", &path))?;
     println!("xtask: wrote {}", ws.display_path(&path));
     Ok(path)
@@ -178,6 +264,9 @@ struct Machine {
     nproc: String,
     rustc: String,
     commit: String,
+    /// When the newest result file was written (the run may be older than
+    /// the render and than `commit`).
+    measured: String,
 }
 
 impl Machine {
@@ -197,11 +286,13 @@ impl Machine {
                 .map_or_else(|_| unknown(), |n| n.to_string()),
             rustc: output_of("rustc", &["--version"]).unwrap_or_else(unknown),
             commit: output_of("git", &["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(unknown),
+            measured: unknown(),
         }
     }
 }
 
-fn render(suites: &[SuiteResult], m: &Machine) -> String {
+/// The report; `charts` names each suite's SVG files in `docs/bench/`.
+fn render(suites: &[SuiteResult], m: &Machine, charts: &BTreeMap<String, Vec<String>>) -> String {
     let mut s = String::new();
     // Writing into a String cannot fail; the results are ignored below.
     let _ = writeln!(s, "# Benchmark report\n");
@@ -212,6 +303,7 @@ fn render(suites: &[SuiteResult], m: &Machine) -> String {
     );
     let _ = writeln!(s, "| | |\n|---|---|");
     let _ = writeln!(s, "| date | {} |", cell(&m.date));
+    let _ = writeln!(s, "| results written | {} |", cell(&m.measured));
     let _ = writeln!(s, "| machine (`uname -srm`) | {} |", cell(&m.uname));
     let _ = writeln!(s, "| cores (`nproc`) | {} |", cell(&m.nproc));
     let _ = writeln!(s, "| compiler | {} |", cell(&m.rustc));
@@ -224,6 +316,9 @@ fn render(suites: &[SuiteResult], m: &Machine) -> String {
     );
     for suite in suites {
         let _ = writeln!(s, "## {}\n", suite.suite);
+        for file in charts.get(&suite.suite).into_iter().flatten() {
+            let _ = writeln!(s, "![{}]({file})\n", file.trim_end_matches(".svg"));
+        }
         for (key, value) in &suite.extra {
             match value {
                 Value::Object(fields) => {
@@ -352,8 +447,12 @@ mod tests {
             nproc: "2".into(),
             rustc: "rustc".into(),
             commit: "c".into(),
+            measured: "M".into(),
         };
-        let out = render(&[suite], &m);
+        let charts = BTreeMap::from([("wal".to_string(), vec!["wal.svg".to_string()])]);
+        let out = render(&[suite], &m, &charts);
+        assert!(out.contains("| results written | M |"));
+        assert!(out.contains("![wal](wal.svg)"));
         assert!(out.contains("| cores (`nproc`) | 2 |"));
         assert!(out.contains("| machine (`uname -srm`) | Linux 6 x86_64 |"));
         assert!(out.contains("## wal\n"));

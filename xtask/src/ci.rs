@@ -36,7 +36,7 @@ enum Outcome {
 /// Runs every CI step; fails with the name of the first step that failed.
 pub fn run_ci(ws: &Workspace) -> Result {
     type Step = (&'static str, fn(&Workspace) -> Result<Outcome>);
-    let steps: [Step; 9] = [
+    let steps: [Step; 10] = [
         ("fmt", fmt),
         ("tidy", |ws| tidy::run_tidy(ws).map(|()| Outcome::Passed)),
         ("clippy", clippy),
@@ -44,6 +44,9 @@ pub fn run_ci(ws: &Workspace) -> Result {
         ("features", features),
         ("test", |ws| {
             testing::run_all(ws, &[]).map(|()| Outcome::Passed)
+        }),
+        ("browser", |ws| {
+            crate::browser::run_browser_test(ws).map(|()| Outcome::Passed)
         }),
         ("deny", deny),
         ("bench", |ws| {

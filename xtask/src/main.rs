@@ -11,6 +11,8 @@
 //! - `bench [SUITE] [--quick] [--report]`: benchmarks, and the Markdown report;
 //! - `tidy`: source-tree checks (module docs, forbidden markers, manifests,
 //!   crate layering, docs that name what exists);
+//! - `browser`: the browser test of `highwater report` (headless Chromium,
+//!   installed if missing);
 //! - `ci`: exactly what CI runs, in order;
 //! - `services start|stop|status`: the servers tests and benches talk to;
 //! - `fuzz [TARGET] [--minutes N]`: the cargo-fuzz targets of `fuzz/`
@@ -22,6 +24,8 @@
 //! The build output is `$CARGO_TARGET_DIR`, or `target/` in the repository.
 
 mod bench;
+mod bench_chart;
+mod browser;
 mod ci;
 mod demo;
 mod fuzz;
@@ -81,6 +85,9 @@ enum Command {
         #[arg(long)]
         report: bool,
     },
+    /// Render a `highwater report` page in headless Chromium (installed
+    /// with apt-get if missing) and check the screenshot and the page text.
+    Browser,
     /// Run exactly what CI runs, stopping at the first failure.
     Ci,
     /// Check the source tree: module docs, forbidden markers, manifests, the
@@ -162,6 +169,7 @@ fn dispatch(ws: &Workspace, command: Command) -> Result {
             }
             Ok(())
         }
+        Command::Browser => browser::run_browser_test(ws),
         Command::Ci => ci::run_ci(ws),
         Command::Tidy => tidy::run_tidy(ws),
         Command::Fuzz { target, minutes } => fuzz::run_fuzz(ws, target.as_deref(), minutes),

@@ -3,7 +3,8 @@
 //! bindgen with the `runtime` feature) and a C++ compiler.
 //!
 //! Every xtask command that builds (`test`, `ci`, `bench`, `demo`) calls
-//! [`ensure`] first. On a machine that already has them it only looks at a
+//! [`ensure`] first; the browser test of `highwater report` (`cargo xtask
+//! browser`, a step of `ci`) calls [`ensure_chromium`]. On a machine that already has them it only looks at a
 //! few directories; on a fresh Debian machine (as in CI) it installs them
 //! with apt-get. Elsewhere it says what to install and stops.
 
@@ -91,6 +92,36 @@ pub fn ensure() -> Result {
         );
     }
     Ok(())
+}
+
+/// Debian packages of the headless browser the report test renders with
+/// (and a font, so a minimal machine draws text).
+const CHROMIUM_PACKAGES: &[&str] = &["chromium", "fonts-dejavu-core"];
+
+/// The headless browser of the report's browser test: `$HIGHWATER_CHROMIUM`
+/// if set, else `chromium` on the PATH, installed from Debian packages when
+/// missing (and apt-get is available).
+pub fn ensure_chromium() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("HIGHWATER_CHROMIUM") {
+        return Ok(PathBuf::from(p));
+    }
+    if !on_path("chromium") {
+        if !on_path("apt-get") {
+            bail!(
+                "the browser test needs Chromium; install it (Debian: apt-get install {}) or set HIGHWATER_CHROMIUM",
+                CHROMIUM_PACKAGES.join(" ")
+            );
+        }
+        println!(
+            "xtask: installing the browser test's headless browser: {}",
+            CHROMIUM_PACKAGES.join(" ")
+        );
+        apt_install(CHROMIUM_PACKAGES)?;
+        if !on_path("chromium") {
+            bail!("chromium is still missing after installing it");
+        }
+    }
+    Ok(PathBuf::from("chromium"))
 }
 
 #[cfg(test)]

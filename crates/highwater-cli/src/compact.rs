@@ -7,7 +7,7 @@ use std::sync::Arc;
 use highwater::core::{Clock, SystemClock};
 use highwater::merge::{Compression, MergerConfig, collect_garbage, compact_newest};
 use highwater::{Error, Result};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::ProgressBar;
 
 use crate::inspect::{human, runtime};
 use crate::target::open_store;
@@ -23,23 +23,7 @@ fn bar(total: u64, json: bool, bytes: bool) -> ProgressBar {
     } else {
         total >= BAR_ARTIFACTS
     };
-    let pb = ProgressBar::with_draw_target(
-        Some(total),
-        if json || !big {
-            ProgressDrawTarget::hidden()
-        } else {
-            ProgressDrawTarget::stderr()
-        },
-    );
-    let template = if bytes {
-        "{spinner} {msg} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})"
-    } else {
-        "{spinner} {msg} [{bar:40}] {pos}/{len} ({eta})"
-    };
-    if let Ok(style) = ProgressStyle::with_template(template) {
-        pb.set_style(style.progress_chars("=> "));
-    }
-    pb
+    crate::progress::bar(total, json || !big, bytes)
 }
 
 /// `highwater compact STORE`.

@@ -41,6 +41,9 @@ pub struct CoordinatorArgs {
     /// Abort a checkpoint not fully acknowledged after N ms.
     #[arg(long, default_value_t = 10_000)]
     checkpoint_timeout_ms: u64,
+    /// Take a Raft snapshot (of the ledger) every N applied log entries.
+    #[arg(long, default_value_t = 1000)]
+    snapshot_every: u64,
     /// Acknowledge each barrier after N ms.
     #[arg(long, default_value_t = 0)]
     ack_delay_ms: u64,
@@ -84,6 +87,7 @@ pub fn run(args: CoordinatorArgs) -> Result<ExitCode> {
     config.checkpoint_interval = args.interval_ms.map(Duration::from_millis);
     config.checkpoint_timeout = Duration::from_millis(args.checkpoint_timeout_ms);
     config.join = args.join;
+    config.snapshot_every = args.snapshot_every;
     let store = ObjectCheckpointStore::local(args.data.join("snapshots"))?;
     let options = NodeOptions {
         config,

@@ -1,8 +1,11 @@
-//! `highwater inspect` and `highwater verify`.
+//! `highwater inspect` and `highwater verify`, and the inventory of a
+//! store's checkpoints that `inspect` prints and `report` draws.
 
 use std::process::ExitCode;
 
 use highwater::core::Manifest;
+use highwater::merge::StoreSummary;
+use highwater::merge::recorded::RunRecord;
 use highwater::{Error, Result};
 use serde::Serialize;
 
@@ -16,40 +19,52 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
         .map_err(|e| Error::io("start a runtime", e))
 }
 
-/// One checkpoint row of `inspect`.
-#[derive(Debug, Serialize)]
-struct Row {
-    id: u64,
-    kind: Option<String>,
-    parent: Option<u64>,
-    created_at_ms: Option<u64>,
-    created_at: Option<String>,
-    chain_length: Option<usize>,
-    logical_bytes: Option<u64>,
-    stored_bytes: Option<u64>,
-    compression_ratio: Option<f64>,
-    artifacts: Option<usize>,
-    own_artifacts: Option<usize>,
+/// One checkpoint row of `inspect` (and of `report`'s table and charts).
+#[derive(Debug, Default, Serialize)]
+pub(crate) struct Row {
+    pub id: u64,
+    pub kind: Option<String>,
+    pub parent: Option<u64>,
+    pub created_at_ms: Option<u64>,
+    pub created_at: Option<String>,
+    pub chain_length: Option<usize>,
+    pub logical_bytes: Option<u64>,
+    /// Stored bytes of the whole chain (what a restore reads).
+    pub stored_bytes: Option<u64>,
+    /// Stored bytes of the checkpoint's own layer (its incremental size).
+    pub own_stored_bytes: Option<u64>,
+    pub compression_ratio: Option<f64>,
+    pub artifacts: Option<usize>,
+    pub own_artifacts: Option<usize>,
     /// The checkpoint whose full layer the chain starts with.
-    base: Option<u64>,
+    pub base: Option<u64>,
     /// Deltas on top of the base.
-    depth: Option<usize>,
+    pub depth: Option<usize>,
     /// Distinct artifacts also referenced by another checkpoint.
-    shared_artifacts: Option<usize>,
+    pub shared_artifacts: Option<usize>,
     /// Stored bytes saved inside this checkpoint by content addressing
     /// (identical chunks of several operators or layers stored once).
-    dedup_saved_bytes: Option<u64>,
+    pub dedup_saved_bytes: Option<u64>,
     /// The checkpoint holds the backend's own files (RocksDB SST files).
-    native: Option<bool>,
+    pub native: Option<bool>,
     /// The write-ahead-log position the checkpoint covers.
-    wal_position: Option<u64>,
-    error: Option<String>,
+    pub wal_position: Option<u64>,
+    /// Trigger to artifacts stored, in ms, when the manifest records it
+    /// (highwater::merge::recorded).
+    pub duration_ms: Option<f64>,
+    /// The snapshot pause in ms, when recorded.
+    pub snapshot_pause_ms: Option<f64>,
+    /// Bytes the checkpoint uploaded, when recorded.
+    pub bytes_written: Option<u64>,
+    /// The manifest could not be read or decoded.
+    pub error: Option<String>,
 }
 
 impl Row {
     fn from_manifest(m: &Manifest) -> Row {
         let logical = m.logical_bytes();
         let stored = m.stored_bytes();
+        let run = RunRecord::of(m);
         Row {
             id: m.checkpoint_id.0,
             kind: Some(m.kind.to_string()),
@@ -59,6 +74,7 @@ impl Row {
             chain_length: Some(m.chain_length()),
             logical_bytes: Some(logical),
             stored_bytes: Some(stored),
+            own_stored_bytes: Some(m.own_artifacts().iter().map(|a| a.stored_bytes).sum()),
             compression_ratio: (stored > 0).then(|| logical as f64 / stored as f64),
             artifacts: Some(m.artifacts().count()),
             own_artifacts: Some(m.own_artifacts().len()),
@@ -68,13 +84,64 @@ impl Row {
             dedup_saved_bytes: None,
             native: Some(m.is_native()),
             wal_position: m.wal_position,
+            duration_ms: run.map(|r| r.duration.as_secs_f64() * 1e3),
+            snapshot_pause_ms: run.map(|r| r.snapshot_pause.as_secs_f64() * 1e3),
+            bytes_written: run.map(|r| r.bytes_written),
             error: None,
         }
     }
 }
 
+/// Every checkpoint of a store: one row each (readable or not), the
+/// readable manifests, and the chains and sharing across them.
+pub(crate) struct Inventory {
+    pub rows: Vec<Row>,
+    pub manifests: Vec<Manifest>,
+    pub summary: StoreSummary,
+}
+
+/// Reads every manifest of `store` into an [`Inventory`].
+pub(crate) async fn inventory(store: &dyn highwater::CheckpointStore) -> Result<Inventory> {
+    let mut rows = Vec::new();
+    let mut manifests = Vec::new();
+    for id in store.list_manifests().await? {
+        let row = match store
+            .get_manifest(id)
+            .await
+            .and_then(|b| Manifest::decode(&b))
+        {
+            Ok(m) => {
+                let row = Row::from_manifest(&m);
+                manifests.push(m);
+                row
+            }
+            Err(e) => Row {
+                id: id.0,
+                error: Some(e.to_string()),
+                ..Row::default()
+            },
+        };
+        rows.push(row);
+    }
+    // Chains and sharing across every readable checkpoint.
+    let summary = highwater::merge::summarize(&manifests);
+    for c in &summary.chains {
+        if let Some(r) = rows.iter_mut().find(|r| r.id == c.checkpoint.0) {
+            r.base = Some(c.base.0);
+            r.depth = Some(c.depth);
+            r.shared_artifacts = Some(c.shared_artifacts);
+            r.dedup_saved_bytes = Some(c.dedup_saved_bytes);
+        }
+    }
+    Ok(Inventory {
+        rows,
+        manifests,
+        summary,
+    })
+}
+
 /// Formats ms since the epoch as `YYYY-MM-DD HH:MM:SS.mmm UTC`.
-fn format_utc(ms: u64) -> String {
+pub(crate) fn format_utc(ms: u64) -> String {
     let secs = ms / 1000;
     let days = (secs / 86_400) as i64;
     let tod = secs % 86_400;
@@ -114,55 +181,7 @@ pub(crate) fn human(bytes: u64) -> String {
 
 pub fn inspect(spec: &str, namespace: &str, json: bool) -> Result<ExitCode> {
     let store = open_store(spec, namespace, false)?;
-    let (rows, summary) = runtime()?.block_on(async {
-        let mut rows = Vec::new();
-        let mut manifests = Vec::new();
-        for id in store.list_manifests().await? {
-            let row = match store
-                .get_manifest(id)
-                .await
-                .and_then(|b| Manifest::decode(&b))
-            {
-                Ok(m) => {
-                    let row = Row::from_manifest(&m);
-                    manifests.push(m);
-                    row
-                }
-                Err(e) => Row {
-                    id: id.0,
-                    kind: None,
-                    parent: None,
-                    created_at_ms: None,
-                    created_at: None,
-                    chain_length: None,
-                    logical_bytes: None,
-                    stored_bytes: None,
-                    compression_ratio: None,
-                    artifacts: None,
-                    own_artifacts: None,
-                    base: None,
-                    depth: None,
-                    shared_artifacts: None,
-                    dedup_saved_bytes: None,
-                    native: None,
-                    wal_position: None,
-                    error: Some(e.to_string()),
-                },
-            };
-            rows.push(row);
-        }
-        // Chains and sharing across every readable checkpoint.
-        let summary = highwater::merge::summarize(&manifests);
-        for c in &summary.chains {
-            if let Some(r) = rows.iter_mut().find(|r| r.id == c.checkpoint.0) {
-                r.base = Some(c.base.0);
-                r.depth = Some(c.depth);
-                r.shared_artifacts = Some(c.shared_artifacts);
-                r.dedup_saved_bytes = Some(c.dedup_saved_bytes);
-            }
-        }
-        Ok::<_, Error>((rows, summary))
-    })?;
+    let Inventory { rows, summary, .. } = runtime()?.block_on(inventory(&*store))?;
     let totals = serde_json::json!({
         "distinct_artifacts": summary.distinct_artifacts,
         "referenced_bytes": summary.referenced_bytes,
@@ -176,7 +195,7 @@ pub fn inspect(spec: &str, namespace: &str, json: bool) -> Result<ExitCode> {
     }
     println!("checkpoints in {spec}: {}", rows.len());
     println!(
-        "{:>6}  {:<11}  {:>6}  {:<27}  {:>5}  {:>10}  {:>10}  {:>6}  {:<16}  {:>5}  {:>5}  {:>6}  {:>10}",
+        "{:>6}  {:<11}  {:>6}  {:<27}  {:>5}  {:>10}  {:>10}  {:>6}  {:<16}  {:>5}  {:>5}  {:>6}  {:>10}  {:>9}",
         "id",
         "kind",
         "parent",
@@ -190,6 +209,7 @@ pub fn inspect(spec: &str, namespace: &str, json: bool) -> Result<ExitCode> {
         "depth",
         "shared",
         "dedup",
+        "took",
     );
     for r in &rows {
         if let Some(e) = &r.error {
@@ -197,7 +217,7 @@ pub fn inspect(spec: &str, namespace: &str, json: bool) -> Result<ExitCode> {
             continue;
         }
         println!(
-            "{:>6}  {:<11}  {:>6}  {:<27}  {:>5}  {:>10}  {:>10}  {:>6}  {:<16}  {:>5}  {:>5}  {:>6}  {:>10}",
+            "{:>6}  {:<11}  {:>6}  {:<27}  {:>5}  {:>10}  {:>10}  {:>6}  {:<16}  {:>5}  {:>5}  {:>6}  {:>10}  {:>9}",
             r.id,
             r.kind.as_deref().unwrap_or("?"),
             r.parent
@@ -219,6 +239,9 @@ pub fn inspect(spec: &str, namespace: &str, json: bool) -> Result<ExitCode> {
             r.depth.unwrap_or(0),
             r.shared_artifacts.unwrap_or(0),
             human(r.dedup_saved_bytes.unwrap_or(0)),
+            r.duration_ms
+                .map(|d| format!("{d:.1} ms"))
+                .unwrap_or_else(|| "-".into()),
         );
     }
     println!(

@@ -1,12 +1,22 @@
 //! `highwater`: run the demo pipeline, inspect, verify, compact and
 //! garbage-collect checkpoints.
+//!
+//! Exit codes (docs/operations.md): 0 success, 1 failure (including
+//! `verify` finding a damaged checkpoint), 2 usage (clap's own errors, an
+//! invalid argument, or a backend, store or command this build leaves
+//! out). An error is one line on stderr: `error: ` and the error with its
+//! cause chain.
 
+#[cfg(feature = "raft")]
+mod cluster_demo;
 mod compact;
 mod coordinator;
 mod demo;
 mod inspect;
+mod progress;
 mod prometheus;
 mod recover;
+mod report;
 mod target;
 
 use std::process::ExitCode;
@@ -15,7 +25,13 @@ use clap::{Parser, Subcommand};
 
 /// The highwater command-line tool.
 #[derive(Debug, Parser)]
-#[command(name = "highwater", version, about)]
+#[command(
+    name = "highwater",
+    version,
+    about,
+    after_help = "Exit codes: 0 success, 1 failure, 2 usage (see docs/operations.md).\n\n\
+                  Example:\n  highwater demo --dir /tmp/hw && highwater report /tmp/hw -o report.html"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -28,11 +44,20 @@ enum Command {
     /// Its last line is `digest: <hex>`, a hash of the final state. A run
     /// killed at any moment and resumed with --resume (any number of times)
     /// ends with the same digest as an uninterrupted run.
+    #[command(
+        after_help = "Examples:\n  highwater demo --dir /tmp/hw --events 1000000\n  highwater demo --dir /tmp/hw --resume --wal"
+    )]
     Demo(demo::DemoArgs),
     /// Run one node of a Raft checkpoint-coordination cluster.
+    #[command(
+        after_help = "Example (a one-node cluster):\n  highwater coordinator --id 1 --listen 127.0.0.1:7001 --data /tmp/node-1 --secret-file cluster.secret --interval-ms 1000"
+    )]
     Coordinator(coordinator::CoordinatorArgs),
     /// List the checkpoints in STORE (a directory, or a redis://, s3://,
     /// az:// or gs:// URL).
+    #[command(
+        after_help = "Examples:\n  highwater inspect /tmp/hw\n  highwater inspect s3://bucket/jobs/orders --json"
+    )]
     Inspect {
         /// Checkpoint directory, or a redis://, s3://, az:// or gs:// URL.
         store: String,
@@ -47,9 +72,19 @@ enum Command {
     /// checkpoint, a checkpoint (--checkpoint ID) or a point in time
     /// (--to TIME), plus the write-ahead log; rescaled (--parallelism P
     /// --subtask I) or partial (--operator OP).
+    #[command(
+        after_help = "Examples:\n  highwater recover /tmp/hw --plan\n  highwater recover /tmp/hw --to 2026-11-18T11:06:40Z --parallelism 4 --subtask 0"
+    )]
     Recover(recover::RecoverArgs),
+    /// Write one self-contained HTML page (inline SVG charts, no network,
+    /// no JavaScript) about STORE's retained checkpoints: sizes, durations,
+    /// chain depth, dedup, the current chain, recovery plans and a
+    /// coordinator's ledger (--ledger DIR).
+    #[command(after_help = "Example:\n  highwater report /tmp/hw -o report.html")]
+    Report(report::ReportArgs),
     /// Check every manifest and artifact checksum in STORE (a directory, or
     /// a redis://, s3://, az:// or gs:// URL); exit 1 if any is bad.
+    #[command(after_help = "Example:\n  highwater verify /tmp/hw || echo damaged")]
     Verify {
         /// Checkpoint directory, or a redis://, s3://, az:// or gs:// URL.
         store: String,
@@ -63,6 +98,7 @@ enum Command {
     /// Merge the chain of the newest checkpoint in STORE into a new full
     /// checkpoint (same log position and properties, plus `compacted_from`).
     /// Do not run it while a job writes to the same store.
+    #[command(after_help = "Example:\n  highwater compact /tmp/hw --zstd-level 3")]
     Compact {
         /// Checkpoint directory, or a redis://, s3://, az:// or gs:// URL.
         store: String,
@@ -86,6 +122,7 @@ enum Command {
     /// older manifests and every artifact no kept manifest references
     /// (including what crashed writers left). Do not run it while a job
     /// writes to the same store.
+    #[command(after_help = "Example:\n  highwater gc /tmp/hw --keep 2")]
     Gc {
         /// Checkpoint directory, or a redis://, s3://, az:// or gs:// URL.
         store: String,
@@ -112,6 +149,7 @@ fn main() -> ExitCode {
             json,
         } => inspect::inspect(&store, &namespace, json),
         Command::Recover(args) => recover::run(args),
+        Command::Report(args) => report::run(args),
         Command::Verify {
             store,
             namespace,
@@ -141,8 +179,84 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(2)
+            eprintln!("error: {}", one_line(&e));
+            exit_code(&e)
         }
+    }
+}
+
+/// 2 for a usage error (an invalid argument, or something this build
+/// leaves out), 1 for every other failure.
+fn exit_code(e: &highwater::Error) -> ExitCode {
+    match e {
+        highwater::Error::InvalidArgument(_) => ExitCode::from(2),
+        _ => ExitCode::FAILURE,
+    }
+}
+
+/// The error and its cause chain on one line: each cause not already part
+/// of the text is appended after `: `, and line breaks become spaces.
+fn one_line(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text.push_str(": ");
+            text.push_str(&c);
+        }
+        source = cause.source();
+    }
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent_and_every_command_has_an_example() {
+        Cli::command().debug_assert();
+        for sub in Cli::command().get_subcommands() {
+            let help = sub
+                .get_after_help()
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            assert!(
+                help.contains("Example") && help.contains(&format!("highwater {}", sub.get_name())),
+                "`highwater {} --help` has no example",
+                sub.get_name()
+            );
+        }
+    }
+
+    #[test]
+    fn an_error_is_one_line_with_its_causes() {
+        #[derive(Debug)]
+        struct Outer(std::io::Error);
+        impl std::fmt::Display for Outer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("reading the manifest\nof checkpoint 7")
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let e = Outer(std::io::Error::other("disk on fire"));
+        assert_eq!(
+            one_line(&e),
+            "reading the manifest of checkpoint 7: disk on fire"
+        );
+        // A cause the message already includes is not repeated.
+        let e = highwater::Error::io("open x", std::io::Error::other("denied"));
+        assert_eq!(
+            one_line(&e).matches("denied").count(),
+            1,
+            "{}",
+            one_line(&e)
+        );
     }
 }

@@ -12,7 +12,6 @@ use highwater::recovery::{
 };
 use highwater::wal::{Wal, WalConfig};
 use highwater::{CheckpointId, Error, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::target::open_store;
 
@@ -191,16 +190,7 @@ pub fn run(args: RecoverArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let backend = MemoryBackend::new();
-    let bar = if args.json {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(0)
-    };
-    bar.set_style(
-        ProgressStyle::with_template("{msg:>14} [{bar:40}] {pos}/{len} ({elapsed})")
-            .map_err(|e| Error::unexpected("build the progress bar", e))?
-            .progress_chars("=> "),
-    );
+    let bar = crate::progress::bar(0, args.json, false);
     let on_progress = {
         let bar = bar.clone();
         move |p: Progress| {

@@ -118,6 +118,115 @@ fn sigkill_at_random_moments_then_resume_gives_the_same_digest() {
     );
 }
 
+/// `--parallelism N`: subtasks of one process checkpoint one global cut;
+/// killed at random moments and resumed at random other parallelisms, the
+/// final digest is the single-process run's.
+#[test]
+fn subtasks_killed_and_resumed_at_other_parallelisms_give_the_single_process_digest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let events = 300_000;
+    let with = |name: &str, p: u64| {
+        vec![
+            "--dir".to_string(),
+            tmp.path().join(name).display().to_string(),
+            "--parallelism".into(),
+            p.to_string(),
+        ]
+    };
+    let started = Instant::now();
+    let expected = digest_of(&run_ok(demo_on(&with("reference", 1), events, false)));
+    let full_run = started.elapsed();
+    // Uninterrupted at another parallelism: the same state.
+    assert_eq!(
+        digest_of(&run_ok(demo_on(&with("four", 4), events, false))),
+        expected,
+        "four subtasks"
+    );
+    let mut rng = crash::kill_schedule();
+    let mut kills = 0;
+    for round in 0..6 {
+        let p = 1 + rng.below(4);
+        let max_ms = (full_run.as_millis() as u64 / 2).max(20);
+        let after = Duration::from_millis(rng.below(max_ms));
+        let ended = Victim::spawn(demo_on(&with("killed", p), events, round > 0)).kill_after(after);
+        ended.assert_killed_or_succeeded(&format!("round {round}: demo at parallelism {p}"));
+        kills += u32::from(ended.killed);
+    }
+    assert!(kills > 0, "no run was killed; the schedule is broken");
+    let resumed = digest_of(&run_ok(demo_on(&with("killed", 3), events, true)));
+    assert_eq!(resumed, expected, "resumed at 3 after {kills} kills");
+}
+
+/// Waits until every node address of the cluster demo in `dir` can be
+/// bound again: the nodes of a killed parent exit when their standard
+/// input closes, a moment after the kill.
+fn wait_for_cluster_ports(dir: &Path) {
+    let Ok(text) = std::fs::read_to_string(dir.join("cluster.addrs")) else {
+        return;
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for addr in text.lines() {
+        while std::net::TcpListener::bind(addr).is_err() {
+            assert!(Instant::now() < deadline, "node at {addr} did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// `--cluster N`: node processes coordinated by the Raft ledger. Killed
+/// (the parent, and with it every node) at random moments and resumed,
+/// then resumed on two of the three nodes, the digest is the
+/// single-process one.
+#[cfg(feature = "raft")]
+#[test]
+fn a_raft_cluster_killed_resumed_and_shrunk_gives_the_single_process_digest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let events = 200_000;
+    let cluster = tmp.path().join("cluster");
+    let with = |dir: &Path, n: Option<u16>| {
+        let mut a = vec!["--dir".to_string(), dir.display().to_string()];
+        if let Some(n) = n {
+            a.extend(["--cluster".to_string(), n.to_string()]);
+        }
+        a
+    };
+    let expected = digest_of(&run_ok(demo_on(
+        &with(&tmp.path().join("single"), None),
+        events,
+        false,
+    )));
+    let started = Instant::now();
+    assert_eq!(
+        digest_of(&run_ok(demo_on(&with(&cluster, Some(3)), events, false))),
+        expected,
+        "three nodes, uninterrupted"
+    );
+    let full_run = started.elapsed();
+    let mut rng = crash::kill_schedule();
+    let mut kills = 0;
+    for round in 0..4 {
+        wait_for_cluster_ports(&cluster);
+        let after = Duration::from_millis(rng.below((full_run.as_millis() as u64).max(20)));
+        let ended =
+            Victim::spawn(demo_on(&with(&cluster, Some(3)), events, true)).kill_after(after);
+        ended.assert_killed_or_succeeded(&format!("round {round}: cluster demo"));
+        kills += u32::from(ended.killed);
+    }
+    assert!(kills > 0, "no run was killed; the schedule is broken");
+    wait_for_cluster_ports(&cluster);
+    assert_eq!(
+        digest_of(&run_ok(demo_on(&with(&cluster, Some(3)), events, true))),
+        expected,
+        "three nodes, resumed after {kills} kills"
+    );
+    wait_for_cluster_ports(&cluster);
+    assert_eq!(
+        digest_of(&run_ok(demo_on(&with(&cluster, Some(2)), events, true))),
+        expected,
+        "two of the three nodes, resumed"
+    );
+}
+
 #[test]
 fn sigkill_and_resume_with_the_write_ahead_log() {
     let tmp = tempfile::tempdir().unwrap();
@@ -397,7 +506,8 @@ fn inspect_lists_checkpoints_as_json() {
         .arg(tmp.path().join("nope"))
         .output()
         .unwrap();
-    assert_eq!(missing.status.code(), Some(2));
+    // A store that is not there is a failure (1), not a usage error (2).
+    assert_eq!(missing.status.code(), Some(1));
 }
 
 #[cfg(feature = "s3")]
@@ -682,6 +792,12 @@ mod prometheus {
                 >= total(&second, "highwater_last_checkpoint_size_bytes")
         );
         assert!(total(&second, "highwater_backend_entries") > 0.0);
+        const BACKEND_PUTS: &str =
+            r#"highwater_backend_operations_total{backend="memory",op="put"}"#;
+        assert!(
+            second[BACKEND_PUTS] > first[BACKEND_PUTS],
+            "backend put operations did not move"
+        );
         assert_eq!(total(&second, "highwater_checkpoints_failed_total"), 0.0);
         // Descriptions were registered: exporters print them as HELP.
         assert!(
@@ -752,6 +868,10 @@ mod prometheus {
             total(&second, "highwater_raft_checkpoints_triggered_total")
                 >= total(&second, completed)
         );
+        // One node: it saw one leader (itself) become known, and leads.
+        assert!(total(&second, "highwater_raft_leader_changes_total") >= 1.0);
+        assert_eq!(total(&second, "highwater_raft_is_leader"), 1.0);
+        assert!(total(&second, "highwater_raft_term") >= 1.0);
         assert!(text.contains(&format!("# HELP {completed} ")), "{text}");
         let docs = std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/metrics.md"),
@@ -764,6 +884,307 @@ mod prometheus {
                     "{name} is not documented"
                 );
             }
+        }
+    }
+}
+
+/// `highwater report`, exit codes, one-line errors and progress output
+/// (issue 19's CLI polish).
+mod polish {
+    use super::*;
+
+    fn run(args: &[&std::ffi::OsStr]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .output()
+            .expect("run highwater")
+    }
+
+    /// A small demo store with a few checkpoints.
+    fn store(tmp: &Path) -> PathBuf {
+        let dir = tmp.join("demo");
+        run_ok(demo(&dir, 60_000, false));
+        dir
+    }
+
+    fn inspect_json(dir: &Path) -> serde_json::Value {
+        let mut c = Command::new(BIN);
+        c.arg("inspect").arg(dir).arg("--json");
+        serde_json::from_str(&run_ok(c)).unwrap()
+    }
+
+    /// Exit code `code`, nothing on stdout, and exactly one stderr line
+    /// starting with `error: `; returns that line.
+    fn fails_with(out: &Output, code: i32) -> String {
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(code), "{stderr}");
+        assert!(out.stdout.is_empty(), "printed {:?}", out.stdout);
+        assert_eq!(stderr.lines().count(), 1, "not one line: {stderr:?}");
+        assert!(stderr.starts_with("error: "), "{stderr}");
+        stderr
+    }
+
+    #[test]
+    fn checkpoints_record_their_duration_and_a_compaction_does_not_copy_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = store(tmp.path());
+        let before = inspect_json(&dir);
+        for c in before["checkpoints"].as_array().unwrap() {
+            let d = c["duration_ms"].as_f64().expect("a duration");
+            let pause = c["snapshot_pause_ms"].as_f64().expect("a pause");
+            assert!(d > 0.0 && pause >= 0.0 && pause <= d, "{c}");
+            assert!(c["bytes_written"].as_u64().is_some(), "{c}");
+        }
+        let mut compact = Command::new(BIN);
+        compact.arg("compact").arg(&dir);
+        run_ok(compact);
+        let after = inspect_json(&dir);
+        let newest = after["checkpoints"].as_array().unwrap().last().unwrap();
+        assert!(newest["duration_ms"].is_null(), "{newest}");
+
+        let html = tmp.path().join("r.html");
+        let mut report = Command::new(BIN);
+        report.arg("report").arg(&dir).arg("-o").arg(&html);
+        let said = run_ok(report);
+        assert!(said.contains("r.html"), "{said}");
+        let page = std::fs::read_to_string(&html).unwrap();
+        assert!(page.starts_with("<!DOCTYPE html>"));
+        assert!(!page.contains("<script"));
+        for c in after["checkpoints"].as_array().unwrap() {
+            let stored = c["stored_bytes"].as_u64().unwrap();
+            assert!(page.contains(&format!("{stored} B")), "{stored}");
+            if let Some(d) = c["duration_ms"].as_f64() {
+                assert!(page.contains(&format!("{d:.1} ms")), "{d}");
+            }
+        }
+        assert!(page.contains("not recorded"), "the compacted checkpoint");
+        assert!(page.contains("Duration is not recorded in 1 of"));
+        assert!(page.contains("No cluster ledger"));
+        assert!(
+            page.matches("<svg").count() >= 6,
+            "five charts and the chain"
+        );
+    }
+
+    #[test]
+    fn a_report_of_an_empty_store_says_there_is_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let html = tmp.path().join("r.html");
+        let out = run(&[
+            "report".as_ref(),
+            tmp.path().as_os_str(),
+            "-o".as_ref(),
+            html.as_os_str(),
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        let page = std::fs::read_to_string(&html).unwrap();
+        assert!(page.contains("0 retained checkpoint(s)"));
+        assert!(page.contains("No readable checkpoint"));
+    }
+
+    #[test]
+    fn failures_exit_1_and_usage_errors_exit_2_with_one_line() {
+        let tmp = tempfile::tempdir().unwrap();
+        let missing = tmp.path().join("missing");
+        // A store that is not there: a failure.
+        for cmd in ["inspect", "verify", "report", "recover", "compact", "gc"] {
+            let line = fails_with(&run(&[cmd.as_ref(), missing.as_os_str()]), 1);
+            assert!(line.contains("not found"), "{cmd}: {line}");
+        }
+        // A damaged newest manifest and no fallback allowed: the failure
+        // names the cause.
+        let dir = store(tmp.path());
+        let mut newest: Vec<PathBuf> = std::fs::read_dir(dir.join("manifests"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        newest.sort();
+        std::fs::write(newest.last().unwrap(), b"HWMF garbage").unwrap();
+        let out = run(&[
+            "recover".as_ref(),
+            dir.as_os_str(),
+            "--no-wal".as_ref(),
+            "--no-fallback".as_ref(),
+        ]);
+        let line = fails_with(&out, 1);
+        assert!(line.contains("corrupt manifest"), "{line}");
+        // Usage: clap's own errors and invalid arguments.
+        let out = run(&["no-such-command".as_ref()]);
+        assert_eq!(out.status.code(), Some(2));
+        let out = run(&[
+            "gc".as_ref(),
+            dir.as_os_str(),
+            "--keep".as_ref(),
+            "0".as_ref(),
+        ]);
+        let line = fails_with(&out, 2);
+        assert!(line.contains("--keep"), "{line}");
+        let out = run(&[
+            "recover".as_ref(),
+            dir.as_os_str(),
+            "--to".as_ref(),
+            "soon".as_ref(),
+        ]);
+        fails_with(&out, 2);
+    }
+
+    /// A job of several subtasks keeps its ledger in the store: the report
+    /// shows its completed global checkpoints and each participant's scope.
+    #[test]
+    fn a_report_of_a_parallel_job_shows_the_ledger_in_its_store() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("demo");
+        let mut c = demo(&dir, 60_000, false);
+        c.args(["--parallelism", "2"]);
+        run_ok(c);
+        let html = tmp.path().join("r.html");
+        let out = run(&[
+            "report".as_ref(),
+            dir.as_os_str(),
+            "-o".as_ref(),
+            html.as_os_str(),
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        let page = std::fs::read_to_string(&html).unwrap();
+        assert!(!page.contains("No cluster ledger"), "{page}");
+        assert!(page.contains("The job's ledger"), "{page}");
+        for p in ["participants/0", "participants/1"] {
+            assert!(page.contains(&format!("{p}</td>")), "{p}");
+        }
+        // A participant's scope is a store of its own.
+        let part = dir.join("participants").join("0");
+        let one = tmp.path().join("p0.html");
+        let out = run(&[
+            "report".as_ref(),
+            part.as_os_str(),
+            "-o".as_ref(),
+            one.as_os_str(),
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        let page = std::fs::read_to_string(&one).unwrap();
+        assert!(
+            page.contains("Checkpoint size"),
+            "charts of its checkpoints"
+        );
+    }
+
+    /// `report --ledger DIR` reads a running coordinator's ledger from its
+    /// last Raft snapshot.
+    #[cfg(feature = "raft")]
+    #[test]
+    fn a_report_shows_a_running_coordinators_ledger() {
+        struct Killed(std::process::Child);
+        impl Drop for Killed {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let secret = tmp.path().join("cluster.secret");
+        std::fs::write(&secret, "a test cluster's secret of enough bytes\n").unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let data = tmp.path().join("node-1");
+        let mut node = Killed(
+            Command::new(BIN)
+                .args(["coordinator", "--id", "1"])
+                .arg("--listen")
+                .arg(format!("127.0.0.1:{port}"))
+                .arg("--data")
+                .arg(&data)
+                .arg("--secret-file")
+                .arg(&secret)
+                .args(["--interval-ms", "50", "--snapshot-every", "10"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let store = tmp.path().join("store");
+        std::fs::create_dir_all(&store).unwrap();
+        let html = tmp.path().join("r.html");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let page = loop {
+            assert!(node.0.try_wait().unwrap().is_none(), "the node exited");
+            let out = run(&[
+                "report".as_ref(),
+                store.as_os_str(),
+                "-o".as_ref(),
+                html.as_os_str(),
+                "--ledger".as_ref(),
+                data.as_os_str(),
+            ]);
+            assert!(out.status.success(), "{out:?}");
+            let page = std::fs::read_to_string(&html).unwrap();
+            if page.contains("as of its last Raft snapshot") {
+                break page;
+            }
+            assert!(Instant::now() < deadline, "no snapshot: {page}");
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        assert!(!page.contains("No cluster ledger"));
+        assert!(page.contains("completed at log index"), "{page}");
+        // A directory that is not a coordinator's: a failure, one line.
+        let out = run(&[
+            "report".as_ref(),
+            store.as_os_str(),
+            "-o".as_ref(),
+            html.as_os_str(),
+            "--ledger".as_ref(),
+            tmp.path().join("nowhere").as_os_str(),
+        ]);
+        fails_with(&out, 1);
+    }
+
+    #[test]
+    fn every_command_help_ends_with_an_example() {
+        for cmd in [
+            "demo",
+            "coordinator",
+            "inspect",
+            "recover",
+            "report",
+            "verify",
+            "compact",
+            "gc",
+        ] {
+            let mut c = Command::new(BIN);
+            c.args([cmd, "--help"]);
+            let help = run_ok(c);
+            assert!(help.contains("Example"), "{cmd}: {help}");
+            assert!(
+                help.contains(&format!("  highwater {cmd} ")),
+                "{cmd}: {help}"
+            );
+        }
+    }
+
+    #[test]
+    fn no_progress_bar_is_drawn_into_a_pipe() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = store(tmp.path());
+        for args in [
+            &["recover".as_ref(), dir.as_os_str(), "--no-wal".as_ref()][..],
+            &["compact".as_ref(), dir.as_os_str()][..],
+            &[
+                "gc".as_ref(),
+                dir.as_os_str(),
+                "--keep".as_ref(),
+                "1".as_ref(),
+            ][..],
+        ] {
+            let out = run(args);
+            assert!(out.status.success(), "{args:?}: {out:?}");
+            assert!(
+                out.stderr.is_empty(),
+                "{args:?} wrote to stderr: {:?}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(!out.stdout.contains(&b'\r'), "{args:?}: a bar in stdout");
         }
     }
 }

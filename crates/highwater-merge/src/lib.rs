@@ -46,11 +46,12 @@ mod gc;
 pub mod io;
 mod merge;
 pub mod metrics;
+pub mod recorded;
 mod store;
 
 pub use chain::{ChainSummary, StoreSummary, needs_merge, substitute, summarize};
 pub use checkpointer::{
-    CheckpointHandle, CheckpointInfo, Checkpointer, CheckpointerParts, Exec, Idle,
+    AfterCheckpoint, CheckpointHandle, CheckpointInfo, Checkpointer, CheckpointerParts, Exec, Idle,
 };
 pub use config::{
     CheckpointConfig, ChunkConfig, Compression, ConflictResolution, MergeStrategy, MergerConfig,

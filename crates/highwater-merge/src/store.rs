@@ -149,6 +149,8 @@ pub fn compact_newest(
     })?;
     let id = m.checkpoint_id.next()?;
     let mut properties = m.properties.clone();
+    // The source's run record describes its checkpoint, not this merge.
+    crate::recorded::RunRecord::strip(&mut properties);
     properties.insert("compacted_from".into(), m.checkpoint_id.to_string());
     let mut layer = stored.outcome.layer.clone();
     layer.checkpoint_id = id;

@@ -356,11 +356,12 @@ impl CheckpointCoordinator {
         });
         let server = tokio::spawn(serve(listener, shared.clone()));
         let driver = tokio::spawn(drive(shared.clone()));
+        let leaders = tokio::spawn(crate::metrics::count_leader_changes(shared.raft.metrics()));
         Ok(CheckpointCoordinator {
             shared,
             addr,
             log,
-            tasks: vec![server, driver],
+            tasks: vec![server, driver, leaders],
         })
     }
 

@@ -15,7 +15,7 @@
 //!
 //! [`StateManager::record_backend_metrics`]: crate::StateManager::record_backend_metrics
 
-use ::metrics::{Unit, describe_gauge, gauge};
+use ::metrics::{Unit, counter, describe_counter, describe_gauge, gauge};
 use highwater_core::BackendStats;
 
 /// Live entries of the backend (label `backend`).
@@ -28,6 +28,9 @@ pub const BACKEND_ARENA_BYTES: &str = "highwater_backend_arena_bytes";
 pub const BACKEND_LIVE_BYTES: &str = "highwater_backend_live_bytes";
 /// Bytes of the backend's in-memory indexes.
 pub const BACKEND_INDEX_BYTES: &str = "highwater_backend_index_bytes";
+/// Operations served through the manager's backend (labels `backend`,
+/// `op` = `get` | `put` | `delete` | `batch` | `scan`).
+pub const BACKEND_OPERATIONS: &str = "highwater_backend_operations_total";
 
 /// Registers the unit and description of every metric of every crate in
 /// this build with the installed recorder (exporters print them as
@@ -58,6 +61,11 @@ pub fn describe() {
         Unit::Bytes,
         "bytes of the storage areas holding live records"
     );
+    describe_counter!(
+        BACKEND_OPERATIONS,
+        Unit::Count,
+        "operations served through the state manager's backend, by op"
+    );
     describe_gauge!(
         BACKEND_INDEX_BYTES,
         Unit::Bytes,
@@ -73,4 +81,12 @@ pub fn backend_stats(name: &'static str, stats: &BackendStats) {
     gauge!(BACKEND_ARENA_BYTES, "backend" => name).set(stats.arena_bytes as f64);
     gauge!(BACKEND_LIVE_BYTES, "backend" => name).set(stats.live_bytes as f64);
     gauge!(BACKEND_INDEX_BYTES, "backend" => name).set(stats.index_bytes as f64);
+}
+
+/// Sets the backend operation counters (absolute: the counts since the
+/// manager was built), labelled with the backend's `name` and the op.
+pub fn backend_operations(name: &'static str, by_op: &[(&'static str, u64)]) {
+    for &(op, n) in by_op {
+        counter!(BACKEND_OPERATIONS, "backend" => name, "op" => op).absolute(n);
+    }
 }

@@ -119,3 +119,44 @@ fn restores_and_backend_size_are_emitted_through_the_metrics_facade() {
     );
     assert!(gauge(&s, highwater::metrics::BACKEND_BYTES, &backend) > 0.0);
 }
+
+#[test]
+fn backend_operations_are_counted_by_op() {
+    use highwater::metrics::BACKEND_OPERATIONS;
+    let local = LocalStore::new();
+    let m = StateManager::builder()
+        .backend(Arc::new(MemoryBackend::new()))
+        .store(local.dyn_store())
+        .build()
+        .unwrap();
+    let n: ValueState<u32, u64> = m
+        .keyed_state("op")
+        .unwrap()
+        .value_state(&ValueStateDescriptor::new("n"))
+        .unwrap();
+    for k in 0..3 {
+        n.update(&k, &1).unwrap();
+    }
+    assert_eq!(n.get(&0).unwrap(), Some(1));
+    assert_eq!(n.get(&7).unwrap(), None);
+    n.clear(&1).unwrap();
+    // A checkpoint reads the backend itself, not through the handles: not
+    // counted.
+    m.checkpoint().unwrap().wait().unwrap();
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || m.record_backend_metrics());
+    let s: Snapshot = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .map(|(k, _, _, v)| (k, v))
+        .collect();
+    let ops = |op| counter(&s, BACKEND_OPERATIONS, &[("backend", "memory"), ("op", op)]);
+    assert_eq!(ops("put"), 3);
+    assert_eq!(ops("get"), 2);
+    assert_eq!(ops("delete"), 1);
+    assert_eq!(ops("batch"), 0);
+    assert_eq!(ops("scan"), 0);
+}
