@@ -15,7 +15,10 @@
 //!   installed if missing);
 //! - `ci`: exactly what CI runs, in order;
 //! - `services start|stop|status`: the servers tests and benches talk to;
+//! - `fuzz [TARGET] [--minutes N]`: the cargo-fuzz targets of `fuzz/`
+//!   with the nightly toolchain (cargo-fuzz installed if missing);
 //! - `torture SUITE [--rounds N]`: long crash tests (`wal`: 1,000 SIGKILLs;
+//!   `checkpoint`: 1,000 SIGKILLs of checkpoints, merges and retention;
 //!   `raft`: 500 rounds of crashes, restarts and partitions of 5 nodes).
 //!
 //! The build output is `$CARGO_TARGET_DIR`, or `target/` in the repository.
@@ -25,6 +28,7 @@ mod bench_chart;
 mod browser;
 mod ci;
 mod demo;
+mod fuzz;
 mod prereqs;
 mod services;
 mod testing;
@@ -89,7 +93,18 @@ enum Command {
     /// Check the source tree: module docs, forbidden markers, manifests, the
     /// crate layering, and that the docs name only what exists.
     Tidy,
+    /// Fuzz the decoders with cargo-fuzz (nightly): every target of
+    /// `fuzz/`, or TARGET, for N minutes each; prints executions per target.
+    Fuzz {
+        /// One target (manifest, manifest_body, artifact, artifact_body,
+        /// wal_segment, raft_frame, raft_snapshot, redis_artifact).
+        target: Option<String>,
+        /// Minutes per target.
+        #[arg(long, default_value_t = 1.0)]
+        minutes: f64,
+    },
     /// Run a long crash test: `wal` SIGKILLs a writing child 1,000 times;
+    /// `checkpoint` kills checkpoints, merges and retention 1,000 times;
     /// `raft` runs 500 rounds of crashes, restarts and partitions.
     Torture {
         /// The suite (`wal`, `raft`).
@@ -157,6 +172,7 @@ fn dispatch(ws: &Workspace, command: Command) -> Result {
         Command::Browser => browser::run_browser_test(ws),
         Command::Ci => ci::run_ci(ws),
         Command::Tidy => tidy::run_tidy(ws),
+        Command::Fuzz { target, minutes } => fuzz::run_fuzz(ws, target.as_deref(), minutes),
         Command::Torture { suite, rounds } => torture::run_torture(ws, &suite, rounds),
         Command::Services { action } => match action {
             ServicesAction::Start => services::start(ws).map(|_| ()),

@@ -66,7 +66,7 @@ fn compact_then_gc_keeps_the_state_and_drops_everything_else() {
 
     let v = json_of(&["compact", "--json"], &dir);
     let compacted = highwater::CheckpointId(v["compact"]["compacted"].as_u64().unwrap());
-    assert_eq!(compacted, newest.next());
+    assert_eq!(compacted, newest.next().unwrap());
     assert_eq!(v["compact"]["source"], newest.0);
     let m = block_on(load_manifest(&store, compacted)).unwrap();
     assert_eq!(m.kind, highwater::CheckpointKind::Full);

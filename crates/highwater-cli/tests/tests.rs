@@ -1227,3 +1227,87 @@ mod polish {
         }
     }
 }
+
+/// Copies a local store (its `artifacts` and `manifests` directories).
+fn copy_store(from: &Path, to: &Path) {
+    for sub in ["artifacts", "manifests"] {
+        std::fs::create_dir_all(to.join(sub)).unwrap();
+        for e in std::fs::read_dir(from.join(sub)).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), to.join(sub).join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// Issue 18, end to end: the demo's store on a 512 KiB tmpfs fills up. The
+/// demo exits with an error naming the full disk and the store, without a
+/// panic; `verify` finds every committed checkpoint whole; and the run,
+/// resumed from a copy of that store with room to spare, ends with the
+/// digest of an uninterrupted run (nothing committed was lost). Root only
+/// (it mounts the tmpfs); elsewhere it says why and returns.
+#[test]
+fn a_full_disk_stops_the_demo_cleanly_and_a_resume_loses_nothing() {
+    let Some(fs) = highwater_testkit::mounts::Tmpfs::mount_or_skip(
+        "a_full_disk_stops_the_demo_cleanly_and_a_resume_loses_nothing",
+        "size=512k",
+    ) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let events = 300_000;
+    let reference = digest_of(&run_ok(demo(&tmp.path().join("reference"), events, false)));
+    let store = fs.path().join("store");
+    let out = demo(&store, events, false).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the demo fit in 512 KiB");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains("storage full") && stderr.contains(&store.display().to_string()),
+        "the error names the full disk and the store: {stderr}"
+    );
+    let v = verify(&store);
+    assert!(
+        v.status.success(),
+        "committed checkpoints are whole: {}",
+        String::from_utf8_lossy(&v.stdout)
+    );
+    let resumed = tmp.path().join("resumed");
+    copy_store(&store, &resumed);
+    assert_eq!(digest_of(&run_ok(demo(&resumed, events, true))), reference);
+}
+
+/// Issue 18, end to end: a store on a file system remounted read-only is
+/// still inspected and verified, and a resumed demo that must write to it
+/// fails with an error naming the store, without a panic.
+#[test]
+fn a_read_only_store_is_read_and_writes_fail_cleanly() {
+    let Some(fs) = highwater_testkit::mounts::Tmpfs::mount_or_skip(
+        "a_read_only_store_is_read_and_writes_fail_cleanly",
+        "size=64m",
+    ) else {
+        return;
+    };
+    let store = fs.path().join("store");
+    run_ok(demo(&store, 100_000, false));
+    fs.remount_read_only().unwrap();
+    let v = verify(&store);
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+    let inspect = Command::new(BIN)
+        .arg("inspect")
+        .arg(&store)
+        .output()
+        .unwrap();
+    assert!(
+        inspect.status.success(),
+        "{}",
+        String::from_utf8_lossy(&inspect.stderr)
+    );
+    let out = demo(&store, 200_000, true).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "wrote to a read-only store");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains(&store.display().to_string()),
+        "the error names the store: {stderr}"
+    );
+}

@@ -158,6 +158,8 @@
 
 #![deny(missing_docs)]
 
+#[cfg(feature = "faults")]
+pub mod faults;
 pub mod layout;
 mod retry;
 mod store;

@@ -458,15 +458,63 @@ impl ObjectCheckpointStore {
 
     /// Whether an artifact exists, by HEAD.
     async fn head_artifact(&self, id: ArtifactId, path: &Path) -> Result<bool> {
+        self.stored_size(id, path).await.map(|s| s.is_some())
+    }
+
+    /// The size of the stored artifact, `None` when there is none.
+    async fn stored_size(&self, id: ArtifactId, path: &Path) -> Result<Option<u64>> {
         let (result, _) = self
             .run("head", path, Some(&self.counters.heads), || {
                 self.store.head(path)
             })
             .await;
         match result {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.error("head", &format!("artifact {id}"), path, e)),
+        }
+    }
+
+    /// Whether an artifact found already stored under `id` (of size
+    /// `found`, from a HEAD) may be reused:
+    /// the name is a content address, but a store that lost or tore a
+    /// write (issue 18's fault tests: half an upload stored and
+    /// acknowledged) can hold other bytes under it, and a checkpoint that
+    /// deduplicated against them would be unrestorable. One HEAD compares
+    /// the size; a damaged copy is replaced by these bytes (the same
+    /// content, so replacing is safe whoever else reads it).
+    async fn reuse_or_replace(
+        &self,
+        id: ArtifactId,
+        path: &Path,
+        data: &Bytes,
+        found: Option<u64>,
+    ) -> Result<PutOutcome> {
+        let len = data.len() as u64;
+        match found {
+            Some(size) if size == len => Ok(PutOutcome::AlreadyPresent),
+            found => {
+                tracing::warn!(
+                    store = self.name,
+                    artifact = %id,
+                    stored_size = ?found,
+                    expected_size = len,
+                    "stored artifact has the wrong size; writing it again"
+                );
+                let what = format!("artifact {id}");
+                let (result, _) = self
+                    .run("put", path, Some(&self.counters.puts), || {
+                        self.store.put_opts(
+                            path,
+                            PutPayload::from(data.clone()),
+                            PutMode::Overwrite.into(),
+                        )
+                    })
+                    .await;
+                result.map_err(|e| self.error("put", &what, path, e))?;
+                bump(&self.counters.bytes_written, len);
+                Ok(PutOutcome::Written)
+            }
         }
     }
 
@@ -502,7 +550,8 @@ impl ObjectCheckpointStore {
                     // and then failed before its directory was synced.
                     self.sync_local_dir("put", &what, path).await?;
                 }
-                Ok(PutOutcome::AlreadyPresent)
+                let found = self.stored_size(id, path).await?;
+                self.reuse_or_replace(id, path, &data, found).await
             }
             Err(e) => Err(self.error("put", &what, path, e)),
         }
@@ -516,8 +565,8 @@ impl ObjectCheckpointStore {
     /// under the same content-addressed name; the object is replaced by
     /// identical bytes, atomically, when the second upload completes.
     async fn put_multipart(&self, id: ArtifactId, path: &Path, data: Bytes) -> Result<PutOutcome> {
-        if self.head_artifact(id, path).await? {
-            return Ok(PutOutcome::AlreadyPresent);
+        if let Some(size) = self.stored_size(id, path).await? {
+            return self.reuse_or_replace(id, path, &data, Some(size)).await;
         }
         let (result, _) = self
             .run("put multipart", path, None, || {

@@ -50,8 +50,8 @@ pub use error::{BoxError, Error, ErrorKind, Result};
 pub use key::StateKey;
 pub use keygroup::{DEFAULT_MAX_PARALLELISM, KeyGroup, KeyGroupRange, key_group_for};
 pub use manifest::{
-    ArtifactId, ArtifactRef, CheckpointId, CheckpointKind, Layer, LayerKind, Manifest,
-    valid_native_file_name,
+    ArtifactId, ArtifactRef, CheckpointId, CheckpointKind, Layer, LayerKind, MAX_ARTIFACT_BYTES,
+    Manifest, valid_native_file_name,
 };
 pub use read::{RecordVisitor, decode_checked, load_manifest, visit_checked};
 pub use retry::{RetryPolicy, Retrying};

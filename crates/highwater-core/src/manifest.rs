@@ -32,6 +32,11 @@ const MANIFEST_MAGIC: &[u8; 4] = b"HWMF";
 const MANIFEST_HEADER_LEN: usize = 20;
 /// Manifests larger than this are rejected before any allocation.
 pub const MAX_MANIFEST_BYTES: usize = 256 << 20;
+/// The largest logical or stored size a manifest may give one artifact
+/// (256 GiB). A manifest of at most [`MAX_MANIFEST_BYTES`] holds fewer
+/// than 2^25 artifact references, so sums of sizes over a manifest stay
+/// below 2^63 and never overflow (issue 18).
+pub const MAX_ARTIFACT_BYTES: u64 = 1 << 38;
 
 /// Identifier of a checkpoint; ids increase with time.
 #[derive(
@@ -40,9 +45,20 @@ pub const MAX_MANIFEST_BYTES: usize = 256 << 20;
 pub struct CheckpointId(pub u64);
 
 impl CheckpointId {
-    /// The id after this one.
-    pub fn next(self) -> CheckpointId {
-        CheckpointId(self.0 + 1)
+    /// The id after this one; [`Error::Corrupt`] for `u64::MAX`, which no
+    /// store writes (ids start at 1), so only a forged or damaged name or
+    /// manifest carries it (issue 18: it used to wrap to 0, ranking the
+    /// next checkpoint below older ones).
+    pub fn next(self) -> Result<CheckpointId> {
+        self.0.checked_add(1).map(CheckpointId).ok_or_else(|| {
+            Error::corrupt(
+                "checkpoint id",
+                format!(
+                    "no id follows {}: the store holds a forged or damaged checkpoint id",
+                    self.0
+                ),
+            )
+        })
     }
 }
 
@@ -236,6 +252,31 @@ impl Manifest {
         let bad = |detail: String| Err(Error::corrupt("manifest", detail));
         if self.max_parallelism == 0 {
             return bad("max_parallelism is zero".into());
+        }
+        // Issue 18: no store writes these (ids start at 1 and each has a
+        // successor; a log position is followed by the next record's), so
+        // a forged one is refused before anything adds one to it.
+        if self.checkpoint_id.0 == u64::MAX {
+            return bad(format!(
+                "checkpoint id {} has no successor",
+                self.checkpoint_id
+            ));
+        }
+        if self.wal_position == Some(u64::MAX) {
+            return bad(format!(
+                "wal position {} has no successor: checkpoint={}",
+                u64::MAX,
+                self.checkpoint_id
+            ));
+        }
+        if let Some(a) = self
+            .artifacts()
+            .find(|a| a.logical_bytes > MAX_ARTIFACT_BYTES || a.stored_bytes > MAX_ARTIFACT_BYTES)
+        {
+            return bad(format!(
+                "artifact size above {MAX_ARTIFACT_BYTES}: artifact={} logical={} stored={}",
+                a.id, a.logical_bytes, a.stored_bytes
+            ));
         }
         let Some(first) = self.layers.first() else {
             return bad(format!("no layers: checkpoint={}", self.checkpoint_id));
@@ -614,6 +655,43 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Issue 18: a forged id or log position with no successor, or sizes
+    /// whose sum over a manifest could overflow, are corruption when
+    /// decoded; `CheckpointId::next` of `u64::MAX` is an error, not a wrap.
+    #[test]
+    fn forged_ids_positions_and_sizes_are_refused() {
+        assert_eq!(CheckpointId(7).next().unwrap(), CheckpointId(8));
+        assert!(CheckpointId(u64::MAX).next().unwrap_err().is_corruption());
+        type Forge = fn(&mut Manifest);
+        let forgeries: [(&str, Forge); 4] = [
+            ("checkpoint id", |m| {
+                m.checkpoint_id = CheckpointId(u64::MAX);
+                m.layers.last_mut().unwrap().checkpoint_id = CheckpointId(u64::MAX);
+            }),
+            ("wal position", |m| m.wal_position = Some(u64::MAX)),
+            ("artifact size", |m| {
+                m.layers[0].artifacts[0].stored_bytes = u64::MAX;
+            }),
+            ("artifact size", |m| {
+                m.layers[0].artifacts[0].logical_bytes = MAX_ARTIFACT_BYTES + 1;
+            }),
+        ];
+        for (what, forge) in forgeries {
+            let mut m = sample();
+            m.validate().unwrap();
+            forge(&mut m);
+            let e = Manifest::decode(&m.encode().unwrap()).unwrap_err();
+            assert!(
+                e.is_corruption() && e.to_string().contains(what),
+                "{what}: {e}"
+            );
+        }
+        let mut m = sample();
+        m.wal_position = Some(u64::MAX - 1);
+        m.layers[0].artifacts[0].logical_bytes = MAX_ARTIFACT_BYTES;
+        Manifest::decode(&m.encode().unwrap()).unwrap();
     }
 
     #[test]

@@ -114,6 +114,21 @@ pub fn visit_checked(
             decoded.header.entries, r.entries
         )));
     }
+    // Whatever the verification level, the bytes must also match the
+    // reference's stored size and codec: with the header's payload checksum this
+    // binds an artifact to its place in the manifest, so a store that
+    // swapped two artifacts is caught unless they agree in kind, entry
+    // count, stored size and codec (issue 18; only the content-address
+    // check of `VerificationLevel::Checksum` catches every swap).
+    if bytes.len() as u64 != r.stored_bytes || decoded.header.codec != r.codec {
+        return Err(ctx(format!(
+            "stored size or codec differs from manifest: stored={} manifest_stored={} codec={:?} manifest_codec={:?}",
+            bytes.len(),
+            r.stored_bytes,
+            decoded.header.codec,
+            r.codec
+        )));
+    }
     let stored = decoded.header.key_form;
     if (stored == KeyForm::OperatorRelative || form == KeyForm::OperatorRelative)
         && (r.operator.is_empty() || r.operator.len() > usize::from(u8::MAX))

@@ -291,7 +291,9 @@ impl Idle<'_> {
         if let Some(m) = &manifest
             && self.t.next_id <= m.checkpoint_id
         {
-            self.t.next_id = m.checkpoint_id.next();
+            // A manifest decodes only with an id below u64::MAX
+            // (`Manifest::validate`), so this always has a successor.
+            self.t.next_id = m.checkpoint_id.next().unwrap_or(m.checkpoint_id);
         }
         self.t.base = manifest.filter(|_| whole);
     }
@@ -370,7 +372,10 @@ impl Checkpointer {
         )?;
         let store = parts.store.clone();
         let ids = exec.run_io(async move { store.list_manifests().await })?;
-        let next_id = ids.iter().max().map_or(CheckpointId(1), |l| l.next());
+        let next_id = match ids.iter().max() {
+            Some(newest) => newest.next()?,
+            None => CheckpointId(1),
+        };
         Ok(Checkpointer {
             inner: Arc::new(Inner {
                 parts,
@@ -615,6 +620,9 @@ impl Checkpointer {
             Some(_) => (CheckpointKind::Incremental, SnapshotKind::Changes),
             None => (CheckpointKind::Full, SnapshotKind::Full),
         };
+        // Before anything changes: an id without a successor (only a
+        // forged store listing can hold one) fails this checkpoint.
+        let following = t.next_id.next()?;
         // The backend's change epoch starts at this snapshot (even if taking
         // it fails part-way): until this checkpoint commits there is no valid
         // parent for an incremental.
@@ -623,7 +631,7 @@ impl Checkpointer {
         let (snapshot, wal_position) = take_snapshot(&inner.parts, snapshot_kind)?;
         let snapshot_pause = started.elapsed();
         let id = t.next_id;
-        t.next_id = id.next();
+        t.next_id = following;
         t.in_flight = true;
         t.last_trigger = started;
         drop(t);
@@ -714,7 +722,9 @@ fn finish_checkpoint(
     if let Some(newest) = newest
         && t.next_id <= newest
     {
-        t.next_id = newest.next();
+        // An id with no successor stays where it is: the next checkpoint
+        // fails with `AlreadyExists` again rather than wrapping below it.
+        t.next_id = newest.next().unwrap_or(t.next_id);
     }
     match &result {
         Ok((manifest, info)) => {

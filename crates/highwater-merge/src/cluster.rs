@@ -374,7 +374,7 @@ impl LocalCoordinator {
                 interval,
                 runtime,
                 state: Mutex::new(LocalState {
-                    next_id: newest.next(),
+                    next_id: newest.next()?,
                     pending: None,
                     requested: false,
                     last_trigger: Instant::now(),
@@ -437,9 +437,14 @@ impl LocalCoordinator {
                 .inner
                 .interval
                 .is_some_and(|every| s.last_trigger.elapsed() >= every);
-        if s.pending.is_none() && due {
+        // An id without a successor (only a forged store holds one) starts
+        // no checkpoint.
+        if s.pending.is_none()
+            && due
+            && let Ok(following) = s.next_id.next()
+        {
             let id = s.next_id;
-            s.next_id = id.next();
+            s.next_id = following;
             s.pending = Some((id, BTreeMap::new()));
             s.requested = false;
             s.last_trigger = Instant::now();

@@ -147,7 +147,7 @@ pub fn compact_newest(
             progress(d, total);
         })
     })?;
-    let id = m.checkpoint_id.next();
+    let id = m.checkpoint_id.next()?;
     let mut properties = m.properties.clone();
     // The source's run record describes its checkpoint, not this merge.
     crate::recorded::RunRecord::strip(&mut properties);

@@ -816,7 +816,7 @@ fn vote_ok(v: &openraft::Vote<NodeId>) -> bool {
 /// speaking for itself (the vote it carries names the authenticated node);
 /// acknowledgements only by the participant itself; other proposals only
 /// from nodes.
-fn refusal(peer: NodeId, request: &Request) -> Option<String> {
+pub(crate) fn refusal(peer: NodeId, request: &Request) -> Option<String> {
     let rpc_sender = |v: &openraft::Vote<NodeId>| -> Option<String> {
         if peer == TOOL_IDENTITY {
             Some("a tool may not send raft rpcs".into())
@@ -864,7 +864,7 @@ fn refusal(peer: NodeId, request: &Request) -> Option<String> {
 /// The snapshot a node is receiving, as far as the network layer has
 /// checked it.
 #[derive(Debug, Default)]
-struct SnapshotReceipt {
+pub(crate) struct SnapshotReceipt {
     /// The snapshot being received.
     id: Option<String>,
     /// Bytes received from offset 0 on without a gap.
@@ -878,7 +878,7 @@ impl SnapshotReceipt {
     /// starting a snapshot at offset 0 or continuing the current one
     /// without skipping ahead. `Ok` is the end of the chunk; `Err` the
     /// offset a real leader should resume from ([`snapshot_mismatch`]).
-    fn check(
+    pub(crate) fn check(
         &self,
         r: &openraft::raft::InstallSnapshotRequest<TypeConfig>,
     ) -> std::result::Result<u64, u64> {

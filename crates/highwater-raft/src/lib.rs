@@ -37,6 +37,8 @@
 mod auth;
 mod coordinator;
 mod error;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 #[cfg(test)]
 mod hostile_tests;
 mod ledger;

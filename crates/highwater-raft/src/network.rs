@@ -173,7 +173,13 @@ pub(crate) async fn read_frame_body<T: for<'de> Deserialize<'de>>(
         source: e,
     })?;
     session.open(len, &body, &tag)?;
-    postcard::from_bytes(&body).map_err(|e| frame_err(format!("undecodable: {e} len={len}")))
+    decode_body(&body)
+}
+
+/// Decodes the body of a frame whose tag was checked.
+pub(crate) fn decode_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T> {
+    postcard::from_bytes(body)
+        .map_err(|e| frame_err(format!("undecodable: {e} len={}", body.len())))
 }
 
 /// How a client authenticates: the cluster secret, its own identity (a

@@ -61,10 +61,10 @@ pub enum LedgerEvent {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct SnapshotBody {
-    last_applied: Option<LogId<NodeId>>,
-    membership: StoredMembership<NodeId, BasicNode>,
-    ledger: Ledger,
+pub(crate) struct SnapshotBody {
+    pub(crate) last_applied: Option<LogId<NodeId>>,
+    pub(crate) membership: StoredMembership<NodeId, BasicNode>,
+    pub(crate) ledger: Ledger,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -103,7 +103,7 @@ fn lock(m: &Mutex<SmInner>) -> MutexGuard<'_, SmInner> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn encode_snapshot(body: &SnapshotBody) -> Result<Vec<u8>> {
+pub(crate) fn encode_snapshot(body: &SnapshotBody) -> Result<Vec<u8>> {
     let payload = postcard::to_allocvec(body).map_err(|e| Error::Serialization {
         context: "raft snapshot".into(),
         source: e.into(),
@@ -116,7 +116,7 @@ fn encode_snapshot(body: &SnapshotBody) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotBody> {
+pub(crate) fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotBody> {
     if bytes.len() > MAX_SNAPSHOT_BYTES {
         return Err(Error::corrupt(
             "raft snapshot",

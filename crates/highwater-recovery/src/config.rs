@@ -13,6 +13,14 @@ pub enum VerificationLevel {
     /// payload checksum and bounds checks cannot be turned off, so damaged
     /// bytes are still refused; only the whole-artifact xxh3-128 check (and
     /// the deletion of a damaged stored copy it triggers) is skipped.
+    ///
+    /// What this level cannot catch: a store that returns *another valid
+    /// artifact* under an id. The decoder binds bytes to their manifest
+    /// reference only by kind, entry count, key-group range of every
+    /// record, stored size and codec, so two artifacts that agree in all of
+    /// these (same range and entry count, equal compressed size), swapped,
+    /// restore a wrong state without an error. `Checksum` catches every
+    /// such swap at the cost of one xxh3-128 pass over the fetched bytes.
     None,
     /// Every fetched artifact's xxh3-128 must equal its content address
     /// (the id the manifest names it by). A mismatch is read a second time;

@@ -337,7 +337,7 @@ pub(crate) fn plan_for(
                 continue;
             }
             n += 1;
-            bytes += r.stored_bytes;
+            bytes = u64::saturating_add(bytes, r.stored_bytes);
             distinct.insert(r.id, r.stored_bytes);
             per_op
                 .entry(&r.operator)
@@ -392,8 +392,7 @@ pub(crate) fn plan_for(
         std::cmp::Reverse(
             r.artifacts
                 .iter()
-                .map(|a| a.artifact.logical_bytes)
-                .sum::<u64>(),
+                .fold(0u64, |n, a| n.saturating_add(a.artifact.logical_bytes)),
         )
     });
     let until_ms = match target {
@@ -403,7 +402,8 @@ pub(crate) fn plan_for(
     let wal_range = match (target, wal, manifest.wal_position) {
         (RecoveryTarget::Checkpoint(_), _, _) => None,
         (_, Some(wal), Some(p)) => Some(WalRange {
-            from_lsn: p + 1,
+            // `Manifest::validate` refuses `u64::MAX`; saturating anyway.
+            from_lsn: p.saturating_add(1),
             last_lsn: wal.written_lsn(),
             until_ms,
         }),
@@ -419,7 +419,7 @@ pub(crate) fn plan_for(
         chain,
         ranges,
         artifacts_to_fetch: distinct.len(),
-        bytes_to_fetch: distinct.values().sum(),
+        bytes_to_fetch: distinct.values().fold(0, |n, b| u64::saturating_add(n, *b)),
         wal: wal_range,
         fallbacks,
         fallback_candidates,

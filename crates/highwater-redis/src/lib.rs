@@ -210,4 +210,6 @@ mod store;
 
 pub use backend::{RedisBackend, RedisBackendConfig};
 pub use conn::{ConnectOptions, RedisEndpoint, RetryPolicy, classify, is_transient};
+#[cfg(feature = "fuzzing")]
+pub use store::fuzzing;
 pub use store::{RedisCheckpointStore, RedisStoreConfig};

@@ -31,6 +31,12 @@ const KIND_CHUNKED: u8 = 1;
 const CHUNKED_HEADER_LEN: usize = 4 + 1 + 1 + 8 + 4 + 4;
 /// Parts fetched per `MGET`, to bound the size of one reply.
 const PARTS_PER_READ: usize = 4;
+/// Keys per `UNLINK` or expiry pipeline, so a chunked header (read from
+/// the store, so not trusted) never builds one unbounded command.
+const KEYS_PER_COMMAND: usize = 1024;
+/// The largest part size a header may claim: the largest `chunk_size` a
+/// store accepts.
+const MAX_PART_SIZE: usize = 256 << 20;
 
 /// Publishes a chunked artifact once its parts are written: creates the
 /// header only if absent and makes the parts permanent (or gives them the
@@ -370,23 +376,35 @@ impl RedisCheckpointStore {
             Ok(Header::Chunked { parts, .. }) => parts,
             _ => 0,
         };
+        // The header first, then the parts, a bounded number per pipeline
+        // (the header is read from the store, so `parts` is not trusted:
+        // a batch of parts none of which exists ends the walk).
         let mut pipe = redis::pipe();
         pipe.cmd("PEXPIRE").arg(&header).arg(ttl).ignore();
-        for i in 0..parts {
-            pipe.cmd("PEXPIRE")
-                .arg(self.part_key(id, i))
-                .arg(ttl)
-                .ignore();
-        }
         let (result, _) = self
             .run("refresh artifact expiry", &self.counters.puts, |mut c| {
                 let pipe = &pipe;
                 async move { c.pipeline(pipe).await }
             })
             .await;
-        result
-            .map(|_| ())
-            .map_err(|e| self.err("refresh artifact expiry", e))
+        result.map_err(|e| self.err("refresh artifact expiry", e))?;
+        for start in (0..parts).step_by(KEYS_PER_COMMAND) {
+            let mut pipe = redis::pipe();
+            for i in start..(start + KEYS_PER_COMMAND).min(parts) {
+                pipe.cmd("PEXPIRE").arg(self.part_key(id, i)).arg(ttl);
+            }
+            let (result, _) = self
+                .run("refresh artifact expiry", &self.counters.puts, |mut c| {
+                    let pipe = &pipe;
+                    async move { c.pipeline(pipe).await }
+                })
+                .await;
+            let set = result.map_err(|e| self.err("refresh artifact expiry", e))?;
+            if set.iter().all(|v| matches!(v, Value::Int(0))) {
+                break;
+            }
+        }
+        Ok(())
     }
 
     async fn put_inline(&self, id: ArtifactId, data: &Bytes) -> Result<PutOutcome> {
@@ -596,6 +614,7 @@ fn parse_header(raw: &[u8]) -> Result<Header<'_>> {
                 u32::from_le_bytes(fields[12..16].try_into().unwrap_or_default()) as usize;
             let expected = (part_size as u64).saturating_mul(parts as u64);
             if part_size == 0
+                || part_size > MAX_PART_SIZE
                 || parts == 0
                 || total > expected
                 || total <= expected - part_size as u64
@@ -619,6 +638,124 @@ fn parse_header(raw: &[u8]) -> Result<Header<'_>> {
             "unknown kind or short header: len={}",
             raw.len()
         ))),
+    }
+}
+
+/// A chunked artifact put together from its parts as they arrive, each
+/// checked against the length its header implies.
+pub(crate) struct Assembly {
+    id: ArtifactId,
+    total: u64,
+    parts: usize,
+    part_size: usize,
+    out: BytesMut,
+    next: usize,
+}
+
+impl Assembly {
+    pub(crate) fn new(id: ArtifactId, total: u64, parts: usize, part_size: usize) -> Assembly {
+        Assembly {
+            id,
+            total,
+            parts,
+            part_size,
+            out: BytesMut::new(),
+            next: 0,
+        }
+    }
+
+    /// Appends the next part (`None`: the store has no such key).
+    pub(crate) fn push(&mut self, part: Option<&[u8]>) -> Result<()> {
+        let (id, i, parts) = (self.id, self.next, self.parts);
+        let Some(part) = part else {
+            return Err(Error::corrupt(
+                "redis artifact",
+                format!("part missing: id={id} part={i} parts={parts}"),
+            ));
+        };
+        // `parse_header` guarantees 0 < total - part_size * (parts - 1)
+        // <= part_size; checked anyway, the header being untrusted.
+        let want = if i + 1 == parts {
+            (self.total as usize).checked_sub(self.part_size.saturating_mul(parts - 1))
+        } else if i < parts {
+            Some(self.part_size)
+        } else {
+            None
+        };
+        if want != Some(part.len()) {
+            return Err(Error::corrupt(
+                "redis artifact",
+                format!(
+                    "part has the wrong length: id={id} part={i} len={} expected={want:?}",
+                    part.len()
+                ),
+            ));
+        }
+        self.out.extend_from_slice(part);
+        self.next += 1;
+        Ok(())
+    }
+
+    /// The artifact, once every part arrived.
+    pub(crate) fn finish(self) -> Result<Bytes> {
+        if self.next != self.parts || self.out.len() as u64 != self.total {
+            return Err(Error::corrupt(
+                "redis artifact",
+                format!(
+                    "parts do not add up: id={} total={} parts={} read={} bytes={}",
+                    self.id,
+                    self.total,
+                    self.parts,
+                    self.next,
+                    self.out.len()
+                ),
+            ));
+        }
+        Ok(self.out.freeze())
+    }
+}
+
+/// Entry points for fuzzing the store's decoding of what it reads (feature
+/// `fuzzing`; see `crates/highwater-fuzz`).
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing {
+    use super::*;
+
+    /// Parses `raw` as an artifact's header key and, for a chunked header,
+    /// puts the artifact together from `parts` (fewer than the header
+    /// claims is a missing part) as `get_artifact` does.
+    pub fn artifact(raw: &[u8], parts: &[&[u8]]) -> Result<Bytes> {
+        match parse_header(raw)? {
+            Header::Inline(data) => Ok(Bytes::copy_from_slice(data)),
+            Header::Chunked {
+                total,
+                parts: n,
+                part_size,
+            } => {
+                let mut a = Assembly::new(ArtifactId(0), total, n, part_size);
+                for i in 0..n {
+                    a.push(parts.get(i).copied())?;
+                }
+                a.finish()
+            }
+        }
+    }
+
+    /// The header and parts the store writes for `data` with parts of
+    /// `chunk_size` bytes (a real encoding, to seed a corpus).
+    pub fn encode(data: &[u8], chunk_size: usize) -> (Vec<u8>, Vec<Vec<u8>>) {
+        let mut header = HEADER_MAGIC.to_vec();
+        if data.len() <= chunk_size {
+            header.extend_from_slice(&[HEADER_VERSION, KIND_INLINE]);
+            header.extend_from_slice(data);
+            return (header, Vec::new());
+        }
+        let parts: Vec<Vec<u8>> = data.chunks(chunk_size).map(<[u8]>::to_vec).collect();
+        header.extend_from_slice(&[HEADER_VERSION, KIND_CHUNKED]);
+        header.extend_from_slice(&(data.len() as u64).to_le_bytes());
+        header.extend_from_slice(&(parts.len() as u32).to_le_bytes());
+        header.extend_from_slice(&(chunk_size as u32).to_le_bytes());
+        (header, parts)
     }
 }
 
@@ -701,11 +838,14 @@ impl CheckpointStore for RedisCheckpointStore {
                     part_size,
                 } => (total, parts, part_size),
             };
-            let mut out = BytesMut::with_capacity(total as usize);
-            let indices: Vec<usize> = (0..parts).collect();
-            for group in indices.chunks(PARTS_PER_READ) {
+            // The header is not trusted: memory grows with the parts that
+            // arrive (each checked against its expected length), never
+            // with the total the header claims.
+            let mut out = Assembly::new(id, total, parts, part_size);
+            for start in (0..parts).step_by(PARTS_PER_READ) {
+                let group = start..(start + PARTS_PER_READ).min(parts);
                 let mut cmd = redis::cmd("MGET");
-                for &i in group {
+                for i in group.clone() {
                     cmd.arg(self.part_key(id, i));
                 }
                 let (result, _) = self
@@ -721,32 +861,13 @@ impl CheckpointStore for RedisCheckpointStore {
                 if values.len() != group.len() {
                     return Err(self.err("get artifact part", unexpected("MGET reply length")));
                 }
-                for (&i, v) in group.iter().zip(values) {
-                    let Some(part) = string_or_nil(v) else {
-                        return Err(Error::corrupt(
-                            "redis artifact",
-                            format!("part missing: id={id} part={i} parts={parts}"),
-                        ));
-                    };
-                    let want = if i + 1 == parts {
-                        total as usize - part_size * (parts - 1)
-                    } else {
-                        part_size
-                    };
-                    if part.len() != want {
-                        return Err(Error::corrupt(
-                            "redis artifact",
-                            format!(
-                                "part has the wrong length: id={id} part={i} len={} expected={want}",
-                                part.len()
-                            ),
-                        ));
-                    }
-                    out.extend_from_slice(&part);
+                for v in values {
+                    out.push(string_or_nil(v).as_deref())?;
                 }
             }
+            let out = out.finish()?;
             bump(&self.counters.bytes_read, total);
-            Ok(out.freeze())
+            Ok(out)
         })
     }
 
@@ -784,26 +905,49 @@ impl CheckpointStore for RedisCheckpointStore {
             else {
                 return Ok(());
             };
-            // The header goes in the same command as the parts, so a reader
-            // never finds a header whose parts are gone. A damaged header
-            // is deleted alone (its parts, if any, keep only what the
-            // orphan or store expiry gives them).
-            let mut unlink = redis::cmd("UNLINK");
-            unlink.arg(&header);
-            if let Ok(Header::Chunked { parts, .. }) = parse_header(&raw) {
-                for i in 0..parts {
+            // The header goes first, in the same command as the parts when
+            // they fit in one (the usual case: up to 1023 parts), so a
+            // reader never finds a header whose parts are gone. More parts
+            // are deleted in further commands of bounded size after the
+            // header; a crash between them leaves parts no header names.
+            // A damaged header is deleted alone (its parts, if any, keep
+            // only what the orphan or store expiry gives them).
+            let parts = match parse_header(&raw) {
+                Ok(Header::Chunked { parts, .. }) => parts,
+                _ => 0,
+            };
+            // A batch of parts none of which existed ends the walk: the
+            // parts of a published artifact are 0..parts, so only a forged
+            // or damaged header claims parts beyond them.
+            let mut next = 0;
+            let mut first = true;
+            while first || next < parts {
+                let end = if first {
+                    parts.min(KEYS_PER_COMMAND - 1)
+                } else {
+                    parts.min(next + KEYS_PER_COMMAND)
+                };
+                let mut unlink = redis::cmd("UNLINK");
+                if first {
+                    unlink.arg(&header);
+                }
+                for i in next..end {
                     unlink.arg(self.part_key(id, i));
                 }
+                let (result, _) = self
+                    .run("delete artifact", &self.counters.deletes, |mut c| {
+                        let unlink = &unlink;
+                        async move { c.query(unlink).await }
+                    })
+                    .await;
+                let removed = result.map_err(|e| self.err("delete artifact", e))?;
+                if !first && matches!(removed, Value::Int(0)) {
+                    break;
+                }
+                first = false;
+                next = end;
             }
-            let (result, _) = self
-                .run("delete artifact", &self.counters.deletes, |mut c| {
-                    let unlink = &unlink;
-                    async move { c.query(unlink).await }
-                })
-                .await;
-            result
-                .map(|_| ())
-                .map_err(|e| self.err("delete artifact", e))
+            Ok(())
         })
     }
 
@@ -987,6 +1131,13 @@ mod tests {
             Err(Error::UnsupportedVersion { found: 2, .. })
         ));
         assert!(parse_header(b"HWR").unwrap_err().is_corruption());
+        // Issue 18: a part size above the largest chunk size is refused.
+        let mut huge = HEADER_MAGIC.to_vec();
+        huge.extend_from_slice(&[HEADER_VERSION, KIND_CHUNKED]);
+        huge.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        huge.extend_from_slice(&2048u32.to_le_bytes());
+        huge.extend_from_slice(&(1u32 << 29).to_le_bytes());
+        assert!(parse_header(&huge).unwrap_err().is_corruption());
         assert!(parse_header(&chunked[..20]).unwrap_err().is_corruption());
     }
 

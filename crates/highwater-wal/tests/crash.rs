@@ -21,6 +21,12 @@
 //! submitted at least one interval plus 5 ms before the kill must survive
 //! (`HIGHWATER_WAL_INTERVAL_ROUNDS`, default 12).
 //!
+//! The third (issue 18, an I/O fault from the kernel): a child appends
+//! under a file-size limit (`prlimit --fsize`, `SIGXFSZ` ignored), so one
+//! write is cut short and the next fails with `EFBIG`; the failed append
+//! is an error, every later append and sync fails (the log is poisoned),
+//! and the reopened log holds every acknowledged record.
+//!
 //! The children are this test binary run again (`highwater_testkit::crash`):
 //! `append_until_killed`, the child `wal-append`, shares `value_for` and
 //! `fnv` with the checks. The test stays with the log's crate: it
@@ -42,6 +48,8 @@ const CHILD: &str = "wal-append";
 
 /// The name of the child appending under `SyncPolicy::Interval`.
 const INTERVAL_CHILD: &str = "wal-interval";
+/// The child of the write-fault test: appends under a file-size limit.
+const WRITE_FAULT_CHILD: &str = "wal-write-fault";
 
 fn main() -> ExitCode {
     crash::main(
@@ -54,6 +62,10 @@ fn main() -> ExitCode {
                 name: INTERVAL_CHILD,
                 run: interval_until_killed,
             },
+            CrashChild {
+                name: WRITE_FAULT_CHILD,
+                run: append_until_a_write_fails,
+            },
         ],
         &[
             CrashTest {
@@ -63,6 +75,10 @@ fn main() -> ExitCode {
             CrashTest {
                 name: "sigkill_under_interval_sync_loses_nothing_acknowledged_or_written",
                 run: sigkill_under_interval_sync_loses_nothing_acknowledged_or_written,
+            },
+            CrashTest {
+                name: "a_failed_write_poisons_the_log_and_loses_nothing_acknowledged",
+                run: a_failed_write_poisons_the_log_and_loses_nothing_acknowledged,
             },
         ],
     )
@@ -550,4 +566,138 @@ fn sigkill_under_interval_sync_loses_nothing_acknowledged_or_written() {
         "interval crash test: {rounds} rounds, {acked} acknowledged commits, \
          {submitted} early submissions, {written} written observations"
     );
+}
+
+/// The file-size limit of the write-fault child: the kernel lets a write
+/// reach it, cuts the write that crosses it short and fails the next with
+/// `EFBIG` (the child runs with `SIGXFSZ` ignored).
+const WRITE_FAULT_LIMIT: u64 = 64 << 10;
+
+/// Appends 1 KiB records under `SyncPolicy::Always`, printing `ack FIRST
+/// END` for each acknowledged batch, until an append fails (`error ...`);
+/// then tries three more appends and a sync (`after ok|err`).
+fn append_until_a_write_fails(args: &[String]) -> ExitCode {
+    let Some(dir) = args.first().map(PathBuf::from) else {
+        eprintln!("usage: {WRITE_FAULT_CHILD} <dir>");
+        return ExitCode::from(2);
+    };
+    let mut config = WalConfig::default().segment_size(1 << 20);
+    config.preallocate = false;
+    let wal = match Wal::open(&dir, config) {
+        Ok((wal, _)) => wal,
+        Err(e) => {
+            eprintln!("{WRITE_FAULT_CHILD}: open failed: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let batch = |i: u64| {
+        let mut b = WalBatch::new();
+        b.put(format!("k{i}").as_bytes(), &[i as u8; 1000], None);
+        b
+    };
+    let mut i = 0;
+    loop {
+        match wal.append_batch(&batch(i)) {
+            Ok(lsns) => println!("ack {} {}", lsns.start, lsns.end),
+            Err(e) => {
+                println!("error {:?} {e}", e.kind());
+                break;
+            }
+        }
+        i += 1;
+        if i > 10_000 {
+            println!("no error");
+            return ExitCode::FAILURE;
+        }
+    }
+    for j in 1..=3 {
+        let r = wal.append_batch(&batch(i + j));
+        println!("after {}", if r.is_ok() { "ok" } else { "err" });
+    }
+    println!("after {}", if wal.sync().is_ok() { "ok" } else { "err" });
+    ExitCode::SUCCESS
+}
+
+/// Issue 18's I/O faults under the log, from the kernel: the child appends
+/// with a file-size limit (`prlimit --fsize`), so one write is cut short
+/// and the next fails with `EFBIG`. The failed append is an error, the log
+/// is poisoned (every later append and sync fails: nothing is retried or
+/// acknowledged after the failure), and reopened without the limit it
+/// holds every acknowledged record byte for byte, the partial frame cut as
+/// a torn tail.
+fn a_failed_write_poisons_the_log_and_loses_nothing_acknowledged() {
+    if std::process::Command::new("prlimit")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipping: prlimit (util-linux) is not installed");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("wal");
+    let child = crash::child(WRITE_FAULT_CHILD);
+    // `trap '' XFSZ` ignores the signal; an ignored disposition survives
+    // exec, so the child sees EFBIG instead of being killed.
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!(
+            "trap '' XFSZ; exec prlimit --fsize={WRITE_FAULT_LIMIT} \"$0\" \"$@\""
+        ))
+        .arg(child.get_program())
+        .arg(&dir)
+        .envs(child.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))));
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "child failed: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut acked: Vec<(u64, u64)> = Vec::new();
+    let mut error = None;
+    let mut after = Vec::new();
+    for line in stdout.lines() {
+        let mut w = line.split_whitespace();
+        match w.next() {
+            Some("ack") => {
+                let a: u64 = w.next().unwrap().parse().unwrap();
+                let b: u64 = w.next().unwrap().parse().unwrap();
+                acked.push((a, b));
+            }
+            Some("error") => error = Some(line.to_string()),
+            Some("after") => after.push(w.next().unwrap().to_string()),
+            _ => {}
+        }
+    }
+    let error = error.expect("an append failed");
+    assert!(acked.len() > 10, "{} appends before the limit", acked.len());
+    assert_eq!(after, ["err"; 4], "the log is poisoned after {error}");
+    let (wal, report) = Wal::open(&dir, WalConfig::default()).unwrap();
+    let mut records = BTreeMap::new();
+    for e in wal.replay(1).unwrap() {
+        let e = e.unwrap();
+        records.insert(e.lsn, e.record);
+    }
+    for (i, &(start, end)) in acked.iter().enumerate() {
+        for lsn in start..end {
+            let r = records
+                .get(&lsn)
+                .unwrap_or_else(|| panic!("acknowledged lsn {lsn} lost after {error}"));
+            assert_eq!(r.key, format!("k{i}").as_bytes());
+            assert!(matches!(&r.op, WalOp::Put(v) if v == &vec![i as u8; 1000]));
+        }
+    }
+    let last_acked = acked.last().unwrap().1;
+    assert!(
+        records.keys().all(|&lsn| lsn < last_acked),
+        "a record after the failed append survived"
+    );
+    println!(
+        "{} acknowledged batches kept after: {error}; torn tail: {:?}",
+        acked.len(),
+        report.torn_tail
+    );
+    wal.close().unwrap();
 }

@@ -41,6 +41,8 @@ mod redis;
 mod retention;
 #[path = "tests/runtime.rs"]
 mod runtime;
+#[path = "tests/store_faults.rs"]
+mod store_faults;
 #[path = "tests/ttl.rs"]
 mod ttl;
 #[path = "tests/wal.rs"]

@@ -67,6 +67,7 @@ const LAYERS: &[(&str, Role, &[&str])] = &[
     ("highwater", Role::Top, &[]),
     ("highwater-cli", Role::Top, &[]),
     ("highwater-benches", Role::Top, &[]),
+    ("highwater-fuzz", Role::Top, &[]),
     ("xtask", Role::Top, &[]),
 ];
 

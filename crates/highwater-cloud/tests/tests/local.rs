@@ -471,3 +471,30 @@ fn layout_names_round_trip_strictly() {
         assert_eq!(parse_artifact_name(name), None, "{name:?}");
     }
 }
+
+/// Issue 18's fault tests: an artifact whose stored copy was torn (half of
+/// it under the content address) is not reused by the next put of the
+/// same content: the put finds the wrong size and writes it again, so a
+/// checkpoint that deduplicates against it restores.
+#[tokio::test]
+async fn a_torn_copy_under_a_content_address_is_replaced_not_reused() {
+    use highwater_core::{ArtifactId, CheckpointStore, PutOutcome};
+    let dir = tempfile::tempdir().unwrap();
+    let store = highwater_cloud::ObjectCheckpointStore::local(dir.path()).unwrap();
+    let data = bytes::Bytes::from((0..10_000u32).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+    let id = ArtifactId::of(&data);
+    std::fs::write(
+        dir.path().join("artifacts").join(id.to_hex()),
+        &data[..data.len() / 2],
+    )
+    .unwrap();
+    assert_eq!(
+        store.put_artifact(id, data.clone()).await.unwrap(),
+        PutOutcome::Written
+    );
+    assert_eq!(store.get_artifact(id).await.unwrap(), data);
+    assert_eq!(
+        store.put_artifact(id, data.clone()).await.unwrap(),
+        PutOutcome::AlreadyPresent
+    );
+}

@@ -135,6 +135,81 @@ async fn a_missing_part_is_corruption() {
     assert!(!store.has_artifact(id).await.unwrap());
 }
 
+/// Issue 18: a forged 22-byte chunked header that passes the size check
+/// (1 TiB in 2^24 parts of 64 KiB) allocates nothing before its parts
+/// arrive, reads as corruption, and is deleted in bounded commands (the
+/// walk ends at the first batch of parts that do not exist) in well under
+/// a second; the other forged shapes (4 GiB in one part, a part size above
+/// the largest chunk size) are corruption too.
+#[tokio::test]
+async fn forged_chunked_headers_are_bounded() {
+    let endpoint = common::standalone();
+    let (_guard, store) = common::store(endpoint, "forged").await;
+    let mut conn = redis::Client::open(common::standalone_url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let header = |total: u64, parts: u32, part_size: u32| {
+        let mut h = b"HWRA".to_vec();
+        h.extend_from_slice(&[1, 1]);
+        h.extend_from_slice(&total.to_le_bytes());
+        h.extend_from_slice(&parts.to_le_bytes());
+        h.extend_from_slice(&part_size.to_le_bytes());
+        assert_eq!(h.len(), 22);
+        h
+    };
+    for (seed, (total, parts, part_size)) in [
+        (1u8, (1u64 << 40, 1u32 << 24, 1u32 << 16)),
+        (2, (u64::from(u32::MAX), 1, u32::MAX)),
+        (3, ((u32::MAX as u64) << 5, 1 << 5, u32::MAX)),
+    ] {
+        let id = ArtifactId(u128::from(seed) << 64);
+        let _: () = redis::cmd("SET")
+            .arg(store.artifact_key(id))
+            .arg(header(total, parts, part_size))
+            .query(&mut conn)
+            .unwrap();
+        let err = store.get_artifact(id).await.unwrap_err();
+        assert!(err.is_corruption(), "{err:?}");
+        let started = std::time::Instant::now();
+        store.delete_artifact(id).await.unwrap();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(!store.has_artifact(id).await.unwrap());
+    }
+}
+
+/// An artifact of more parts than one command deletes (2,500 parts of
+/// 16 bytes) is read back whole, and deleted with every part.
+#[tokio::test]
+async fn an_artifact_of_many_parts_is_deleted_whole() {
+    let endpoint = common::standalone();
+    let ns = common::namespace("many");
+    let mut config = RedisStoreConfig::new(endpoint.clone()).with_namespace(&ns);
+    config.chunk_size = 16;
+    let _guard = common::DropStoreKeys {
+        endpoint,
+        namespace: ns.clone(),
+    };
+    let store = RedisCheckpointStore::connect(config).await.unwrap();
+    let (id, bytes) = data(2500 * 16 - 3, 9);
+    store.put_artifact(id, bytes.clone()).await.unwrap();
+    assert_eq!(store.get_artifact(id).await.unwrap(), bytes);
+    let mut conn = redis::Client::open(common::standalone_url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let count = |conn: &mut redis::Connection| -> usize {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{{{ns}:a:*"))
+            .query(conn)
+            .unwrap();
+        keys.len()
+    };
+    assert_eq!(count(&mut conn), 2501);
+    store.delete_artifact(id).await.unwrap();
+    assert_eq!(count(&mut conn), 0);
+}
+
 /// A store made on one runtime keeps working on another after the first
 /// shut down (its connection is rebuilt there), and a lazily created store
 /// connects on first use: what the `highwater` facade does, which runs

@@ -1,6 +1,8 @@
 //! The merge crash test: the churn workload (`churn.rs`: checkpoints with
 //! background merges, on-demand merges and retention passes in a loop over
-//! a local store) is SIGKILLed at random moments, ≥ 30 rounds. After every
+//! a local store) is SIGKILLed at random moments, 32 rounds
+//! (`HIGHWATER_CHECKPOINT_TORTURE_ROUNDS`; `cargo xtask torture checkpoint`
+//! runs 1,000). After every
 //! kill: every manifest's artifacts exist, the store verifies clean, and
 //! every retained checkpoint restores to exactly the workload's state at
 //! the step it recorded. Artifacts orphaned by a kill are gone once the
@@ -23,7 +25,9 @@ fn spawn(run: &Churn) -> Victim {
     Victim::spawn(cmd)
 }
 
-/// Kills the churn workload 32 times at random moments; see the module doc.
+/// Kills the churn workload 32 times (or
+/// `HIGHWATER_CHECKPOINT_TORTURE_ROUNDS`) at random moments; see the module
+/// doc.
 pub fn sigkill_during_checkpoints_merges_and_gc_leaves_every_retained_checkpoint_restorable() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("store");
@@ -32,7 +36,11 @@ pub fn sigkill_during_checkpoints_merges_and_gc_leaves_every_retained_checkpoint
     let (mut kills, mut orphans_seen, mut checked) = (0, 0usize, 0usize);
     let mut orphans: HashSet<ArtifactId> = HashSet::new();
     let mut startup_collected = 0usize;
-    for round in 0..32 {
+    let rounds: usize = std::env::var("HIGHWATER_CHECKPOINT_TORTURE_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(32);
+    for round in 0..rounds {
         let after = Duration::from_millis(40 + rng.below(400));
         // SIGKILL: no destructors, no flush, no chance to finish a write.
         let ended = spawn(&Churn::new(&dir)).kill_after(after);
@@ -63,7 +71,11 @@ pub fn sigkill_during_checkpoints_merges_and_gc_leaves_every_retained_checkpoint
         orphans_seen += orphans.len();
         checked += check_store(&dir, churn::SEED, round);
     }
-    assert!(kills >= 30, "only {kills} runs were killed");
+    // A run may finish before its kill now and then (2 of 32 allowed).
+    assert!(
+        kills * 16 >= rounds * 15,
+        "only {kills} of {rounds} runs were killed"
+    );
     // The next run's collection removes every leftover of the killed runs.
     let gc = spawn(&Churn {
         gc_only: true,

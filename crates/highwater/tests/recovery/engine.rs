@@ -307,3 +307,67 @@ fn ranges_cut_into_several_chunks_recover_and_verify_at_every_level() {
     let report = rt.block_on(highwater::verify_store(&*store)).unwrap();
     assert!(report.iter().all(|v| v.is_sound()), "{report:?}");
 }
+
+/// Issue 18: two artifacts of the same kind, key-group range and entry
+/// count swapped in the store restored a wrong state at
+/// `VerificationLevel::None`. The decoder now binds each artifact to its
+/// reference by stored size and codec as well, so a swap of artifacts
+/// whose sizes differ is corruption at every level; only the content
+/// address (`Checksum`, `Full`) catches a swap of equal-sized artifacts,
+/// as `VerificationLevel::None`'s documentation says.
+#[test]
+fn swapped_artifacts_of_the_same_range_are_refused_at_every_level() {
+    let dirs = JobDirs::new();
+    let clock = Arc::new(ManualClock::new(5_000));
+    let mut cfg = config(10);
+    cfg.incremental = false;
+    let m = manager(&dirs, cfg, clock, None).unwrap();
+    let v = m
+        .keyed_state("op")
+        .unwrap()
+        .value_state::<u32, u64>(&ValueStateDescriptor::new("v"))
+        .unwrap();
+    // Same keys, so the same ranges and entry counts; values of 1 and of
+    // 3 varint bytes, so different sizes.
+    for value in [0u64, 1_000_000] {
+        for k in 0..2000 {
+            v.update(&k, &value).unwrap();
+        }
+        m.checkpoint().unwrap().wait().unwrap();
+    }
+    let want = dump(&**m.backend());
+    let rt = runtime();
+    let store = dirs.store();
+    let load = |id| {
+        rt.block_on(highwater::core::load_manifest(
+            &*store,
+            highwater::CheckpointId(id),
+        ))
+        .unwrap()
+    };
+    let (old, new) = (load(1), load(2));
+    let (a, b) = (&old.layers[0].artifacts[0], &new.layers[0].artifacts[0]);
+    assert_eq!((a.key_groups, a.entries), (b.key_groups, b.entries));
+    assert_ne!(a.stored_bytes, b.stored_bytes);
+    for level in LEVELS {
+        let (backend, out) = recover_latest_strictly(&dirs, &rt, level);
+        out.unwrap();
+        assert_state(
+            &want,
+            &dump(&backend),
+            &format!("{level:?} before the swap"),
+        );
+    }
+    std::fs::copy(dirs.artifact_file(a.id), dirs.artifact_file(b.id)).unwrap();
+    for level in LEVELS {
+        let (backend, out) = recover_latest_strictly(&dirs, &rt, level);
+        let err = out.unwrap_err();
+        assert!(err.to_string().contains(&b.id.to_hex()), "{level:?}: {err}");
+        assert!(dump(&backend).is_empty(), "{level:?}: nothing loaded");
+        // The Checksum level deleted the damaged copy (NotFound after).
+        if level == VerificationLevel::None {
+            assert!(err.is_corruption(), "{level:?}: {err}");
+            assert!(err.to_string().contains("stored size"), "{level:?}: {err}");
+        }
+    }
+}

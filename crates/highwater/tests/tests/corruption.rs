@@ -229,3 +229,33 @@ fn damaged_base_breaks_every_checkpoint_with_a_typed_error() {
         "after restoring the healed checkpoint",
     );
 }
+
+/// Issue 18: a file named `manifests/18446744073709551615.hwm` (a copy of
+/// a real manifest, or garbage) made `StateManager::build` panic on
+/// overflow, or in release wrap the next id to 0. Now building the manager
+/// is a typed corruption error naming the id, and a real manifest re-labelled
+/// with that id is refused when decoded; `restore_latest` falls back past it.
+#[test]
+fn a_forged_last_checkpoint_id_is_a_typed_error_not_a_wrap() {
+    let f = fixture();
+    let forged = f.local.manifest_file(CheckpointId(u64::MAX));
+    assert!(forged.ends_with("manifests/18446744073709551615.hwm"));
+    std::fs::copy(f.local.manifest_file(CheckpointId(3)), &forged).unwrap();
+    let err = StateManager::builder()
+        .backend(std::sync::Arc::new(highwater::memory::MemoryBackend::new()))
+        .store(f.local.dyn_store())
+        .config(config(true, 8, 10))
+        .build()
+        .expect_err("no id follows u64::MAX");
+    assert!(err.is_corruption(), "{err}");
+    assert!(err.to_string().contains("18446744073709551615"), "{err}");
+    // The running manager: the forged manifest (checkpoint 3's bytes, so
+    // its id does not match its name) is skipped, checkpoint 3 restored.
+    f.scribble();
+    f.m.restore_latest().unwrap().unwrap();
+    assert_entries(
+        &f.states[&CheckpointId(3)],
+        &dump(&**f.m.backend()),
+        "after skipping the forged manifest",
+    );
+}
