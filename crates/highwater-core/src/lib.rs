@@ -4,7 +4,8 @@
 //!
 //! - [key groups](keygroup): how keys are partitioned and rescaled;
 //! - [typed keyed state](state): descriptors and handles for value, list,
-//!   map, reducing and aggregating state, with optional TTL;
+//!   map, reducing and aggregating state, with optional TTL, and the
+//!   [schemas](schema) that keep a state from being read as another type;
 //! - the synchronous [`StateBackend`] (live state on the hot path) and the
 //!   asynchronous [`CheckpointStore`] (durable checkpoint artifacts);
 //! - the checkpoint [`Manifest`] and the [artifact codec](codec), with their
@@ -26,6 +27,7 @@ pub mod keygroup;
 pub mod manifest;
 pub mod read;
 pub mod retry;
+pub mod schema;
 pub mod state;
 pub mod store;
 pub mod ttl;
@@ -48,6 +50,7 @@ pub use manifest::{
 };
 pub use read::{RecordVisitor, decode_checked, load_manifest, visit_checked};
 pub use retry::{RetryPolicy, Retrying};
+pub use schema::{SchemaRegistry, StateKind, StateSchema};
 pub use state::{
     AggregateFunction, AggregatingState, AggregatingStateDescriptor, KeyedStateContext, ListState,
     ListStateDescriptor, MapState, MapStateDescriptor, ReducingState, ReducingStateDescriptor,

@@ -39,6 +39,8 @@ mod redis;
 mod retention;
 #[path = "tests/runtime.rs"]
 mod runtime;
+#[path = "tests/schema.rs"]
+mod schema;
 #[path = "tests/ttl.rs"]
 mod ttl;
 #[path = "tests/wal.rs"]

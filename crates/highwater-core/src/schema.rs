@@ -1,0 +1,337 @@
+//! State schemas: what each state's bytes mean.
+//!
+//! Keys, namespaces and values are postcard encodings, which are not
+//! self-describing: the bytes of the `u64` 0 also decode as the empty
+//! `String`. So every state records, when its handle is created, a
+//! [`StateSchema`]: its kind, the Rust type names of its key, namespace and
+//! value (and map user key) and the descriptor's schema version. The
+//! schemas of a job go into every checkpoint manifest (format version 2)
+//! and every savepoint, and a [`SchemaRegistry`] refuses, with an
+//! [`Error::SchemaMismatch`], a handle or a restore whose schema differs
+//! from the one the state was registered or stored with.
+//!
+//! Type names are [`std::any::type_name`]: stable for a given build and
+//! type path, but a type moved to another module (or a compiler that
+//! renders names differently) has a new name. Such a change is a schema
+//! change like any other: give the descriptor a new schema version and a
+//! migration, or restore with the same names (see `docs/savepoints.md`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::ttl::TtlConfig;
+
+/// Which kind of state a schema describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum StateKind {
+    /// [`ValueState`](crate::ValueState).
+    Value,
+    /// [`ListState`](crate::ListState).
+    List,
+    /// [`MapState`](crate::MapState).
+    Map,
+    /// [`ReducingState`](crate::ReducingState).
+    Reducing,
+    /// [`AggregatingState`](crate::AggregatingState) (the value is the
+    /// accumulator).
+    Aggregating,
+}
+
+impl fmt::Display for StateKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StateKind::Value => "value",
+            StateKind::List => "list",
+            StateKind::Map => "map",
+            StateKind::Reducing => "reducing",
+            StateKind::Aggregating => "aggregating",
+        })
+    }
+}
+
+/// What one state of one operator holds: kind, type names, schema version
+/// and TTL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateSchema {
+    /// Operator owning the state.
+    pub operator: String,
+    /// State name.
+    pub state: String,
+    /// Kind of state.
+    pub kind: StateKind,
+    /// Type name of the key.
+    pub key_type: String,
+    /// Type name of the namespace, once one was used (`None`: only the
+    /// empty namespace so far).
+    pub namespace_type: Option<String>,
+    /// Type name of a map state's user key (`None` for other kinds).
+    pub user_key_type: Option<String>,
+    /// Type name of the value (list element, map value, accumulator).
+    pub value_type: String,
+    /// The descriptor's schema version (1 unless set).
+    pub version: u32,
+    /// The descriptor's time-to-live, if any.
+    pub ttl: Option<TtlConfig>,
+}
+
+impl StateSchema {
+    /// A short description for errors: kind, types and version.
+    pub fn describe(&self) -> String {
+        let mut s = format!("{}<key={}", self.kind, self.key_type);
+        if let Some(ns) = &self.namespace_type {
+            s.push_str(&format!(", namespace={ns}"));
+        }
+        if let Some(uk) = &self.user_key_type {
+            s.push_str(&format!(", user_key={uk}"));
+        }
+        s.push_str(&format!(", value={}> v{}", self.value_type, self.version));
+        s
+    }
+
+    /// True when `self` and `other` read the same bytes the same way: same
+    /// kind, key, user key and value types and schema version, and the same
+    /// namespace type when both have one. TTL settings may differ (the
+    /// stored envelope is the same with or without TTL).
+    pub fn compatible_with(&self, other: &StateSchema) -> bool {
+        self.kind == other.kind
+            && self.key_type == other.key_type
+            && self.user_key_type == other.user_key_type
+            && self.value_type == other.value_type
+            && self.version == other.version
+            && match (&self.namespace_type, &other.namespace_type) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            }
+    }
+
+    /// The typed error for requesting `requested` where `self` is stored.
+    pub fn mismatch(&self, requested: &StateSchema) -> Error {
+        Error::SchemaMismatch {
+            operator: self.operator.clone(),
+            state: self.state.clone(),
+            stored: self.describe(),
+            requested: requested.describe(),
+        }
+    }
+
+    /// Checks the invariants a decoder cannot express in types: bounded,
+    /// non-empty names (as [`check_name`](crate::key) requires of callers).
+    pub fn validate(&self) -> Result<()> {
+        let bad = |detail: String| Err(Error::corrupt("state schema", detail));
+        for (what, name) in [("operator", &self.operator), ("state", &self.state)] {
+            if name.is_empty() || name.len() > crate::key::MAX_NAME_LEN {
+                return bad(format!(
+                    "{what} name must be 1..={} bytes: len={}",
+                    crate::key::MAX_NAME_LEN,
+                    name.len()
+                ));
+            }
+        }
+        if self.version == 0 {
+            return bad(format!(
+                "schema version 0: operator={} state={}",
+                self.operator, self.state
+            ));
+        }
+        Ok(())
+    }
+}
+
+type SchemaKey = (String, String);
+
+#[derive(Debug, Default)]
+struct Registry {
+    /// Schemas of handles created in this process.
+    registered: BTreeMap<SchemaKey, StateSchema>,
+    /// Schemas of the state last restored (from a manifest or savepoint).
+    stored: BTreeMap<SchemaKey, StateSchema>,
+}
+
+/// The schemas of one job's states: those registered by handles, and those
+/// of the last restored checkpoint or savepoint. Shared by every
+/// [`KeyedStateContext`](crate::KeyedStateContext) of a job (the facade's
+/// state manager owns one); checkpoints record [`schemas`](Self::schemas).
+#[derive(Debug, Default)]
+pub struct SchemaRegistry {
+    inner: Mutex<Registry>,
+}
+
+impl SchemaRegistry {
+    /// An empty registry.
+    pub fn new() -> Arc<SchemaRegistry> {
+        Arc::new(SchemaRegistry::default())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Registry> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records `schema` for its state, or fails with
+    /// [`Error::SchemaMismatch`] when the state was registered or restored
+    /// with an incompatible one ([`StateSchema::compatible_with`]).
+    pub fn register(&self, schema: StateSchema) -> Result<()> {
+        let mut r = self.lock();
+        let key = (schema.operator.clone(), schema.state.clone());
+        let mut schema = schema;
+        for known in [r.registered.get(&key), r.stored.get(&key)]
+            .into_iter()
+            .flatten()
+        {
+            if !known.compatible_with(&schema) {
+                return Err(known.mismatch(&schema));
+            }
+            if schema.namespace_type.is_none() {
+                schema.namespace_type.clone_from(&known.namespace_type);
+            }
+        }
+        r.registered.insert(key, schema);
+        Ok(())
+    }
+
+    /// Records that `operator`'s `state` is used with namespaces of type
+    /// `namespace_type`, or fails when another namespace type is on record.
+    pub fn register_namespace(
+        &self,
+        operator: &str,
+        state: &str,
+        namespace_type: &str,
+    ) -> Result<()> {
+        let mut r = self.lock();
+        let key = (operator.to_string(), state.to_string());
+        let Registry { registered, stored } = &mut *r;
+        for map in [&mut *registered, &mut *stored] {
+            let Some(known) = map.get_mut(&key) else {
+                continue;
+            };
+            match &known.namespace_type {
+                Some(t) if t != namespace_type => {
+                    let mut requested = known.clone();
+                    requested.namespace_type = Some(namespace_type.to_string());
+                    return Err(known.mismatch(&requested));
+                }
+                Some(_) => {}
+                None => known.namespace_type = Some(namespace_type.to_string()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks `stored` (the schemas of a checkpoint or savepoint about to
+    /// be restored) against the registered schemas: every state both know
+    /// must be compatible. Nothing is recorded; call it before loading.
+    pub fn check_stored(&self, stored: &[StateSchema]) -> Result<()> {
+        let r = self.lock();
+        for s in stored {
+            if let Some(reg) = r.registered.get(&(s.operator.clone(), s.state.clone()))
+                && !s.compatible_with(reg)
+            {
+                return Err(s.mismatch(reg));
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces the stored schemas with those of the state just restored.
+    pub fn set_stored(&self, stored: &[StateSchema]) {
+        let mut r = self.lock();
+        r.stored = stored
+            .iter()
+            .map(|s| ((s.operator.clone(), s.state.clone()), s.clone()))
+            .collect();
+    }
+
+    /// The schema on record for `operator`'s `state` (registered first,
+    /// else stored).
+    pub fn get(&self, operator: &str, state: &str) -> Option<StateSchema> {
+        let r = self.lock();
+        let key = (operator.to_string(), state.to_string());
+        r.registered
+            .get(&key)
+            .or_else(|| r.stored.get(&key))
+            .cloned()
+    }
+
+    /// Every schema on record, sorted by operator and state: the registered
+    /// ones, and the stored ones of states not registered since the restore
+    /// (their data is still in the backend).
+    pub fn schemas(&self) -> Vec<StateSchema> {
+        let r = self.lock();
+        let mut all = r.stored.clone();
+        for (k, v) in &r.registered {
+            all.insert(k.clone(), v.clone());
+        }
+        all.into_values().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema(value: &str) -> StateSchema {
+        StateSchema {
+            operator: "op".into(),
+            state: "s".into(),
+            kind: StateKind::Value,
+            key_type: "alloc::string::String".into(),
+            namespace_type: None,
+            user_key_type: None,
+            value_type: value.into(),
+            version: 1,
+            ttl: None,
+        }
+    }
+
+    #[test]
+    fn a_second_registration_with_another_type_is_refused() {
+        let r = SchemaRegistry::new();
+        r.register(schema("u64")).unwrap();
+        r.register(schema("u64")).unwrap();
+        let err = r.register(schema("alloc::string::String")).unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::SchemaMismatch);
+        let msg = err.to_string();
+        assert!(
+            msg.contains("operator=op") && msg.contains("state=s"),
+            "{msg}"
+        );
+        assert!(msg.contains("value=u64> v1"), "{msg}");
+        assert!(msg.contains("value=alloc::string::String> v1"), "{msg}");
+    }
+
+    #[test]
+    fn stored_schemas_are_checked_and_kept_until_registered() {
+        let r = SchemaRegistry::new();
+        r.register(schema("u64")).unwrap();
+        assert!(r.check_stored(&[schema("i32")]).is_err());
+        r.check_stored(&[schema("u64")]).unwrap();
+        let mut other = schema("i32");
+        other.state = "t".into();
+        r.set_stored(&[other.clone()]);
+        assert_eq!(r.schemas(), vec![schema("u64"), other.clone()]);
+        // A handle for the stored state must agree with it.
+        let mut wrong = other.clone();
+        wrong.value_type = "u8".into();
+        assert!(r.register(wrong).is_err());
+        let mut newer = other.clone();
+        newer.version = 2;
+        assert!(r.register(newer).is_err());
+    }
+
+    #[test]
+    fn namespaces_are_recorded_once() {
+        let r = SchemaRegistry::new();
+        r.register(schema("u64")).unwrap();
+        r.register_namespace("op", "s", "u32").unwrap();
+        r.register_namespace("op", "s", "u32").unwrap();
+        let err = r.register_namespace("op", "s", "u64").unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::SchemaMismatch);
+        assert_eq!(
+            r.get("op", "s").unwrap().namespace_type.as_deref(),
+            Some("u32")
+        );
+    }
+}
