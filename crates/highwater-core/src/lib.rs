@@ -8,8 +8,9 @@
 //!   [schemas](schema) that keep a state from being read as another type;
 //! - the synchronous [`StateBackend`] (live state on the hot path) and the
 //!   asynchronous [`CheckpointStore`] (durable checkpoint artifacts);
-//! - the checkpoint [`Manifest`] and the [artifact codec](codec), with their
-//!   byte layouts, checksums and bounds checks;
+//! - the checkpoint [`Manifest`], the [`SavepointManifest`] and the
+//!   [artifact codec](codec), with their byte layouts, checksums and bounds
+//!   checks;
 //! - the [`Error`] type.
 //!
 //! Architecture invariant: this crate performs no I/O and depends on no
@@ -27,6 +28,7 @@ pub mod keygroup;
 pub mod manifest;
 pub mod read;
 pub mod retry;
+pub mod savepoint;
 pub mod schema;
 pub mod state;
 pub mod store;
@@ -50,6 +52,7 @@ pub use manifest::{
 };
 pub use read::{RecordVisitor, decode_checked, load_manifest, visit_checked};
 pub use retry::{RetryPolicy, Retrying};
+pub use savepoint::{SavepointManifest, SavepointState};
 pub use schema::{SchemaRegistry, StateKind, StateSchema};
 pub use state::{
     AggregateFunction, AggregatingState, AggregatingStateDescriptor, KeyedStateContext, ListState,

@@ -394,6 +394,16 @@ impl Checkpointer {
         &self.inner.schemas
     }
 
+    /// The clock of TTL and manifest times.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.parts.clock
+    }
+
+    /// The properties written into every manifest.
+    pub fn properties(&self) -> &BTreeMap<String, String> {
+        &self.inner.parts.properties
+    }
+
     /// Where the work runs.
     pub fn exec(&self) -> &Exec {
         &self.inner.exec

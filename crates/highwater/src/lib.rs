@@ -34,6 +34,7 @@
 mod guard;
 mod manager;
 pub mod metrics;
+mod savepoint;
 
 #[cfg(feature = "cloud")]
 pub use highwater_cloud as cloud;
@@ -57,6 +58,7 @@ pub use highwater_core::{
     ReducingState, ReducingStateDescriptor, Result, StateBackend, SystemClock, TtlConfig,
     ValueState, ValueStateDescriptor,
 };
+pub use highwater_merge::savepoint::SavepointInfo;
 pub use highwater_merge::{
     CheckpointConfig, CheckpointHandle, CheckpointInfo, ChunkConfig, Compression,
     ConflictResolution, MergeStats, MergeStrategy, MergerConfig, RetentionReport, apply_retention,
@@ -66,6 +68,7 @@ pub use highwater_recovery::{
     RecoveryTarget, VerificationLevel, VerifyProblem, verify_store, verify_store_with,
 };
 pub use manager::{HistoryEntry, RestoreInfo, StateManager, StateManagerBuilder};
+pub use savepoint::{SavepointHandle, SavepointRestoreInfo, SavepointRestoreOptions};
 
 /// What an embedding engine uses, in one import: `use highwater::prelude::*;`.
 ///

@@ -1,0 +1,419 @@
+//! Savepoints: writing a job's state as a canonical, backend-independent
+//! savepoint, and reading one back, verified, for any backend, any
+//! parallelism and any number of key groups.
+//!
+//! The format is [`highwater_core::savepoint`]: the ordinary artifact codec
+//! (entries only, absolute keys, zstd, xxh3) with one group of artifacts per
+//! state, in key order (so in key-group order), and a savepoint manifest of
+//! its own kind. See `docs/savepoints.md` for the guarantees.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use highwater_core::key::StateKey;
+use highwater_core::keygroup::key_group_for;
+use highwater_core::{
+    ArtifactId, ArtifactKind, ArtifactRef, CheckpointId, CheckpointStore, DecodeLimits,
+    EncodeOptions, Envelope, Error, KeyGroup, KeyGroupRange, RecordBlock, RecordWriter, Result,
+    SavepointManifest, SavepointState, StateSchema, StateSnapshot, decode_artifact,
+};
+use tokio::runtime::Handle;
+
+use crate::io::run_io;
+
+/// How a savepoint is written.
+#[derive(Debug, Clone)]
+pub struct SavepointParams {
+    /// Number of key groups the keys were written with (the job's).
+    pub max_parallelism: u16,
+    /// Now, ms since the Unix epoch: entries expired by then are left out.
+    pub now_ms: u64,
+    /// The checkpoint the state comes from, when written offline from one.
+    pub source_checkpoint: Option<CheckpointId>,
+    /// Properties to record (the job's manifest properties).
+    pub properties: BTreeMap<String, String>,
+    /// Codec options (zstd level, compression threshold), as checkpoints.
+    pub encode: EncodeOptions,
+    /// Record bytes per artifact before a new one starts (4 MiB default).
+    pub artifact_bytes: usize,
+}
+
+impl SavepointParams {
+    /// Parameters for a job of `max_parallelism` key groups at `now_ms`.
+    pub fn new(max_parallelism: u16, now_ms: u64) -> Self {
+        SavepointParams {
+            max_parallelism,
+            now_ms,
+            source_checkpoint: None,
+            properties: BTreeMap::new(),
+            encode: EncodeOptions::default(),
+            artifact_bytes: 4 << 20,
+        }
+    }
+}
+
+/// What writing a savepoint did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SavepointInfo {
+    /// The id the savepoint is committed under in its store.
+    pub id: CheckpointId,
+    /// Entries written.
+    pub entries: u64,
+    /// Expired entries left out.
+    pub expired_dropped: u64,
+    /// Bytes of records before compression.
+    pub logical_bytes: u64,
+    /// Bytes stored (artifacts, not counting the manifest).
+    pub stored_bytes: u64,
+    /// Artifacts written.
+    pub artifacts: usize,
+}
+
+/// One entry of a savepoint: an encoded state key and its stored value (an
+/// [`Envelope`]: expiry and payload).
+pub type RawEntry = (Vec<u8>, Vec<u8>);
+
+/// Visits every entry of a full snapshot.
+pub fn snapshot_entries(snapshot: &dyn StateSnapshot) -> Result<Vec<RawEntry>> {
+    let mut out = Vec::with_capacity(snapshot.approximate_entries());
+    for p in 0..snapshot.partitions() {
+        snapshot.for_each_in_partition(p, &mut |k, v| {
+            if let Some(v) = v {
+                out.push((k.to_vec(), v.to_vec()));
+            }
+            Ok(())
+        })?;
+    }
+    Ok(out)
+}
+
+/// Writes `entries` (encoded state keys and envelopes, in any order) as a
+/// savepoint into `target` and commits its manifest under the id after the
+/// newest one in `target`. `schemas` describe the states (a state without
+/// one is recorded with none). Every key must be a state key whose key
+/// group is right for `params.max_parallelism`; a key given twice is
+/// refused.
+pub fn write_savepoint(
+    entries: impl IntoIterator<Item = Result<RawEntry>>,
+    schemas: &[StateSchema],
+    params: &SavepointParams,
+    target: &Arc<dyn CheckpointStore>,
+    io: &Handle,
+) -> Result<(SavepointManifest, SavepointInfo)> {
+    if params.max_parallelism == 0 {
+        return Err(Error::InvalidArgument("max_parallelism is zero".into()));
+    }
+    let mut groups: BTreeMap<(String, String), Vec<RawEntry>> = BTreeMap::new();
+    let mut expired_dropped = 0u64;
+    for e in entries {
+        let (k, v) = e?;
+        let sk = StateKey::decode(&k).map_err(|e| {
+            Error::InvalidArgument(format!("a savepoint holds state keys only: {e}"))
+        })?;
+        let want = key_group_for(sk.key, params.max_parallelism);
+        if sk.key_group != want {
+            return Err(Error::InvalidArgument(format!(
+                "key in the wrong key group: operator={} state={} key_group={} expected={} max_parallelism={}",
+                sk.operator, sk.state, sk.key_group.0, want.0, params.max_parallelism
+            )));
+        }
+        if Envelope::decode(&v)?.is_expired(params.now_ms) {
+            expired_dropped += 1;
+            continue;
+        }
+        groups
+            .entry((sk.operator.to_string(), sk.state.to_string()))
+            .or_default()
+            .push((k, v));
+    }
+    let by_name: BTreeMap<(&str, &str), &StateSchema> = schemas
+        .iter()
+        .map(|s| ((s.operator.as_str(), s.state.as_str()), s))
+        .collect();
+    // States registered but empty are recorded too: their schema matters.
+    for s in schemas {
+        groups
+            .entry((s.operator.clone(), s.state.clone()))
+            .or_default();
+    }
+    let mut states = Vec::with_capacity(groups.len());
+    let mut info = SavepointInfo {
+        id: CheckpointId(0),
+        entries: 0,
+        expired_dropped,
+        logical_bytes: 0,
+        stored_bytes: 0,
+        artifacts: 0,
+    };
+    for ((operator, state), mut recs) in groups {
+        recs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        if let Some(w) = recs.windows(2).find(|w| w[0].0 == w[1].0) {
+            return Err(Error::InvalidArgument(format!(
+                "a key is given twice: operator={operator} state={state} key_len={}",
+                w[0].0.len()
+            )));
+        }
+        let mut artifacts = Vec::new();
+        let mut start = 0;
+        while start < recs.len() {
+            let mut end = start;
+            let mut bytes = 0usize;
+            while end < recs.len() && (end == start || bytes < params.artifact_bytes) {
+                bytes += recs[end].0.len() + recs[end].1.len();
+                end += 1;
+            }
+            let chunk = &recs[start..end];
+            let mut w = RecordWriter::new(ArtifactKind::Entries, bytes + 16 * chunk.len());
+            for (k, v) in chunk {
+                w.push(k, Some(v))?;
+            }
+            let enc = w.finish(&params.encode)?;
+            let first = highwater_core::key::key_group_of(&chunk[0].0)?;
+            let last = highwater_core::key::key_group_of(&chunk[chunk.len() - 1].0)?;
+            let r = ArtifactRef {
+                operator: operator.clone(),
+                key_groups: KeyGroupRange::new(first.0, last.0 + 1)?,
+                id: enc.id(),
+                entries: enc.entries,
+                logical_bytes: enc.raw_len,
+                stored_bytes: enc.bytes.len() as u64,
+                codec: enc.codec,
+            };
+            let store = target.clone();
+            let data = Bytes::from(enc.bytes);
+            let id = r.id;
+            run_io(io, async move { store.put_artifact(id, data).await })?;
+            info.stored_bytes += r.stored_bytes;
+            info.artifacts += 1;
+            artifacts.push(r);
+            start = end;
+        }
+        let entries = artifacts.iter().map(|a| a.entries).sum::<u64>();
+        let logical_bytes = artifacts.iter().map(|a| a.logical_bytes).sum::<u64>();
+        info.entries += entries;
+        info.logical_bytes += logical_bytes;
+        states.push(SavepointState {
+            schema: by_name
+                .get(&(operator.as_str(), state.as_str()))
+                .map(|s| (*s).clone()),
+            operator,
+            state,
+            entries,
+            logical_bytes,
+            artifacts,
+        });
+    }
+    let store = target.clone();
+    let ids = run_io(io, async move { store.list_manifests().await })?;
+    let id = ids
+        .into_iter()
+        .max()
+        .map_or(CheckpointId(1), CheckpointId::next);
+    let manifest = SavepointManifest {
+        savepoint_id: id,
+        created_at_ms: params.now_ms,
+        max_parallelism: params.max_parallelism,
+        source_checkpoint: params.source_checkpoint,
+        states,
+        properties: params.properties.clone(),
+    };
+    manifest.validate()?;
+    let bytes = Bytes::from(manifest.encode()?);
+    let store = target.clone();
+    run_io(io, async move { store.commit_manifest(id, bytes).await })?;
+    info.id = id;
+    Ok((manifest, info))
+}
+
+/// The id of the newest savepoint in `store`; [`Error::NotFound`] when it
+/// holds none.
+pub fn newest_savepoint(store: &Arc<dyn CheckpointStore>, io: &Handle) -> Result<CheckpointId> {
+    let s = store.clone();
+    run_io(io, async move { s.list_manifests().await })?
+        .into_iter()
+        .max()
+        .ok_or_else(|| Error::NotFound(format!("no savepoint in store {}", store.name())))
+}
+
+/// Reads and validates savepoint `id` of `store` (the newest when `None`).
+pub fn load_savepoint(
+    store: &Arc<dyn CheckpointStore>,
+    io: &Handle,
+    id: Option<CheckpointId>,
+) -> Result<SavepointManifest> {
+    let id = match id {
+        Some(id) => id,
+        None => newest_savepoint(store, io)?,
+    };
+    let s = store.clone();
+    let bytes = run_io(io, async move { s.get_manifest(id).await })?;
+    let m = SavepointManifest::decode(&bytes).map_err(|e| match e {
+        Error::Corrupt { detail, .. } => {
+            Error::corrupt("savepoint manifest", format!("savepoint={id}: {detail}"))
+        }
+        other => other,
+    })?;
+    if m.savepoint_id != id {
+        return Err(Error::corrupt(
+            "savepoint manifest",
+            format!(
+                "stored under another id: name={id} content={}",
+                m.savepoint_id
+            ),
+        ));
+    }
+    Ok(m)
+}
+
+/// Fetches and verifies every artifact of `state` and returns its entries
+/// in key order. Checks: content address, artifact header and checksums,
+/// entry counts, that every key is a state key of this operator and state
+/// in the artifact's key groups and the key group of its key, and that keys
+/// strictly increase.
+pub fn read_state(
+    store: &Arc<dyn CheckpointStore>,
+    io: &Handle,
+    manifest: &SavepointManifest,
+    state: &SavepointState,
+    limits: &DecodeLimits,
+) -> Result<Vec<RawEntry>> {
+    let mut out = Vec::with_capacity(usize::try_from(state.entries).unwrap_or(0).min(1 << 20));
+    for r in &state.artifacts {
+        let s = store.clone();
+        let id = r.id;
+        let bytes = run_io(io, async move { s.get_artifact(id).await }).map_err(|e| match e {
+            Error::NotFound(what) => Error::NotFound(format!(
+                "artifact {id} of savepoint {} ({}/{}): {what}",
+                manifest.savepoint_id, state.operator, state.state
+            )),
+            other => other,
+        })?;
+        let bad = |detail: String| {
+            Error::corrupt(
+                "savepoint artifact",
+                format!(
+                    "savepoint={} operator={} state={} artifact={id}: {detail}",
+                    manifest.savepoint_id, state.operator, state.state
+                ),
+            )
+        };
+        if ArtifactId::of(&bytes) != id {
+            return Err(bad("content does not match its address".into()));
+        }
+        let decoded = decode_artifact(&bytes, limits).map_err(|e| bad(e.to_string()))?;
+        if decoded.header.entries != r.entries {
+            return Err(bad(format!(
+                "entry count: reference={} artifact={}",
+                r.entries, decoded.header.entries
+            )));
+        }
+        for rec in decoded.records() {
+            let (k, v) = rec.map_err(|e| bad(e.to_string()))?;
+            let v = v.ok_or_else(|| bad("a delete in a savepoint".into()))?;
+            let sk = StateKey::decode(k).map_err(|e| bad(e.to_string()))?;
+            if sk.operator != state.operator || sk.state != state.state {
+                return Err(bad(format!(
+                    "record of another state: operator={} state={}",
+                    sk.operator, sk.state
+                )));
+            }
+            if !r.key_groups.contains(sk.key_group)
+                || sk.key_group != key_group_for(sk.key, manifest.max_parallelism)
+            {
+                return Err(bad(format!(
+                    "record in the wrong key group: key_group={}",
+                    sk.key_group.0
+                )));
+            }
+            if out
+                .last()
+                .is_some_and(|(last, _): &RawEntry| last.as_slice() >= k)
+            {
+                return Err(bad("keys out of order".into()));
+            }
+            out.push((k.to_vec(), v.to_vec()));
+        }
+    }
+    Ok(out)
+}
+
+/// What [`load_blocks`] produced.
+#[derive(Debug)]
+pub struct LoadedSavepoint {
+    /// One block per state, keys re-hashed for the target key groups and
+    /// filtered to the kept ones.
+    pub blocks: Vec<RecordBlock>,
+    /// Entries kept.
+    pub entries: u64,
+    /// Bytes of keys and values kept.
+    pub logical_bytes: u64,
+    /// Whether keys were re-hashed (the target number of key groups differs
+    /// from the savepoint's).
+    pub rehashed: bool,
+}
+
+/// Reads, verifies and prepares the whole of `manifest` for a backend of
+/// `max_parallelism` key groups keeping the key groups in `keep` (all when
+/// `None`). The states in `states` are read (all when `None`); renames map
+/// a stored `(operator, state)` to the name it is loaded under. Every
+/// artifact is verified before this returns, so a caller that loads the
+/// blocks only after it returns never loads part of a damaged savepoint.
+pub fn load_blocks(
+    store: &Arc<dyn CheckpointStore>,
+    io: &Handle,
+    manifest: &SavepointManifest,
+    max_parallelism: u16,
+    keep: Option<KeyGroupRange>,
+    renames: &BTreeMap<(String, String), (String, String)>,
+    limits: &DecodeLimits,
+) -> Result<LoadedSavepoint> {
+    if max_parallelism == 0 {
+        return Err(Error::InvalidArgument("max_parallelism is zero".into()));
+    }
+    let rehashed = max_parallelism != manifest.max_parallelism;
+    let mut out = LoadedSavepoint {
+        blocks: Vec::with_capacity(manifest.states.len()),
+        entries: 0,
+        logical_bytes: 0,
+        rehashed,
+    };
+    for state in &manifest.states {
+        let entries = read_state(store, io, manifest, state, limits)?;
+        let renamed = renames.get(&(state.operator.clone(), state.state.clone()));
+        let mut block = RecordBlock::with_capacity(
+            entries.len(),
+            entries.iter().map(|(k, v)| k.len() + v.len()).sum(),
+        );
+        let mut key = Vec::new();
+        for (k, v) in &entries {
+            let sk = StateKey::decode(k)?;
+            let kg = if rehashed {
+                key_group_for(sk.key, max_parallelism)
+            } else {
+                sk.key_group
+            };
+            if keep.is_some_and(|r| !r.contains(kg)) {
+                continue;
+            }
+            let (operator, st) = match renamed {
+                Some((o, s)) => (o.as_str(), s.as_str()),
+                None => (sk.operator, sk.state),
+            };
+            let to = StateKey {
+                key_group: KeyGroup(kg.0),
+                operator,
+                state: st,
+                ..sk
+            };
+            key.clear();
+            to.encode_into(&mut key)?;
+            out.entries += 1;
+            out.logical_bytes += (key.len() + v.len()) as u64;
+            block.push(&key, Some(v))?;
+        }
+        out.blocks.push(block);
+    }
+    Ok(out)
+}
