@@ -53,7 +53,7 @@ pub use manifest::{
 pub use read::{RecordVisitor, decode_checked, load_manifest, visit_checked};
 pub use retry::{RetryPolicy, Retrying};
 pub use savepoint::{SavepointManifest, SavepointState};
-pub use schema::{SchemaRegistry, StateKind, StateSchema};
+pub use schema::{Migration, MigrationPlan, SchemaRegistry, StateKind, StateSchema};
 pub use state::{
     AggregateFunction, AggregatingState, AggregatingStateDescriptor, KeyedStateContext, ListState,
     ListStateDescriptor, MapState, MapStateDescriptor, ReducingState, ReducingStateDescriptor,

@@ -20,10 +20,12 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::ttl::TtlConfig;
+use crate::key::StateKey;
+use crate::ttl::{Envelope, TtlConfig};
 
 /// Which kind of state a schema describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -141,12 +143,161 @@ impl StateSchema {
     }
 }
 
+/// One step of a state's schema evolution: values of schema version
+/// `from` (type `Old`) become values of version `from + 1` (type `New`).
+/// Registered with a descriptor's `migrate_from`; see `docs/savepoints.md`.
+#[derive(Clone)]
+pub struct Migration {
+    from: u32,
+    old_type: &'static str,
+    new_type: &'static str,
+    /// Decodes one `Old` from the front of the bytes and returns the
+    /// encoding of the `New` it becomes and the bytes consumed.
+    step: MigrateStep,
+}
+
+/// A type-erased migration step: decodes one old value from the front of
+/// the bytes, returns the new value's encoding and the bytes consumed.
+type MigrateStep = Arc<dyn Fn(&[u8]) -> Result<(Vec<u8>, usize)> + Send + Sync>;
+
+impl fmt::Debug for Migration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Migration")
+            .field("from", &self.from)
+            .field("old_type", &self.old_type)
+            .field("new_type", &self.new_type)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for Migration {
+    fn eq(&self, other: &Migration) -> bool {
+        self.from == other.from
+            && self.old_type == other.old_type
+            && self.new_type == other.new_type
+            && Arc::ptr_eq(&self.step, &other.step)
+    }
+}
+
+impl Eq for Migration {}
+
+impl Migration {
+    /// A migration of values of version `from` (type `Old`) to version
+    /// `from + 1` (type `New`) by `f`.
+    pub fn new<Old, New, F>(from: u32, f: F) -> Migration
+    where
+        Old: DeserializeOwned,
+        New: Serialize,
+        F: Fn(Old) -> New + Send + Sync + 'static,
+    {
+        Migration {
+            from,
+            old_type: std::any::type_name::<Old>(),
+            new_type: std::any::type_name::<New>(),
+            step: Arc::new(move |bytes: &[u8]| {
+                let (old, rest) = postcard::take_from_bytes::<Old>(bytes).map_err(|e| {
+                    Error::serialization(
+                        format!(
+                            "migrate from version {from}: decode {}",
+                            std::any::type_name::<Old>()
+                        ),
+                        e,
+                    )
+                })?;
+                let new = postcard::to_allocvec(&f(old)).map_err(|e| {
+                    Error::serialization(
+                        format!(
+                            "migrate from version {from}: encode {}",
+                            std::any::type_name::<New>()
+                        ),
+                        e,
+                    )
+                })?;
+                Ok((new, bytes.len() - rest.len()))
+            }),
+        }
+    }
+
+    /// The version migrated from.
+    pub fn from_version(&self) -> u32 {
+        self.from
+    }
+}
+
+/// The migrations a restore applies: for each state stored with an older
+/// schema version, the chain of steps up to the registered version.
+#[derive(Debug, Clone, Default)]
+pub struct MigrationPlan {
+    states: BTreeMap<SchemaKey, (StateKind, Vec<Migration>)>,
+    /// The schemas of the state once migrated.
+    pub schemas: Vec<StateSchema>,
+}
+
+impl MigrationPlan {
+    /// True when nothing is migrated.
+    pub fn is_empty(&self) -> bool {
+        self.states.is_empty()
+    }
+
+    /// The states migrated, with the versions they go from and to.
+    pub fn migrated(&self) -> Vec<(String, String, u32, u32)> {
+        self.states
+            .iter()
+            .map(|((o, s), (_, steps))| {
+                let from = steps.first().map_or(0, |m| m.from);
+                (o.clone(), s.clone(), from, from + steps.len() as u32)
+            })
+            .collect()
+    }
+
+    /// The migrated stored value (an envelope) of the entry `key`, or
+    /// `None` when its state is not migrated. The expiry is kept; every
+    /// element of a list is migrated.
+    pub fn migrate(&self, key: &StateKey<'_>, value: &[u8]) -> Result<Option<Vec<u8>>> {
+        let Some((kind, steps)) = self
+            .states
+            .get(&(key.operator.to_string(), key.state.to_string()))
+        else {
+            return Ok(None);
+        };
+        let env = Envelope::decode(value)?;
+        let mut payload = env.payload.to_vec();
+        for step in steps {
+            let mut out = Vec::with_capacity(payload.len());
+            let mut rest: &[u8] = &payload;
+            loop {
+                let (new, used) = (step.step)(rest)?;
+                out.extend_from_slice(&new);
+                rest = &rest[used..];
+                if rest.is_empty() {
+                    break;
+                }
+                if *kind != StateKind::List {
+                    return Err(Error::serialization(
+                        format!(
+                            "migrate {}/{} from version {}",
+                            key.operator, key.state, step.from
+                        ),
+                        format!("trailing bytes after the value: len={}", rest.len()),
+                    ));
+                }
+            }
+            payload = out;
+        }
+        let mut out = Vec::with_capacity(payload.len() + 9);
+        Envelope::encode_into(env.expires_at_ms, &payload, &mut out);
+        Ok(Some(out))
+    }
+}
+
 type SchemaKey = (String, String);
 
 #[derive(Debug, Default)]
 struct Registry {
     /// Schemas of handles created in this process.
     registered: BTreeMap<SchemaKey, StateSchema>,
+    /// Migrations registered with those handles' descriptors.
+    migrations: BTreeMap<SchemaKey, Vec<Migration>>,
     /// Schemas of the state last restored (from a manifest or savepoint).
     stored: BTreeMap<SchemaKey, StateSchema>,
 }
@@ -174,6 +325,12 @@ impl SchemaRegistry {
     /// [`Error::SchemaMismatch`] when the state was registered or restored
     /// with an incompatible one ([`StateSchema::compatible_with`]).
     pub fn register(&self, schema: StateSchema) -> Result<()> {
+        self.register_with(schema, &[])
+    }
+
+    /// Records `schema` with the migrations that bring older versions of
+    /// the state up to it (used by [`plan`](Self::plan) on restore).
+    pub fn register_with(&self, schema: StateSchema, migrations: &[Migration]) -> Result<()> {
         let mut r = self.lock();
         let key = (schema.operator.clone(), schema.state.clone());
         let mut schema = schema;
@@ -187,6 +344,9 @@ impl SchemaRegistry {
             if schema.namespace_type.is_none() {
                 schema.namespace_type.clone_from(&known.namespace_type);
             }
+        }
+        if !migrations.is_empty() {
+            r.migrations.insert(key.clone(), migrations.to_vec());
         }
         r.registered.insert(key, schema);
         Ok(())
@@ -202,7 +362,9 @@ impl SchemaRegistry {
     ) -> Result<()> {
         let mut r = self.lock();
         let key = (operator.to_string(), state.to_string());
-        let Registry { registered, stored } = &mut *r;
+        let Registry {
+            registered, stored, ..
+        } = &mut *r;
         for map in [&mut *registered, &mut *stored] {
             let Some(known) = map.get_mut(&key) else {
                 continue;
@@ -233,6 +395,72 @@ impl SchemaRegistry {
             }
         }
         Ok(())
+    }
+
+    /// Plans the migrations of `stored` (the schemas of a savepoint about
+    /// to be restored) to the registered schemas. A stored state of an
+    /// older version needs a registered migration from each version on,
+    /// whose types chain from the stored value type to the registered one;
+    /// a newer stored version, a missing migration, a type that does not
+    /// chain or any other difference is an [`Error::SchemaMismatch`].
+    /// Nothing is recorded.
+    pub fn plan(&self, stored: &[StateSchema]) -> Result<MigrationPlan> {
+        let r = self.lock();
+        let mut plan = MigrationPlan::default();
+        for s in stored {
+            let key = (s.operator.clone(), s.state.clone());
+            let Some(reg) = r.registered.get(&key) else {
+                plan.schemas.push(s.clone());
+                continue;
+            };
+            if s.compatible_with(reg) {
+                plan.schemas.push(s.clone());
+                continue;
+            }
+            let mut same_but_version = s.clone();
+            same_but_version.version = reg.version;
+            same_but_version.value_type.clone_from(&reg.value_type);
+            let why = |detail: String| {
+                let mut requested = reg.clone();
+                requested.value_type = format!("{} ({detail})", reg.value_type);
+                Err(s.mismatch(&requested))
+            };
+            if !same_but_version.compatible_with(reg) {
+                return Err(s.mismatch(reg));
+            }
+            if s.version > reg.version {
+                return why(format!(
+                    "stored version {} is newer than the registered {}",
+                    s.version, reg.version
+                ));
+            }
+            let registered = r.migrations.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+            let mut steps = Vec::new();
+            let mut ty = s.value_type.as_str();
+            for v in s.version..reg.version {
+                let Some(m) = registered.iter().find(|m| m.from == v) else {
+                    return why(format!("no migration from version {v}"));
+                };
+                if m.old_type != ty {
+                    return why(format!(
+                        "migration from version {v} reads {} but the state holds {ty}",
+                        m.old_type
+                    ));
+                }
+                ty = m.new_type;
+                steps.push(m.clone());
+            }
+            if ty != reg.value_type {
+                return why(format!("migrations end with {ty}"));
+            }
+            let mut migrated = reg.clone();
+            if migrated.namespace_type.is_none() {
+                migrated.namespace_type.clone_from(&s.namespace_type);
+            }
+            plan.schemas.push(migrated);
+            plan.states.insert(key, (s.kind, steps));
+        }
+        Ok(plan)
     }
 
     /// Replaces the stored schemas with those of the state just restored.

@@ -28,7 +28,7 @@ use crate::backend::{StateBackend, WriteBatch};
 use crate::error::{Error, Result};
 use crate::key::{StateKey, check_name};
 use crate::keygroup::{KeyGroup, key_group_for};
-use crate::schema::{SchemaRegistry, StateKind, StateSchema};
+use crate::schema::{Migration, SchemaRegistry, StateKind, StateSchema};
 use crate::ttl::{Clock, Envelope, SystemClock, TtlConfig, TtlUpdate};
 
 fn encode<T: Serialize + ?Sized>(what: &str, v: &T) -> Result<Vec<u8>> {
@@ -60,7 +60,8 @@ fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
     Ok(v)
 }
 
-/// Name, TTL and schema version shared by every descriptor kind.
+/// Name, TTL, schema version and migrations shared by every descriptor
+/// kind.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DescriptorCommon {
     /// State name, unique within its operator.
@@ -70,6 +71,9 @@ pub struct DescriptorCommon {
     /// Schema version of the stored value type (1 unless set): recorded
     /// with the state, see [`crate::schema`].
     pub version: u32,
+    /// Migrations from older schema versions, applied when a savepoint of
+    /// an older version is restored.
+    pub migrations: Vec<Migration>,
 }
 
 impl DescriptorCommon {
@@ -78,6 +82,7 @@ impl DescriptorCommon {
             name,
             ttl: None,
             version: 1,
+            migrations: Vec::new(),
         }
     }
 }
@@ -106,6 +111,27 @@ macro_rules! descriptor_common_methods {
         /// The schema version of the value type.
         pub fn schema_version(&self) -> u32 {
             self.common.version
+        }
+
+        /// Registers how values of schema version `from` (type `Old`)
+        /// become values of version `from + 1` (type `New`). A restore of a
+        /// savepoint holding this state at an older version applies the
+        /// chain of migrations from its version to this descriptor's, to
+        /// every entry, before anything is loaded (see
+        /// `docs/savepoints.md`). The types must chain: the first `Old` is
+        /// the stored value type, the last `New` this descriptor's.
+        pub fn migrate_from<Old, New>(
+            mut self,
+            from: u32,
+            f: impl Fn(Old) -> New + Send + Sync + 'static,
+        ) -> Self
+        where
+            Old: serde::de::DeserializeOwned,
+            New: Serialize,
+        {
+            self.common.migrations.retain(|m| m.from_version() != from);
+            self.common.migrations.push(Migration::new(from, f));
+            self
         }
     };
 }
@@ -347,17 +373,20 @@ impl KeyedStateContext {
                 self.operator, common.name
             )));
         }
-        self.schemas.register(StateSchema {
-            operator: self.operator.to_string(),
-            state: common.name.clone(),
-            kind,
-            key_type: key_type.to_string(),
-            namespace_type: None,
-            user_key_type: user_key_type.map(str::to_string),
-            value_type: value_type.to_string(),
-            version: common.version,
-            ttl: common.ttl,
-        })?;
+        self.schemas.register_with(
+            StateSchema {
+                operator: self.operator.to_string(),
+                state: common.name.clone(),
+                kind,
+                key_type: key_type.to_string(),
+                namespace_type: None,
+                user_key_type: user_key_type.map(str::to_string),
+                value_type: value_type.to_string(),
+                version: common.version,
+                ttl: common.ttl,
+            },
+            &common.migrations,
+        )?;
         Ok(Base {
             ctx: self.clone(),
             state: common.name.as_str().into(),

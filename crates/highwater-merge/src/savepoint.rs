@@ -15,8 +15,9 @@ use highwater_core::key::StateKey;
 use highwater_core::keygroup::key_group_for;
 use highwater_core::{
     ArtifactId, ArtifactKind, ArtifactRef, CheckpointId, CheckpointStore, DecodeLimits,
-    EncodeOptions, Envelope, Error, KeyGroup, KeyGroupRange, RecordBlock, RecordWriter, Result,
-    SavepointManifest, SavepointState, StateSchema, StateSnapshot, decode_artifact,
+    EncodeOptions, Envelope, Error, KeyGroup, KeyGroupRange, MigrationPlan, RecordBlock,
+    RecordWriter, Result, SavepointManifest, SavepointState, StateSchema, StateSnapshot,
+    decode_artifact,
 };
 use tokio::runtime::Handle;
 
@@ -354,24 +355,41 @@ pub struct LoadedSavepoint {
     pub rehashed: bool,
 }
 
-/// Reads, verifies and prepares the whole of `manifest` for a backend of
-/// `max_parallelism` key groups keeping the key groups in `keep` (all when
-/// `None`). The states in `states` are read (all when `None`); renames map
-/// a stored `(operator, state)` to the name it is loaded under. Every
-/// artifact is verified before this returns, so a caller that loads the
-/// blocks only after it returns never loads part of a damaged savepoint.
+/// How [`load_blocks`] prepares a savepoint's entries.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Number of key groups of the backend loaded (0: the savepoint's).
+    pub max_parallelism: u16,
+    /// Key groups kept (of `max_parallelism`); all when `None`.
+    pub keep: Option<KeyGroupRange>,
+    /// Stored `(operator, state)` to the name it is loaded under.
+    pub renames: BTreeMap<(String, String), (String, String)>,
+    /// Stored `(operator, state)`s left out.
+    pub dropped: std::collections::BTreeSet<(String, String)>,
+    /// Migrations applied to every entry of the states they name (by the
+    /// name the state is loaded under).
+    pub migrations: MigrationPlan,
+    /// Bounds of the artifact decoder.
+    pub limits: DecodeLimits,
+}
+
+/// Reads, verifies and prepares the whole of `manifest` as
+/// `options` say: re-hashing keys into another number of key groups,
+/// keeping some key groups, renaming, dropping and migrating states. Every
+/// artifact is verified and every migration applied before this returns,
+/// so a caller that loads the blocks only after it returns never loads part
+/// of a damaged savepoint.
 pub fn load_blocks(
     store: &Arc<dyn CheckpointStore>,
     io: &Handle,
     manifest: &SavepointManifest,
-    max_parallelism: u16,
-    keep: Option<KeyGroupRange>,
-    renames: &BTreeMap<(String, String), (String, String)>,
-    limits: &DecodeLimits,
+    options: &LoadOptions,
 ) -> Result<LoadedSavepoint> {
-    if max_parallelism == 0 {
-        return Err(Error::InvalidArgument("max_parallelism is zero".into()));
-    }
+    let max_parallelism = match options.max_parallelism {
+        0 => manifest.max_parallelism,
+        n => n,
+    };
+    let keep = options.keep;
     let rehashed = max_parallelism != manifest.max_parallelism;
     let mut out = LoadedSavepoint {
         blocks: Vec::with_capacity(manifest.states.len()),
@@ -380,8 +398,12 @@ pub fn load_blocks(
         rehashed,
     };
     for state in &manifest.states {
-        let entries = read_state(store, io, manifest, state, limits)?;
-        let renamed = renames.get(&(state.operator.clone(), state.state.clone()));
+        let name = (state.operator.clone(), state.state.clone());
+        if options.dropped.contains(&name) {
+            continue;
+        }
+        let entries = read_state(store, io, manifest, state, &options.limits)?;
+        let renamed = options.renames.get(&name);
         let mut block = RecordBlock::with_capacity(
             entries.len(),
             entries.iter().map(|(k, v)| k.len() + v.len()).sum(),
@@ -409,6 +431,8 @@ pub fn load_blocks(
             };
             key.clear();
             to.encode_into(&mut key)?;
+            let migrated = options.migrations.migrate(&to, v)?;
+            let v = migrated.as_deref().unwrap_or(v);
             out.entries += 1;
             out.logical_bytes += (key.len() + v.len()) as u64;
             block.push(&key, Some(v))?;

@@ -3,7 +3,7 @@
 //! the reading and writing are in `highwater-merge`'s
 //! [`savepoint`](highwater_merge::savepoint) module; this is the wiring.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,7 +12,8 @@ use highwater_core::{
     StateSchema,
 };
 use highwater_merge::savepoint::{
-    SavepointInfo, SavepointParams, load_blocks, load_savepoint, snapshot_entries, write_savepoint,
+    LoadOptions, SavepointInfo, SavepointParams, load_blocks, load_savepoint, snapshot_entries,
+    write_savepoint,
 };
 
 use crate::StateManager;
@@ -53,11 +54,31 @@ pub struct SavepointRestoreOptions {
     /// States loaded under another name: stored `(operator, state)` to new
     /// `(operator, state)`.
     pub renames: BTreeMap<(String, String), (String, String)>,
+    /// Stored states (operator, state) left out of the restore.
+    pub dropped: BTreeSet<(String, String)>,
+    /// Leaves out every state of the savepoint this job has not registered
+    /// (created a handle for) before the restore. Off by default: such
+    /// states are loaded, and checked when a handle is created.
+    pub allow_dropped_state: bool,
     /// Bounds of the artifact decoder.
     pub limits: DecodeLimits,
 }
 
 impl SavepointRestoreOptions {
+    /// Leaves the stored state `(operator, state)` out of the restore.
+    pub fn drop_state(mut self, operator: &str, state: &str) -> Self {
+        self.dropped
+            .insert((operator.to_string(), state.to_string()));
+        self
+    }
+
+    /// Leaves out every stored state this job has not registered before
+    /// the restore (see [`allow_dropped_state`](Self::allow_dropped_state)).
+    pub fn allow_dropped_state(mut self, on: bool) -> Self {
+        self.allow_dropped_state = on;
+        self
+    }
+
     /// Restores savepoint `id` instead of the newest.
     pub fn savepoint(mut self, id: CheckpointId) -> Self {
         self.savepoint = Some(id);
@@ -92,6 +113,10 @@ pub struct SavepointRestoreInfo {
     pub logical_bytes: u64,
     /// True when keys were re-hashed into a different number of key groups.
     pub rehashed: bool,
+    /// States migrated: operator, state, stored and new schema version.
+    pub migrated: Vec<(String, String, u32, u32)>,
+    /// Stored states left out (operator, state).
+    pub dropped: Vec<(String, String)>,
     /// The full checkpoint of the restored state taken before returning.
     pub checkpoint: CheckpointId,
     /// Time taken, checkpoint included.
@@ -180,9 +205,24 @@ impl StateManager {
         let mut idle = cp.idle();
         let io = cp.exec().io().clone();
         let manifest = load_savepoint(&source, &io, options.savepoint)?;
+        let registry = cp.schemas();
+        let mut dropped = options.dropped.clone();
+        if options.allow_dropped_state {
+            for s in &manifest.states {
+                let (o, st) = options
+                    .renames
+                    .get(&(s.operator.clone(), s.state.clone()))
+                    .cloned()
+                    .unwrap_or_else(|| (s.operator.clone(), s.state.clone()));
+                if registry.get(&o, &st).is_none() {
+                    dropped.insert((s.operator.clone(), s.state.clone()));
+                }
+            }
+        }
         let schemas: Vec<StateSchema> = manifest
             .schemas()
             .into_iter()
+            .filter(|s| !dropped.contains(&(s.operator.clone(), s.state.clone())))
             .map(|mut s| {
                 if let Some((o, st)) = options.renames.get(&(s.operator.clone(), s.state.clone())) {
                     s.operator.clone_from(o);
@@ -191,16 +231,20 @@ impl StateManager {
                 s
             })
             .collect();
-        cp.schemas().check_stored(&schemas)?;
-        let loaded = load_blocks(
-            &source,
-            &io,
-            &manifest,
-            self.config().max_parallelism,
-            options.key_groups,
-            &options.renames,
-            &options.limits,
-        )?;
+        // Schema conflicts and missing migrations are found here, before
+        // any artifact is read.
+        let migrations = registry.plan(&schemas)?;
+        let migrated = migrations.migrated();
+        let stored_schemas = migrations.schemas.clone();
+        let load = LoadOptions {
+            max_parallelism: self.config().max_parallelism,
+            keep: options.key_groups,
+            renames: options.renames.clone(),
+            dropped: dropped.clone(),
+            migrations,
+            limits: options.limits,
+        };
+        let loaded = load_blocks(&source, &io, &manifest, &load)?;
         let mut blocks = loaded.blocks.into_iter().map(Ok);
         let restored = match cp.logged() {
             Some(logged) => logged.recover_with(|backend, _| backend.restore(&mut blocks)),
@@ -215,13 +259,15 @@ impl StateManager {
             }
             return Err(e);
         }
-        cp.schemas().set_stored(&schemas);
+        registry.set_stored(&stored_schemas);
         let done = idle.trigger()?.wait()?;
         Ok(SavepointRestoreInfo {
             savepoint: manifest.savepoint_id,
             entries: loaded.entries,
             logical_bytes: loaded.logical_bytes,
             rehashed: loaded.rehashed,
+            migrated,
+            dropped: dropped.into_iter().collect(),
             checkpoint: done.id,
             duration: started.elapsed(),
         })

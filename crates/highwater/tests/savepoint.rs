@@ -84,11 +84,11 @@ fn workload(m: &StateManager, n: u32) {
         .unwrap();
     for k in 0..n {
         counts.update(&k, &(u64::from(k) * 3)).unwrap();
-        if k % 3 == 0 {
+        if k.is_multiple_of(3) {
             seen.add_all(&k, &[format!("a{k}"), format!("b{k}")])
                 .unwrap();
         }
-        if k % 5 == 0 {
+        if k.is_multiple_of(5) {
             joins
                 .put(&format!("user-{k}"), &(k as u16), &vec![k as u8; 9])
                 .unwrap();
@@ -412,4 +412,361 @@ fn the_version_1_savepoint_fixture_restores() {
         seen.get(&3).unwrap(),
         vec!["a3".to_string(), "b3".to_string()]
     );
+}
+
+/// Schema evolution against a model: a value type in versions 1, 2 and 3,
+/// restored from savepoints of versions 1 and 2 through the migrations.
+mod evolution {
+    use super::*;
+    use highwater_testkit::SplitMix64;
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct V1 {
+        count: u32,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct V2 {
+        count: u64,
+        label: String,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct V3 {
+        total: u64,
+        label: String,
+        flags: Vec<bool>,
+    }
+
+    fn up2(v: V1) -> V2 {
+        V2 {
+            count: u64::from(v.count) * 10,
+            label: format!("c{}", v.count),
+        }
+    }
+
+    fn up3(v: V2) -> V3 {
+        V3 {
+            total: v.count + 1,
+            flags: vec![v.count.is_multiple_of(2); v.label.len()],
+            label: v.label,
+        }
+    }
+
+    /// Version 1 state: a value, a list (TTL) and a map state of V1.
+    struct Model {
+        values: BTreeMap<u32, V1>,
+        lists: BTreeMap<u32, Vec<V1>>,
+        maps: BTreeMap<(String, u8), V1>,
+    }
+
+    fn write_v1(m: &StateManager, seed: u64) -> Model {
+        let ctx = m.keyed_state("evolve").unwrap();
+        let values = ctx
+            .value_state::<u32, V1>(&ValueStateDescriptor::new("acc"))
+            .unwrap();
+        let lists = ctx
+            .list_state::<u32, V1>(
+                &ListStateDescriptor::new("events")
+                    .with_ttl(TtlConfig::new(Duration::from_secs(600))),
+            )
+            .unwrap();
+        let maps = ctx
+            .map_state::<String, u8, V1>(&MapStateDescriptor::new("by_kind"))
+            .unwrap();
+        let mut rng = SplitMix64::new(seed);
+        let mut model = Model {
+            values: BTreeMap::new(),
+            lists: BTreeMap::new(),
+            maps: BTreeMap::new(),
+        };
+        for _ in 0..400 {
+            let k = rng.below(150) as u32;
+            let v = V1 {
+                count: rng.below(1_000_000) as u32,
+            };
+            match rng.below(3) {
+                0 => {
+                    values.update(&k, &v).unwrap();
+                    model.values.insert(k, v);
+                }
+                1 => {
+                    lists.add(&k, &v).unwrap();
+                    model.lists.entry(k).or_default().push(v);
+                }
+                _ => {
+                    let uk = rng.below(4) as u8;
+                    maps.put(&format!("u{k}"), &uk, &v).unwrap();
+                    model.maps.insert((format!("u{k}"), uk), v);
+                }
+            }
+        }
+        model
+    }
+
+    fn v2_descriptors(m: &StateManager) {
+        let ctx = m.keyed_state("evolve").unwrap();
+        ctx.value_state::<u32, V2>(
+            &ValueStateDescriptor::new("acc")
+                .with_schema_version(2)
+                .migrate_from(1, up2),
+        )
+        .unwrap();
+        ctx.list_state::<u32, V2>(
+            &ListStateDescriptor::new("events")
+                .with_schema_version(2)
+                .migrate_from(1, up2),
+        )
+        .unwrap();
+        ctx.map_state::<String, u8, V2>(
+            &MapStateDescriptor::new("by_kind")
+                .with_schema_version(2)
+                .migrate_from(1, up2),
+        )
+        .unwrap();
+    }
+
+    fn check_v3(m: &StateManager, model: &Model) {
+        let ctx = m.keyed_state("evolve").unwrap();
+        let values = ctx
+            .value_state::<u32, V3>(
+                &ValueStateDescriptor::new("acc")
+                    .with_schema_version(3)
+                    .migrate_from(1, up2)
+                    .migrate_from(2, up3),
+            )
+            .unwrap();
+        let lists = ctx
+            .list_state::<u32, V3>(
+                &ListStateDescriptor::new("events")
+                    .with_schema_version(3)
+                    .migrate_from(1, up2)
+                    .migrate_from(2, up3),
+            )
+            .unwrap();
+        let maps = ctx
+            .map_state::<String, u8, V3>(
+                &MapStateDescriptor::new("by_kind")
+                    .with_schema_version(3)
+                    .migrate_from(1, up2)
+                    .migrate_from(2, up3),
+            )
+            .unwrap();
+        for (k, v) in &model.values {
+            assert_eq!(values.get(k).unwrap(), Some(up3(up2(v.clone()))), "acc {k}");
+        }
+        for (k, l) in &model.lists {
+            let want: Vec<V3> = l.iter().cloned().map(up2).map(up3).collect();
+            assert_eq!(lists.get(k).unwrap(), want, "events {k}");
+        }
+        for ((k, uk), v) in &model.maps {
+            assert_eq!(
+                maps.get(k, uk).unwrap(),
+                Some(up3(up2(v.clone()))),
+                "by_kind {k}/{uk}"
+            );
+        }
+    }
+
+    fn v3_manager(d: &Path, name: &str) -> StateManager {
+        manager(Arc::new(MemoryBackend::new()), &d.join(name), 128)
+    }
+
+    fn register_v3(m: &StateManager, with_first_step: bool) {
+        let ctx = m.keyed_state("evolve").unwrap();
+        let mut d = ValueStateDescriptor::<V3>::new("acc")
+            .with_schema_version(3)
+            .migrate_from(2, up3);
+        if with_first_step {
+            d = d.migrate_from(1, up2);
+        }
+        ctx.value_state::<u32, V3>(&d).unwrap();
+    }
+
+    #[test]
+    fn versions_1_to_2_to_3_against_a_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let m1 = v3_manager(d, "c1");
+        let model = write_v1(&m1, 0x5eed);
+        m1.savepoint(local(&d.join("sp1"))).unwrap().wait().unwrap();
+
+        // Version 2 job: restores version 1 and saves version 2.
+        let m2 = v3_manager(d, "c2");
+        v2_descriptors(&m2);
+        let r = m2.restore_savepoint(local(&d.join("sp1"))).unwrap();
+        assert_eq!(r.migrated.len(), 3);
+        assert!(
+            r.migrated
+                .iter()
+                .all(|(_, _, from, to)| (*from, *to) == (1, 2))
+        );
+        let sp2 = m2.savepoint(local(&d.join("sp2"))).unwrap().wait().unwrap();
+        assert_eq!(sp2.entries, r.entries);
+
+        // Version 3 from version 2, and from version 1 in one go.
+        for (name, sp) in [("c3a", "sp2"), ("c3b", "sp1")] {
+            let m3 = v3_manager(d, name);
+            check_v3(&m3, &BTreeMap::new().into_model());
+            let r = m3.restore_savepoint(local(&d.join(sp))).unwrap();
+            assert!(r.migrated.iter().all(|(_, _, _, to)| *to == 3), "{r:?}");
+            check_v3(&m3, &model);
+            // The restored state's schema is version 3 from now on: a
+            // checkpoint records it, and a restore of that checkpoint
+            // needs no migration.
+            let id = r.checkpoint;
+            let m = m3.checkpoint_history().unwrap();
+            let manifest = m
+                .iter()
+                .find(|h| h.id == id)
+                .unwrap()
+                .manifest
+                .as_ref()
+                .unwrap();
+            assert_eq!(manifest.schema("evolve", "acc").unwrap().version, 3);
+            m3.restore(id).unwrap();
+            check_v3(&m3, &model);
+        }
+        // TTL expiry survives the migration unchanged.
+        let m3 = v3_manager(d, "c3c");
+        check_v3(&m3, &BTreeMap::new().into_model());
+        m3.restore_savepoint(local(&d.join("sp1"))).unwrap();
+        let (k, _) = model.lists.iter().next().unwrap();
+        let expiry = |m: &StateManager| {
+            let dump = dump(&**m.backend());
+            dump.iter()
+                .find(|(key, _)| {
+                    let sk = StateKey::decode(key).unwrap();
+                    sk.state == "events" && sk.key == postcard_u32(*k)
+                })
+                .map(|(_, v)| v[..9].to_vec())
+                .unwrap()
+        };
+        assert_eq!(expiry(&m3), expiry(&m1));
+    }
+
+    fn postcard_u32(k: u32) -> Vec<u8> {
+        // postcard writes a u32 as a varint.
+        let mut out = Vec::new();
+        let mut v = k;
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+        out
+    }
+
+    trait IntoModel {
+        fn into_model(self) -> Model;
+    }
+
+    impl IntoModel for BTreeMap<u32, V1> {
+        fn into_model(self) -> Model {
+            Model {
+                values: self,
+                lists: BTreeMap::new(),
+                maps: BTreeMap::new(),
+            }
+        }
+    }
+
+    #[test]
+    fn a_missing_migration_or_a_newer_version_is_refused_before_loading() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let m1 = v3_manager(d, "c1");
+        write_v1(&m1, 7);
+        m1.savepoint(local(&d.join("sp1"))).unwrap().wait().unwrap();
+
+        // No migration from version 1.
+        let m = v3_manager(d, "c2");
+        register_v3(&m, false);
+        let err = m.restore_savepoint(local(&d.join("sp1"))).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::SchemaMismatch, "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("operator=evolve") && msg.contains("state=acc"),
+            "{msg}"
+        );
+        assert!(msg.contains("no migration from version 1"), "{msg}");
+        assert_eq!(m.backend().stats().entries, 0, "nothing was loaded");
+
+        // A migration whose input type is not the stored one.
+        let m = v3_manager(d, "c3");
+        m.keyed_state("evolve")
+            .unwrap()
+            .value_state::<u32, V3>(
+                &ValueStateDescriptor::new("acc")
+                    .with_schema_version(3)
+                    .migrate_from(1, |old: u64| V2 {
+                        count: old,
+                        label: String::new(),
+                    })
+                    .migrate_from(2, up3),
+            )
+            .unwrap();
+        let err = m.restore_savepoint(local(&d.join("sp1"))).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::SchemaMismatch, "{err}");
+        assert!(err.to_string().contains("reads u64"), "{err}");
+        assert_eq!(m.backend().stats().entries, 0);
+
+        // A newer stored version than the job knows.
+        let m3 = v3_manager(d, "c4");
+        register_v3(&m3, true);
+        m3.restore_savepoint(local(&d.join("sp1"))).unwrap();
+        m3.savepoint(local(&d.join("sp3"))).unwrap().wait().unwrap();
+        let old_job = v3_manager(d, "c5");
+        v2_descriptors(&old_job);
+        let err = old_job
+            .restore_savepoint(local(&d.join("sp3")))
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::SchemaMismatch, "{err}");
+        assert!(err.to_string().contains("newer"), "{err}");
+        assert_eq!(old_job.backend().stats().entries, 0);
+    }
+
+    #[test]
+    fn dropped_states_are_left_out_only_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let m1 = v3_manager(d, "c1");
+        let model = write_v1(&m1, 11);
+        m1.savepoint(local(&d.join("sp1"))).unwrap().wait().unwrap();
+
+        let m = v3_manager(d, "c2");
+        register_v3(&m, true);
+        let r = m
+            .restore_savepoint_with(
+                local(&d.join("sp1")),
+                &SavepointRestoreOptions::default().allow_dropped_state(true),
+            )
+            .unwrap();
+        let mut dropped = r.dropped.clone();
+        dropped.sort();
+        assert_eq!(
+            dropped,
+            vec![
+                ("evolve".to_string(), "by_kind".to_string()),
+                ("evolve".to_string(), "events".to_string())
+            ]
+        );
+        assert_eq!(r.entries, model.values.len() as u64);
+        assert_eq!(m.backend().stats().entries, model.values.len() as u64);
+
+        // Explicitly named.
+        let m = v3_manager(d, "c3");
+        let r = m
+            .restore_savepoint_with(
+                local(&d.join("sp1")),
+                &SavepointRestoreOptions::default().drop_state("evolve", "events"),
+            )
+            .unwrap();
+        assert_eq!(
+            r.entries,
+            (model.values.len() + model.maps.len()) as u64,
+            "{r:?}"
+        );
+    }
 }
