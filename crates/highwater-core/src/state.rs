@@ -27,7 +27,7 @@ use serde::de::DeserializeOwned;
 use crate::backend::{StateBackend, WriteBatch};
 use crate::error::{Error, Result};
 use crate::key::{StateKey, check_name};
-use crate::keygroup::{KeyGroup, key_group_for};
+use crate::keygroup::{KeyGroup, KeyGroupRange, key_group_for};
 use crate::schema::{Migration, SchemaRegistry, StateKind, StateSchema};
 use crate::ttl::{Clock, Envelope, SystemClock, TtlConfig, TtlUpdate};
 
@@ -546,6 +546,43 @@ impl Base {
     fn write(&self, key: &[u8], payload: &[u8]) -> Result<()> {
         self.ctx.backend.put(key, &self.envelope(payload))
     }
+
+    /// Calls `f` with every distinct key of this state that has a live
+    /// entry in this handle's namespace, key group by key group in `range`
+    /// (in encoded-key order within a key group).
+    fn visit_keys<K: DeserializeOwned>(
+        &self,
+        range: KeyGroupRange,
+        f: &mut dyn FnMut(K) -> Result<()>,
+    ) -> Result<()> {
+        if range.end > self.ctx.max_parallelism {
+            return Err(Error::InvalidArgument(format!(
+                "key groups {range} beyond max_parallelism={}",
+                self.ctx.max_parallelism
+            )));
+        }
+        let now = self.ctx.clock.now_ms();
+        for kg in range.iter() {
+            let mut prefix = crate::key::operator_prefix(kg, &self.ctx.operator)?;
+            prefix.push(self.state.len() as u8);
+            prefix.extend_from_slice(self.state.as_bytes());
+            let mut last: Option<Vec<u8>> = None;
+            for (k, v) in self.ctx.backend.scan_prefix(&prefix)? {
+                let sk = StateKey::decode(&k)?;
+                // The length byte before the state name keeps another
+                // state whose name starts with this one out of the prefix.
+                if sk.namespace != self.namespace.as_slice()
+                    || last.as_deref() == Some(sk.key)
+                    || Envelope::decode(&v)?.is_expired(now)
+                {
+                    continue;
+                }
+                last = Some(sk.key.to_vec());
+                f(decode("key", sk.key)?)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 macro_rules! namespace_method {
@@ -555,6 +592,37 @@ macro_rules! namespace_method {
         pub fn in_namespace<N: Serialize + ?Sized>(&self, ns: &N) -> Result<Self> {
             let mut out = self.clone();
             out.base.set_namespace(ns)?;
+            Ok(out)
+        }
+
+        /// Calls `f` with every key that has a live entry of this state in
+        /// this handle's namespace, in the key groups of `range` (Flink's
+        /// `applyToAllKeys`; for timers, migrations and clean-up). Each key
+        /// is visited once, key group by key group; `f` may read and write
+        /// state, but keys it adds to a key group not yet visited are
+        /// visited too. Stops at the first error.
+        pub fn for_each_key(
+            &self,
+            range: KeyGroupRange,
+            mut f: impl FnMut(K) -> Result<()>,
+        ) -> Result<()>
+        where
+            K: DeserializeOwned + Sized,
+        {
+            self.base.visit_keys(range, &mut f)
+        }
+
+        /// The keys [`for_each_key`](Self::for_each_key) visits, collected
+        /// (Flink's `getKeys`).
+        pub fn keys(&self, range: KeyGroupRange) -> Result<Vec<K>>
+        where
+            K: DeserializeOwned + Sized,
+        {
+            let mut out = Vec::new();
+            self.base.visit_keys(range, &mut |k| {
+                out.push(k);
+                Ok(())
+            })?;
             Ok(out)
         }
     };

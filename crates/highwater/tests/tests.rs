@@ -23,6 +23,8 @@ mod dedup;
 mod embedding;
 #[path = "tests/failures.rs"]
 mod failures;
+#[path = "tests/keys.rs"]
+mod keys;
 #[path = "tests/lifecycle.rs"]
 mod lifecycle;
 #[path = "tests/manager_model.rs"]
