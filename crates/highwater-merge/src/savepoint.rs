@@ -21,7 +21,12 @@ use highwater_core::{
 };
 use tokio::runtime::Handle;
 
+use rayon::prelude::*;
+
 use crate::io::run_io;
+
+/// Artifact uploads of a savepoint in flight at once.
+const UPLOADS_IN_FLIGHT: usize = 8;
 
 /// How a savepoint is written.
 #[derive(Debug, Clone)]
@@ -156,7 +161,9 @@ pub fn write_savepoint(
                 w[0].0.len()
             )));
         }
-        let mut artifacts = Vec::new();
+        // Cut into artifacts of about `artifact_bytes`, encode them in
+        // parallel (rayon), then upload them concurrently.
+        let mut cuts = Vec::new();
         let mut start = 0;
         while start < recs.len() {
             let mut end = start;
@@ -165,32 +172,54 @@ pub fn write_savepoint(
                 bytes += recs[end].0.len() + recs[end].1.len();
                 end += 1;
             }
-            let chunk = &recs[start..end];
-            let mut w = RecordWriter::new(ArtifactKind::Entries, bytes + 16 * chunk.len());
-            for (k, v) in chunk {
-                w.push(k, Some(v))?;
-            }
-            let enc = w.finish(&params.encode)?;
-            let first = highwater_core::key::key_group_of(&chunk[0].0)?;
-            let last = highwater_core::key::key_group_of(&chunk[chunk.len() - 1].0)?;
-            let r = ArtifactRef {
-                operator: operator.clone(),
-                key_groups: KeyGroupRange::new(first.0, last.0 + 1)?,
-                id: enc.id(),
-                entries: enc.entries,
-                logical_bytes: enc.raw_len,
-                stored_bytes: enc.bytes.len() as u64,
-                codec: enc.codec,
-            };
-            let store = target.clone();
-            let data = Bytes::from(enc.bytes);
-            let id = r.id;
-            run_io(io, async move { store.put_artifact(id, data).await })?;
-            info.stored_bytes += r.stored_bytes;
-            info.artifacts += 1;
-            artifacts.push(r);
+            cuts.push((start, end, bytes));
             start = end;
         }
+        let encoded: Vec<(ArtifactRef, Bytes)> = cuts
+            .par_iter()
+            .map(|&(start, end, bytes)| {
+                let chunk = &recs[start..end];
+                let mut w = RecordWriter::new(ArtifactKind::Entries, bytes + 16 * chunk.len());
+                for (k, v) in chunk {
+                    w.push(k, Some(v))?;
+                }
+                let enc = w.finish(&params.encode)?;
+                let first = highwater_core::key::key_group_of(&chunk[0].0)?;
+                let last = highwater_core::key::key_group_of(&chunk[chunk.len() - 1].0)?;
+                let r = ArtifactRef {
+                    operator: operator.clone(),
+                    key_groups: KeyGroupRange::new(first.0, last.0 + 1)?,
+                    id: enc.id(),
+                    entries: enc.entries,
+                    logical_bytes: enc.raw_len,
+                    stored_bytes: enc.bytes.len() as u64,
+                    codec: enc.codec,
+                };
+                Ok((r, Bytes::from(enc.bytes)))
+            })
+            .collect::<Result<_>>()?;
+        let uploads: Vec<(ArtifactId, Bytes)> =
+            encoded.iter().map(|(r, b)| (r.id, b.clone())).collect();
+        let store = target.clone();
+        run_io(io, async move {
+            let mut set = tokio::task::JoinSet::new();
+            for (id, data) in uploads {
+                while set.len() >= UPLOADS_IN_FLIGHT {
+                    if let Some(done) = set.join_next().await {
+                        done.map_err(|e| Error::unexpected("a savepoint upload task", e))??;
+                    }
+                }
+                let s = store.clone();
+                set.spawn(async move { s.put_artifact(id, data).await });
+            }
+            while let Some(done) = set.join_next().await {
+                done.map_err(|e| Error::unexpected("a savepoint upload task", e))??;
+            }
+            Ok(())
+        })?;
+        let artifacts: Vec<ArtifactRef> = encoded.into_iter().map(|(r, _)| r).collect();
+        info.stored_bytes += artifacts.iter().map(|a| a.stored_bytes).sum::<u64>();
+        info.artifacts += artifacts.len();
         let entries = artifacts.iter().map(|a| a.entries).sum::<u64>();
         let logical_bytes = artifacts.iter().map(|a| a.logical_bytes).sum::<u64>();
         info.entries += entries;
@@ -280,8 +309,41 @@ pub fn read_state(
     state: &SavepointState,
     limits: &DecodeLimits,
 ) -> Result<Vec<RawEntry>> {
-    let mut out = Vec::with_capacity(usize::try_from(state.entries).unwrap_or(0).min(1 << 20));
-    for r in &state.artifacts {
+    // Artifacts are fetched and checked in parallel, then joined in order.
+    let parts: Vec<Vec<RawEntry>> = state
+        .artifacts
+        .par_iter()
+        .map(|r| read_artifact(store, io, manifest, state, r, limits))
+        .collect::<Result<_>>()?;
+    let mut out: Vec<RawEntry> = Vec::with_capacity(parts.iter().map(Vec::len).sum());
+    for part in parts {
+        if let (Some(last), Some(first)) = (out.last(), part.first())
+            && last.0 >= first.0
+        {
+            return Err(Error::corrupt(
+                "savepoint artifact",
+                format!(
+                    "savepoint={} operator={} state={}: keys out of order across artifacts",
+                    manifest.savepoint_id, state.operator, state.state
+                ),
+            ));
+        }
+        out.extend(part);
+    }
+    Ok(out)
+}
+
+/// Fetches and verifies one artifact of `state` (see [`read_state`]).
+fn read_artifact(
+    store: &Arc<dyn CheckpointStore>,
+    io: &Handle,
+    manifest: &SavepointManifest,
+    state: &SavepointState,
+    r: &ArtifactRef,
+    limits: &DecodeLimits,
+) -> Result<Vec<RawEntry>> {
+    let mut out = Vec::with_capacity(usize::try_from(r.entries).unwrap_or(0).min(1 << 20));
+    {
         let s = store.clone();
         let id = r.id;
         let bytes = run_io(io, async move { s.get_artifact(id).await }).map_err(|e| match e {

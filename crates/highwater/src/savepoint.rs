@@ -60,6 +60,11 @@ pub struct SavepointRestoreOptions {
     /// (created a handle for) before the restore. Off by default: such
     /// states are loaded, and checked when a handle is created.
     pub allow_dropped_state: bool,
+    /// Skips the full checkpoint a restore ends with. Then a crash before
+    /// the next checkpoint resumes from the checkpoints (and log) of before
+    /// the restore: only for restores that are redone after a crash anyway
+    /// (tools, benchmarks, tests).
+    pub skip_checkpoint: bool,
     /// Bounds of the artifact decoder.
     pub limits: DecodeLimits,
 }
@@ -117,8 +122,9 @@ pub struct SavepointRestoreInfo {
     pub migrated: Vec<(String, String, u32, u32)>,
     /// Stored states left out (operator, state).
     pub dropped: Vec<(String, String)>,
-    /// The full checkpoint of the restored state taken before returning.
-    pub checkpoint: CheckpointId,
+    /// The full checkpoint of the restored state taken before returning
+    /// (`None` with [`SavepointRestoreOptions::skip_checkpoint`]).
+    pub checkpoint: Option<CheckpointId>,
     /// Time taken, checkpoint included.
     pub duration: Duration,
 }
@@ -260,7 +266,11 @@ impl StateManager {
             return Err(e);
         }
         registry.set_stored(&stored_schemas);
-        let done = idle.trigger()?.wait()?;
+        let checkpoint = if options.skip_checkpoint {
+            None
+        } else {
+            Some(idle.trigger()?.wait()?.id)
+        };
         Ok(SavepointRestoreInfo {
             savepoint: manifest.savepoint_id,
             entries: loaded.entries,
@@ -268,7 +278,7 @@ impl StateManager {
             rehashed: loaded.rehashed,
             migrated,
             dropped: dropped.into_iter().collect(),
-            checkpoint: done.id,
+            checkpoint,
             duration: started.elapsed(),
         })
     }

@@ -615,7 +615,7 @@ mod evolution {
             // The restored state's schema is version 3 from now on: a
             // checkpoint records it, and a restore of that checkpoint
             // needs no migration.
-            let id = r.checkpoint;
+            let id = r.checkpoint.expect("a checkpoint after the restore");
             let m = m3.checkpoint_history().unwrap();
             let manifest = m
                 .iter()
