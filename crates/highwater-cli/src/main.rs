@@ -2,6 +2,8 @@
 //! garbage-collect checkpoints, and take, export, import and compare
 //! savepoints.
 
+#[cfg(feature = "raft")]
+mod cluster_demo;
 mod compact;
 mod coordinator;
 mod demo;

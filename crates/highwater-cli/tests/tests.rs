@@ -118,6 +118,115 @@ fn sigkill_at_random_moments_then_resume_gives_the_same_digest() {
     );
 }
 
+/// `--parallelism N`: subtasks of one process checkpoint one global cut;
+/// killed at random moments and resumed at random other parallelisms, the
+/// final digest is the single-process run's.
+#[test]
+fn subtasks_killed_and_resumed_at_other_parallelisms_give_the_single_process_digest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let events = 300_000;
+    let with = |name: &str, p: u64| {
+        vec![
+            "--dir".to_string(),
+            tmp.path().join(name).display().to_string(),
+            "--parallelism".into(),
+            p.to_string(),
+        ]
+    };
+    let started = Instant::now();
+    let expected = digest_of(&run_ok(demo_on(&with("reference", 1), events, false)));
+    let full_run = started.elapsed();
+    // Uninterrupted at another parallelism: the same state.
+    assert_eq!(
+        digest_of(&run_ok(demo_on(&with("four", 4), events, false))),
+        expected,
+        "four subtasks"
+    );
+    let mut rng = crash::kill_schedule();
+    let mut kills = 0;
+    for round in 0..6 {
+        let p = 1 + rng.below(4);
+        let max_ms = (full_run.as_millis() as u64 / 2).max(20);
+        let after = Duration::from_millis(rng.below(max_ms));
+        let ended = Victim::spawn(demo_on(&with("killed", p), events, round > 0)).kill_after(after);
+        ended.assert_killed_or_succeeded(&format!("round {round}: demo at parallelism {p}"));
+        kills += u32::from(ended.killed);
+    }
+    assert!(kills > 0, "no run was killed; the schedule is broken");
+    let resumed = digest_of(&run_ok(demo_on(&with("killed", 3), events, true)));
+    assert_eq!(resumed, expected, "resumed at 3 after {kills} kills");
+}
+
+/// Waits until every node address of the cluster demo in `dir` can be
+/// bound again: the nodes of a killed parent exit when their standard
+/// input closes, a moment after the kill.
+fn wait_for_cluster_ports(dir: &Path) {
+    let Ok(text) = std::fs::read_to_string(dir.join("cluster.addrs")) else {
+        return;
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for addr in text.lines() {
+        while std::net::TcpListener::bind(addr).is_err() {
+            assert!(Instant::now() < deadline, "node at {addr} did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// `--cluster N`: node processes coordinated by the Raft ledger. Killed
+/// (the parent, and with it every node) at random moments and resumed,
+/// then resumed on two of the three nodes, the digest is the
+/// single-process one.
+#[cfg(feature = "raft")]
+#[test]
+fn a_raft_cluster_killed_resumed_and_shrunk_gives_the_single_process_digest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let events = 200_000;
+    let cluster = tmp.path().join("cluster");
+    let with = |dir: &Path, n: Option<u16>| {
+        let mut a = vec!["--dir".to_string(), dir.display().to_string()];
+        if let Some(n) = n {
+            a.extend(["--cluster".to_string(), n.to_string()]);
+        }
+        a
+    };
+    let expected = digest_of(&run_ok(demo_on(
+        &with(&tmp.path().join("single"), None),
+        events,
+        false,
+    )));
+    let started = Instant::now();
+    assert_eq!(
+        digest_of(&run_ok(demo_on(&with(&cluster, Some(3)), events, false))),
+        expected,
+        "three nodes, uninterrupted"
+    );
+    let full_run = started.elapsed();
+    let mut rng = crash::kill_schedule();
+    let mut kills = 0;
+    for round in 0..4 {
+        wait_for_cluster_ports(&cluster);
+        let after = Duration::from_millis(rng.below((full_run.as_millis() as u64).max(20)));
+        let ended =
+            Victim::spawn(demo_on(&with(&cluster, Some(3)), events, true)).kill_after(after);
+        ended.assert_killed_or_succeeded(&format!("round {round}: cluster demo"));
+        kills += u32::from(ended.killed);
+    }
+    assert!(kills > 0, "no run was killed; the schedule is broken");
+    wait_for_cluster_ports(&cluster);
+    assert_eq!(
+        digest_of(&run_ok(demo_on(&with(&cluster, Some(3)), events, true))),
+        expected,
+        "three nodes, resumed after {kills} kills"
+    );
+    wait_for_cluster_ports(&cluster);
+    assert_eq!(
+        digest_of(&run_ok(demo_on(&with(&cluster, Some(2)), events, true))),
+        expected,
+        "two of the three nodes, resumed"
+    );
+}
+
 #[test]
 fn sigkill_and_resume_with_the_write_ahead_log() {
     let tmp = tempfile::tempdir().unwrap();

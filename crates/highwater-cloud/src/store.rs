@@ -780,6 +780,47 @@ impl CheckpointStore for ObjectCheckpointStore {
     fn counters(&self) -> StoreCounters {
         self.counters.snapshot()
     }
+
+    /// The same object store under `<prefix>/<scope>`, sharing this store's
+    /// bound on requests in flight and its configuration, with counters of
+    /// its own. For a local directory the scope's `artifacts` and
+    /// `manifests` directories are created and fsync'd (with the
+    /// directories that name them) first.
+    fn scoped(&self, scope: &str) -> Result<Arc<dyn CheckpointStore>> {
+        if !highwater_core::valid_scope(scope) {
+            return Err(Error::InvalidArgument(format!(
+                "not a valid store scope: {:?}",
+                scope.chars().take(64).collect::<String>()
+            )));
+        }
+        let prefix = if self.prefix.as_ref().is_empty() {
+            Path::from(scope)
+        } else {
+            Path::from(format!("{}/{scope}", self.prefix))
+        };
+        if self.local.is_some() {
+            let dir = std::path::Path::new(&self.root).join(prefix.as_ref());
+            for sub in [ARTIFACTS_DIR, MANIFESTS_DIR] {
+                let sub = dir.join(sub);
+                fsync::create_dir_durable(&sub).map_err(|e| {
+                    Error::io(format!("create store directory {}", sub.display()), e)
+                })?;
+            }
+        }
+        Ok(Arc::new(ObjectCheckpointStore {
+            store: self.store.clone(),
+            prefix,
+            name: self.name,
+            root: self.root.clone(),
+            config: self.config.clone(),
+            requests: self.requests.clone(),
+            local: self.local.clone(),
+            list_page: self.list_page,
+            conflict_is_transient: self.conflict_is_transient,
+            multipart_create_is_request: self.multipart_create_is_request,
+            counters: Counters::default(),
+        }))
+    }
 }
 
 /// Directory fsync for the local store.

@@ -11,6 +11,8 @@
 //! - the checkpoint [`Manifest`], the [`SavepointManifest`] and the
 //!   [artifact codec](codec), with their byte layouts, checksums and bounds
 //!   checks;
+//! - [global checkpoints](cluster) of a job split over several
+//!   participants: the [`Coordinator`] trait;
 //! - the [`Error`] type.
 //!
 //! Architecture invariant: this crate performs no I/O and depends on no
@@ -21,6 +23,7 @@
 
 pub mod backend;
 pub mod block;
+pub mod cluster;
 pub mod codec;
 pub mod error;
 pub mod key;
@@ -39,6 +42,10 @@ pub use backend::{
     NativeFiles, SnapshotKind, StateBackend, StateSnapshot, WriteBatch,
 };
 pub use block::RecordBlock;
+pub use cluster::{
+    Coordinator, GlobalCheckpoint, GlobalStatus, PartRef, ParticipantId, participant_scope,
+    participant_store, valid_scope,
+};
 pub use codec::{
     ArtifactKind, Codec, DecodeLimits, DecodedArtifact, EncodeOptions, EncodedArtifact, KeyForm,
     RecordWriter, decode_artifact, verify_artifact,

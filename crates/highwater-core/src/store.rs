@@ -127,4 +127,19 @@ pub trait CheckpointStore: Send + Sync + 'static {
 
     /// Request counters since the store was created.
     fn counters(&self) -> StoreCounters;
+
+    /// A store of the same kind and place whose artifacts and manifests
+    /// live apart from this one's, under `scope` (a sub-directory, key
+    /// prefix or namespace; `scope` must pass
+    /// [`valid_scope`](crate::cluster::valid_scope)). Participants of a
+    /// global checkpoint each write their own scope of one shared store, so
+    /// one participant's retention never sees another's artifacts.
+    ///
+    /// The default refuses: a store that cannot be divided cannot be shared.
+    fn scoped(&self, scope: &str) -> Result<std::sync::Arc<dyn CheckpointStore>> {
+        Err(crate::Error::InvalidArgument(format!(
+            "the {} checkpoint store cannot be divided into scopes (asked for {scope:?})",
+            self.name()
+        )))
+    }
 }

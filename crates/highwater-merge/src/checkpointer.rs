@@ -306,9 +306,33 @@ impl Idle<'_> {
 
     /// Takes a checkpoint now, as [`Checkpointer::checkpoint`] does.
     pub fn trigger(self) -> Result<CheckpointHandle> {
-        self.checkpointer.trigger(self.t)
+        self.checkpointer.trigger(self.t, None)
+    }
+
+    /// Makes the next checkpoint take id `id` (a coordinator's global
+    /// checkpoint id) instead of the next one in sequence; later ones
+    /// continue after it. An id already committed in the store makes that
+    /// checkpoint fail with `AlreadyExists`.
+    pub fn assign_next_id(&mut self, id: CheckpointId) {
+        self.t.next_id = id;
+    }
+
+    /// Takes a checkpoint now, like [`trigger`](Self::trigger), and runs
+    /// `then` on the checkpoint's worker thread once the checkpoint is
+    /// committed or has failed, before the handle sees the outcome and
+    /// before the next checkpoint can start. An error `then` returns
+    /// becomes the handle's outcome (the committed checkpoint stays the
+    /// base of the next incremental). A cluster job acknowledges its part
+    /// of a global checkpoint here.
+    pub fn trigger_then(self, then: AfterCheckpoint) -> Result<CheckpointHandle> {
+        self.checkpointer.trigger(self.t, Some(then))
     }
 }
+
+/// Work run on a checkpoint's worker thread after its outcome is known (see
+/// [`Idle::trigger_then`]).
+pub type AfterCheckpoint =
+    Box<dyn FnOnce(std::result::Result<&CheckpointInfo, &Error>) -> Result<()> + Send>;
 
 /// Everything the background worker needs for one checkpoint.
 struct Job {
@@ -326,6 +350,7 @@ struct Job {
     snapshot_pause: Duration,
     created_at_ms: u64,
     wal_position: Option<u64>,
+    then: Option<AfterCheckpoint>,
 }
 
 /// What a producer made of a snapshot: the artifacts of the checkpoint's
@@ -430,6 +455,36 @@ impl Checkpointer {
         self.idle().trigger()
     }
 
+    /// Deletes every committed manifest `keep` rejects, then, as retention
+    /// after a checkpoint does, every artifact no remaining manifest
+    /// references (artifacts pinned by work in flight are kept) and the
+    /// write-ahead log before the oldest remaining checkpoint. A cluster
+    /// job retains this way by its coordinator's completed checkpoints
+    /// (its checkpointer's own retention then keeps every manifest).
+    pub fn retain_only(
+        &self,
+        keep: impl Fn(CheckpointId) -> bool + Send + 'static,
+    ) -> Result<RetentionReport> {
+        let store = self.store().clone();
+        let pins = self.inner.pins.clone();
+        let report = self.inner.exec.run_io(async move {
+            let mut deleted = Vec::new();
+            for id in store.list_manifests().await? {
+                if !keep(id) {
+                    store.delete_manifest(id).await?;
+                    deleted.push(id);
+                }
+            }
+            let mut report = collect_garbage(&*store, usize::MAX, Some(&pins), &|_, _| {}).await?;
+            report.manifests_deleted = deleted;
+            Ok(report)
+        })?;
+        if let (Some(logged), Some(pos)) = (&self.inner.parts.logged, report.oldest_wal_position) {
+            logged.wal().truncate_before(pos + 1)?;
+        }
+        Ok(report)
+    }
+
     /// Takes a checkpoint if the configured interval has passed since the
     /// last one and none is in flight.
     ///
@@ -446,7 +501,7 @@ impl Checkpointer {
         if t.in_flight || t.last_trigger.elapsed() < interval {
             return Ok(None);
         }
-        self.trigger(t).map(Some)
+        self.trigger(t, None).map(Some)
     }
 
     /// The newest committed checkpoint the backend's changes are tracked
@@ -534,7 +589,11 @@ impl Checkpointer {
 
     /// Decides the checkpoint's kind and parent, takes the snapshot on this
     /// thread and starts the worker.
-    fn trigger(&self, mut t: MutexGuard<'_, Tracking>) -> Result<CheckpointHandle> {
+    fn trigger(
+        &self,
+        mut t: MutexGuard<'_, Tracking>,
+        then: Option<AfterCheckpoint>,
+    ) -> Result<CheckpointHandle> {
         let inner = &self.inner;
         let cfg = inner.config();
         // A merged base replaces the head of the parent's chain when it
@@ -599,6 +658,7 @@ impl Checkpointer {
             snapshot_pause,
             created_at_ms: inner.parts.clock.now_ms(),
             wal_position,
+            then,
         };
         let (tx, rx) = crossbeam_channel::bounded(1);
         let worker = inner.clone();
@@ -644,8 +704,18 @@ fn finish_checkpoint(
     tx: &crossbeam_channel::Sender<Result<CheckpointInfo>>,
 ) {
     let id = job.id;
+    let mut job = job;
+    let then = job.then.take();
     let result = run_checkpoint(inner, job);
     crate::metrics::checkpoint_finished(&result, &*inner.parts.store);
+    let mut after_failed = None;
+    if let Some(then) = then
+        && let Err(e) = then(result.as_ref().map(|(_, info)| info))
+        && result.is_ok()
+    {
+        tracing::warn!(checkpoint = %id, error = %e, "work after a committed checkpoint failed");
+        after_failed = Some(e);
+    }
     // Another writer committed this id: continue after the newest id in
     // the store instead of colliding again.
     let newest = match &result {
@@ -693,7 +763,10 @@ fn finish_checkpoint(
     // Published before the worker is idle: a checkpoint that can start
     // after this one must never see this one's handle still empty. The
     // channel has room for the one result, so this never blocks.
-    let _ = tx.send(result.map(|(_, info)| info));
+    let _ = tx.send(match after_failed {
+        Some(e) => Err(e),
+        None => result.map(|(_, info)| info),
+    });
     t.in_flight = false;
     drop(t);
     inner.idle.notify_all();

@@ -53,7 +53,7 @@ mod store;
 
 pub use chain::{ChainSummary, StoreSummary, needs_merge, substitute, summarize};
 pub use checkpointer::{
-    CheckpointHandle, CheckpointInfo, Checkpointer, CheckpointerParts, Exec, Idle,
+    AfterCheckpoint, CheckpointHandle, CheckpointInfo, Checkpointer, CheckpointerParts, Exec, Idle,
 };
 pub use config::{
     CheckpointConfig, ChunkConfig, Compression, ConflictResolution, MergeStrategy, MergerConfig,

@@ -21,7 +21,12 @@
 //!   acknowledge);
 //! - [`CheckpointCoordinator`] is the API an engine uses: barriers arrive
 //!   as [`LedgerEvent`]s, acknowledgements go in through
-//!   [`CheckpointCoordinator::report_completion`].
+//!   [`CheckpointCoordinator::report_completion`];
+//! - [`RaftParticipant`] is a node's ledger as the
+//!   [`Coordinator`](highwater_core::Coordinator) of a `StateManager` that
+//!   takes part in global checkpoints (the facade's `cluster` builder
+//!   option): barriers, acknowledgements and restores then go through the
+//!   ledger without engine code.
 //!
 //! It depends on `highwater-core` and `highwater-wal` only, never on a
 //! state backend; the node process ([`run_node`]) takes any checkpoint store.
@@ -39,6 +44,7 @@ mod log_store;
 pub mod metrics;
 mod network;
 mod node;
+mod participant;
 mod state_machine;
 
 pub use auth::{ClusterSecret, TOOL_IDENTITY};
@@ -52,6 +58,7 @@ pub use ledger::{
 pub use log_store::WalLogStore;
 pub use network::{MAX_FRAME_BYTES, query_status, request_checkpoint};
 pub use node::{NodeOptions, parse_peers, run_node};
+pub use participant::RaftParticipant;
 pub use state_machine::{LedgerEvent, LedgerStateMachine, MAX_SNAPSHOT_BYTES};
 
 openraft::declare_raft_types!(

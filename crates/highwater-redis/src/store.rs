@@ -934,6 +934,22 @@ impl CheckpointStore for RedisCheckpointStore {
     fn counters(&self) -> StoreCounters {
         self.counters.snapshot()
     }
+
+    /// The same server under the namespace `<namespace>:<scope>` (each `/`
+    /// of the scope becomes `:`; scopes hold no `:`, so two scopes never
+    /// share keys), with the same settings, a connection and counters of
+    /// its own.
+    fn scoped(&self, scope: &str) -> Result<std::sync::Arc<dyn CheckpointStore>> {
+        if !highwater_core::valid_scope(scope) {
+            return Err(Error::InvalidArgument(format!(
+                "not a valid store scope: {:?}",
+                scope.chars().take(64).collect::<String>()
+            )));
+        }
+        let namespace = format!("{}:{}", self.config.namespace, scope.replace('/', ":"));
+        let config = self.config.clone().with_namespace(namespace);
+        Ok(std::sync::Arc::new(RedisCheckpointStore::new(config)?))
+    }
 }
 
 #[cfg(test)]

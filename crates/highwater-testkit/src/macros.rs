@@ -128,6 +128,7 @@ macro_rules! __store_cases {
             large_artifact_round_trip
             corruption_is_detected_after_get
             counters_increase
+            scopes_are_isolated
         }
     };
 }

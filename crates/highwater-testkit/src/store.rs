@@ -20,6 +20,7 @@
 //! | [`large_artifact_round_trip`] | a 12 MiB artifact round-trips byte for byte |
 //! | [`corruption_is_detected_after_get`] | stored bytes are returned unchanged, so any flipped bit is caught by the decoder |
 //! | [`counters_increase`] | each request kind moves its counter; no counter ever decreases |
+//! | [`scopes_are_isolated`] | a scope's artifacts and manifests are invisible to the root and to other scopes; unsafe scope names are refused (or the store refuses every scope) |
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -863,4 +864,80 @@ pub async fn counters_increase(factory: StoreFactory<'_>) {
     step("delete_artifact", &|p, n| n.deletes > p.deletes);
     let _ = s.get_artifact(a.id()).await;
     step("get of a missing artifact", &|_, _| true);
+}
+
+/// A store's scopes (see [`CheckpointStore::scoped`]) are separate stores
+/// inside it: what one scope holds, the root and every other scope do not
+/// see, the same manifest id commits once per scope, and unsafe scope names
+/// (empty, absolute, `..`, empty segments, other characters) are refused. A
+/// store that cannot be divided refuses every scope with `Invalid`.
+pub async fn scopes_are_isolated(factory: StoreFactory<'_>) {
+    let store = factory().await;
+    let s = &*store;
+    let ctx = ctx(s, "scopes_are_isolated");
+    let one = match s.scoped("participants/1") {
+        Err(e) if e.kind() == ErrorKind::Invalid => return,
+        r => must(r, &format!("{ctx}: open scope participants/1")),
+    };
+    let two = must(s.scoped("participants/2"), &ctx);
+    for bad in [
+        "", "/abs", "../up", "a/../b", "a//b", "a/", "a:b", "a b", "a/./b",
+    ] {
+        match s.scoped(bad) {
+            Err(e) => assert_eq!(e.kind(), ErrorKind::Invalid, "{ctx}: scope {bad:?}: {e}"),
+            Ok(_) => panic!("{ctx}: unsafe scope {bad:?} was accepted"),
+        }
+    }
+    let a = sample_artifact(60, ArtifactKind::Entries, 5, 10);
+    assert_eq!(put(&*one, &a, &ctx).await, PutOutcome::Written, "{ctx}");
+    for (name, other) in [("root", s), ("scope 2", &*two)] {
+        assert!(
+            !must(other.has_artifact(a.id()).await, &ctx),
+            "{ctx}: {name} sees scope 1's artifact"
+        );
+        assert!(
+            must(other.list_artifacts().await, &ctx).is_empty(),
+            "{ctx}: {name} lists scope 1's artifact"
+        );
+    }
+    let m1 = sample_manifest(7, std::slice::from_ref(&a), 1);
+    let m2 = sample_manifest(7, std::slice::from_ref(&a), 2);
+    must(
+        one.commit_manifest(CheckpointId(7), Bytes::from(m1.clone()))
+            .await,
+        &ctx,
+    );
+    assert!(
+        must(s.list_manifests().await, &ctx).is_empty(),
+        "{ctx}: the root lists scope 1's manifest"
+    );
+    must(
+        two.commit_manifest(CheckpointId(7), Bytes::from(m2.clone()))
+            .await,
+        &format!("{ctx}: the same id in another scope"),
+    );
+    assert_same_bytes(
+        &must(one.get_manifest(CheckpointId(7)).await, &ctx),
+        &m1,
+        &ctx,
+    );
+    assert_same_bytes(
+        &must(two.get_manifest(CheckpointId(7)).await, &ctx),
+        &m2,
+        &ctx,
+    );
+    must(two.delete_manifest(CheckpointId(7)).await, &ctx);
+    must(two.delete_artifact(a.id()).await, &ctx);
+    assert_eq!(
+        must(one.list_manifests().await, &ctx),
+        vec![CheckpointId(7)],
+        "{ctx}: a delete in scope 2 reached scope 1"
+    );
+    assert_same_bytes(&get(&*one, a.id(), &ctx).await, &a.bytes, &ctx);
+    // A scope of a scope is a scope too.
+    let nested = must(one.scoped("inner"), &ctx);
+    assert!(
+        must(nested.list_manifests().await, &ctx).is_empty(),
+        "{ctx}: nested scope"
+    );
 }

@@ -47,7 +47,7 @@ mod cloud_local_async_factory {
 fn case_lists_are_complete() {
     assert_eq!(highwater_testkit::backend::CASE_NAMES.len(), 13);
     assert!(highwater_testkit::backend::CASE_NAMES.contains(&"native_checkpoints"));
-    assert_eq!(highwater_testkit::store::CASE_NAMES.len(), 11);
+    assert_eq!(highwater_testkit::store::CASE_NAMES.len(), 12);
 }
 
 #[test]

@@ -31,6 +31,7 @@
 
 #![deny(missing_docs)]
 
+pub mod cluster;
 mod guard;
 mod manager;
 pub mod metrics;
@@ -51,12 +52,14 @@ pub use highwater_redis as redis;
 pub use highwater_rocksdb as rocksdb;
 pub use highwater_wal as wal;
 
+pub use cluster::LocalCoordinator;
 pub use highwater_core::{
     AggregateFunction, AggregatingState, AggregatingStateDescriptor, CheckpointId, CheckpointKind,
-    CheckpointStore, Clock, Error, ErrorKind, KeyGroup, KeyGroupRange, KeyedStateContext,
-    ListState, ListStateDescriptor, Manifest, ManualClock, MapState, MapStateDescriptor,
-    ReducingState, ReducingStateDescriptor, Result, StateBackend, SystemClock, TtlConfig,
-    ValueState, ValueStateDescriptor,
+    CheckpointStore, Clock, Coordinator, Error, ErrorKind, GlobalCheckpoint, GlobalStatus,
+    KeyGroup, KeyGroupRange, KeyedStateContext, ListState, ListStateDescriptor, Manifest,
+    ManualClock, MapState, MapStateDescriptor, PartRef, ParticipantId, ReducingState,
+    ReducingStateDescriptor, Result, StateBackend, SystemClock, TtlConfig, ValueState,
+    ValueStateDescriptor,
 };
 pub use highwater_merge::savepoint::SavepointInfo;
 pub use highwater_merge::{

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use highwater_core::{
-    CheckpointId, CheckpointStore, Clock, Error, KeyedStateContext, Manifest, Result, StateBackend,
-    SystemClock,
+    CheckpointId, CheckpointStore, Clock, Coordinator, Error, KeyGroupRange, KeyedStateContext,
+    Manifest, Result, StateBackend, SystemClock, participant_scope,
 };
 use highwater_merge::{
     CheckpointConfig, CheckpointHandle, Checkpointer, CheckpointerParts, Idle, MergeStats,
@@ -22,6 +22,7 @@ use highwater_recovery::{
 };
 use highwater_wal::LoggedBackend;
 
+use crate::cluster::{Member, PARTICIPANT_PROPERTY, SUBTASK_PROPERTY};
 use crate::guard::{Guarded, closed_error};
 
 /// What a restore did: the recovery engine's statistics, plus what the
@@ -110,6 +111,7 @@ pub struct StateManagerBuilder {
     properties: BTreeMap<String, String>,
     wal: Option<(std::path::PathBuf, highwater_wal::WalConfig)>,
     recovery: RecoveryConfig,
+    cluster: Option<(Arc<dyn Coordinator>, u16, u16)>,
 }
 
 impl std::fmt::Debug for StateManagerBuilder {
@@ -208,6 +210,33 @@ impl StateManagerBuilder {
         self
     }
 
+    /// Makes the manager one participant of a job's global checkpoints:
+    /// subtask `subtask` of `parallelism`, owning that subtask's key groups
+    /// (see `docs/raft.md`, "Cluster jobs").
+    ///
+    /// The [`store`](Self::store) is then the job's shared store, and this
+    /// manager writes into its scope `participants/<id>` (`id` is
+    /// `coordinator.participant()`). It checkpoints at the coordinator's
+    /// barriers only: [`StateManager::maybe_checkpoint`] and
+    /// [`StateManager::commit`] take this participant's part of a pending
+    /// global checkpoint (with the coordinator's id) and acknowledge it
+    /// once its manifest is committed; [`StateManager::checkpoint`] is
+    /// refused. [`StateManager::restore_latest`] restores the newest
+    /// *globally completed* checkpoint, this subtask's key groups gathered
+    /// from every part (any earlier parallelism), never a newer local part
+    /// on its own, and without replaying the write-ahead log past that
+    /// cut. Retention keeps the parts of the newest
+    /// [`max_retained`](Self::max_retained) completed checkpoints.
+    pub fn cluster(
+        mut self,
+        coordinator: Arc<dyn Coordinator>,
+        parallelism: u16,
+        subtask: u16,
+    ) -> Self {
+        self.cluster = Some((coordinator, parallelism, subtask));
+        self
+    }
+
     /// A property written into every manifest (for example the job name).
     pub fn property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.properties.insert(key.into(), value.into());
@@ -217,16 +246,45 @@ impl StateManagerBuilder {
     /// Builds the manager: opens the write-ahead log if one is configured
     /// and starts the checkpointer (its runtime and pools; new checkpoint
     /// ids continue after the store's newest).
-    pub fn build(self) -> Result<StateManager> {
-        let config = self.overrides.apply(self.config);
+    pub fn build(mut self) -> Result<StateManager> {
+        let mut config = self.overrides.apply(self.config);
         config.validate()?;
         self.recovery.validate()?;
         let backend = self
             .backend
             .ok_or_else(|| Error::InvalidArgument("a state backend is required".into()))?;
-        let store = self
+        let mut store = self
             .store
             .ok_or_else(|| Error::InvalidArgument("a checkpoint store is required".into()))?;
+        let member = match self.cluster {
+            None => None,
+            Some((coordinator, parallelism, subtask)) => {
+                KeyGroupRange::for_subtask(config.max_parallelism, parallelism, subtask)?;
+                let scope = participant_scope(coordinator.participant());
+                let shared = store;
+                store = shared.scoped(&scope)?;
+                let member = Member {
+                    shared,
+                    scope,
+                    parallelism,
+                    subtask,
+                    retained: config.max_retained,
+                    taken: std::sync::Mutex::new(None),
+                    coordinator,
+                };
+                self.properties.insert(
+                    PARTICIPANT_PROPERTY.into(),
+                    member.coordinator.participant().to_string(),
+                );
+                self.properties
+                    .insert(SUBTASK_PROPERTY.into(), member.subtask_label());
+                // Retention follows the coordinator's completed
+                // checkpoints (after each acknowledgement), not a count
+                // of this participant's parts.
+                config.max_retained = usize::MAX;
+                Some(Arc::new(member))
+            }
+        };
         let (backend, logged) = match self.wal {
             Some((dir, config)) => {
                 let (wal, report) = highwater_wal::Wal::open(&dir, config)?;
@@ -261,6 +319,7 @@ impl StateManagerBuilder {
             closed,
             clock: self.clock,
             recovery: self.recovery,
+            member,
         })
     }
 }
@@ -317,6 +376,8 @@ pub struct StateManager {
     closed: Arc<AtomicBool>,
     clock: Arc<dyn Clock>,
     recovery: RecoveryConfig,
+    /// Set for a participant of global checkpoints.
+    member: Option<Arc<Member>>,
 }
 
 impl std::fmt::Debug for StateManager {
@@ -339,6 +400,7 @@ impl StateManager {
             properties: BTreeMap::new(),
             wal: None,
             recovery: RecoveryConfig::default(),
+            cluster: None,
         }
     }
 
@@ -392,8 +454,17 @@ impl StateManager {
     /// Takes a checkpoint now, after waiting for any checkpoint in flight.
     /// The snapshot is taken before this returns; the rest runs in the
     /// background. Call it between events.
+    ///
+    /// A participant of global checkpoints
+    /// ([`StateManagerBuilder::cluster`]) checkpoints at its coordinator's
+    /// barriers only, and gets [`Error::InvalidArgument`] here.
     pub fn checkpoint(&self) -> Result<CheckpointHandle> {
         self.check_open()?;
+        if self.member.is_some() {
+            return Err(Error::InvalidArgument(
+                "a cluster participant checkpoints at its coordinator's barriers: call maybe_checkpoint() or commit() between events, and trigger checkpoints on the coordinator".into(),
+            ));
+        }
         self.checkpointer.checkpoint()
     }
 
@@ -405,21 +476,36 @@ impl StateManager {
     /// [`Error::InvalidArgument`] at once, instead of never checkpointing
     /// in silence: set an interval, or call
     /// [`checkpoint`](StateManager::checkpoint) when you want one.
+    ///
+    /// A participant of global checkpoints takes its part of the pending
+    /// global checkpoint here, if there is one it has not taken yet (the
+    /// coordinator's interval applies, not this manager's).
     pub fn maybe_checkpoint(&self) -> Result<Option<CheckpointHandle>> {
         self.check_open()?;
-        self.checkpointer.maybe_checkpoint()
+        match &self.member {
+            Some(m) => crate::cluster::take_barrier(&self.checkpointer, m),
+            None => self.checkpointer.maybe_checkpoint(),
+        }
     }
 
     /// Marks an event boundary: with a write-ahead log, appends the changes
     /// made since the last commit as one atomic batch (durable on return
     /// under `SyncPolicy::Always`, written to the operating system under
     /// `Interval`, queued under `Never`). Without a log it does nothing.
+    ///
+    /// A participant of global checkpoints also takes its part of a pending
+    /// global checkpoint here, as [`maybe_checkpoint`](Self::maybe_checkpoint)
+    /// does (its outcome reaches the coordinator, and the log as a warning
+    /// on failure).
     pub fn commit(&self) -> Result<()> {
         self.check_open()?;
-        match self.checkpointer.logged() {
-            Some(logged) => logged.commit(),
-            None => Ok(()),
+        if let Some(logged) = self.checkpointer.logged() {
+            logged.commit()?;
         }
+        if let Some(m) = &self.member {
+            crate::cluster::take_barrier(&self.checkpointer, m)?;
+        }
+        Ok(())
     }
 
     /// Waits for the checkpoint in flight, commits pending changes and
@@ -471,10 +557,16 @@ impl StateManager {
     /// entry in [`RecoveryStats::fallbacks`] of [`RestoreInfo::stats`]) in favour of the previous one.
     /// Returns `Ok(None)` when the store holds no checkpoint and there is
     /// no log to rebuild from.
+    ///
+    /// A participant of global checkpoints restores the newest globally
+    /// completed checkpoint instead (see [`StateManagerBuilder::cluster`]).
     pub fn restore_latest(&self) -> Result<Option<RestoreInfo>> {
         self.check_open()?;
         // Held for the whole restore: no checkpoint may start meanwhile.
         let mut idle = self.checkpointer.idle();
+        if let Some(m) = &self.member {
+            return self.restore_global(&mut idle, m, None);
+        }
         let store = self.store().clone();
         let ids = self
             .checkpointer
@@ -488,6 +580,7 @@ impl StateManager {
         }
         self.restore_locked(
             &mut idle,
+            self.store().clone(),
             RecoveryTarget::Latest,
             &RecoveryScope::all(),
             &self.recovery,
@@ -496,16 +589,53 @@ impl StateManager {
         .map(Some)
     }
 
+    /// A participant's restore of global checkpoint `wanted` (the newest
+    /// completed one when `None`), without falling back to another cut.
+    fn restore_global(
+        &self,
+        idle: &mut Idle<'_>,
+        m: &Member,
+        wanted: Option<CheckpointId>,
+    ) -> Result<Option<RestoreInfo>> {
+        use crate::cluster::GlobalSource;
+        let config = self.recovery.clone().optimistic_recovery(false);
+        let (store, id, scope) =
+            match crate::cluster::prepare_restore(&self.checkpointer, m, wanted)? {
+                GlobalSource::Nothing => return Ok(None),
+                GlobalSource::Own(id) => (self.store().clone(), id, RecoveryScope::all()),
+                GlobalSource::View(view, id) => {
+                    let max = self.config().max_parallelism;
+                    (
+                        view,
+                        id,
+                        RecoveryScope::subtask(max, m.parallelism, m.subtask)?,
+                    )
+                }
+            };
+        let target = RecoveryTarget::Checkpoint(id);
+        self.restore_locked(idle, store, target, &scope, &config, None)
+            .map(Some)
+    }
+
     /// Restores checkpoint `id` exactly, replacing all live state (the
     /// write-ahead log is not replayed: the state is the checkpoint's). A
     /// damaged or missing checkpoint is a typed error naming the checkpoint
     /// and the artifact, and leaves live state untouched.
+    ///
+    /// A participant of global checkpoints restores globally completed
+    /// checkpoint `id` this way.
     pub fn restore(&self, id: CheckpointId) -> Result<RestoreInfo> {
         self.check_open()?;
         let mut idle = self.checkpointer.idle();
+        if let Some(m) = &self.member {
+            return self
+                .restore_global(&mut idle, m, Some(id))?
+                .ok_or_else(|| Error::NotFound(format!("globally completed checkpoint {id}")));
+        }
         let config = self.recovery.clone().optimistic_recovery(false);
         self.restore_locked(
             &mut idle,
+            self.store().clone(),
             RecoveryTarget::Checkpoint(id),
             &RecoveryScope::all(),
             &config,
@@ -549,8 +679,14 @@ impl StateManager {
         progress: Option<ProgressFn<'_>>,
     ) -> Result<RestoreInfo> {
         self.check_open()?;
+        if self.member.is_some() {
+            return Err(Error::InvalidArgument(
+                "a cluster participant restores global checkpoints only: restore_latest() or restore(id)".into(),
+            ));
+        }
         let mut idle = self.checkpointer.idle();
-        let mut info = self.restore_locked(&mut idle, target, scope, config, progress)?;
+        let store = self.store().clone();
+        let mut info = self.restore_locked(&mut idle, store, target, scope, config, progress)?;
         if matches!(target, RecoveryTarget::PointInTime { .. }) && self.wal().is_some() {
             idle.forget_base();
             let done = idle.trigger()?.wait()?;
@@ -566,15 +702,19 @@ impl StateManager {
         target: RecoveryTarget,
         scope: &RecoveryScope,
     ) -> Result<RecoveryPlan> {
-        let engine = self.recovery_engine(&self.recovery)?;
+        let engine = self.recovery_engine(&self.recovery, self.store().clone())?;
         engine.plan(target, &self.job_scope(scope), self.wal().map(|w| &**w))
     }
 
     /// A recovery engine on this job's execution context: its I/O runtime,
     /// and its CPU pool when `config` asks for that many threads.
-    fn recovery_engine(&self, config: &RecoveryConfig) -> Result<Recovery> {
+    fn recovery_engine(
+        &self,
+        config: &RecoveryConfig,
+        store: Arc<dyn CheckpointStore>,
+    ) -> Result<Recovery> {
         let exec = self.checkpointer.exec();
-        let engine = Recovery::new(self.store().clone(), config.clone(), exec.io().clone())?
+        let engine = Recovery::new(store, config.clone(), exec.io().clone())?
             .with_now_ms(self.clock.now_ms());
         Ok(if config.threads() == exec.cpu().current_num_threads() {
             engine.with_pool(exec.cpu().clone())
@@ -596,12 +736,13 @@ impl StateManager {
     fn restore_locked(
         &self,
         idle: &mut Idle<'_>,
+        source: Arc<dyn CheckpointStore>,
         target: RecoveryTarget,
         scope: &RecoveryScope,
         config: &RecoveryConfig,
         progress: Option<ProgressFn<'_>>,
     ) -> Result<RestoreInfo> {
-        let engine = self.recovery_engine(config)?;
+        let engine = self.recovery_engine(config, source)?;
         let scope = self.job_scope(scope);
         // A plan that fails (no such checkpoint, nothing readable) has
         // touched nothing; the chain the next checkpoint builds on stands.

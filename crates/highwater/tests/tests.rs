@@ -13,6 +13,8 @@ mod common;
 
 #[path = "tests/chains.rs"]
 mod chains;
+#[path = "tests/cluster.rs"]
+mod cluster;
 #[path = "tests/concurrency.rs"]
 mod concurrency;
 #[path = "tests/corruption.rs"]

@@ -1,0 +1,438 @@
+//! Global checkpoints of several subtasks in one process
+//! ([`LocalCoordinator`]): one consistent cut across subtasks, restores of
+//! the newest completed cut only, rescaling between parallelisms, and
+//! retention of the parts by completed checkpoints.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use highwater::core::{KeyGroupRange, participant_scope};
+use highwater::memory::MemoryBackend;
+use highwater::{
+    CheckpointId, CheckpointStore, ErrorKind, LocalCoordinator, StateManager, ValueState,
+};
+use highwater_testkit::SplitMix64;
+
+use crate::common::{LocalStore, config, counter, manifest_ids, seeds};
+
+const MAX_PARALLELISM: u16 = 128;
+
+/// A job of `parallelism` subtasks over one shared store.
+struct Job {
+    coordinator: LocalCoordinator,
+    subtasks: Vec<StateManager>,
+    counters: Vec<ValueState<String, u64>>,
+}
+
+impl Job {
+    fn start(store: &Arc<dyn CheckpointStore>, parallelism: u16) -> Job {
+        let coordinator = LocalCoordinator::open(store.clone(), parallelism, None).unwrap();
+        let subtasks: Vec<StateManager> = (0..parallelism)
+            .map(|i| {
+                StateManager::builder()
+                    .backend(Arc::new(MemoryBackend::new()))
+                    .store(store.clone())
+                    .config(config(true, 4, 2))
+                    .max_parallelism(MAX_PARALLELISM)
+                    .cluster(coordinator.participant(i).unwrap(), parallelism, i)
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        for s in &subtasks {
+            s.restore_latest().unwrap();
+        }
+        let counters = subtasks.iter().map(counter).collect();
+        Job {
+            coordinator,
+            subtasks,
+            counters,
+        }
+    }
+
+    fn parallelism(&self) -> u16 {
+        self.subtasks.len() as u16
+    }
+
+    /// The subtask that owns `key`.
+    fn owner(&self, key: &str) -> usize {
+        let kg = self.subtasks[0]
+            .keyed_state("counter")
+            .unwrap()
+            .key_group(&key.to_string())
+            .unwrap();
+        KeyGroupRange::subtask_for(MAX_PARALLELISM, self.parallelism(), kg).unwrap() as usize
+    }
+
+    fn add(&self, key: &str, by: u64) {
+        let i = self.owner(key);
+        let c = &self.counters[i];
+        let k = key.to_string();
+        let n = c.get(&k).unwrap().unwrap_or(0);
+        c.update(&k, &(n + by)).unwrap();
+        self.subtasks[i].commit().unwrap();
+    }
+
+    /// Triggers a checkpoint and lets `which` subtasks take their part at
+    /// their next boundary (as their processing loops would), waiting for
+    /// each part.
+    fn checkpoint_by(&self, which: &[usize]) -> CheckpointId {
+        self.coordinator.trigger();
+        let mut id = None;
+        for &i in which {
+            let handle = self.subtasks[i]
+                .maybe_checkpoint()
+                .unwrap()
+                .expect("a barrier is pending");
+            id = Some(handle.wait().unwrap().id);
+        }
+        id.expect("at least one subtask")
+    }
+
+    fn checkpoint_all(&self) -> CheckpointId {
+        let all: Vec<usize> = (0..self.subtasks.len()).collect();
+        let id = self.checkpoint_by(&all);
+        assert_eq!(self.coordinator.completed(1)[0].id, id);
+        id
+    }
+
+    /// Checks every subtask holds exactly `model`'s keys it owns.
+    fn check(&self, model: &BTreeMap<String, u64>, context: &str) {
+        let mut owned = vec![0u64; self.subtasks.len()];
+        for (k, v) in model {
+            let i = self.owner(k);
+            owned[i] += 1;
+            assert_eq!(
+                self.counters[i].get(k).unwrap(),
+                Some(*v),
+                "{context}: key {k} on subtask {i}"
+            );
+        }
+        for (i, s) in self.subtasks.iter().enumerate() {
+            assert_eq!(
+                s.backend().stats().entries,
+                owned[i],
+                "{context}: subtask {i} holds keys it does not own"
+            );
+        }
+    }
+}
+
+fn keys(rng: &mut SplitMix64) -> String {
+    format!("k{}", rng.below(300))
+}
+
+#[test]
+fn subtasks_resume_from_the_newest_complete_cut_at_any_parallelism() {
+    for seed in seeds(&[1, 2, 3]) {
+        let mut rng = SplitMix64::new(seed);
+        let dir = LocalStore::new();
+        let store = dir.dyn_store();
+        let mut model: BTreeMap<String, u64> = BTreeMap::new();
+        let mut at_cut = model.clone();
+        let mut job = Job::start(&store, 4);
+        for round in 0..12 {
+            let context = format!(
+                "seed {seed} round {round} parallelism {}",
+                job.parallelism()
+            );
+            for _ in 0..200 {
+                let k = keys(&mut rng);
+                let by = 1 + rng.below(9);
+                job.add(&k, by);
+                *model.entry(k).or_default() += by;
+            }
+            match rng.below(4) {
+                // A complete cut.
+                0 | 1 => {
+                    job.checkpoint_all();
+                    at_cut = model.clone();
+                }
+                // A cut only some subtasks took their part of, then a
+                // crash before the others reached a boundary: it never
+                // completes, and no subtask restores it.
+                2 => {
+                    let n = job.subtasks.len();
+                    let some: Vec<usize> = (0..n - 1).collect();
+                    if !some.is_empty() {
+                        let partial = job.checkpoint_by(&some);
+                        assert_eq!(job.coordinator.pending(), Some(partial), "{context}");
+                    }
+                    let parallelism = 1 + rng.below(5) as u16;
+                    drop(job);
+                    job = Job::start(&store, parallelism);
+                    model = at_cut.clone();
+                    job.check(
+                        &model,
+                        &format!("{context}: after a partial cut, restarting at {parallelism}"),
+                    );
+                }
+                // A crash, and a restart at another parallelism.
+                _ => {
+                    let parallelism = 1 + rng.below(5) as u16;
+                    drop(job);
+                    job = Job::start(&store, parallelism);
+                    model = at_cut.clone();
+                    job.check(
+                        &model,
+                        &format!("{context}: after restarting at {parallelism}"),
+                    );
+                }
+            }
+        }
+        drop(job);
+        let job = Job::start(&store, 3);
+        job.check(&at_cut, &format!("seed {seed}: final restart"));
+    }
+}
+
+#[test]
+fn a_partial_cut_is_cleaned_up_and_parts_follow_completed_checkpoints() {
+    let dir = LocalStore::new();
+    let store = dir.dyn_store();
+    let job = Job::start(&store, 2);
+    let mut completed = Vec::new();
+    for round in 0..4u64 {
+        for k in 0..50 {
+            job.add(&format!("k{k}"), round + 1);
+        }
+        completed.push(job.checkpoint_all());
+    }
+    // Subtask 0 takes its part of a checkpoint subtask 1 never reaches.
+    job.add("k1", 100);
+    let partial = job.checkpoint_by(&[0]);
+    let scope0 = store.scoped(&participant_scope(0)).unwrap();
+    let scope1 = store.scoped(&participant_scope(1)).unwrap();
+    // Retention (max_retained 2) keeps the parts of the two newest
+    // completed checkpoints, and the pending part.
+    let newest_two = completed[completed.len() - 2..].to_vec();
+    let mut with_partial = newest_two.clone();
+    with_partial.push(partial);
+    assert_eq!(manifest_ids(&*scope0), with_partial);
+    assert_eq!(manifest_ids(&*scope1), newest_two);
+    drop(job);
+    // The restarted job restores the last complete cut and deletes the
+    // partial part, whose checkpoint can no longer complete.
+    let job = Job::start(&store, 2);
+    assert_eq!(manifest_ids(&*scope0), newest_two);
+    let k1 = job.counters[job.owner("k1")]
+        .get(&"k1".to_string())
+        .unwrap();
+    assert_eq!(k1, Some(1 + 2 + 3 + 4));
+    // The next checkpoint continues after the abandoned id.
+    let next = job.checkpoint_all();
+    assert!(next > partial, "{next} after {partial}");
+}
+
+#[test]
+fn a_cluster_participant_refuses_local_checkpoints_and_restores() {
+    let dir = LocalStore::new();
+    let store = dir.dyn_store();
+    let job = Job::start(&store, 2);
+    let e = job.subtasks[0].checkpoint().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Invalid, "{e}");
+    let e = job.subtasks[0].restore_at(1).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Invalid, "{e}");
+    // No barrier pending: nothing to take.
+    assert!(job.subtasks[0].maybe_checkpoint().unwrap().is_none());
+    // restore(id) takes a globally completed checkpoint only.
+    job.add("a", 1);
+    let first = job.checkpoint_all();
+    job.add("a", 1);
+    job.checkpoint_all();
+    let owner = job.owner("a");
+    job.subtasks[owner].restore(first).unwrap();
+    assert_eq!(job.counters[owner].get(&"a".to_string()).unwrap(), Some(1));
+    let e = job.subtasks[owner].restore(CheckpointId(999)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+}
+
+#[test]
+fn a_bad_subtask_is_refused_at_build() {
+    let dir = LocalStore::new();
+    let coordinator = LocalCoordinator::open(dir.dyn_store(), 2, None).unwrap();
+    let e = StateManager::builder()
+        .backend(Arc::new(MemoryBackend::new()))
+        .store(dir.dyn_store())
+        .cluster(coordinator.participant(1).unwrap(), 2, 2)
+        .build()
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Invalid, "{e}");
+    assert!(coordinator.participant(2).is_err());
+}
+
+/// The same semantics through the Raft ledger: three in-process nodes on
+/// loopback, one state manager per node.
+#[cfg(feature = "raft")]
+mod raft {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use highwater::core::KeyGroupRange;
+    use highwater::memory::MemoryBackend;
+    use highwater::raft::{
+        CheckpointCoordinator, ClusterSecret, DistributedConfig, NodeId, RaftParticipant,
+    };
+    use highwater::{CheckpointStore, StateManager};
+
+    use super::MAX_PARALLELISM;
+    use crate::common::{LocalStore, config, counter};
+
+    fn node(
+        rt: &tokio::runtime::Runtime,
+        dir: &std::path::Path,
+        id: NodeId,
+        peers: &[(NodeId, String)],
+    ) -> Arc<CheckpointCoordinator> {
+        let data = dir.join(format!("node-{id}"));
+        let secret = ClusterSecret::new(b"a cluster secret of the test").unwrap();
+        let mut c =
+            DistributedConfig::new(id, "127.0.0.1:0".parse().unwrap(), &data).secret(secret);
+        c.peers = peers.iter().cloned().collect();
+        c.join = !peers.is_empty();
+        c.checkpoint_timeout = Duration::from_secs(30);
+        let snapshots = Arc::new(
+            highwater::cloud::ObjectCheckpointStore::local(data.join("snapshots")).unwrap(),
+        );
+        Arc::new(
+            rt.block_on(CheckpointCoordinator::start(c, snapshots))
+                .unwrap(),
+        )
+    }
+
+    fn managers(
+        rt: &tokio::runtime::Runtime,
+        nodes: &[Arc<CheckpointCoordinator>],
+        store: &Arc<dyn CheckpointStore>,
+    ) -> Vec<StateManager> {
+        let p = nodes.len() as u16;
+        nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let m = StateManager::builder()
+                    .backend(Arc::new(MemoryBackend::new()))
+                    .store(store.clone())
+                    .config(config(true, 4, 2))
+                    .max_parallelism(MAX_PARALLELISM)
+                    .cluster(
+                        Arc::new(RaftParticipant::new(n.clone(), rt.handle().clone())),
+                        p,
+                        i as u16,
+                    )
+                    .build()
+                    .unwrap();
+                m.restore_latest().unwrap();
+                m
+            })
+            .collect()
+    }
+
+    fn owner(m: &StateManager, key: &str, parallelism: u16) -> usize {
+        let kg = m
+            .keyed_state("counter")
+            .unwrap()
+            .key_group(&key.to_string())
+            .unwrap();
+        KeyGroupRange::subtask_for(MAX_PARALLELISM, parallelism, kg).unwrap() as usize
+    }
+
+    /// Every manager takes its part of the pending barrier at its next
+    /// boundary, within a deadline (the trigger reaches followers through
+    /// the log).
+    fn take_parts(ms: &[StateManager]) {
+        for m in ms {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Some(h) = m.maybe_checkpoint().unwrap() {
+                    h.wait().unwrap();
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "no barrier reached a participant"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+
+    #[test]
+    fn nodes_checkpoint_one_cut_through_the_ledger_and_rescale_from_it() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let shared = LocalStore::new();
+        let store = shared.dyn_store();
+        let a = node(&rt, dir.path(), 1, &[]);
+        rt.block_on(a.wait_for_leader(Duration::from_secs(10)))
+            .unwrap();
+        let mut nodes = vec![a.clone()];
+        for id in [2, 3] {
+            let n = node(&rt, dir.path(), id, &[(1, a.local_addr().to_string())]);
+            rt.block_on(a.add_node(id, n.local_addr().to_string()))
+                .unwrap();
+            nodes.push(n);
+        }
+        let ms = managers(&rt, &nodes, &store);
+        let mut model: BTreeMap<String, u64> = BTreeMap::new();
+        let mut at_cut = model.clone();
+        for round in 0..4u64 {
+            for k in 0..120 {
+                let key = format!("k{k}");
+                let i = owner(&ms[0], &key, 3);
+                let c = counter(&ms[i]);
+                let n = c.get(&key).unwrap().unwrap_or(0);
+                c.update(&key, &(n + round + 1)).unwrap();
+                *model.entry(key).or_default() += round + 1;
+            }
+            let id = rt.block_on(a.trigger_checkpoint()).unwrap();
+            take_parts(&ms);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while a.latest_completed().map(|c| c.id) != Some(id) {
+                assert!(
+                    Instant::now() < deadline,
+                    "checkpoint {id} did not complete"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let parts = a.latest_completed().unwrap().manifests;
+            assert_eq!(parts.len(), 3, "every node acknowledged a part: {parts:?}");
+            at_cut = model.clone();
+        }
+        // A cut two nodes took their part of and the third never did is
+        // not restored.
+        for k in 0..120 {
+            let key = format!("k{k}");
+            let i = owner(&ms[0], &key, 3);
+            counter(&ms[i]).update(&key, &0).unwrap();
+        }
+        rt.block_on(a.trigger_checkpoint()).unwrap();
+        take_parts(&ms[..2]);
+        drop(ms);
+        // Rescale to two nodes' managers: each gathers its key groups from
+        // the three parts of the newest completed cut.
+        let ms = managers(&rt, &nodes[..2], &store);
+        let mut owned = [0u64; 2];
+        for (k, v) in &at_cut {
+            let i = owner(&ms[0], k, 2);
+            owned[i] += 1;
+            assert_eq!(counter(&ms[i]).get(k).unwrap(), Some(*v), "key {k}");
+        }
+        for (i, m) in ms.iter().enumerate() {
+            assert_eq!(m.backend().stats().entries, owned[i], "manager {i}");
+        }
+        drop(ms);
+        for n in nodes {
+            // A node some background work still holds is left to the end
+            // of the process.
+            if let Ok(n) = Arc::try_unwrap(n) {
+                rt.block_on(n.shutdown()).unwrap();
+            }
+        }
+    }
+}
