@@ -26,6 +26,7 @@ mod raft;
 mod recovery;
 mod redis;
 mod rocksdb;
+mod savepoint;
 mod state;
 mod state_flink;
 mod state_pipeline;
@@ -57,6 +58,7 @@ const SUITES: &[Suite] = &[
     ("raft", raft::run),
     ("rocksdb", rocksdb::run),
     ("recovery", recovery::run),
+    ("savepoint", savepoint::run),
 ];
 
 /// What every suite is given.

@@ -1,5 +1,6 @@
 //! `highwater`: run the demo pipeline, inspect, verify, compact and
-//! garbage-collect checkpoints.
+//! garbage-collect checkpoints, and take, export, import and compare
+//! savepoints.
 //!
 //! Exit codes (docs/operations.md): 0 success, 1 failure (including
 //! `verify` finding a damaged checkpoint), 2 usage (clap's own errors, an
@@ -17,6 +18,7 @@ mod progress;
 mod prometheus;
 mod recover;
 mod report;
+mod savepoint;
 mod target;
 
 use std::process::ExitCode;
@@ -136,6 +138,86 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write a savepoint of STORE's newest checkpoint (or --id) to TARGET
+    /// (a directory or URL), offline. See docs/savepoints.md.
+    Savepoint {
+        /// Checkpoint directory, or a redis://, s3://, az:// or gs:// URL.
+        store: String,
+        #[command(flatten)]
+        source: savepoint::SourceArgs,
+        /// Where the savepoint goes (created if a directory).
+        #[arg(long)]
+        to: String,
+        /// Key namespace of a Redis target.
+        #[arg(long, default_value = "highwater")]
+        to_namespace: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print every entry of SOURCE's newest checkpoint or savepoint (or
+    /// --id): operator, state, key, namespace, map key, expiry and value,
+    /// each in base64 and, for types the tool knows, decoded.
+    Export {
+        /// A store of checkpoints or savepoints (directory or URL).
+        source: String,
+        #[command(flatten)]
+        args: savepoint::SourceArgs,
+        /// Only this operator.
+        #[arg(long)]
+        operator: Option<String>,
+        /// Only this state.
+        #[arg(long)]
+        state: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = savepoint::Format::Jsonl)]
+        format: savepoint::Format,
+        /// Write to FILE instead of standard output.
+        #[arg(short = 'o', long = "output")]
+        output: Option<std::path::PathBuf>,
+    },
+    /// Write a savepoint to TARGET from FILE, JSON lines as `export`
+    /// writes them (bootstrapping state).
+    Import {
+        /// The JSON lines file.
+        file: std::path::PathBuf,
+        /// Where the savepoint goes (created if a directory).
+        #[arg(long)]
+        to: String,
+        /// Key namespace of a Redis target.
+        #[arg(long, default_value = "highwater")]
+        to_namespace: String,
+        /// Key groups of the savepoint (default: the file's header, else 128).
+        #[arg(long)]
+        max_parallelism: Option<u16>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compare the newest checkpoints or savepoints of A and B: per
+    /// operator and state, the entries added, removed and changed. Exit 1
+    /// when they differ.
+    Diff {
+        /// A store of checkpoints or savepoints (directory or URL).
+        a: String,
+        /// Another one.
+        b: String,
+        /// Key namespace of Redis stores.
+        #[arg(long, default_value = "highwater")]
+        namespace: String,
+        /// Compare A's checkpoint or savepoint with this id.
+        #[arg(long)]
+        a_id: Option<u64>,
+        /// Compare B's checkpoint or savepoint with this id.
+        #[arg(long)]
+        b_id: Option<u64>,
+        /// List the keys, not only their counts.
+        #[arg(long)]
+        keys: bool,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -175,6 +257,50 @@ fn main() -> ExitCode {
             keep,
             json,
         } => compact::gc(&store, &namespace, json, keep),
+        Command::Savepoint {
+            store,
+            source,
+            to,
+            to_namespace,
+            json,
+        } => savepoint::savepoint(&store, &source, &to, &to_namespace, json),
+        Command::Export {
+            source,
+            args,
+            operator,
+            state,
+            format,
+            output,
+        } => savepoint::export(
+            &source,
+            &args,
+            operator.as_deref(),
+            state.as_deref(),
+            format,
+            output.as_deref(),
+        ),
+        Command::Import {
+            file,
+            to,
+            to_namespace,
+            max_parallelism,
+            json,
+        } => savepoint::import(&file, &to, &to_namespace, max_parallelism, json),
+        Command::Diff {
+            a,
+            b,
+            namespace,
+            a_id,
+            b_id,
+            keys,
+            json,
+        } => {
+            let side = |id| savepoint::SourceArgs {
+                namespace: namespace.clone(),
+                id,
+            };
+            savepoint::diff(&a, &side(a_id), &b, &side(b_id), json, keys)
+        }
     };
     match result {
         Ok(code) => code,

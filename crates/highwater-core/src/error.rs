@@ -73,6 +73,11 @@ pub enum ErrorKind {
     /// A bug or an unexpected condition inside highwater (or a worker that
     /// panicked). Report it; retrying will not help.
     Internal,
+    /// State was registered, read or restored with a type or schema version
+    /// other than the one it was written with, and no migration bridges the
+    /// two (see `docs/savepoints.md`). Fix the descriptor or register a
+    /// migration; retrying will not help.
+    SchemaMismatch,
 }
 
 impl ErrorKind {
@@ -155,6 +160,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::Closed => "closed",
             ErrorKind::Internal => "internal",
+            ErrorKind::SchemaMismatch => "schema mismatch",
         })
     }
 }
@@ -258,6 +264,21 @@ pub enum Error {
     /// The component was closed, shut down or poisoned.
     #[error("closed: {0}")]
     Closed(String),
+    /// A state's stored schema (type names, kind, schema version) differs
+    /// from the one requested, and no registered migration bridges them.
+    #[error(
+        "schema mismatch: operator={operator} state={state} stored={stored} requested={requested}"
+    )]
+    SchemaMismatch {
+        /// Operator owning the state.
+        operator: String,
+        /// State name.
+        state: String,
+        /// The schema the state was written with (or first registered with).
+        stored: String,
+        /// The schema the caller asked for.
+        requested: String,
+    },
     /// An internal invariant did not hold.
     #[error("internal error: {0}")]
     Internal(String),
@@ -373,6 +394,7 @@ impl Error {
             | Error::Consensus { kind, .. } => *kind,
             Error::Io { source, .. } => ErrorKind::of_io(source),
             Error::Closed(_) => ErrorKind::Closed,
+            Error::SchemaMismatch { .. } => ErrorKind::SchemaMismatch,
             Error::Internal(_) | Error::Unexpected { .. } => ErrorKind::Internal,
         }
     }

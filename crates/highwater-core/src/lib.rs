@@ -4,11 +4,13 @@
 //!
 //! - [key groups](keygroup): how keys are partitioned and rescaled;
 //! - [typed keyed state](state): descriptors and handles for value, list,
-//!   map, reducing and aggregating state, with optional TTL;
+//!   map, reducing and aggregating state, with optional TTL, and the
+//!   [schemas](schema) that keep a state from being read as another type;
 //! - the synchronous [`StateBackend`] (live state on the hot path) and the
 //!   asynchronous [`CheckpointStore`] (durable checkpoint artifacts);
-//! - the checkpoint [`Manifest`] and the [artifact codec](codec), with their
-//!   byte layouts, checksums and bounds checks;
+//! - the checkpoint [`Manifest`], the [`SavepointManifest`] and the
+//!   [artifact codec](codec), with their byte layouts, checksums and bounds
+//!   checks;
 //! - [global checkpoints](cluster) of a job split over several
 //!   participants: the [`Coordinator`] trait;
 //! - the [`Error`] type.
@@ -29,6 +31,8 @@ pub mod keygroup;
 pub mod manifest;
 pub mod read;
 pub mod retry;
+pub mod savepoint;
+pub mod schema;
 pub mod state;
 pub mod store;
 pub mod ttl;
@@ -55,6 +59,8 @@ pub use manifest::{
 };
 pub use read::{RecordVisitor, decode_checked, load_manifest, visit_checked};
 pub use retry::{RetryPolicy, Retrying};
+pub use savepoint::{SavepointManifest, SavepointState};
+pub use schema::{Migration, MigrationPlan, SchemaRegistry, StateKind, StateSchema};
 pub use state::{
     AggregateFunction, AggregatingState, AggregatingStateDescriptor, KeyedStateContext, ListState,
     ListStateDescriptor, MapState, MapStateDescriptor, ReducingState, ReducingStateDescriptor,

@@ -9,12 +9,17 @@
 //!
 //! ```text
 //! magic     4 bytes  "HWMF"
-//! version   u16      MANIFEST_FORMAT_VERSION
+//! version   u16      MANIFEST_FORMAT_VERSION (2); 1 is still read
 //! flags     u16      0
 //! body_len  u32      length of body
 //! checksum  u64      xxh3-64 of the 12 bytes above and the body
 //! body      postcard(Manifest)
 //! ```
+//!
+//! Version 2 appended [`Manifest::schemas`] (the [`StateSchema`] of every
+//! state) to the body. A version 1 body is the same without that field and
+//! decodes with no schemas: its states are then accepted with whatever
+//! types the handles ask for, as before.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -24,9 +29,12 @@ use serde::{Deserialize, Serialize};
 use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::keygroup::KeyGroupRange;
+use crate::schema::StateSchema;
 
-/// Current manifest format version.
-pub const MANIFEST_FORMAT_VERSION: u16 = 1;
+/// Current manifest format version (2: with state schemas).
+pub const MANIFEST_FORMAT_VERSION: u16 = 2;
+/// The first manifest format version, without state schemas; still read.
+pub const MANIFEST_FORMAT_V1: u16 = 1;
 
 const MANIFEST_MAGIC: &[u8; 4] = b"HWMF";
 const MANIFEST_HEADER_LEN: usize = 20;
@@ -207,9 +215,48 @@ pub struct Manifest {
     pub layers: Vec<Layer>,
     /// Free-form properties for the embedding engine.
     pub properties: BTreeMap<String, String>,
+    /// The schema of every state of the job, sorted by operator and state
+    /// (format version 2; empty when read from version 1).
+    pub schemas: Vec<StateSchema>,
+}
+
+/// The body of a version 1 manifest: [`Manifest`] without its schemas.
+#[derive(Deserialize)]
+struct ManifestV1 {
+    checkpoint_id: CheckpointId,
+    parent: Option<CheckpointId>,
+    kind: CheckpointKind,
+    created_at_ms: u64,
+    wal_position: Option<u64>,
+    max_parallelism: u16,
+    layers: Vec<Layer>,
+    properties: BTreeMap<String, String>,
+}
+
+impl From<ManifestV1> for Manifest {
+    fn from(m: ManifestV1) -> Manifest {
+        Manifest {
+            checkpoint_id: m.checkpoint_id,
+            parent: m.parent,
+            kind: m.kind,
+            created_at_ms: m.created_at_ms,
+            wal_position: m.wal_position,
+            max_parallelism: m.max_parallelism,
+            layers: m.layers,
+            properties: m.properties,
+            schemas: Vec::new(),
+        }
+    }
 }
 
 impl Manifest {
+    /// The schema recorded for `operator`'s `state`, if any.
+    pub fn schema(&self, operator: &str, state: &str) -> Option<&StateSchema> {
+        self.schemas
+            .iter()
+            .find(|s| s.operator == operator && s.state == state)
+    }
+
     /// Every artifact reference of every layer.
     pub fn artifacts(&self) -> impl Iterator<Item = &ArtifactRef> {
         self.layers.iter().flat_map(|l| l.artifacts.iter())
@@ -281,6 +328,16 @@ impl Manifest {
         let Some(first) = self.layers.first() else {
             return bad(format!("no layers: checkpoint={}", self.checkpoint_id));
         };
+        let mut seen = std::collections::BTreeSet::new();
+        for s in &self.schemas {
+            s.validate()?;
+            if !seen.insert((s.operator.as_str(), s.state.as_str())) {
+                return bad(format!(
+                    "state schema listed twice: operator={} state={}",
+                    s.operator, s.state
+                ));
+            }
+        }
         if first.kind == LayerKind::Native {
             return self.validate_native();
         }
@@ -447,7 +504,7 @@ impl Manifest {
         if h.digest() != stored_sum {
             return Err(Error::corrupt("manifest", "checksum mismatch"));
         }
-        if version != MANIFEST_FORMAT_VERSION {
+        if version != MANIFEST_FORMAT_VERSION && version != MANIFEST_FORMAT_V1 {
             return Err(Error::UnsupportedVersion {
                 what: "manifest",
                 found: version,
@@ -460,8 +517,19 @@ impl Manifest {
                 format!("unknown flags: {flags}"),
             ));
         }
-        let (manifest, rest): (Manifest, &[u8]) = postcard::take_from_bytes(body)
-            .map_err(|e| Error::corrupt("manifest", format!("body does not decode: {e}")))?;
+        let bad_body = |e: postcard::Error| {
+            Error::corrupt(
+                "manifest",
+                format!("body does not decode: version={version} {e}"),
+            )
+        };
+        let (manifest, rest): (Manifest, &[u8]) = if version == MANIFEST_FORMAT_V1 {
+            let (m, rest): (ManifestV1, &[u8]) =
+                postcard::take_from_bytes(body).map_err(bad_body)?;
+            (m.into(), rest)
+        } else {
+            postcard::take_from_bytes(body).map_err(bad_body)?
+        };
         if !rest.is_empty() {
             return Err(Error::corrupt(
                 "manifest",
@@ -506,6 +574,17 @@ mod tests {
                 },
             ],
             properties: BTreeMap::from([("k".into(), "v".into())]),
+            schemas: vec![StateSchema {
+                operator: "op".into(),
+                state: "count".into(),
+                kind: crate::schema::StateKind::Value,
+                key_type: "alloc::string::String".into(),
+                namespace_type: None,
+                user_key_type: None,
+                value_type: "u64".into(),
+                version: 1,
+                ttl: None,
+            }],
         }
     }
 
@@ -558,6 +637,7 @@ mod tests {
                 artifacts: vec![file("000009.sst", 1), file("CURRENT", 2)],
             }],
             properties: BTreeMap::new(),
+            schemas: Vec::new(),
         }
     }
 

@@ -17,6 +17,7 @@
 //! # Ok(()) }
 //! ```
 
+use std::any::type_name;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
@@ -26,7 +27,8 @@ use serde::de::DeserializeOwned;
 use crate::backend::{StateBackend, WriteBatch};
 use crate::error::{Error, Result};
 use crate::key::{StateKey, check_name};
-use crate::keygroup::{KeyGroup, key_group_for};
+use crate::keygroup::{KeyGroup, KeyGroupRange, key_group_for};
+use crate::schema::{Migration, SchemaRegistry, StateKind, StateSchema};
 use crate::ttl::{Clock, Envelope, SystemClock, TtlConfig, TtlUpdate};
 
 fn encode<T: Serialize + ?Sized>(what: &str, v: &T) -> Result<Vec<u8>> {
@@ -36,20 +38,53 @@ fn encode<T: Serialize + ?Sized>(what: &str, v: &T) -> Result<Vec<u8>> {
     })
 }
 
+/// Decodes exactly one `T` from `bytes`: bytes left over mean the stored
+/// value is not a `T` (postcard is not self-describing), and are an error.
 fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
-    postcard::from_bytes(bytes).map_err(|source| Error::Serialization {
+    let (v, rest) = postcard::take_from_bytes(bytes).map_err(|source| Error::Serialization {
         context: format!("decode {what}"),
         source: source.into(),
-    })
+    })?;
+    if !rest.is_empty() {
+        return Err(Error::Serialization {
+            context: format!("decode {what}"),
+            source: format!(
+                "trailing bytes after the value: type={} len={} trailing={}",
+                std::any::type_name::<T>(),
+                bytes.len(),
+                rest.len()
+            )
+            .into(),
+        });
+    }
+    Ok(v)
 }
 
-/// Name and TTL shared by every descriptor kind.
+/// Name, TTL, schema version and migrations shared by every descriptor
+/// kind.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DescriptorCommon {
     /// State name, unique within its operator.
     pub name: String,
     /// Optional time-to-live of entries.
     pub ttl: Option<TtlConfig>,
+    /// Schema version of the stored value type (1 unless set): recorded
+    /// with the state, see [`crate::schema`].
+    pub version: u32,
+    /// Migrations from older schema versions, applied when a savepoint of
+    /// an older version is restored.
+    pub migrations: Vec<Migration>,
+}
+
+impl DescriptorCommon {
+    fn new(name: String) -> Self {
+        DescriptorCommon {
+            name,
+            ttl: None,
+            version: 1,
+            migrations: Vec::new(),
+        }
+    }
 }
 
 macro_rules! descriptor_common_methods {
@@ -62,6 +97,40 @@ macro_rules! descriptor_common_methods {
         /// Gives entries a time-to-live.
         pub fn with_ttl(mut self, ttl: TtlConfig) -> Self {
             self.common.ttl = Some(ttl);
+            self
+        }
+
+        /// Sets the schema version of the value type (1 by default). State
+        /// stored with another version is refused with
+        /// [`Error::SchemaMismatch`] (see `docs/savepoints.md`).
+        pub fn with_schema_version(mut self, version: u32) -> Self {
+            self.common.version = version;
+            self
+        }
+
+        /// The schema version of the value type.
+        pub fn schema_version(&self) -> u32 {
+            self.common.version
+        }
+
+        /// Registers how values of schema version `from` (type `Old`)
+        /// become values of version `from + 1` (type `New`). A restore of a
+        /// savepoint holding this state at an older version applies the
+        /// chain of migrations from its version to this descriptor's, to
+        /// every entry, before anything is loaded (see
+        /// `docs/savepoints.md`). The types must chain: the first `Old` is
+        /// the stored value type, the last `New` this descriptor's.
+        pub fn migrate_from<Old, New>(
+            mut self,
+            from: u32,
+            f: impl Fn(Old) -> New + Send + Sync + 'static,
+        ) -> Self
+        where
+            Old: serde::de::DeserializeOwned,
+            New: Serialize,
+        {
+            self.common.migrations.retain(|m| m.from_version() != from);
+            self.common.migrations.push(Migration::new(from, f));
             self
         }
     };
@@ -78,10 +147,7 @@ impl<V> ValueStateDescriptor<V> {
     /// A descriptor named `name`.
     pub fn new(name: impl Into<String>) -> Self {
         ValueStateDescriptor {
-            common: DescriptorCommon {
-                name: name.into(),
-                ttl: None,
-            },
+            common: DescriptorCommon::new(name.into()),
             _v: PhantomData,
         }
     }
@@ -99,10 +165,7 @@ impl<T> ListStateDescriptor<T> {
     /// A descriptor named `name`.
     pub fn new(name: impl Into<String>) -> Self {
         ListStateDescriptor {
-            common: DescriptorCommon {
-                name: name.into(),
-                ttl: None,
-            },
+            common: DescriptorCommon::new(name.into()),
             _t: PhantomData,
         }
     }
@@ -120,10 +183,7 @@ impl<UK, UV> MapStateDescriptor<UK, UV> {
     /// A descriptor named `name`.
     pub fn new(name: impl Into<String>) -> Self {
         MapStateDescriptor {
-            common: DescriptorCommon {
-                name: name.into(),
-                ttl: None,
-            },
+            common: DescriptorCommon::new(name.into()),
             _m: PhantomData,
         }
     }
@@ -155,10 +215,7 @@ impl<T> ReducingStateDescriptor<T> {
         reduce: impl Fn(T, T) -> T + Send + Sync + 'static,
     ) -> Self {
         ReducingStateDescriptor {
-            common: DescriptorCommon {
-                name: name.into(),
-                ttl: None,
-            },
+            common: DescriptorCommon::new(name.into()),
             reduce: Arc::new(reduce),
         }
     }
@@ -208,10 +265,7 @@ impl<In, F: AggregateFunction<In>> AggregatingStateDescriptor<In, F> {
     /// A descriptor named `name` aggregating with `func`.
     pub fn new(name: impl Into<String>, func: F) -> Self {
         AggregatingStateDescriptor {
-            common: DescriptorCommon {
-                name: name.into(),
-                ttl: None,
-            },
+            common: DescriptorCommon::new(name.into()),
             func: Arc::new(func),
             _in: PhantomData,
         }
@@ -227,6 +281,7 @@ pub struct KeyedStateContext {
     operator: Arc<str>,
     max_parallelism: u16,
     clock: Arc<dyn Clock>,
+    schemas: Arc<SchemaRegistry>,
 }
 
 impl std::fmt::Debug for KeyedStateContext {
@@ -265,7 +320,27 @@ impl KeyedStateContext {
             operator: operator.into(),
             max_parallelism,
             clock,
+            schemas: SchemaRegistry::new(),
         })
+    }
+
+    /// The same context recording its states' schemas in `schemas` (a job
+    /// shares one registry between all its contexts, so that two handles
+    /// of one state with different types are refused; a context made by
+    /// [`new`](Self::new) has a registry of its own).
+    pub fn with_schemas(mut self, schemas: Arc<SchemaRegistry>) -> Self {
+        self.schemas = schemas;
+        self
+    }
+
+    /// The schema registry handles of this context register with.
+    pub fn schemas(&self) -> &Arc<SchemaRegistry> {
+        &self.schemas
+    }
+
+    /// The number of key groups.
+    pub fn max_parallelism(&self) -> u16 {
+        self.max_parallelism
     }
 
     /// The operator name.
@@ -283,8 +358,35 @@ impl KeyedStateContext {
         Ok(key_group_for(&encode("key", key)?, self.max_parallelism))
     }
 
-    fn base(&self, common: &DescriptorCommon) -> Result<Base> {
+    fn base(
+        &self,
+        common: &DescriptorCommon,
+        kind: StateKind,
+        key_type: &str,
+        user_key_type: Option<&str>,
+        value_type: &str,
+    ) -> Result<Base> {
         check_name("state", &common.name)?;
+        if common.version == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "schema version must be at least 1: operator={} state={}",
+                self.operator, common.name
+            )));
+        }
+        self.schemas.register_with(
+            StateSchema {
+                operator: self.operator.to_string(),
+                state: common.name.clone(),
+                kind,
+                key_type: key_type.to_string(),
+                namespace_type: None,
+                user_key_type: user_key_type.map(str::to_string),
+                value_type: value_type.to_string(),
+                version: common.version,
+                ttl: common.ttl,
+            },
+            &common.migrations,
+        )?;
         Ok(Base {
             ctx: self.clone(),
             state: common.name.as_str().into(),
@@ -299,7 +401,13 @@ impl KeyedStateContext {
         d: &ValueStateDescriptor<V>,
     ) -> Result<ValueState<K, V>> {
         Ok(ValueState {
-            base: self.base(&d.common)?,
+            base: self.base(
+                &d.common,
+                StateKind::Value,
+                type_name::<K>(),
+                None,
+                type_name::<V>(),
+            )?,
             _t: PhantomData,
         })
     }
@@ -307,7 +415,13 @@ impl KeyedStateContext {
     /// A [`ListState`] handle.
     pub fn list_state<K: ?Sized, T>(&self, d: &ListStateDescriptor<T>) -> Result<ListState<K, T>> {
         Ok(ListState {
-            base: self.base(&d.common)?,
+            base: self.base(
+                &d.common,
+                StateKind::List,
+                type_name::<K>(),
+                None,
+                type_name::<T>(),
+            )?,
             _t: PhantomData,
         })
     }
@@ -318,7 +432,13 @@ impl KeyedStateContext {
         d: &MapStateDescriptor<UK, UV>,
     ) -> Result<MapState<K, UK, UV>> {
         Ok(MapState {
-            base: self.base(&d.common)?,
+            base: self.base(
+                &d.common,
+                StateKind::Map,
+                type_name::<K>(),
+                Some(type_name::<UK>()),
+                type_name::<UV>(),
+            )?,
             _t: PhantomData,
         })
     }
@@ -329,7 +449,13 @@ impl KeyedStateContext {
         d: &ReducingStateDescriptor<T>,
     ) -> Result<ReducingState<K, T>> {
         Ok(ReducingState {
-            base: self.base(&d.common)?,
+            base: self.base(
+                &d.common,
+                StateKind::Reducing,
+                type_name::<K>(),
+                None,
+                type_name::<T>(),
+            )?,
             reduce: d.reduce.clone(),
             _t: PhantomData,
         })
@@ -341,7 +467,13 @@ impl KeyedStateContext {
         d: &AggregatingStateDescriptor<In, F>,
     ) -> Result<AggregatingState<K, In, F>> {
         Ok(AggregatingState {
-            base: self.base(&d.common)?,
+            base: self.base(
+                &d.common,
+                StateKind::Aggregating,
+                type_name::<K>(),
+                None,
+                type_name::<F::Acc>(),
+            )?,
             func: d.func.clone(),
             _t: PhantomData,
         })
@@ -359,6 +491,9 @@ struct Base {
 
 impl Base {
     fn set_namespace<N: Serialize + ?Sized>(&mut self, ns: &N) -> Result<()> {
+        self.ctx
+            .schemas
+            .register_namespace(&self.ctx.operator, &self.state, type_name::<N>())?;
         self.namespace = encode("namespace", ns)?;
         Ok(())
     }
@@ -411,6 +546,43 @@ impl Base {
     fn write(&self, key: &[u8], payload: &[u8]) -> Result<()> {
         self.ctx.backend.put(key, &self.envelope(payload))
     }
+
+    /// Calls `f` with every distinct key of this state that has a live
+    /// entry in this handle's namespace, key group by key group in `range`
+    /// (in encoded-key order within a key group).
+    fn visit_keys<K: DeserializeOwned>(
+        &self,
+        range: KeyGroupRange,
+        f: &mut dyn FnMut(K) -> Result<()>,
+    ) -> Result<()> {
+        if range.end > self.ctx.max_parallelism {
+            return Err(Error::InvalidArgument(format!(
+                "key groups {range} beyond max_parallelism={}",
+                self.ctx.max_parallelism
+            )));
+        }
+        let now = self.ctx.clock.now_ms();
+        for kg in range.iter() {
+            let mut prefix = crate::key::operator_prefix(kg, &self.ctx.operator)?;
+            prefix.push(self.state.len() as u8);
+            prefix.extend_from_slice(self.state.as_bytes());
+            let mut last: Option<Vec<u8>> = None;
+            for (k, v) in self.ctx.backend.scan_prefix(&prefix)? {
+                let sk = StateKey::decode(&k)?;
+                // The length byte before the state name keeps another
+                // state whose name starts with this one out of the prefix.
+                if sk.namespace != self.namespace.as_slice()
+                    || last.as_deref() == Some(sk.key)
+                    || Envelope::decode(&v)?.is_expired(now)
+                {
+                    continue;
+                }
+                last = Some(sk.key.to_vec());
+                f(decode("key", sk.key)?)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 macro_rules! namespace_method {
@@ -420,6 +592,37 @@ macro_rules! namespace_method {
         pub fn in_namespace<N: Serialize + ?Sized>(&self, ns: &N) -> Result<Self> {
             let mut out = self.clone();
             out.base.set_namespace(ns)?;
+            Ok(out)
+        }
+
+        /// Calls `f` with every key that has a live entry of this state in
+        /// this handle's namespace, in the key groups of `range` (Flink's
+        /// `applyToAllKeys`; for timers, migrations and clean-up). Each key
+        /// is visited once, key group by key group; `f` may read and write
+        /// state, but keys it adds to a key group not yet visited are
+        /// visited too. Stops at the first error.
+        pub fn for_each_key(
+            &self,
+            range: KeyGroupRange,
+            mut f: impl FnMut(K) -> Result<()>,
+        ) -> Result<()>
+        where
+            K: DeserializeOwned + Sized,
+        {
+            self.base.visit_keys(range, &mut f)
+        }
+
+        /// The keys [`for_each_key`](Self::for_each_key) visits, collected
+        /// (Flink's `getKeys`).
+        pub fn keys(&self, range: KeyGroupRange) -> Result<Vec<K>>
+        where
+            K: DeserializeOwned + Sized,
+        {
+            let mut out = Vec::new();
+            self.base.visit_keys(range, &mut |k| {
+                out.push(k);
+                Ok(())
+            })?;
             Ok(out)
         }
     };

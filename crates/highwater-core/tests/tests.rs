@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use highwater_core::{
     ArtifactId, ArtifactKind, ArtifactRef, CheckpointId, CheckpointKind, Codec, DecodeLimits,
     EncodeOptions, Error, KeyForm, KeyGroup, KeyGroupRange, Layer, LayerKind, Manifest,
-    RecordWriter, StateKey, decode_artifact, decode_checked,
+    RecordWriter, StateKey, StateKind, StateSchema, TtlConfig, decode_artifact, decode_checked,
 };
 
 fn fixture(name: &str) -> PathBuf {
@@ -79,20 +79,73 @@ fn manifest_v1(artifact: &[u8]) -> Manifest {
             },
         ],
         properties: BTreeMap::from([("job".to_string(), "fixture".to_string())]),
+        schemas: Vec::new(),
     }
+}
+
+/// The manifest of the version 2 fixture: version 1's, with schemas.
+fn manifest_v2(artifact: &[u8]) -> Manifest {
+    let mut m = manifest_v1(artifact);
+    m.schemas = vec![
+        StateSchema {
+            operator: "windows".into(),
+            state: "open".into(),
+            kind: StateKind::Map,
+            key_type: "u16".into(),
+            namespace_type: Some("u64".into()),
+            user_key_type: Some("u8".into()),
+            value_type: "alloc::vec::Vec<u8>".into(),
+            version: 3,
+            ttl: Some(TtlConfig::new(std::time::Duration::from_secs(60))),
+        },
+        StateSchema {
+            operator: "windows".into(),
+            state: "total".into(),
+            kind: StateKind::Value,
+            key_type: "u16".into(),
+            namespace_type: None,
+            user_key_type: None,
+            value_type: "u64".into(),
+            version: 1,
+            ttl: None,
+        },
+    ];
+    m
+}
+
+#[test]
+fn version_2_manifest_fixture_decodes_with_its_schemas() {
+    if std::env::var_os("HIGHWATER_REGENERATE_FIXTURES").is_some() {
+        let a = std::fs::read(fixture("artifact-v1.hwa")).unwrap();
+        std::fs::write(
+            fixture("manifest-v2.hwm"),
+            manifest_v2(&a).encode().unwrap(),
+        )
+        .unwrap();
+    }
+    let artifact = std::fs::read(fixture("artifact-v1.hwa")).unwrap();
+    let bytes = std::fs::read(fixture("manifest-v2.hwm")).unwrap();
+    assert_eq!(u16::from_le_bytes([bytes[4], bytes[5]]), 2);
+    let m = Manifest::decode(&bytes).unwrap();
+    assert_eq!(m, manifest_v2(&artifact));
+    assert_eq!(m.schema("windows", "total").unwrap().value_type, "u64");
+    assert_eq!(
+        bytes,
+        manifest_v2(&artifact).encode().unwrap(),
+        "the v2 encoder is stable"
+    );
+    // A version 1 manifest re-encodes as version 2 without schemas.
+    let v1 = Manifest::decode(&std::fs::read(fixture("manifest-v1.hwm")).unwrap()).unwrap();
+    assert!(v1.schemas.is_empty());
+    let again = v1.encode().unwrap();
+    assert_eq!(u16::from_le_bytes([again[4], again[5]]), 2);
+    assert_eq!(Manifest::decode(&again).unwrap(), v1);
 }
 
 #[test]
 fn version_1_fixtures_still_decode() {
-    if std::env::var_os("HIGHWATER_REGENERATE_FIXTURES").is_some() {
-        let a = artifact_v1();
-        std::fs::write(fixture("artifact-v1.hwa"), &a).unwrap();
-        std::fs::write(
-            fixture("manifest-v1.hwm"),
-            manifest_v1(&a).encode().unwrap(),
-        )
-        .unwrap();
-    }
+    // Version 1 fixtures are never regenerated: this build writes
+    // manifests of version 2 (see `version_2_manifest_fixture_...`).
     let artifact = std::fs::read(fixture("artifact-v1.hwa")).unwrap();
     let decoded = decode_artifact(&artifact, &DecodeLimits::default()).unwrap();
     let got: Vec<_> = decoded
@@ -103,6 +156,7 @@ fn version_1_fixtures_still_decode() {
     let mut want = records_v1();
     want.sort();
     assert_eq!(got, want);
+    assert_eq!(artifact, artifact_v1(), "the v1 encoder is stable");
 
     let manifest = std::fs::read(fixture("manifest-v1.hwm")).unwrap();
     assert_eq!(Manifest::decode(&manifest).unwrap(), manifest_v1(&artifact));
@@ -121,15 +175,15 @@ fn a_future_version_is_a_typed_error() {
         Err(Error::UnsupportedVersion { found: 3, .. })
     ));
 
-    let mut manifest = std::fs::read(fixture("manifest-v1.hwm")).unwrap();
-    manifest[4] = 2;
+    let mut manifest = std::fs::read(fixture("manifest-v2.hwm")).unwrap();
+    manifest[4] = 3;
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     h.update(&manifest[..12]);
     h.update(&manifest[20..]);
     manifest[12..20].copy_from_slice(&h.digest().to_le_bytes());
     assert!(matches!(
         Manifest::decode(&manifest),
-        Err(Error::UnsupportedVersion { found: 2, .. })
+        Err(Error::UnsupportedVersion { found: 3, .. })
     ));
 }
 

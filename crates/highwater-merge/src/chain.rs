@@ -224,6 +224,7 @@ mod tests {
             max_parallelism: 128,
             layers,
             properties: Default::default(),
+            schemas: Vec::new(),
         };
         let base = layer(1, LayerKind::Full, &[100, 50]);
         let mut twin = base.artifacts[0].clone();

@@ -36,8 +36,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use highwater_core::{
     ArtifactId, ArtifactRef, CheckpointId, CheckpointKind, CheckpointStore, Clock, Codec, Error,
-    KeyGroupRange, Layer, LayerKind, Manifest, NativeCheckpoint, Result, SnapshotKind,
-    StateBackend, StateSnapshot, load_manifest,
+    KeyGroupRange, Layer, LayerKind, Manifest, NativeCheckpoint, Result, SchemaRegistry,
+    SnapshotKind, StateBackend, StateSnapshot, load_manifest,
 };
 use highwater_wal::LoggedBackend;
 use tokio::runtime::Handle;
@@ -239,6 +239,8 @@ struct Inner {
     idle: Condvar,
     /// Signalled when a background merge ends.
     merge_done: Condvar,
+    /// The schemas of the job's states, written into every manifest.
+    schemas: Arc<SchemaRegistry>,
 }
 
 impl Inner {
@@ -380,6 +382,7 @@ impl Checkpointer {
             inner: Arc::new(Inner {
                 parts,
                 exec,
+                schemas: SchemaRegistry::new(),
                 pins: Pins::new(),
                 tracking: Mutex::new(Tracking {
                     next_id,
@@ -413,6 +416,22 @@ impl Checkpointer {
     /// The store.
     pub fn store(&self) -> &Arc<dyn CheckpointStore> {
         &self.inner.parts.store
+    }
+
+    /// The schemas of the job's states: every manifest records them, and a
+    /// state manager's handles register with them.
+    pub fn schemas(&self) -> &Arc<SchemaRegistry> {
+        &self.inner.schemas
+    }
+
+    /// The clock of TTL and manifest times.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.parts.clock
+    }
+
+    /// The properties written into every manifest.
+    pub fn properties(&self) -> &BTreeMap<String, String> {
+        &self.inner.parts.properties
     }
 
     /// Where the work runs.
@@ -823,6 +842,7 @@ fn run_checkpoint(inner: &Inner, job: Job) -> Result<(Arc<Manifest>, CheckpointI
         max_parallelism: cfg.max_parallelism,
         layers,
         properties,
+        schemas: inner.schemas.schemas(),
     };
     manifest.validate()?;
     let encoded_manifest = Bytes::from(manifest.encode()?);

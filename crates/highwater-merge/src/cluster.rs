@@ -579,6 +579,7 @@ fn record_manifest(g: &GlobalCheckpoint) -> Result<Manifest> {
             .iter()
             .map(|(p, part)| (format!("{PART_PROPERTY_PREFIX}{p}"), part.to_string()))
             .collect(),
+        schemas: Vec::new(),
     })
 }
 
@@ -714,6 +715,15 @@ fn side_by_side(id: CheckpointId, parts: &[Manifest], max_parallelism: u16) -> R
         max_parallelism,
         layers,
         properties: BTreeMap::new(),
+        // Every part records the job's schemas; the view lists each state
+        // once.
+        schemas: parts
+            .iter()
+            .flat_map(|m| m.schemas.iter())
+            .map(|s| ((s.operator.clone(), s.state.clone()), s.clone()))
+            .collect::<BTreeMap<_, _>>()
+            .into_values()
+            .collect(),
     })
 }
 

@@ -14,7 +14,9 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
-use highwater_core::{ArtifactId, CheckpointId, CheckpointStore, Result, load_manifest};
+use highwater_core::{
+    ArtifactId, CheckpointId, CheckpointStore, Result, SavepointManifest, load_manifest,
+};
 use serde::Serialize;
 
 /// Artifacts in use by work not yet committed.
@@ -157,6 +159,9 @@ pub struct RetentionReport {
     /// Manifests that could not be read; they are kept for inspection and
     /// do not count towards `max_retained`.
     pub unreadable: Vec<CheckpointId>,
+    /// Savepoint manifests found: never deleted, do not count towards
+    /// `max_retained`, and protect every artifact they reference.
+    pub savepoints: Vec<CheckpointId>,
     /// The lowest write-ahead-log position of the retained checkpoints, if
     /// every one records a position: the log before it is no longer needed.
     pub oldest_wal_position: Option<u64>,
@@ -166,6 +171,7 @@ pub struct RetentionReport {
 /// deletes older manifests and every artifact that no retained manifest
 /// references and `pins` does not hold. An unreadable manifest is kept (for
 /// inspection) but protects nothing: what it references cannot be known.
+/// Savepoint manifests are never deleted, and protect what they reference.
 ///
 /// Safe while the same process writes checkpoints and merges, provided they
 /// pin what they write or reuse in `pins` before writing or reusing it. It
@@ -184,6 +190,27 @@ pub async fn collect_garbage(
     let mut referenced: HashSet<ArtifactId> = HashSet::new();
     let mut positions: Vec<Option<u64>> = Vec::new();
     for id in ids {
+        // A savepoint is the user's: whatever its position, it is kept and
+        // so is everything it references. (One read per manifest; a
+        // manifest that cannot be read is not deleted on that account.)
+        match store.get_manifest(id).await {
+            Ok(bytes) if SavepointManifest::is_savepoint(&bytes) => {
+                match SavepointManifest::decode(&bytes) {
+                    Ok(sp) => {
+                        referenced.extend(sp.artifacts().map(|a| a.id));
+                        report.savepoints.push(id);
+                    }
+                    Err(e) => {
+                        tracing::warn!(savepoint = %id, error = %e, "unreadable savepoint manifest kept");
+                        report.unreadable.push(id);
+                    }
+                }
+                continue;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == highwater_core::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        }
         if report.retained.len() >= max_retained.max(1) {
             store.delete_manifest(id).await?;
             report.manifests_deleted.push(id);

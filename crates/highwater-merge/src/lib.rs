@@ -27,6 +27,8 @@
 //!   (encoded entries, or a backend's native files) → [`io::Uploader`]
 //!   (pinned, create-only) → write-ahead-log sync → manifest commit →
 //!   retention → log release, plus merge scheduling.
+//! - [`savepoint`] writes a job's state as a canonical savepoint and reads
+//!   one back, verified, for any backend and number of key groups.
 //! - [`io`] is the artifact I/O layer the checkpointer, the merger and the
 //!   recovery engine share: bounded pinned upload, verified fetch that
 //!   repairs a damaged stored artifact.
@@ -48,6 +50,7 @@ pub mod io;
 mod merge;
 pub mod metrics;
 pub mod recorded;
+pub mod savepoint;
 mod store;
 
 pub use chain::{ChainSummary, StoreSummary, needs_merge, substitute, summarize};

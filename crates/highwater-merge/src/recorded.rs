@@ -102,6 +102,7 @@ mod tests {
             max_parallelism: 1,
             layers: vec![],
             properties: props,
+            schemas: Vec::new(),
         };
         assert_eq!(RunRecord::of(&m(props.clone())), Some(r));
         let mut bad = props.clone();

@@ -163,6 +163,7 @@ pub fn compact_newest(
         max_parallelism: m.max_parallelism,
         layers: vec![layer],
         properties,
+        schemas: m.schemas.clone(),
     };
     manifest.validate()?;
     let bytes = Bytes::from(manifest.encode()?);

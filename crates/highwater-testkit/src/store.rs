@@ -197,6 +197,7 @@ pub fn sample_manifest(id: u64, artifacts: &[EncodedArtifact], salt: u64) -> Vec
             artifacts: refs,
         }],
         properties: [("salt".to_string(), salt.to_string())].into(),
+        schemas: Vec::new(),
     };
     must(manifest.encode(), "Manifest::encode")
 }

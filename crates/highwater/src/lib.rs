@@ -34,6 +34,7 @@
 mod guard;
 mod manager;
 pub mod metrics;
+mod savepoint;
 
 #[cfg(feature = "cloud")]
 pub use highwater_cloud as cloud;
@@ -60,6 +61,7 @@ pub use highwater_core::{
 };
 pub use highwater_merge::cluster;
 pub use highwater_merge::cluster::LocalCoordinator;
+pub use highwater_merge::savepoint::SavepointInfo;
 pub use highwater_merge::{
     CheckpointConfig, CheckpointHandle, CheckpointInfo, ChunkConfig, Compression,
     ConflictResolution, MergeStats, MergeStrategy, MergerConfig, RetentionReport, apply_retention,
@@ -69,6 +71,7 @@ pub use highwater_recovery::{
     RecoveryTarget, VerificationLevel, VerifyProblem, verify_store, verify_store_with,
 };
 pub use manager::{HistoryEntry, RestoreInfo, StateManager, StateManagerBuilder};
+pub use savepoint::{SavepointHandle, SavepointRestoreInfo, SavepointRestoreOptions};
 
 /// What an embedding engine uses, in one import: `use highwater::prelude::*;`.
 ///

@@ -449,6 +449,7 @@ impl StateManager {
             self.config().max_parallelism,
             self.clock.clone(),
         )
+        .map(|c| c.with_schemas(self.checkpointer.schemas().clone()))
     }
 
     /// Takes a checkpoint now, after waiting for any checkpoint in flight.
@@ -748,6 +749,11 @@ impl StateManager {
         // A plan that fails (no such checkpoint, nothing readable) has
         // touched nothing; the chain the next checkpoint builds on stands.
         let plan = engine.plan(target, &scope, self.wal().map(|w| &**w))?;
+        // State stored with other types than the handles registered is
+        // refused before anything is loaded.
+        if let Some(m) = plan.manifest() {
+            self.checkpointer.schemas().check_stored(&m.schemas)?;
+        }
         let result = match self.checkpointer.logged() {
             // What the recovery loads must not be logged again.
             Some(logged) => logged
@@ -768,6 +774,9 @@ impl StateManager {
         };
         // An incremental may build on the checkpoint only if the backend
         // holds all of it (every artifact of which was just verified).
+        if let Some(m) = &outcome.manifest {
+            self.checkpointer.schemas().set_stored(&m.schemas);
+        }
         idle.restored(outcome.manifest.clone(), scope.is_everything());
         Ok(RestoreInfo::from_outcome(&outcome))
     }

@@ -25,6 +25,8 @@ mod dedup;
 mod embedding;
 #[path = "tests/failures.rs"]
 mod failures;
+#[path = "tests/keys.rs"]
+mod keys;
 #[path = "tests/lifecycle.rs"]
 mod lifecycle;
 #[path = "tests/manager_model.rs"]
@@ -41,6 +43,8 @@ mod redis;
 mod retention;
 #[path = "tests/runtime.rs"]
 mod runtime;
+#[path = "tests/schema.rs"]
+mod schema;
 #[path = "tests/store_faults.rs"]
 mod store_faults;
 #[path = "tests/ttl.rs"]
