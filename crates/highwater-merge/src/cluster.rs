@@ -281,8 +281,8 @@ pub fn take_barrier(
 ///
 /// Open one per job over the job's shared store, hand
 /// [`participant(i)`](LocalCoordinator::participant) to subtask `i`'s
-/// [`StateManager`](crate::StateManager) through
-/// [`StateManagerBuilder::cluster`](crate::StateManagerBuilder::cluster),
+/// `StateManager` (the `highwater` facade) through
+/// `StateManagerBuilder::cluster`,
 /// and every subtask takes its part of a checkpoint at its next event
 /// boundary after the barrier ([`trigger`](LocalCoordinator::trigger), or
 /// every `interval`). A checkpoint completes when every subtask has
@@ -386,7 +386,7 @@ impl LocalCoordinator {
     }
 
     /// Subtask `index`'s view, for its manager's
-    /// [`cluster`](crate::StateManagerBuilder::cluster).
+    /// `StateManagerBuilder::cluster`.
     pub fn participant(&self, index: u16) -> Result<Arc<dyn Coordinator>> {
         let id = u64::from(index);
         if !self.inner.participants.contains(&id) {
