@@ -140,6 +140,7 @@ enum Command {
     },
     /// Write a savepoint of STORE's newest checkpoint (or --id) to TARGET
     /// (a directory or URL), offline. See docs/savepoints.md.
+    #[command(after_help = "Example:\n  highwater savepoint /tmp/hw --to /tmp/hw-savepoints")]
     Savepoint {
         /// Checkpoint directory, or a redis://, s3://, az:// or gs:// URL.
         store: String,
@@ -158,6 +159,9 @@ enum Command {
     /// Print every entry of SOURCE's newest checkpoint or savepoint (or
     /// --id): operator, state, key, namespace, map key, expiry and value,
     /// each in base64 and, for types the tool knows, decoded.
+    #[command(
+        after_help = "Examples:\n  highwater export /tmp/hw-savepoints --state count > state.jsonl\n  highwater export /tmp/hw --format csv -o state.csv"
+    )]
     Export {
         /// A store of checkpoints or savepoints (directory or URL).
         source: String,
@@ -178,6 +182,7 @@ enum Command {
     },
     /// Write a savepoint to TARGET from FILE, JSON lines as `export`
     /// writes them (bootstrapping state).
+    #[command(after_help = "Example:\n  highwater import state.jsonl --to /tmp/bootstrap")]
     Import {
         /// The JSON lines file.
         file: std::path::PathBuf,
@@ -197,6 +202,7 @@ enum Command {
     /// Compare the newest checkpoints or savepoints of A and B: per
     /// operator and state, the entries added, removed and changed. Exit 1
     /// when they differ.
+    #[command(after_help = "Example:\n  highwater diff /tmp/hw /tmp/hw-savepoints --json")]
     Diff {
         /// A store of checkpoints or savepoints (directory or URL).
         a: String,

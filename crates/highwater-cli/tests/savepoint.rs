@@ -267,6 +267,8 @@ fn bad_input_is_a_typed_error() {
         d.join("t").to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(2));
+    // A store that is not there is a failure (1), not a usage error
+    // (docs/operations.md, "Exit codes").
     let out = run(&["export", d.join("missing").to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(1));
 }
