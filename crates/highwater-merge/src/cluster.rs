@@ -250,7 +250,15 @@ pub fn take_barrier(
                 scope: member.scope.clone(),
                 checkpoint: info.id,
             };
-            member.coordinator.acknowledge(info.id, &part)?;
+            if let Err(e) = member.coordinator.acknowledge(info.id, &part) {
+                // Aborted meanwhile (a participant was lost, or timed
+                // out): this part is garbage that retention removes, not
+                // a failure of this participant.
+                if member.coordinator.status(info.id).ok() != Some(GlobalStatus::Aborted) {
+                    return Err(e);
+                }
+                tracing::warn!(checkpoint = %info.id, error = %e, "global checkpoint aborted before this part was acknowledged");
+            }
             let retained = member
                 .keep_rule()
                 .and_then(|keep| pipeline.retain_only(keep));

@@ -436,3 +436,82 @@ mod raft {
         }
     }
 }
+
+/// A coordinator that aborts the first checkpoint just before this
+/// participant's acknowledgement of it arrives, as a lost participant or a
+/// timeout would while it was still uploading.
+#[derive(Debug)]
+struct AbortFirstBeforeAck {
+    inner: Arc<dyn highwater::Coordinator>,
+    armed: std::sync::atomic::AtomicBool,
+}
+
+impl highwater::Coordinator for AbortFirstBeforeAck {
+    fn participant(&self) -> highwater::ParticipantId {
+        self.inner.participant()
+    }
+    fn next_barrier(&self, after: Option<CheckpointId>) -> highwater::Result<Option<CheckpointId>> {
+        self.inner.next_barrier(after)
+    }
+    fn acknowledge(&self, c: CheckpointId, part: &highwater::PartRef) -> highwater::Result<()> {
+        if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            self.inner.decline(c, "aborted by the test")?;
+        }
+        self.inner.acknowledge(c, part)
+    }
+    fn decline(&self, c: CheckpointId, why: &str) -> highwater::Result<()> {
+        self.inner.decline(c, why)
+    }
+    fn completed(&self, limit: usize) -> highwater::Result<Vec<highwater::GlobalCheckpoint>> {
+        self.inner.completed(limit)
+    }
+    fn status(&self, c: CheckpointId) -> highwater::Result<highwater::GlobalStatus> {
+        self.inner.status(c)
+    }
+}
+
+/// Regression (found by the cluster demo's kill test): a part whose
+/// global checkpoint was aborted before its acknowledgement failed the
+/// participant's checkpoint handle, and the node stopped.
+#[test]
+fn a_checkpoint_aborted_before_its_acknowledgement_is_not_a_failure_of_the_part() {
+    let dir = LocalStore::new();
+    let store = dir.dyn_store();
+    let coordinator = LocalCoordinator::open(store.clone(), 1, None).unwrap();
+    let m = StateManager::builder()
+        .backend(Arc::new(MemoryBackend::new()))
+        .store(store.clone())
+        .config(config(true, 4, 1))
+        .cluster(
+            Arc::new(AbortFirstBeforeAck {
+                inner: coordinator.participant(0).unwrap(),
+                armed: std::sync::atomic::AtomicBool::new(true),
+            }),
+            1,
+            0,
+        )
+        .build()
+        .unwrap();
+    counter(&m).update(&"a".to_string(), &1).unwrap();
+    coordinator.trigger();
+    let first = m.maybe_checkpoint().unwrap().expect("a barrier");
+    let aborted = first.id();
+    first.wait().expect("the part itself committed");
+    assert!(coordinator.completed(1).is_empty());
+    assert_eq!(coordinator.pending(), None);
+    // The next checkpoint completes, and retention removes the aborted part.
+    coordinator.trigger();
+    let second = m
+        .maybe_checkpoint()
+        .unwrap()
+        .expect("a barrier")
+        .wait()
+        .unwrap();
+    assert_eq!(coordinator.completed(1)[0].id, second.id);
+    let own = store.scoped(&participant_scope(0)).unwrap();
+    assert_eq!(
+        manifest_ids(&*own),
+        vec![second.id],
+        "part {aborted} was not removed"
+    );
+}
