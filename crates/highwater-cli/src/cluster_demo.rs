@@ -52,9 +52,12 @@ pub fn run(args: &DemoArgs, dir: &Path, nodes: u16) -> Result<ExitCode> {
         std::fs::write(&secret, hex).map_err(io(format!("write {}", secret.display())))?;
     }
     addresses(dir, nodes)?;
-    for n in 1..=nodes {
-        for what in ["done", "final"] {
-            let _ = std::fs::remove_file(dir.join(format!("{what}-{n}")));
+    // Markers of an earlier run (of any number of nodes) go.
+    for entry in std::fs::read_dir(dir).map_err(io(format!("list {}", dir.display())))? {
+        let path = entry.map_err(io(format!("list {}", dir.display())))?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with("done-") || name.starts_with("final-") {
+            let _ = std::fs::remove_file(&path);
         }
     }
     let exe = std::env::current_exe().map_err(io("find the highwater binary".into()))?;
@@ -258,7 +261,12 @@ pub fn run_node(args: &DemoArgs, dir: &Path, nodes: u16, id: u16) -> Result<Exit
         .max_parallelism(MAX_PARALLELISM)
         .property("job", "highwater-demo")
         .cluster(
-            Arc::new(RaftParticipant::new(node.clone(), runtime.handle().clone())),
+            // A node whose peers already stopped gets no majority: its
+            // last acknowledgement fails after 10 s instead of waiting.
+            Arc::new(
+                RaftParticipant::new(node.clone(), runtime.handle().clone())
+                    .with_timeout(Duration::from_secs(10)),
+            ),
             nodes,
             id - 1,
         )

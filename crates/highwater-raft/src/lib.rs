@@ -60,7 +60,7 @@ pub use ledger::{
 pub use log_store::WalLogStore;
 pub use network::{MAX_FRAME_BYTES, query_status, request_checkpoint};
 pub use node::{NodeOptions, parse_peers, run_node};
-pub use participant::RaftParticipant;
+pub use participant::{PARTICIPANT_REQUEST_TIMEOUT, RaftParticipant};
 pub use state_machine::{LedgerEvent, LedgerStateMachine, MAX_SNAPSHOT_BYTES};
 
 openraft::declare_raft_types!(

@@ -27,7 +27,14 @@ use crate::ledger::{CheckpointRecord, CheckpointState, Ledger, ManifestRef, Outc
 pub struct RaftParticipant {
     node: Arc<CheckpointCoordinator>,
     io: Handle,
+    timeout: std::time::Duration,
 }
+
+/// How long a request of a [`RaftParticipant`] (an acknowledgement, a
+/// decline) may take by default before it fails with
+/// [`ErrorKind::Unavailable`](highwater_core::ErrorKind::Unavailable): a
+/// node cut off from a majority never gets an answer.
+pub const PARTICIPANT_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl std::fmt::Debug for RaftParticipant {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -41,7 +48,18 @@ impl std::fmt::Debug for RaftParticipant {
 impl RaftParticipant {
     /// The participant of `node`, whose runtime is `io`.
     pub fn new(node: Arc<CheckpointCoordinator>, io: Handle) -> RaftParticipant {
-        RaftParticipant { node, io }
+        RaftParticipant {
+            node,
+            io,
+            timeout: PARTICIPANT_REQUEST_TIMEOUT,
+        }
+    }
+
+    /// Sets how long a request may take (default
+    /// [`PARTICIPANT_REQUEST_TIMEOUT`]).
+    pub fn with_timeout(mut self, timeout: std::time::Duration) -> RaftParticipant {
+        self.timeout = timeout;
+        self
     }
 
     /// Runs `fut` on the node's runtime and waits for it.
@@ -50,8 +68,18 @@ impl RaftParticipant {
         fut: impl Future<Output = Result<T>> + Send + 'static,
     ) -> Result<T> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let timeout = self.timeout;
         self.io.spawn(async move {
-            let _ = tx.send(fut.await);
+            let out = tokio::time::timeout(timeout, fut)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Error::consensus(
+                        highwater_core::ErrorKind::Unavailable,
+                        "a request of a cluster participant",
+                        format!("no answer from a majority within {timeout:?}"),
+                    ))
+                });
+            let _ = tx.send(out);
         });
         rx.recv()
             .map_err(|_| Error::Closed("the raft node's runtime stopped".into()))?
