@@ -204,12 +204,25 @@ fn a_raft_cluster_killed_resumed_and_shrunk_gives_the_single_process_digest() {
     let full_run = started.elapsed();
     let mut rng = crash::kill_schedule();
     let mut kills = 0;
-    for round in 0..4 {
+    // A round resumes what a killed one left; after a run that finished
+    // (nothing left to kill), the next starts afresh.
+    let mut resume = false;
+    for round in 0..6 {
         wait_for_cluster_ports(&cluster);
-        let after = Duration::from_millis(rng.below((full_run.as_millis() as u64).max(20)));
+        let max_ms = (full_run.as_millis() as u64 / 2).max(20);
+        let after = Duration::from_millis(rng.below(max_ms));
         let ended =
-            Victim::spawn(demo_on(&with(&cluster, Some(3)), events, true)).kill_after(after);
+            Victim::spawn(demo_on(&with(&cluster, Some(3)), events, resume)).kill_after(after);
         ended.assert_killed_or_succeeded(&format!("round {round}: cluster demo"));
+        kills += u32::from(ended.killed);
+        resume = ended.killed;
+    }
+    if !resume {
+        // The last round finished: leave a killed run to resume below.
+        wait_for_cluster_ports(&cluster);
+        let ended = Victim::spawn(demo_on(&with(&cluster, Some(3)), events, false))
+            .kill_after(full_run / 4);
+        ended.assert_killed_or_succeeded("last round: cluster demo");
         kills += u32::from(ended.killed);
     }
     assert!(kills > 0, "no run was killed; the schedule is broken");
