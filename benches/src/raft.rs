@@ -283,7 +283,7 @@ fn cluster_manager(
             Arc::new(highwater_raft::RaftParticipant::new(
                 node.clone(),
                 io.clone(),
-            )),
+            )?),
             3,
             subtask,
         )

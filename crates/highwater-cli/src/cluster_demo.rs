@@ -209,6 +209,43 @@ impl Coordinator for FixedCut {
     }
 }
 
+/// Waits until the membership holds no voter past `nodes` (a run on
+/// fewer nodes than an earlier one): every voter takes part in every
+/// checkpoint, so the leader removes the missing ones first.
+fn shrink_to(
+    runtime: &tokio::runtime::Runtime,
+    node: &highwater::raft::CheckpointCoordinator,
+    nodes: u16,
+) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let health = node.cluster_health();
+        let extra: Vec<u64> = health
+            .voters
+            .iter()
+            .copied()
+            .filter(|v| *v > u64::from(nodes))
+            .collect();
+        let Some(&gone) = extra.first() else {
+            return Ok(());
+        };
+        if health.leader == Some(node.node_id()) {
+            println!("removing node {gone} from the membership");
+            if let Err(e) = runtime.block_on(node.remove_node(gone))
+                && !e.is_transient()
+            {
+                return Err(e);
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Internal(format!(
+                "node {gone} is still a voter after 30 s"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A child: node `id` of `nodes`.
 pub fn run_node(args: &DemoArgs, dir: &Path, nodes: u16, id: u16) -> Result<ExitCode> {
     use highwater::raft::{
@@ -252,6 +289,7 @@ pub fn run_node(args: &DemoArgs, dir: &Path, nodes: u16, id: u16) -> Result<Exit
     )?);
     let node = Arc::new(runtime.block_on(CheckpointCoordinator::start(config, snapshots))?);
     runtime.block_on(node.wait_for_leader(Duration::from_secs(30)))?;
+    shrink_to(&runtime, &node, nodes)?;
     let store = crate::target::open_store(&dir.display().to_string(), "highwater", true)?;
     let manager = StateManager::builder()
         .backend(Arc::new(highwater::memory::MemoryBackend::new()))
@@ -264,7 +302,7 @@ pub fn run_node(args: &DemoArgs, dir: &Path, nodes: u16, id: u16) -> Result<Exit
             // A node whose peers already stopped gets no majority: its
             // last acknowledgement fails after 10 s instead of waiting.
             Arc::new(
-                RaftParticipant::new(node.clone(), runtime.handle().clone())
+                RaftParticipant::new(node.clone(), runtime.handle().clone())?
                     .with_timeout(Duration::from_secs(10)),
             ),
             nodes,

@@ -87,6 +87,9 @@ pub fn run(args: CoordinatorArgs) -> Result<ExitCode> {
     config.checkpoint_interval = args.interval_ms.map(Duration::from_millis);
     config.checkpoint_timeout = Duration::from_millis(args.checkpoint_timeout_ms);
     config.join = args.join;
+    // The coordinator acknowledges with labels, not parts of one job's
+    // state: checkpoints go on while a node is down.
+    config.participants = highwater::raft::Participants::LiveVoters;
     config.snapshot_every = args.snapshot_every;
     let store = ObjectCheckpointStore::local(args.data.join("snapshots"))?;
     let options = NodeOptions {

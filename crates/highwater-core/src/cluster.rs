@@ -144,6 +144,17 @@ pub trait Coordinator: Send + Sync + fmt::Debug {
     /// What the coordinator knows of `checkpoint`.
     fn status(&self, checkpoint: CheckpointId) -> Result<GlobalStatus>;
 
+    /// Brings this participant's view of the completed checkpoints up to
+    /// date with the coordinator's: afterwards [`completed`](Self::completed)
+    /// and [`status`](Self::status) answer at least as newly as any
+    /// participant's did when this was called. Called before a restore (a
+    /// participant that restarts may learn the history late and would
+    /// otherwise restore a checkpoint its peers have moved past). The
+    /// default does nothing: for coordinators whose view is always current.
+    fn sync(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// The newest globally completed checkpoint.
     fn latest_completed(&self) -> Result<Option<GlobalCheckpoint>> {
         Ok(self.completed(1)?.into_iter().next())

@@ -178,6 +178,9 @@ pub fn prepare_restore(
     m: &Member,
     wanted: Option<CheckpointId>,
 ) -> Result<GlobalSource> {
+    // A stale view would restore (and keep) a checkpoint the others have
+    // moved past, and delete parts of ones it has not heard of yet.
+    m.coordinator.sync()?;
     let own = checkpointer.store().clone();
     let own_ids = checkpointer
         .exec()
@@ -637,6 +640,7 @@ impl GlobalView {
         let mut stores = Vec::new();
         let mut manifests = Vec::new();
         let mut owner = HashMap::new();
+        let mut owned = Vec::new();
         for part in g.parts.values() {
             let store = shared.scoped(&part.scope)?;
             let m = load_manifest(&*store, part.checkpoint).await?;
@@ -646,6 +650,7 @@ impl GlobalView {
                     format!("part {part} holds checkpoint {}", m.checkpoint_id),
                 ));
             }
+            owned.push(part_range(part, &m)?);
             if !m
                 .artifacts()
                 .any(|a| a.key_groups.intersect(&range).is_some())
@@ -658,6 +663,21 @@ impl GlobalView {
             stores.push(store);
             manifests.push(m);
         }
+        // A cut without some subtask's part (a checkpoint completed while
+        // that subtask was not taking part) is not the job's state: its key
+        // groups would restore empty.
+        if let Some(kg) = range
+            .iter()
+            .find(|kg| !owned.iter().any(|r| r.contains(*kg)))
+        {
+            return Err(Error::corrupt(
+                "global checkpoint",
+                format!(
+                    "checkpoint {} has no part holding key group {} (its parts cover {owned:?}); it is not a complete cut of this job",
+                    g.id, kg.0
+                ),
+            ));
+        }
         let manifest = Bytes::from(side_by_side(g.id, &manifests, max_parallelism)?.encode()?);
         Ok(GlobalView {
             id: g.id,
@@ -666,6 +686,29 @@ impl GlobalView {
             owner,
         })
     }
+}
+
+/// The key groups `part` (manifest `m`) owns: those of the subtask its
+/// manifest names.
+fn part_range(part: &PartRef, m: &Manifest) -> Result<KeyGroupRange> {
+    let bad = |why: &str| {
+        Error::corrupt(
+            "global checkpoint",
+            format!(
+                "part {part}: {why} ({SUBTASK_PROPERTY}={:?})",
+                m.properties.get(SUBTASK_PROPERTY)
+            ),
+        )
+    };
+    let label = m
+        .properties
+        .get(SUBTASK_PROPERTY)
+        .ok_or_else(|| bad("no subtask recorded"))?;
+    let (i, n) = label
+        .split_once('/')
+        .and_then(|(i, n)| Some((i.parse::<u16>().ok()?, n.parse::<u16>().ok()?)))
+        .ok_or_else(|| bad("not <subtask>/<parallelism>"))?;
+    KeyGroupRange::for_subtask(m.max_parallelism, n, i).map_err(|_| bad("out of range"))
 }
 
 /// The parts' chains as one manifest: layer `i` holds every part's layer

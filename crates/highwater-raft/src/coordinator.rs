@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use highwater_core::{CheckpointId, CheckpointStore, Clock, Error, ErrorKind, Result, SystemClock};
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{BasicNode, Raft, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 
 use crate::TypeConfig;
 use crate::auth::{ClusterSecret, Session, TOOL_IDENTITY, server_handshake};
-use crate::error::{RemoteFailure, consensus};
+use crate::error::{Classify, RemoteFailure, consensus};
 use crate::ledger::{
     AbortReason, Command, CompletedCheckpoint, Ledger, ManifestRef, NodeId, Outcome, decide,
 };
@@ -70,6 +70,29 @@ pub struct DistributedConfig {
     /// not); further ones are closed as soon as they are accepted.
     /// Default 256.
     pub max_connections: usize,
+    /// Which voters each checkpoint is triggered for (default
+    /// [`Participants::AllVoters`]).
+    pub participants: Participants,
+}
+
+/// Which voters the leader names as the participants of a checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Participants {
+    /// Every voter. A checkpoint completes only with every voter's part,
+    /// so a completed checkpoint is a cut of the whole job: what a job
+    /// whose subtasks are spread over the nodes needs (and what a
+    /// [`RaftParticipant`](crate::RaftParticipant) requires). While a voter
+    /// is unreachable its checkpoints are aborted and no periodic trigger
+    /// is made; remove it from the membership
+    /// ([`remove_node`](CheckpointCoordinator::remove_node)) to go on
+    /// without it.
+    #[default]
+    AllVoters,
+    /// The voters the leader has heard from within the last election
+    /// timeout: checkpoints go on while a node is down. Only for
+    /// participants whose parts are independent of each other (a
+    /// completed checkpoint may lack a part of an unreachable node).
+    LiveVoters,
 }
 
 impl DistributedConfig {
@@ -95,6 +118,7 @@ impl DistributedConfig {
             clock: Arc::new(SystemClock),
             secret: None,
             max_connections: 256,
+            participants: Participants::AllVoters,
         }
     }
 
@@ -214,21 +238,29 @@ pub struct CheckpointCoordinator {
     tasks: Vec<JoinHandle<()>>,
 }
 
-/// Why a proposal on this node failed.
+/// Why a request on this node, which must be the leader, failed.
 #[derive(Debug)]
 enum LocalProposeError {
     /// This node is not the leader; the hint may be.
     NotLeader(Option<NodeId>),
-    /// Raft refused or failed the write (boxed: it is large).
-    Raft(Box<RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>>),
+    /// Raft refused or failed the request, classified.
+    Raft(ErrorKind, highwater_core::BoxError),
 }
 
 impl LocalProposeError {
-    /// The answer to a proposal forwarded by another node (which gets text).
+    /// A failure of openraft, or "not the leader" when it says so.
+    fn raft<E>(e: RaftError<NodeId, E>) -> LocalProposeError
+    where
+        E: Classify + std::error::Error + Send + Sync + 'static,
+    {
+        LocalProposeError::Raft(e.kind(), Box::new(e))
+    }
+
+    /// The answer to a request forwarded by another node (which gets text).
     fn into_wire(self) -> ProposeError {
         match self {
             LocalProposeError::NotLeader(hint) => ProposeError::NotLeader(hint),
-            LocalProposeError::Raft(e) => ProposeError::Failed(e.to_string()),
+            LocalProposeError::Raft(_, e) => ProposeError::Failed(e.to_string()),
         }
     }
 
@@ -240,7 +272,7 @@ impl LocalProposeError {
                 op,
                 format!("this node is not the leader: leader={hint:?}"),
             ),
-            LocalProposeError::Raft(e) => consensus(op, *e),
+            LocalProposeError::Raft(kind, e) => Error::consensus(kind, op, e),
         }
     }
 }
@@ -411,6 +443,12 @@ impl CheckpointCoordinator {
         self.shared.sm.ledger().latest_completed().cloned()
     }
 
+    /// Which voters this node, as the leader, names as the participants of
+    /// a checkpoint.
+    pub fn participants(&self) -> Participants {
+        self.shared.config.participants
+    }
+
     /// A copy of this node's ledger.
     pub fn ledger(&self) -> Ledger {
         self.shared.sm.ledger()
@@ -474,6 +512,38 @@ impl CheckpointCoordinator {
             },
         )
         .await
+    }
+
+    /// Waits until this node's ledger holds every entry the cluster had
+    /// committed when this was called (a read index from the leader,
+    /// confirmed by a majority, then applied here): after it, this node's
+    /// answers about completed checkpoints are at least as new as any other
+    /// node's were. A node that rejoins after a crash may apply the
+    /// cluster's history lagging behind; restoring from that stale view
+    /// would pick a global checkpoint its peers have already moved past
+    /// (and deleted). Fails with [`ErrorKind::Unavailable`] when no
+    /// majority answers within the checkpoint timeout.
+    pub async fn sync_ledger(&self) -> Result<()> {
+        let shared = &self.shared;
+        let op = "read the committed ledger";
+        let index = on_leader(
+            shared,
+            op,
+            || read_index_local(shared),
+            || Request::ReadIndex,
+            |reply| match reply {
+                Reply::ReadIndex(r) => Ok(r),
+                other => Err(Box::new(other)),
+            },
+        )
+        .await?;
+        shared
+            .raft
+            .wait(Some(shared.config.checkpoint_timeout))
+            .applied_index_at_least(Some(index), op)
+            .await
+            .map_err(|e| Error::consensus(ErrorKind::Unavailable, op, e.to_string()))?;
+        Ok(())
     }
 
     /// Aborts a pending checkpoint (forwarded to the leader).
@@ -591,7 +661,20 @@ async fn propose_local(
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
             Err(LocalProposeError::NotLeader(f.leader_id))
         }
-        Err(e) => Err(LocalProposeError::Raft(Box::new(e))),
+        Err(e) => Err(LocalProposeError::raft(e)),
+    }
+}
+
+/// The leader's read index, confirmed by a majority: every entry committed
+/// before the call is at or below it. On this node, which must be the
+/// leader.
+async fn read_index_local(shared: &Shared) -> std::result::Result<u64, LocalProposeError> {
+    match shared.raft.get_read_log_id().await {
+        Ok((read, _applied)) => Ok(read.map_or(0, |l| l.index)),
+        Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+            Err(LocalProposeError::NotLeader(f.leader_id))
+        }
+        Err(e) => Err(LocalProposeError::raft(e)),
     }
 }
 
@@ -601,15 +684,42 @@ async fn propose_local(
 /// reply that breaks the protocol) is returned at once.
 async fn propose_anywhere(shared: &Shared, command: Command) -> Result<Outcome> {
     let op = command_op(&command);
+    on_leader(
+        shared,
+        &op,
+        || propose_local(shared, command.clone()),
+        || Request::Propose(command.clone()),
+        |reply| match reply {
+            Reply::Proposed(r) => Ok(r),
+            other => Err(Box::new(other)),
+        },
+    )
+    .await
+}
+
+/// Runs a request on the leader, wherever it is: `local` when this node
+/// leads, else `remote()` sent to the leader and its reply read by `take`;
+/// transient failures are retried until the checkpoint timeout.
+async fn on_leader<T, L, F>(
+    shared: &Shared,
+    op: &str,
+    local: L,
+    remote: impl Fn() -> Request,
+    take: impl Fn(Reply) -> std::result::Result<std::result::Result<T, ProposeError>, Box<Reply>>,
+) -> Result<T>
+where
+    L: Fn() -> F,
+    F: std::future::Future<Output = std::result::Result<T, LocalProposeError>>,
+{
     let timeout = shared.config.checkpoint_timeout;
     let deadline = tokio::time::Instant::now() + timeout;
     let mut conns: BTreeMap<NodeId, Connection> = BTreeMap::new();
     loop {
         let leader = shared.raft.metrics().borrow().current_leader;
         let failure = match leader {
-            Some(l) if l == shared.id => match propose_local(shared, command.clone()).await {
-                Ok(outcome) => return Ok(outcome),
-                Err(e) => e.into_error(&op),
+            Some(l) if l == shared.id => match local().await {
+                Ok(out) => return Ok(out),
+                Err(e) => e.into_error(op),
             },
             Some(l) => {
                 let conn = conns.entry(l).or_insert_with(|| {
@@ -627,34 +737,32 @@ async fn propose_anywhere(shared: &Shared, command: Command) -> Result<Outcome> 
                     )
                 });
                 match conn
-                    .call(
-                        &Request::Propose(command.clone()),
-                        shared.config.rpc_timeout,
-                    )
+                    .call(&remote(), shared.config.rpc_timeout)
                     .await
+                    .map(&take)
                 {
-                    Ok(Reply::Proposed(Ok(outcome))) => return Ok(outcome),
-                    Ok(Reply::Proposed(Err(ProposeError::NotLeader(hint)))) => Error::consensus(
+                    Ok(Ok(Ok(out))) => return Ok(out),
+                    Ok(Ok(Err(ProposeError::NotLeader(hint)))) => Error::consensus(
                         ErrorKind::Unavailable,
-                        &op,
+                        op,
                         format!("node {l} is not the leader: leader={hint:?}"),
                     ),
-                    Ok(Reply::Proposed(Err(ProposeError::Failed(text)))) => {
-                        Error::consensus(ErrorKind::Unavailable, &op, RemoteFailure(text))
+                    Ok(Ok(Err(ProposeError::Failed(text)))) => {
+                        Error::consensus(ErrorKind::Unavailable, op, RemoteFailure(text))
                     }
-                    Ok(other) => Error::consensus(
+                    Ok(Err(other)) => Error::consensus(
                         ErrorKind::Internal,
-                        &op,
+                        op,
                         format!("unexpected reply from node {l}: {other:?}"),
                     ),
                     // Whatever the cause, the leader may be reachable later.
                     Err(CallError::Unreachable(e)) => {
-                        Error::consensus(ErrorKind::Unavailable, &op, e)
+                        Error::consensus(ErrorKind::Unavailable, op, e)
                     }
-                    Err(CallError::Failed(e)) => Error::consensus(e.kind(), &op, e),
+                    Err(CallError::Failed(e)) => Error::consensus(e.kind(), op, e),
                 }
             }
-            None => Error::consensus(ErrorKind::Unavailable, &op, "no leader is known"),
+            None => Error::consensus(ErrorKind::Unavailable, op, "no leader is known"),
         };
         if !failure.is_transient() {
             return Err(failure);
@@ -719,7 +827,10 @@ async fn trigger(shared: &Shared) -> Result<CheckpointId> {
             format!("this node is not the leader: leader={leader:?}"),
         ));
     }
-    let participants = live_voters(shared);
+    let participants = match shared.config.participants {
+        Participants::AllVoters => health(shared).voters,
+        Participants::LiveVoters => live_voters(shared),
+    };
     let checkpoint = shared.sm.ledger().next_id();
     let command = Command::Trigger {
         checkpoint,
@@ -773,9 +884,13 @@ async fn drive(shared: Arc<Shared>) {
                 break;
             }
         }
+        // With every voter taking part, a trigger while one is
+        // unreachable would only be aborted.
+        let all_live = shared.config.participants == Participants::LiveVoters || live == voters;
         if let Some(every) = shared.config.checkpoint_interval
             && last_trigger.elapsed() >= every
             && ledger.pending().next().is_none()
+            && all_live
         {
             last_trigger = tokio::time::Instant::now();
             if let Err(e) = trigger(&shared).await {
@@ -857,7 +972,7 @@ pub(crate) fn refusal(peer: NodeId, request: &Request) -> Option<String> {
         Request::Propose(_) if peer == TOOL_IDENTITY => {
             Some("a tool may not propose ledger commands".into())
         }
-        Request::Propose(_) | Request::Status | Request::Trigger => None,
+        Request::Propose(_) | Request::Status | Request::Trigger | Request::ReadIndex => None,
     }
 }
 
@@ -927,7 +1042,12 @@ fn snapshot_mismatch(r: &openraft::raft::InstallSnapshotRequest<TypeConfig>, exp
 
 async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     let limit = Arc::new(tokio::sync::Semaphore::new(shared.config.max_connections));
+    // Owned here: when the node shuts down (this task is aborted), its
+    // connections end with it instead of answering for a stopped node.
+    let mut connections = tokio::task::JoinSet::new();
     loop {
+        // Reap finished connections so the set stays small.
+        while connections.try_join_next().is_some() {}
         let Ok((stream, from)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
@@ -940,7 +1060,7 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         };
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             connection(stream, shared).await;
             drop(permit);
         });
@@ -1041,6 +1161,11 @@ async fn connection(mut stream: tokio::net::TcpStream, shared: Arc<Shared>) {
                     )))
                 }
             }
+            Request::ReadIndex => Reply::ReadIndex(
+                read_index_local(&shared)
+                    .await
+                    .map_err(LocalProposeError::into_wire),
+            ),
             Request::Status => Reply::Status(Box::new(NodeStatus {
                 health: health(&shared),
                 ledger: shared.sm.ledger(),

@@ -4,7 +4,9 @@
 
 use highwater_core::{Error, ErrorKind};
 use openraft::BasicNode;
-use openraft::error::{ChangeMembershipError, ClientWriteError, Fatal, InitializeError, RaftError};
+use openraft::error::{
+    ChangeMembershipError, CheckIsLeaderError, ClientWriteError, Fatal, InitializeError, RaftError,
+};
 
 use crate::ledger::NodeId;
 
@@ -50,6 +52,14 @@ impl Classify for InitializeError<NodeId, BasicNode> {
             InitializeError::NotAllowed(_) => ErrorKind::AlreadyExists,
             InitializeError::NotInMembers(_) => ErrorKind::Invalid,
         }
+    }
+}
+
+impl Classify for CheckIsLeaderError<NodeId, BasicNode> {
+    /// Not the leader, or no majority confirmed its leadership: transient
+    /// ([`ErrorKind::Unavailable`]).
+    fn kind(&self) -> ErrorKind {
+        ErrorKind::Unavailable
     }
 }
 

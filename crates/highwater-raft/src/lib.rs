@@ -52,6 +52,7 @@ mod state_machine;
 pub use auth::{ClusterSecret, TOOL_IDENTITY};
 pub use coordinator::{
     CheckpointCoordinator, ClusterHealth, DistributedConfig, MAX_PEER_TERM_OR_INDEX, NodeStatus,
+    Participants,
 };
 pub use ledger::{
     AbortReason, CheckpointRecord, CheckpointState, Command, CompletedCheckpoint, FINISHED_HISTORY,

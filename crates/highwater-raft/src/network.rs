@@ -51,6 +51,9 @@ pub(crate) enum Request {
     Status,
     /// Trigger a checkpoint now (only the leader accepts).
     Trigger,
+    /// The leader's read index, confirmed by a majority (only the leader
+    /// answers).
+    ReadIndex,
 }
 
 /// Why a forwarded proposal failed.
@@ -70,6 +73,7 @@ pub(crate) enum Reply {
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
     Proposed(Result<Outcome, ProposeError>),
     Status(Box<crate::NodeStatus>),
+    ReadIndex(Result<u64, ProposeError>),
 }
 
 fn frame_err(detail: impl std::fmt::Display) -> Error {

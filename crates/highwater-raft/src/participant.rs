@@ -10,7 +10,7 @@ use highwater_core::{
 };
 use tokio::runtime::Handle;
 
-use crate::coordinator::CheckpointCoordinator;
+use crate::coordinator::{CheckpointCoordinator, Participants};
 use crate::ledger::{CheckpointRecord, CheckpointState, Ledger, ManifestRef, Outcome};
 
 /// The [`Coordinator`] of a cluster job's global checkpoints on one node:
@@ -46,13 +46,26 @@ impl std::fmt::Debug for RaftParticipant {
 }
 
 impl RaftParticipant {
-    /// The participant of `node`, whose runtime is `io`.
-    pub fn new(node: Arc<CheckpointCoordinator>, io: Handle) -> RaftParticipant {
-        RaftParticipant {
+    /// The participant of `node`, whose runtime is `io`. The node must
+    /// name every voter as a participant of its checkpoints
+    /// ([`Participants::AllVoters`], the default): a cut without some
+    /// node's part is not the job's state ([`ErrorKind::Invalid`]
+    /// otherwise).
+    ///
+    /// [`ErrorKind::Invalid`]: highwater_core::ErrorKind::Invalid
+    pub fn new(node: Arc<CheckpointCoordinator>, io: Handle) -> Result<RaftParticipant> {
+        if node.participants() != Participants::AllVoters {
+            return Err(Error::InvalidArgument(format!(
+                "node {} triggers checkpoints for {:?}; a job's global checkpoints need every node's part: start it with Participants::AllVoters",
+                node.node_id(),
+                node.participants()
+            )));
+        }
+        Ok(RaftParticipant {
             node,
             io,
             timeout: PARTICIPANT_REQUEST_TIMEOUT,
-        }
+        })
     }
 
     /// Sets how long a request may take (default
@@ -145,6 +158,13 @@ impl Coordinator for RaftParticipant {
         // Rejected when it is no longer pending: nothing to abort then.
         self.run(async move { node.abort_checkpoint(checkpoint, why).await })?;
         Ok(())
+    }
+
+    /// A read index from the leader, applied here
+    /// ([`CheckpointCoordinator::sync_ledger`]).
+    fn sync(&self) -> Result<()> {
+        let node = self.node.clone();
+        self.run(async move { node.sync_ledger().await })
     }
 
     fn completed(&self, limit: usize) -> Result<Vec<GlobalCheckpoint>> {

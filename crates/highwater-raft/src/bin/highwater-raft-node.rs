@@ -65,6 +65,8 @@ fn parse(args: &[String]) -> Result<NodeOptions> {
     let mut config = DistributedConfig::new(id, listen, data).secret(secret);
     config.peers = parse_peers(&peers)?;
     config.join = join;
+    // The test clusters' ledgers go on while a node is down.
+    config.participants = highwater_raft::Participants::LiveVoters;
     if let Some(d) = ms("--election-ms") {
         config.election_timeout = d;
     }

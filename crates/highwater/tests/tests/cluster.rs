@@ -317,7 +317,7 @@ mod raft {
                     .config(config(true, 4, 2))
                     .max_parallelism(MAX_PARALLELISM)
                     .cluster(
-                        Arc::new(RaftParticipant::new(n.clone(), rt.handle().clone())),
+                        Arc::new(RaftParticipant::new(n.clone(), rt.handle().clone()).unwrap()),
                         p,
                         i as u16,
                     )
@@ -514,4 +514,74 @@ fn a_checkpoint_aborted_before_its_acknowledgement_is_not_a_failure_of_the_part(
         vec![second.id],
         "part {aborted} was not removed"
     );
+}
+
+/// A coordinator whose newest completed checkpoint lacks one part, as a
+/// ledger that went on without an unreachable node would report it.
+#[derive(Debug)]
+struct WithoutPart {
+    inner: Arc<dyn highwater::Coordinator>,
+    missing: highwater::ParticipantId,
+}
+
+impl highwater::Coordinator for WithoutPart {
+    fn participant(&self) -> highwater::ParticipantId {
+        self.inner.participant()
+    }
+    fn next_barrier(&self, after: Option<CheckpointId>) -> highwater::Result<Option<CheckpointId>> {
+        self.inner.next_barrier(after)
+    }
+    fn acknowledge(&self, c: CheckpointId, part: &highwater::PartRef) -> highwater::Result<()> {
+        self.inner.acknowledge(c, part)
+    }
+    fn decline(&self, c: CheckpointId, why: &str) -> highwater::Result<()> {
+        self.inner.decline(c, why)
+    }
+    fn completed(&self, limit: usize) -> highwater::Result<Vec<highwater::GlobalCheckpoint>> {
+        let mut out = self.inner.completed(limit)?;
+        if let Some(newest) = out.first_mut() {
+            newest.parts.remove(&self.missing);
+        }
+        Ok(out)
+    }
+    fn status(&self, c: CheckpointId) -> highwater::Result<highwater::GlobalStatus> {
+        self.inner.status(c)
+    }
+}
+
+/// Regression (found by the cluster demo's kill test): a global checkpoint
+/// completed without one subtask's part restored that subtask's key groups
+/// empty on a rescale. It is refused with a typed error naming the
+/// checkpoint, and nothing is loaded.
+#[test]
+fn a_cut_without_some_subtasks_part_is_refused_not_restored_empty() {
+    let dir = LocalStore::new();
+    let store = dir.dyn_store();
+    let job = Job::start(&store, 2);
+    for k in 0..60 {
+        job.add(&format!("k{k}"), 1);
+    }
+    let id = job.checkpoint_all();
+    drop(job);
+    // One subtask (a rescale 2 → 1) reads every part of the cut.
+    let coordinator = LocalCoordinator::open(store.clone(), 1, None).unwrap();
+    let manager = StateManager::builder()
+        .backend(Arc::new(MemoryBackend::new()))
+        .store(store.clone())
+        .config(config(true, 4, 2))
+        .max_parallelism(MAX_PARALLELISM)
+        .cluster(
+            Arc::new(WithoutPart {
+                inner: coordinator.participant(0).unwrap(),
+                missing: 1,
+            }),
+            1,
+            0,
+        )
+        .build()
+        .unwrap();
+    let e = manager.restore_latest().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corruption, "{e}");
+    assert!(e.to_string().contains(&id.to_string()), "{e}");
+    assert_eq!(manager.backend().stats().entries, 0, "nothing was loaded");
 }
