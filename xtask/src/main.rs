@@ -19,7 +19,8 @@
 //!   with the nightly toolchain (cargo-fuzz installed if missing);
 //! - `torture SUITE [--rounds N]`: long crash tests (`wal`: 1,000 SIGKILLs;
 //!   `checkpoint`: 1,000 SIGKILLs of checkpoints, merges and retention;
-//!   `raft`: 500 rounds of crashes, restarts and partitions of 5 nodes).
+//!   `raft`: 500 rounds of crashes, restarts and partitions of 5 nodes;
+//!   `cluster`: 200 SIGKILLs of the cluster demo's node processes).
 //!
 //! The build output is `$CARGO_TARGET_DIR`, or `target/` in the repository.
 

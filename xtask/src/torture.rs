@@ -7,9 +7,9 @@ use std::process::Command;
 use crate::util::{Result, Workspace, io_context, run};
 
 /// The torture suites: name, default rounds, the rounds variable, the
-/// package, its test target, and the test (its exact name in that target)
-/// that reads it.
-const SUITES: &[(&str, u64, &str, &str, &str, &str)] = &[
+/// package, its test target, the test (its exact name in that target)
+/// that reads it, and the features it needs.
+const SUITES: &[(&str, u64, &str, &str, &str, &str, &str)] = &[
     (
         "wal",
         1_000,
@@ -19,6 +19,7 @@ const SUITES: &[(&str, u64, &str, &str, &str, &str)] = &[
         // also the child it kills.
         "crash",
         "sigkill_never_loses_an_acknowledged_record",
+        "",
     ),
     (
         "checkpoint",
@@ -30,6 +31,7 @@ const SUITES: &[(&str, u64, &str, &str, &str, &str)] = &[
         // workload's model.
         "crash",
         "merge::sigkill_during_checkpoints_merges_and_gc_leaves_every_retained_checkpoint_restorable",
+        "",
     ),
     (
         "raft",
@@ -38,12 +40,26 @@ const SUITES: &[(&str, u64, &str, &str, &str, &str)] = &[
         "highwater-raft",
         "tests",
         "faults::randomized_crashes_restarts_and_partitions_keep_the_ledger_invariants",
+        "",
+    ),
+    (
+        "cluster",
+        200,
+        "HIGHWATER_CLUSTER_TORTURE_ROUNDS",
+        "highwater-cli",
+        // The cluster demo (3 node processes, Raft) whose nodes are
+        // SIGKILLed and restarted: the rounds are node kills, 20 per run
+        // of the job, each run's digest checked.
+        "tests",
+        "a_raft_cluster_whose_nodes_are_killed_and_restarted_gives_the_single_process_digest",
+        "highwater-cli/full",
     ),
 ];
 
 /// Runs torture suite `name` for `rounds` rounds (its default if `None`).
 pub fn run_torture(ws: &Workspace, name: &str, rounds: Option<u64>) -> Result {
-    let Some(&(_, default, var, package, target, test)) = SUITES.iter().find(|s| s.0 == name)
+    let Some(&(_, default, var, package, target, test, features)) =
+        SUITES.iter().find(|s| s.0 == name)
     else {
         let known: Vec<&str> = SUITES.iter().map(|s| s.0).collect();
         return Err(format!(
@@ -69,6 +85,9 @@ pub fn run_torture(ws: &Workspace, name: &str, rounds: Option<u64>) -> Result {
         "--no-run",
         "--message-format=json-render-diagnostics",
     ]);
+    if !features.is_empty() {
+        build.args(["--features", features]);
+    }
     let shown = crate::util::render(&build);
     println!("$ {shown}");
     let out = build

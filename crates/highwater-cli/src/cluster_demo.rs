@@ -27,15 +27,18 @@ use crate::demo::{DemoArgs, MAX_PARALLELISM, digest, process, report_restore};
 
 const SECRET_FILE: &str = "cluster.secret";
 const ADDRS_FILE: &str = "cluster.addrs";
-const FINAL_PREFIX: &str = "final-cut: ";
+/// A node's line when it has processed its partitions, followed by its
+/// ledger's next checkpoint id.
+const DONE_PREFIX: &str = "done-after: ";
 /// How long the nodes wait for their final global checkpoint.
-const FINAL_TIMEOUT: Duration = Duration::from_secs(120);
+const FINAL_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn io(what: String) -> impl FnOnce(std::io::Error) -> Error {
     move |e| Error::io(what, e)
 }
 
-/// The parent: spawns the nodes, waits, prints the global digest.
+/// The parent: spawns the nodes, supervises them (restarting the ones
+/// `--chaos-kills` kills), picks the final cut, prints the global digest.
 pub fn run(args: &DemoArgs, dir: &Path, nodes: u16) -> Result<ExitCode> {
     if !args.resume && dir.join(ADDRS_FILE).exists() {
         // A fresh run of a cluster: the old ledger and parts go.
@@ -44,71 +47,157 @@ pub fn run(args: &DemoArgs, dir: &Path, nodes: u16) -> Result<ExitCode> {
     std::fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
     let secret = dir.join(SECRET_FILE);
     if !secret.exists() {
-        let hasher = std::collections::hash_map::RandomState::new();
-        let bytes: Vec<u8> = (0..4u64)
-            .flat_map(|i| std::hash::BuildHasher::hash_one(&hasher, i).to_le_bytes())
-            .collect();
-        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let hex = highwater::raft::ClusterSecret::generate_hex()?;
         std::fs::write(&secret, hex).map_err(io(format!("write {}", secret.display())))?;
     }
-    addresses(dir, nodes)?;
-    // Markers of an earlier run (of any number of nodes) go.
-    for entry in std::fs::read_dir(dir).map_err(io(format!("list {}", dir.display())))? {
-        let path = entry.map_err(io(format!("list {}", dir.display())))?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if name.starts_with("done-") || name.starts_with("final-") {
-            let _ = std::fs::remove_file(&path);
-        }
-    }
-    let exe = std::env::current_exe().map_err(io("find the highwater binary".into()))?;
-    let mut children = Vec::new();
-    let mut stdins = Vec::new();
-    for id in 1..=nodes {
-        let mut c = Command::new(&exe);
-        c.arg("demo")
-            .arg("--dir")
-            .arg(dir)
-            .args(["--cluster", &nodes.to_string(), "--node", &id.to_string()])
-            .args(["--events", &args.events.to_string()])
-            .args(["--keys", &args.keys.to_string()])
-            .args(["--seed", &args.seed.to_string()])
-            .args(["--checkpoint-every", &args.checkpoint_every.to_string()]);
-        if args.full_only {
-            c.arg("--full-only");
-        }
-        if args.resume {
-            c.arg("--resume");
-        }
-        // A node stops when its standard input closes: the parent died.
-        c.stdin(Stdio::piped()).stdout(Stdio::piped());
-        let mut child = c.spawn().map_err(io(format!("spawn node {id}")))?;
-        let out = child.stdout.take().expect("piped");
-        // Held open until every node is done (`wait` would close it).
-        stdins.push(child.stdin.take());
-        let reader = std::thread::spawn(move || {
-            let mut cut = None;
-            for line in BufReader::new(out).lines().map_while(std::io::Result::ok) {
-                match line.strip_prefix(FINAL_PREFIX) {
-                    Some(c) => cut = Some(c.to_string()),
-                    None => println!("[node {id}] {line}"),
-                }
+    let addrs: Vec<std::net::SocketAddr> = addresses(dir, nodes)?
+        .iter()
+        .map(|a| {
+            a.parse()
+                .map_err(|e| Error::InvalidArgument(format!("node address {a}: {e}")))
+        })
+        .collect::<Result<_>>()?;
+    let secret = highwater::raft::ClusterSecret::from_file(&secret)?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut members: Vec<Member> = (1..=nodes)
+        .map(|id| Member::spawn(args, dir, nodes, id, 0, args.resume, &tx))
+        .collect::<Result<_>>()?;
+    let mut chaos = Chaos::new(args);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(io("start the parent's runtime".into()))?;
+    let status = |addr| {
+        runtime.block_on(highwater::raft::query_status(
+            addr,
+            &secret,
+            Duration::from_millis(500),
+        ))
+    };
+    let deadline = Instant::now() + FINAL_TIMEOUT + chaos.budget();
+    let mut polled = Instant::now();
+    let global = loop {
+        for (id, incarnation, line) in rx.try_iter() {
+            let m = &mut members[usize::from(id - 1)];
+            if m.incarnation != incarnation {
+                continue;
             }
-            cut
-        });
-        children.push((id, child, reader));
-    }
-    let mut cut = None;
-    for (id, mut child, reader) in children {
-        let status = child.wait().map_err(io(format!("wait for node {id}")))?;
-        let line = reader.join().ok().flatten();
-        if !status.success() {
-            return Err(Error::Internal(format!("node {id} failed: {status}")));
+            match line.strip_prefix(DONE_PREFIX) {
+                Some(next) => {
+                    m.done_after = Some(next.trim().parse().map_err(|_| {
+                        Error::Internal(format!("bad done line from node {id}: {line:?}"))
+                    })?);
+                }
+                None => println!("[node {id}] {line}"),
+            }
         }
-        cut = cut.or(line);
+        for m in &mut members {
+            if let Some(exit) = m
+                .child
+                .try_wait()
+                .map_err(io(format!("wait for node {}", m.id)))?
+            {
+                if !(m.armed && exit.code() == Some(CRASH_BEFORE_ACK_EXIT)) {
+                    return Err(Error::Internal(format!("node {} failed: {exit}", m.id)));
+                }
+                println!("chaos: node {} exited before an acknowledgement", m.id);
+                *m = Member::spawn(args, dir, nodes, m.id, m.incarnation + 1, true, &tx)?;
+            }
+        }
+        if let Some(victim) = chaos.due(&addrs, |addr| status(addr).ok()) {
+            let m = &mut members[usize::from(victim.id - 1)];
+            if victim.before_ack && !m.armed {
+                println!(
+                    "chaos: killed node {} between a part and its acknowledgement ({} of {})",
+                    m.id, chaos.done, chaos.kills
+                );
+                m.send(CRASH_BEFORE_ACK_LINE);
+                m.armed = true;
+                continue;
+            }
+            m.child.kill().map_err(io(format!("kill node {}", m.id)))?;
+            m.child
+                .wait()
+                .map_err(io(format!("wait for node {}", m.id)))?;
+            println!(
+                "chaos: killed node {}{} ({} of {})",
+                m.id,
+                if victim.leader { " (the leader)" } else { "" },
+                chaos.done,
+                chaos.kills
+            );
+            *m = Member::spawn(args, dir, nodes, m.id, m.incarnation + 1, true, &tx)?;
+        }
+        // Every node done, no kill to come: the first global checkpoint
+        // triggered after every node's done line holds the final state of
+        // all of them.
+        let after = members
+            .iter()
+            .map(|m| m.done_after)
+            .collect::<Option<Vec<u64>>>();
+        let armed = members.iter().any(|m| m.armed);
+        if let (Some(after), true) = (
+            after,
+            chaos.finished() && !armed && polled.elapsed() > Duration::from_millis(20),
+        ) {
+            polled = Instant::now();
+            let after = after.into_iter().max().unwrap_or(0);
+            if let Some(c) = addrs
+                .iter()
+                .find_map(|a| status(*a).ok())
+                .and_then(|s| s.ledger.latest_completed().cloned())
+                .filter(|c| c.id.0 >= after)
+            {
+                break GlobalCheckpoint {
+                    id: c.id,
+                    parts: c
+                        .manifests
+                        .iter()
+                        .map(|(n, r)| Ok((*n, PartRef::parse(&r.0)?)))
+                        .collect::<Result<_>>()?,
+                };
+            }
+        }
+        if Instant::now() > deadline {
+            // What each node knows, to see where the job stalled.
+            let views: Vec<String> = addrs
+                .iter()
+                .enumerate()
+                .map(|(i, a)| match status(*a) {
+                    Ok(s) => format!(
+                        "node {}: {} leader={:?} term={} voters={:?} latest completed={:?} pending={:?} done_after={:?}",
+                        i + 1,
+                        s.health.role,
+                        s.health.leader,
+                        s.health.term,
+                        s.health.voters,
+                        s.ledger.latest_completed().map(|c| c.id),
+                        s.ledger
+                            .pending()
+                            .map(|c| (c.id, c.participants.clone(), c.acks.keys().copied().collect::<Vec<_>>()))
+                            .collect::<Vec<_>>(),
+                        members[i].done_after,
+                    ),
+                    Err(e) => format!("node {}: no status: {e}", i + 1),
+                })
+                .collect();
+            return Err(Error::Internal(format!(
+                "no final global checkpoint in time; {}",
+                views.join("; ")
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    for m in &mut members {
+        m.stop();
     }
-    drop(stdins);
-    let cut = cut.ok_or_else(|| Error::Internal("no node reported its final cut".into()))?;
-    let global = parse_cut(&cut)?;
+    for m in members {
+        let id = m.id;
+        let exit = m.wait()?;
+        if !exit.success() {
+            return Err(Error::Internal(format!("node {id} failed: {exit}")));
+        }
+    }
     println!(
         "global checkpoint {} of {} parts",
         global.id,
@@ -127,6 +216,188 @@ pub fn run(args: &DemoArgs, dir: &Path, nodes: u16) -> Result<ExitCode> {
     println!("checkpoints in {}", dir.display());
     println!("digest: {}", digest(&[&reader])?);
     Ok(ExitCode::SUCCESS)
+}
+
+/// One node process as its parent sees it.
+struct Member {
+    id: u16,
+    /// How many times this node was restarted.
+    incarnation: u32,
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    reader: Option<std::thread::JoinHandle<()>>,
+    /// The ledger's next id when this incarnation finished its partitions:
+    /// every part it takes of a checkpoint from there on holds its final
+    /// state.
+    done_after: Option<u64>,
+    /// Told to exit before its next acknowledgement.
+    armed: bool,
+}
+
+impl Member {
+    fn spawn(
+        args: &DemoArgs,
+        dir: &Path,
+        nodes: u16,
+        id: u16,
+        incarnation: u32,
+        resume: bool,
+        lines: &std::sync::mpsc::Sender<(u16, u32, String)>,
+    ) -> Result<Member> {
+        let exe = std::env::current_exe().map_err(io("find the highwater binary".into()))?;
+        let mut c = Command::new(&exe);
+        c.arg("demo")
+            .arg("--dir")
+            .arg(dir)
+            .args(["--cluster", &nodes.to_string(), "--node", &id.to_string()])
+            .args(["--events", &args.events.to_string()])
+            .args(["--keys", &args.keys.to_string()])
+            .args(["--seed", &args.seed.to_string()])
+            .args(["--checkpoint-every", &args.checkpoint_every.to_string()]);
+        if args.full_only {
+            c.arg("--full-only");
+        }
+        if resume {
+            c.arg("--resume");
+        }
+        // A node stops on a `stop` line, and exits when its standard input
+        // closes: the parent died.
+        c.stdin(Stdio::piped()).stdout(Stdio::piped());
+        let mut child = c.spawn().map_err(io(format!("spawn node {id}")))?;
+        let out = child.stdout.take().expect("piped");
+        let stdin = child.stdin.take();
+        let lines = lines.clone();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(std::io::Result::ok) {
+                let _ = lines.send((id, incarnation, line));
+            }
+        });
+        Ok(Member {
+            id,
+            incarnation,
+            child,
+            stdin,
+            reader: Some(reader),
+            done_after: None,
+            armed: false,
+        })
+    }
+
+    fn stop(&mut self) {
+        self.send("stop");
+    }
+
+    /// One line to the node's standard input.
+    fn send(&mut self, line: &str) {
+        use std::io::Write;
+        if let Some(stdin) = self.stdin.as_mut() {
+            let _ = writeln!(stdin, "{line}").and_then(|()| stdin.flush());
+        }
+    }
+
+    /// Waits for the process and for the rest of its output.
+    fn wait(mut self) -> Result<std::process::ExitStatus> {
+        let exit = self
+            .child
+            .wait()
+            .map_err(io(format!("wait for node {}", self.id)))?;
+        drop(self.stdin.take());
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        Ok(exit)
+    }
+}
+
+/// The `--chaos-kills` schedule: SIGKILLs of random nodes (the leader in
+/// every third, when one is known; in another third the node is told to
+/// exit between a part's upload and its acknowledgement) at random moments, each node restarted with
+/// `--resume`.
+struct Chaos {
+    kills: u32,
+    done: u32,
+    rng: fastrand::Rng,
+    next: Instant,
+}
+
+/// Who a kill hits, and how.
+struct Victim {
+    id: u16,
+    leader: bool,
+    /// Instead of a SIGKILL now: the node exits at its next part, after
+    /// the part is uploaded and its manifest committed, before the ledger
+    /// hears of it.
+    before_ack: bool,
+}
+
+/// The exit status of a node told to crash before an acknowledgement.
+const CRASH_BEFORE_ACK_EXIT: i32 = 86;
+/// The line that tells a node to crash before its next acknowledgement.
+const CRASH_BEFORE_ACK_LINE: &str = "crash-before-ack";
+
+/// The longest pause between two kills.
+const CHAOS_GAP_MS: u64 = 300;
+
+impl Chaos {
+    fn new(args: &DemoArgs) -> Chaos {
+        let seed = args.chaos_seed.unwrap_or_else(|| fastrand::u64(..));
+        if args.chaos_kills > 0 {
+            println!("chaos: {} kills, seed {seed}", args.chaos_kills);
+        }
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let next = Instant::now() + Duration::from_millis(rng.u64(..CHAOS_GAP_MS));
+        Chaos {
+            kills: args.chaos_kills,
+            done: 0,
+            rng,
+            next,
+        }
+    }
+
+    /// How much longer the run may take for the kills.
+    fn budget(&self) -> Duration {
+        Duration::from_secs(5) * self.kills
+    }
+
+    fn finished(&self) -> bool {
+        self.done >= self.kills
+    }
+
+    /// The next node to kill, when a kill is due.
+    fn due(
+        &mut self,
+        addrs: &[std::net::SocketAddr],
+        status: impl Fn(std::net::SocketAddr) -> Option<highwater::raft::NodeStatus>,
+    ) -> Option<Victim> {
+        if self.finished() || Instant::now() < self.next {
+            return None;
+        }
+        self.done += 1;
+        self.next = Instant::now() + Duration::from_millis(self.rng.u64(..CHAOS_GAP_MS));
+        let n = addrs.len() as u16;
+        // Every third kill (the first among them) aims at the leader.
+        if self.done % 3 == 1 {
+            let leader = addrs
+                .iter()
+                .filter_map(|a| status(*a))
+                .find_map(|s| s.health.leader)
+                .and_then(|l| u16::try_from(l).ok())
+                .filter(|l| (1..=n).contains(l));
+            if let Some(id) = leader {
+                return Some(Victim {
+                    id,
+                    leader: true,
+                    before_ack: false,
+                });
+            }
+        }
+        Some(Victim {
+            id: self.rng.u16(1..=n),
+            leader: false,
+            // Every third kill (the second among them).
+            before_ack: self.done % 3 == 2,
+        })
+    }
 }
 
 /// The nodes' addresses: kept in DIR so that a resumed cluster finds its
@@ -157,24 +428,6 @@ fn read_addresses(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path)
         .map(|text| text.lines().map(str::to_string).collect())
         .unwrap_or_default()
-}
-
-/// `<id> <participant>=<part>,…` as printed by a node.
-fn parse_cut(text: &str) -> Result<GlobalCheckpoint> {
-    let bad = || Error::Internal(format!("bad final cut from a node: {text:?}"));
-    let (id, parts) = text.split_once(' ').ok_or_else(bad)?;
-    let id = CheckpointId(id.parse().map_err(|_| bad())?);
-    let parts = parts
-        .split(',')
-        .map(|p| {
-            let (n, r) = p.split_once('=').ok_or_else(bad)?;
-            Ok((
-                n.parse::<ParticipantId>().map_err(|_| bad())?,
-                PartRef::parse(r)?,
-            ))
-        })
-        .collect::<Result<_>>()?;
-    Ok(GlobalCheckpoint { id, parts })
 }
 
 /// One known global checkpoint as a coordinator: what the parent restores.
@@ -246,17 +499,65 @@ fn shrink_to(
     }
 }
 
+/// A node's participant that exits the process, when the parent armed it,
+/// between a part's commit and its acknowledgement (`--chaos-kills`): the
+/// ledger never hears of that part.
+#[derive(Debug)]
+struct CrashBeforeAck {
+    inner: Arc<dyn Coordinator>,
+    armed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Coordinator for CrashBeforeAck {
+    fn participant(&self) -> ParticipantId {
+        self.inner.participant()
+    }
+    fn next_barrier(&self, after: Option<CheckpointId>) -> Result<Option<CheckpointId>> {
+        self.inner.next_barrier(after)
+    }
+    fn acknowledge(&self, c: CheckpointId, part: &PartRef) -> Result<()> {
+        if self.armed.load(std::sync::atomic::Ordering::SeqCst) {
+            println!("exiting before the acknowledgement of {c} ({part} is committed)");
+            std::process::exit(CRASH_BEFORE_ACK_EXIT);
+        }
+        self.inner.acknowledge(c, part)
+    }
+    fn decline(&self, c: CheckpointId, reason: &str) -> Result<()> {
+        self.inner.decline(c, reason)
+    }
+    fn sync(&self) -> Result<()> {
+        self.inner.sync()
+    }
+    fn completed(&self, limit: usize) -> Result<Vec<GlobalCheckpoint>> {
+        self.inner.completed(limit)
+    }
+    fn status(&self, c: CheckpointId) -> Result<GlobalStatus> {
+        self.inner.status(c)
+    }
+}
+
 /// A child: node `id` of `nodes`.
 pub fn run_node(args: &DemoArgs, dir: &Path, nodes: u16, id: u16) -> Result<ExitCode> {
     use highwater::raft::{
         CheckpointCoordinator, ClusterSecret, DistributedConfig, RaftParticipant,
     };
 
-    // The parent died (its end of our standard input closed): stop.
-    std::thread::spawn(|| {
-        let mut sink = String::new();
-        while std::io::stdin().read_line(&mut sink).is_ok_and(|n| n > 0) {
-            sink.clear();
+    // `stop` from the parent: finish. The parent died (its end of our
+    // standard input closed): exit at once.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let crash_before_ack = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (stopping, crashing) = (stop.clone(), crash_before_ack.clone());
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        while std::io::stdin().read_line(&mut line).is_ok_and(|n| n > 0) {
+            match line.trim() {
+                "stop" => stopping.store(true, std::sync::atomic::Ordering::SeqCst),
+                CRASH_BEFORE_ACK_LINE => {
+                    crashing.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                _ => {}
+            }
+            line.clear();
         }
         std::process::exit(3);
     });
@@ -301,18 +602,33 @@ pub fn run_node(args: &DemoArgs, dir: &Path, nodes: u16, id: u16) -> Result<Exit
         .cluster(
             // A node whose peers already stopped gets no majority: its
             // last acknowledgement fails after 10 s instead of waiting.
-            Arc::new(
-                RaftParticipant::new(node.clone(), runtime.handle().clone())?
-                    .with_timeout(Duration::from_secs(10)),
-            ),
+            Arc::new(CrashBeforeAck {
+                inner: Arc::new(
+                    RaftParticipant::new(node.clone(), runtime.handle().clone())?
+                        .with_timeout(Duration::from_secs(10)),
+                ),
+                armed: crash_before_ack,
+            }),
             nodes,
             id - 1,
         )
         .build()?;
-    if args.resume
-        && let Some(info) = manager.restore_latest()?
-    {
-        report_restore(&info);
+    if args.resume {
+        // A restore needs a majority (to sync the ledger view); while
+        // other nodes restart too there may be none for a while.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let restored = loop {
+            match manager.restore_latest() {
+                Err(e) if e.is_transient() && Instant::now() < deadline => {
+                    println!("restore: {e}; retrying");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                other => break other?,
+            }
+        };
+        if let Some(info) = restored {
+            report_restore(&info);
+        }
     }
     let range = highwater::KeyGroupRange::for_subtask(MAX_PARALLELISM, nodes, id - 1)?;
     let done = process(args, &manager, range)?;
@@ -320,42 +636,13 @@ pub fn run_node(args: &DemoArgs, dir: &Path, nodes: u16, id: u16) -> Result<Exit
         "processed {} events in {:.2?}, {} parts taken",
         done.processed, done.elapsed, done.checkpoints
     );
-    // Every node done: the first global checkpoint triggered afterwards
-    // holds the final state of all of them.
-    let marker = |what: &str, n: u16| dir.join(format!("{what}-{n}"));
-    let all = |what: &str| (1..=nodes).all(|n| marker(what, n).exists());
-    std::fs::write(marker("done", id), b"").map_err(io("write the done marker".into()))?;
-    let deadline = Instant::now() + FINAL_TIMEOUT;
-    let mut after = None;
-    let last = loop {
+    // Every barrier taken so far came from this node's ledger, so every
+    // part of a checkpoint from its next id on holds the final state.
+    println!("{DONE_PREFIX}{}", node.ledger().next_id().0);
+    // Take parts until the parent has its final cut.
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
         if let Some(h) = manager.maybe_checkpoint()? {
             h.wait()?;
-        }
-        if after.is_none() && all("done") {
-            after = Some(node.ledger().next_id());
-        }
-        if let (Some(after), Some(c)) = (after, node.latest_completed())
-            && c.id >= after
-        {
-            break c;
-        }
-        if Instant::now() > deadline {
-            return Err(Error::Internal("no final global checkpoint in time".into()));
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    };
-    let parts: Vec<String> = last
-        .manifests
-        .iter()
-        .map(|(n, r)| format!("{n}={r}"))
-        .collect();
-    println!("{FINAL_PREFIX}{} {}", last.id, parts.join(","));
-    // Stay (taking parts) until every node has seen a final cut, so no
-    // node loses its leader before it learns of the completion.
-    std::fs::write(marker("final", id), b"").map_err(io("write the final marker".into()))?;
-    while !all("final") && Instant::now() < deadline {
-        if let Some(h) = manager.maybe_checkpoint()? {
-            let _ = h.wait();
         }
         std::thread::sleep(Duration::from_millis(2));
     }

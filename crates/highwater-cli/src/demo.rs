@@ -107,6 +107,15 @@ pub struct DemoArgs {
     /// --dir, the memory backend). The digest is the single-process one.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=128), conflicts_with = "parallelism")]
     cluster: Option<u16>,
+    /// With --cluster: SIGKILL a random node (the leader in every third
+    /// kill) this many times while the job runs, at random moments
+    /// up to 300 ms apart, and restart it with --resume each time. The
+    /// digest stays the single-process one.
+    #[arg(long, default_value_t = 0, requires = "cluster")]
+    pub(crate) chaos_kills: u32,
+    /// Seed of the --chaos-kills schedule (default: random, printed).
+    #[arg(long, requires = "cluster")]
+    pub(crate) chaos_seed: Option<u64>,
     /// (Internal) run as node ID of --cluster N.
     #[arg(long, hide = true, requires = "cluster")]
     node: Option<u16>,

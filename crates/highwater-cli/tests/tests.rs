@@ -240,6 +240,68 @@ fn a_raft_cluster_killed_resumed_and_shrunk_gives_the_single_process_digest() {
     );
 }
 
+/// `--chaos-kills`: random nodes of a running three-node cluster (the
+/// leader among them) are SIGKILLed at random moments and restarted with
+/// `--resume` while the others go on; the digest is the single-process
+/// one. 20 kills here; `cargo xtask torture cluster` runs 200
+/// (`HIGHWATER_CLUSTER_TORTURE_ROUNDS`).
+#[cfg(feature = "raft")]
+#[test]
+fn a_raft_cluster_whose_nodes_are_killed_and_restarted_gives_the_single_process_digest() {
+    let kills: u32 = std::env::var("HIGHWATER_CLUSTER_TORTURE_ROUNDS")
+        .ok()
+        .map_or(20, |v| {
+            v.parse()
+                .expect("HIGHWATER_CLUSTER_TORTURE_ROUNDS is a number")
+        });
+    let tmp = tempfile::tempdir().unwrap();
+    let events = 200_000;
+    let expected = digest_of(&run_ok(demo_on(
+        &[
+            "--dir".to_string(),
+            tmp.path().join("single").display().to_string(),
+        ],
+        events,
+        false,
+    )));
+    let mut rng = crash::kill_schedule();
+    let (mut left, mut leader_kills, mut run) = (kills, 0, 0);
+    while left > 0 {
+        // At most 20 kills per run of the job.
+        let k = left.min(20);
+        left -= k;
+        run += 1;
+        let seed = rng.next_u64();
+        let dir = tmp.path().join("cluster");
+        let args = [
+            "--dir".to_string(),
+            dir.display().to_string(),
+            "--cluster".into(),
+            "3".into(),
+            "--chaos-kills".into(),
+            k.to_string(),
+            "--chaos-seed".into(),
+            seed.to_string(),
+        ];
+        let out = run_ok(demo_on(&args, events, false));
+        let killed = out
+            .lines()
+            .filter(|l| l.starts_with("chaos: killed node"))
+            .count();
+        assert_eq!(killed, k as usize, "run {run} (chaos seed {seed}):\n{out}");
+        leader_kills += out
+            .lines()
+            .filter(|l| l.starts_with("chaos: killed node") && l.contains("(the leader)"))
+            .count();
+        assert_eq!(
+            digest_of(&out),
+            expected,
+            "run {run}: {k} node kills (chaos seed {seed}):\n{out}"
+        );
+    }
+    assert!(leader_kills > 0, "no kill hit the leader");
+}
+
 /// `verify` of a multi-subtask job's store checks every part of its
 /// newest global checkpoint, and fails when one is gone.
 #[test]

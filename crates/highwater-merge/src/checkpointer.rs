@@ -300,6 +300,11 @@ impl Idle<'_> {
         self.t.base = manifest.filter(|_| whole);
     }
 
+    /// The checkpoint the next incremental one builds on, if any.
+    pub fn base(&self) -> Option<CheckpointId> {
+        self.t.base.as_ref().map(|m| m.checkpoint_id)
+    }
+
     /// Makes the next checkpoint full (the chain it would build on may be
     /// damaged, or the backend no longer holds it).
     pub fn forget_base(&mut self) {

@@ -127,13 +127,19 @@ impl Member {
     }
 
     /// Which of this participant's local manifests to keep: the parts of
-    /// the newest `retained` completed checkpoints, and every part newer
-    /// than the newest completed one that is not known to be aborted (it
-    /// may still complete).
-    fn keep_rule(&self) -> Result<impl Fn(CheckpointId) -> bool + Send + 'static> {
+    /// the newest `retained` completed checkpoints, every part newer than
+    /// the newest completed one that is not known to be aborted (it may
+    /// still complete), and `base`: the part the next incremental part
+    /// builds on, whatever its checkpoint became (its chain's artifacts
+    /// must outlive it until a newer part references them).
+    fn keep_rule(
+        &self,
+        base: Option<CheckpointId>,
+    ) -> Result<impl Fn(CheckpointId) -> bool + Send + 'static> {
         let completed = self.coordinator.completed(self.retained)?;
         let latest = completed.first().map(|g| g.id);
-        let keep: BTreeSet<CheckpointId> = completed.iter().map(|g| g.id).collect();
+        let mut keep: BTreeSet<CheckpointId> = completed.iter().map(|g| g.id).collect();
+        keep.extend(base);
         let coordinator = self.coordinator.clone();
         Ok(move |id: CheckpointId| {
             if keep.contains(&id) {
@@ -172,10 +178,13 @@ pub enum GlobalSource {
 /// newest completed one when `None`): aborts the pending checkpoints this
 /// participant has a part of (they would otherwise complete with state it
 /// is about to abandon), deletes its parts that no completed or pending
-/// checkpoint needs, and says where its key groups come from.
+/// checkpoint needs (but not `base`, the part the checkpointer's next
+/// incremental builds on: [`Idle::base`](crate::Idle::base)),
+/// and says where its key groups come from.
 pub fn prepare_restore(
     checkpointer: &Checkpointer,
     m: &Member,
+    base: Option<CheckpointId>,
     wanted: Option<CheckpointId>,
 ) -> Result<GlobalSource> {
     // A stale view would restore (and keep) a checkpoint the others have
@@ -186,13 +195,22 @@ pub fn prepare_restore(
         .exec()
         .run_io(async move { own.list_manifests().await })?;
     let latest = m.coordinator.latest_completed()?.map(|g| g.id);
+    let mut declined = false;
     for id in own_ids {
         if latest.is_none_or(|l| id > l) && m.coordinator.status(id)? == GlobalStatus::Pending {
             m.coordinator
                 .decline(id, "a participant restored an earlier checkpoint")?;
+            declined = true;
         }
     }
-    checkpointer.retain_only(m.keep_rule()?)?;
+    if declined {
+        // The aborts into this view too: retention then deletes those
+        // parts, and no barrier of them is taken again (found by the
+        // cluster demo's node kills: a restarted node took its part of a
+        // checkpoint it had just declined, and its manifest existed).
+        m.coordinator.sync()?;
+    }
+    checkpointer.retain_only(m.keep_rule(base)?)?;
     let g = match wanted {
         None => m.coordinator.latest_completed()?,
         Some(id) => Some(
@@ -255,15 +273,27 @@ pub fn take_barrier(
             };
             if let Err(e) = member.coordinator.acknowledge(info.id, &part) {
                 // Aborted meanwhile (a participant was lost, or timed
-                // out): this part is garbage that retention removes, not
-                // a failure of this participant.
-                if member.coordinator.status(info.id).ok() != Some(GlobalStatus::Aborted) {
+                // out), or the coordinator is unreachable for now (the
+                // checkpoint then times out): this part is garbage that
+                // retention removes, not a failure of this participant,
+                // which goes on processing (found by the cluster demo's
+                // node kills: a node stopped when its acknowledgement got
+                // no majority while two of three nodes were restarting).
+                // The ledger may have refused it as finished before this
+                // view heard of the abort.
+                let _ = member.coordinator.sync();
+                let aborted =
+                    member.coordinator.status(info.id).ok() == Some(GlobalStatus::Aborted);
+                if !aborted && !e.is_transient() {
                     return Err(e);
                 }
-                tracing::warn!(checkpoint = %info.id, error = %e, "global checkpoint aborted before this part was acknowledged");
+                tracing::warn!(checkpoint = %info.id, error = %e, "this part of a global checkpoint was not acknowledged");
             }
+            // This part is the base of the next incremental one (found by
+            // the cluster demo's node kills: a part of an aborted checkpoint
+            // was deleted while the next part still built on its layers).
             let retained = member
-                .keep_rule()
+                .keep_rule(Some(info.id))
                 .and_then(|keep| pipeline.retain_only(keep));
             if let Err(e) = retained {
                 tracing::warn!(checkpoint = %info.id, error = %e, "retention after a global checkpoint's part failed");

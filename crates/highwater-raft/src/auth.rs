@@ -94,6 +94,16 @@ impl ClusterSecret {
         Ok(ClusterSecret(bytes.into()))
     }
 
+    /// A new secret for a secret file: 32 bytes from the operating
+    /// system's random source, as 64 hex digits (text, so it can be
+    /// copied between machines).
+    pub fn generate_hex() -> Result<String> {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes)
+            .map_err(|e| Error::unexpected("read the operating system's random source", e))?;
+        Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    }
+
     /// Reads the secret from a file: its bytes without trailing ASCII
     /// whitespace (so a line written by `echo` works).
     pub fn from_file(path: impl AsRef<Path>) -> Result<ClusterSecret> {

@@ -75,9 +75,10 @@ impl RaftParticipant {
         self
     }
 
-    /// Runs `fut` on the node's runtime and waits for it.
+    /// Runs `fut` (operation `op`) on the node's runtime and waits for it.
     fn run<T: Send + 'static>(
         &self,
+        op: String,
         fut: impl Future<Output = Result<T>> + Send + 'static,
     ) -> Result<T> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
@@ -88,7 +89,7 @@ impl RaftParticipant {
                 .unwrap_or_else(|_| {
                     Err(Error::consensus(
                         highwater_core::ErrorKind::Unavailable,
-                        "a request of a cluster participant",
+                        op,
                         format!("no answer from a majority within {timeout:?}"),
                     ))
                 });
@@ -144,10 +145,31 @@ impl Coordinator for RaftParticipant {
         let node = self.node.clone();
         let me = node.node_id();
         let reference = ManifestRef(part.to_string());
-        match self.run(async move { node.report_completion(checkpoint, me, reference).await })? {
-            Outcome::Rejected(why) => Err(Error::InvalidArgument(format!(
-                "the ledger refused the acknowledgement of checkpoint {checkpoint}: {why}"
-            ))),
+        let op = format!("acknowledge checkpoint {checkpoint} for node {me}");
+        let sent = reference.clone();
+        match self.run(op, async move {
+            node.report_completion(checkpoint, me, sent).await
+        })? {
+            Outcome::Rejected(why) => {
+                // A retried acknowledgement whose first attempt was
+                // recorded (its answer lost with a leader that died) is
+                // refused as finished: it is acknowledged all the same
+                // (found by the cluster demo's node kills).
+                self.sync()?;
+                let ledger = self.node.ledger();
+                let recorded = ledger
+                    .get(checkpoint)
+                    .is_some_and(|r| r.acks.get(&me) == Some(&reference))
+                    || ledger.latest_completed().is_some_and(|c| {
+                        c.id == checkpoint && c.manifests.get(&me) == Some(&reference)
+                    });
+                if recorded {
+                    return Ok(());
+                }
+                Err(Error::InvalidArgument(format!(
+                    "the ledger refused the acknowledgement of checkpoint {checkpoint}: {why}"
+                )))
+            }
             _ => Ok(()),
         }
     }
@@ -156,7 +178,11 @@ impl Coordinator for RaftParticipant {
         let node = self.node.clone();
         let why = format!("node {}: {reason}", node.node_id());
         // Rejected when it is no longer pending: nothing to abort then.
-        self.run(async move { node.abort_checkpoint(checkpoint, why).await })?;
+        let op = format!("decline checkpoint {checkpoint}");
+        self.run(
+            op,
+            async move { node.abort_checkpoint(checkpoint, why).await },
+        )?;
         Ok(())
     }
 
@@ -164,7 +190,9 @@ impl Coordinator for RaftParticipant {
     /// ([`CheckpointCoordinator::sync_ledger`]).
     fn sync(&self) -> Result<()> {
         let node = self.node.clone();
-        self.run(async move { node.sync_ledger().await })
+        self.run("sync the ledger view".into(), async move {
+            node.sync_ledger().await
+        })
     }
 
     fn completed(&self, limit: usize) -> Result<Vec<GlobalCheckpoint>> {

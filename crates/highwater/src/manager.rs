@@ -602,18 +602,19 @@ impl StateManager {
     ) -> Result<Option<RestoreInfo>> {
         use cluster::GlobalSource;
         let config = self.recovery.clone().optimistic_recovery(false);
-        let (store, id, scope) = match cluster::prepare_restore(&self.checkpointer, m, wanted)? {
-            GlobalSource::Nothing => return Ok(None),
-            GlobalSource::Own(id) => (self.store().clone(), id, RecoveryScope::all()),
-            GlobalSource::View(view, id) => {
-                let max = self.config().max_parallelism;
-                (
-                    view,
-                    id,
-                    RecoveryScope::subtask(max, m.parallelism(), m.subtask())?,
-                )
-            }
-        };
+        let (store, id, scope) =
+            match cluster::prepare_restore(&self.checkpointer, m, idle.base(), wanted)? {
+                GlobalSource::Nothing => return Ok(None),
+                GlobalSource::Own(id) => (self.store().clone(), id, RecoveryScope::all()),
+                GlobalSource::View(view, id) => {
+                    let max = self.config().max_parallelism;
+                    (
+                        view,
+                        id,
+                        RecoveryScope::subtask(max, m.parallelism(), m.subtask())?,
+                    )
+                }
+            };
         let target = RecoveryTarget::Checkpoint(id);
         self.restore_locked(idle, store, target, &scope, &config, None)
             .map(Some)

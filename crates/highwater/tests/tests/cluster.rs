@@ -516,6 +516,95 @@ fn a_checkpoint_aborted_before_its_acknowledgement_is_not_a_failure_of_the_part(
     );
 }
 
+/// A coordinator that cannot be reached for the first acknowledgement (no
+/// majority, say), as a node whose peers are restarting sees it.
+#[derive(Debug)]
+struct UnreachableFirstAck {
+    inner: Arc<dyn highwater::Coordinator>,
+    armed: std::sync::atomic::AtomicBool,
+}
+
+impl highwater::Coordinator for UnreachableFirstAck {
+    fn participant(&self) -> highwater::ParticipantId {
+        self.inner.participant()
+    }
+    fn next_barrier(&self, after: Option<CheckpointId>) -> highwater::Result<Option<CheckpointId>> {
+        self.inner.next_barrier(after)
+    }
+    fn acknowledge(&self, c: CheckpointId, part: &highwater::PartRef) -> highwater::Result<()> {
+        if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return Err(highwater::Error::consensus(
+                ErrorKind::Unavailable,
+                format!("acknowledge checkpoint {c}"),
+                "no answer from a majority",
+            ));
+        }
+        self.inner.acknowledge(c, part)
+    }
+    fn decline(&self, c: CheckpointId, why: &str) -> highwater::Result<()> {
+        self.inner.decline(c, why)
+    }
+    fn completed(&self, limit: usize) -> highwater::Result<Vec<highwater::GlobalCheckpoint>> {
+        self.inner.completed(limit)
+    }
+    fn status(&self, c: CheckpointId) -> highwater::Result<highwater::GlobalStatus> {
+        self.inner.status(c)
+    }
+}
+
+/// Regression (found by the cluster demo's node kills): an acknowledgement
+/// that got no answer (a transient error) stopped the node; the part is
+/// left unacknowledged (its checkpoint never completes) and the
+/// participant goes on: the next checkpoint completes, builds on the
+/// unacknowledged part, and restores.
+#[test]
+fn an_unreachable_coordinator_at_acknowledgement_is_not_a_failure_of_the_part() {
+    let dir = LocalStore::new();
+    let store = dir.dyn_store();
+    let coordinator = LocalCoordinator::open(store.clone(), 1, None).unwrap();
+    let build = |c: Arc<dyn highwater::Coordinator>| {
+        StateManager::builder()
+            .backend(Arc::new(MemoryBackend::new()))
+            .store(store.clone())
+            .config(config(true, 4, 2))
+            .max_parallelism(MAX_PARALLELISM)
+            .cluster(c, 1, 0)
+            .build()
+            .unwrap()
+    };
+    let m = build(Arc::new(UnreachableFirstAck {
+        inner: coordinator.participant(0).unwrap(),
+        armed: true.into(),
+    }));
+    let c = counter(&m);
+    let take = |n: u64| {
+        c.update(&"k".to_string(), &n).unwrap();
+        coordinator.trigger();
+        let h = m.maybe_checkpoint().unwrap().expect("a barrier is pending");
+        h.wait().unwrap().id
+    };
+    let first = take(1);
+    assert!(
+        coordinator.completed(1).is_empty(),
+        "the unacknowledged part completed nothing"
+    );
+    // The coordinator gives up on it (a Raft leader aborts it at its
+    // timeout).
+    coordinator
+        .participant(0)
+        .unwrap()
+        .decline(first, "timed out")
+        .unwrap();
+    let second = take(2);
+    assert_eq!(coordinator.completed(1)[0].id, second);
+    assert!(second > first);
+    drop(c);
+    drop(m);
+    let m = build(coordinator.participant(0).unwrap());
+    m.restore_latest().unwrap();
+    assert_eq!(counter(&m).get(&"k".to_string()).unwrap(), Some(2));
+}
+
 /// A coordinator whose newest completed checkpoint lacks one part, as a
 /// ledger that went on without an unreachable node would report it.
 #[derive(Debug)]
