@@ -99,8 +99,9 @@ impl ClusterSecret {
     /// copied between machines).
     pub fn generate_hex() -> Result<String> {
         let mut bytes = [0u8; 32];
-        getrandom::fill(&mut bytes)
-            .map_err(|e| Error::unexpected("read the operating system's random source", e))?;
+        getrandom::fill(&mut bytes).map_err(|e| {
+            Error::Internal(format!("no randomness for a raft cluster secret: {e}"))
+        })?;
         Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
     }
 
