@@ -437,16 +437,36 @@ mod raft {
     }
 }
 
-/// A coordinator that aborts the first checkpoint just before this
-/// participant's acknowledgement of it arrives, as a lost participant or a
-/// timeout would while it was still uploading.
+/// What a [`Hooked`] coordinator does at the first acknowledgement, before
+/// (or instead of, on an error) passing it on.
+type FirstAck = fn(&dyn highwater::Coordinator, CheckpointId) -> highwater::Result<()>;
+
+/// A participant's coordinator with faults: `first_ack` runs at the first
+/// acknowledgement (abort the checkpoint just before it arrives, as a lost
+/// participant or a timeout would while the part was uploading; or fail as
+/// an unreachable coordinator); `without_part` leaves that participant's
+/// part out of the newest completed checkpoint (as a ledger that went on
+/// without an unreachable node would report it).
 #[derive(Debug)]
-struct AbortFirstBeforeAck {
+struct Hooked {
     inner: Arc<dyn highwater::Coordinator>,
+    first_ack: Option<FirstAck>,
     armed: std::sync::atomic::AtomicBool,
+    without_part: Option<highwater::ParticipantId>,
 }
 
-impl highwater::Coordinator for AbortFirstBeforeAck {
+impl Hooked {
+    fn new(inner: Arc<dyn highwater::Coordinator>) -> Hooked {
+        Hooked {
+            inner,
+            first_ack: None,
+            armed: true.into(),
+            without_part: None,
+        }
+    }
+}
+
+impl highwater::Coordinator for Hooked {
     fn participant(&self) -> highwater::ParticipantId {
         self.inner.participant()
     }
@@ -454,8 +474,10 @@ impl highwater::Coordinator for AbortFirstBeforeAck {
         self.inner.next_barrier(after)
     }
     fn acknowledge(&self, c: CheckpointId, part: &highwater::PartRef) -> highwater::Result<()> {
-        if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
-            self.inner.decline(c, "aborted by the test")?;
+        if let Some(hook) = self.first_ack
+            && self.armed.swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            hook(&*self.inner, c)?;
         }
         self.inner.acknowledge(c, part)
     }
@@ -463,7 +485,11 @@ impl highwater::Coordinator for AbortFirstBeforeAck {
         self.inner.decline(c, why)
     }
     fn completed(&self, limit: usize) -> highwater::Result<Vec<highwater::GlobalCheckpoint>> {
-        self.inner.completed(limit)
+        let mut out = self.inner.completed(limit)?;
+        if let (Some(p), Some(newest)) = (self.without_part, out.first_mut()) {
+            newest.parts.remove(&p);
+        }
+        Ok(out)
     }
     fn status(&self, c: CheckpointId) -> highwater::Result<highwater::GlobalStatus> {
         self.inner.status(c)
@@ -483,9 +509,9 @@ fn a_checkpoint_aborted_before_its_acknowledgement_is_not_a_failure_of_the_part(
         .store(store.clone())
         .config(config(true, 4, 1))
         .cluster(
-            Arc::new(AbortFirstBeforeAck {
-                inner: coordinator.participant(0).unwrap(),
-                armed: std::sync::atomic::AtomicBool::new(true),
+            Arc::new(Hooked {
+                first_ack: Some(|inner, c| inner.decline(c, "aborted by the test")),
+                ..Hooked::new(coordinator.participant(0).unwrap())
             }),
             1,
             0,
@@ -516,42 +542,6 @@ fn a_checkpoint_aborted_before_its_acknowledgement_is_not_a_failure_of_the_part(
     );
 }
 
-/// A coordinator that cannot be reached for the first acknowledgement (no
-/// majority, say), as a node whose peers are restarting sees it.
-#[derive(Debug)]
-struct UnreachableFirstAck {
-    inner: Arc<dyn highwater::Coordinator>,
-    armed: std::sync::atomic::AtomicBool,
-}
-
-impl highwater::Coordinator for UnreachableFirstAck {
-    fn participant(&self) -> highwater::ParticipantId {
-        self.inner.participant()
-    }
-    fn next_barrier(&self, after: Option<CheckpointId>) -> highwater::Result<Option<CheckpointId>> {
-        self.inner.next_barrier(after)
-    }
-    fn acknowledge(&self, c: CheckpointId, part: &highwater::PartRef) -> highwater::Result<()> {
-        if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
-            return Err(highwater::Error::consensus(
-                ErrorKind::Unavailable,
-                format!("acknowledge checkpoint {c}"),
-                "no answer from a majority",
-            ));
-        }
-        self.inner.acknowledge(c, part)
-    }
-    fn decline(&self, c: CheckpointId, why: &str) -> highwater::Result<()> {
-        self.inner.decline(c, why)
-    }
-    fn completed(&self, limit: usize) -> highwater::Result<Vec<highwater::GlobalCheckpoint>> {
-        self.inner.completed(limit)
-    }
-    fn status(&self, c: CheckpointId) -> highwater::Result<highwater::GlobalStatus> {
-        self.inner.status(c)
-    }
-}
-
 /// Regression (found by the cluster demo's node kills): an acknowledgement
 /// that got no answer (a transient error) stopped the node; the part is
 /// left unacknowledged (its checkpoint never completes) and the
@@ -572,9 +562,15 @@ fn an_unreachable_coordinator_at_acknowledgement_is_not_a_failure_of_the_part() 
             .build()
             .unwrap()
     };
-    let m = build(Arc::new(UnreachableFirstAck {
-        inner: coordinator.participant(0).unwrap(),
-        armed: true.into(),
+    let m = build(Arc::new(Hooked {
+        first_ack: Some(|_, c| {
+            Err(highwater::Error::consensus(
+                ErrorKind::Unavailable,
+                format!("acknowledge checkpoint {c}"),
+                "no answer from a majority",
+            ))
+        }),
+        ..Hooked::new(coordinator.participant(0).unwrap())
     }));
     let c = counter(&m);
     let take = |n: u64| {
@@ -605,39 +601,6 @@ fn an_unreachable_coordinator_at_acknowledgement_is_not_a_failure_of_the_part() 
     assert_eq!(counter(&m).get(&"k".to_string()).unwrap(), Some(2));
 }
 
-/// A coordinator whose newest completed checkpoint lacks one part, as a
-/// ledger that went on without an unreachable node would report it.
-#[derive(Debug)]
-struct WithoutPart {
-    inner: Arc<dyn highwater::Coordinator>,
-    missing: highwater::ParticipantId,
-}
-
-impl highwater::Coordinator for WithoutPart {
-    fn participant(&self) -> highwater::ParticipantId {
-        self.inner.participant()
-    }
-    fn next_barrier(&self, after: Option<CheckpointId>) -> highwater::Result<Option<CheckpointId>> {
-        self.inner.next_barrier(after)
-    }
-    fn acknowledge(&self, c: CheckpointId, part: &highwater::PartRef) -> highwater::Result<()> {
-        self.inner.acknowledge(c, part)
-    }
-    fn decline(&self, c: CheckpointId, why: &str) -> highwater::Result<()> {
-        self.inner.decline(c, why)
-    }
-    fn completed(&self, limit: usize) -> highwater::Result<Vec<highwater::GlobalCheckpoint>> {
-        let mut out = self.inner.completed(limit)?;
-        if let Some(newest) = out.first_mut() {
-            newest.parts.remove(&self.missing);
-        }
-        Ok(out)
-    }
-    fn status(&self, c: CheckpointId) -> highwater::Result<highwater::GlobalStatus> {
-        self.inner.status(c)
-    }
-}
-
 /// Regression (found by the cluster demo's kill test): a global checkpoint
 /// completed without one subtask's part restored that subtask's key groups
 /// empty on a rescale. It is refused with a typed error naming the
@@ -660,9 +623,9 @@ fn a_cut_without_some_subtasks_part_is_refused_not_restored_empty() {
         .config(config(true, 4, 2))
         .max_parallelism(MAX_PARALLELISM)
         .cluster(
-            Arc::new(WithoutPart {
-                inner: coordinator.participant(0).unwrap(),
-                missing: 1,
+            Arc::new(Hooked {
+                without_part: Some(1),
+                ..Hooked::new(coordinator.participant(0).unwrap())
             }),
             1,
             0,
