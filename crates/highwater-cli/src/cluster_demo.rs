@@ -7,10 +7,14 @@
 //! runs a Raft coordinator (data in `DIR/raft/node-I`), owns subtask `I-1`
 //! of `N` (its key groups' partitions of the stream), and checkpoints at
 //! the ledger's barriers into its scope of the shared store DIR. When every
-//! node has processed its partitions, the nodes wait for a global
-//! checkpoint triggered after that, print it, and stop. The parent then
-//! restores that global checkpoint into one memory backend and prints its
-//! digest: the single-process digest for the same arguments.
+//! node has processed its partitions, the parent names the first
+//! checkpoint that holds the final state of all of them (`final N`); each
+//! node takes parts until it sees a completed checkpoint from N on, then
+//! takes no more (`parked`), so retention deletes nothing the parent may
+//! still read. Once every node is parked the parent picks the newest
+//! completed checkpoint, stops the nodes, restores it into one memory
+//! backend and prints its digest: the single-process digest for the same
+//! arguments.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -30,6 +34,15 @@ const ADDRS_FILE: &str = "cluster.addrs";
 /// A node's line when it has processed its partitions, followed by its
 /// ledger's next checkpoint id.
 const DONE_PREFIX: &str = "done-after: ";
+/// The parent's line to a node: the first checkpoint id whose parts all
+/// hold the final state.
+const FINAL_PREFIX: &str = "final ";
+/// A node's line once it has seen a completed checkpoint from the final id
+/// on and takes no more parts.
+const PARKED_LINE: &str = "parked";
+/// Test hook: milliseconds the parent waits between picking the final cut
+/// and stopping the nodes.
+pub const HOLD_ENV: &str = "HIGHWATER_DEMO_HOLD_MS";
 /// How long the nodes wait for their final global checkpoint.
 const FINAL_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -40,9 +53,24 @@ fn io(what: String) -> impl FnOnce(std::io::Error) -> Error {
 /// The parent: spawns the nodes, supervises them (restarting the ones
 /// `--chaos-kills` kills), picks the final cut, prints the global digest.
 pub fn run(args: &DemoArgs, dir: &Path, nodes: u16) -> Result<ExitCode> {
+    // A fresh run of a cluster: the old ledger and parts go, renamed away
+    // first, so that a run killed while it deletes them leaves either the
+    // whole old cluster or none (found by the whole-cluster kill test: a
+    // resume of a half-deleted cluster found a ledger whose parts were
+    // gone).
+    let trash = dir.with_file_name(format!(
+        "{}.removing",
+        dir.file_name()
+            .map_or("cluster".into(), |n| n.to_string_lossy())
+    ));
     if !args.resume && dir.join(ADDRS_FILE).exists() {
-        // A fresh run of a cluster: the old ledger and parts go.
-        std::fs::remove_dir_all(dir).map_err(io(format!("remove {}", dir.display())))?;
+        if trash.exists() {
+            std::fs::remove_dir_all(&trash).map_err(io(format!("remove {}", trash.display())))?;
+        }
+        std::fs::rename(dir, &trash).map_err(io(format!("rename {}", dir.display())))?;
+    }
+    if trash.exists() {
+        std::fs::remove_dir_all(&trash).map_err(io(format!("remove {}", trash.display())))?;
     }
     std::fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
     let secret = dir.join(SECRET_FILE);
@@ -82,13 +110,14 @@ pub fn run(args: &DemoArgs, dir: &Path, nodes: u16) -> Result<ExitCode> {
             if m.incarnation != incarnation {
                 continue;
             }
-            match line.strip_prefix(DONE_PREFIX) {
-                Some(next) => {
-                    m.done_after = Some(next.trim().parse().map_err(|_| {
-                        Error::Internal(format!("bad done line from node {id}: {line:?}"))
-                    })?);
-                }
-                None => println!("[node {id}] {line}"),
+            if let Some(next) = line.strip_prefix(DONE_PREFIX) {
+                m.done_after = Some(next.trim().parse().map_err(|_| {
+                    Error::Internal(format!("bad done line from node {id}: {line:?}"))
+                })?);
+            } else if line == PARKED_LINE {
+                m.parked = true;
+            } else {
+                println!("[node {id}] {line}");
             }
         }
         for m in &mut members {
@@ -128,25 +157,32 @@ pub fn run(args: &DemoArgs, dir: &Path, nodes: u16) -> Result<ExitCode> {
             );
             *m = Member::spawn(args, dir, nodes, m.id, m.incarnation + 1, true, &tx)?;
         }
-        // Every node done, no kill to come: the first global checkpoint
+        // Every node done, no kill to come: every global checkpoint
         // triggered after every node's done line holds the final state of
-        // all of them.
+        // all of them. The nodes take parts until one of those completed,
+        // then no more (found by the whole-cluster kill test: nodes that
+        // went on taking parts while the parent read the cut it had picked
+        // completed newer ones, and retention deleted the picked one).
         let after = members
             .iter()
             .map(|m| m.done_after)
             .collect::<Option<Vec<u64>>>();
         let armed = members.iter().any(|m| m.armed);
-        if let (Some(after), true) = (
-            after,
-            chaos.finished() && !armed && polled.elapsed() > Duration::from_millis(20),
-        ) {
-            polled = Instant::now();
+        if let (Some(after), true) = (after, chaos.finished() && !armed) {
             let after = after.into_iter().max().unwrap_or(0);
+            for m in members.iter_mut().filter(|m| !m.told_final) {
+                m.send(&format!("{FINAL_PREFIX}{after}"));
+                m.told_final = true;
+            }
+        }
+        if members.iter().all(|m| m.parked) && polled.elapsed() > Duration::from_millis(20) {
+            polled = Instant::now();
+            // No node takes parts any more: the newest completed
+            // checkpoint stays the newest, and every node retains it.
             if let Some(c) = addrs
                 .iter()
                 .find_map(|a| status(*a).ok())
                 .and_then(|s| s.ledger.latest_completed().cloned())
-                .filter(|c| c.id.0 >= after)
             {
                 break GlobalCheckpoint {
                     id: c.id,
@@ -188,6 +224,14 @@ pub fn run(args: &DemoArgs, dir: &Path, nodes: u16) -> Result<ExitCode> {
         }
         std::thread::sleep(Duration::from_millis(5));
     };
+    // A test hook: the nodes stay up this long before they are stopped, as
+    // on a loaded machine (nothing they do meanwhile may touch the cut).
+    if let Some(ms) = std::env::var(HOLD_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
     for m in &mut members {
         m.stop();
     }
@@ -232,6 +276,11 @@ struct Member {
     done_after: Option<u64>,
     /// Told to exit before its next acknowledgement.
     armed: bool,
+    /// Told the final checkpoint id.
+    told_final: bool,
+    /// Takes no more parts: it has seen a completed checkpoint from the
+    /// final id on.
+    parked: bool,
 }
 
 impl Member {
@@ -280,6 +329,8 @@ impl Member {
             reader: Some(reader),
             done_after: None,
             armed: false,
+            told_final: false,
+            parked: false,
         })
     }
 
@@ -462,29 +513,57 @@ impl Coordinator for FixedCut {
     }
 }
 
-/// Waits until the membership holds no voter past `nodes` (a run on
-/// fewer nodes than an earlier one): every voter takes part in every
-/// checkpoint, so the leader removes the missing ones first.
-fn shrink_to(
+/// Waits until the voters are exactly nodes `1..=nodes` (a run on fewer or
+/// more nodes than an earlier one): every voter takes part in every
+/// checkpoint, so the leader removes the missing ones and adds the new
+/// ones (as learners first: they catch up on the ledger) before any node
+/// processes.
+fn reconcile_membership(
     runtime: &tokio::runtime::Runtime,
     node: &highwater::raft::CheckpointCoordinator,
     nodes: u16,
+    addrs: &[String],
 ) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let health = node.cluster_health();
-        let extra: Vec<u64> = health
+        let gone = health
             .voters
             .iter()
             .copied()
-            .filter(|v| *v > u64::from(nodes))
-            .collect();
-        let Some(&gone) = extra.first() else {
+            .find(|v| *v > u64::from(nodes));
+        let new = (1..=u64::from(nodes)).find(|v| !health.voters.contains(v));
+        if gone.is_none() && new.is_none() {
             return Ok(());
-        };
+        }
+        // Raft changes the membership only with a majority of the current
+        // voters: the nodes of this run must be one.
+        let staying = health
+            .voters
+            .iter()
+            .filter(|v| **v <= u64::from(nodes))
+            .count();
+        if gone.is_some() && staying <= health.voters.len() / 2 {
+            return Err(Error::InvalidArgument(format!(
+                "the cluster's voters are {:?}: {nodes} of them are not a majority, and only a majority can remove the others; resume on {} nodes first, then on {nodes}",
+                health.voters,
+                health.voters.len() / 2 + 1
+            )));
+        }
         if health.leader == Some(node.node_id()) {
-            println!("removing node {gone} from the membership");
-            if let Err(e) = runtime.block_on(node.remove_node(gone))
+            let changed = match (gone, new) {
+                (Some(gone), _) => {
+                    println!("removing node {gone} from the membership");
+                    runtime.block_on(node.remove_node(gone))
+                }
+                (None, Some(new)) => {
+                    println!("adding node {new} to the membership");
+                    let addr = addrs[usize::try_from(new - 1).unwrap_or(usize::MAX)].clone();
+                    runtime.block_on(node.add_node(new, addr))
+                }
+                (None, None) => Ok(()),
+            };
+            if let Err(e) = changed
                 && !e.is_transient()
             {
                 return Err(e);
@@ -492,7 +571,8 @@ fn shrink_to(
         }
         if Instant::now() > deadline {
             return Err(Error::Internal(format!(
-                "node {gone} is still a voter after 30 s"
+                "the voters are still {:?}, not nodes 1 to {nodes}, after 30 s",
+                health.voters
             )));
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -542,20 +622,29 @@ pub fn run_node(args: &DemoArgs, dir: &Path, nodes: u16, id: u16) -> Result<Exit
         CheckpointCoordinator, ClusterSecret, DistributedConfig, RaftParticipant,
     };
 
-    // `stop` from the parent: finish. The parent died (its end of our
-    // standard input closed): exit at once.
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let crash_before_ack = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (stopping, crashing) = (stop.clone(), crash_before_ack.clone());
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+
+    // `final N` from the parent: take parts until a checkpoint from N on
+    // completed; `stop`: finish. The parent died (its end of our standard
+    // input closed): exit at once.
+    let stop = Arc::new(AtomicBool::new(false));
+    let final_id = Arc::new(AtomicU64::new(u64::MAX));
+    let crash_before_ack = Arc::new(AtomicBool::new(false));
+    let (stopping, finals, crashing) = (stop.clone(), final_id.clone(), crash_before_ack.clone());
     std::thread::spawn(move || {
         let mut line = String::new();
         while std::io::stdin().read_line(&mut line).is_ok_and(|n| n > 0) {
             match line.trim() {
-                "stop" => stopping.store(true, std::sync::atomic::Ordering::SeqCst),
-                CRASH_BEFORE_ACK_LINE => {
-                    crashing.store(true, std::sync::atomic::Ordering::SeqCst);
+                "stop" => stopping.store(true, SeqCst),
+                CRASH_BEFORE_ACK_LINE => crashing.store(true, SeqCst),
+                other => {
+                    if let Some(id) = other
+                        .strip_prefix(FINAL_PREFIX)
+                        .and_then(|n| n.parse().ok())
+                    {
+                        finals.store(id, SeqCst);
+                    }
                 }
-                _ => {}
             }
             line.clear();
         }
@@ -573,7 +662,15 @@ pub fn run_node(args: &DemoArgs, dir: &Path, nodes: u16, id: u16) -> Result<Exit
         .map_err(|e| Error::InvalidArgument(format!("node address: {e}")))?;
     let data: PathBuf = dir.join("raft").join(format!("node-{id}"));
     let secret = ClusterSecret::from_file(dir.join(SECRET_FILE))?;
+    // A node new to a cluster that already exists (a resume on more nodes
+    // than before) joins it: the leader adds it.
+    let joins = args.resume
+        && !data.exists()
+        && (1..=nodes)
+            .filter(|&p| p != id)
+            .any(|p| dir.join("raft").join(format!("node-{p}")).exists());
     let mut config = DistributedConfig::new(u64::from(id), listen, &data).secret(secret);
+    config.join = joins;
     config.peers = (1..=nodes)
         .filter(|&p| p != id)
         .map(|p| (u64::from(p), addrs[usize::from(p - 1)].clone()))
@@ -590,7 +687,7 @@ pub fn run_node(args: &DemoArgs, dir: &Path, nodes: u16, id: u16) -> Result<Exit
     )?);
     let node = Arc::new(runtime.block_on(CheckpointCoordinator::start(config, snapshots))?);
     runtime.block_on(node.wait_for_leader(Duration::from_secs(30)))?;
-    shrink_to(&runtime, &node, nodes)?;
+    reconcile_membership(&runtime, &node, nodes, &addrs)?;
     let store = crate::target::open_store(&dir.display().to_string(), "highwater", true)?;
     let manager = StateManager::builder()
         .backend(Arc::new(highwater::memory::MemoryBackend::new()))
@@ -639,10 +736,18 @@ pub fn run_node(args: &DemoArgs, dir: &Path, nodes: u16, id: u16) -> Result<Exit
     // Every barrier taken so far came from this node's ledger, so every
     // part of a checkpoint from its next id on holds the final state.
     println!("{DONE_PREFIX}{}", node.ledger().next_id().0);
-    // Take parts until the parent has its final cut.
-    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-        if let Some(h) = manager.maybe_checkpoint()? {
-            h.wait()?;
+    // Take parts until a checkpoint from the final id on completed, then
+    // wait for the parent to read it.
+    let mut parked = false;
+    while !stop.load(SeqCst) {
+        if !parked {
+            let latest = node.ledger().latest_completed().map(|c| c.id.0);
+            if latest.is_some_and(|l| l >= final_id.load(SeqCst)) {
+                println!("{PARKED_LINE}");
+                parked = true;
+            } else if let Some(h) = manager.maybe_checkpoint()? {
+                h.wait()?;
+            }
         }
         std::thread::sleep(Duration::from_millis(2));
     }

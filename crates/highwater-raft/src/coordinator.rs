@@ -424,13 +424,24 @@ impl CheckpointCoordinator {
     /// this node participates in and has not acknowledged: those triggered
     /// before [`events`](Self::events) was called (for example before a
     /// restart). Subscribe first, then call this, and no barrier is missed.
+    /// With [`Participants::AllVoters`], only checkpoints that name every
+    /// voter of this node's membership: one triggered before a voter joined
+    /// is never a cut of the job, and the leader aborts it.
     pub fn pending_barriers(&self) -> Vec<LedgerEvent> {
         let id = self.shared.id;
+        // With every voter taking part, a checkpoint that does not name
+        // every voter of this node's view was triggered before one joined:
+        // a part of it would not make a cut of the job (found by the
+        // cluster demo's rescale 3 -> 4: three nodes completed a checkpoint
+        // with parts laid out for four). The leader aborts it.
+        let voters = (self.shared.config.participants == Participants::AllVoters)
+            .then(|| health(&self.shared).voters);
         self.shared
             .sm
             .ledger()
             .pending()
             .filter(|c| c.participants.contains(&id) && !c.acks.contains_key(&id))
+            .filter(|c| voters.as_ref().is_none_or(|v| v.is_subset(&c.participants)))
             .map(|c| LedgerEvent::Barrier {
                 checkpoint: c.id,
                 time_ms: c.triggered_ms,
@@ -877,7 +888,8 @@ async fn drive(shared: Arc<Shared>) {
         let live = live_voters(&shared);
         let now = shared.config.clock.now_ms();
         let timeout = shared.config.checkpoint_timeout.as_millis() as u64;
-        for d in decide(&ledger, &voters, &live, now, timeout) {
+        let every_voter = shared.config.participants == Participants::AllVoters;
+        for d in decide(&ledger, &voters, &live, every_voter, now, timeout) {
             let _guard = shared.propose_lock.lock().await;
             if let Err(e) = propose_local(&shared, d).await {
                 tracing::debug!(node = shared.id, error = ?e, "ledger decision not committed");

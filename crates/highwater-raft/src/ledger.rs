@@ -44,6 +44,11 @@ pub enum AbortReason {
     ParticipantLost(NodeId),
     /// An operator or the engine asked for the abort.
     Requested(String),
+    /// With every voter taking part
+    /// ([`Participants::AllVoters`](crate::Participants::AllVoters)), this
+    /// voter joined after the trigger: the checkpoint does not name it, so
+    /// it is not a cut of the job's current subtasks.
+    VoterAdded(NodeId),
 }
 
 impl fmt::Display for AbortReason {
@@ -52,6 +57,7 @@ impl fmt::Display for AbortReason {
             AbortReason::Timeout => f.write_str("timeout"),
             AbortReason::ParticipantLost(n) => write!(f, "participant {n} lost"),
             AbortReason::Requested(why) => write!(f, "requested: {why}"),
+            AbortReason::VoterAdded(n) => write!(f, "voter {n} joined after the trigger"),
         }
     }
 }
@@ -430,12 +436,16 @@ impl Ledger {
 /// - `Abort` with [`AbortReason::ParticipantLost`] naming the first
 ///   participant that left the membership, or that is not live and has not
 ///   acknowledged (it cannot acknowledge any more);
+/// - with `every_voter` (every voter takes part in every checkpoint),
+///   `Abort` with [`AbortReason::VoterAdded`] naming the first voter the
+///   checkpoint does not name (it joined after the trigger);
 /// - `Abort` with [`AbortReason::Timeout`] once more than `timeout_ms` has
 ///   passed since the trigger.
 pub fn decide(
     ledger: &Ledger,
     voters: &BTreeSet<NodeId>,
     live: &BTreeSet<NodeId>,
+    every_voter: bool,
     now_ms: u64,
     timeout_ms: u64,
 ) -> Vec<Command> {
@@ -451,6 +461,14 @@ pub fn decide(
             decisions.push(Command::Abort {
                 checkpoint: c.id,
                 reason: AbortReason::ParticipantLost(*lost),
+            });
+        } else if let Some(added) = voters
+            .iter()
+            .find(|v| every_voter && !c.participants.contains(v))
+        {
+            decisions.push(Command::Abort {
+                checkpoint: c.id,
+                reason: AbortReason::VoterAdded(*added),
             });
         } else if now_ms.saturating_sub(c.triggered_ms) > timeout_ms {
             decisions.push(Command::Abort {
@@ -627,6 +645,7 @@ mod tests {
             cmds in proptest::collection::vec(any_command(), 0..40),
             voters in proptest::collection::btree_set(1u64..5, 0..4),
             live in proptest::collection::btree_set(1u64..5, 0..4),
+            every_voter in any::<bool>(),
             now in 0u64..20,
             timeout in 0u64..10,
         ) {
@@ -643,7 +662,7 @@ mod tests {
                 };
                 l.apply(i as u64 + 1, &c);
             }
-            let decisions = decide(&l, &voters, &live, now, timeout);
+            let decisions = decide(&l, &voters, &live, every_voter, now, timeout);
             let ids: BTreeSet<CheckpointId> = decisions.iter().map(command_id).collect();
             prop_assert_eq!(ids.len(), decisions.len(), "one decision per checkpoint");
             for d in &decisions {
@@ -655,6 +674,10 @@ mod tests {
                         prop_assert!(!rec.fully_acked());
                         prop_assert!(rec.participants.contains(p));
                         prop_assert!(!voters.contains(p) || (!live.contains(p) && !rec.acks.contains_key(p)));
+                    }
+                    Command::Abort { reason: AbortReason::VoterAdded(v), .. } => {
+                        prop_assert!(every_voter && !rec.fully_acked());
+                        prop_assert!(voters.contains(v) && !rec.participants.contains(v));
                     }
                     Command::Abort { reason: AbortReason::Timeout, .. } => {
                         prop_assert!(!rec.fully_acked());
@@ -678,7 +701,7 @@ mod tests {
                 let out = l.apply(index, d);
                 prop_assert!(!matches!(out, Outcome::Rejected(_)), "{:?} rejected: {:?}", d, out);
             }
-            prop_assert!(decide(&l, &voters, &live, now, timeout).is_empty());
+            prop_assert!(decide(&l, &voters, &live, every_voter, now, timeout).is_empty());
         }
     }
 }
