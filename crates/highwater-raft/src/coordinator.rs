@@ -73,6 +73,11 @@ pub struct DistributedConfig {
     /// Which voters each checkpoint is triggered for (default
     /// [`Participants::AllVoters`]).
     pub participants: Participants,
+    /// Fault injection for crash tests (default `None`): as the leader,
+    /// exit the process with this code where it would propose a
+    /// `Complete`, i.e. after every acknowledgement of the checkpoint is
+    /// committed and before its completion is.
+    pub exit_before_complete: Option<i32>,
 }
 
 /// Which voters the leader names as the participants of a checkpoint.
@@ -119,6 +124,7 @@ impl DistributedConfig {
             secret: None,
             max_connections: 256,
             participants: Participants::AllVoters,
+            exit_before_complete: None,
         }
     }
 
@@ -890,6 +896,14 @@ async fn drive(shared: Arc<Shared>) {
         let timeout = shared.config.checkpoint_timeout.as_millis() as u64;
         let every_voter = shared.config.participants == Participants::AllVoters;
         for d in decide(&ledger, &voters, &live, every_voter, now, timeout) {
+            if let (Command::Complete { checkpoint }, Some(code)) =
+                (&d, shared.config.exit_before_complete)
+            {
+                eprintln!(
+                    "exiting before the completion of checkpoint {checkpoint} (fault injection)"
+                );
+                std::process::exit(code);
+            }
             let _guard = shared.propose_lock.lock().await;
             if let Err(e) = propose_local(&shared, d).await {
                 tracing::debug!(node = shared.id, error = ?e, "ledger decision not committed");

@@ -3,7 +3,7 @@
 //! cloud dependencies). Flags: `--id N --listen ADDR --peers ID=ADDR,…
 //! --data DIR --secret-file PATH [--election-ms N] [--heartbeat-ms N]
 //! [--interval-ms N] [--checkpoint-timeout-ms N] [--ack-delay-ms N]
-//! [--join]`.
+//! [--exit-before-complete CODE] [--join]`.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -41,7 +41,8 @@ fn parse(args: &[String]) -> Result<NodeOptions> {
             | "--heartbeat-ms"
             | "--interval-ms"
             | "--checkpoint-timeout-ms"
-            | "--ack-delay-ms" => {
+            | "--ack-delay-ms"
+            | "--exit-before-complete" => {
                 let n: u64 = value
                     .parse()
                     .map_err(|e| Error::InvalidArgument(format!("{flag}: {e}")))?;
@@ -76,6 +77,12 @@ fn parse(args: &[String]) -> Result<NodeOptions> {
     config.checkpoint_interval = ms("--interval-ms");
     if let Some(d) = ms("--checkpoint-timeout-ms") {
         config.checkpoint_timeout = d;
+    }
+    if let Some(&code) = nums.get("--exit-before-complete") {
+        config.exit_before_complete = Some(
+            i32::try_from(code)
+                .map_err(|e| Error::InvalidArgument(format!("--exit-before-complete: {e}")))?,
+        );
     }
     Ok(NodeOptions {
         config,

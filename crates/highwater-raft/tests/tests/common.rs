@@ -83,6 +83,9 @@ pub struct Timing {
     pub checkpoint_timeout_ms: u64,
     pub ack_delay_ms: u64,
     pub interval_ms: Option<u64>,
+    /// Nodes spawned from now on exit with this code where, as the leader,
+    /// they would propose a `Complete`.
+    pub exit_before_complete: Option<i32>,
 }
 
 impl Default for Timing {
@@ -93,6 +96,7 @@ impl Default for Timing {
             checkpoint_timeout_ms: 2000,
             ack_delay_ms: 0,
             interval_ms: None,
+            exit_before_complete: None,
         }
     }
 }
@@ -196,6 +200,9 @@ impl Cluster {
         if let Some(i) = t.interval_ms {
             cmd.args(["--interval-ms", &i.to_string()]);
         }
+        if let Some(code) = t.exit_before_complete {
+            cmd.args(["--exit-before-complete", &code.to_string()]);
+        }
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -229,6 +236,20 @@ impl Cluster {
             }
         }
         self.children.insert(id, child);
+    }
+
+    /// The nodes whose processes exited by themselves since the last call,
+    /// with their exit codes; they no longer count as running.
+    pub fn reap(&mut self) -> Vec<(NodeId, Option<i32>)> {
+        let exited: Vec<(NodeId, Option<i32>)> = self
+            .children
+            .iter_mut()
+            .filter_map(|(&id, c)| c.try_wait().unwrap().map(|s| (id, s.code())))
+            .collect();
+        for (id, _) in &exited {
+            self.children.remove(id);
+        }
+        exited
     }
 
     /// SIGKILLs node `id`.

@@ -73,6 +73,66 @@ async fn sigkill_of_the_leader_mid_checkpoint_elects_a_new_leader_and_never_comp
     cluster.check_invariants().await;
 }
 
+/// The leader dies after every acknowledgement of a checkpoint is committed
+/// and before its `Complete` is (it exits where it would propose it): the
+/// next leader completes it, exactly once, with every acknowledgement, and
+/// every node agrees. A new leader elected with the same fault exits the
+/// same way; every node restarts without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_dead_after_every_ack_and_before_complete_leaves_the_checkpoint_to_complete_once()
+{
+    const CODE: i32 = 87;
+    let timing = Timing {
+        checkpoint_timeout_ms: 30_000,
+        exit_before_complete: Some(CODE),
+        ..Timing::default()
+    };
+    let mut cluster = Cluster::start(3, timing).await;
+    let id = cluster.trigger(Duration::from_secs(10)).await;
+    cluster.timing.exit_before_complete = None;
+    let mut exits = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        for (node, code) in cluster.reap() {
+            assert_eq!(code, Some(CODE), "node {node} exited otherwise");
+            exits.push(node);
+            cluster.spawn(node);
+        }
+        let statuses = cluster.statuses().await;
+        let finished = statuses.len() == 3
+            && statuses.values().all(|s| {
+                s.ledger
+                    .get(highwater_core::CheckpointId(id))
+                    .is_some_and(|r| !r.is_pending())
+            });
+        if finished {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "checkpoint {id} not finished; exits {exits:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!exits.is_empty(), "no leader exited before the completion");
+    let all = cluster.running();
+    assert!(
+        cluster
+            .wait_finished(&all, id, Duration::from_secs(10))
+            .await,
+        "every acknowledgement was committed: the checkpoint completes"
+    );
+    for s in cluster.statuses().await.values() {
+        let r = s.ledger.get(highwater_core::CheckpointId(id)).unwrap();
+        assert_eq!(
+            r.acks.len(),
+            3,
+            "completed with every acknowledgement: {r:?}"
+        );
+    }
+    cluster.check_invariants().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_minority_completes_nothing_while_the_majority_continues_and_all_agree_after_healing()
  {
