@@ -50,6 +50,7 @@ pub mod keys;
 mod macros;
 pub mod model;
 pub mod mounts;
+pub mod net;
 pub mod rng;
 pub mod servers;
 pub mod store;

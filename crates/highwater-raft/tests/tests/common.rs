@@ -18,62 +18,7 @@ pub const SECRET: &[u8] = b"highwater raft test cluster secret";
 pub fn secret() -> ClusterSecret {
     ClusterSecret::new(SECRET).unwrap()
 }
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
-
-/// A TCP proxy from one node to another that a test can cut and restore.
-pub struct Proxy {
-    pub addr: SocketAddr,
-    target: Arc<Mutex<Option<SocketAddr>>>,
-    cut: watch::Sender<bool>,
-}
-
-impl Proxy {
-    pub async fn start() -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let target: Arc<Mutex<Option<SocketAddr>>> = Arc::new(Mutex::new(None));
-        let (cut, _) = watch::channel(false);
-        let t = target.clone();
-        let cut_rx = cut.subscribe();
-        tokio::spawn(async move {
-            loop {
-                let Ok((inbound, _)) = listener.accept().await else {
-                    continue;
-                };
-                let mut cut_rx = cut_rx.clone();
-                if *cut_rx.borrow() {
-                    drop(inbound);
-                    continue;
-                }
-                let Some(dst) = *t.lock().unwrap() else {
-                    continue;
-                };
-                tokio::spawn(async move {
-                    let Ok(outbound) = TcpStream::connect(dst).await else {
-                        return;
-                    };
-                    let _ = inbound.set_nodelay(true);
-                    let _ = outbound.set_nodelay(true);
-                    let (mut a, mut b) = (inbound, outbound);
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut a, &mut b) => {}
-                        _ = cut_rx.wait_for(|c| *c) => {}
-                    }
-                });
-            }
-        });
-        Proxy { addr, target, cut }
-    }
-
-    pub fn set_target(&self, to: SocketAddr) {
-        *self.target.lock().unwrap() = Some(to);
-    }
-
-    pub fn set_cut(&self, cut: bool) {
-        self.cut.send_replace(cut);
-    }
-}
+pub use highwater_testkit::net::Proxy;
 
 /// Timing of a test cluster, in milliseconds.
 #[derive(Clone, Copy, Debug)]
