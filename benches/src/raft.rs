@@ -32,6 +32,13 @@
 //! - `cluster_restore_ms`: median milliseconds for the three managers to
 //!   restore the newest global checkpoint at once (each its own part).
 //!   Baseline: one manager restoring one node's part.
+//!
+//! The three nodes share this machine's cores, so a cluster round does
+//! three nodes' CPU work where the baseline does one's. The params record
+//! the CPU seconds of both (`cluster_*_cpu_s`, `single_*_cpu_s`, medians)
+//! and the floor that follows: `*_floor_ratio` = cluster CPU seconds /
+//! cores / the baseline's wall time, the best ratio co-located nodes can
+//! reach (on one machine per node the floor is 1×).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -324,7 +331,32 @@ fn cluster_job(
     runtime: &tokio::runtime::Runtime,
     dir: &std::path::Path,
     metrics: &mut Vec<Metric>,
+    params: &mut Map<String, serde_json::Value>,
 ) -> Result {
+    use crate::util::CpuReading;
+    // CPU seconds of this process while `f` runs (0 without /proc).
+    fn cpu<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
+        let before = CpuReading::now();
+        let out = f()?;
+        let used = CpuReading::now()
+            .zip(before)
+            .and_then(|(a, b)| a.own_seconds_since(&b))
+            .unwrap_or(0.0);
+        Ok((out, used))
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    // Records the CPU figures of one metric and its co-located floor.
+    let mut floor = |name: &str, cluster_cpu: &[f64], single_cpu: &[f64], single_ms: f64| {
+        let (c, s) = (median(cluster_cpu), median(single_cpu));
+        params.insert(format!("cluster_{name}_cpu_s"), json!(c));
+        params.insert(format!("single_{name}_cpu_s"), json!(s));
+        if single_ms > 0.0 {
+            params.insert(
+                format!("cluster_{name}_floor_ratio"),
+                json!(c / cores * 1000.0 / single_ms),
+            );
+        }
+    };
     let mb = if plan.quick { 10 } else { 100 };
     let rounds = if plan.quick { 3 } else { 7 };
     let nodes = runtime.block_on(start_cluster_acking(&dir.join("cluster-raft"), false))?;
@@ -348,18 +380,28 @@ fn cluster_job(
         .build()?;
     fill(&single, mb, 0)?;
     let (mut cluster, mut one) = (Vec::new(), Vec::new());
+    let (mut cluster_cpu, mut one_cpu) = (Vec::new(), Vec::new());
     let mut last = None;
     for _ in 0..rounds {
         let start = Instant::now();
-        let id = runtime.block_on(leader.trigger_checkpoint())?;
-        take_parts(&ms)?;
-        runtime.block_on(wait_completed(&leader, id))?;
+        let (id, used) = cpu(|| {
+            let id = runtime.block_on(leader.trigger_checkpoint())?;
+            take_parts(&ms)?;
+            runtime.block_on(wait_completed(&leader, id))?;
+            Ok(id)
+        })?;
         cluster.push(start.elapsed().as_secs_f64() * 1000.0);
+        cluster_cpu.push(used);
         last = Some(id);
         let start = Instant::now();
-        single.checkpoint()?.wait()?;
+        let ((), used) = cpu(|| {
+            single.checkpoint()?.wait()?;
+            Ok(())
+        })?;
         one.push(start.elapsed().as_secs_f64() * 1000.0);
+        one_cpu.push(used);
     }
+    floor("checkpoint", &cluster_cpu, &one_cpu, median(&one));
     metrics.push(Metric::versus(
         "cluster_checkpoint_ms",
         median(&cluster),
@@ -371,34 +413,43 @@ fn cluster_job(
     let last = last.ok_or("no round")?;
     drop(ms);
     let (mut cluster, mut one) = (Vec::new(), Vec::new());
+    let (mut cluster_cpu, mut one_cpu) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
         let fresh: Vec<highwater::StateManager> = (0..3u16)
             .map(|i| cluster_manager(&shared, &nodes[i as usize], io, i))
             .collect::<Result<_>>()?;
         let start = Instant::now();
-        std::thread::scope(|s| {
-            let r: Vec<_> = fresh
-                .iter()
-                .map(|m| s.spawn(move || m.restore_latest()))
-                .collect();
-            r.into_iter().try_for_each(|h| {
-                h.join()
-                    .map_err(|_| "a restore panicked")?
-                    .map(drop)
-                    .map_err(Into::into)
+        let ((), used) = cpu(|| {
+            std::thread::scope(|s| {
+                let r: Vec<_> = fresh
+                    .iter()
+                    .map(|m| s.spawn(move || m.restore_latest()))
+                    .collect();
+                r.into_iter().try_for_each(|h| {
+                    h.join()
+                        .map_err(|_| "a restore panicked")?
+                        .map(drop)
+                        .map_err(Into::into)
+                })
             })
-        })
-        .map_err(|e: Box<dyn std::error::Error>| e.to_string())?;
+            .map_err(|e: Box<dyn std::error::Error>| e.to_string().into())
+        })?;
         cluster.push(start.elapsed().as_secs_f64() * 1000.0);
+        cluster_cpu.push(used);
         // One node's part restored alone, from its scope.
         let part = highwater::StateManager::builder()
             .backend(Arc::new(highwater::memory::MemoryBackend::new()))
             .store(shared.scoped(&highwater::core::participant_scope(nodes[0].node_id()))?)
             .build()?;
         let start = Instant::now();
-        part.restore(last)?;
+        let ((), used) = cpu(|| {
+            part.restore(last)?;
+            Ok(())
+        })?;
         one.push(start.elapsed().as_secs_f64() * 1000.0);
+        one_cpu.push(used);
     }
+    floor("restore", &cluster_cpu, &one_cpu, median(&one));
     metrics.push(Metric::versus(
         "cluster_restore_ms",
         median(&cluster),
@@ -443,7 +494,7 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
         .build()?;
     runtime.block_on(commit_latency(&plan, dir.path(), &mut metrics))?;
     runtime.block_on(failover(&plan, dir.path(), &mut metrics))?;
-    cluster_job(&plan, &runtime, dir.path(), &mut metrics)?;
+    cluster_job(&plan, &runtime, dir.path(), &mut metrics, &mut params)?;
     drop(runtime);
     Ok(SuiteResult {
         suite: "raft".into(),

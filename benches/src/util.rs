@@ -150,6 +150,12 @@ impl CpuReading {
         })
     }
 
+    /// Seconds of CPU this process used since `earlier` (Linux clock ticks
+    /// are 1/100 s).
+    pub fn own_seconds_since(&self, earlier: &CpuReading) -> Option<f64> {
+        Some(self.own.checked_sub(earlier.own)? as f64 / 100.0)
+    }
+
     /// Percent of the machine's CPU time that other processes used since
     /// `earlier`.
     pub fn others_since(&self, earlier: &CpuReading) -> Option<f64> {
