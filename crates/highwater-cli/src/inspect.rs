@@ -9,6 +9,7 @@ use highwater::merge::recorded::RunRecord;
 use highwater::{Error, Result};
 use serde::Serialize;
 
+use crate::global::{self, LedgerArgs};
 use crate::target::open_store;
 
 pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -179,9 +180,13 @@ pub(crate) fn human(bytes: u64) -> String {
     }
 }
 
-pub fn inspect(spec: &str, namespace: &str, json: bool) -> Result<ExitCode> {
+pub fn inspect(spec: &str, namespace: &str, json: bool, ledger: &LedgerArgs) -> Result<ExitCode> {
     let store = open_store(spec, namespace, false)?;
-    let Inventory { rows, summary, .. } = runtime()?.block_on(inventory(&*store))?;
+    let rt = runtime()?;
+    let Inventory { rows, summary, .. } = rt.block_on(inventory(&*store))?;
+    // A cluster job's store: its participants' scopes and global
+    // checkpoints, next to the store's own checkpoints.
+    let cluster = global::cluster(spec, &store, &rt, ledger)?;
     let totals = serde_json::json!({
         "distinct_artifacts": summary.distinct_artifacts,
         "referenced_bytes": summary.referenced_bytes,
@@ -189,7 +194,13 @@ pub fn inspect(spec: &str, namespace: &str, json: bool) -> Result<ExitCode> {
         "dedup_saved_bytes": summary.dedup_saved_bytes,
     });
     if json {
-        let out = serde_json::json!({ "dir": spec, "checkpoints": rows, "storage": totals });
+        let mut out = serde_json::json!({ "dir": spec, "checkpoints": rows, "storage": totals });
+        if let Some(c) = &cluster {
+            out["participants"] = serde_json::json!(c.participants);
+            out["global_checkpoints"] = serde_json::json!(c.global);
+            out["ledger"] = serde_json::json!(c.found.ledger.as_ref().map(|l| &l.source));
+            out["ledger_notes"] = serde_json::json!(c.found.notes);
+        }
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
         return Ok(ExitCode::SUCCESS);
     }
@@ -251,82 +262,42 @@ pub fn inspect(spec: &str, namespace: &str, json: bool) -> Result<ExitCode> {
         human(summary.referenced_bytes),
         human(summary.dedup_saved_bytes)
     );
+    if let Some(c) = &cluster {
+        global::print(c);
+    }
     Ok(ExitCode::SUCCESS)
 }
 
-/// What `verify` found of a job's global checkpoints (its
-/// `LocalCoordinator` ledger in the store's `ledger` scope): every part of
-/// the newest completed one must be a sound checkpoint of its participant's
-/// scope; parts of older ones may have been retired by retention.
-#[derive(Debug, serde::Serialize)]
-struct GlobalVerification {
-    checkpoint: u64,
-    newest: bool,
-    parts: usize,
-    /// Parts whose checkpoint is present and sound.
-    sound_parts: usize,
-    /// Problems (only counted as failures for the newest).
-    problems: Vec<String>,
-}
-
-fn verify_global(
-    store: &std::sync::Arc<dyn highwater::CheckpointStore>,
-    rt: &tokio::runtime::Runtime,
-) -> Result<Vec<GlobalVerification>> {
-    use highwater::cluster::{LOCAL_HISTORY, LOCAL_LEDGER_SCOPE, LocalCoordinator};
-    let Ok(scope) = store.scoped(LOCAL_LEDGER_SCOPE) else {
-        return Ok(Vec::new());
-    };
-    if rt.block_on(scope.list_manifests())?.is_empty() {
-        return Ok(Vec::new());
-    }
-    let completed = LocalCoordinator::open(store.clone(), 1, None)?.completed(LOCAL_HISTORY);
-    let mut by_scope = std::collections::BTreeMap::new();
-    let mut out = Vec::new();
-    for (i, g) in completed.iter().enumerate() {
-        let mut v = GlobalVerification {
-            checkpoint: g.id.0,
-            newest: i == 0,
-            parts: g.parts.len(),
-            sound_parts: 0,
-            problems: Vec::new(),
-        };
-        for (p, part) in &g.parts {
-            if !by_scope.contains_key(&part.scope) {
-                let checked = rt.block_on(highwater::verify_store(&*store.scoped(&part.scope)?))?;
-                by_scope.insert(part.scope.clone(), checked);
-            }
-            match by_scope[&part.scope]
-                .iter()
-                .find(|c| c.checkpoint == part.checkpoint)
-            {
-                Some(c) if c.is_sound() => v.sound_parts += 1,
-                Some(c) => v.problems.extend(
-                    c.problems
-                        .iter()
-                        .map(|pr| format!("participant {p}: {}: {}", part, pr.message)),
-                ),
-                None => v
-                    .problems
-                    .push(format!("participant {p}: part {part} is not in the store")),
-            }
-        }
-        out.push(v);
-    }
-    Ok(out)
-}
-
-pub fn verify(spec: &str, namespace: &str, json: bool) -> Result<ExitCode> {
+pub fn verify(spec: &str, namespace: &str, json: bool, ledger: &LedgerArgs) -> Result<ExitCode> {
     let store = open_store(spec, namespace, false)?;
     let rt = runtime()?;
     let results = rt.block_on(highwater::verify_store(&*store))?;
-    let global = verify_global(&store, &rt)?;
+    // Every globally completed checkpoint the job's ledger still knows.
+    let found = global::find_ledger(spec, &store, &rt, ledger)?;
+    let global = match &found.ledger {
+        Some(l) => global::verify(&store, &rt, l)?,
+        None => Vec::new(),
+    };
     let mut bad: Vec<_> = results
         .iter()
         .flat_map(|r| r.problems.iter().map(|p| p.message.clone()))
         .collect();
-    if let Some(newest) = global.first() {
-        bad.extend(newest.problems.iter().cloned());
+    for g in global.iter().filter(|g| g.failed()) {
+        bad.extend(
+            g.problems
+                .iter()
+                .map(|p| format!("global checkpoint {}: {p}", g.checkpoint)),
+        );
+    }
+    if found.ledger.is_none() && !found.notes.is_empty() {
+        // The job has a ledger, but none of it could be read: its global
+        // checkpoints cannot be checked.
+        bad.extend(
+            found
+                .notes
+                .iter()
+                .map(|n| format!("no ledger could be read: {n}")),
+        );
     }
     if json {
         let out = serde_json::json!({
@@ -334,6 +305,9 @@ pub fn verify(spec: &str, namespace: &str, json: bool) -> Result<ExitCode> {
             "sound": bad.is_empty(),
             "checkpoints": results,
             "global_checkpoints": global,
+            "ledger": found.ledger.as_ref().map(|l| &l.source),
+            "ledger_notes": found.notes,
+            "problems": bad,
         });
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
     } else {
@@ -354,32 +328,55 @@ pub fn verify(spec: &str, namespace: &str, json: bool) -> Result<ExitCode> {
                 }
             }
         }
+        if let Some(l) = &found.ledger {
+            println!(
+                "ledger: {} {}{}",
+                l.source.kind,
+                l.source.location,
+                l.source
+                    .applied_index
+                    .map(|i| format!(" (log index {i})"))
+                    .unwrap_or_default()
+            );
+        }
+        for n in &found.notes {
+            println!("ledger note: {n}");
+        }
         for g in &global {
-            if g.problems.is_empty() {
-                println!("global checkpoint {}: ok ({} parts)", g.checkpoint, g.parts);
-            } else if g.newest {
-                for p in &g.problems {
-                    println!("global checkpoint {} (newest): BAD {p}", g.checkpoint);
+            let newest = if g.newest { " (newest)" } else { "" };
+            match g.state {
+                "restorable" => {
+                    println!("global checkpoint {}: ok ({} parts)", g.checkpoint, g.parts)
                 }
-            } else {
-                println!(
+                "retired" => println!(
                     "global checkpoint {}: retired ({} of {} parts kept)",
                     g.checkpoint, g.sound_parts, g.parts
-                );
+                ),
+                _ => {
+                    for p in &g.problems {
+                        println!("global checkpoint {}{newest}: BAD {p}", g.checkpoint);
+                    }
+                }
+            }
+        }
+        if found.ledger.is_none() {
+            for n in &found.notes {
+                println!("BAD no ledger could be read: {n}");
             }
         }
         if bad.is_empty() && !global.is_empty() {
             println!(
-                "all {} checkpoints and the newest global checkpoint sound",
+                "all {} checkpoints and every kept global checkpoint sound",
                 results.len()
             );
         } else if bad.is_empty() {
             println!("all {} checkpoints sound", results.len());
         } else {
             println!(
-                "{} problem(s) in {} checkpoint(s)",
+                "{} problem(s) in {} checkpoint(s) and {} global checkpoint(s)",
                 bad.len(),
-                results.iter().filter(|r| !r.is_sound()).count()
+                results.iter().filter(|r| !r.is_sound()).count(),
+                global.iter().filter(|g| g.failed()).count()
             );
         }
     }

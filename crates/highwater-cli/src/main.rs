@@ -13,6 +13,7 @@ mod cluster_demo;
 mod compact;
 mod coordinator;
 mod demo;
+mod global;
 mod inspect;
 mod progress;
 mod prometheus;
@@ -56,9 +57,11 @@ enum Command {
     )]
     Coordinator(coordinator::CoordinatorArgs),
     /// List the checkpoints in STORE (a directory, or a redis://, s3://,
-    /// az:// or gs:// URL).
+    /// az:// or gs:// URL); for a cluster job's shared store also each
+    /// participant's local manifests and the global checkpoints its ledger
+    /// records (completed, aborted, pending).
     #[command(
-        after_help = "Examples:\n  highwater inspect /tmp/hw\n  highwater inspect s3://bucket/jobs/orders --json"
+        after_help = "Examples:\n  highwater inspect /tmp/hw\n  highwater inspect s3://bucket/jobs/orders --json\n  highwater inspect /tmp/cluster --ledger 127.0.0.1:7001 --secret cluster.secret"
     )]
     Inspect {
         /// Checkpoint directory, or a redis://, s3://, az:// or gs:// URL.
@@ -69,6 +72,8 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        ledger: global::LedgerArgs,
     },
     /// Plan (--plan) or run a recovery of STORE into memory: the newest
     /// checkpoint, a checkpoint (--checkpoint ID) or a point in time
@@ -85,7 +90,9 @@ enum Command {
     #[command(after_help = "Example:\n  highwater report /tmp/hw -o report.html")]
     Report(report::ReportArgs),
     /// Check every manifest and artifact checksum in STORE (a directory, or
-    /// a redis://, s3://, az:// or gs:// URL); exit 1 if any is bad.
+    /// a redis://, s3://, az:// or gs:// URL), and for a cluster job that
+    /// every globally completed checkpoint its ledger knows is restorable;
+    /// exit 1 if any is bad.
     #[command(after_help = "Example:\n  highwater verify /tmp/hw || echo damaged")]
     Verify {
         /// Checkpoint directory, or a redis://, s3://, az:// or gs:// URL.
@@ -96,6 +103,8 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        ledger: global::LedgerArgs,
     },
     /// Merge the chain of the newest checkpoint in STORE into a new full
     /// checkpoint (same log position and properties, plus `compacted_from`).
@@ -235,14 +244,16 @@ fn main() -> ExitCode {
             store,
             namespace,
             json,
-        } => inspect::inspect(&store, &namespace, json),
+            ledger,
+        } => inspect::inspect(&store, &namespace, json, &ledger),
         Command::Recover(args) => recover::run(args),
         Command::Report(args) => report::run(args),
         Command::Verify {
             store,
             namespace,
             json,
-        } => inspect::verify(&store, &namespace, json),
+            ledger,
+        } => inspect::verify(&store, &namespace, json, &ledger),
         Command::Compact {
             store,
             namespace,

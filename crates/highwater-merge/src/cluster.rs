@@ -680,7 +680,7 @@ impl GlobalView {
                     format!("part {part} holds checkpoint {}", m.checkpoint_id),
                 ));
             }
-            owned.push(part_range(part, &m)?);
+            owned.push(part_key_groups(part, &m)?);
             if !m
                 .artifacts()
                 .any(|a| a.key_groups.intersect(&range).is_some())
@@ -719,8 +719,11 @@ impl GlobalView {
 }
 
 /// The key groups `part` (manifest `m`) owns: those of the subtask its
-/// manifest names.
-fn part_range(part: &PartRef, m: &Manifest) -> Result<KeyGroupRange> {
+/// manifest names in [`SUBTASK_PROPERTY`] (`<subtask>/<parallelism>`) of
+/// its `max_parallelism`. A part without a valid subtask is
+/// [`Error::Corrupt`] naming it. `highwater verify` checks with it that a
+/// completed checkpoint's parts cover every key group.
+pub fn part_key_groups(part: &PartRef, m: &Manifest) -> Result<KeyGroupRange> {
     let bad = |why: &str| {
         Error::corrupt(
             "global checkpoint",

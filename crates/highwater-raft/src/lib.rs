@@ -26,7 +26,9 @@
 //!   [`Coordinator`](highwater_core::Coordinator) of a `StateManager` that
 //!   takes part in global checkpoints (the facade's `cluster` builder
 //!   option): barriers, acknowledgements and restores then go through the
-//!   ledger without engine code.
+//!   ledger without engine code;
+//! - [`read_ledger`] rebuilds a stopped node's ledger from its data
+//!   directory (snapshot plus committed log), for tools.
 //!
 //! It depends on `highwater-core` and `highwater-wal` only, never on a
 //! state backend; the node process ([`run_node`]) takes any checkpoint store.
@@ -46,6 +48,7 @@ mod log_store;
 pub mod metrics;
 mod network;
 mod node;
+mod offline;
 mod participant;
 mod state_machine;
 
@@ -61,6 +64,7 @@ pub use ledger::{
 pub use log_store::WalLogStore;
 pub use network::{MAX_FRAME_BYTES, query_status, request_checkpoint};
 pub use node::{NodeOptions, parse_peers, run_node};
+pub use offline::{StoredLedger, read_ledger};
 pub use participant::{PARTICIPANT_REQUEST_TIMEOUT, RaftParticipant};
 pub use state_machine::{LedgerEvent, LedgerStateMachine, MAX_SNAPSHOT_BYTES};
 

@@ -43,6 +43,16 @@ struct Index {
     committed: Option<LogId<NodeId>>,
 }
 
+/// The contents of a log ([`WalLogStore::stored`]).
+pub(crate) struct StoredLog {
+    /// The saved committed id.
+    pub(crate) committed: Option<LogId<NodeId>>,
+    /// The last purged id.
+    pub(crate) last_purged: Option<LogId<NodeId>>,
+    /// The entries after it, in index order.
+    pub(crate) entries: Vec<Entry<TypeConfig>>,
+}
+
 /// The durable Raft log of one node (openraft's [`RaftLogStorage`]).
 #[derive(Clone)]
 pub struct WalLogStore {
@@ -161,6 +171,16 @@ impl WalLogStore {
         })
         .await
         .map_err(|e| Error::unexpected("the raft log writer task", e))?
+    }
+
+    /// What the log holds, for reading a stopped node's ledger.
+    pub(crate) fn stored(&self) -> StoredLog {
+        let index = lock(&self.index);
+        StoredLog {
+            committed: index.committed,
+            last_purged: index.last_purged,
+            entries: index.entries.values().map(|(_, e)| e.clone()).collect(),
+        }
     }
 
     /// Closes the WAL (making everything durable).

@@ -173,6 +173,58 @@ pub(crate) fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// The longest snapshot pointer file read (a pointer is a few hundred
+/// bytes: the snapshot's meta and an artifact id).
+pub(crate) const MAX_POINTER_BYTES: u64 = 1 << 20;
+
+/// The snapshot `dir/snapshot.current` names, read from `store` and
+/// checked (pointer, artifact id, frame, checksum); `None` when there is no
+/// pointer (the node never took or received a snapshot).
+pub(crate) async fn read_snapshot(
+    dir: &Path,
+    store: &dyn CheckpointStore,
+) -> Result<Option<(SnapshotMeta<NodeId, BasicNode>, Bytes, SnapshotBody)>> {
+    let pointer_path = dir.join(POINTER_FILE);
+    let bytes = match std::fs::metadata(&pointer_path) {
+        Ok(m) if m.len() > MAX_POINTER_BYTES => {
+            return Err(Error::corrupt(
+                "raft snapshot pointer",
+                format!("too large: len={} path={}", m.len(), pointer_path.display()),
+            ));
+        }
+        Ok(_) => std::fs::read(&pointer_path),
+        Err(e) => Err(e),
+    };
+    let bytes = match bytes {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(Error::Io {
+                context: format!("reading {}", pointer_path.display()),
+                source: e,
+            });
+        }
+    };
+    let pointer: Pointer = postcard::from_bytes(&bytes).map_err(|e| {
+        Error::corrupt(
+            "raft snapshot pointer",
+            format!("{e}: path={}", pointer_path.display()),
+        )
+    })?;
+    let data = store.get_artifact(pointer.artifact).await?;
+    if ArtifactId::of(&data) != pointer.artifact {
+        return Err(Error::corrupt(
+            "raft snapshot",
+            format!(
+                "artifact content does not match its id: id={}",
+                pointer.artifact.to_hex()
+            ),
+        ));
+    }
+    let body = decode_snapshot(&data)?;
+    Ok(Some((pointer.meta, data, body)))
+}
+
 /// An I/O error for openraft's storage API, keeping `e` as its source.
 fn sm_err(e: impl Into<highwater_core::BoxError>) -> std::io::Error {
     std::io::Error::other(e)
@@ -193,38 +245,11 @@ impl LedgerStateMachine {
             current: None,
             snapshot_seq: 0,
         };
-        let pointer_path = dir.join(POINTER_FILE);
-        match std::fs::read(&pointer_path) {
-            Ok(bytes) => {
-                let pointer: Pointer = postcard::from_bytes(&bytes).map_err(|e| {
-                    Error::corrupt(
-                        "raft snapshot pointer",
-                        format!("{e}: path={}", pointer_path.display()),
-                    )
-                })?;
-                let data = store.get_artifact(pointer.artifact).await?;
-                if ArtifactId::of(&data) != pointer.artifact {
-                    return Err(Error::corrupt(
-                        "raft snapshot",
-                        format!(
-                            "artifact content does not match its id: id={}",
-                            pointer.artifact.to_hex()
-                        ),
-                    ));
-                }
-                let body = decode_snapshot(&data)?;
-                inner.ledger = body.ledger;
-                inner.last_applied = body.last_applied;
-                inner.membership = body.membership;
-                inner.current = Some((pointer.meta, data));
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(Error::Io {
-                    context: format!("reading {}", pointer_path.display()),
-                    source: e,
-                });
-            }
+        if let Some((meta, data, body)) = read_snapshot(dir, &*store).await? {
+            inner.ledger = body.ledger;
+            inner.last_applied = body.last_applied;
+            inner.membership = body.membership;
+            inner.current = Some((meta, data));
         }
         let applied_index = inner.last_applied.map_or(0, |l| l.index);
         Ok(LedgerStateMachine {
