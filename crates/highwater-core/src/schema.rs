@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::backend::{StateBackend, WriteBatch};
 use crate::error::{Error, Result};
 use crate::key::StateKey;
 use crate::ttl::{Envelope, TtlConfig};
@@ -248,6 +249,40 @@ impl MigrationPlan {
                 (o.clone(), s.clone(), from, from + steps.len() as u32)
             })
             .collect()
+    }
+
+    /// Migrates, in place, every entry of the migrated states that
+    /// `backend` holds (a checkpoint just restored into it), key group by
+    /// key group of `0..max_parallelism`, one write batch per key group;
+    /// returns how many entries were rewritten. A value that does not
+    /// decode as the stored type fails with the backend partly migrated:
+    /// the caller clears it.
+    pub fn migrate_backend(&self, backend: &dyn StateBackend, max_parallelism: u16) -> Result<u64> {
+        let mut rewritten = 0u64;
+        for (operator, state) in self.states.keys() {
+            let state_len = u8::try_from(state.len()).map_err(|_| {
+                Error::InvalidArgument(format!("state name longer than 255 bytes: {state}"))
+            })?;
+            for kg in 0..max_parallelism {
+                let mut prefix = crate::key::operator_prefix(crate::KeyGroup(kg), operator)?;
+                // The length byte keeps a state whose name starts with this
+                // one out of the prefix.
+                prefix.push(state_len);
+                prefix.extend_from_slice(state.as_bytes());
+                let mut batch = WriteBatch::new();
+                for (k, v) in backend.scan_prefix(&prefix)? {
+                    let sk = StateKey::decode(&k)?;
+                    if let Some(new) = self.migrate(&sk, &v)? {
+                        batch.put(k.clone(), new);
+                        rewritten += 1;
+                    }
+                }
+                if !batch.is_empty() {
+                    backend.write_batch(batch)?;
+                }
+            }
+        }
+        Ok(rewritten)
     }
 
     /// The migrated stored value (an envelope) of the entry `key`, or

@@ -42,6 +42,16 @@ pub struct RestoreInfo {
     /// crash afterwards resumes from it rather than from the abandoned
     /// later history still in the store and the log.
     pub fork_checkpoint: Option<CheckpointId>,
+    /// States whose stored schema version was older than the registered
+    /// one, migrated during the restore: operator, state, stored and new
+    /// version (see docs/savepoints.md, "Schema evolution").
+    pub migrated: Vec<(String, String, u32, u32)>,
+    /// After a migration: the checkpoint of the migrated state taken
+    /// before returning (its manifest records the new versions, and a
+    /// crash afterwards never replays old-version log records onto
+    /// migrated state). `None` for a participant of global checkpoints,
+    /// whose next part records them.
+    pub migration_checkpoint: Option<CheckpointId>,
 }
 
 impl RestoreInfo {
@@ -49,6 +59,8 @@ impl RestoreInfo {
         RestoreInfo {
             stats: o.stats.clone(),
             fork_checkpoint: None,
+            migrated: Vec::new(),
+            migration_checkpoint: None,
         }
     }
 }
@@ -581,15 +593,15 @@ impl StateManager {
         if ids.is_empty() && !log_holds_state {
             return Ok(None);
         }
-        self.restore_locked(
+        let info = self.restore_locked(
             &mut idle,
             self.store().clone(),
             RecoveryTarget::Latest,
             &RecoveryScope::all(),
             &self.recovery,
             None,
-        )
-        .map(Some)
+        )?;
+        Self::checkpoint_migrated(idle, info).map(Some)
     }
 
     /// A participant's restore of global checkpoint `wanted` (the newest
@@ -636,14 +648,15 @@ impl StateManager {
                 .ok_or_else(|| Error::NotFound(format!("globally completed checkpoint {id}")));
         }
         let config = self.recovery.clone().optimistic_recovery(false);
-        self.restore_locked(
+        let info = self.restore_locked(
             &mut idle,
             self.store().clone(),
             RecoveryTarget::Checkpoint(id),
             &RecoveryScope::all(),
             &config,
             None,
-        )
+        )?;
+        Self::checkpoint_migrated(idle, info)
     }
 
     /// Restores the state as of `at_ms` (ms since the Unix epoch, on the
@@ -694,8 +707,13 @@ impl StateManager {
             idle.forget_base();
             let done = idle.trigger()?.wait()?;
             info.fork_checkpoint = Some(done.id);
+            if !info.migrated.is_empty() {
+                // The fork's checkpoint holds the migrated state.
+                info.migration_checkpoint = info.fork_checkpoint;
+            }
+            return Ok(info);
         }
-        Ok(info)
+        Self::checkpoint_migrated(idle, info)
     }
 
     /// The plan a restore to `target` of `scope` would follow, without
@@ -751,15 +769,35 @@ impl StateManager {
         // touched nothing; the chain the next checkpoint builds on stands.
         let plan = engine.plan(target, &scope, self.wal().map(|w| &**w))?;
         // State stored with other types than the handles registered is
-        // refused before anything is loaded.
-        if let Some(m) = plan.manifest() {
-            self.checkpointer.schemas().check_stored(&m.schemas)?;
+        // refused before anything is loaded; an older schema version with
+        // registered migrations is migrated once loaded.
+        let migrations = match plan.manifest() {
+            Some(m) => Some(self.checkpointer.schemas().plan(&m.schemas)?),
+            None => None,
         }
+        .filter(|p| !p.is_empty());
+        let max_parallelism = self.config().max_parallelism;
+        let load = |backend: &dyn highwater_core::StateBackend,
+                    wal: Option<&highwater_wal::Wal>|
+         -> Result<RecoveryOutcome> {
+            let outcome = engine.execute(plan, backend, wal, progress)?;
+            // Migrated in place, eagerly, before anything reads it; not
+            // logged (a crash before the checkpoint below restores and
+            // migrates again).
+            if let Some(p) = &migrations
+                && let Err(e) = p.migrate_backend(backend, max_parallelism)
+            {
+                if let Err(clear) = backend.clear() {
+                    tracing::warn!(error = %clear, "could not clear the backend after a failed migration");
+                }
+                return Err(e);
+            }
+            Ok(outcome)
+        };
         let result = match self.checkpointer.logged() {
             // What the recovery loads must not be logged again.
-            Some(logged) => logged
-                .recover_with(|backend, wal| engine.execute(plan, backend, Some(wal), progress)),
-            None => engine.execute(plan, &**self.checkpointer.backend(), None, progress),
+            Some(logged) => logged.recover_with(|backend, wal| load(backend, Some(wal))),
+            None => load(&**self.checkpointer.backend(), None),
         };
         let outcome = match result {
             Ok(o) => o,
@@ -779,7 +817,22 @@ impl StateManager {
             self.checkpointer.schemas().set_stored(&m.schemas);
         }
         idle.restored(outcome.manifest.clone(), scope.is_everything());
-        Ok(RestoreInfo::from_outcome(&outcome))
+        let mut info = RestoreInfo::from_outcome(&outcome);
+        if let Some(p) = migrations {
+            self.checkpointer.schemas().set_stored(&p.schemas);
+            info.migrated = p.migrated();
+        }
+        Ok(info)
+    }
+
+    /// After a restore that migrated state (outside a cluster): the
+    /// checkpoint of the migrated state, before anything else may write
+    /// ([`RestoreInfo::migration_checkpoint`]).
+    fn checkpoint_migrated(idle: Idle<'_>, mut info: RestoreInfo) -> Result<RestoreInfo> {
+        if !info.migrated.is_empty() {
+            info.migration_checkpoint = Some(idle.trigger()?.wait()?.id);
+        }
+        Ok(info)
     }
 
     /// Every committed checkpoint, oldest first, with its manifest or the

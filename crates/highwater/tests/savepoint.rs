@@ -584,6 +584,69 @@ mod evolution {
         ctx.value_state::<u32, V3>(&d).unwrap();
     }
 
+    /// Checkpoints migrate like savepoints: a version 3 job restores a
+    /// version 1 checkpoint (a value, a list with a TTL, a map), migrated
+    /// eagerly during the restore, which then takes a checkpoint recording
+    /// version 3; the next restore migrates nothing. Without a migration
+    /// from version 1 the restore is refused before anything is loaded.
+    #[test]
+    fn a_checkpoint_of_version_1_restores_into_version_3_against_a_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let m1 = v3_manager(d, "c");
+        let model = write_v1(&m1, 0xc0ffee);
+        m1.checkpoint().unwrap().wait().unwrap();
+        m1.close().unwrap();
+        let empty = Model {
+            values: BTreeMap::new(),
+            lists: BTreeMap::new(),
+            maps: BTreeMap::new(),
+        };
+
+        let refused = v3_manager(d, "c");
+        register_v3(&refused, false);
+        let err = refused.restore_latest().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::SchemaMismatch, "{err}");
+        assert!(
+            err.to_string().contains("no migration from version 1"),
+            "{err}"
+        );
+        assert_eq!(refused.backend().stats().entries, 0, "nothing was loaded");
+        refused.close().unwrap();
+
+        let m3 = v3_manager(d, "c");
+        check_v3(&m3, &empty); // registers the version 3 handles
+        let info = m3.restore_latest().unwrap().unwrap();
+        assert_eq!(info.migrated.len(), 3, "{:?}", info.migrated);
+        assert!(
+            info.migrated
+                .iter()
+                .all(|(_, _, from, to)| (*from, *to) == (1, 3))
+        );
+        let taken = info
+            .migration_checkpoint
+            .expect("a checkpoint of the migrated state");
+        check_v3(&m3, &model);
+        let history = m3.checkpoint_history().unwrap();
+        let newest = history.last().unwrap();
+        assert_eq!(newest.id, taken);
+        let manifest = newest.manifest.as_ref().unwrap();
+        for state in ["acc", "events", "by_kind"] {
+            assert_eq!(
+                manifest.schema("evolve", state).unwrap().version,
+                3,
+                "{state}"
+            );
+        }
+        m3.close().unwrap();
+
+        let again = v3_manager(d, "c");
+        check_v3(&again, &empty);
+        let info = again.restore_latest().unwrap().unwrap();
+        assert!(info.migrated.is_empty() && info.migration_checkpoint.is_none());
+        check_v3(&again, &model);
+    }
+
     #[test]
     fn versions_1_to_2_to_3_against_a_model() {
         let dir = tempfile::tempdir().unwrap();
