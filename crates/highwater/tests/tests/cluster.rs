@@ -269,7 +269,7 @@ mod raft {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    use highwater::core::KeyGroupRange;
+    use highwater::core::{CheckpointId, KeyGroupRange};
     use highwater::memory::MemoryBackend;
     use highwater::raft::{
         CheckpointCoordinator, ClusterSecret, DistributedConfig, NodeId, RaftParticipant,
@@ -358,6 +358,44 @@ mod raft {
         }
     }
 
+    /// Adds `by` to the counters of keys `k0`.. `k{keys - 1}`, each on the
+    /// manager that owns it, and to `model`.
+    fn add_to_counters(ms: &[StateManager], model: &mut BTreeMap<String, u64>, keys: u32, by: u64) {
+        for k in 0..keys {
+            let key = format!("k{k}");
+            let c = counter(&ms[owner(&ms[0], &key, ms.len() as u16)]);
+            let n = c.get(&key).unwrap().unwrap_or(0);
+            c.update(&key, &(n + by)).unwrap();
+            *model.entry(key).or_default() += by;
+        }
+    }
+
+    /// Triggers a checkpoint on `leader`, has every manager take its part
+    /// and waits until the leader has it completed, with a part of each.
+    fn complete_checkpoint(
+        rt: &tokio::runtime::Runtime,
+        leader: &CheckpointCoordinator,
+        ms: &[StateManager],
+    ) -> CheckpointId {
+        let id = rt.block_on(leader.trigger_checkpoint()).unwrap();
+        take_parts(ms);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while leader.latest_completed().map(|c| c.id) != Some(id) {
+            assert!(
+                Instant::now() < deadline,
+                "checkpoint {id} did not complete"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let parts = leader.latest_completed().unwrap().manifests;
+        assert_eq!(
+            parts.len(),
+            ms.len(),
+            "every node acknowledged a part: {parts:?}"
+        );
+        id
+    }
+
     #[test]
     fn nodes_checkpoint_one_cut_through_the_ledger_and_rescale_from_it() {
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -382,26 +420,8 @@ mod raft {
         let mut model: BTreeMap<String, u64> = BTreeMap::new();
         let mut at_cut = model.clone();
         for round in 0..4u64 {
-            for k in 0..120 {
-                let key = format!("k{k}");
-                let i = owner(&ms[0], &key, 3);
-                let c = counter(&ms[i]);
-                let n = c.get(&key).unwrap().unwrap_or(0);
-                c.update(&key, &(n + round + 1)).unwrap();
-                *model.entry(key).or_default() += round + 1;
-            }
-            let id = rt.block_on(a.trigger_checkpoint()).unwrap();
-            take_parts(&ms);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while a.latest_completed().map(|c| c.id) != Some(id) {
-                assert!(
-                    Instant::now() < deadline,
-                    "checkpoint {id} did not complete"
-                );
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            let parts = a.latest_completed().unwrap().manifests;
-            assert_eq!(parts.len(), 3, "every node acknowledged a part: {parts:?}");
+            add_to_counters(&ms, &mut model, 120, round + 1);
+            complete_checkpoint(&rt, &a, &ms);
             at_cut = model.clone();
         }
         // A cut two nodes took their part of and the third never did is
@@ -501,37 +521,14 @@ mod raft {
             .unwrap();
         let ms = managers(&rt, &nodes, &store);
         let mut model: BTreeMap<String, u64> = BTreeMap::new();
-        let update = |model: &mut BTreeMap<String, u64>, by: u64| {
-            for k in 0..90 {
-                let key = format!("k{k}");
-                let c = counter(&ms[owner(&ms[0], &key, 3)]);
-                let n = c.get(&key).unwrap().unwrap_or(0);
-                c.update(&key, &(n + by)).unwrap();
-                *model.entry(key).or_default() += by;
-            }
-        };
         let lead = |id: NodeId| nodes[(id - 1) as usize].clone();
-        let complete = |leader: &Arc<CheckpointCoordinator>| {
-            let id = rt.block_on(leader.trigger_checkpoint()).unwrap();
-            take_parts(&ms);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while leader.latest_completed().map(|c| c.id) != Some(id) {
-                assert!(
-                    Instant::now() < deadline,
-                    "checkpoint {id} did not complete"
-                );
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            assert_eq!(leader.latest_completed().unwrap().manifests.len(), 3);
-            id
-        };
-        update(&mut model, 1);
-        let first = complete(&lead(leader));
+        add_to_counters(&ms, &mut model, 90, 1);
+        let first = complete_checkpoint(&rt, &lead(leader), &ms);
 
         // Cut a follower off; the other two keep a leader.
         let p = ids.iter().copied().find(|&i| i != leader).unwrap();
         cut(p, true);
-        update(&mut model, 2);
+        add_to_counters(&ms, &mut model, 90, 2);
         let majority: Vec<NodeId> = ids.iter().copied().filter(|&i| i != p).collect();
         let stalled = rt.block_on(lead(leader).trigger_checkpoint()).unwrap();
         let deadline = Instant::now() + Duration::from_secs(3);
