@@ -111,10 +111,57 @@ pub fn write_savepoint(
     if params.max_parallelism == 0 {
         return Err(Error::InvalidArgument("max_parallelism is zero".into()));
     }
-    let mut groups: BTreeMap<(String, String), Vec<RawEntry>> = BTreeMap::new();
-    let mut expired_dropped = 0u64;
+    let mut groups = Groups::default();
     for e in entries {
         let (k, v) = e?;
+        groups.add(k, v, params)?;
+    }
+    write_groups(groups, schemas, params, target, io)
+}
+
+/// Writes a full `snapshot` (every entry of a backend) as a savepoint, as
+/// [`write_savepoint`] does: its partitions are read, checked and grouped
+/// by state in parallel (rayon), each state's records sorted in parallel,
+/// and artifacts uploaded while the next are encoded.
+pub fn write_snapshot_savepoint(
+    snapshot: &dyn StateSnapshot,
+    schemas: &[StateSchema],
+    params: &SavepointParams,
+    target: &Arc<dyn CheckpointStore>,
+    io: &Handle,
+) -> Result<(SavepointManifest, SavepointInfo)> {
+    if params.max_parallelism == 0 {
+        return Err(Error::InvalidArgument("max_parallelism is zero".into()));
+    }
+    let parts: Vec<Groups> = (0..snapshot.partitions())
+        .into_par_iter()
+        .map(|p| {
+            let mut groups = Groups::default();
+            snapshot.for_each_in_partition(p, &mut |k, v| match v {
+                Some(v) => groups.add(k.to_vec(), v.to_vec(), params),
+                None => Ok(()),
+            })?;
+            Ok(groups)
+        })
+        .collect::<Result<_>>()?;
+    let mut groups = Groups::default();
+    for part in parts {
+        groups.merge(part);
+    }
+    write_groups(groups, schemas, params, target, io)
+}
+
+/// Entries of a savepoint being written, checked and grouped by state.
+#[derive(Default)]
+struct Groups {
+    by_state: BTreeMap<(String, String), Vec<RawEntry>>,
+    expired_dropped: u64,
+}
+
+impl Groups {
+    /// Adds one entry: a state key in its key group under
+    /// `params.max_parallelism`; an expired one is counted and dropped.
+    fn add(&mut self, k: Vec<u8>, v: Vec<u8>, params: &SavepointParams) -> Result<()> {
         let sk = StateKey::decode(&k).map_err(|e| {
             Error::InvalidArgument(format!("a savepoint holds state keys only: {e}"))
         })?;
@@ -126,14 +173,46 @@ pub fn write_savepoint(
             )));
         }
         if Envelope::decode(&v)?.is_expired(params.now_ms) {
-            expired_dropped += 1;
-            continue;
+            self.expired_dropped += 1;
+            return Ok(());
         }
-        groups
-            .entry((sk.operator.to_string(), sk.state.to_string()))
-            .or_default()
-            .push((k, v));
+        // One lookup without allocating when the state is known (almost
+        // always: a backend holds few states).
+        let known = self
+            .by_state
+            .iter_mut()
+            .find(|((o, st), _)| o == sk.operator && st == sk.state);
+        match known {
+            Some((_, recs)) => recs.push((k, v)),
+            None => {
+                let name = (sk.operator.to_string(), sk.state.to_string());
+                self.by_state.entry(name).or_default().push((k, v));
+            }
+        }
+        Ok(())
     }
+
+    fn merge(&mut self, other: Groups) {
+        self.expired_dropped += other.expired_dropped;
+        for (name, mut recs) in other.by_state {
+            self.by_state.entry(name).or_default().append(&mut recs);
+        }
+    }
+}
+
+/// Sorts, encodes, uploads and commits grouped entries (see
+/// [`write_savepoint`]).
+fn write_groups(
+    groups: Groups,
+    schemas: &[StateSchema],
+    params: &SavepointParams,
+    target: &Arc<dyn CheckpointStore>,
+    io: &Handle,
+) -> Result<(SavepointManifest, SavepointInfo)> {
+    let Groups {
+        by_state: mut groups,
+        expired_dropped,
+    } = groups;
     let by_name: BTreeMap<(&str, &str), &StateSchema> = schemas
         .iter()
         .map(|s| ((s.operator.as_str(), s.state.as_str()), s))
@@ -154,7 +233,7 @@ pub fn write_savepoint(
         artifacts: 0,
     };
     for ((operator, state), mut recs) in groups {
-        recs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        recs.par_sort_unstable_by(|a, b| a.0.cmp(&b.0));
         if let Some(w) = recs.windows(2).find(|w| w[0].0 == w[1].0) {
             return Err(Error::InvalidArgument(format!(
                 "a key is given twice: operator={operator} state={state} key_len={}",
@@ -162,7 +241,8 @@ pub fn write_savepoint(
             )));
         }
         // Cut into artifacts of about `artifact_bytes`, encode them in
-        // parallel (rayon), then upload them concurrently.
+        // parallel (rayon), each uploaded (concurrently) as soon as it is
+        // encoded.
         let mut cuts = Vec::new();
         let mut start = 0;
         while start < recs.len() {
@@ -175,7 +255,25 @@ pub fn write_savepoint(
             cuts.push((start, end, bytes));
             start = end;
         }
-        let encoded: Vec<(ArtifactRef, Bytes)> = cuts
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(ArtifactId, Bytes)>(UPLOADS_IN_FLIGHT);
+        let store = target.clone();
+        let uploader = io.spawn(async move {
+            let mut set = tokio::task::JoinSet::new();
+            while let Some((id, data)) = rx.recv().await {
+                while set.len() >= UPLOADS_IN_FLIGHT {
+                    if let Some(done) = set.join_next().await {
+                        done.map_err(|e| Error::unexpected("a savepoint upload task", e))??;
+                    }
+                }
+                let s = store.clone();
+                set.spawn(async move { s.put_artifact(id, data).await });
+            }
+            while let Some(done) = set.join_next().await {
+                done.map_err(|e| Error::unexpected("a savepoint upload task", e))??;
+            }
+            Ok::<_, Error>(())
+        });
+        let encoded: Result<Vec<ArtifactRef>> = cuts
             .par_iter()
             .map(|&(start, end, bytes)| {
                 let chunk = &recs[start..end];
@@ -195,29 +293,20 @@ pub fn write_savepoint(
                     stored_bytes: enc.bytes.len() as u64,
                     codec: enc.codec,
                 };
-                Ok((r, Bytes::from(enc.bytes)))
+                // A closed channel: the uploader failed; its error is
+                // returned below.
+                let _ = tx.blocking_send((r.id, Bytes::from(enc.bytes)));
+                Ok(r)
             })
-            .collect::<Result<_>>()?;
-        let uploads: Vec<(ArtifactId, Bytes)> =
-            encoded.iter().map(|(r, b)| (r.id, b.clone())).collect();
-        let store = target.clone();
-        run_io(io, async move {
-            let mut set = tokio::task::JoinSet::new();
-            for (id, data) in uploads {
-                while set.len() >= UPLOADS_IN_FLIGHT {
-                    if let Some(done) = set.join_next().await {
-                        done.map_err(|e| Error::unexpected("a savepoint upload task", e))??;
-                    }
-                }
-                let s = store.clone();
-                set.spawn(async move { s.put_artifact(id, data).await });
-            }
-            while let Some(done) = set.join_next().await {
-                done.map_err(|e| Error::unexpected("a savepoint upload task", e))??;
-            }
-            Ok(())
-        })?;
-        let artifacts: Vec<ArtifactRef> = encoded.into_iter().map(|(r, _)| r).collect();
+            .collect();
+        drop(tx);
+        let uploaded = run_io(io, async move {
+            uploader
+                .await
+                .map_err(|e| Error::unexpected("the savepoint uploader", e))?
+        });
+        let artifacts = encoded?;
+        uploaded?;
         info.stored_bytes += artifacts.iter().map(|a| a.stored_bytes).sum::<u64>();
         info.artifacts += artifacts.len();
         let entries = artifacts.iter().map(|a| a.entries).sum::<u64>();

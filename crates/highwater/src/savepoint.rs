@@ -12,8 +12,8 @@ use highwater_core::{
     StateSchema,
 };
 use highwater_merge::savepoint::{
-    LoadOptions, SavepointInfo, SavepointParams, load_blocks, load_savepoint, snapshot_entries,
-    write_savepoint,
+    LoadOptions, SavepointInfo, SavepointParams, load_blocks, load_savepoint,
+    write_snapshot_savepoint,
 };
 
 use crate::StateManager;
@@ -164,10 +164,8 @@ impl StateManager {
             .name("highwater-savepoint".into())
             .spawn(move || {
                 let io = worker.exec().io().clone();
-                let result = snapshot_entries(&*snapshot).and_then(|entries| {
-                    drop(snapshot);
-                    write_savepoint(entries.into_iter().map(Ok), &schemas, &params, &target, &io)
-                });
+                let result = write_snapshot_savepoint(&*snapshot, &schemas, &params, &target, &io);
+                drop(snapshot);
                 let _ = tx.send(result.map(|(_, info)| info));
             })
             .map_err(|e| Error::io("spawn the savepoint worker", e))?;
