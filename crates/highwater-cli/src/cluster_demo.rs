@@ -558,8 +558,13 @@ fn reconcile_membership(
                 }
                 (None, Some(new)) => {
                     println!("adding node {new} to the membership");
-                    let addr = addrs[usize::try_from(new - 1).unwrap_or(usize::MAX)].clone();
-                    runtime.block_on(node.add_node(new, addr))
+                    let addr = usize::try_from(new - 1)
+                        .ok()
+                        .and_then(|i| addrs.get(i))
+                        .ok_or_else(|| {
+                            Error::InvalidArgument(format!("no address for node {new}"))
+                        })?;
+                    runtime.block_on(node.add_node(new, addr.clone()))
                 }
                 (None, None) => Ok(()),
             };
@@ -741,7 +746,7 @@ pub fn run_node(args: &DemoArgs, dir: &Path, nodes: u16, id: u16) -> Result<Exit
     let mut parked = false;
     while !stop.load(SeqCst) {
         if !parked {
-            let latest = node.ledger().latest_completed().map(|c| c.id.0);
+            let latest = node.latest_completed().map(|c| c.id.0);
             if latest.is_some_and(|l| l >= final_id.load(SeqCst)) {
                 println!("{PARKED_LINE}");
                 parked = true;
