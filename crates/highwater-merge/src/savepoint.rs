@@ -114,7 +114,7 @@ pub fn write_savepoint(
     let mut groups = Groups::default();
     for e in entries {
         let (k, v) = e?;
-        groups.add(k, v, params)?;
+        groups.add(&k, &v, params)?;
     }
     write_groups(groups, schemas, params, target, io)
 }
@@ -138,7 +138,7 @@ pub fn write_snapshot_savepoint(
         .map(|p| {
             let mut groups = Groups::default();
             snapshot.for_each_in_partition(p, &mut |k, v| match v {
-                Some(v) => groups.add(k.to_vec(), v.to_vec(), params),
+                Some(v) => groups.add(k, v, params),
                 None => Ok(()),
             })?;
             Ok(groups)
@@ -151,18 +151,111 @@ pub fn write_snapshot_savepoint(
     write_groups(groups, schemas, params, target, io)
 }
 
+/// One state's records: keys and values copied into byte arenas (one per
+/// snapshot partition read), no allocation per entry, with an index that
+/// sorts without touching the bytes in most comparisons.
+#[derive(Default)]
+struct Records {
+    arenas: Vec<Vec<u8>>,
+    index: Vec<Rec>,
+}
+
+/// One record of [`Records`].
+#[derive(Clone, Copy)]
+struct Rec {
+    /// The key group's two bytes and the first six bytes of the key after
+    /// its operator and state names (zero-padded): within one state, the
+    /// order of this number is the order of the keys wherever it differs.
+    prefix: u64,
+    arena: u32,
+    offset: usize,
+    key_len: u32,
+    value_len: u32,
+}
+
+impl Records {
+    fn push(&mut self, k: &[u8], v: &[u8], names_len: usize) -> Result<()> {
+        let too_long = |what: &str, len: usize| {
+            Error::InvalidArgument(format!("a savepoint {what} of {len} bytes is too long"))
+        };
+        let key_len = u32::try_from(k.len()).map_err(|_| too_long("key", k.len()))?;
+        let value_len = u32::try_from(v.len()).map_err(|_| too_long("value", v.len()))?;
+        let mut prefix = [0u8; 8];
+        prefix[..2].copy_from_slice(&k[..2]);
+        let rest = &k[names_len..];
+        let n = rest.len().min(6);
+        prefix[2..2 + n].copy_from_slice(&rest[..n]);
+        if self.arenas.is_empty() {
+            self.arenas.push(Vec::new());
+        }
+        let arena = self.arenas.len() - 1;
+        let data = &mut self.arenas[arena];
+        let offset = data.len();
+        data.extend_from_slice(k);
+        data.extend_from_slice(v);
+        self.index.push(Rec {
+            prefix: u64::from_be_bytes(prefix),
+            arena: arena as u32,
+            offset,
+            key_len,
+            value_len,
+        });
+        Ok(())
+    }
+
+    fn key(&self, r: &Rec) -> &[u8] {
+        &self.arenas[r.arena as usize][r.offset..r.offset + r.key_len as usize]
+    }
+
+    fn value(&self, r: &Rec) -> &[u8] {
+        let start = r.offset + r.key_len as usize;
+        &self.arenas[r.arena as usize][start..start + r.value_len as usize]
+    }
+
+    /// Moves `other`'s records in (its arenas are moved, not copied).
+    fn append(&mut self, mut other: Records) {
+        let base = self.arenas.len() as u32;
+        for r in &mut other.index {
+            r.arena += base;
+        }
+        self.arenas.append(&mut other.arenas);
+        self.index.append(&mut other.index);
+    }
+
+    /// Sorts by key (in parallel); a key present twice is an error.
+    fn sort(&mut self, operator: &str, state: &str) -> Result<()> {
+        let mut index = std::mem::take(&mut self.index);
+        index.par_sort_unstable_by(|a, b| {
+            a.prefix
+                .cmp(&b.prefix)
+                .then_with(|| self.key(a).cmp(self.key(b)))
+        });
+        if let Some(w) = index
+            .windows(2)
+            .find(|w| w[0].prefix == w[1].prefix && self.key(&w[0]) == self.key(&w[1]))
+        {
+            return Err(Error::InvalidArgument(format!(
+                "a key is given twice: operator={operator} state={state} key_len={}",
+                w[0].key_len
+            )));
+        }
+        self.index = index;
+        Ok(())
+    }
+}
+
 /// Entries of a savepoint being written, checked and grouped by state.
 #[derive(Default)]
 struct Groups {
-    by_state: BTreeMap<(String, String), Vec<RawEntry>>,
+    by_state: BTreeMap<(String, String), Records>,
     expired_dropped: u64,
 }
 
 impl Groups {
     /// Adds one entry: a state key in its key group under
     /// `params.max_parallelism`; an expired one is counted and dropped.
-    fn add(&mut self, k: Vec<u8>, v: Vec<u8>, params: &SavepointParams) -> Result<()> {
-        let sk = StateKey::decode(&k).map_err(|e| {
+    fn add(&mut self, k: &[u8], v: &[u8], params: &SavepointParams) -> Result<()> {
+        let sk = StateKey::decode(k).map_err(|e| {
             Error::InvalidArgument(format!("a savepoint holds state keys only: {e}"))
         })?;
         let want = key_group_for(sk.key, params.max_parallelism);
@@ -172,9 +265,23 @@ impl Groups {
                 sk.operator, sk.state, sk.key_group.0, want.0, params.max_parallelism
             )));
         }
-        if Envelope::decode(&v)?.is_expired(params.now_ms) {
+        if Envelope::decode(v)?.is_expired(params.now_ms) {
             self.expired_dropped += 1;
             return Ok(());
+        }
+        // The key group, then each name after its length byte: the same
+        // bytes in every key of the state, so the rest orders the keys.
+        let names_len = 2 + 1 + sk.operator.len() + 1 + sk.state.len();
+        let names_ok = k.len() >= names_len
+            && k[2] as usize == sk.operator.len()
+            && &k[3..3 + sk.operator.len()] == sk.operator.as_bytes()
+            && k[3 + sk.operator.len()] as usize == sk.state.len()
+            && &k[4 + sk.operator.len()..names_len] == sk.state.as_bytes();
+        if !names_ok {
+            return Err(Error::Internal(format!(
+                "a state key does not begin with its names: operator={} state={}",
+                sk.operator, sk.state
+            )));
         }
         // One lookup without allocating when the state is known (almost
         // always: a backend holds few states).
@@ -183,19 +290,18 @@ impl Groups {
             .iter_mut()
             .find(|((o, st), _)| o == sk.operator && st == sk.state);
         match known {
-            Some((_, recs)) => recs.push((k, v)),
+            Some((_, recs)) => recs.push(k, v, names_len),
             None => {
                 let name = (sk.operator.to_string(), sk.state.to_string());
-                self.by_state.entry(name).or_default().push((k, v));
+                self.by_state.entry(name).or_default().push(k, v, names_len)
             }
         }
-        Ok(())
     }
 
     fn merge(&mut self, other: Groups) {
         self.expired_dropped += other.expired_dropped;
-        for (name, mut recs) in other.by_state {
-            self.by_state.entry(name).or_default().append(&mut recs);
+        for (name, recs) in other.by_state {
+            self.by_state.entry(name).or_default().append(recs);
         }
     }
 }
@@ -233,23 +339,19 @@ fn write_groups(
         artifacts: 0,
     };
     for ((operator, state), mut recs) in groups {
-        recs.par_sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        if let Some(w) = recs.windows(2).find(|w| w[0].0 == w[1].0) {
-            return Err(Error::InvalidArgument(format!(
-                "a key is given twice: operator={operator} state={state} key_len={}",
-                w[0].0.len()
-            )));
-        }
+        recs.sort(&operator, &state)?;
+        let recs = &recs;
         // Cut into artifacts of about `artifact_bytes`, encode them in
         // parallel (rayon), each uploaded (concurrently) as soon as it is
         // encoded.
         let mut cuts = Vec::new();
         let mut start = 0;
-        while start < recs.len() {
+        let index = &recs.index;
+        while start < index.len() {
             let mut end = start;
             let mut bytes = 0usize;
-            while end < recs.len() && (end == start || bytes < params.artifact_bytes) {
-                bytes += recs[end].0.len() + recs[end].1.len();
+            while end < index.len() && (end == start || bytes < params.artifact_bytes) {
+                bytes += index[end].key_len as usize + index[end].value_len as usize;
                 end += 1;
             }
             cuts.push((start, end, bytes));
@@ -276,14 +378,14 @@ fn write_groups(
         let encoded: Result<Vec<ArtifactRef>> = cuts
             .par_iter()
             .map(|&(start, end, bytes)| {
-                let chunk = &recs[start..end];
+                let chunk = &index[start..end];
                 let mut w = RecordWriter::new(ArtifactKind::Entries, bytes + 16 * chunk.len());
-                for (k, v) in chunk {
-                    w.push(k, Some(v))?;
+                for r in chunk {
+                    w.push(recs.key(r), Some(recs.value(r)))?;
                 }
                 let enc = w.finish(&params.encode)?;
-                let first = highwater_core::key::key_group_of(&chunk[0].0)?;
-                let last = highwater_core::key::key_group_of(&chunk[chunk.len() - 1].0)?;
+                let first = highwater_core::key::key_group_of(recs.key(&chunk[0]))?;
+                let last = highwater_core::key::key_group_of(recs.key(&chunk[chunk.len() - 1]))?;
                 let r = ArtifactRef {
                     operator: operator.clone(),
                     key_groups: KeyGroupRange::new(first.0, last.0 + 1)?,

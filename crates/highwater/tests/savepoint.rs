@@ -833,3 +833,121 @@ mod evolution {
         );
     }
 }
+
+/// The savepoint writer against a model: entries of several states (keys
+/// sharing long prefixes, so the writer's sort falls back to whole keys;
+/// expired ones among them) given in a random order come back from the
+/// reader exactly once each, sorted by key within each state, without the
+/// expired ones; a key given twice, or in the wrong key group, is refused.
+#[test]
+fn the_writer_keeps_every_live_entry_once_in_key_order() {
+    use highwater::merge::savepoint::{SavepointParams, SavepointReader, write_savepoint};
+    use highwater_testkit::SplitMix64;
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for seed in 0..8u64 {
+        let mut rng = SplitMix64::new(0x5a7e + seed);
+        let max_parallelism = [1u16, 7, 128][(seed % 3) as usize];
+        // One value per key (a later write replaces an earlier one).
+        let mut written: BTreeMap<Vec<u8>, ((String, String), bool, Vec<u8>)> = BTreeMap::new();
+        for _ in 0..(200 + rng.below(800)) {
+            let operator = ["ops", "op", "windows"][rng.below(3) as usize];
+            let state = ["s", "state", "s2"][rng.below(3) as usize];
+            // Long shared prefixes: the first bytes rarely decide.
+            let mut key = b"user-000000".to_vec();
+            key.extend(rng.below(500).to_string().bytes());
+            let k = StateKey {
+                key_group: key_group_for(&key, max_parallelism),
+                operator,
+                state,
+                key: &key,
+                namespace: &[],
+                user_key: &[],
+            }
+            .encode()
+            .unwrap();
+            let stale = rng.below(10) == 0;
+            let mut v = Vec::new();
+            highwater::core::Envelope::encode_into(
+                stale.then_some(NOW - 1),
+                &rng.next_u64().to_le_bytes(),
+                &mut v,
+            );
+            written.insert(k, ((operator.to_string(), state.to_string()), stale, v));
+        }
+        let expired = written.values().filter(|(_, stale, _)| *stale).count() as u64;
+        let mut model: BTreeMap<(String, String), BTreeMap<Vec<u8>, Vec<u8>>> = BTreeMap::new();
+        for (k, (name, stale, v)) in &written {
+            if !stale {
+                model
+                    .entry(name.clone())
+                    .or_default()
+                    .insert(k.clone(), v.clone());
+            }
+        }
+        let mut entries: Vec<(Vec<u8>, Vec<u8>)> =
+            written.into_iter().map(|(k, (_, _, v))| (k, v)).collect();
+        // A random order.
+        for i in (1..entries.len()).rev() {
+            entries.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+        let params = SavepointParams::new(max_parallelism, NOW);
+        let target = local(&dir.path().join(format!("sp{seed}")));
+        let (_, info) = write_savepoint(
+            entries.iter().cloned().map(Ok),
+            &[],
+            &params,
+            &target,
+            rt.handle(),
+        )
+        .unwrap();
+        assert_eq!(info.expired_dropped, expired, "seed {seed}");
+        let reader = SavepointReader::open(target, rt.handle().clone(), None).unwrap();
+        let mut got: BTreeMap<(String, String), Vec<(Vec<u8>, Vec<u8>)>> = BTreeMap::new();
+        for e in reader.entries() {
+            let e = e.unwrap();
+            let raw = e.to_raw(max_parallelism).unwrap();
+            got.entry((e.operator.clone(), e.state.clone()))
+                .or_default()
+                .push(raw);
+        }
+        let want: BTreeMap<(String, String), Vec<(Vec<u8>, Vec<u8>)>> = model
+            .into_iter()
+            .filter(|(_, m)| !m.is_empty())
+            .map(|(name, m)| (name, m.into_iter().collect()))
+            .collect();
+        assert_eq!(got, want, "seed {seed}");
+    }
+
+    // Refused: a key twice, a key in the wrong key group.
+    let key = |kg: u16| {
+        StateKey {
+            key_group: highwater::KeyGroup(kg),
+            operator: "op",
+            state: "s",
+            key: b"k",
+            namespace: &[],
+            user_key: &[],
+        }
+        .encode()
+        .unwrap()
+    };
+    let right = key_group_for(b"k", 128).0;
+    let value = {
+        let mut v = Vec::new();
+        highwater::core::Envelope::encode_into(None, b"v", &mut v);
+        v
+    };
+    let params = SavepointParams::new(128, NOW);
+    let target = local(&dir.path().join("refused"));
+    let twice = vec![
+        Ok((key(right), value.clone())),
+        Ok((key(right), value.clone())),
+    ];
+    let err = write_savepoint(twice, &[], &params, &target, rt.handle()).unwrap_err();
+    assert!(err.to_string().contains("given twice"), "{err}");
+    let wrong = vec![Ok((key((right + 1) % 128), value))];
+    let err = write_savepoint(wrong, &[], &params, &target, rt.handle()).unwrap_err();
+    assert!(err.to_string().contains("wrong key group"), "{err}");
+}
