@@ -843,6 +843,9 @@ mod evolution {
 fn the_writer_keeps_every_live_entry_once_in_key_order() {
     use highwater::merge::savepoint::{SavepointParams, SavepointReader, write_savepoint};
     use highwater_testkit::SplitMix64;
+    type StateName = (String, String);
+    type Raw = (Vec<u8>, Vec<u8>);
+    type ByState = BTreeMap<StateName, Vec<Raw>>;
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -850,7 +853,7 @@ fn the_writer_keeps_every_live_entry_once_in_key_order() {
         let mut rng = SplitMix64::new(0x5a7e + seed);
         let max_parallelism = [1u16, 7, 128][(seed % 3) as usize];
         // One value per key (a later write replaces an earlier one).
-        let mut written: BTreeMap<Vec<u8>, ((String, String), bool, Vec<u8>)> = BTreeMap::new();
+        let mut written: BTreeMap<Vec<u8>, (StateName, bool, Vec<u8>)> = BTreeMap::new();
         for _ in 0..(200 + rng.below(800)) {
             let operator = ["ops", "op", "windows"][rng.below(3) as usize];
             let state = ["s", "state", "s2"][rng.below(3) as usize];
@@ -877,7 +880,7 @@ fn the_writer_keeps_every_live_entry_once_in_key_order() {
             written.insert(k, ((operator.to_string(), state.to_string()), stale, v));
         }
         let expired = written.values().filter(|(_, stale, _)| *stale).count() as u64;
-        let mut model: BTreeMap<(String, String), BTreeMap<Vec<u8>, Vec<u8>>> = BTreeMap::new();
+        let mut model: BTreeMap<StateName, BTreeMap<Vec<u8>, Vec<u8>>> = BTreeMap::new();
         for (k, (name, stale, v)) in &written {
             if !stale {
                 model
@@ -904,7 +907,7 @@ fn the_writer_keeps_every_live_entry_once_in_key_order() {
         .unwrap();
         assert_eq!(info.expired_dropped, expired, "seed {seed}");
         let reader = SavepointReader::open(target, rt.handle().clone(), None).unwrap();
-        let mut got: BTreeMap<(String, String), Vec<(Vec<u8>, Vec<u8>)>> = BTreeMap::new();
+        let mut got: ByState = BTreeMap::new();
         for e in reader.entries() {
             let e = e.unwrap();
             let raw = e.to_raw(max_parallelism).unwrap();
@@ -912,7 +915,7 @@ fn the_writer_keeps_every_live_entry_once_in_key_order() {
                 .or_default()
                 .push(raw);
         }
-        let want: BTreeMap<(String, String), Vec<(Vec<u8>, Vec<u8>)>> = model
+        let want: ByState = model
             .into_iter()
             .filter(|(_, m)| !m.is_empty())
             .map(|(name, m)| (name, m.into_iter().collect()))
