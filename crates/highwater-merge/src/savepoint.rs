@@ -534,6 +534,28 @@ fn read_artifact(
     limits: &DecodeLimits,
 ) -> Result<Vec<RawEntry>> {
     let mut out = Vec::with_capacity(usize::try_from(r.entries).unwrap_or(0).min(1 << 20));
+    visit_artifact(store, io, manifest, state, r, limits, &mut |k, v| {
+        out.push((k.to_vec(), v.to_vec()));
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// The first and last key of an artifact.
+type KeyBounds = Option<(Vec<u8>, Vec<u8>)>;
+
+/// Fetches and verifies one artifact of `state` (see [`read_state`]),
+/// calling `f` with each record in key order; returns its first and last
+/// key.
+fn visit_artifact(
+    store: &Arc<dyn CheckpointStore>,
+    io: &Handle,
+    manifest: &SavepointManifest,
+    state: &SavepointState,
+    r: &ArtifactRef,
+    limits: &DecodeLimits,
+    f: &mut dyn FnMut(&[u8], &[u8]) -> Result<()>,
+) -> Result<KeyBounds> {
     {
         let s = store.clone();
         let id = r.id;
@@ -563,6 +585,7 @@ fn read_artifact(
                 r.entries, decoded.header.entries
             )));
         }
+        let (mut first, mut last): (Option<&[u8]>, Option<&[u8]>) = (None, None);
         for rec in decoded.records() {
             let (k, v) = rec.map_err(|e| bad(e.to_string()))?;
             let v = v.ok_or_else(|| bad("a delete in a savepoint".into()))?;
@@ -581,23 +604,22 @@ fn read_artifact(
                     sk.key_group.0
                 )));
             }
-            if out
-                .last()
-                .is_some_and(|(last, _): &RawEntry| last.as_slice() >= k)
-            {
+            if last.is_some_and(|last| last >= k) {
                 return Err(bad("keys out of order".into()));
             }
-            out.push((k.to_vec(), v.to_vec()));
+            first.get_or_insert(k);
+            last = Some(k);
+            f(k, v)?;
         }
+        Ok(first.zip(last).map(|(a, b)| (a.to_vec(), b.to_vec())))
     }
-    Ok(out)
 }
 
 /// What [`load_blocks`] produced.
 #[derive(Debug)]
 pub struct LoadedSavepoint {
-    /// One block per state, keys re-hashed for the target key groups and
-    /// filtered to the kept ones.
+    /// One block per artifact, state by state, keys re-hashed for the
+    /// target key groups and filtered to the kept ones.
     pub blocks: Vec<RecordBlock>,
     /// Entries kept.
     pub entries: u64,
@@ -655,42 +677,75 @@ pub fn load_blocks(
         if options.dropped.contains(&name) {
             continue;
         }
-        let entries = read_state(store, io, manifest, state, &options.limits)?;
         let renamed = options.renames.get(&name);
-        let mut block = RecordBlock::with_capacity(
-            entries.len(),
-            entries.iter().map(|(k, v)| k.len() + v.len()).sum(),
-        );
-        let mut key = Vec::new();
-        for (k, v) in &entries {
-            let sk = StateKey::decode(k)?;
-            let kg = if rehashed {
-                key_group_for(sk.key, max_parallelism)
-            } else {
-                sk.key_group
-            };
-            if keep.is_some_and(|r| !r.contains(kg)) {
-                continue;
-            }
-            let (operator, st) = match renamed {
-                Some((o, s)) => (o.as_str(), s.as_str()),
-                None => (sk.operator, sk.state),
-            };
-            let to = StateKey {
-                key_group: KeyGroup(kg.0),
-                operator,
-                state: st,
-                ..sk
-            };
-            key.clear();
-            to.encode_into(&mut key)?;
-            let migrated = options.migrations.migrate(&to, v)?;
-            let v = migrated.as_deref().unwrap_or(v);
-            out.entries += 1;
-            out.logical_bytes += (key.len() + v.len()) as u64;
-            block.push(&key, Some(v))?;
+        // One block per artifact, each fetched, verified and prepared on
+        // its own (rayon), without a copy of each entry in between.
+        let parts: Vec<(RecordBlock, u64, u64, KeyBounds)> = state
+            .artifacts
+            .par_iter()
+            .map(|r| {
+                // Capacities from the manifest are hints, bounded.
+                let mut block = RecordBlock::with_capacity(
+                    usize::try_from(r.entries).unwrap_or(0).min(1 << 20),
+                    usize::try_from(r.logical_bytes).unwrap_or(0).min(64 << 20),
+                );
+                let (mut entries, mut bytes) = (0u64, 0u64);
+                let mut key = Vec::new();
+                let bounds = visit_artifact(
+                    store,
+                    io,
+                    manifest,
+                    state,
+                    r,
+                    &options.limits,
+                    &mut |k, v| {
+                        let sk = StateKey::decode(k)?;
+                        let kg = if rehashed {
+                            key_group_for(sk.key, max_parallelism)
+                        } else {
+                            sk.key_group
+                        };
+                        if keep.is_some_and(|r| !r.contains(kg)) {
+                            return Ok(());
+                        }
+                        let (operator, st) = match renamed {
+                            Some((o, s)) => (o.as_str(), s.as_str()),
+                            None => (sk.operator, sk.state),
+                        };
+                        let to = StateKey {
+                            key_group: KeyGroup(kg.0),
+                            operator,
+                            state: st,
+                            ..sk
+                        };
+                        key.clear();
+                        to.encode_into(&mut key)?;
+                        let migrated = options.migrations.migrate(&to, v)?;
+                        let v = migrated.as_deref().unwrap_or(v);
+                        entries += 1;
+                        bytes += (key.len() + v.len()) as u64;
+                        block.push(&key, Some(v))
+                    },
+                )?;
+                Ok((block, entries, bytes, bounds))
+            })
+            .collect::<Result<_>>()?;
+        let bounds: Vec<&(Vec<u8>, Vec<u8>)> = parts.iter().filter_map(|p| p.3.as_ref()).collect();
+        let in_order = bounds.windows(2).all(|w| w[0].1 < w[1].0);
+        if !in_order {
+            return Err(Error::corrupt(
+                "savepoint artifact",
+                format!(
+                    "savepoint={} operator={} state={}: keys out of order across artifacts",
+                    manifest.savepoint_id, state.operator, state.state
+                ),
+            ));
         }
-        out.blocks.push(block);
+        for (block, entries, bytes, _) in parts {
+            out.entries += entries;
+            out.logical_bytes += bytes;
+            out.blocks.push(block);
+        }
     }
     Ok(out)
 }
