@@ -544,6 +544,9 @@ fn read_artifact(
 /// The first and last key of an artifact.
 type KeyBounds = Option<(Vec<u8>, Vec<u8>)>;
 
+/// Called with each record (key, value) of an artifact.
+type RecordVisitor<'a> = dyn FnMut(&[u8], &[u8]) -> Result<()> + 'a;
+
 /// Fetches and verifies one artifact of `state` (see [`read_state`]),
 /// calling `f` with each record in key order; returns its first and last
 /// key.
@@ -554,7 +557,7 @@ fn visit_artifact(
     state: &SavepointState,
     r: &ArtifactRef,
     limits: &DecodeLimits,
-    f: &mut dyn FnMut(&[u8], &[u8]) -> Result<()>,
+    f: &mut RecordVisitor<'_>,
 ) -> Result<KeyBounds> {
     {
         let s = store.clone();
