@@ -292,11 +292,20 @@ mod raft {
         c.peers = peers.iter().cloned().collect();
         c.join = !peers.is_empty();
         c.checkpoint_timeout = Duration::from_secs(30);
+        start(rt, c)
+    }
+
+    /// Starts a node of `config`, its snapshots in its data directory.
+    fn start(
+        rt: &tokio::runtime::Runtime,
+        config: DistributedConfig,
+    ) -> Arc<CheckpointCoordinator> {
         let snapshots = Arc::new(
-            highwater::cloud::ObjectCheckpointStore::local(data.join("snapshots")).unwrap(),
+            highwater::cloud::ObjectCheckpointStore::local(config.data_dir.join("snapshots"))
+                .unwrap(),
         );
         Arc::new(
-            rt.block_on(CheckpointCoordinator::start(c, snapshots))
+            rt.block_on(CheckpointCoordinator::start(config, snapshots))
                 .unwrap(),
         )
     }
@@ -497,13 +506,7 @@ mod raft {
                     .map(|((_, to), p)| (*to, p.addr.to_string()))
                     .collect();
                 c.checkpoint_timeout = Duration::from_secs(2);
-                let snapshots = Arc::new(
-                    highwater::cloud::ObjectCheckpointStore::local(data.join("snapshots")).unwrap(),
-                );
-                Arc::new(
-                    rt.block_on(CheckpointCoordinator::start(c, snapshots))
-                        .unwrap(),
-                )
+                start(&rt, c)
             })
             .collect();
         for ((_, to), p) in &proxies {
