@@ -440,17 +440,34 @@ impl CheckpointCoordinator {
         // a part of it would not make a cut of the job (found by the
         // cluster demo's rescale 3 -> 4: three nodes completed a checkpoint
         // with parts laid out for four). The leader aborts it.
-        let voters = (self.shared.config.participants == Participants::AllVoters)
-            .then(|| health(&self.shared).voters);
-        self.shared
-            .sm
-            .ledger()
-            .pending()
-            .filter(|c| c.participants.contains(&id) && !c.acks.contains_key(&id))
-            .filter(|c| voters.as_ref().is_none_or(|v| v.is_subset(&c.participants)))
-            .map(|c| LedgerEvent::Barrier {
-                checkpoint: c.id,
-                time_ms: c.triggered_ms,
+        // Called at every event boundary of a participant: the ledger is
+        // read in place, and the membership only when a barrier is pending.
+        let pending: Vec<(CheckpointId, u64, BTreeSet<NodeId>)> = self.shared.sm.with_ledger(|l| {
+            l.pending()
+                .filter(|c| c.participants.contains(&id) && !c.acks.contains_key(&id))
+                .map(|c| (c.id, c.triggered_ms, c.participants.clone()))
+                .collect()
+        });
+        if pending.is_empty() {
+            return Vec::new();
+        }
+        let voters: Option<BTreeSet<NodeId>> =
+            (self.shared.config.participants == Participants::AllVoters).then(|| {
+                self.shared
+                    .raft
+                    .metrics()
+                    .borrow()
+                    .membership_config
+                    .membership()
+                    .voter_ids()
+                    .collect()
+            });
+        pending
+            .into_iter()
+            .filter(|(_, _, p)| voters.as_ref().is_none_or(|v| v.is_subset(p)))
+            .map(|(checkpoint, time_ms, _)| LedgerEvent::Barrier {
+                checkpoint,
+                time_ms,
             })
             .collect()
     }

@@ -61,7 +61,17 @@ async fn still_works(node: &CheckpointCoordinator) {
     let id = request_checkpoint(node.local_addr(), &secret(), Duration::from_secs(5))
         .await
         .unwrap();
-    node.report_completion(id, 1, ManifestRef("node-1/m".into()))
+    acknowledge_and_wait(node, id, "node-1/m").await;
+}
+
+/// Acknowledges checkpoint `id` as node 1 with `manifest` and waits until
+/// the node has it completed.
+pub(crate) async fn acknowledge_and_wait(
+    node: &CheckpointCoordinator,
+    id: highwater_core::CheckpointId,
+    manifest: &str,
+) {
+    node.report_completion(id, 1, ManifestRef(manifest.into()))
         .await
         .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -70,7 +80,7 @@ async fn still_works(node: &CheckpointCoordinator) {
             std::time::Instant::now() < deadline,
             "{id:?} never completed"
         );
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

@@ -150,7 +150,7 @@ mod tests {
     use highwater_cloud::ObjectCheckpointStore;
 
     use super::*;
-    use crate::{CheckpointCoordinator, ClusterSecret, DistributedConfig, ManifestRef};
+    use crate::{CheckpointCoordinator, ClusterSecret, DistributedConfig};
 
     fn store(dir: &Path) -> Arc<dyn CheckpointStore> {
         Arc::new(ObjectCheckpointStore::local(dir.join("snapshots")).unwrap())
@@ -169,17 +169,8 @@ mod tests {
         node.wait_for_leader(Duration::from_secs(10)).await.unwrap();
         for _ in 0..n {
             let id = node.trigger_checkpoint().await.unwrap();
-            node.report_completion(id, 1, ManifestRef(format!("participants/1@{}", id.0)))
-                .await
-                .unwrap();
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            while node.latest_completed().map(|c| c.id) != Some(id) {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "{id:?} never completed"
-                );
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            let part = format!("participants/1@{}", id.0);
+            crate::hostile_tests::acknowledge_and_wait(&node, id, &part).await;
         }
         // While the node runs its log is locked: a typed refusal.
         let running = read_ledger(dir, &*store(dir)).await;

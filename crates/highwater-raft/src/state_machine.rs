@@ -277,6 +277,12 @@ impl LedgerStateMachine {
         lock(&self.inner).ledger.clone()
     }
 
+    /// `f` of the applied ledger, read in place (no copy; applying waits
+    /// meanwhile, so keep `f` short).
+    pub(crate) fn with_ledger<R>(&self, f: impl FnOnce(&Ledger) -> R) -> R {
+        f(&lock(&self.inner).ledger)
+    }
+
     /// Stores `data` as the current snapshot: artifact first, then the
     /// pointer (so the pointer never names a missing artifact), then the
     /// previous snapshot's artifact is deleted.
