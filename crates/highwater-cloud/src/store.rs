@@ -682,13 +682,7 @@ impl CheckpointStore for ObjectCheckpointStore {
 
     fn put_artifact(&self, id: ArtifactId, data: Bytes) -> BoxFuture<'_, Result<PutOutcome>> {
         Box::pin(async move {
-            let actual = ArtifactId::of(&data);
-            if actual != id {
-                return Err(Error::InvalidArgument(format!(
-                    "artifact id is not the xxh3-128 of its bytes: id={id} actual={actual} len={}",
-                    data.len()
-                )));
-            }
+            highwater_core::crypto::check_content_address(id, &data)?;
             let path = self.artifact_path(id);
             if self.multipart(data.len()) {
                 self.put_multipart(id, &path, data).await

@@ -78,6 +78,14 @@ pub enum ErrorKind {
     /// two (see `docs/savepoints.md`). Fix the descriptor or register a
     /// migration; retrying will not help.
     SchemaMismatch,
+    /// Encrypted data failed to authenticate: its bytes were changed or
+    /// moved to another name, it was sealed with a key the configured
+    /// [`KeyProvider`](crate::crypto::KeyProvider) does not hold, or it is
+    /// not encrypted where encryption is configured (see
+    /// [`crypto`](crate::crypto)). Distinct from corruption: recovery does
+    /// not fall back to an older checkpoint over it. Check the keys and the
+    /// store's integrity; do not retry.
+    Authentication,
 }
 
 impl ErrorKind {
@@ -161,6 +169,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::Closed => "closed",
             ErrorKind::Internal => "internal",
             ErrorKind::SchemaMismatch => "schema mismatch",
+            ErrorKind::Authentication => "authentication failed",
         })
     }
 }
@@ -190,6 +199,16 @@ pub enum Error {
         found: u16,
         /// The newest version this build reads.
         supported: u16,
+    },
+    /// Encrypted data failed to authenticate (see
+    /// [`ErrorKind::Authentication`]).
+    #[error("authentication failed for {what}: {detail}")]
+    Authentication {
+        /// What was being opened (an artifact, a manifest, a log frame, a
+        /// key), with its name.
+        what: String,
+        /// Why: a tag mismatch, a missing key, no encryption.
+        detail: String,
     },
     /// A named object does not exist.
     #[error("not found: {0}")]
@@ -395,6 +414,7 @@ impl Error {
             Error::Io { source, .. } => ErrorKind::of_io(source),
             Error::Closed(_) => ErrorKind::Closed,
             Error::SchemaMismatch { .. } => ErrorKind::SchemaMismatch,
+            Error::Authentication { .. } => ErrorKind::Authentication,
             Error::Internal(_) | Error::Unexpected { .. } => ErrorKind::Internal,
         }
     }

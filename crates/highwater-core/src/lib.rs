@@ -13,10 +13,13 @@
 //!   checks;
 //! - [global checkpoints](cluster) of a job split over several
 //!   participants: the [`Coordinator`] trait;
+//! - [at-rest encryption](crypto): a [`KeyProvider`], the [`Cipher`] and
+//!   the [`EncryptedStore`] wrapper;
 //! - the [`Error`] type.
 //!
 //! Architecture invariant: this crate performs no I/O and depends on no
-//! backend (RocksDB, Redis, object_store) and on no async runtime. Decoding
+//! backend (RocksDB, Redis, object_store) and on no async runtime (it
+//! reads the operating system's random generator for keys and nonces). Decoding
 //! never panics and never allocates from a length it has not checked.
 
 #![deny(missing_docs)]
@@ -25,6 +28,7 @@ pub mod backend;
 pub mod block;
 pub mod cluster;
 pub mod codec;
+pub mod crypto;
 pub mod error;
 pub mod key;
 pub mod keygroup;
@@ -50,6 +54,7 @@ pub use codec::{
     ArtifactKind, Codec, DecodeLimits, DecodedArtifact, EncodeOptions, EncodedArtifact, KeyForm,
     RecordWriter, decode_artifact, verify_artifact,
 };
+pub use crypto::{Cipher, DataKey, EncryptedStore, KeyId, KeyProvider, Keyring};
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use key::StateKey;
 pub use keygroup::{DEFAULT_MAX_PARALLELISM, KeyGroup, KeyGroupRange, key_group_for};

@@ -796,13 +796,7 @@ impl CheckpointStore for RedisCheckpointStore {
 
     fn put_artifact(&self, id: ArtifactId, data: Bytes) -> BoxFuture<'_, Result<PutOutcome>> {
         Box::pin(async move {
-            let actual = ArtifactId::of(&data);
-            if actual != id {
-                return Err(Error::InvalidArgument(format!(
-                    "artifact id is not the xxh3-128 of its bytes: id={id} actual={actual} len={}",
-                    data.len()
-                )));
-            }
+            highwater_core::crypto::check_content_address(id, &data)?;
             if data.len() <= self.config.chunk_size {
                 self.put_inline(id, &data).await
             } else {
