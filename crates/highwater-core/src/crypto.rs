@@ -264,6 +264,15 @@ pub struct Cipher {
     keys: Arc<dyn KeyProvider>,
 }
 
+/// Two ciphers are equal when they use the same provider (the same `Arc`).
+impl PartialEq for Cipher {
+    fn eq(&self, other: &Cipher) -> bool {
+        Arc::ptr_eq(&self.keys, &other.keys)
+    }
+}
+
+impl Eq for Cipher {}
+
 impl Cipher {
     /// A cipher over `keys`.
     pub fn new(keys: Arc<dyn KeyProvider>) -> Cipher {
@@ -346,18 +355,22 @@ impl Cipher {
     /// `plaintext`) to `out` and returns the id of the key used, which the
     /// caller stores next to the body and passes to [`Cipher::open_body`].
     pub fn seal_body(&self, aad: &[u8], plaintext: &[u8], out: &mut Vec<u8>) -> Result<KeyId> {
+        let sealer = self.sealer()?;
+        let id = sealer.key_id();
+        sealer.seal_into(aad, plaintext, out);
+        Ok(id)
+    }
+
+    /// Everything [`Cipher::seal_body`] can fail on, done ahead: the current
+    /// key and a fresh nonce. [`Sealer::seal_into`] then cannot fail, so a
+    /// caller can seal under a lock after it learns what to bind.
+    pub fn sealer(&self) -> Result<Sealer> {
         let (key_id, key) = self.keys.current()?;
-        let nonce = random_nonce()?;
-        out.reserve(BODY_OVERHEAD + plaintext.len());
-        out.extend_from_slice(&nonce);
-        let start = out.len();
-        out.extend_from_slice(plaintext);
-        let tag = key
-            .cipher()
-            .encrypt_in_place_detached(XNonce::from_slice(&nonce), aad, &mut out[start..])
-            .map_err(|_| Error::Internal("encryption of a frame failed".into()))?;
-        out.extend_from_slice(&tag);
-        Ok(key_id)
+        Ok(Sealer {
+            key_id,
+            key,
+            nonce: random_nonce()?,
+        })
     }
 
     /// Opens what [`Cipher::seal_body`] made with key `key_id` and `aad`,
@@ -392,6 +405,38 @@ impl Cipher {
                     "tag mismatch under key {key_id}: the bytes were changed, moved, or sealed with another key of that id"
                 ))
             })
+    }
+}
+
+/// A key and a fresh nonce, ready to seal one body (see [`Cipher::sealer`]).
+#[derive(Debug)]
+pub struct Sealer {
+    key_id: KeyId,
+    key: Arc<DataKey>,
+    nonce: [u8; NONCE_LEN],
+}
+
+impl Sealer {
+    /// The id of the key this sealer uses.
+    pub fn key_id(&self) -> KeyId {
+        self.key_id
+    }
+
+    /// Appends nonce, ciphertext and tag of `plaintext` under `aad` to
+    /// `out` ([`BODY_OVERHEAD`] bytes more than `plaintext`).
+    pub fn seal_into(self, aad: &[u8], plaintext: &[u8], out: &mut Vec<u8>) {
+        out.reserve(BODY_OVERHEAD + plaintext.len());
+        out.extend_from_slice(&self.nonce);
+        let start = out.len();
+        out.extend_from_slice(plaintext);
+        let tag = self
+            .key
+            .cipher()
+            .encrypt_in_place_detached(XNonce::from_slice(&self.nonce), aad, &mut out[start..])
+            // XChaCha20-Poly1305 fails only above 2^38 bytes of plaintext;
+            // callers bound their bodies far below that.
+            .expect("a body below 256 GiB seals");
+        out.extend_from_slice(&tag);
     }
 }
 

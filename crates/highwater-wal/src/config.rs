@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use highwater_core::{Error, Result};
+use highwater_core::{Cipher, Error, Result};
 
 use crate::format::MAX_FRAME_BYTES;
 
@@ -67,6 +67,11 @@ pub struct WalConfig {
     /// and [`SyncPolicy::Interval`]; under [`SyncPolicy::Never`] nothing waits
     /// for `fdatasync`, so segments are never preallocated. Default true.
     pub preallocate: bool,
+    /// Seal every frame's body (after compression) with this cipher's
+    /// current key (at-rest encryption, see `docs/reliability.md`). A log
+    /// holding sealed frames replays only with a cipher whose provider
+    /// holds their keys. Default `None`: frames are stored in the clear.
+    pub encryption: Option<Cipher>,
 }
 
 impl Default for WalConfig {
@@ -81,6 +86,7 @@ impl Default for WalConfig {
             compression_threshold: 4 << 10,
             compression_level: 1,
             preallocate: true,
+            encryption: None,
         }
     }
 }
@@ -113,6 +119,12 @@ impl WalConfig {
     pub fn compression(mut self, threshold: usize) -> Self {
         self.enable_compression = true;
         self.compression_threshold = threshold;
+        self
+    }
+
+    /// Sets [`WalConfig::encryption`].
+    pub fn encryption(mut self, cipher: Cipher) -> Self {
+        self.encryption = Some(cipher);
         self
     }
 

@@ -31,6 +31,11 @@ pub const MAX_FRAME_BYTES: usize = 256 << 20;
 /// Frame flag: the body is one zstd frame.
 pub(crate) const FLAG_ZSTD: u8 = 1;
 
+/// Frame flag: the stored body is sealed (at-rest encryption): nonce,
+/// ciphertext of the (possibly compressed) body, tag; header bytes 20..24
+/// hold the id of the key that sealed it.
+pub(crate) const FLAG_SEALED: u8 = 2;
+
 /// The extension of segment files.
 pub(crate) const SEGMENT_SUFFIX: &str = ".wal";
 
@@ -155,7 +160,7 @@ pub(crate) fn decode_segment_header(bytes: &[u8]) -> Result<Lsn, SegmentHeaderEr
 /// A decoded frame header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct FrameHeader {
-    /// [`FLAG_ZSTD`] or zero.
+    /// [`FLAG_ZSTD`], [`FLAG_SEALED`], both or neither.
     pub flags: u8,
     /// Records in the body; zero for a marker frame.
     pub count: u32,
@@ -170,12 +175,42 @@ pub(crate) struct FrameHeader {
     pub synced_lsn: Lsn,
     /// xxh3-64 of the stored body.
     pub body_checksum: u64,
+    /// The key that sealed the body ([`FLAG_SEALED`]); zero otherwise.
+    pub key_id: u32,
 }
 
 impl FrameHeader {
     /// True when the body is zstd-compressed.
     pub fn compressed(&self) -> bool {
         self.flags & FLAG_ZSTD != 0
+    }
+
+    /// True when the body is sealed.
+    pub fn sealed(&self) -> bool {
+        self.flags & FLAG_SEALED != 0
+    }
+
+    /// The associated data a sealed body is bound to: what the frame claims
+    /// to be (flags, record count, raw length, first LSN, key id), so a
+    /// body moved to another position of the log fails to open.
+    pub fn sealing_aad(&self) -> [u8; 40] {
+        let mut a = [0u8; 40];
+        a[0..16].copy_from_slice(b"highwater wal fr");
+        a[16] = self.flags;
+        a[20..24].copy_from_slice(&self.count.to_le_bytes());
+        a[24..28].copy_from_slice(&self.raw_len.to_le_bytes());
+        a[28..32].copy_from_slice(&self.key_id.to_le_bytes());
+        a[32..40].copy_from_slice(&self.first_lsn.to_le_bytes());
+        a
+    }
+
+    /// Body bytes before sealing (the stored body without nonce and tag).
+    pub fn unsealed_len(&self) -> usize {
+        if self.sealed() {
+            (self.body_len as usize).saturating_sub(highwater_core::crypto::BODY_OVERHEAD)
+        } else {
+            self.body_len as usize
+        }
     }
 
     /// Header plus body, in bytes.
@@ -192,7 +227,7 @@ impl FrameHeader {
         h[8..12].copy_from_slice(&self.count.to_le_bytes());
         h[12..16].copy_from_slice(&self.body_len.to_le_bytes());
         h[16..20].copy_from_slice(&self.raw_len.to_le_bytes());
-        h[20..24].fill(0);
+        h[20..24].copy_from_slice(&self.key_id.to_le_bytes());
         h[24..32].copy_from_slice(&self.first_lsn.to_le_bytes());
         h[32..40].copy_from_slice(&self.synced_lsn.to_le_bytes());
         h[40..48].copy_from_slice(&self.body_checksum.to_le_bytes());
@@ -213,11 +248,8 @@ impl FrameHeader {
             return Err("frame header checksum mismatch");
         }
         let flags = h[4];
-        if flags & !FLAG_ZSTD != 0 || h[5..8].iter().any(|b| *b != 0) {
+        if flags & !(FLAG_ZSTD | FLAG_SEALED) != 0 || h[5..8].iter().any(|b| *b != 0) {
             return Err("unknown frame flags");
-        }
-        if h[20..24].iter().any(|b| *b != 0) {
-            return Err("nonzero reserved bytes in frame header");
         }
         let header = FrameHeader {
             flags,
@@ -227,6 +259,7 @@ impl FrameHeader {
             first_lsn: u64::from_le_bytes(le8(&h[24..32])),
             synced_lsn: u64::from_le_bytes(le8(&h[32..40])),
             body_checksum: u64::from_le_bytes(le8(&h[40..48])),
+            key_id: u32::from_le_bytes(le4(&h[20..24])),
         };
         header.check()?;
         Ok(header)
@@ -237,13 +270,19 @@ impl FrameHeader {
     fn check(&self) -> Result<(), &'static str> {
         let body = self.body_len as usize;
         let raw = self.raw_len as usize;
-        if body > MAX_FRAME_BYTES || raw > MAX_FRAME_BYTES {
+        if self.unsealed_len() > MAX_FRAME_BYTES || raw > MAX_FRAME_BYTES {
             return Err("frame larger than the maximum frame size");
         }
-        if !self.compressed() && body != raw {
+        if !self.sealed() && self.key_id != 0 {
+            return Err("nonzero reserved bytes in frame header");
+        }
+        if self.sealed() && body < highwater_core::crypto::BODY_OVERHEAD {
+            return Err("sealed frame shorter than its nonce and tag");
+        }
+        if !self.compressed() && self.unsealed_len() != raw {
             return Err("uncompressed frame with differing stored and raw lengths");
         }
-        if self.count == 0 && (body != 0 || self.compressed()) {
+        if self.count == 0 && (body != 0 || self.flags != 0) {
             return Err("marker frame with a body");
         }
         // Every record has at least its length prefix.
@@ -361,6 +400,7 @@ mod tests {
             first_lsn: 10,
             synced_lsn: 9,
             body_checksum: 0xdead_beef,
+            key_id: 0,
         };
         let mut buf = [0u8; FRAME_HEADER_LEN];
         fh.encode_into(&mut buf);

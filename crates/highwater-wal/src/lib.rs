@@ -90,19 +90,24 @@
 //! frame: one batch (or a marker)
 //!   offset len  field
 //!        0   4  magic "HWFR"
-//!        4   1  flags: bit 0 = body is one zstd frame; other bits zero
+//!        4   1  flags: bit 0 = body is one zstd frame; bit 1 = body is sealed
+//!                 (at-rest encryption); other bits zero
 //!        5   3  reserved, zero
 //!        8   4  count: records in the body; 0 marks a marker frame, whose body is empty
 //!       12   4  body_len: bytes of stored body following the header
-//!       16   4  raw_len: body bytes after decompression (= body_len when not compressed)
-//!       20   4  reserved, zero
+//!       16   4  raw_len: body bytes after decompression (= body_len when neither
+//!                 compressed nor sealed)
+//!       20   4  key id of a sealed body; zero otherwise
 //!       24   8  first LSN: record i of the body has LSN first + i
 //!                 (marker: the next LSN to be assigned)
 //!       32   8  synced LSN: every record with LSN <= this was durable before this
 //!                 frame was written (always < first LSN)
 //!       40   8  xxh3-64 of the stored body
 //!       48   8  xxh3-64 of header bytes 0..48
-//!       56   …  body (body_len bytes)
+//!       56   …  body (body_len bytes); sealed: a 24-byte nonce, the
+//!                 XChaCha20-Poly1305 ciphertext of the (compressed) body, its
+//!                 16-byte tag, with the flags, count, raw_len, key id and first
+//!                 LSN as associated data (`highwater_core::crypto`)
 //!
 //! raw body: count records, each
 //!        0   4  payload length n
@@ -113,7 +118,8 @@
 //!                 event_time 0x00 (none) | 0x01 + varint milliseconds
 //! ```
 //!
-//! Limits: a frame body (stored or raw) is at most [`MAX_FRAME_BYTES`];
+//! Limits: a frame body (stored, without a seal's 40 bytes, or raw) is at
+//! most [`MAX_FRAME_BYTES`];
 //! every length read from disk is checked against it and against the bytes
 //! left in the file before anything is allocated. A marker frame (count 0)
 //! is written by [`Wal::close`]; its synced LSN covers the whole log.

@@ -391,7 +391,7 @@ fn scan_segment(info: SegmentInfo) -> Result<SegScan> {
                     } else if xxh3_64(&body) != h.body_checksum {
                         fail("frame body checksum mismatch".into())
                     } else if let (false, Err(why)) =
-                        (h.compressed(), split_records(&body, h.count))
+                        (h.compressed() || h.sealed(), split_records(&body, h.count))
                     {
                         fail(why.into())
                     } else {
@@ -514,6 +514,7 @@ mod tests {
             first_lsn,
             synced_lsn: synced,
             body_checksum: xxh3_64(&body),
+            key_id: 0,
         }
         .encode_into(&mut out);
         out.extend_from_slice(&body);

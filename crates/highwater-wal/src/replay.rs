@@ -10,7 +10,7 @@ use std::fs::File;
 use std::io::{BufReader, ErrorKind};
 use std::path::{Path, PathBuf};
 
-use highwater_core::{Error, Result};
+use highwater_core::{Cipher, Error, Result};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::Lsn;
@@ -56,8 +56,10 @@ pub struct Replay {
     pending: VecDeque<WalEntry>,
     done: bool,
     body: Vec<u8>,
+    opened: Vec<u8>,
     raw: Vec<u8>,
     zstd: Zstd,
+    cipher: Option<Cipher>,
 }
 
 /// A lazily created zstd context, reused for every compressed frame.
@@ -90,7 +92,12 @@ fn corrupt(why: impl std::fmt::Display, path: &Path, offset: u64) -> Error {
 impl Replay {
     /// A replay of `segments` (starting with the one holding `from`) from
     /// LSN `from` through `end`.
-    pub(crate) fn new(segments: Vec<SegmentInfo>, from: Lsn, end: Lsn) -> Replay {
+    pub(crate) fn new(
+        segments: Vec<SegmentInfo>,
+        from: Lsn,
+        end: Lsn,
+        cipher: Option<Cipher>,
+    ) -> Replay {
         let next = segments.first().map_or(from, |s| s.first_lsn);
         Replay {
             segments,
@@ -103,8 +110,10 @@ impl Replay {
             pending: VecDeque::new(),
             done: false,
             body: Vec::new(),
+            opened: Vec::new(),
             raw: Vec::new(),
             zstd: Zstd::default(),
+            cipher,
         }
     }
 
@@ -261,6 +270,41 @@ impl Replay {
         if h.count == 0 {
             return Ok(());
         }
+        // With encryption configured every frame must be sealed: a frame in
+        // the clear could have been planted by whoever can write the files.
+        let stored: &[u8] = match (&self.cipher, h.sealed()) {
+            (Some(cipher), true) => {
+                let what = format!(
+                    "wal frame lsn={} segment={} offset={at}",
+                    h.first_lsn,
+                    rd.path.display()
+                );
+                cipher.open_body(
+                    &what,
+                    h.key_id,
+                    &h.sealing_aad(),
+                    &self.body,
+                    &mut self.opened,
+                )?;
+                &self.opened
+            }
+            (None, false) => &self.body,
+            (cipher, _) => {
+                return Err(Error::Authentication {
+                    what: format!(
+                        "wal frame lsn={} segment={} offset={at}",
+                        h.first_lsn,
+                        rd.path.display()
+                    ),
+                    detail: if cipher.is_some() {
+                        "not encrypted, but the log is opened with encryption".into()
+                    } else {
+                        "encrypted, but the log is opened without encryption (give it the keys)"
+                            .into()
+                    },
+                });
+            }
+        };
         let raw: &[u8] = if h.compressed() {
             self.raw.clear();
             self.raw.reserve(h.raw_len as usize);
@@ -274,7 +318,7 @@ impl Replay {
                 ),
             };
             let n = dctx
-                .decompress_to_buffer(&self.body, &mut self.raw)
+                .decompress_to_buffer(stored, &mut self.raw)
                 .map_err(|e| corrupt(format!("zstd body does not decode ({e})"), &rd.path, at))?;
             if n != h.raw_len as usize {
                 return Err(corrupt(
@@ -285,7 +329,7 @@ impl Replay {
             }
             &self.raw
         } else {
-            &self.body
+            stored
         };
         let payloads = split_records(raw, h.count).map_err(|why| corrupt(why, &rd.path, at))?;
         let mut entries = Vec::with_capacity(payloads.len());

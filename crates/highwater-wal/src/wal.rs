@@ -14,12 +14,15 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use crate::Lsn;
 use crate::config::{SyncPolicy, WalConfig};
-use crate::format::{FLAG_ZSTD, FRAME_HEADER_LEN, FrameHeader, LOCK_FILE, TEMP_SUFFIX};
+use crate::format::{
+    FLAG_SEALED, FLAG_ZSTD, FRAME_HEADER_LEN, FrameHeader, LOCK_FILE, TEMP_SUFFIX,
+};
 use crate::record::{WalBatch, WalRecord};
 use crate::recovery::{RecoveryReport, recover};
 use crate::replay::Replay;
 use crate::segment::{SegmentInfo, fsync_dir, install_segment, make_spare, write_durable};
 use crate::writer::{Block, Queue, Shared, Writer, lock};
+use highwater_core::crypto::BODY_OVERHEAD;
 
 /// A segmented write-ahead log open for appending.
 ///
@@ -232,19 +235,35 @@ impl Wal {
         let always = config.sync_policy == SyncPolicy::Always;
         let raw = batch.body();
         let compress = config.enable_compression && raw.len() >= config.compression_threshold;
-        let go = |stored: &[u8], flags: u8| -> Result<AppendTicket> {
+        // With encryption the key and nonce are drawn here; the body is
+        // sealed under the queue lock, once its first LSN (which the
+        // sealing binds) is known.
+        let mut sealer = match &config.encryption {
+            Some(cipher) => Some(cipher.sealer()?),
+            None => None,
+        };
+        let mut go = |stored: &[u8], flags: u8| -> Result<AppendTicket> {
             // Everything but the first LSN is known before taking the lock;
             // the durable LSN and the header checksum are the writer's.
+            let (flags, body_len, key_id) = match &sealer {
+                Some(s) => (
+                    flags | FLAG_SEALED,
+                    stored.len() + BODY_OVERHEAD,
+                    s.key_id(),
+                ),
+                None => (flags, stored.len(), 0),
+            };
             let mut header = FrameHeader {
                 flags,
                 count,
-                body_len: stored.len() as u32,
+                body_len: body_len as u32,
                 raw_len: raw.len() as u32,
                 first_lsn: 1,
                 synced_lsn: 0,
-                body_checksum: xxh3_64(stored),
+                body_checksum: if sealer.is_some() { 0 } else { xxh3_64(stored) },
+                key_id,
             };
-            let frame_len = FRAME_HEADER_LEN + stored.len();
+            let frame_len = FRAME_HEADER_LEN + body_len;
             let mut q = lock(&shared.queue);
             loop {
                 if let Some(e) = shared.poisoned_error() {
@@ -290,8 +309,14 @@ impl Wal {
             let block = q.blocks.back_mut().expect("a block was just ensured");
             let at = block.buf.len();
             block.buf.resize(at + FRAME_HEADER_LEN, 0);
+            match sealer.take() {
+                Some(s) => {
+                    s.seal_into(&header.sealing_aad(), stored, &mut block.buf);
+                    header.body_checksum = xxh3_64(&block.buf[at + FRAME_HEADER_LEN..]);
+                }
+                None => block.buf.extend_from_slice(stored),
+            }
             header.encode_into(&mut block.buf[at..]);
-            block.buf.extend_from_slice(stored);
             block.frames += 1;
             q.bytes += frame_len;
             q.frames += 1;
@@ -450,7 +475,12 @@ impl Wal {
         let idx = segments
             .partition_point(|s| s.first_lsn <= from)
             .saturating_sub(1);
-        Ok(Replay::new(segments[idx..].to_vec(), from, bound))
+        Ok(Replay::new(
+            segments[idx..].to_vec(),
+            from,
+            bound,
+            self.shared.config.encryption.clone(),
+        ))
     }
 
     /// Releases the records before `lsn` (typically the first LSN a

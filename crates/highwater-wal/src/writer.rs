@@ -1167,6 +1167,7 @@ impl Writer {
             first_lsn: self.written + 1,
             synced_lsn: self.durable,
             body_checksum: xxh3_64(&[]),
+            key_id: 0,
         }
         .encode_into(&mut marker);
         (&*self.seg.file)

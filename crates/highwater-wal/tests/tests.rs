@@ -7,6 +7,8 @@
 //! - `replay`: the replay iterator and its bounds;
 //! - `corruption`: torn tails, zeros, flipped bytes, missing segments, bad
 //!   headers — repaired or refused with a typed error naming the place;
+//! - `encryption`: sealed frames round-trip, rotate keys, and a tampered,
+//!   moved, unsealed or unkeyed frame is an authentication error;
 //! - `fixtures`: a log written by format version 1 still replays;
 //! - `full_disk`: a log on a full (1 MiB tmpfs) disk fails with
 //!   `StorageFull` naming the place, and stays failed;
@@ -20,6 +22,8 @@ mod common;
 mod basics;
 #[path = "tests/corruption.rs"]
 mod corruption;
+#[path = "tests/encryption.rs"]
+mod encryption;
 #[path = "tests/fixtures.rs"]
 mod fixtures;
 #[path = "tests/full_disk.rs"]

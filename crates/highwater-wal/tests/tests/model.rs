@@ -1,10 +1,13 @@
 //! Model-based test: random interleavings of appends (single and batch),
 //! truncations, bounded replays, reopenings and crash images, with random
-//! configurations, checked against a model `Vec` of records after every
+//! configurations (encrypted or not), checked against a model `Vec` of records after every
 //! step.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+use highwater_core::{Cipher, DataKey, Keyring};
 
 use highwater_wal::{SyncPolicy, Wal, WalBatch, WalConfig, WalOp, WalRecord};
 use proptest::prelude::*;
@@ -64,9 +67,10 @@ fn config() -> impl Strategy<Value = WalConfig> {
         any::<bool>(),
         4096u64..16384,
         0usize..3,
+        any::<bool>(),
     )
         .prop_map(
-            |(policy, compress, prealloc, segment_size, retention)| WalConfig {
+            |(policy, compress, prealloc, segment_size, retention, encrypt)| WalConfig {
                 sync_policy: policy,
                 enable_compression: compress,
                 compression_threshold: 200,
@@ -74,6 +78,8 @@ fn config() -> impl Strategy<Value = WalConfig> {
                 segment_size,
                 max_batch_size: 2048,
                 retention_segments: retention,
+                encryption: encrypt
+                    .then(|| Cipher::new(Arc::new(Keyring::new(1, DataKey::new([5; 32]))))),
                 ..WalConfig::default()
             },
         )
