@@ -309,6 +309,9 @@ impl Member {
         if resume {
             c.arg("--resume");
         }
+        if let Some(path) = crate::target::key_file() {
+            c.arg("--key-file").arg(path);
+        }
         // A node stops on a `stop` line, and exits when its standard input
         // closes: the parent died.
         c.stdin(Stdio::piped()).stdout(Stdio::piped());

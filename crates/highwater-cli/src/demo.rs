@@ -274,7 +274,10 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
             WalSync::Interval => SyncPolicy::Interval(Duration::from_millis(10)),
             WalSync::Never => SyncPolicy::Never,
         };
-        builder = builder.wal(dir, WalConfig::default().sync_policy(policy));
+        let mut config = WalConfig::default().sync_policy(policy);
+        // The store is already sealed by `open_store`; the log is sealed here.
+        config.encryption = crate::target::keys().map(highwater::core::Cipher::new);
+        builder = builder.wal(dir, config);
     }
     let manager = builder
         .backend(backend)

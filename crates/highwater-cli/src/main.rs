@@ -36,6 +36,12 @@ use clap::{Parser, Subcommand};
                   Example:\n  highwater demo --dir /tmp/hw && highwater report /tmp/hw -o report.html"
 )]
 struct Cli {
+    /// Encrypt what is written and open what is read with the keys in
+    /// FILE (at-rest encryption; one `<id> <64 hex digits>` line per key,
+    /// the highest id current; mode 600). Applies to every store and to the
+    /// demo's write-ahead log. Also read from HIGHWATER_KEY_FILE.
+    #[arg(long, global = true, env = "HIGHWATER_KEY_FILE", value_name = "FILE")]
+    key_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -237,7 +243,21 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
+    let result = match target::set_key_file(cli.key_file.as_deref()) {
+        Err(e) => Err(e),
+        Ok(()) => run(cli.command),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            exit_code(&e)
+        }
+    }
+}
+
+fn run(command: Command) -> highwater::Result<ExitCode> {
+    match command {
         Command::Demo(args) => demo::run(args),
         Command::Coordinator(args) => coordinator::run(args),
         Command::Inspect {
@@ -317,13 +337,6 @@ fn main() -> ExitCode {
                 id,
             };
             savepoint::diff(&a, &side(a_id), &b, &side(b_id), json, keys)
-        }
-    };
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {}", one_line(&e));
-            exit_code(&e)
         }
     }
 }

@@ -1,8 +1,8 @@
 //! Where checkpoints and live state go: parsing `--store`, `--dir` and
 //! `--backend` into a store and a backend.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 use highwater::cloud::{ObjectCheckpointStore, StoreUrl};
 use highwater::memory::MemoryBackend;
@@ -10,7 +10,35 @@ use highwater::memory::MemoryBackend;
 use highwater::redis::{RedisBackend, RedisCheckpointStore, RedisEndpoint, RedisStoreConfig};
 #[cfg(feature = "rocksdb")]
 use highwater::rocksdb::RocksDbBackend;
-use highwater::{CheckpointStore, Error, Result, StateBackend};
+use highwater::{CheckpointStore, EncryptedStore, Error, KeyProvider, Result, StateBackend};
+
+/// The keys of `--key-file`, read once at start.
+static KEYS: OnceLock<Option<(PathBuf, Arc<dyn KeyProvider>)>> = OnceLock::new();
+
+/// Reads `--key-file` (or `HIGHWATER_KEY_FILE`); every store this process
+/// opens is then encrypted with its keys.
+pub fn set_key_file(path: Option<&Path>) -> Result<()> {
+    let keys = match path {
+        None => None,
+        Some(p) => Some((
+            p.to_path_buf(),
+            Arc::new(highwater::read_key_file(p)?) as Arc<dyn KeyProvider>,
+        )),
+    };
+    // Set once, by main, before anything opens a store.
+    let _ = KEYS.set(keys);
+    Ok(())
+}
+
+/// The keys of `--key-file`, if one was given.
+pub fn keys() -> Option<Arc<dyn KeyProvider>> {
+    KEYS.get()?.as_ref().map(|(_, k)| k.clone())
+}
+
+/// The `--key-file` path, to pass on to child processes.
+pub fn key_file() -> Option<&'static Path> {
+    KEYS.get()?.as_ref().map(|(p, _)| p.as_path())
+}
 
 /// The error for `what` (a backend, store or command) that this build of the
 /// CLI leaves out: it names the Cargo feature of `highwater-cli` and the
@@ -38,7 +66,17 @@ pub fn is_redis_url(spec: &str) -> bool {
 /// prefix; `namespace` does not apply; the client is configured from the
 /// usual `AWS_*`, `AZURE_*` and `GOOGLE_*` environment variables), or a
 /// local directory (created if `create`).
+///
+/// With `--key-file`, the store is wrapped in an [`EncryptedStore`].
 pub fn open_store(spec: &str, namespace: &str, create: bool) -> Result<Arc<dyn CheckpointStore>> {
+    let store = open_plain_store(spec, namespace, create)?;
+    Ok(match keys() {
+        Some(keys) => Arc::new(EncryptedStore::new(store, keys)),
+        None => store,
+    })
+}
+
+fn open_plain_store(spec: &str, namespace: &str, create: bool) -> Result<Arc<dyn CheckpointStore>> {
     if is_redis_url(spec) {
         #[cfg(feature = "redis")]
         {

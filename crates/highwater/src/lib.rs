@@ -59,6 +59,7 @@ pub use highwater_core::{
     ReducingStateDescriptor, Result, StateBackend, SystemClock, TtlConfig, ValueState,
     ValueStateDescriptor,
 };
+pub use highwater_core::{DataKey, EncryptedStore, KeyId, KeyProvider, Keyring};
 pub use highwater_merge::cluster;
 pub use highwater_merge::cluster::LocalCoordinator;
 pub use highwater_merge::savepoint::SavepointInfo;
@@ -72,6 +73,30 @@ pub use highwater_recovery::{
 };
 pub use manager::{HistoryEntry, RestoreInfo, StateManager, StateManagerBuilder};
 pub use savepoint::{SavepointHandle, SavepointRestoreInfo, SavepointRestoreOptions};
+
+/// Reads a key file in the [`Keyring`] text form (one `<id> <64 hex
+/// digits>` line per key; the highest id is current).
+///
+/// The file must not be readable by the group or by others (like an SSH
+/// private key): `chmod 600` it. Errors name the path, never key material.
+pub fn read_key_file(path: impl AsRef<std::path::Path>) -> Result<Keyring> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = path.as_ref();
+    let meta = std::fs::metadata(path)
+        .map_err(|e| Error::io(format!("read key file {}", path.display()), e))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(Error::InvalidArgument(format!(
+            "key file {} is readable by others (mode {:o}): chmod 600 it",
+            path.display(),
+            meta.permissions().mode() & 0o777
+        )));
+    }
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path)
+            .map_err(|e| Error::io(format!("read key file {}", path.display()), e))?,
+    );
+    Keyring::parse(&text, &path.display().to_string())
+}
 
 /// What an embedding engine uses, in one import: `use highwater::prelude::*;`.
 ///

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use highwater_core::{
-    CheckpointId, CheckpointStore, Clock, Coordinator, Error, KeyedStateContext, Manifest, Result,
-    StateBackend, SystemClock,
+    CheckpointId, CheckpointStore, Cipher, Clock, Coordinator, EncryptedStore, Error, KeyProvider,
+    KeyedStateContext, Manifest, Result, StateBackend, SystemClock,
 };
 use highwater_merge::{
     CheckpointConfig, CheckpointHandle, Checkpointer, CheckpointerParts, Idle, MergeStats,
@@ -124,6 +124,7 @@ pub struct StateManagerBuilder {
     wal: Option<(std::path::PathBuf, highwater_wal::WalConfig)>,
     recovery: RecoveryConfig,
     cluster: Option<(Arc<dyn Coordinator>, u16, u16)>,
+    keys: Option<Arc<dyn KeyProvider>>,
 }
 
 impl std::fmt::Debug for StateManagerBuilder {
@@ -215,6 +216,22 @@ impl StateManagerBuilder {
         self
     }
 
+    /// Encrypts everything this manager writes at rest with the keys of
+    /// `keys` (see `docs/reliability.md`, "At-rest encryption"): the
+    /// checkpoint store is wrapped in an [`EncryptedStore`] (artifacts and
+    /// manifests, cluster parts and ledger records included), the
+    /// write-ahead log seals its frames, and
+    /// [`savepoint`](StateManager::savepoint) and
+    /// [`restore_savepoint`](StateManager::restore_savepoint) seal and open
+    /// savepoints with the same keys. New data is sealed with the
+    /// provider's current key; reading needs every key the data names.
+    /// Anything stored in the clear, or tampered with, then fails with
+    /// [`ErrorKind::Authentication`](highwater_core::ErrorKind::Authentication).
+    pub fn encryption(mut self, keys: Arc<dyn KeyProvider>) -> Self {
+        self.keys = Some(keys);
+        self
+    }
+
     /// How restores run (threads, timeout, verification level, fallback).
     /// `restore(id)` never falls back, whatever `optimistic_recovery` says.
     pub fn recovery(mut self, config: RecoveryConfig) -> Self {
@@ -268,6 +285,9 @@ impl StateManagerBuilder {
         let mut store = self
             .store
             .ok_or_else(|| Error::InvalidArgument("a checkpoint store is required".into()))?;
+        if let Some(keys) = &self.keys {
+            store = Arc::new(EncryptedStore::new(store, keys.clone()));
+        }
         let member = match self.cluster {
             None => None,
             Some((coordinator, parallelism, subtask)) => {
@@ -294,7 +314,10 @@ impl StateManagerBuilder {
             }
         };
         let (backend, logged) = match self.wal {
-            Some((dir, config)) => {
+            Some((dir, mut config)) => {
+                if let Some(keys) = &self.keys {
+                    config.encryption = Some(Cipher::new(keys.clone()));
+                }
                 let (wal, report) = highwater_wal::Wal::open(&dir, config)?;
                 if let Some(torn) = &report.torn_tail {
                     tracing::warn!(dir = %dir.display(), ?torn, "cut the torn tail of the write-ahead log");
@@ -331,6 +354,7 @@ impl StateManagerBuilder {
             clock: self.clock,
             recovery: self.recovery,
             member,
+            keys: self.keys,
         })
     }
 }
@@ -391,6 +415,8 @@ pub struct StateManager {
     recovery: RecoveryConfig,
     /// Set for a participant of global checkpoints.
     member: Option<Arc<Member>>,
+    /// Set when everything is encrypted at rest.
+    keys: Option<Arc<dyn KeyProvider>>,
 }
 
 impl std::fmt::Debug for StateManager {
@@ -414,6 +440,16 @@ impl StateManager {
             wal: None,
             recovery: RecoveryConfig::default(),
             cluster: None,
+            keys: None,
+        }
+    }
+
+    /// `store` as this manager reads and writes savepoints in it: sealed
+    /// with the manager's keys when it encrypts at rest.
+    pub(crate) fn sealed(&self, store: Arc<dyn CheckpointStore>) -> Arc<dyn CheckpointStore> {
+        match &self.keys {
+            Some(keys) => Arc::new(EncryptedStore::new(store, keys.clone())),
+            None => store,
         }
     }
 

@@ -145,6 +145,7 @@ impl StateManager {
         if self.is_closed() {
             return Err(closed_error());
         }
+        let target = self.sealed(target);
         let cp = self.checkpointer();
         let mut idle = cp.idle();
         let started = Instant::now();
@@ -205,6 +206,7 @@ impl StateManager {
             return Err(closed_error());
         }
         let started = Instant::now();
+        let source = self.sealed(source);
         let cp = self.checkpointer();
         let mut idle = cp.idle();
         let io = cp.exec().io().clone();

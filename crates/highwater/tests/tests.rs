@@ -23,6 +23,8 @@ mod corruption;
 mod dedup;
 #[path = "tests/embedding.rs"]
 mod embedding;
+#[path = "tests/encryption.rs"]
+mod encryption;
 #[path = "tests/failures.rs"]
 mod failures;
 #[path = "tests/keys.rs"]
