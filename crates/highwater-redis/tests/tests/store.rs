@@ -15,6 +15,20 @@ mod cluster {
     ));
 }
 
+/// The suite through at-rest encryption (`EncryptedStore`) over a
+/// standalone server: sealed artifacts (inline and chunked) and manifests.
+mod encrypted {
+    highwater_testkit::store_conformance!(async || async {
+        let (guard, store) =
+            super::super::common::store(super::super::common::standalone(), "se").await;
+        let keys = highwater_core::Keyring::new(4, highwater_core::DataKey::new([4; 32]));
+        let sealed: std::sync::Arc<dyn highwater_core::CheckpointStore> = std::sync::Arc::new(
+            highwater_core::EncryptedStore::new(store, std::sync::Arc::new(keys)),
+        );
+        (guard, sealed)
+    });
+}
+
 use std::time::Duration;
 
 use bytes::Bytes;
