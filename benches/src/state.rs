@@ -31,7 +31,10 @@
 //!   into a local directory store (fsync'd), for information. `_fast` is
 //!   the same checkpoint with the artifacts' zstd level set to
 //!   [`ZSTD_FAST_LEVEL`] (`MergerConfig::compression`), against that level
-//!   over the same records, times the cores.
+//!   over the same records, times the cores. `_encrypted` is the same
+//!   checkpoint with at-rest encryption on (`StateManagerBuilder::encryption`,
+//!   XChaCha20-Poly1305), against plain full checkpoints taken alternately
+//!   with the encrypted ones (medians of each).
 //! - `flink_*`: the workload issue 14 compared with Apache Flink, see
 //!   [`crate::state_flink`].
 //! - `logged_put` and `checkpoint_latency_small`: the write-ahead log's
@@ -1261,6 +1264,45 @@ fn checkpoint_bench(
             fast_full.logical_bytes as f64 / fast_full.encoded_bytes as f64
         )),
     );
+
+    // Encrypted and plain full checkpoints alternate, so that both see the
+    // same machine; each ratio compares medians of the pairs.
+    println!("state: full checkpoints encrypted at rest and plain, alternating …");
+    let keys: Arc<dyn highwater::KeyProvider> =
+        Arc::new(highwater::Keyring::new(1, highwater::DataKey::generate()?));
+    let (mut sealed_times, mut plain_times) = (Vec::new(), Vec::new());
+    let mut logical = 0;
+    for _ in 0..plan.full_reps {
+        for sealed in [true, false] {
+            let backend: Arc<dyn StateBackend> = backend.clone();
+            let mut b = StateManager::builder()
+                .backend(backend)
+                .store(Arc::new(ObjectCheckpointStore::in_memory()));
+            if sealed {
+                b = b.encryption(keys.clone());
+            }
+            let sm = b.build()?;
+            let info = checkpoint(&sm, CheckpointKind::Full)?;
+            drop(sm);
+            logical = info.logical_bytes;
+            if sealed {
+                sealed_times.push(info.duration);
+            } else {
+                plain_times.push(info.duration);
+            }
+        }
+    }
+    let sealed_mbps = mb_per_s(logical, median_duration(&sealed_times));
+    let plain_mbps = mb_per_s(logical, median_duration(&plain_times));
+    println!("state:   encrypted: {sealed_mbps:.1} MB/s, plain: {plain_mbps:.1} MB/s");
+    metrics.push(Metric::versus(
+        "checkpoint_full_throughput_encrypted",
+        sealed_mbps,
+        "MB/s",
+        "unencrypted full checkpoint",
+        plain_mbps,
+        true,
+    ));
 
     println!("state: full checkpoint into a local directory store …");
     let dir = tempfile::Builder::new()
