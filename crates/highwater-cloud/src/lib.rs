@@ -40,7 +40,9 @@
 //!   half-written manifest is never visible, and committing an id twice fails
 //!   with [`Error::AlreadyExists`](highwater_core::Error::AlreadyExists).
 //! - **Content addressing.** [`put_artifact`](highwater_core::CheckpointStore::put_artifact)
-//!   refuses an id that is not the xxh3-128 of the bytes, and writes
+//!   refuses an id that is not the xxh3-128 of the bytes (bytes sealed by
+//!   `highwater_core::EncryptedStore` excepted: it checks the address of
+//!   the plaintext), and writes
 //!   create-only: an id that is already stored is reported as
 //!   [`PutOutcome::AlreadyPresent`](highwater_core::PutOutcome::AlreadyPresent)
 //!   and nothing is overwritten.
