@@ -157,8 +157,10 @@ pub fn run(args: RecoverArgs) -> Result<ExitCode> {
     let engine = Recovery::new(store, config, runtime.handle().clone())?;
     let wal = match wal_dir(&args) {
         Some(dir) => {
-            let mut config = WalConfig::default();
-            config.encryption = crate::target::keys().map(highwater::core::Cipher::new);
+            let config = WalConfig {
+                encryption: crate::target::keys().map(highwater::core::Cipher::new),
+                ..WalConfig::default()
+            };
             let (wal, report) = Wal::open(&dir, config)?;
             if let Some(torn) = &report.torn_tail {
                 eprintln!("note: cut the torn tail of the write-ahead log: {torn:?}");

@@ -18,6 +18,8 @@
 //! - [`crash`]: the one mechanism of crash tests: children reached by
 //!   running the test binary again, killed with SIGKILL at a random
 //!   moment, their whole output lines collected.
+//! - [`faultfs`]: `fdatasync` and read failures injected into a child
+//!   process at the system-call boundary (`LD_PRELOAD`).
 //! - [`fixture`]: what a factory may return (an implementation, or a guard
 //!   and an implementation) and the [`Guards`] that outlive a case.
 //!
@@ -45,6 +47,7 @@
 
 pub mod backend;
 pub mod crash;
+pub mod faultfs;
 pub mod fixture;
 pub mod keys;
 mod macros;
