@@ -18,7 +18,7 @@ use std::process::Command;
 use crate::util::{Result, Workspace, io_context, run};
 
 /// The targets, in `fuzz/Cargo.toml` and `highwater_fuzz::Target` order.
-pub const TARGETS: [&str; 8] = [
+pub const TARGETS: [&str; 9] = [
     "manifest",
     "manifest_body",
     "artifact",
@@ -27,6 +27,7 @@ pub const TARGETS: [&str; 8] = [
     "raft_frame",
     "raft_snapshot",
     "redis_artifact",
+    "sealed",
 ];
 
 /// The cargo-fuzz release `cargo xtask fuzz` installs.

@@ -53,11 +53,16 @@ pub enum Target {
     /// A Redis artifact header and its parts (the input is the header,
     /// then parts, each prefixed by a little-endian `u16` length).
     RedisArtifact,
+    /// At-rest encryption: the first byte chooses an object envelope
+    /// opened by `Cipher::open` (0) or a write-ahead-log segment opened and
+    /// replayed with encryption configured (otherwise); the rest is the
+    /// input. Keys are fixed ([`seeds::fuzz_keys`]).
+    Sealed,
 }
 
 impl Target {
     /// Every target.
-    pub const ALL: [Target; 8] = [
+    pub const ALL: [Target; 9] = [
         Target::Manifest,
         Target::ManifestBody,
         Target::Artifact,
@@ -66,6 +71,7 @@ impl Target {
         Target::RaftFrame,
         Target::RaftSnapshot,
         Target::RedisArtifact,
+        Target::Sealed,
     ];
 
     /// The target's name: its `cargo fuzz` target and corpus directory.
@@ -79,6 +85,7 @@ impl Target {
             Target::RaftFrame => "raft_frame",
             Target::RaftSnapshot => "raft_snapshot",
             Target::RedisArtifact => "redis_artifact",
+            Target::Sealed => "sealed",
         }
     }
 
@@ -106,6 +113,13 @@ impl Target {
                 None => false,
             },
             Target::RedisArtifact => redis_artifact(data),
+            Target::Sealed => match data.split_first() {
+                Some((0, rest)) => highwater_core::Cipher::new(seeds::fuzz_keys())
+                    .open(&"fuzz input", seeds::SEALED_CONTEXT, rest)
+                    .is_ok(),
+                Some((_, rest)) => wal_segment_with(rest, seeds::sealed_wal_config()),
+                None => false,
+            },
         }
     }
 }
@@ -178,6 +192,11 @@ fn first_segment_name() -> &'static str {
 /// Writes `data` as the first segment of an empty log directory, opens the
 /// log (recovery) and replays every record.
 fn wal_segment(data: &[u8]) -> bool {
+    wal_segment_with(data, seeds::wal_config())
+}
+
+/// [`wal_segment`] with the log opened with `config`.
+fn wal_segment_with(data: &[u8], config: highwater_wal::WalConfig) -> bool {
     let base = if Path::new("/dev/shm").is_dir() {
         tempfile::tempdir_in("/dev/shm")
     } else {
@@ -187,7 +206,7 @@ fn wal_segment(data: &[u8]) -> bool {
     if std::fs::write(dir.path().join(first_segment_name()), data).is_err() {
         return false;
     }
-    let Ok((wal, _report)) = highwater_wal::Wal::open(dir.path(), seeds::wal_config()) else {
+    let Ok((wal, _report)) = highwater_wal::Wal::open(dir.path(), config) else {
         return false;
     };
     let ok = match wal.replay(1) {

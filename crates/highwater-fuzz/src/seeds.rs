@@ -18,6 +18,23 @@ pub fn wal_config() -> WalConfig {
         .segment_size(64 << 10)
 }
 
+/// The keys of the [`Target::Sealed`] harness and its seeds.
+pub fn fuzz_keys() -> Arc<dyn highwater_core::KeyProvider> {
+    Arc::new(highwater_core::Keyring::new(
+        1,
+        highwater_core::DataKey::new([0x5a; 32]),
+    ))
+}
+
+/// The context object envelopes of the [`Target::Sealed`] harness are
+/// sealed for.
+pub const SEALED_CONTEXT: &[u8] = b"fuzz";
+
+/// [`wal_config`] with encryption under [`fuzz_keys`].
+pub fn sealed_wal_config() -> WalConfig {
+    wal_config().encryption(highwater_core::Cipher::new(fuzz_keys()))
+}
+
 /// The seed inputs of `target`, made fresh by the library.
 pub fn seeds(target: Target) -> Vec<Vec<u8>> {
     match target {
@@ -34,6 +51,21 @@ pub fn seeds(target: Target) -> Vec<Vec<u8>> {
             vec![raw, payload]
         }
         Target::RedisArtifact => redis_artifacts(),
+        Target::Sealed => {
+            let cipher = highwater_core::Cipher::new(fuzz_keys());
+            let mut out = Vec::new();
+            for object in checkpoint_files().0.into_iter().take(2) {
+                let mut input = vec![0u8];
+                input.extend(cipher.seal(SEALED_CONTEXT, &object).expect("seal a seed"));
+                out.push(input);
+            }
+            for (_, segment) in wal_files_with(sealed_wal_config()) {
+                let mut input = vec![1u8];
+                input.extend(segment);
+                out.push(input);
+            }
+            out
+        }
     }
 }
 
@@ -88,14 +120,20 @@ fn checkpoint_files() -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
 /// batches of puts and deletes with and without event time, compressed
 /// and not.
 pub fn wal_files() -> Vec<(String, Vec<u8>)> {
+    wal_files_with(wal_config())
+}
+
+/// [`wal_files`] written with `base` (compression added where the seed
+/// compresses).
+fn wal_files_with(base: WalConfig) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     for (batches, value_len, compress) in [(20u32, 100usize, false), (3, 9000, true), (1, 0, false)]
     {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let config = if compress {
-            wal_config().compression(1024)
+            base.clone().compression(1024)
         } else {
-            wal_config()
+            base.clone()
         };
         let (wal, _) = Wal::open(dir.path(), config).expect("a fresh log");
         for i in 0..batches {

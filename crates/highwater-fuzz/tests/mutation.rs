@@ -277,3 +277,8 @@ fn raft_snapshot() {
 fn redis_artifact() {
     run(Target::RedisArtifact);
 }
+
+#[test]
+fn sealed() {
+    run(Target::Sealed);
+}
