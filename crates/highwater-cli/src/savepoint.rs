@@ -11,7 +11,9 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use highwater::core::{SavepointManifest, SnapshotKind, StateBackend as _, StateKind, StateSchema};
+use highwater::core::{
+    Envelope, SavepointManifest, SnapshotKind, StateBackend as _, StateKind, StateSchema,
+};
 use highwater::memory::MemoryBackend;
 use highwater::merge::savepoint::{
     SavepointEntry, SavepointParams, SavepointReader, snapshot_entries, write_savepoint,
@@ -301,7 +303,35 @@ fn schema_map(schemas: &[StateSchema]) -> Schemas {
 fn entry_json(e: &SavepointEntry, schemas: &Schemas) -> Value {
     let s = schemas.get(&(e.operator.clone(), e.state.clone()));
     let typed = |ty: Option<&str>, b: &[u8]| ty.and_then(|t| to_json(t, b)).unwrap_or(Value::Null);
+    let mut element_expiry = Value::Null;
     let value = match s {
+        _ if e.element_expiry => {
+            // A list whose elements expire one by one: the elements'
+            // expiries (known without a schema), and each element typed.
+            let env = Envelope {
+                expires_at_ms: e.expires_at_ms,
+                payload: &e.value,
+                elements: true,
+            };
+            match env.iter_elements().collect::<Result<Vec<_>>>() {
+                Ok(elements) => {
+                    element_expiry = elements.iter().map(|(at, _)| json!(at)).collect();
+                    s.and_then(|s| {
+                        elements
+                            .iter()
+                            .map(|(_, b)| to_json(&s.value_type, b))
+                            .collect::<Option<Vec<_>>>()
+                    })
+                    .map_or(Value::Null, Value::Array)
+                }
+                // Damaged: value_b64 still has the bytes; the marker keeps
+                // an import from reading them as a plain list.
+                Err(_) => {
+                    element_expiry = json!([]);
+                    Value::Null
+                }
+            }
+        }
         Some(s) if s.kind == StateKind::List => {
             list_to_json(&s.value_type, &e.value).unwrap_or(Value::Null)
         }
@@ -323,6 +353,7 @@ fn entry_json(e: &SavepointEntry, schemas: &Schemas) -> Value {
             typed(s.and_then(|s| s.user_key_type.as_deref()), u)
         }),
         "value": value,
+        "element_expires_at_ms": element_expiry,
     })
 }
 
@@ -391,7 +422,7 @@ pub fn export(
             }
         }
         Format::Csv => {
-            const COLUMNS: [&str; 11] = [
+            const COLUMNS: [&str; 12] = [
                 "operator",
                 "state",
                 "key_b64",
@@ -403,6 +434,7 @@ pub fn export(
                 "namespace",
                 "user_key",
                 "value",
+                "element_expires_at_ms",
             ];
             writeln!(out, "{}", COLUMNS.join(",")).map_err(io_err)?;
             for e in loaded
@@ -522,8 +554,57 @@ pub fn import(
         )?
         .unwrap_or_default();
         let user_key = field_bytes(n, &j, "user_key", ty(|s| s.user_key_type.as_deref()), false)?;
-        let value = field_bytes(n, &j, "value", ty(|s| Some(&s.value_type)), list)?
-            .ok_or_else(|| bad("value missing".into()))?;
+        // A list whose elements expire one by one gives each element's
+        // expiry; `value_b64` is then the stored form (elements with their
+        // prefixes), a typed `value` the elements.
+        let element_expiry = match &j["element_expires_at_ms"] {
+            Value::Null => None,
+            Value::Array(a) => Some(
+                a.iter()
+                    .map(|v| v.as_u64())
+                    .collect::<Option<Vec<u64>>>()
+                    .ok_or_else(|| bad("element_expires_at_ms holds a non-integer".into()))?,
+            ),
+            other => {
+                return Err(bad(format!(
+                    "element_expires_at_ms is not an array: {other}"
+                )));
+            }
+        };
+        let value = match (&element_expiry, &j["value_b64"]) {
+            (Some(expiries), Value::Null) => {
+                let ty = ty(|s| Some(&s.value_type))
+                    .ok_or_else(|| bad("value has no known type: give value_b64".into()))?;
+                let items = j["value"]
+                    .as_array()
+                    .ok_or_else(|| bad("value of a list state is not an array".into()))?;
+                if items.len() != expiries.len() {
+                    return Err(bad(format!(
+                        "{} elements but {} element expiries",
+                        items.len(),
+                        expiries.len()
+                    )));
+                }
+                let mut encoded = Vec::new();
+                for item in items {
+                    let mut b = Vec::new();
+                    from_json(ty, item, &mut b).map_err(|e| bad(e.to_string()))?;
+                    encoded.push(b);
+                }
+                let mut stored = Vec::new();
+                Envelope::encode_elements_into(
+                    expiries
+                        .iter()
+                        .zip(&encoded)
+                        .map(|(at, b)| (*at, b.as_slice())),
+                    &mut stored,
+                )?;
+                // The payload without the envelope's tag and expiry.
+                stored.split_off(9)
+            }
+            _ => field_bytes(n, &j, "value", ty(|s| Some(&s.value_type)), list)?
+                .ok_or_else(|| bad("value missing".into()))?,
+        };
         let expires_at_ms = match &j["expires_at_ms"] {
             Value::Null => None,
             v => Some(
@@ -539,6 +620,7 @@ pub fn import(
             user_key,
             expires_at_ms,
             value,
+            element_expiry: element_expiry.is_some(),
         };
         if !seen.insert((
             e.operator.clone(),

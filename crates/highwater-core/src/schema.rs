@@ -296,6 +296,38 @@ impl MigrationPlan {
             return Ok(None);
         };
         let env = Envelope::decode(value)?;
+        if env.elements {
+            // A list whose elements expire one by one: migrate each element
+            // on its own, keeping its expiry.
+            let mut migrated = Vec::new();
+            for element in env.iter_elements() {
+                let (at, bytes) = element?;
+                let mut payload = bytes.to_vec();
+                for step in steps {
+                    let (new, used) = (step.step)(&payload)?;
+                    if used != payload.len() {
+                        return Err(Error::serialization(
+                            format!(
+                                "migrate {}/{} from version {}",
+                                key.operator, key.state, step.from
+                            ),
+                            format!(
+                                "trailing bytes after a list element: len={}",
+                                payload.len() - used
+                            ),
+                        ));
+                    }
+                    payload = new;
+                }
+                migrated.push((at, payload));
+            }
+            let mut out = Vec::new();
+            Envelope::encode_elements_into(
+                migrated.iter().map(|(at, b)| (*at, b.as_slice())),
+                &mut out,
+            )?;
+            return Ok(Some(out));
+        }
         let mut payload = env.payload.to_vec();
         for step in steps {
             let mut out = Vec::with_capacity(payload.len());

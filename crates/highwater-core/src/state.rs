@@ -687,14 +687,60 @@ impl<K: Serialize + ?Sized, T: Serialize + DeserializeOwned> ListState<K, T> {
     namespace_method!();
 
     /// The elements of `key`'s list (empty if none).
+    ///
+    /// With a TTL, each element expires on its own, `ttl` after it was
+    /// added (Flink's list state TTL): expired elements are left out and
+    /// their space reclaimed; with [`TtlUpdate::OnReadAndWrite`] a read
+    /// refreshes the expiry of every element it returns.
     pub fn get(&self, key: &K) -> Result<Vec<T>> {
         let k = self.base.full_key(key, &[])?;
-        let Some(mut rest) = self.base.read(&k)? else {
+        let Some(stored) = self.base.ctx.backend.get(&k)? else {
             return Ok(Vec::new());
         };
-        // Elements are concatenated postcard encodings; each is self-delimiting.
+        let env = Envelope::decode(&stored)?;
+        if !env.elements {
+            // No TTL, or written before elements expired one by one.
+            return match self.base.alive(&k, &stored)? {
+                Some(payload) => self.items(&payload),
+                None => Ok(Vec::new()),
+            };
+        }
+        let now = self.base.ctx.clock.now_ms();
+        let mut alive = Vec::new();
+        let mut dropped = false;
+        for element in env.iter_elements() {
+            let (at, bytes) = element?;
+            if at <= now {
+                dropped = true;
+            } else {
+                alive.push((at, bytes));
+            }
+        }
+        let out = alive
+            .iter()
+            .map(|(_, bytes)| decode(&self.base.state, bytes))
+            .collect::<Result<Vec<T>>>()?;
+        let refresh = self
+            .base
+            .ttl
+            .filter(|t| t.update == TtlUpdate::OnReadAndWrite)
+            .map(|t| t.expiry_from(now));
+        if let Some(at) = refresh {
+            alive.iter_mut().for_each(|e| e.0 = at);
+        }
+        if alive.is_empty() {
+            self.base.ctx.backend.delete(&k)?;
+        } else if dropped || refresh.is_some() {
+            self.write_elements(&k, &alive)?;
+        }
+        Ok(out)
+    }
+
+    /// Decodes a list payload of concatenated elements (each postcard
+    /// encoding is self-delimiting).
+    fn items(&self, payload: &[u8]) -> Result<Vec<T>> {
         let mut out = Vec::new();
-        let mut slice: &[u8] = &rest;
+        let mut slice: &[u8] = payload;
         while !slice.is_empty() {
             let (item, tail) =
                 postcard::take_from_bytes::<T>(slice).map_err(|source| Error::Serialization {
@@ -704,8 +750,13 @@ impl<K: Serialize + ?Sized, T: Serialize + DeserializeOwned> ListState<K, T> {
             out.push(item);
             slice = tail;
         }
-        rest.clear();
         Ok(out)
+    }
+
+    fn write_elements(&self, k: &[u8], elements: &[(u64, &[u8])]) -> Result<()> {
+        let mut value = Vec::new();
+        Envelope::encode_elements_into(elements.iter().copied(), &mut value)?;
+        self.base.ctx.backend.put(k, &value)
     }
 
     /// Appends one element.
@@ -713,27 +764,90 @@ impl<K: Serialize + ?Sized, T: Serialize + DeserializeOwned> ListState<K, T> {
         self.add_all(key, std::slice::from_ref(item))
     }
 
-    /// Appends elements.
+    /// Appends elements. With a TTL, each added element expires `ttl` from
+    /// now; the elements already there keep their own expiries.
     pub fn add_all(&self, key: &K, items: &[T]) -> Result<()> {
         let k = self.base.full_key(key, &[])?;
-        let mut payload = self.base.read(&k)?.unwrap_or_default();
-        for item in items {
-            payload.extend_from_slice(&encode(&self.base.state, item)?);
+        let Some(ttl) = self.base.ttl else {
+            let mut payload = match self.base.ctx.backend.get(&k)? {
+                Some(stored) if Envelope::decode(&stored)?.elements => {
+                    // The state lost its TTL: keep the live elements,
+                    // which now never expire.
+                    let mut payload = Vec::new();
+                    for item in self.get(key)? {
+                        payload.extend_from_slice(&encode(&self.base.state, &item)?);
+                    }
+                    payload
+                }
+                Some(stored) => self.base.alive(&k, &stored)?.unwrap_or_default(),
+                None => Vec::new(),
+            };
+            for item in items {
+                payload.extend_from_slice(&encode(&self.base.state, item)?);
+            }
+            return self.base.write(&k, &payload);
+        };
+        let now = self.base.ctx.clock.now_ms();
+        let stored = self.base.ctx.backend.get(&k)?;
+        // Elements of an older whole-list value, each with the list's expiry.
+        let mut converted = Vec::new();
+        let mut elements: Vec<(u64, &[u8])> = Vec::new();
+        if let Some(stored) = &stored {
+            let env = Envelope::decode(stored)?;
+            if env.elements {
+                for element in env.iter_elements() {
+                    let (at, bytes) = element?;
+                    if at > now {
+                        elements.push((at, bytes));
+                    }
+                }
+            } else if !env.is_expired(now) {
+                let at = env.expires_at_ms.unwrap_or_else(|| ttl.expiry_from(now));
+                let mut slice = env.payload;
+                while !slice.is_empty() {
+                    let (_, tail) = postcard::take_from_bytes::<T>(slice).map_err(|source| {
+                        Error::Serialization {
+                            context: format!("decode list {}", self.base.state),
+                            source: source.into(),
+                        }
+                    })?;
+                    converted.push((at, slice[..slice.len() - tail.len()].to_vec()));
+                    slice = tail;
+                }
+            }
         }
-        self.base.write(&k, &payload)
+        let added = items
+            .iter()
+            .map(|item| encode(&self.base.state, item))
+            .collect::<Result<Vec<_>>>()?;
+        let at = ttl.expiry_from(now);
+        elements.extend(converted.iter().map(|(at, b)| (*at, b.as_slice())));
+        elements.extend(added.iter().map(|b| (at, b.as_slice())));
+        if elements.is_empty() {
+            return self.base.ctx.backend.delete(&k);
+        }
+        self.write_elements(&k, &elements)
     }
 
-    /// Replaces the list.
+    /// Replaces the list. With a TTL, every element expires `ttl` from now.
     pub fn update(&self, key: &K, items: &[T]) -> Result<()> {
         let k = self.base.full_key(key, &[])?;
         if items.is_empty() {
             return self.base.ctx.backend.delete(&k);
         }
-        let mut payload = Vec::new();
-        for item in items {
-            payload.extend_from_slice(&encode(&self.base.state, item)?);
+        let encoded = items
+            .iter()
+            .map(|item| encode(&self.base.state, item))
+            .collect::<Result<Vec<_>>>()?;
+        match self.base.ttl {
+            Some(ttl) => {
+                let at = ttl.expiry_from(self.base.ctx.clock.now_ms());
+                let elements: Vec<(u64, &[u8])> =
+                    encoded.iter().map(|b| (at, b.as_slice())).collect();
+                self.write_elements(&k, &elements)
+            }
+            None => self.base.write(&k, &encoded.concat()),
         }
-        self.base.write(&k, &payload)
     }
 
     /// Removes the list.

@@ -2,8 +2,12 @@
 //!
 //! Every stored value starts with a one-byte tag. Tag `0` is a plain value;
 //! tag `1` is followed by the expiry time (milliseconds since the Unix epoch,
-//! u64 little-endian). Keeping the expiry in the value lets every backend and
-//! the checkpoint encoder drop expired entries without knowing user types.
+//! u64 little-endian). Tag `2` is a list whose elements expire one by one
+//! (list state with a TTL): the latest expiry of its elements (u64 LE), then
+//! every element as its own expiry (u64 LE), its length (u32 LE) and its
+//! bytes. Keeping the expiry in the value lets every backend and the
+//! checkpoint encoder drop expired entries without knowing user types: for
+//! tag `2` the whole value expires with its last element.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -105,14 +109,22 @@ impl TtlConfig {
 
 const TAG_PLAIN: u8 = 0;
 const TAG_EXPIRING: u8 = 1;
+const TAG_ELEMENTS: u8 = 2;
+
+/// Bytes in front of each element of a tag-2 value: expiry and length.
+const ELEMENT_PREFIX: usize = 12;
 
 /// A decoded value envelope.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Envelope<'a> {
     /// Expiry in ms since the epoch, if the entry has a TTL.
     pub expires_at_ms: Option<u64>,
-    /// The serialized user value.
+    /// The serialized user value; for [`Envelope::elements`], the
+    /// elements with their prefixes (read them with [`Envelope::iter_elements`]).
     pub payload: &'a [u8],
+    /// True for a list whose elements expire one by one (tag `2`);
+    /// `expires_at_ms` is then the latest of their expiries.
+    pub elements: bool,
 }
 
 impl<'a> Envelope<'a> {
@@ -132,20 +144,77 @@ impl<'a> Envelope<'a> {
         out.extend_from_slice(payload);
     }
 
+    /// Appends a tag-2 value (a list whose elements expire one by one) of
+    /// `elements`, each its expiry and its bytes; the value's own expiry is
+    /// the latest of theirs. An empty list is encoded with expiry 0
+    /// (expired): callers delete the entry instead.
+    pub fn encode_elements_into<'e>(
+        elements: impl IntoIterator<Item = (u64, &'e [u8])> + Clone,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        let latest = elements.clone().into_iter().map(|(at, _)| at).max();
+        out.push(TAG_ELEMENTS);
+        out.extend_from_slice(&latest.unwrap_or(0).to_le_bytes());
+        for (at, bytes) in elements {
+            let len = u32::try_from(bytes.len()).map_err(|_| {
+                Error::InvalidArgument(format!(
+                    "a list element of {} bytes is above 4 GiB",
+                    bytes.len()
+                ))
+            })?;
+            out.reserve(ELEMENT_PREFIX + bytes.len());
+            out.extend_from_slice(&at.to_le_bytes());
+            out.extend_from_slice(&len.to_le_bytes());
+            out.extend_from_slice(bytes);
+        }
+        Ok(())
+    }
+
+    /// The elements of a tag-2 value, each its expiry and its bytes, in
+    /// order; a prefix or length that runs past the value is corruption.
+    pub fn iter_elements(&self) -> impl Iterator<Item = Result<(u64, &'a [u8])>> + 'a {
+        let mut rest = if self.elements { self.payload } else { &[] };
+        std::iter::from_fn(move || {
+            if rest.is_empty() {
+                return None;
+            }
+            let Some((prefix, tail)) = rest.split_at_checked(ELEMENT_PREFIX) else {
+                rest = &[];
+                return Some(Err(Error::corrupt(
+                    "value envelope",
+                    "list element prefix runs past the value",
+                )));
+            };
+            let at = u64::from_le_bytes(prefix[..8].try_into().expect("8 bytes"));
+            let len = u32::from_le_bytes(prefix[8..].try_into().expect("4 bytes")) as usize;
+            let Some((bytes, tail)) = tail.split_at_checked(len) else {
+                rest = &[];
+                return Some(Err(Error::corrupt(
+                    "value envelope",
+                    format!("list element of {len} bytes runs past the value"),
+                )));
+            };
+            rest = tail;
+            Some(Ok((at, bytes)))
+        })
+    }
+
     /// Decodes a stored value.
     pub fn decode(bytes: &'a [u8]) -> Result<Self> {
         match bytes.split_first() {
             Some((&TAG_PLAIN, payload)) => Ok(Envelope {
                 expires_at_ms: None,
                 payload,
+                elements: false,
             }),
-            Some((&TAG_EXPIRING, rest)) if rest.len() >= 8 => {
+            Some((&tag @ (TAG_EXPIRING | TAG_ELEMENTS), rest)) if rest.len() >= 8 => {
                 let (at, payload) = rest.split_at(8);
                 let mut a = [0u8; 8];
                 a.copy_from_slice(at);
                 Ok(Envelope {
                     expires_at_ms: Some(u64::from_le_bytes(a)),
                     payload,
+                    elements: tag == TAG_ELEMENTS,
                 })
             }
             Some((tag, _)) => Err(Error::corrupt(
@@ -189,5 +258,30 @@ mod tests {
         assert!(Envelope::decode(&[1, 2, 3]).is_err());
         assert!(Envelope::decode(&[]).is_err());
         assert!(Envelope::decode(&[9]).is_err());
+    }
+
+    #[test]
+    fn element_envelopes_round_trip_and_refuse_overruns() {
+        let elements: Vec<(u64, &[u8])> = vec![(30, b"a"), (10, b""), (20, b"xyz")];
+        let mut out = Vec::new();
+        Envelope::encode_elements_into(elements.iter().copied(), &mut out).unwrap();
+        let e = Envelope::decode(&out).unwrap();
+        assert!(e.elements);
+        assert_eq!(e.expires_at_ms, Some(30), "the latest element's expiry");
+        assert!(is_expired_value(&out, 30) && !is_expired_value(&out, 29));
+        let back: Vec<(u64, &[u8])> = e.iter_elements().map(Result::unwrap).collect();
+        assert_eq!(back, elements);
+        for cut in 10..out.len() {
+            let e = Envelope::decode(&out[..cut]).unwrap();
+            let all: Result<Vec<_>> = e.iter_elements().collect();
+            // Cuts at element boundaries are shorter lists; others are errors.
+            if let Ok(all) = all {
+                assert!(all.len() < 3 && [9, 22, 34].contains(&cut), "cut {cut}");
+            }
+        }
+        // A plain envelope has no elements.
+        out.clear();
+        Envelope::encode_into(Some(5), b"abc", &mut out);
+        assert_eq!(Envelope::decode(&out).unwrap().iter_elements().count(), 0);
     }
 }

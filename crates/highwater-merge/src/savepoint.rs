@@ -768,11 +768,15 @@ pub struct SavepointEntry {
     pub namespace: Vec<u8>,
     /// Map state only: the postcard encoding of the map key.
     pub user_key: Option<Vec<u8>>,
-    /// Expiry, ms since the Unix epoch, when the state has a TTL.
+    /// Expiry, ms since the Unix epoch, when the state has a TTL (for a
+    /// list whose elements expire one by one, the latest of theirs).
     pub expires_at_ms: Option<u64>,
     /// The postcard encoding of the value (for a list, its elements one
-    /// after the other).
+    /// after the other; with `element_expiry`, each element prefixed by its
+    /// expiry and length, as in the stored value envelope's tag 2).
     pub value: Vec<u8>,
+    /// True for a list state with a TTL, whose elements expire one by one.
+    pub element_expiry: bool,
 }
 
 /// The marker byte in front of a map state's user key (see `MapState`).
@@ -813,6 +817,7 @@ impl SavepointEntry {
             user_key,
             expires_at_ms: env.expires_at_ms,
             value: env.payload.to_vec(),
+            element_expiry: env.elements,
         })
     }
 
@@ -837,7 +842,17 @@ impl SavepointEntry {
         }
         .encode()?;
         let mut value = Vec::with_capacity(self.value.len() + 9);
-        Envelope::encode_into(self.expires_at_ms, &self.value, &mut value);
+        if self.element_expiry {
+            let env = Envelope {
+                expires_at_ms: self.expires_at_ms,
+                payload: &self.value,
+                elements: true,
+            };
+            let elements = env.iter_elements().collect::<Result<Vec<_>>>()?;
+            Envelope::encode_elements_into(elements, &mut value)?;
+        } else {
+            Envelope::encode_into(self.expires_at_ms, &self.value, &mut value);
+        }
         Ok((key, value))
     }
 

@@ -97,11 +97,17 @@ pub fn describe_value(bytes: Option<&[u8]>) -> String {
             Ok(Envelope {
                 expires_at_ms: None,
                 payload,
+                ..
             }) => format!("plain:{}", hex(payload)),
             Ok(Envelope {
                 expires_at_ms: Some(at),
                 payload,
-            }) => format!("expires@{at}:{}", hex(payload)),
+                elements,
+            }) => format!(
+                "expires@{at}{}:{}",
+                if elements { "(elements)" } else { "" },
+                hex(payload)
+            ),
             Err(_) => format!("raw:{}", hex(v)),
         },
     }

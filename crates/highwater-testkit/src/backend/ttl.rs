@@ -140,7 +140,8 @@ pub fn ttl_via_handles(factory: BackendFactory<'_>) {
         "{ctx}: unread refreshing value"
     );
 
-    // List state: the list is one entry; appending rewrites and refreshes it.
+    // List state: each element expires on its own, `ttl` after it was
+    // added (Flink's semantics; appending does not refresh older elements).
     let l = must(
         kctx.list_state::<&str, u32>(&ListStateDescriptor::new("list").with_ttl(ttl)),
         ctx,
@@ -148,20 +149,31 @@ pub fn ttl_via_handles(factory: BackendFactory<'_>) {
     must(l.add(&"k", &1), ctx);
     clock.advance(ms(500));
     must(l.add(&"k", &2), ctx);
-    clock.advance(ms(900));
+    clock.advance(ms(499));
     assert_eq!(
         must(l.get(&"k"), ctx),
         vec![1, 2],
-        "{ctx}: list before expiry"
+        "{ctx}: list before the first element's expiry"
     );
-    clock.advance(ms(100));
+    clock.advance(ms(1));
+    assert_eq!(
+        must(l.get(&"k"), ctx),
+        vec![2],
+        "{ctx}: the first element expired alone"
+    );
+    clock.advance(ms(500));
     assert!(must(l.get(&"k"), ctx).is_empty(), "{ctx}: list at expiry");
+    assert!(
+        raw_state(b, OP, "list").is_empty(),
+        "{ctx}: an emptied list is removed from the backend"
+    );
     must(l.add(&"k", &3), ctx);
     assert_eq!(
         must(l.get(&"k"), ctx),
         vec![3],
         "{ctx}: list restarted after expiry"
     );
+    list_elements_against_a_model(&kctx, &clock, ctx);
 
     // Map state: entries expire independently.
     let m = must(
@@ -254,4 +266,56 @@ pub fn ttl_via_handles(factory: BackendFactory<'_>) {
     clock.advance(ms(400));
     assert_eq!(must(w1.get(&"n"), ctx), None, "{ctx}: namespace 1 expired");
     assert_eq!(must(w2.get(&"n"), ctx), Some(2), "{ctx}: namespace 2 alive");
+}
+
+/// List state with a TTL against a model of elements with their own
+/// expiries: random appends, replacements, clears, reads and clock moves,
+/// with and without refresh on read.
+fn list_elements_against_a_model(kctx: &KeyedStateContext, clock: &ManualClock, ctx: &str) {
+    for (name, refresh) in [("list-model", false), ("list-model-refresh", true)] {
+        let mut ttl = TtlConfig::new(Duration::from_millis(100));
+        if refresh {
+            ttl = ttl.refresh_on_read();
+        }
+        let l = must(
+            kctx.list_state::<u8, u32>(&ListStateDescriptor::new(name).with_ttl(ttl)),
+            ctx,
+        );
+        let mut model: std::collections::BTreeMap<u8, Vec<(u64, u32)>> = Default::default();
+        let mut rng = SplitMix64::new(0x1157 + u64::from(refresh));
+        for step in 0..400 {
+            let now = clock.now_ms();
+            let key = rng.below(4) as u8;
+            let entry = model.entry(key).or_default();
+            entry.retain(|(at, _)| *at > now);
+            match rng.below(10) {
+                0..4 => {
+                    let items: Vec<u32> = (0..1 + rng.below(3))
+                        .map(|_| rng.below(1000) as u32)
+                        .collect();
+                    must(l.add_all(&key, &items), ctx);
+                    entry.extend(items.iter().map(|i| (now + 100, *i)));
+                }
+                4 => {
+                    let items: Vec<u32> =
+                        (0..rng.below(3)).map(|_| rng.below(1000) as u32).collect();
+                    must(l.update(&key, &items), ctx);
+                    *entry = items.iter().map(|i| (now + 100, *i)).collect();
+                }
+                5 => {
+                    must(l.clear(&key), ctx);
+                    entry.clear();
+                }
+                6..8 => {
+                    let got = must(l.get(&key), ctx);
+                    let want: Vec<u32> = entry.iter().map(|(_, i)| *i).collect();
+                    assert_eq!(got, want, "{ctx}: {name} step {step} key {key} at {now}");
+                    if refresh {
+                        entry.iter_mut().for_each(|e| e.0 = now + 100);
+                    }
+                }
+                _ => clock.advance(Duration::from_millis(rng.below(60))),
+            }
+        }
+    }
 }

@@ -149,3 +149,122 @@ fn entry_alive_at_checkpoint_but_expired_at_restore_is_dropped() {
     assert_eq!(f.ttl.get(&1).unwrap(), None);
     assert_eq!(f.plain.get(&1).unwrap(), Some(1));
 }
+
+/// A manager over a fresh memory backend reading `clock`, with the list
+/// state "recent" of operator "sessions" (u32 elements at schema version
+/// 1, or u64 at version 2 migrated from 1), TTL 1 s per element.
+fn list_manager(clock: &ManualClock, store: Arc<dyn highwater::CheckpointStore>) -> StateManager {
+    StateManager::builder()
+        .backend(Arc::new(MemoryBackend::new()))
+        .store(store)
+        .config(config(true, 8, 10))
+        .clock(Arc::new(clock.clone()))
+        .build()
+        .unwrap()
+}
+
+fn recent_v1(m: &StateManager) -> highwater::ListState<u32, u32> {
+    m.keyed_state("sessions")
+        .unwrap()
+        .list_state(
+            &highwater::ListStateDescriptor::new("recent")
+                .with_ttl(TtlConfig::new(Duration::from_secs(1))),
+        )
+        .unwrap()
+}
+
+fn recent_v2(m: &StateManager) -> highwater::ListState<u32, u64> {
+    m.keyed_state("sessions")
+        .unwrap()
+        .list_state(
+            &highwater::ListStateDescriptor::new("recent")
+                .with_ttl(TtlConfig::new(Duration::from_secs(1)))
+                .with_schema_version(2)
+                .migrate_from(1, |old: u32| u64::from(old) * 1000),
+        )
+        .unwrap()
+}
+
+/// Issue 16: list state TTL applies per element, as in Flink, and each
+/// element keeps its own expiry through a checkpoint restore, a savepoint
+/// restore and a schema migration; a list written before elements expired
+/// one by one (one expiry for the whole list) still reads, and its elements
+/// keep that expiry when new ones are added.
+#[test]
+fn list_elements_keep_their_own_expiry_through_restores_savepoints_and_migrations() {
+    let clock = ManualClock::new(T0);
+    let store: Arc<dyn highwater::CheckpointStore> = Arc::new(ObjectCheckpointStore::in_memory());
+    let m = list_manager(&clock, store.clone());
+    let l = recent_v1(&m);
+    l.add(&7, &1).unwrap();
+    clock.advance(Duration::from_millis(500));
+    l.add_all(&7, &[2, 3]).unwrap();
+    m.checkpoint().unwrap().wait().unwrap();
+    let sp: Arc<dyn highwater::CheckpointStore> = Arc::new(ObjectCheckpointStore::in_memory());
+    m.savepoint(sp.clone()).unwrap().wait().unwrap();
+
+    // Each restored copy: element 1 expires at T0 + 1 s, 2 and 3 at T0 + 1.5 s.
+    let check = |what: &str, get: &dyn Fn() -> Vec<u64>| {
+        clock.set(T0 + 999);
+        assert_eq!(get(), vec![1, 2, 3], "{what}: before the first expiry");
+        clock.set(T0 + SEC);
+        assert_eq!(get(), vec![2, 3], "{what}: the first element expired alone");
+        clock.set(T0 + 1500);
+        assert!(get().is_empty(), "{what}: all expired");
+        clock.set(T0 + 500);
+    };
+    let widen = |v: Vec<u32>| v.into_iter().map(u64::from).collect::<Vec<u64>>();
+    let restored = list_manager(&clock, store.clone());
+    let r = recent_v1(&restored);
+    restored.restore_latest().unwrap().unwrap();
+    check("checkpoint restore", &|| widen(r.get(&7).unwrap()));
+
+    let from_sp = list_manager(&clock, Arc::new(ObjectCheckpointStore::in_memory()));
+    let s = recent_v1(&from_sp);
+    from_sp.restore_savepoint(sp.clone()).unwrap();
+    check("savepoint restore", &|| widen(s.get(&7).unwrap()));
+
+    // Version 2 (u64, ×1000) migrated from the checkpoint: expiries kept.
+    let migrated = list_manager(&clock, store);
+    let v2 = recent_v2(&migrated);
+    migrated.restore_latest().unwrap().unwrap();
+    check("migrated", &|| {
+        v2.get(&7).unwrap().into_iter().map(|v| v / 1000).collect()
+    });
+
+    // A whole-list value as written before: elements 4 and 5 under one
+    // expiry (T0 + 800); an element added at T0 + 500 gets its own.
+    let old = list_manager(&clock, Arc::new(ObjectCheckpointStore::in_memory()));
+    let o = recent_v1(&old);
+    o.add(&8, &0).unwrap();
+    let key = dump(&**old.backend()).into_keys().next().unwrap();
+    let mut value = Vec::new();
+    let mut items = postcard_u32(4);
+    items.extend(postcard_u32(5));
+    highwater::core::Envelope::encode_into(Some(T0 + 800), &items, &mut value);
+    old.backend().put(&key, &value).unwrap();
+    assert_eq!(o.get(&8).unwrap(), vec![4, 5], "the old form reads");
+    o.add(&8, &6).unwrap();
+    clock.set(T0 + 799);
+    assert_eq!(o.get(&8).unwrap(), vec![4, 5, 6]);
+    clock.set(T0 + 800);
+    assert_eq!(
+        o.get(&8).unwrap(),
+        vec![6],
+        "converted elements keep the list's expiry"
+    );
+    clock.set(T0 + 1500);
+    assert!(o.get(&8).unwrap().is_empty());
+}
+
+fn postcard_u32(v: u32) -> Vec<u8> {
+    // postcard encodes a u32 as a varint: 7 bits per byte.
+    let mut out = Vec::new();
+    let mut v = v;
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+    out
+}
