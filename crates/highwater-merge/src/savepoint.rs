@@ -121,8 +121,8 @@ pub fn write_savepoint(
 
 /// Writes a full `snapshot` (every entry of a backend) as a savepoint, as
 /// [`write_savepoint`] does: its partitions are read, checked and grouped
-/// by state in parallel (rayon), each state's records sorted in parallel,
-/// and artifacts uploaded while the next are encoded.
+/// by state and bucket of key groups in parallel (rayon), the buckets
+/// sorted in parallel, and artifacts uploaded while the next are encoded.
 pub fn write_snapshot_savepoint(
     snapshot: &dyn StateSnapshot,
     schemas: &[StateSchema],
@@ -144,16 +144,13 @@ pub fn write_snapshot_savepoint(
             Ok(groups)
         })
         .collect::<Result<_>>()?;
-    let mut groups = Groups::default();
-    for part in parts {
-        groups.merge(part);
-    }
-    write_groups(groups, schemas, params, target, io)
+    write_groups(Groups::merge_all(parts), schemas, params, target, io)
 }
 
-/// One state's records: keys and values copied into byte arenas (one per
-/// snapshot partition read), no allocation per entry, with an index that
-/// sorts without touching the bytes in most comparisons.
+/// Records of one state and bucket of key groups: keys and values copied
+/// into byte arenas (one per snapshot partition read), no allocation per
+/// entry, with an index that sorts without touching the bytes in most
+/// comparisons.
 #[derive(Default)]
 struct Records {
     arenas: Vec<Vec<u8>>,
@@ -222,10 +219,10 @@ impl Records {
         self.index.append(&mut other.index);
     }
 
-    /// Sorts by key (in parallel); a key present twice is an error.
+    /// Sorts by key; a key present twice is an error.
     fn sort(&mut self, operator: &str, state: &str) -> Result<()> {
         let mut index = std::mem::take(&mut self.index);
-        index.par_sort_unstable_by(|a, b| {
+        index.sort_unstable_by(|a, b| {
             a.prefix
                 .cmp(&b.prefix)
                 .then_with(|| self.key(a).cmp(self.key(b)))
@@ -244,11 +241,23 @@ impl Records {
     }
 }
 
-/// Entries of a savepoint being written, checked and grouped by state.
+/// Buckets of key groups each state's records are kept in: records are
+/// sorted bucket by bucket (in parallel, each in a few MiB of memory), and
+/// since a key begins with its key group, the buckets in order are the
+/// state's records in key order.
+const SORT_BUCKETS: u16 = 128;
+
+/// Entries of a savepoint being written, checked and grouped by state and
+/// by bucket of key groups ([`SORT_BUCKETS`]).
 #[derive(Default)]
 struct Groups {
-    by_state: BTreeMap<(String, String), Records>,
+    by_state: BTreeMap<(String, String), Vec<Records>>,
     expired_dropped: u64,
+}
+
+/// Key groups per bucket under `max_parallelism`.
+fn per_bucket(max_parallelism: u16) -> u16 {
+    max_parallelism.div_ceil(SORT_BUCKETS).max(1)
 }
 
 impl Groups {
@@ -283,25 +292,69 @@ impl Groups {
                 sk.operator, sk.state
             )));
         }
+        let per = per_bucket(params.max_parallelism);
+        let bucket = usize::from(sk.key_group.0 / per);
         // One lookup without allocating when the state is known (almost
         // always: a backend holds few states).
         let known = self
             .by_state
             .iter_mut()
             .find(|((o, st), _)| o == sk.operator && st == sk.state);
-        match known {
-            Some((_, recs)) => recs.push(k, v, names_len),
+        let buckets = match known {
+            Some((_, buckets)) => buckets,
             None => {
                 let name = (sk.operator.to_string(), sk.state.to_string());
-                self.by_state.entry(name).or_default().push(k, v, names_len)
+                let n = usize::from(params.max_parallelism.div_ceil(per));
+                self.by_state
+                    .entry(name)
+                    .or_insert_with(|| (0..n).map(|_| Records::default()).collect())
             }
-        }
+        };
+        buckets[bucket].push(k, v, names_len)
     }
 
-    fn merge(&mut self, other: Groups) {
-        self.expired_dropped += other.expired_dropped;
-        for (name, recs) in other.by_state {
-            self.by_state.entry(name).or_default().append(recs);
+    /// The partitions' groups as one: each bucket's pieces gathered into
+    /// one index sized once, buckets in parallel; arenas are moved.
+    fn merge_all(parts: Vec<Groups>) -> Groups {
+        let mut expired_dropped = 0;
+        let mut pieces: BTreeMap<(String, String), Vec<Vec<Records>>> = BTreeMap::new();
+        for part in parts {
+            expired_dropped += part.expired_dropped;
+            for (name, buckets) in part.by_state {
+                let by_bucket = pieces.entry(name).or_default();
+                if by_bucket.len() < buckets.len() {
+                    by_bucket.resize_with(buckets.len(), Vec::new);
+                }
+                for (b, recs) in buckets.into_iter().enumerate() {
+                    if !recs.index.is_empty() {
+                        by_bucket[b].push(recs);
+                    }
+                }
+            }
+        }
+        let by_state = pieces
+            .into_iter()
+            .map(|(name, by_bucket)| {
+                let buckets = by_bucket
+                    .into_par_iter()
+                    .map(|pieces| {
+                        let n = pieces.iter().map(|p| p.index.len()).sum();
+                        let mut all = Records {
+                            arenas: Vec::new(),
+                            index: Vec::with_capacity(n),
+                        };
+                        for p in pieces {
+                            all.append(p);
+                        }
+                        all
+                    })
+                    .collect();
+                (name, buckets)
+            })
+            .collect();
+        Groups {
+            by_state,
+            expired_dropped,
         }
     }
 }
@@ -338,20 +391,33 @@ fn write_groups(
         stored_bytes: 0,
         artifacts: 0,
     };
-    for ((operator, state), mut recs) in groups {
-        recs.sort(&operator, &state)?;
-        let recs = &recs;
+    for ((operator, state), mut buckets) in groups {
+        buckets
+            .par_iter_mut()
+            .try_for_each(|b| b.sort(&operator, &state))?;
+        let buckets = &buckets;
+        // The state's records in key order: each bucket's, bucket by bucket.
+        let index: Vec<(u32, u32)> = buckets
+            .iter()
+            .enumerate()
+            .flat_map(|(b, recs)| (0..recs.index.len() as u32).map(move |i| (b as u32, i)))
+            .collect();
+        let rec = |&(b, i): &(u32, u32)| {
+            let recs = &buckets[b as usize];
+            let r = &recs.index[i as usize];
+            (recs.key(r), recs.value(r))
+        };
         // Cut into artifacts of about `artifact_bytes`, encode them in
         // parallel (rayon), each uploaded (concurrently) as soon as it is
         // encoded.
         let mut cuts = Vec::new();
         let mut start = 0;
-        let index = &recs.index;
         while start < index.len() {
             let mut end = start;
             let mut bytes = 0usize;
             while end < index.len() && (end == start || bytes < params.artifact_bytes) {
-                bytes += index[end].key_len as usize + index[end].value_len as usize;
+                let (k, v) = rec(&index[end]);
+                bytes += k.len() + v.len();
                 end += 1;
             }
             cuts.push((start, end, bytes));
@@ -381,11 +447,12 @@ fn write_groups(
                 let chunk = &index[start..end];
                 let mut w = RecordWriter::new(ArtifactKind::Entries, bytes + 16 * chunk.len());
                 for r in chunk {
-                    w.push(recs.key(r), Some(recs.value(r)))?;
+                    let (k, v) = rec(r);
+                    w.push(k, Some(v))?;
                 }
                 let enc = w.finish(&params.encode)?;
-                let first = highwater_core::key::key_group_of(recs.key(&chunk[0]))?;
-                let last = highwater_core::key::key_group_of(recs.key(&chunk[chunk.len() - 1]))?;
+                let first = highwater_core::key::key_group_of(rec(&chunk[0]).0)?;
+                let last = highwater_core::key::key_group_of(rec(&chunk[chunk.len() - 1]).0)?;
                 let r = ArtifactRef {
                     operator: operator.clone(),
                     key_groups: KeyGroupRange::new(first.0, last.0 + 1)?,
