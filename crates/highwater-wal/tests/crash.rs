@@ -621,14 +621,9 @@ fn append_until_a_write_fails(args: &[String]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let batch = |i: u64| {
-        let mut b = WalBatch::new();
-        b.put(format!("k{i}").as_bytes(), &[i as u8; 1000], None);
-        b
-    };
     let mut i = 0;
     loop {
-        match wal.append_batch(&batch(i)) {
+        match wal.append_batch(&fault_batch(i)) {
             Ok(lsns) => println!("ack {} {}", lsns.start, lsns.end),
             Err(e) => {
                 println!("error {:?} {e}", e.kind());
@@ -641,12 +636,46 @@ fn append_until_a_write_fails(args: &[String]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    try_after_failure(&wal, i)
+}
+
+/// After a failed append `i`: three more appends and a sync, each printed
+/// as `after ok|err`.
+fn try_after_failure(wal: &Wal, i: u64) -> ExitCode {
     for j in 1..=3 {
-        let r = wal.append_batch(&batch(i + j));
+        let r = wal.append_batch(&fault_batch(i + j));
         println!("after {}", if r.is_ok() { "ok" } else { "err" });
     }
     println!("after {}", if wal.sync().is_ok() { "ok" } else { "err" });
     ExitCode::SUCCESS
+}
+
+/// What a fault child printed: the acknowledged batches and the failed
+/// append's line (its `after` results are checked when parsed).
+struct FaultRun {
+    acked: Vec<(u64, u64)>,
+    error: String,
+}
+
+fn parse_fault_run(stdout: &str, context: &str) -> FaultRun {
+    let mut acked = Vec::new();
+    let mut error = None;
+    let mut after = Vec::new();
+    for line in stdout.lines() {
+        let mut w = line.split_whitespace();
+        match w.next() {
+            Some("ack") => acked.push((
+                w.next().unwrap().parse::<u64>().unwrap(),
+                w.next().unwrap().parse::<u64>().unwrap(),
+            )),
+            Some("error") => error = Some(line.to_string()),
+            Some("after") => after.push(w.next().unwrap().to_string()),
+            _ => {}
+        }
+    }
+    let error = error.unwrap_or_else(|| panic!("{context}: no append failed: {stdout}"));
+    assert_eq!(after, ["err"; 4], "{context}: not poisoned after {error}");
+    FaultRun { acked, error }
 }
 
 /// Issue 18's I/O faults under the log, from the kernel: the child appends
@@ -686,40 +715,10 @@ fn a_failed_write_poisons_the_log_and_loses_nothing_acknowledged() {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut acked: Vec<(u64, u64)> = Vec::new();
-    let mut error = None;
-    let mut after = Vec::new();
-    for line in stdout.lines() {
-        let mut w = line.split_whitespace();
-        match w.next() {
-            Some("ack") => {
-                let a: u64 = w.next().unwrap().parse().unwrap();
-                let b: u64 = w.next().unwrap().parse().unwrap();
-                acked.push((a, b));
-            }
-            Some("error") => error = Some(line.to_string()),
-            Some("after") => after.push(w.next().unwrap().to_string()),
-            _ => {}
-        }
-    }
-    let error = error.expect("an append failed");
+    let FaultRun { acked, error } = parse_fault_run(&stdout, "write fault");
     assert!(acked.len() > 10, "{} appends before the limit", acked.len());
-    assert_eq!(after, ["err"; 4], "the log is poisoned after {error}");
     let (wal, report) = Wal::open(&dir, WalConfig::default()).unwrap();
-    let mut records = BTreeMap::new();
-    for e in wal.replay(1).unwrap() {
-        let e = e.unwrap();
-        records.insert(e.lsn, e.record);
-    }
-    for (i, &(start, end)) in acked.iter().enumerate() {
-        for lsn in start..end {
-            let r = records
-                .get(&lsn)
-                .unwrap_or_else(|| panic!("acknowledged lsn {lsn} lost after {error}"));
-            assert_eq!(r.key, format!("k{i}").as_bytes());
-            assert!(matches!(&r.op, WalOp::Put(v) if v == &vec![i as u8; 1000]));
-        }
-    }
+    let records = check_acknowledged_in(&wal, &acked, &error);
     let last_acked = acked.last().unwrap().1;
     assert!(
         records.keys().all(|&lsn| lsn < last_acked),
@@ -741,10 +740,22 @@ fn fault_batch(i: u64) -> WalBatch {
 }
 
 /// Checks that the log in `dir` (reopened without faults) holds every
-/// acknowledged batch `(start, end)` of [`fault_batch`]es, and returns the
-/// reopened log's torn tail.
+/// acknowledged batch `(start, end)` of [`fault_batch`]es, and returns
+/// whether the reopened log cut a torn tail.
 fn check_acknowledged(dir: &std::path::Path, acked: &[(u64, u64)], context: &str) -> bool {
     let (wal, report) = Wal::open(dir, WalConfig::default()).unwrap();
+    check_acknowledged_in(&wal, acked, context);
+    wal.close().unwrap();
+    report.torn_tail.is_some()
+}
+
+/// Checks that `wal` holds every acknowledged batch of [`fault_batch`]es
+/// byte for byte; returns every record it holds, by LSN.
+fn check_acknowledged_in(
+    wal: &Wal,
+    acked: &[(u64, u64)],
+    context: &str,
+) -> BTreeMap<u64, highwater_wal::WalRecord> {
     let mut records = BTreeMap::new();
     for e in wal.replay(1).unwrap() {
         let e = e.unwrap();
@@ -762,8 +773,7 @@ fn check_acknowledged(dir: &std::path::Path, acked: &[(u64, u64)], context: &str
             );
         }
     }
-    wal.close().unwrap();
-    report.torn_tail.is_some()
+    records
 }
 
 /// The child `wal-sync-fault`, arguments `<dir> always|interval <arm>`:
@@ -812,12 +822,7 @@ fn append_until_a_sync_fails(args: &[String]) -> ExitCode {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
-    for j in 1..=3 {
-        let r = wal.append_batch(&fault_batch(i + j));
-        println!("after {}", if r.is_ok() { "ok" } else { "err" });
-    }
-    println!("after {}", if wal.sync().is_ok() { "ok" } else { "err" });
-    ExitCode::SUCCESS
+    try_after_failure(&wal, i)
 }
 
 /// Issue 18: an `fdatasync` of a segment fails once (EIO, injected; a retry
@@ -849,24 +854,8 @@ fn a_failed_fdatasync_poisons_the_log_for_good_and_loses_nothing_acknowledged() 
             stderr.contains("faultfs: fdatasync"),
             "{policy}: no fault was injected: {stderr}"
         );
-        let mut acked = Vec::new();
-        let mut error = None;
-        let mut after = Vec::new();
-        for line in stdout.lines() {
-            let mut w = line.split_whitespace();
-            match w.next() {
-                Some("ack") => acked.push((
-                    w.next().unwrap().parse::<u64>().unwrap(),
-                    w.next().unwrap().parse::<u64>().unwrap(),
-                )),
-                Some("error") => error = Some(line.to_string()),
-                Some("after") => after.push(w.next().unwrap().to_string()),
-                _ => {}
-            }
-        }
-        let error = error.unwrap_or_else(|| panic!("{policy}: no append failed: {stdout}"));
+        let FaultRun { acked, error } = parse_fault_run(&stdout, policy);
         assert!(acked.len() >= 20, "{policy}: {} acknowledged", acked.len());
-        assert_eq!(after, ["err"; 4], "{policy}: not poisoned after {error}");
         check_acknowledged(&dir, &acked, policy);
         println!(
             "{policy}: {} acknowledged batches kept after: {error}",

@@ -98,6 +98,11 @@ impl Job {
     }
 }
 
+/// [`job`] over a fresh memory backend, encrypted with `keys`.
+fn memory_job(store: &Path, wal: &Path, keys: Arc<dyn KeyProvider>) -> Job {
+    job(Arc::new(MemoryBackend::new()), store, wal, Some(keys))
+}
+
 /// Files under `dir` (recursively) whose bytes contain the marker.
 fn files_showing_marker(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -214,24 +219,14 @@ fn keys_rotate_old_data_needs_its_key_and_new_data_uses_the_newest() {
     let (store, wal) = (d.path().join("store"), d.path().join("wal"));
     let mut rng = SplitMix64::new(3);
     let mut model = TypedModel::default();
-    let j = job(
-        Arc::new(MemoryBackend::new()),
-        &store,
-        &wal,
-        Some(keys(&[1])),
-    );
+    let j = memory_job(&store, &wal, keys(&[1]));
     j.work(&mut rng, &mut model, 200);
     j.manager.checkpoint().unwrap().wait().unwrap();
     j.manager.close().unwrap();
     drop(j);
 
     // Rotated: key 2 is added and becomes current.
-    let j = job(
-        Arc::new(MemoryBackend::new()),
-        &store,
-        &wal,
-        Some(keys(&[1, 2])),
-    );
+    let j = memory_job(&store, &wal, keys(&[1, 2]));
     j.manager.restore_latest().unwrap().unwrap();
     j.work(&mut rng, &mut model, 100);
     let info = j.manager.checkpoint().unwrap().wait().unwrap();
@@ -253,24 +248,14 @@ fn keys_rotate_old_data_needs_its_key_and_new_data_uses_the_newest() {
 
     // Without key 1 the older artifacts (and log frames) do not open: a
     // typed authentication error, not an older state.
-    let j = job(
-        Arc::new(MemoryBackend::new()),
-        &store,
-        &wal,
-        Some(keys(&[2])),
-    );
+    let j = memory_job(&store, &wal, keys(&[2]));
     let err = j.manager.restore_latest().unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Authentication, "{err}");
     assert!(err.to_string().contains("key 1"), "{err}");
     j.manager.close().unwrap();
     drop(j);
 
-    let j = job(
-        Arc::new(MemoryBackend::new()),
-        &store,
-        &wal,
-        Some(keys(&[2, 1])),
-    );
+    let j = memory_job(&store, &wal, keys(&[2, 1]));
     j.manager.restore_latest().unwrap().unwrap();
     j.check(&model, &secrets);
     j.manager.close().unwrap();
@@ -283,12 +268,7 @@ fn a_tampered_moved_or_unsealed_object_fails_authentication_without_falling_back
     let k = keys(&[1]);
     let mut rng = SplitMix64::new(5);
     let mut model = TypedModel::default();
-    let j = job(
-        Arc::new(MemoryBackend::new()),
-        &store,
-        &wal,
-        Some(k.clone()),
-    );
+    let j = memory_job(&store, &wal, k.clone());
     j.work(&mut rng, &mut model, 200);
     j.manager.checkpoint().unwrap().wait().unwrap();
     j.work(&mut rng, &mut model, 200);
@@ -317,12 +297,7 @@ fn a_tampered_moved_or_unsealed_object_fails_authentication_without_falling_back
     let plain = plain_of(&store, k.clone(), only_newest[0], &bytes_a);
 
     let restore = |what: &str| {
-        let j = job(
-            Arc::new(MemoryBackend::new()),
-            &store,
-            &wal,
-            Some(k.clone()),
-        );
+        let j = memory_job(&store, &wal, k.clone());
         let err = j.manager.restore_latest().unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Authentication, "{what}: {err}");
         j.manager.close().unwrap();
@@ -352,7 +327,7 @@ fn a_tampered_moved_or_unsealed_object_fails_authentication_without_falling_back
     std::fs::write(&mpath, &m).unwrap();
 
     // Untouched again, it restores; the untouched older files are in place.
-    let j = job(Arc::new(MemoryBackend::new()), &store, &wal, Some(k));
+    let j = memory_job(&store, &wal, k);
     j.manager.restore_latest().unwrap().unwrap();
     j.workload.check(&model).unwrap();
     j.manager.close().unwrap();
@@ -381,12 +356,7 @@ fn a_store_written_in_the_clear_is_refused_under_encryption() {
     j.manager.checkpoint().unwrap().wait().unwrap();
     j.manager.close().unwrap();
     drop(j);
-    let j = job(
-        Arc::new(MemoryBackend::new()),
-        &store,
-        &wal,
-        Some(keys(&[1])),
-    );
+    let j = memory_job(&store, &wal, keys(&[1]));
     let err = j.manager.restore_latest().unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Authentication, "{err}");
     assert!(err.to_string().contains("not encrypted"), "{err}");
