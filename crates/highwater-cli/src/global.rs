@@ -14,15 +14,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+#[cfg(feature = "raft")]
+use highwater::Error;
 use highwater::cluster::{LOCAL_HISTORY, LOCAL_LEDGER_SCOPE, LocalCoordinator, SUBTASK_PROPERTY};
 use highwater::core::{CheckpointId, Manifest, PartRef};
-use highwater::{CheckpointStore, Error, Result};
+use highwater::{CheckpointStore, Result};
 use serde::Serialize;
 
 /// The file of a cluster demo directory holding the cluster's secret.
 const SECRET_FILE: &str = "cluster.secret";
 /// The file of a cluster demo directory listing its nodes' addresses (node
 /// `i` on line `i`).
+#[cfg(feature = "raft")]
 const ADDRS_FILE: &str = "cluster.addrs";
 /// How long a live ledger query waits for the node.
 #[cfg(feature = "raft")]
@@ -150,6 +153,7 @@ pub(crate) fn find_ledger(
 }
 
 /// The node directories `raft/node-<i>`, ascending by `i`.
+#[cfg(feature = "raft")]
 fn node_dirs(raft: &Path) -> Vec<(u16, PathBuf)> {
     let mut nodes: Vec<(u16, PathBuf)> = std::fs::read_dir(raft)
         .into_iter()

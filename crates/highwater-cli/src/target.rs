@@ -36,6 +36,7 @@ pub fn keys() -> Option<Arc<dyn KeyProvider>> {
 }
 
 /// The `--key-file` path, to pass on to child processes.
+#[cfg(feature = "raft")]
 pub fn key_file() -> Option<&'static Path> {
     KEYS.get()?.as_ref().map(|(p, _)| p.as_path())
 }
