@@ -18,7 +18,7 @@ use std::process::Command;
 use crate::util::{Result, Workspace, io_context, run};
 
 /// The targets, in `fuzz/Cargo.toml` and `highwater_fuzz::Target` order.
-pub const TARGETS: [&str; 9] = [
+pub const TARGETS: [&str; 10] = [
     "manifest",
     "manifest_body",
     "artifact",
@@ -28,6 +28,7 @@ pub const TARGETS: [&str; 9] = [
     "raft_snapshot",
     "redis_artifact",
     "sealed",
+    "savepoint",
 ];
 
 /// The cargo-fuzz release `cargo xtask fuzz` installs.

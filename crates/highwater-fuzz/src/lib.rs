@@ -58,11 +58,17 @@ pub enum Target {
     /// replayed with encryption configured (otherwise); the rest is the
     /// input. Keys are fixed ([`seeds::fuzz_keys`]).
     Sealed,
+    /// `SavepointManifest::decode`; the first byte chooses raw bytes (0)
+    /// or the rest with the header's length and checksum made to fit, so
+    /// mutations reach the body decoder and the structural checks.
+    /// (Savepoint artifacts use the artifact codec of the `artifact`
+    /// targets.)
+    Savepoint,
 }
 
 impl Target {
     /// Every target.
-    pub const ALL: [Target; 9] = [
+    pub const ALL: [Target; 10] = [
         Target::Manifest,
         Target::ManifestBody,
         Target::Artifact,
@@ -72,6 +78,7 @@ impl Target {
         Target::RaftSnapshot,
         Target::RedisArtifact,
         Target::Sealed,
+        Target::Savepoint,
     ];
 
     /// The target's name: its `cargo fuzz` target and corpus directory.
@@ -86,6 +93,7 @@ impl Target {
             Target::RaftSnapshot => "raft_snapshot",
             Target::RedisArtifact => "redis_artifact",
             Target::Sealed => "sealed",
+            Target::Savepoint => "savepoint",
         }
     }
 
@@ -120,6 +128,13 @@ impl Target {
                 Some((_, rest)) => wal_segment_with(rest, seeds::sealed_wal_config()),
                 None => false,
             },
+            Target::Savepoint => match data.split_first() {
+                Some((0, rest)) => highwater_core::SavepointManifest::decode(rest).is_ok(),
+                Some((_, rest)) => {
+                    highwater_core::SavepointManifest::decode(&fit_manifest(rest)).is_ok()
+                }
+                None => false,
+            },
         }
     }
 }
@@ -140,7 +155,8 @@ fn artifact(data: &[u8]) -> bool {
 /// (xxh3-64 of the 12 bytes before it and the body).
 const MANIFEST_HEADER_LEN: usize = 20;
 
-/// `data` with the manifest header's body length and checksum made to fit.
+/// `data` with the manifest header's body length and checksum made to fit
+/// (checkpoint and savepoint manifests share the header's layout).
 pub fn fit_manifest(data: &[u8]) -> Vec<u8> {
     let mut out = data.to_vec();
     if out.len() < MANIFEST_HEADER_LEN {

@@ -51,6 +51,16 @@ pub fn seeds(target: Target) -> Vec<Vec<u8>> {
             vec![raw, payload]
         }
         Target::RedisArtifact => redis_artifacts(),
+        Target::Savepoint => savepoint_manifests()
+            .into_iter()
+            .flat_map(|m| {
+                let mut raw = vec![0u8];
+                raw.extend_from_slice(&m);
+                let mut fitted = vec![1u8];
+                fitted.extend_from_slice(&m);
+                [raw, fitted]
+            })
+            .collect(),
         Target::Sealed => {
             let cipher = highwater_core::Cipher::new(fuzz_keys());
             let mut out = Vec::new();
@@ -67,6 +77,52 @@ pub fn seeds(target: Target) -> Vec<Vec<u8>> {
             out
         }
     }
+}
+
+/// The manifests of real savepoints: of a job with value, list (with a
+/// TTL) and map state, and of an empty one.
+fn savepoint_manifests() -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for entries in [300u32, 0] {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let m = StateManager::builder()
+            .backend(Arc::new(MemoryBackend::new()))
+            .store(Arc::new(
+                ObjectCheckpointStore::local(dir.path().join("job")).expect("a local store"),
+            ))
+            .build()
+            .expect("a state manager");
+        let ctx = m.keyed_state("orders").expect("an operator");
+        let v = ctx
+            .value_state::<u32, String>(&ValueStateDescriptor::new("v"))
+            .expect("a value state");
+        let l = ctx
+            .list_state::<u32, u64>(&highwater::ListStateDescriptor::new("l").with_ttl(
+                highwater::TtlConfig::new(std::time::Duration::from_secs(60)),
+            ))
+            .expect("a list state");
+        let mp = ctx
+            .map_state::<u32, u8, u16>(&highwater::MapStateDescriptor::new("m"))
+            .expect("a map state");
+        for k in 0..entries {
+            v.update(&k, &format!("value {k}")).expect("an update");
+            l.add_all(&k, &[u64::from(k), 7]).expect("an append");
+            mp.put(&k, &(k as u8), &(k as u16)).expect("a put");
+        }
+        let sp = dir.path().join("sp");
+        m.savepoint(Arc::new(
+            ObjectCheckpointStore::local(&sp).expect("a local store"),
+        ))
+        .expect("a savepoint")
+        .wait()
+        .expect("a written savepoint");
+        m.close().expect("close the manager");
+        let manifests = sp.join(highwater::cloud::layout::MANIFESTS_DIR);
+        for e in std::fs::read_dir(manifests).expect("the savepoint's manifests") {
+            out.push(std::fs::read(e.expect("an entry").path()).expect("a manifest"));
+        }
+    }
+    out
 }
 
 /// The manifests and artifacts of a real job: a full checkpoint, then

@@ -282,3 +282,8 @@ fn redis_artifact() {
 fn sealed() {
     run(Target::Sealed);
 }
+
+#[test]
+fn savepoint() {
+    run(Target::Savepoint);
+}
