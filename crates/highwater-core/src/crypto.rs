@@ -286,26 +286,15 @@ impl Cipher {
 
     /// Seals `plaintext` into an object envelope bound to `context`.
     pub fn seal(&self, context: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
-        let (key_id, key) = self.keys.current()?;
+        // The envelope is a 12-byte prefix and then a sealed body; the
+        // body's nonce is part of the header the associated data covers.
+        let sealer = self.sealer()?;
         let mut out = Vec::with_capacity(ENVELOPE_OVERHEAD + plaintext.len());
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&[VERSION, XCHACHA20_POLY1305, 0, 0]);
-        out.extend_from_slice(&key_id.to_le_bytes());
-        let nonce = random_nonce()?;
-        out.extend_from_slice(&nonce);
-        let mut aad = Vec::with_capacity(ENVELOPE_HEADER_LEN + context.len());
-        aad.extend_from_slice(&out);
-        aad.extend_from_slice(context);
-        out.extend_from_slice(plaintext);
-        let tag = key
-            .cipher()
-            .encrypt_in_place_detached(
-                XNonce::from_slice(&nonce),
-                &aad,
-                &mut out[ENVELOPE_HEADER_LEN..],
-            )
-            .map_err(|_| Error::Internal("encryption of an object failed".into()))?;
-        out.extend_from_slice(&tag);
+        out.extend_from_slice(&sealer.key_id.to_le_bytes());
+        let aad = [&out[..], &sealer.nonce, context].concat();
+        sealer.seal_into(&aad, plaintext, &mut out);
         Ok(out)
     }
 
@@ -321,32 +310,17 @@ impl Cipher {
                 "not encrypted (no envelope) where encryption is configured".into(),
             ));
         }
-        let (header, rest) = sealed.split_at(ENVELOPE_HEADER_LEN);
-        if header[4] != VERSION || header[5] != XCHACHA20_POLY1305 || header[6..8] != [0, 0] {
+        let (prefix, body) = sealed.split_at(ENVELOPE_HEADER_LEN - NONCE_LEN);
+        if prefix[4] != VERSION || prefix[5] != XCHACHA20_POLY1305 || prefix[6..8] != [0, 0] {
             return Err(fail(format!(
                 "unknown envelope version {} or cipher {}",
-                header[4], header[5]
+                prefix[4], prefix[5]
             )));
         }
-        let key_id = KeyId::from_le_bytes([header[8], header[9], header[10], header[11]]);
-        let key = self.keys.key(key_id).map_err(|e| fail(e.to_string()))?;
-        let mut aad = Vec::with_capacity(ENVELOPE_HEADER_LEN + context.len());
-        aad.extend_from_slice(header);
-        aad.extend_from_slice(context);
-        let (body, tag) = rest.split_at(rest.len() - TAG_LEN);
-        let mut out = body.to_vec();
-        key.cipher()
-            .decrypt_in_place_detached(
-                XNonce::from_slice(&header[12..ENVELOPE_HEADER_LEN]),
-                &aad,
-                &mut out,
-                Tag::from_slice(tag),
-            )
-            .map_err(|_| {
-                fail(format!(
-                    "tag mismatch under key {key_id}: the bytes were changed, moved from another name, or sealed with another key of that id"
-                ))
-            })?;
+        let key_id = KeyId::from_le_bytes([prefix[8], prefix[9], prefix[10], prefix[11]]);
+        let aad = [&sealed[..ENVELOPE_HEADER_LEN], context].concat();
+        let mut out = Vec::new();
+        self.open_body(what, key_id, &aad, body, &mut out)?;
         Ok(out)
     }
 
@@ -402,7 +376,7 @@ impl Cipher {
             .decrypt_in_place_detached(XNonce::from_slice(nonce), aad, out, Tag::from_slice(tag))
             .map_err(|_| {
                 fail(format!(
-                    "tag mismatch under key {key_id}: the bytes were changed, moved, or sealed with another key of that id"
+                    "tag mismatch under key {key_id}: the bytes were changed, moved from another name or position, or sealed with another key of that id"
                 ))
             })
     }

@@ -95,6 +95,15 @@ pub fn snapshot_entries(snapshot: &dyn StateSnapshot) -> Result<Vec<RawEntry>> {
     Ok(out)
 }
 
+impl SavepointParams {
+    fn check(&self) -> Result<()> {
+        if self.max_parallelism == 0 {
+            return Err(Error::InvalidArgument("max_parallelism is zero".into()));
+        }
+        Ok(())
+    }
+}
+
 /// Writes `entries` (encoded state keys and envelopes, in any order) as a
 /// savepoint into `target` and commits its manifest under the id after the
 /// newest one in `target`. `schemas` describe the states (a state without
@@ -108,9 +117,7 @@ pub fn write_savepoint(
     target: &Arc<dyn CheckpointStore>,
     io: &Handle,
 ) -> Result<(SavepointManifest, SavepointInfo)> {
-    if params.max_parallelism == 0 {
-        return Err(Error::InvalidArgument("max_parallelism is zero".into()));
-    }
+    params.check()?;
     let mut groups = Groups::default();
     for e in entries {
         let (k, v) = e?;
@@ -130,9 +137,7 @@ pub fn write_snapshot_savepoint(
     target: &Arc<dyn CheckpointStore>,
     io: &Handle,
 ) -> Result<(SavepointManifest, SavepointInfo)> {
-    if params.max_parallelism == 0 {
-        return Err(Error::InvalidArgument("max_parallelism is zero".into()));
-    }
+    params.check()?;
     let parts: Vec<Groups> = (0..snapshot.partitions())
         .into_par_iter()
         .map(|p| {

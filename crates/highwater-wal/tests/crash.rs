@@ -621,8 +621,22 @@ fn append_until_a_write_fails(args: &[String]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    append_until_failure(&wal, None)
+}
+
+/// Appends [`fault_batch`]es (`ack FIRST END` each) until one fails
+/// (`error KIND MESSAGE`), creating the arm file `arm` (if any) after 20
+/// and then pausing 1 ms between appends (an `Interval` log's sync thread
+/// fails on its own time); then tries three more appends and a sync, each
+/// printed as `after ok|err`. Fails after 20,000 appends without an error.
+fn append_until_failure(wal: &Wal, arm: Option<&std::path::Path>) -> ExitCode {
     let mut i = 0;
     loop {
+        if i == 20
+            && let Some(arm) = arm
+        {
+            FaultFs::arm(arm);
+        }
         match wal.append_batch(&fault_batch(i)) {
             Ok(lsns) => println!("ack {} {}", lsns.start, lsns.end),
             Err(e) => {
@@ -631,17 +645,14 @@ fn append_until_a_write_fails(args: &[String]) -> ExitCode {
             }
         }
         i += 1;
-        if i > 10_000 {
+        if i > 20_000 {
             println!("no error");
             return ExitCode::FAILURE;
         }
+        if arm.is_some() && i > 20 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
-    try_after_failure(&wal, i)
-}
-
-/// After a failed append `i`: three more appends and a sync, each printed
-/// as `after ok|err`.
-fn try_after_failure(wal: &Wal, i: u64) -> ExitCode {
     for j in 1..=3 {
         let r = wal.append_batch(&fault_batch(i + j));
         println!("after {}", if r.is_ok() { "ok" } else { "err" });
@@ -800,29 +811,7 @@ fn append_until_a_sync_fails(args: &[String]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut i = 0;
-    loop {
-        if i == 20 {
-            FaultFs::arm(std::path::Path::new(arm));
-        }
-        match wal.append_batch(&fault_batch(i)) {
-            Ok(lsns) => println!("ack {} {}", lsns.start, lsns.end),
-            Err(e) => {
-                println!("error {:?} {e}", e.kind());
-                break;
-            }
-        }
-        i += 1;
-        if i > 20_000 {
-            println!("no error");
-            return ExitCode::FAILURE;
-        }
-        if i > 20 {
-            // Under Interval the failed sync happens on the sync thread.
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-    try_after_failure(&wal, i)
+    append_until_failure(&wal, Some(std::path::Path::new(arm)))
 }
 
 /// Issue 18: an `fdatasync` of a segment fails once (EIO, injected; a retry
