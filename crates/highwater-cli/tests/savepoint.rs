@@ -30,6 +30,26 @@ fn run_ok(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// `highwater import FILE --to TARGET`.
+fn import(file: &Path, target: &Path) {
+    run_ok(&[
+        "import",
+        file.to_str().unwrap(),
+        "--to",
+        target.to_str().unwrap(),
+    ]);
+}
+
+/// `highwater export SOURCE -o FILE`.
+fn export(source: &Path, file: &Path) {
+    run_ok(&[
+        "export",
+        source.to_str().unwrap(),
+        "-o",
+        file.to_str().unwrap(),
+    ]);
+}
+
 fn manager(dir: &Path) -> StateManager {
     StateManager::builder()
         .backend(Arc::new(MemoryBackend::new()))
@@ -116,12 +136,7 @@ fn savepoint_export_import_and_diff() {
 
     // export | import reproduces the savepoint, byte for byte.
     let jsonl = d.join("sp.jsonl");
-    run_ok(&[
-        "export",
-        sp.to_str().unwrap(),
-        "-o",
-        jsonl.to_str().unwrap(),
-    ]);
+    export(&sp, &jsonl);
     let text = std::fs::read_to_string(&jsonl).unwrap();
     assert_eq!(
         text.lines().count(),
@@ -135,12 +150,7 @@ fn savepoint_export_import_and_diff() {
         .expect("the entry of w5, with its key decoded");
     assert_eq!(counted["value"], 35);
     let sp2 = d.join("sp2");
-    run_ok(&[
-        "import",
-        jsonl.to_str().unwrap(),
-        "--to",
-        sp2.to_str().unwrap(),
-    ]);
+    import(&jsonl, &sp2);
     assert_eq!(files(&sp2), files(&sp));
 
     // A file written by hand, with typed values only, bootstraps state.
@@ -156,12 +166,7 @@ fn savepoint_export_import_and_diff() {
     )
     .unwrap();
     let boot = d.join("boot");
-    run_ok(&[
-        "import",
-        hand.to_str().unwrap(),
-        "--to",
-        boot.to_str().unwrap(),
-    ]);
+    import(&hand, &boot);
     let b = manager(&d.join("boot-store"));
     let counts = handles(&b).counts;
     b.restore_savepoint(Arc::new(ObjectCheckpointStore::local(&boot).unwrap()))
@@ -302,12 +307,7 @@ fn per_element_list_ttl_survives_export_and_import() {
         sp.to_str().unwrap(),
     ]);
     let jsonl = d.join("sp.jsonl");
-    run_ok(&[
-        "export",
-        sp.to_str().unwrap(),
-        "-o",
-        jsonl.to_str().unwrap(),
-    ]);
+    export(&sp, &jsonl);
     let text = std::fs::read_to_string(&jsonl).unwrap();
     let line = text
         .lines()
@@ -319,12 +319,7 @@ fn per_element_list_ttl_survives_export_and_import() {
     assert_eq!(expiries.len(), 3, "{line}");
     assert!(expiries.iter().all(|e| e.as_u64().unwrap() > 0));
     let sp2 = d.join("sp2");
-    run_ok(&[
-        "import",
-        jsonl.to_str().unwrap(),
-        "--to",
-        sp2.to_str().unwrap(),
-    ]);
+    import(&jsonl, &sp2);
     assert_eq!(files(&sp2), files(&sp));
 
     // The same lines with typed values only (no `_b64` fields).
@@ -343,11 +338,6 @@ fn per_element_list_ttl_survives_export_and_import() {
     let typed_file = d.join("typed.jsonl");
     std::fs::write(&typed_file, typed).unwrap();
     let sp3 = d.join("sp3");
-    run_ok(&[
-        "import",
-        typed_file.to_str().unwrap(),
-        "--to",
-        sp3.to_str().unwrap(),
-    ]);
+    import(&typed_file, &sp3);
     assert_eq!(files(&sp3), files(&sp));
 }
