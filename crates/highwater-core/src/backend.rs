@@ -99,6 +99,11 @@ pub enum SnapshotKind {
 /// key and its value (`None` for a delete in a change snapshot).
 pub type EntryVisitor<'a> = dyn FnMut(&[u8], Option<&[u8]>) -> Result<()> + 'a;
 
+/// The visitor of [`StateSnapshot::for_each_borrowed`]: like
+/// [`EntryVisitor`], with slices that stay valid as long as the snapshot
+/// (`'s`) does.
+pub type BorrowedEntryVisitor<'s, 'a> = dyn FnMut(&'s [u8], Option<&'s [u8]>) -> Result<()> + 'a;
+
 /// An immutable, consistent view of a backend's state at one moment.
 ///
 /// A snapshot is taken on the processing thread and read later on background
@@ -116,6 +121,22 @@ pub trait StateSnapshot: Send + Sync {
     /// [`SnapshotKind::Changes`] snapshot a deleted key is reported with
     /// `None`. Stops early and returns the first error `f` returns.
     fn for_each_in_partition(&self, partition: usize, f: &mut EntryVisitor<'_>) -> Result<()>;
+
+    /// Visits every entry of `partition` as
+    /// [`for_each_in_partition`](StateSnapshot::for_each_in_partition) does,
+    /// with key and value slices borrowed from the snapshot itself, so that
+    /// a reader can keep references to them instead of copying the bytes.
+    /// Returns `Ok(false)` without visiting anything when the backend
+    /// cannot lend its bytes (the default); callers then use
+    /// `for_each_in_partition`.
+    fn for_each_borrowed<'s>(
+        &'s self,
+        partition: usize,
+        f: &mut BorrowedEntryVisitor<'s, '_>,
+    ) -> Result<bool> {
+        let _ = (partition, f);
+        Ok(false)
+    }
 
     /// Approximate number of entries, for sizing buffers and progress.
     fn approximate_entries(&self) -> usize;

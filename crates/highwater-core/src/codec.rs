@@ -149,6 +149,19 @@ impl RecordWriter {
         }
     }
 
+    /// A writer that appends into `buf` (cleared first), so that a caller
+    /// encoding many artifacts reuses one allocation for all of them (see
+    /// [`RecordWriter::finish_reusing`]).
+    pub fn with_buffer(kind: ArtifactKind, form: KeyForm, mut buf: Vec<u8>) -> Self {
+        buf.clear();
+        RecordWriter {
+            kind,
+            form,
+            buf,
+            entries: 0,
+        }
+    }
+
     /// Appends a record. Records must be appended in key order for the
     /// encoding to be deterministic; deletes are refused in entry artifacts.
     pub fn push(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<()> {
@@ -191,6 +204,13 @@ impl RecordWriter {
     /// Compresses (if worthwhile) and frames the records.
     pub fn finish(self, opts: &EncodeOptions) -> Result<EncodedArtifact> {
         encode_records_as(self.kind, self.form, self.entries, &self.buf, opts)
+    }
+
+    /// [`finish`](RecordWriter::finish), handing the record buffer back
+    /// for the next [`RecordWriter::with_buffer`].
+    pub fn finish_reusing(self, opts: &EncodeOptions) -> Result<(EncodedArtifact, Vec<u8>)> {
+        let enc = encode_records_as(self.kind, self.form, self.entries, &self.buf, opts)?;
+        Ok((enc, self.buf))
     }
 }
 
@@ -241,46 +261,48 @@ pub fn encode_records_as(
     records: &[u8],
     opts: &EncodeOptions,
 ) -> Result<EncodedArtifact> {
-    let mut codec = Codec::Raw;
-    let mut compressed = None;
+    let frame = |codec: Codec, payload: &[u8]| {
+        let mut bytes = Vec::with_capacity(ARTIFACT_HEADER_LEN + payload.len());
+        bytes.extend_from_slice(ARTIFACT_MAGIC);
+        let (version, form_bit) = match form {
+            KeyForm::Absolute => (ARTIFACT_FORMAT_V1, 0),
+            KeyForm::OperatorRelative => (ARTIFACT_FORMAT_VERSION, RELATIVE_KEYS_BIT),
+        };
+        bytes.extend_from_slice(&version.to_le_bytes());
+        bytes.push(codec.to_byte());
+        bytes.push(
+            form_bit
+                | match kind {
+                    ArtifactKind::Entries => 0,
+                    ArtifactKind::Delta => 1,
+                },
+        );
+        bytes.extend_from_slice(&entries.to_le_bytes());
+        bytes.extend_from_slice(&(records.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(payload).to_le_bytes());
+        let header_sum = xxhash_rust::xxh3::xxh3_64(&bytes[..40]);
+        bytes.extend_from_slice(&header_sum.to_le_bytes());
+        bytes.extend_from_slice(payload);
+        EncodedArtifact {
+            bytes,
+            entries,
+            raw_len: records.len() as u64,
+            codec,
+        }
+    };
     if records.len() >= opts.compression_threshold {
-        let c = zstd_compress(records, opts.zstd_level)
-            .map_err(|e| Error::io("zstd compression", e))?;
-        // Keep compression only when it saves space.
-        if c.len() < records.len() {
-            codec = Codec::Zstd;
-            compressed = Some(c);
+        // Compressed into this thread's scratch buffer and framed from
+        // there, kept only when it saves space.
+        let framed = with_zstd_compressed(records, opts.zstd_level, |c| {
+            (c.len() < records.len()).then(|| frame(Codec::Zstd, c))
+        })
+        .map_err(|e| Error::io("zstd compression", e))?;
+        if let Some(artifact) = framed {
+            return Ok(artifact);
         }
     }
-    let payload: &[u8] = compressed.as_deref().unwrap_or(records);
-    let mut bytes = Vec::with_capacity(ARTIFACT_HEADER_LEN + payload.len());
-    bytes.extend_from_slice(ARTIFACT_MAGIC);
-    let (version, form_bit) = match form {
-        KeyForm::Absolute => (ARTIFACT_FORMAT_V1, 0),
-        KeyForm::OperatorRelative => (ARTIFACT_FORMAT_VERSION, RELATIVE_KEYS_BIT),
-    };
-    bytes.extend_from_slice(&version.to_le_bytes());
-    bytes.push(codec.to_byte());
-    bytes.push(
-        form_bit
-            | match kind {
-                ArtifactKind::Entries => 0,
-                ArtifactKind::Delta => 1,
-            },
-    );
-    bytes.extend_from_slice(&entries.to_le_bytes());
-    bytes.extend_from_slice(&(records.len() as u64).to_le_bytes());
-    bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    bytes.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(payload).to_le_bytes());
-    let header_sum = xxhash_rust::xxh3::xxh3_64(&bytes[..40]);
-    bytes.extend_from_slice(&header_sum.to_le_bytes());
-    bytes.extend_from_slice(payload);
-    Ok(EncodedArtifact {
-        bytes,
-        entries,
-        raw_len: records.len() as u64,
-        codec,
-    })
+    Ok(frame(Codec::Raw, records))
 }
 
 /// The verified header of an artifact.
@@ -384,24 +406,42 @@ pub struct DecodedArtifact {
 }
 
 thread_local! {
-    /// This thread's zstd compression context and its level: reused, since
-    /// setting one up costs about as much as compressing a small artifact.
-    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+    /// This thread's zstd compression context and its level, and the
+    /// buffer it compresses into: reused, since setting a context up costs
+    /// about as much as compressing a small artifact, and a fresh output
+    /// buffer of an artifact's size is pages the kernel must zero first.
+    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>, Vec<u8>)>> =
         const { RefCell::new(None) };
     /// This thread's zstd decompression context, reused likewise.
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
         const { RefCell::new(None) };
 }
 
-/// Compresses `data` at `level` with this thread's context.
-fn zstd_compress(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+/// The largest compression buffer a thread keeps between artifacts.
+const MAX_KEPT_SCRATCH: usize = 64 << 20;
+
+/// Compresses `data` at `level` with this thread's context into its
+/// scratch buffer and hands the result to `f`.
+fn with_zstd_compressed<R>(
+    data: &[u8],
+    level: i32,
+    f: impl FnOnce(&[u8]) -> R,
+) -> std::io::Result<R> {
     COMPRESSOR.with(|cell| {
         let mut cell = cell.borrow_mut();
-        let compressor = match &mut *cell {
-            Some((l, c)) if *l == level => c,
-            slot => &mut slot.insert((level, zstd::bulk::Compressor::new(level)?)).1,
+        let (_, compressor, out) = match &mut *cell {
+            Some(c) if c.0 == level => c,
+            slot => slot.insert((level, zstd::bulk::Compressor::new(level)?, Vec::new())),
         };
-        compressor.compress(data)
+        out.clear();
+        out.reserve(zstd::zstd_safe::compress_bound(data.len()));
+        compressor.compress_to_buffer(data, out)?;
+        let r = f(out);
+        if out.capacity() > MAX_KEPT_SCRATCH {
+            // An unusually large artifact's buffer is not kept for good.
+            *out = Vec::new();
+        }
+        Ok(r)
     })
 }
 

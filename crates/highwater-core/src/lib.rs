@@ -42,8 +42,9 @@ pub mod store;
 pub mod ttl;
 
 pub use backend::{
-    BackendStats, EntryVisitor, Mutation, NativeCheckpoint, NativeCheckpoints, NativeFile,
-    NativeFiles, SnapshotKind, StateBackend, StateSnapshot, WriteBatch,
+    BackendStats, BorrowedEntryVisitor, EntryVisitor, Mutation, NativeCheckpoint,
+    NativeCheckpoints, NativeFile, NativeFiles, SnapshotKind, StateBackend, StateSnapshot,
+    WriteBatch,
 };
 pub use block::RecordBlock;
 pub use cluster::{
