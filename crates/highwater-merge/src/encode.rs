@@ -90,6 +90,11 @@ impl Arena {
         let (k, v) = &self.recs[i];
         (&self.data[k.clone()], v.clone().map(|v| &self.data[v]))
     }
+
+    /// Every record, in the order pushed.
+    pub fn entries(&self) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
+        (0..self.recs.len()).map(|i| self.get(i))
+    }
 }
 
 /// Key groups per sort bucket are chosen so that a job has about this many
@@ -125,17 +130,17 @@ impl Layout {
 /// scan's copy) holds it, its value (`None` for a delete), and the number
 /// its bucket sorts it by before comparing bytes (see [`sort_bucket`]).
 #[derive(Clone, Copy)]
-struct Rec<'a> {
-    prefix: u64,
-    key: &'a [u8],
-    value: Option<&'a [u8]>,
+pub(crate) struct Rec<'a> {
+    pub prefix: u64,
+    pub key: &'a [u8],
+    pub value: Option<&'a [u8]>,
 }
 
 /// The part of a key its artifact orders it by after the key group: what
 /// follows the operator name in the operator-relative form (`skip` is
 /// `1 + operator.len()`), everything after the key group otherwise (`skip`
 /// is 0). The stored key is the key group's two bytes and then this tail.
-fn tail(key: &[u8], skip: usize) -> &[u8] {
+pub(crate) fn tail(key: &[u8], skip: usize) -> &[u8] {
     &key[2 + skip..]
 }
 
@@ -164,9 +169,29 @@ fn common_len(a: &[u8], b: &[u8]) -> usize {
 /// The records of one operator and sort bucket read from one partition,
 /// and the length of the prefix all their tails share.
 #[derive(Default)]
-struct Piece<'a> {
+pub(crate) struct Piece<'a> {
     recs: Vec<Rec<'a>>,
     lcp: usize,
+}
+
+impl<'a> Piece<'a> {
+    /// Adds a record whose tail (see [`tail`]) begins after `skip`.
+    pub fn push(&mut self, key: &'a [u8], value: Option<&'a [u8]>, skip: usize) {
+        let t = tail(key, skip);
+        self.lcp = match self.recs.first() {
+            Some(first) => self.lcp.min(common_len(tail(first.key, skip), t)),
+            None => t.len(),
+        };
+        self.recs.push(Rec {
+            prefix: 0,
+            key,
+            value,
+        });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.recs.is_empty()
+    }
 }
 
 /// One operator's records of a partition, by sort bucket.
@@ -233,17 +258,7 @@ impl<'a> Scan<'a> {
             }
         };
         let ops = &mut self.operators[at];
-        let piece = &mut ops.buckets[usize::from(kg.0 / layout.per_bucket)];
-        let t = tail(key, ops.skip);
-        piece.lcp = match piece.recs.first() {
-            Some(first) => piece.lcp.min(common_len(tail(first.key, ops.skip), t)),
-            None => t.len(),
-        };
-        piece.recs.push(Rec {
-            prefix: 0,
-            key,
-            value,
-        });
+        ops.buckets[usize::from(kg.0 / layout.per_bucket)].push(key, value, ops.skip);
         Ok(())
     }
 }
@@ -263,15 +278,25 @@ fn scan_borrowed<'s>(
     Ok(lent.then_some(scan))
 }
 
-/// Copies one partition's entries into an arena, for backends that cannot
-/// lend their bytes.
-fn copy_partition(snapshot: &dyn StateSnapshot, partition: usize) -> Result<Arena> {
-    let mut arena = Arena::default();
-    snapshot.for_each_in_partition(partition, &mut |k, v| {
-        arena.push_parts(&[k], v);
-        Ok(())
-    })?;
-    Ok(arena)
+/// Copies the partitions of `snapshot` that were not lent (`None` in
+/// `lent`, one per partition) into arenas, in parallel: the bytes of
+/// backends that cannot lend them.
+pub(crate) fn copy_unlent<T>(
+    snapshot: &dyn StateSnapshot,
+    lent: &[Option<T>],
+) -> Result<Vec<Arena>> {
+    let unlent: Vec<usize> = (0..lent.len()).filter(|&p| lent[p].is_none()).collect();
+    unlent
+        .into_par_iter()
+        .map(|p| {
+            let mut arena = Arena::default();
+            snapshot.for_each_in_partition(p, &mut |k, v| {
+                arena.push_parts(&[k], v);
+                Ok(())
+            })?;
+            Ok(arena)
+        })
+        .collect()
 }
 
 /// Sorts the pieces of one operator and bucket into one run in stored-key
@@ -280,7 +305,11 @@ fn copy_partition(snapshot: &dyn StateSnapshot, partition: usize) -> Result<Aren
 /// holds several key groups, the key group and six such bytes: within a
 /// bucket the order of that number is the order of the keys wherever it
 /// differs, so most comparisons never touch the keys.
-fn sort_bucket<'a>(pieces: Vec<Piece<'a>>, skip: usize, several_key_groups: bool) -> Vec<Rec<'a>> {
+pub(crate) fn sort_bucket<'a>(
+    pieces: Vec<Piece<'a>>,
+    skip: usize,
+    several_key_groups: bool,
+) -> Vec<Rec<'a>> {
     let Some(first) = pieces
         .first()
         .and_then(|p| p.recs.first())
@@ -477,21 +506,12 @@ pub fn encode_snapshot(
         .into_par_iter()
         .map(|p| scan_borrowed(snapshot, p, params, layout))
         .collect::<Result<_>>()?;
-    let copies: Vec<Arena> = lent
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| s.is_none())
-        .map(|(p, _)| p)
-        .collect::<Vec<_>>()
-        .into_par_iter()
-        .map(|p| copy_partition(snapshot, p))
-        .collect::<Result<_>>()?;
+    let copies = copy_unlent(snapshot, &lent)?;
     let copied: Vec<Scan<'_>> = copies
         .par_iter()
         .map(|arena| {
             let mut scan = Scan::default();
-            for i in 0..arena.recs.len() {
-                let (k, v) = arena.get(i);
+            for (k, v) in arena.entries() {
                 scan.add(k, v, params, layout, kind)?;
             }
             Ok(scan)

@@ -8,14 +8,14 @@
 //! its own kind. See `docs/savepoints.md` for the guarantees.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use highwater_core::key::StateKey;
 use highwater_core::keygroup::key_group_for;
 use highwater_core::{
     ArtifactId, ArtifactKind, ArtifactRef, CheckpointId, CheckpointStore, DecodeLimits,
-    EncodeOptions, Envelope, Error, KeyGroup, KeyGroupRange, MigrationPlan, RecordBlock,
+    EncodeOptions, Envelope, Error, KeyForm, KeyGroup, KeyGroupRange, MigrationPlan, RecordBlock,
     RecordWriter, Result, SavepointManifest, SavepointState, StateSchema, StateSnapshot,
     decode_artifact,
 };
@@ -23,6 +23,7 @@ use tokio::runtime::Handle;
 
 use rayon::prelude::*;
 
+use crate::encode::{Piece, Rec, copy_unlent, sort_bucket};
 use crate::io::run_io;
 
 /// Artifact uploads of a savepoint in flight at once.
@@ -118,18 +119,26 @@ pub fn write_savepoint(
     io: &Handle,
 ) -> Result<(SavepointManifest, SavepointInfo)> {
     params.check()?;
+    let entries: Vec<RawEntry> = entries.into_iter().collect::<Result<_>>()?;
     let mut groups = Groups::default();
-    for e in entries {
-        let (k, v) = e?;
-        groups.add(&k, &v, params)?;
+    for (k, v) in &entries {
+        groups.add(k, v, params)?;
     }
-    write_groups(groups, schemas, params, target, io)
+    write_groups(
+        Groups::merge_all(vec![groups], params.max_parallelism)?,
+        schemas,
+        params,
+        target,
+        io,
+    )
 }
 
 /// Writes a full `snapshot` (every entry of a backend) as a savepoint, as
 /// [`write_savepoint`] does: its partitions are read, checked and grouped
-/// by state and bucket of key groups in parallel (rayon), the buckets
-/// sorted in parallel, and artifacts uploaded while the next are encoded.
+/// by state and bucket of key groups in parallel (rayon), keeping
+/// references to the bytes the snapshot lends (copying them only from
+/// backends that do not lend), the buckets sorted in parallel, and
+/// artifacts uploaded while the next are encoded.
 pub fn write_snapshot_savepoint(
     snapshot: &dyn StateSnapshot,
     schemas: &[StateSchema],
@@ -138,125 +147,57 @@ pub fn write_snapshot_savepoint(
     io: &Handle,
 ) -> Result<(SavepointManifest, SavepointInfo)> {
     params.check()?;
-    let parts: Vec<Groups> = (0..snapshot.partitions())
+    let lent: Vec<Option<Groups<'_>>> = (0..snapshot.partitions())
         .into_par_iter()
         .map(|p| {
             let mut groups = Groups::default();
-            snapshot.for_each_in_partition(p, &mut |k, v| match v {
+            let lent = snapshot.for_each_borrowed(p, &mut |k, v| match v {
                 Some(v) => groups.add(k, v, params),
                 None => Ok(()),
             })?;
+            Ok(lent.then_some(groups))
+        })
+        .collect::<Result<_>>()?;
+    let copies = copy_unlent(snapshot, &lent)?;
+    let copied: Vec<Groups<'_>> = copies
+        .par_iter()
+        .map(|arena| {
+            let mut groups = Groups::default();
+            for (k, v) in arena.entries() {
+                if let Some(v) = v {
+                    groups.add(k, v, params)?;
+                }
+            }
             Ok(groups)
         })
         .collect::<Result<_>>()?;
-    write_groups(Groups::merge_all(parts), schemas, params, target, io)
-}
-
-/// Records of one state and bucket of key groups: keys and values copied
-/// into byte arenas (one per snapshot partition read), no allocation per
-/// entry, with an index that sorts without touching the bytes in most
-/// comparisons.
-#[derive(Default)]
-struct Records {
-    arenas: Vec<Vec<u8>>,
-    index: Vec<Rec>,
-}
-
-/// One record of [`Records`].
-#[derive(Clone, Copy)]
-struct Rec {
-    /// The key group's two bytes and the first six bytes of the key after
-    /// its operator and state names (zero-padded): within one state, the
-    /// order of this number is the order of the keys wherever it differs.
-    prefix: u64,
-    arena: u32,
-    offset: usize,
-    key_len: u32,
-    value_len: u32,
-}
-
-impl Records {
-    fn push(&mut self, k: &[u8], v: &[u8], names_len: usize) -> Result<()> {
-        let too_long = |what: &str, len: usize| {
-            Error::InvalidArgument(format!("a savepoint {what} of {len} bytes is too long"))
-        };
-        let key_len = u32::try_from(k.len()).map_err(|_| too_long("key", k.len()))?;
-        let value_len = u32::try_from(v.len()).map_err(|_| too_long("value", v.len()))?;
-        let mut prefix = [0u8; 8];
-        prefix[..2].copy_from_slice(&k[..2]);
-        let rest = &k[names_len..];
-        let n = rest.len().min(6);
-        prefix[2..2 + n].copy_from_slice(&rest[..n]);
-        if self.arenas.is_empty() {
-            self.arenas.push(Vec::new());
-        }
-        let arena = self.arenas.len() - 1;
-        let data = &mut self.arenas[arena];
-        let offset = data.len();
-        data.extend_from_slice(k);
-        data.extend_from_slice(v);
-        self.index.push(Rec {
-            prefix: u64::from_be_bytes(prefix),
-            arena: arena as u32,
-            offset,
-            key_len,
-            value_len,
-        });
-        Ok(())
-    }
-
-    fn key(&self, r: &Rec) -> &[u8] {
-        &self.arenas[r.arena as usize][r.offset..r.offset + r.key_len as usize]
-    }
-
-    fn value(&self, r: &Rec) -> &[u8] {
-        let start = r.offset + r.key_len as usize;
-        &self.arenas[r.arena as usize][start..start + r.value_len as usize]
-    }
-
-    /// Moves `other`'s records in (its arenas are moved, not copied).
-    fn append(&mut self, mut other: Records) {
-        let base = self.arenas.len() as u32;
-        for r in &mut other.index {
-            r.arena += base;
-        }
-        self.arenas.append(&mut other.arenas);
-        self.index.append(&mut other.index);
-    }
-
-    /// Sorts by key; a key present twice is an error.
-    fn sort(&mut self, operator: &str, state: &str) -> Result<()> {
-        let mut index = std::mem::take(&mut self.index);
-        index.sort_unstable_by(|a, b| {
-            a.prefix
-                .cmp(&b.prefix)
-                .then_with(|| self.key(a).cmp(self.key(b)))
-        });
-        if let Some(w) = index
-            .windows(2)
-            .find(|w| w[0].prefix == w[1].prefix && self.key(&w[0]) == self.key(&w[1]))
-        {
-            return Err(Error::InvalidArgument(format!(
-                "a key is given twice: operator={operator} state={state} key_len={}",
-                w[0].key_len
-            )));
-        }
-        self.index = index;
-        Ok(())
-    }
+    let parts = lent.into_iter().flatten().chain(copied).collect();
+    write_groups(
+        Groups::merge_all(parts, params.max_parallelism)?,
+        schemas,
+        params,
+        target,
+        io,
+    )
 }
 
 /// Buckets of key groups each state's records are kept in: records are
-/// sorted bucket by bucket (in parallel, each in a few MiB of memory), and
-/// since a key begins with its key group, the buckets in order are the
-/// state's records in key order.
+/// sorted bucket by bucket (in parallel), and since a key begins with its
+/// key group, the buckets in order are the state's records in key order.
 const SORT_BUCKETS: u16 = 128;
 
+/// Per state (operator, state): the length of the names its keys begin
+/// with after the key group (see [`tail`](crate::encode::tail)), and one
+/// `T` per bucket of key groups.
+type PerState<T> = BTreeMap<(String, String), (usize, Vec<T>)>;
+
 /// Entries of a savepoint being written, checked and grouped by state and
-/// by bucket of key groups ([`SORT_BUCKETS`]).
+/// by bucket of key groups ([`SORT_BUCKETS`]): references to the entries'
+/// bytes, which are not copied.
 #[derive(Default)]
-struct Groups {
-    by_state: BTreeMap<(String, String), Vec<Records>>,
+struct Groups<'a> {
+    /// Per state, its pieces per bucket.
+    by_state: PerState<Piece<'a>>,
     expired_dropped: u64,
 }
 
@@ -265,10 +206,17 @@ fn per_bucket(max_parallelism: u16) -> u16 {
     max_parallelism.div_ceil(SORT_BUCKETS).max(1)
 }
 
-impl Groups {
+/// Entries of a savepoint, checked and sorted: per state, its buckets,
+/// each in key order.
+struct Sorted<'a> {
+    by_state: PerState<Vec<Rec<'a>>>,
+    expired_dropped: u64,
+}
+
+impl<'a> Groups<'a> {
     /// Adds one entry: a state key in its key group under
     /// `params.max_parallelism`; an expired one is counted and dropped.
-    fn add(&mut self, k: &[u8], v: &[u8], params: &SavepointParams) -> Result<()> {
+    fn add(&mut self, k: &'a [u8], v: &'a [u8], params: &SavepointParams) -> Result<()> {
         let sk = StateKey::decode(k).map_err(|e| {
             Error::InvalidArgument(format!("a savepoint holds state keys only: {e}"))
         })?;
@@ -283,14 +231,14 @@ impl Groups {
             self.expired_dropped += 1;
             return Ok(());
         }
-        // The key group, then each name after its length byte: the same
+        // After the key group, each name after its length byte: the same
         // bytes in every key of the state, so the rest orders the keys.
-        let names_len = 2 + 1 + sk.operator.len() + 1 + sk.state.len();
-        let names_ok = k.len() >= names_len
+        let skip = 1 + sk.operator.len() + 1 + sk.state.len();
+        let names_ok = k.len() >= 2 + skip
             && k[2] as usize == sk.operator.len()
             && &k[3..3 + sk.operator.len()] == sk.operator.as_bytes()
             && k[3 + sk.operator.len()] as usize == sk.state.len()
-            && &k[4 + sk.operator.len()..names_len] == sk.state.as_bytes();
+            && &k[4 + sk.operator.len()..2 + skip] == sk.state.as_bytes();
         if !names_ok {
             return Err(Error::Internal(format!(
                 "a state key does not begin with its names: operator={} state={}",
@@ -305,78 +253,84 @@ impl Groups {
             .by_state
             .iter_mut()
             .find(|((o, st), _)| o == sk.operator && st == sk.state);
-        let buckets = match known {
-            Some((_, buckets)) => buckets,
+        let (_, buckets) = match known {
+            Some((_, state)) => state,
             None => {
                 let name = (sk.operator.to_string(), sk.state.to_string());
                 let n = usize::from(params.max_parallelism.div_ceil(per));
                 self.by_state
                     .entry(name)
-                    .or_insert_with(|| (0..n).map(|_| Records::default()).collect())
+                    .or_insert_with(|| (skip, (0..n).map(|_| Piece::default()).collect()))
             }
         };
-        buckets[bucket].push(k, v, names_len)
+        buckets[bucket].push(k, Some(v), skip);
+        Ok(())
     }
 
-    /// The partitions' groups as one: each bucket's pieces gathered into
-    /// one index sized once, buckets in parallel; arenas are moved.
-    fn merge_all(parts: Vec<Groups>) -> Groups {
+    /// The partitions' groups as one, each bucket sorted (buckets in
+    /// parallel); a key present twice is an error.
+    fn merge_all(parts: Vec<Groups<'a>>, max_parallelism: u16) -> Result<Sorted<'a>> {
+        let several = per_bucket(max_parallelism) > 1;
         let mut expired_dropped = 0;
-        let mut pieces: BTreeMap<(String, String), Vec<Vec<Records>>> = BTreeMap::new();
+        let mut pieces: PerState<Vec<Piece<'a>>> = BTreeMap::new();
         for part in parts {
             expired_dropped += part.expired_dropped;
-            for (name, buckets) in part.by_state {
-                let by_bucket = pieces.entry(name).or_default();
+            for (name, (skip, buckets)) in part.by_state {
+                let (_, by_bucket) = pieces.entry(name).or_insert((skip, Vec::new()));
                 if by_bucket.len() < buckets.len() {
                     by_bucket.resize_with(buckets.len(), Vec::new);
                 }
-                for (b, recs) in buckets.into_iter().enumerate() {
-                    if !recs.index.is_empty() {
-                        by_bucket[b].push(recs);
+                for (b, piece) in buckets.into_iter().enumerate() {
+                    if !piece.is_empty() {
+                        by_bucket[b].push(piece);
                     }
                 }
             }
         }
         let by_state = pieces
             .into_iter()
-            .map(|(name, by_bucket)| {
+            .map(|((operator, state), (skip, by_bucket))| {
                 let buckets = by_bucket
                     .into_par_iter()
                     .map(|pieces| {
-                        let n = pieces.iter().map(|p| p.index.len()).sum();
-                        let mut all = Records {
-                            arenas: Vec::new(),
-                            index: Vec::with_capacity(n),
-                        };
-                        for p in pieces {
-                            all.append(p);
+                        let run = sort_bucket(pieces, skip, several);
+                        if let Some(w) = run.windows(2).find(|w| w[0].key == w[1].key) {
+                            return Err(Error::InvalidArgument(format!(
+                                "a key is given twice: operator={operator} state={state} key_len={}",
+                                w[0].key.len()
+                            )));
                         }
-                        all
+                        Ok(run)
                     })
-                    .collect();
-                (name, buckets)
+                    .collect::<Result<_>>()?;
+                Ok(((operator, state), (skip, buckets)))
             })
-            .collect();
-        Groups {
+            .collect::<Result<_>>()?;
+        Ok(Sorted {
             by_state,
             expired_dropped,
-        }
+        })
     }
+}
+
+/// The key and value of a savepoint record (entries only: never `None`).
+fn rec<'a>(r: &&Rec<'a>) -> (&'a [u8], &'a [u8]) {
+    (r.key, r.value.unwrap_or_default())
 }
 
 /// Sorts, encodes, uploads and commits grouped entries (see
 /// [`write_savepoint`]).
 fn write_groups(
-    groups: Groups,
+    sorted: Sorted<'_>,
     schemas: &[StateSchema],
     params: &SavepointParams,
     target: &Arc<dyn CheckpointStore>,
     io: &Handle,
 ) -> Result<(SavepointManifest, SavepointInfo)> {
-    let Groups {
+    let Sorted {
         by_state: mut groups,
         expired_dropped,
-    } = groups;
+    } = sorted;
     let by_name: BTreeMap<(&str, &str), &StateSchema> = schemas
         .iter()
         .map(|s| ((s.operator.as_str(), s.state.as_str()), s))
@@ -396,22 +350,11 @@ fn write_groups(
         stored_bytes: 0,
         artifacts: 0,
     };
-    for ((operator, state), mut buckets) in groups {
-        buckets
-            .par_iter_mut()
-            .try_for_each(|b| b.sort(&operator, &state))?;
-        let buckets = &buckets;
+    // Record buffers, reused from one artifact to the next.
+    let buffers: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+    for ((operator, state), (_, buckets)) in groups {
         // The state's records in key order: each bucket's, bucket by bucket.
-        let index: Vec<(u32, u32)> = buckets
-            .iter()
-            .enumerate()
-            .flat_map(|(b, recs)| (0..recs.index.len() as u32).map(move |i| (b as u32, i)))
-            .collect();
-        let rec = |&(b, i): &(u32, u32)| {
-            let recs = &buckets[b as usize];
-            let r = &recs.index[i as usize];
-            (recs.key(r), recs.value(r))
-        };
+        let index: Vec<&Rec<'_>> = buckets.iter().flatten().collect();
         // Cut into artifacts of about `artifact_bytes`, encode them in
         // parallel (rayon), each uploaded (concurrently) as soon as it is
         // encoded.
@@ -450,12 +393,23 @@ fn write_groups(
             .par_iter()
             .map(|&(start, end, bytes)| {
                 let chunk = &index[start..end];
-                let mut w = RecordWriter::new(ArtifactKind::Entries, bytes + 16 * chunk.len());
+                let mut buf = buffers
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .pop()
+                    .unwrap_or_default();
+                buf.reserve(bytes + 16 * chunk.len());
+                let mut w =
+                    RecordWriter::with_buffer(ArtifactKind::Entries, KeyForm::Absolute, buf);
                 for r in chunk {
                     let (k, v) = rec(r);
                     w.push(k, Some(v))?;
                 }
-                let enc = w.finish(&params.encode)?;
+                let (enc, buf) = w.finish_reusing(&params.encode)?;
+                buffers
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(buf);
                 let first = highwater_core::key::key_group_of(rec(&chunk[0]).0)?;
                 let last = highwater_core::key::key_group_of(rec(&chunk[chunk.len() - 1]).0)?;
                 let r = ArtifactRef {
