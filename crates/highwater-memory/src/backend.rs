@@ -249,6 +249,41 @@ struct Keyed {
     hash: u64,
 }
 
+/// The segments of one shard being restored, laid out as
+/// [`Shard::append`] lays them out: not yet shared, so an append costs no
+/// reference-count check.
+#[derive(Default)]
+struct Filling {
+    segments: Vec<Segment>,
+    tail: Option<u32>,
+    used: u64,
+    records: usize,
+}
+
+impl Filling {
+    /// Appends a record of `rec` bytes (from [`record_len`]).
+    fn append(&mut self, key: &[u8], value: &[u8], rec: usize, segment_bytes: usize) {
+        let fits = |t: &u32| self.segments[*t as usize].len() + rec <= segment_bytes;
+        let id = match self.tail.filter(fits) {
+            Some(t) if rec <= segment_bytes => t,
+            _ => {
+                self.segments
+                    .push(Segment::with_capacity(rec.max(segment_bytes)));
+                let id = (self.segments.len() - 1) as u32;
+                // A record larger than a segment gets a segment of its own,
+                // which is never the tail.
+                if rec <= segment_bytes {
+                    self.tail = Some(id);
+                }
+                id
+            }
+        };
+        self.segments[id as usize].append(key, value);
+        self.used += rec as u64;
+        self.records += 1;
+    }
+}
+
 #[derive(Debug)]
 struct Shard {
     /// Shared with snapshots; copied (shallowly) on the first write while
@@ -298,6 +333,18 @@ impl Shard {
             entries: 0,
             bytes: 0,
         }
+    }
+
+    /// A shard of the segments `f` filled, not yet indexed (see
+    /// [`Shard::index_restored`]).
+    fn restored(segment_bytes: usize, f: Filling) -> Shard {
+        let mut shard = Shard::new(segment_bytes);
+        let store = Arc::make_mut(&mut shard.store);
+        store.segments = f.segments.into_iter().map(Arc::new).collect();
+        shard.dead = vec![0; store.segments.len()];
+        shard.tail = f.tail;
+        shard.used = f.used;
+        shard
     }
 
     fn alloc_segment(&mut self, capacity: usize) -> u32 {
@@ -1010,17 +1057,20 @@ impl StateBackend for MemoryBackend {
         // arena, as blocks arrive; then every shard is indexed, on every
         // core.
         let n = self.shards.len();
-        let mut fresh: Vec<Shard> = (0..n).map(|_| Shard::new(self.segment_bytes)).collect();
-        let mut counts = vec![0usize; n];
+        let mut filling: Vec<Filling> = (0..n).map(|_| Filling::default()).collect();
         for block in blocks {
             let block = block?;
             for (k, v) in block.puts() {
                 let rec = checked_record(k, v)?;
                 let i = self.shard_of(k, split_of(k));
-                fresh[i].append(k, v, rec);
-                counts[i] += 1;
+                filling[i].append(k, v, rec, self.segment_bytes);
             }
         }
+        let counts: Vec<usize> = filling.iter().map(|f| f.records).collect();
+        let mut fresh: Vec<Shard> = filling
+            .into_iter()
+            .map(|f| Shard::restored(self.segment_bytes, f))
+            .collect();
         index_in_parallel(&mut fresh, &counts);
         let mut guards = self.lock_all();
         for (g, f) in guards.iter_mut().zip(fresh) {
