@@ -466,6 +466,16 @@ impl Output<'_> {
         w: RecordWriter,
         scope: &rayon::Scope<'s>,
     ) -> Result<()> {
+        if self
+            .failed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+        {
+            // A chunk failed (its sink, say): the encoding is lost, stop
+            // writing; the error is returned when the tasks are done.
+            return Err(Error::Internal("an earlier chunk failed".into()));
+        }
         if self.in_flight.fetch_add(1, Ordering::AcqRel) >= self.max_in_flight {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             return self.finish(unit.operator, unit.range, w);
@@ -594,11 +604,13 @@ pub fn encode_snapshot(
         in_flight: AtomicUsize::new(0),
         max_in_flight: 2 * rayon::current_num_threads(),
     };
-    rayon::scope(|scope| {
+    let written = rayon::scope(|scope| {
         units
             .par_iter()
             .try_for_each(|unit| out.write_unit(unit, scope))
-    })?;
+    });
+    // A compression task's error first: a writer that stopped because of
+    // it reports only that it stopped.
     if let Some(e) = out
         .failed
         .into_inner()
@@ -606,6 +618,7 @@ pub fn encode_snapshot(
     {
         return Err(e);
     }
+    written?;
     let mut refs = out
         .refs
         .into_inner()
@@ -915,6 +928,50 @@ mod differential {
             ),
             0..400,
         )
+    }
+
+    /// A sink that fails (an upload, say) stops the encoding: its error is
+    /// the one returned, and the rest of the snapshot is not encoded.
+    #[test]
+    fn a_failing_sink_stops_the_encoding_with_its_error() {
+        let backend = MemoryBackend::new();
+        for i in 0..20_000u32 {
+            let op = (0, 0, i.to_be_bytes().to_vec(), 0, vec![7; 40], false);
+            backend.put(&key_of(&op, 128), &value_of(&op)).unwrap();
+        }
+        let params = EncodeParams {
+            max_parallelism: 128,
+            key_groups_per_artifact: 8,
+            merger: MergerConfig {
+                chunking: ChunkConfig {
+                    min_bytes: 100,
+                    target_bytes: 400,
+                    max_bytes: 3_000,
+                },
+                ..MergerConfig::default()
+            },
+            now_ms: 0,
+        };
+        let snapshot = backend.snapshot(SnapshotKind::Full).unwrap();
+        let (all, _) = encode_snapshot(&*snapshot, &params, &|_| Ok(())).unwrap();
+        let calls = AtomicUsize::new(0);
+        let err = encode_snapshot(&*snapshot, &params, &|_| {
+            if calls.fetch_add(1, Ordering::Relaxed) == 3 {
+                return Err(Error::InvalidArgument("sink refused".into()));
+            }
+            Ok(())
+        })
+        .unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidArgument(m) if m == "sink refused"),
+            "{err}"
+        );
+        let calls = calls.into_inner();
+        assert!(
+            calls < all.len() / 2,
+            "the encoding stopped: {calls} of {} artifacts reached the sink",
+            all.len()
+        );
     }
 
     proptest! {
