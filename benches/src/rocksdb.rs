@@ -143,7 +143,7 @@ fn raw_db(path: &Path) -> Result<(DB, WriteOptions)> {
 fn raw_options(path: &Path) -> Options {
     let mut c = config(path);
     c.ttl.compaction_filter = false;
-    db_options(&c, &Cache::new_lru_cache(c.block_cache_size))
+    db_options(&c, &Cache::new_lru_cache(c.block_cache_capacity()))
 }
 
 /// Operators of the column-family experiment.

@@ -13,7 +13,9 @@ use highwater_core::{
     valid_native_file_name,
 };
 use rocksdb::checkpoint::Checkpoint;
-use rocksdb::{BlockBasedOptions, Cache, DB, Options, ReadOptions, WriteOptions};
+use rocksdb::{
+    BlockBasedOptions, Cache, DB, Options, ReadOptions, WriteBufferManager, WriteOptions,
+};
 
 use crate::changes::{ChangeLog, sorted_unique};
 use crate::config::{Compression, RocksDbConfig};
@@ -147,7 +149,7 @@ impl RocksDbBackend {
         config.validate()?;
         let root = &config.path;
         prepare_working_dir(root)?;
-        let cache = Cache::new_lru_cache(config.block_cache_size);
+        let cache = Cache::new_lru_cache(config.block_cache_capacity());
         let mut write_options = WriteOptions::default();
         write_options.disable_wal(!config.rocksdb_wal);
         let options = db_options(&config, &cache);
@@ -281,20 +283,30 @@ impl RocksDbBackend {
                 .unwrap_or_default()
         };
         use rocksdb::properties as p;
-        let m = RocksDbMetrics {
+        let mut m = RocksDbMetrics {
             counters: self.counters.snapshot(),
             estimate_num_keys: prop(p::ESTIMATE_NUM_KEYS),
             active_memtable_bytes: prop(p::CUR_SIZE_ACTIVE_MEM_TABLE),
             all_memtables_bytes: prop(p::SIZE_ALL_MEM_TABLES),
             block_cache_usage: self.cache.get_usage() as u64,
             block_cache_pinned_usage: self.cache.get_pinned_usage() as u64,
+            table_readers_bytes: prop(p::ESTIMATE_TABLE_READERS_MEM),
+            memory_bytes: 0,
             live_sst_bytes: prop(p::LIVE_SST_FILES_SIZE),
             estimate_live_data_bytes: prop(p::ESTIMATE_LIVE_DATA_SIZE),
             pending_compaction_bytes: prop(p::ESTIMATE_PENDING_COMPACTION_BYTES),
             running_compactions: prop(p::NUM_RUNNING_COMPACTIONS),
             snapshots: prop(p::NUM_SNAPSHOTS),
         };
+        // With a budget the memtables are charged to the cache already.
+        let memtables = if self.config.memory_budget.is_some() {
+            0
+        } else {
+            m.all_memtables_bytes
+        };
+        m.memory_bytes = m.block_cache_usage + m.table_readers_bytes + memtables;
         tracing::debug!(
+            memory = m.memory_bytes,
             gets = m.counters.gets,
             puts = m.counters.puts,
             deletes = m.counters.deletes,
@@ -401,6 +413,17 @@ pub fn db_options(c: &RocksDbConfig, cache: &Cache) -> Options {
     opts.create_if_missing(true);
     opts.set_block_based_table_factory(&table);
     opts.set_write_buffer_size(c.write_buffer_size);
+    if let Some(budget) = c.memory_budget {
+        // Memtables charged to the block cache: one bound for both. A
+        // write stalls (rather than fails) while memtables are over their
+        // third and being flushed.
+        let manager = WriteBufferManager::new_write_buffer_manager_with_cache(
+            budget / 3,
+            true,
+            cache.clone(),
+        );
+        opts.set_write_buffer_manager(&manager);
+    }
     opts.set_max_write_buffer_number(c.max_write_buffer_number);
     opts.set_max_open_files(c.max_open_files);
     opts.increase_parallelism(c.background_threads);

@@ -52,8 +52,19 @@ pub struct RocksDbConfig {
     pub max_open_files: i32,
     /// Uncompressed size of a data block, in bytes.
     pub block_size: usize,
-    /// Capacity of the LRU block cache, in bytes.
+    /// Capacity of the LRU block cache, in bytes (index and filter blocks
+    /// included). Ignored when [`memory_budget`](Self::memory_budget) is set.
     pub block_cache_size: usize,
+    /// One bound for RocksDB's memory, in bytes: when set, the block cache
+    /// gets this capacity and the memtables are charged to it through a
+    /// write-buffer manager (which flushes once they use a third of it), so
+    /// data blocks, index and filter blocks and memtables together stay
+    /// within it (RocksDB lets the cache run over briefly rather than fail
+    /// a write). `None` (the default) sizes the cache by
+    /// [`block_cache_size`](Self::block_cache_size) and the memtables by
+    /// [`write_buffer_size`](Self::write_buffer_size) ×
+    /// [`max_write_buffer_number`](Self::max_write_buffer_number), apart.
+    pub memory_budget: Option<usize>,
     /// Bloom filter bits per key (0 disables the filter). Ten bits give a
     /// false-positive rate of about 1 %.
     pub bloom_bits_per_key: f64,
@@ -87,6 +98,7 @@ impl RocksDbConfig {
             max_open_files: -1,
             block_size: 16 << 10,
             block_cache_size: 256 << 20,
+            memory_budget: None,
             bloom_bits_per_key: 10.0,
             compression: Compression::default(),
             statistics: false,
@@ -99,6 +111,12 @@ impl RocksDbConfig {
             background_threads: 2,
             max_parallelism: DEFAULT_MAX_PARALLELISM,
         }
+    }
+
+    /// The block cache's capacity: the memory budget if one is set, else
+    /// [`block_cache_size`](Self::block_cache_size).
+    pub fn block_cache_capacity(&self) -> usize {
+        self.memory_budget.unwrap_or(self.block_cache_size)
     }
 
     /// Checks the values for consistency.
@@ -135,6 +153,15 @@ impl RocksDbConfig {
             return bad(format!(
                 "bloom_bits_per_key must be in 0..=64: got={}",
                 self.bloom_bits_per_key
+            ));
+        }
+        if let Some(budget) = self.memory_budget
+            && budget / 3 < self.write_buffer_size
+        {
+            return bad(format!(
+                "memory_budget must hold at least three memtables (the memtables' third of it \
+                 at least one): memory_budget={budget} write_buffer_size={}",
+                self.write_buffer_size
             ));
         }
         if self.background_threads < 1 {

@@ -70,6 +70,16 @@ pub struct RocksDbMetrics {
     pub block_cache_usage: u64,
     /// Bytes of the block cache pinned by readers.
     pub block_cache_pinned_usage: u64,
+    /// Bytes of table readers outside the block cache
+    /// (`rocksdb.estimate-table-readers-mem`; index and filter blocks are
+    /// in the cache, so this is small).
+    pub table_readers_bytes: u64,
+    /// RocksDB's memory in all: the block cache, table readers outside it
+    /// and the memtables (charged to the cache, so counted once, when
+    /// [`RocksDbConfig::memory_budget`](crate::RocksDbConfig::memory_budget)
+    /// is set). Allocator overhead and the process's other memory are not
+    /// included.
+    pub memory_bytes: u64,
     /// Bytes of the SST files the current version uses.
     pub live_sst_bytes: u64,
     /// Estimated bytes of live data.

@@ -409,6 +409,8 @@ fn the_working_directory_is_wiped_on_open_and_invalid_configs_are_refused() {
         |c: &mut RocksDbConfig| c.bloom_bits_per_key = -1.0,
         |c: &mut RocksDbConfig| c.max_parallelism = 0,
         |c: &mut RocksDbConfig| c.max_open_files = 3,
+        // Room for less than three memtables.
+        |c: &mut RocksDbConfig| c.memory_budget = Some(2 << 20),
     ] {
         let mut c = small(&dir.path().join("other"));
         f(&mut c);
@@ -417,6 +419,64 @@ fn the_working_directory_is_wiped_on_open_and_invalid_configs_are_refused() {
             Err(Error::InvalidArgument(_))
         ));
     }
+}
+
+/// Issue 17: one memory budget bounds the block cache and the memtables
+/// together. 96 MiB of incompressible values (six times the budget) are
+/// written in batches and read back at random, and `memory_bytes` is read
+/// after every batch: it must use the budget and stay near it; the same
+/// load without a budget holds the cache's and the memtables' sizes apart.
+#[test]
+fn a_memory_budget_bounds_cache_and_memtables_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let budget = 16usize << 20;
+    let peak = |memory_budget: Option<usize>| {
+        let mut c = RocksDbConfig::new(dir.path().join("db"));
+        c.write_buffer_size = 2 << 20;
+        c.block_cache_size = 64 << 20;
+        c.block_size = 4 << 10;
+        c.compression = highwater_rocksdb::Compression::None;
+        c.memory_budget = memory_budget;
+        let b = RocksDbBackend::with_config(c).unwrap();
+        let mut rng = SplitMix64::new(17);
+        let value = |rng: &mut SplitMix64| -> Vec<u8> {
+            let mut v = vec![0u8];
+            v.extend((0..128).flat_map(|_| rng.next_u64().to_le_bytes()));
+            v
+        };
+        let key = |i: u64| encode_key((i % 128) as u16, "op", "s", &i.to_be_bytes(), b"", b"");
+        let (mut max, mut memtables_max) = (0u64, 0u64);
+        let per_batch = 1024u64;
+        for batch in 0..96u64 {
+            let mut w = WriteBatch::new();
+            for i in batch * per_batch..(batch + 1) * per_batch {
+                w.put(key(i), value(&mut rng));
+            }
+            b.write_batch(w).unwrap();
+            for _ in 0..2000 {
+                let i = rng.next_u64() % ((batch + 1) * per_batch);
+                assert!(b.get(&key(i)).unwrap().is_some());
+            }
+            let m = b.metrics();
+            max = max.max(m.memory_bytes);
+            memtables_max = memtables_max.max(m.all_memtables_bytes);
+        }
+        (max, memtables_max)
+    };
+    let (with_budget, _) = peak(Some(budget));
+    assert!(
+        with_budget >= budget as u64 / 2,
+        "the budget is used: peak={with_budget} budget={budget}"
+    );
+    assert!(
+        with_budget <= budget as u64 + (budget as u64) / 4,
+        "memory stays near the budget: peak={with_budget} budget={budget}"
+    );
+    let (without, memtables) = peak(None);
+    assert!(
+        without > budget as u64 + (budget as u64) / 4 && without >= memtables,
+        "without a budget the cache alone outgrows it: peak={without} memtables={memtables}"
+    );
 }
 
 /// Regression (seen as a flaky kill-and-resume test): the wipe on open
