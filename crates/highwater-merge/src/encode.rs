@@ -10,8 +10,8 @@ use bytes::Bytes;
 use highwater_core::key::{key_group_of, split_operator};
 use highwater_core::ttl::is_expired_value;
 use highwater_core::{
-    ArtifactKind, ArtifactRef, EncodeOptions, Error, KeyForm, KeyGroupRange, RecordWriter, Result,
-    SnapshotKind, StateSnapshot,
+    ArtifactKind, ArtifactRef, EncodeOptions, EncodedArtifact, Error, KeyForm, KeyGroupRange,
+    RecordWriter, Result, SnapshotKind, StateSnapshot,
 };
 use rayon::prelude::*;
 
@@ -390,15 +390,7 @@ impl Output<'_> {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(buf);
-        let reference = ArtifactRef {
-            operator: operator.to_string(),
-            key_groups: range,
-            id: enc.id(),
-            entries: enc.entries,
-            logical_bytes: enc.raw_len,
-            stored_bytes: enc.bytes.len() as u64,
-            codec: enc.codec,
-        };
+        let reference = artifact_ref(operator, range, &enc);
         (self.sink)(Produced {
             reference: reference.clone(),
             bytes: Bytes::from(enc.bytes),
@@ -634,6 +626,24 @@ pub fn encode_snapshot(
     ))
 }
 
+/// The manifest's reference to `enc`, an artifact of `operator` over
+/// `range`.
+pub(crate) fn artifact_ref(
+    operator: &str,
+    range: KeyGroupRange,
+    enc: &EncodedArtifact,
+) -> ArtifactRef {
+    ArtifactRef {
+        operator: operator.to_string(),
+        key_groups: range,
+        id: enc.id(),
+        entries: enc.entries,
+        logical_bytes: enc.raw_len,
+        stored_bytes: enc.bytes.len() as u64,
+        codec: enc.codec,
+    }
+}
+
 /// Sorts references the way manifests list them: by operator, key-group
 /// range, then (chunks of one group) by content address, which is stable.
 pub(crate) fn sort_refs(refs: &mut [ArtifactRef]) {
@@ -697,15 +707,7 @@ pub fn encode_group(
                 w.push(k, *v)?;
             }
             let enc = w.finish(&options)?;
-            let reference = ArtifactRef {
-                operator: operator.to_string(),
-                key_groups: range,
-                id: enc.id(),
-                entries: enc.entries,
-                logical_bytes: enc.raw_len,
-                stored_bytes: enc.bytes.len() as u64,
-                codec: enc.codec,
-            };
+            let reference = artifact_ref(operator, range, &enc);
             sink(Produced {
                 reference: reference.clone(),
                 bytes: Bytes::from(enc.bytes),

@@ -23,7 +23,7 @@ use tokio::runtime::Handle;
 
 use rayon::prelude::*;
 
-use crate::encode::{Piece, Rec, copy_unlent, sort_bucket};
+use crate::encode::{Piece, Rec, artifact_ref, copy_unlent, sort_bucket};
 use crate::io::run_io;
 
 /// Artifact uploads of a savepoint in flight at once.
@@ -412,15 +412,7 @@ fn write_groups(
                     .push(buf);
                 let first = highwater_core::key::key_group_of(rec(&chunk[0]).0)?;
                 let last = highwater_core::key::key_group_of(rec(&chunk[chunk.len() - 1]).0)?;
-                let r = ArtifactRef {
-                    operator: operator.clone(),
-                    key_groups: KeyGroupRange::new(first.0, last.0 + 1)?,
-                    id: enc.id(),
-                    entries: enc.entries,
-                    logical_bytes: enc.raw_len,
-                    stored_bytes: enc.bytes.len() as u64,
-                    codec: enc.codec,
-                };
+                let r = artifact_ref(&operator, KeyGroupRange::new(first.0, last.0 + 1)?, &enc);
                 // A closed channel: the uploader failed; its error is
                 // returned below.
                 let _ = tx.blocking_send((r.id, Bytes::from(enc.bytes)));
