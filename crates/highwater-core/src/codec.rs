@@ -527,7 +527,7 @@ pub fn decode_artifact(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedArt
 
 impl Drop for DecodedArtifact {
     /// Keeps the record buffer for the next artifact this thread decodes
-    /// (one buffer, and none above [`MAX_KEPT_SCRATCH`]).
+    /// (one buffer, and none above 64 MiB).
     fn drop(&mut self) {
         if self.records.capacity() <= MAX_KEPT_SCRATCH {
             let records = std::mem::take(&mut self.records);

@@ -489,9 +489,10 @@ impl Output<'_> {
 /// Partitions are scanned in parallel, keeping references to the bytes the
 /// snapshot lends (copying them only from backends that cannot lend), filed
 /// by operator and sort bucket of key groups; buckets are sorted in
-/// parallel by a prefix number (see [`sort_bucket`]); then every operator
-/// and group of `key_groups_per_artifact` key groups is written into
-/// content-defined chunks in key order, each compressed on its own task.
+/// parallel by a number made of the eight bytes after the prefix all their
+/// keys share; then every operator and group of `key_groups_per_artifact`
+/// key groups is written into content-defined chunks in key order, each
+/// compressed on its own task.
 pub fn encode_snapshot(
     snapshot: &dyn StateSnapshot,
     params: &EncodeParams,
