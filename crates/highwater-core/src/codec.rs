@@ -415,9 +415,6 @@ thread_local! {
     /// This thread's zstd decompression context, reused likewise.
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
         const { RefCell::new(None) };
-    /// The record buffer of the last [`DecodedArtifact`] dropped on this
-    /// thread, for the next one to decompress into.
-    static SPARE_RECORDS: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// The largest compression buffer a thread keeps between artifacts.
@@ -457,14 +454,7 @@ fn zstd_decompress(data: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
             Some(d) => d,
             slot => slot.insert(zstd::bulk::Decompressor::new()?),
         };
-        // The buffer of an artifact this thread decoded and dropped, if
-        // any: its pages are already mapped, where a fresh buffer of an
-        // artifact's size is pages the kernel must zero first.
-        let mut out = SPARE_RECORDS.with(|spare| spare.take());
-        out.clear();
-        out.reserve(capacity);
-        decompressor.decompress_to_buffer(data, &mut out)?;
-        Ok(out)
+        decompressor.decompress(data, capacity)
     })
 }
 
@@ -523,19 +513,6 @@ pub fn decode_artifact(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedArt
         }
     };
     Ok(DecodedArtifact { header, records })
-}
-
-impl Drop for DecodedArtifact {
-    /// Keeps the record buffer for the next artifact this thread decodes
-    /// (one buffer, and none above 64 MiB).
-    fn drop(&mut self) {
-        if self.records.capacity() <= MAX_KEPT_SCRATCH {
-            let records = std::mem::take(&mut self.records);
-            // During thread teardown the spare may be gone: then the
-            // buffer is simply freed.
-            let _ = SPARE_RECORDS.try_with(|spare| spare.set(records));
-        }
-    }
 }
 
 impl DecodedArtifact {

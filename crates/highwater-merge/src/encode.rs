@@ -364,8 +364,7 @@ struct Output<'p> {
     options: EncodeOptions,
     merger: &'p MergerConfig,
     sink: &'p (dyn Fn(Produced) -> Result<()> + Sync),
-    /// Record buffers for reuse.
-    buffers: Mutex<Vec<Vec<u8>>>,
+    buffers: BufferPool,
     refs: Mutex<Vec<ArtifactRef>>,
     /// The first error a compression task met.
     failed: Mutex<Option<Error>>,
@@ -374,22 +373,38 @@ struct Output<'p> {
     max_in_flight: usize,
 }
 
-impl Output<'_> {
-    fn buffer(&self) -> Vec<u8> {
-        self.buffers
+/// Record buffers kept for reuse from one artifact to the next, shared by
+/// the threads encoding them.
+#[derive(Default)]
+pub(crate) struct BufferPool(Mutex<Vec<Vec<u8>>>);
+
+impl BufferPool {
+    /// A kept buffer (empty), or a new one.
+    pub fn take(&self) -> Vec<u8> {
+        let mut buf = self
+            .0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .pop()
-            .unwrap_or_default()
+            .unwrap_or_default();
+        buf.clear();
+        buf
     }
 
-    /// Compresses, frames and hands one chunk to the sink.
-    fn finish(&self, operator: &str, range: KeyGroupRange, w: RecordWriter) -> Result<()> {
-        let (enc, buf) = w.finish_reusing(&self.options)?;
-        self.buffers
+    /// Keeps `buf` for a later [`take`](BufferPool::take).
+    pub fn put(&self, buf: Vec<u8>) {
+        self.0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(buf);
+    }
+}
+
+impl Output<'_> {
+    /// Compresses, frames and hands one chunk to the sink.
+    fn finish(&self, operator: &str, range: KeyGroupRange, w: RecordWriter) -> Result<()> {
+        let (enc, buf) = w.finish_reusing(&self.options)?;
+        self.buffers.put(buf);
         let reference = artifact_ref(operator, range, &enc);
         (self.sink)(Produced {
             reference: reference.clone(),
@@ -415,11 +430,9 @@ impl Output<'_> {
     /// waiting (so at most a few chunks are held at once).
     fn write_unit<'s>(&'s self, unit: &'s Unit<'_>, scope: &rayon::Scope<'s>) -> Result<()> {
         let form = key_form_for(unit.operator, self.merger);
-        let chunking = &self.merger.chunking;
-        let target = chunking.target_bytes.max(1) as u64;
+        let mut chunker = Chunker::new(&self.merger.chunking);
         let mut key = Vec::new();
-        let mut w = RecordWriter::with_buffer(self.kind, form, self.buffer());
-        let mut size = 0usize;
+        let mut w = RecordWriter::with_buffer(self.kind, form, self.buffers.take());
         for r in unit.runs.iter().flatten() {
             let stored: &[u8] = if unit.skip == 0 {
                 r.key
@@ -430,19 +443,11 @@ impl Output<'_> {
                 &key
             };
             w.push(stored, r.value)?;
-            // As `chunk_ends` cuts: key, value and about three bytes of
-            // framing.
-            let len = stored.len() + r.value.map_or(0, <[u8]>::len) + 3;
-            size += len;
-            let cut = size >= chunking.max_bytes
-                || (size >= chunking.min_bytes
-                    && xxhash_rust::xxh3::xxh3_64(stored) % target < len as u64);
-            if cut {
+            if chunker.cut_after(stored, r.value) {
                 let full = std::mem::replace(
                     &mut w,
-                    RecordWriter::with_buffer(self.kind, form, self.buffer()),
+                    RecordWriter::with_buffer(self.kind, form, self.buffers.take()),
                 );
-                size = 0;
                 self.dispatch(unit, full, scope)?;
             }
         }
@@ -591,7 +596,7 @@ pub fn encode_snapshot(
         },
         merger: &params.merger,
         sink,
-        buffers: Mutex::new(Vec::new()),
+        buffers: BufferPool::default(),
         refs: Mutex::new(Vec::new()),
         failed: Mutex::new(None),
         in_flight: AtomicUsize::new(0),
@@ -653,23 +658,50 @@ pub(crate) fn sort_refs(refs: &mut [ArtifactRef]) {
     });
 }
 
+/// The content-defined chunker's cut rule, record by record: a chunk ends
+/// after a record once it holds `max_bytes`, or `min_bytes` and the
+/// record's key hashes below its share of `target_bytes`. Content
+/// addressing depends on every encoder cutting alike, so this is the one
+/// place the rule is written.
+struct Chunker<'c> {
+    chunking: &'c ChunkConfig,
+    target: u64,
+    size: usize,
+}
+
+impl<'c> Chunker<'c> {
+    fn new(chunking: &'c ChunkConfig) -> Self {
+        Chunker {
+            chunking,
+            target: chunking.target_bytes.max(1) as u64,
+            size: 0,
+        }
+    }
+
+    /// Counts a record (its key as stored) and says whether the chunk
+    /// ends after it.
+    fn cut_after(&mut self, key: &[u8], value: Option<&[u8]>) -> bool {
+        // Key, value and about three bytes of framing.
+        let len = key.len() + value.map_or(0, <[u8]>::len) + 3;
+        self.size += len;
+        let cut = self.size >= self.chunking.max_bytes
+            || (self.size >= self.chunking.min_bytes
+                && xxhash_rust::xxh3::xxh3_64(key) % self.target < len as u64);
+        if cut {
+            self.size = 0;
+        }
+        cut
+    }
+}
+
 /// Where the content-defined chunker cuts `recs` (record bytes as the
 /// writer will store them): the end index of every chunk.
 pub fn chunk_ends(recs: &[(&[u8], Option<&[u8]>)], chunking: &ChunkConfig) -> Vec<usize> {
-    let mut ends = Vec::new();
-    let mut size = 0usize;
-    let target = chunking.target_bytes.max(1) as u64;
-    for (i, (k, v)) in recs.iter().enumerate() {
-        // Key, value and about three bytes of framing.
-        let len = k.len() + v.map_or(0, <[u8]>::len) + 3;
-        size += len;
-        let cut = size >= chunking.max_bytes
-            || (size >= chunking.min_bytes && xxhash_rust::xxh3::xxh3_64(k) % target < len as u64);
-        if cut {
-            ends.push(i + 1);
-            size = 0;
-        }
-    }
+    let mut chunker = Chunker::new(chunking);
+    let mut ends: Vec<usize> = (0..recs.len())
+        .filter(|&i| chunker.cut_after(recs[i].0, recs[i].1))
+        .map(|i| i + 1)
+        .collect();
     if ends.last() != Some(&recs.len()) && !recs.is_empty() {
         ends.push(recs.len());
     }

@@ -8,7 +8,7 @@
 //! its own kind. See `docs/savepoints.md` for the guarantees.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use highwater_core::key::StateKey;
@@ -23,7 +23,7 @@ use tokio::runtime::Handle;
 
 use rayon::prelude::*;
 
-use crate::encode::{Piece, Rec, artifact_ref, copy_unlent, sort_bucket};
+use crate::encode::{BufferPool, Piece, Rec, artifact_ref, copy_unlent, sort_bucket};
 use crate::io::run_io;
 
 /// Artifact uploads of a savepoint in flight at once.
@@ -294,7 +294,12 @@ impl<'a> Groups<'a> {
                     .into_par_iter()
                     .map(|pieces| {
                         let run = sort_bucket(pieces, skip, several);
-                        if let Some(w) = run.windows(2).find(|w| w[0].key == w[1].key) {
+                        // Equal keys have equal prefix numbers: most pairs
+                        // differ there without reading the keys.
+                        if let Some(w) = run
+                            .windows(2)
+                            .find(|w| w[0].prefix == w[1].prefix && w[0].key == w[1].key)
+                        {
                             return Err(Error::InvalidArgument(format!(
                                 "a key is given twice: operator={operator} state={state} key_len={}",
                                 w[0].key.len()
@@ -350,8 +355,7 @@ fn write_groups(
         stored_bytes: 0,
         artifacts: 0,
     };
-    // Record buffers, reused from one artifact to the next.
-    let buffers: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+    let buffers = BufferPool::default();
     for ((operator, state), (_, buckets)) in groups {
         // The state's records in key order: each bucket's, bucket by bucket.
         let index: Vec<&Rec<'_>> = buckets.iter().flatten().collect();
@@ -393,11 +397,7 @@ fn write_groups(
             .par_iter()
             .map(|&(start, end, bytes)| {
                 let chunk = &index[start..end];
-                let mut buf = buffers
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .pop()
-                    .unwrap_or_default();
+                let mut buf = buffers.take();
                 buf.reserve(bytes + 16 * chunk.len());
                 let mut w =
                     RecordWriter::with_buffer(ArtifactKind::Entries, KeyForm::Absolute, buf);
@@ -406,10 +406,7 @@ fn write_groups(
                     w.push(k, Some(v))?;
                 }
                 let (enc, buf) = w.finish_reusing(&params.encode)?;
-                buffers
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(buf);
+                buffers.put(buf);
                 let first = highwater_core::key::key_group_of(rec(&chunk[0]).0)?;
                 let last = highwater_core::key::key_group_of(rec(&chunk[chunk.len() - 1]).0)?;
                 let r = artifact_ref(&operator, KeyGroupRange::new(first.0, last.0 + 1)?, &enc);
