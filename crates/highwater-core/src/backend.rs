@@ -248,6 +248,17 @@ pub trait StateBackend: Send + Sync + 'static {
     /// restore of millions of entries allocates per block, not per entry.
     fn restore(&self, blocks: &mut dyn Iterator<Item = Result<RecordBlock>>) -> Result<()>;
 
+    /// Whether [`restore`](Self::restore) replaces the live state only once
+    /// it has read its source to the end without error, so that a failing
+    /// source (a damaged checkpoint or savepoint) leaves the live state as
+    /// it was. A caller that must not lose live state to a damaged source
+    /// reads the source whole before restoring into a backend that answers
+    /// `false` (the default: the safe answer for a backend, or a wrapper,
+    /// that does not say).
+    fn restore_is_atomic(&self) -> bool {
+        false
+    }
+
     /// Removes all state and starts a new change-tracking epoch.
     fn clear(&self) -> Result<()>;
 

@@ -240,6 +240,14 @@ impl MigrationPlan {
         self.states.is_empty()
     }
 
+    /// True when the state loaded as `operator`/`state` is migrated (its
+    /// entries go through [`migrate`](Self::migrate); others are kept as
+    /// they are).
+    pub fn migrates(&self, operator: &str, state: &str) -> bool {
+        self.states
+            .contains_key(&(operator.to_string(), state.to_string()))
+    }
+
     /// The states migrated, with the versions they go from and to.
     pub fn migrated(&self) -> Vec<(String, String, u32, u32)> {
         self.states

@@ -1079,6 +1079,11 @@ impl StateBackend for MemoryBackend {
         Ok(())
     }
 
+    /// True: the new shards are built aside and swapped in at the end.
+    fn restore_is_atomic(&self) -> bool {
+        true
+    }
+
     fn clear(&self) -> Result<()> {
         let mut guards = self.lock_all();
         for g in guards.iter_mut() {

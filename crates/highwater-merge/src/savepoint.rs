@@ -15,7 +15,7 @@ use highwater_core::key::StateKey;
 use highwater_core::keygroup::key_group_for;
 use highwater_core::{
     ArtifactId, ArtifactKind, ArtifactRef, CheckpointId, CheckpointStore, DecodeLimits,
-    EncodeOptions, Envelope, Error, KeyForm, KeyGroup, KeyGroupRange, MigrationPlan, RecordBlock,
+    EncodeOptions, Envelope, Error, KeyForm, KeyGroupRange, MigrationPlan, RecordBlock,
     RecordWriter, Result, SavepointManifest, SavepointState, StateSchema, StateSnapshot,
     decode_artifact,
 };
@@ -549,7 +549,7 @@ fn read_artifact(
     limits: &DecodeLimits,
 ) -> Result<Vec<RawEntry>> {
     let mut out = Vec::with_capacity(usize::try_from(r.entries).unwrap_or(0).min(1 << 20));
-    visit_artifact(store, io, manifest, state, r, limits, &mut |k, v| {
+    visit_artifact(store, io, manifest, state, r, limits, &mut |_, k, v| {
         out.push((k.to_vec(), v.to_vec()));
         Ok(())
     })?;
@@ -559,8 +559,9 @@ fn read_artifact(
 /// The first and last key of an artifact.
 type KeyBounds = Option<(Vec<u8>, Vec<u8>)>;
 
-/// Called with each record (key, value) of an artifact.
-type RecordVisitor<'a> = dyn FnMut(&[u8], &[u8]) -> Result<()> + 'a;
+/// Called with each record of an artifact: its key decoded, its key and
+/// its value.
+type RecordVisitor<'a> = dyn FnMut(&StateKey<'_>, &[u8], &[u8]) -> Result<()> + 'a;
 
 /// Fetches and verifies one artifact of `state` (see [`read_state`]),
 /// calling `f` with each record in key order; returns its first and last
@@ -627,18 +628,15 @@ fn visit_artifact(
             }
             first.get_or_insert(k);
             last = Some(k);
-            f(k, v)?;
+            f(&sk, k, v)?;
         }
         Ok(first.zip(last).map(|(a, b)| (a.to_vec(), b.to_vec())))
     }
 }
 
-/// What [`load_blocks`] produced.
-#[derive(Debug)]
+/// What [`load_blocks`] loaded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LoadedSavepoint {
-    /// One block per artifact, state by state, keys re-hashed for the
-    /// target key groups and filtered to the kept ones.
-    pub blocks: Vec<RecordBlock>,
     /// Entries kept.
     pub entries: u64,
     /// Bytes of keys and values kept.
@@ -666,106 +664,272 @@ pub struct LoadOptions {
     pub limits: DecodeLimits,
 }
 
-/// Reads, verifies and prepares the whole of `manifest` as
-/// `options` say: re-hashing keys into another number of key groups,
-/// keeping some key groups, renaming, dropping and migrating states. Every
-/// artifact is verified and every migration applied before this returns,
-/// so a caller that loads the blocks only after it returns never loads part
-/// of a damaged savepoint.
-pub fn load_blocks(
+/// How the entries of one state are prepared.
+struct StatePrep<'a> {
+    /// The name it is loaded under, when renamed.
+    renamed: Option<(&'a str, &'a str)>,
+    /// Whether its entries are migrated.
+    migrated: bool,
+}
+
+/// One artifact, verified and prepared.
+struct Prepared {
+    state: usize,
+    artifact: usize,
+    block: RecordBlock,
+    entries: u64,
+    bytes: u64,
+    bounds: KeyBounds,
+}
+
+/// Reads, verifies and prepares the whole of `manifest` as `options` say
+/// (re-hashing keys into another number of key groups, keeping some key
+/// groups, renaming, dropping and migrating states) and hands the prepared
+/// blocks, one per artifact, to `load` as they are ready: artifacts are
+/// fetched, verified and prepared on every core (rayon), at most two per
+/// thread ahead of `load`, so a restore runs while the savepoint is read.
+///
+/// A damaged artifact, a failed migration, or keys out of order across the
+/// artifacts of a state (checked once every artifact was read) arrive as an
+/// error item, after which the iterator ends; the savepoint is verified
+/// whole only when the iterator is read to its end, which `load` must do
+/// when it succeeds (an internal error otherwise). A caller that must not
+/// load any part of a damaged savepoint collects the blocks first (or loads
+/// them into a backend whose restore is atomic,
+/// [`StateBackend::restore_is_atomic`](highwater_core::StateBackend::restore_is_atomic)).
+/// A key kept under its stored name, key group and schema is loaded as it
+/// is stored, without being decoded again.
+pub fn load_blocks<R>(
     store: &Arc<dyn CheckpointStore>,
     io: &Handle,
     manifest: &SavepointManifest,
     options: &LoadOptions,
-) -> Result<LoadedSavepoint> {
+    load: impl FnOnce(&mut dyn Iterator<Item = Result<RecordBlock>>) -> Result<R>,
+) -> Result<(R, LoadedSavepoint)> {
     let max_parallelism = match options.max_parallelism {
         0 => manifest.max_parallelism,
         n => n,
     };
-    let keep = options.keep;
     let rehashed = max_parallelism != manifest.max_parallelism;
-    let mut out = LoadedSavepoint {
-        blocks: Vec::with_capacity(manifest.states.len()),
-        entries: 0,
-        logical_bytes: 0,
-        rehashed,
-    };
-    for state in &manifest.states {
-        let name = (state.operator.clone(), state.state.clone());
-        if options.dropped.contains(&name) {
-            continue;
-        }
-        let renamed = options.renames.get(&name);
-        // One block per artifact, each fetched, verified and prepared on
-        // its own (rayon), without a copy of each entry in between.
-        let parts: Vec<(RecordBlock, u64, u64, KeyBounds)> = state
-            .artifacts
-            .par_iter()
-            .map(|r| {
-                // Capacities from the manifest are hints, bounded.
-                let mut block = RecordBlock::with_capacity(
-                    usize::try_from(r.entries).unwrap_or(0).min(1 << 20),
-                    usize::try_from(r.logical_bytes).unwrap_or(0).min(64 << 20),
-                );
-                let (mut entries, mut bytes) = (0u64, 0u64);
-                let mut key = Vec::new();
-                let bounds = visit_artifact(
-                    store,
-                    io,
-                    manifest,
-                    state,
-                    r,
-                    &options.limits,
-                    &mut |k, v| {
-                        let sk = StateKey::decode(k)?;
-                        let kg = if rehashed {
-                            key_group_for(sk.key, max_parallelism)
-                        } else {
-                            sk.key_group
-                        };
-                        if keep.is_some_and(|r| !r.contains(kg)) {
-                            return Ok(());
-                        }
-                        let (operator, st) = match renamed {
-                            Some((o, s)) => (o.as_str(), s.as_str()),
-                            None => (sk.operator, sk.state),
-                        };
-                        let to = StateKey {
-                            key_group: KeyGroup(kg.0),
-                            operator,
-                            state: st,
-                            ..sk
-                        };
-                        key.clear();
-                        to.encode_into(&mut key)?;
-                        let migrated = options.migrations.migrate(&to, v)?;
-                        let v = migrated.as_deref().unwrap_or(v);
-                        entries += 1;
-                        bytes += (key.len() + v.len()) as u64;
-                        block.push(&key, Some(v))
-                    },
-                )?;
-                Ok((block, entries, bytes, bounds))
+    let preps: Vec<Option<StatePrep<'_>>> = manifest
+        .states
+        .iter()
+        .map(|s| {
+            let name = (s.operator.clone(), s.state.clone());
+            if options.dropped.contains(&name) {
+                return None;
+            }
+            let renamed = options
+                .renames
+                .get(&name)
+                .map(|(o, st)| (o.as_str(), st.as_str()));
+            let (o, st) = renamed.unwrap_or((&s.operator, &s.state));
+            Some(StatePrep {
+                renamed,
+                migrated: options.migrations.migrates(o, st),
             })
-            .collect::<Result<_>>()?;
-        let bounds: Vec<&(Vec<u8>, Vec<u8>)> = parts.iter().filter_map(|p| p.3.as_ref()).collect();
-        let in_order = bounds.windows(2).all(|w| w[0].1 < w[1].0);
-        if !in_order {
-            return Err(Error::corrupt(
-                "savepoint artifact",
-                format!(
-                    "savepoint={} operator={} state={}: keys out of order across artifacts",
-                    manifest.savepoint_id, state.operator, state.state
-                ),
+        })
+        .collect();
+    let jobs: Vec<(usize, usize)> = manifest
+        .states
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| preps[*i].is_some())
+        .flat_map(|(i, s)| (0..s.artifacts.len()).map(move |j| (i, j)))
+        .collect();
+    let prepare = |(i, j): (usize, usize)| -> Result<Prepared> {
+        let state = &manifest.states[i];
+        let prep = preps[i]
+            .as_ref()
+            .ok_or_else(|| Error::Internal("a dropped state was scheduled".into()))?;
+        let r = &state.artifacts[j];
+        // Capacities from the manifest are hints, bounded.
+        let mut block = RecordBlock::with_capacity(
+            usize::try_from(r.entries).unwrap_or(0).min(1 << 20),
+            usize::try_from(r.logical_bytes).unwrap_or(0).min(64 << 20),
+        );
+        let (mut entries, mut bytes) = (0u64, 0u64);
+        let as_stored = !rehashed && prep.renamed.is_none() && !prep.migrated;
+        let mut key = Vec::new();
+        let bounds = visit_artifact(
+            store,
+            io,
+            manifest,
+            state,
+            r,
+            &options.limits,
+            &mut |sk, k, v| {
+                let kg = if rehashed {
+                    key_group_for(sk.key, max_parallelism)
+                } else {
+                    sk.key_group
+                };
+                if options.keep.is_some_and(|r| !r.contains(kg)) {
+                    return Ok(());
+                }
+                if as_stored {
+                    entries += 1;
+                    bytes += (k.len() + v.len()) as u64;
+                    return block.push(k, Some(v));
+                }
+                let (operator, st) = prep.renamed.unwrap_or((sk.operator, sk.state));
+                let to = StateKey {
+                    key_group: kg,
+                    operator,
+                    state: st,
+                    ..*sk
+                };
+                key.clear();
+                to.encode_into(&mut key)?;
+                let migrated = if prep.migrated {
+                    options.migrations.migrate(&to, v)?
+                } else {
+                    None
+                };
+                let v = migrated.as_deref().unwrap_or(v);
+                entries += 1;
+                bytes += (key.len() + v.len()) as u64;
+                block.push(&key, Some(v))
+            },
+        )?;
+        Ok(Prepared {
+            state: i,
+            artifact: j,
+            block,
+            entries,
+            bytes,
+            bounds,
+        })
+    };
+
+    let (tx, rx) =
+        std::sync::mpsc::sync_channel::<Result<Prepared>>(rayon::current_num_threads().max(1) * 2);
+    std::thread::scope(|scope| {
+        let jobs = &jobs;
+        let prepare = &prepare;
+        let producer = scope.spawn(move || {
+            // Stops at the first error or once the consumer is gone.
+            let _ = jobs.par_iter().try_for_each_with(tx, |tx, &job| {
+                let prepared = prepare(job);
+                let failed = prepared.is_err();
+                match tx.send(prepared) {
+                    Ok(()) if !failed => Ok(()),
+                    _ => Err(()),
+                }
+            });
+        });
+        let mut feed = Feed {
+            rx,
+            manifest,
+            bounds: manifest
+                .states
+                .iter()
+                .map(|s| vec![None; s.artifacts.len()])
+                .collect(),
+            expected: jobs.len(),
+            received: 0,
+            finished: false,
+            failed: false,
+            loaded: LoadedSavepoint {
+                rehashed,
+                ..LoadedSavepoint::default()
+            },
+        };
+        let result = load(&mut feed);
+        let (finished, loaded) = (feed.finished, feed.loaded);
+        // Dropping the receiver stops the workers.
+        drop(feed);
+        let joined = producer.join();
+        let r = result?;
+        joined.map_err(|_| Error::Internal("a savepoint decode worker panicked".into()))?;
+        if !finished {
+            return Err(Error::Internal(
+                "the savepoint loader succeeded without reading the savepoint to its end".into(),
             ));
         }
-        for (block, entries, bytes, _) in parts {
-            out.entries += entries;
-            out.logical_bytes += bytes;
-            out.blocks.push(block);
+        Ok((r, loaded))
+    })
+}
+
+/// The blocks [`load_blocks`] hands to its loader, as they arrive.
+struct Feed<'a> {
+    rx: std::sync::mpsc::Receiver<Result<Prepared>>,
+    manifest: &'a SavepointManifest,
+    /// Per state, per artifact: its first and last key once read.
+    bounds: Vec<Vec<KeyBounds>>,
+    expected: usize,
+    received: usize,
+    /// Every artifact arrived and the savepoint checked out.
+    finished: bool,
+    /// An error was handed out: nothing follows it.
+    failed: bool,
+    loaded: LoadedSavepoint,
+}
+
+impl Feed<'_> {
+    /// Checks, once every artifact was read, that the artifacts of each
+    /// state hold ascending, disjoint key ranges in their stored order.
+    fn check(&self) -> Result<()> {
+        if self.received != self.expected {
+            return Err(Error::Internal(format!(
+                "the savepoint decode workers stopped after {} of {} artifacts",
+                self.received, self.expected
+            )));
+        }
+        for (state, bounds) in self.manifest.states.iter().zip(&self.bounds) {
+            let bounds: Vec<&(Vec<u8>, Vec<u8>)> = bounds.iter().flatten().collect();
+            if !bounds.windows(2).all(|w| w[0].1 < w[1].0) {
+                return Err(Error::corrupt(
+                    "savepoint artifact",
+                    format!(
+                        "savepoint={} operator={} state={}: keys out of order across artifacts",
+                        self.manifest.savepoint_id, state.operator, state.state
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Iterator for Feed<'_> {
+    type Item = Result<RecordBlock>;
+
+    fn next(&mut self) -> Option<Result<RecordBlock>> {
+        if self.finished || self.failed {
+            return None;
+        }
+        match self.rx.recv() {
+            Ok(Ok(p)) => {
+                self.received += 1;
+                self.loaded.entries += p.entries;
+                self.loaded.logical_bytes += p.bytes;
+                if let Some(slot) = self
+                    .bounds
+                    .get_mut(p.state)
+                    .and_then(|s| s.get_mut(p.artifact))
+                {
+                    *slot = p.bounds;
+                }
+                Some(Ok(p.block))
+            }
+            Ok(Err(e)) => {
+                self.failed = true;
+                Some(Err(e))
+            }
+            Err(_) => match self.check() {
+                // Every worker is done.
+                Ok(()) => {
+                    self.finished = true;
+                    None
+                }
+                Err(e) => {
+                    self.failed = true;
+                    Some(Err(e))
+                }
+            },
         }
     }
-    Ok(out)
 }
 
 /// One entry of a savepoint with its key split into its parts: the library

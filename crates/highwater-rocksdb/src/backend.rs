@@ -688,6 +688,12 @@ impl StateBackend for RocksDbBackend {
         Ok(())
     }
 
+    /// True: entries go into a new database generation, installed only
+    /// when the source ended without error.
+    fn restore_is_atomic(&self) -> bool {
+        true
+    }
+
     fn clear(&self) -> Result<()> {
         let generation = self.new_generation()?;
         self.install(generation);

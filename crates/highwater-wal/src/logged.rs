@@ -192,6 +192,12 @@ impl StateBackend for LoggedBackend {
         Ok(())
     }
 
+    /// The inner backend's: a failed restore keeps the pending changes,
+    /// which still belong to the live state.
+    fn restore_is_atomic(&self) -> bool {
+        self.inner.restore_is_atomic()
+    }
+
     /// Clears the state by logging a delete of every key (O(state)), so a
     /// replay after a crash reproduces the clear.
     fn clear(&self) -> Result<()> {

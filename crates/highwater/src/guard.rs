@@ -115,6 +115,10 @@ impl StateBackend for Guarded {
         self.inner.restore(blocks)
     }
 
+    fn restore_is_atomic(&self) -> bool {
+        self.inner.restore_is_atomic()
+    }
+
     fn clear(&self) -> Result<()> {
         self.open()?;
         self.inner.clear()

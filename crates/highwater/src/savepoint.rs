@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use highwater_core::{
-    CheckpointId, CheckpointStore, DecodeLimits, Error, KeyGroupRange, Result, SnapshotKind,
-    StateSchema,
+    CheckpointId, CheckpointStore, DecodeLimits, Error, KeyGroupRange, RecordBlock, Result,
+    SnapshotKind, StateSchema,
 };
 use highwater_merge::savepoint::{
     LoadOptions, SavepointInfo, SavepointParams, load_blocks, load_savepoint,
@@ -192,9 +192,13 @@ impl StateManager {
     /// In order: the savepoint manifest is read and validated; its schemas
     /// are checked against the states this job registered
     /// ([`Error::SchemaMismatch`] otherwise); every artifact is fetched and
-    /// verified and keys are re-hashed for this job's key groups. Only then
-    /// is the backend replaced, so a damaged, incomplete or mismatched
-    /// savepoint leaves the live state untouched. Finally a full checkpoint
+    /// verified, keys are re-hashed for this job's key groups and values
+    /// migrated, and the backend replaced; a damaged, incomplete or
+    /// mismatched savepoint leaves the live state untouched. A backend whose
+    /// restore is atomic ([`StateBackend::restore_is_atomic`](highwater_core::StateBackend::restore_is_atomic): memory,
+    /// RocksDB) loads each artifact as soon as it is verified; any other
+    /// gets the entries once the whole savepoint is verified, and is
+    /// cleared should it fail while loading. Finally a full checkpoint
     /// of the restored state is taken (so that a crash afterwards resumes
     /// from it, not from older checkpoints or log records).
     pub fn restore_savepoint_with(
@@ -250,21 +254,43 @@ impl StateManager {
             migrations,
             limits: options.limits,
         };
-        let loaded = load_blocks(&source, &io, &manifest, &load)?;
-        let mut blocks = loaded.blocks.into_iter().map(Ok);
-        let restored = match cp.logged() {
-            Some(logged) => logged.recover_with(|backend, _| backend.restore(&mut blocks)),
-            None => cp.backend().restore(&mut blocks),
-        };
-        idle.forget_base();
-        if let Err(e) = restored {
-            // The backend may hold part of the entries: leave it empty
-            // rather than half restored.
-            if let Err(clear) = cp.backend().clear() {
-                tracing::warn!(error = %clear, "could not clear the backend after a failed savepoint restore");
+        // A backend whose restore is atomic loads the blocks while the
+        // savepoint is read; any other gets them once the whole savepoint
+        // is verified, so a damaged one never replaces its live state.
+        let backend = cp.backend();
+        let atomic = backend.restore_is_atomic();
+        let mut touched = false;
+        let loaded = load_blocks(&source, &io, &manifest, &load, |blocks| {
+            let mut whole;
+            let blocks: &mut dyn Iterator<Item = Result<RecordBlock>> = if atomic {
+                blocks
+            } else {
+                whole = blocks.collect::<Result<Vec<_>>>()?.into_iter().map(Ok);
+                &mut whole
+            };
+            touched = true;
+            match cp.logged() {
+                Some(logged) => logged.recover_with(|backend, _| backend.restore(blocks)),
+                None => backend.restore(blocks),
             }
-            return Err(e);
+        });
+        if touched {
+            idle.forget_base();
         }
+        let loaded = match loaded {
+            Ok(((), loaded)) => loaded,
+            Err(e) => {
+                // A backend whose restore is not atomic may hold part of
+                // the entries: leave it empty rather than half restored.
+                if touched
+                    && !atomic
+                    && let Err(clear) = backend.clear()
+                {
+                    tracing::warn!(error = %clear, "could not clear the backend after a failed savepoint restore");
+                }
+                return Err(e);
+            }
+        };
         registry.set_stored(&stored_schemas);
         let checkpoint = if options.skip_checkpoint {
             None

@@ -254,28 +254,47 @@ fn corrupt_savepoints_are_refused_before_anything_is_loaded() {
         ("truncated manifest", manifest.clone(), truncate),
         ("deleted manifest", manifest.clone(), delete),
     ];
+    // Memory and RocksDB restore atomically and load blocks as they are
+    // verified; Redis gets them only once the whole savepoint is verified.
+    std::fs::create_dir_all(d.join("redis")).unwrap();
+    let server = PrivateRedis::start(&d.join("redis"));
+    type Open<'a> = &'a dyn Fn(usize) -> Arc<dyn StateBackend>;
+    let backends: [(&str, Open<'_>); 3] = [
+        ("memory", &|_| Arc::new(MemoryBackend::new())),
+        ("rocksdb", &|i| {
+            let config = RocksDbConfig::new(d.join(format!("rocks{i}")));
+            Arc::new(RocksDbBackend::with_config(config).unwrap())
+        }),
+        ("redis", &|i| {
+            Arc::new(RedisBackend::open(&server.url(), &format!("corrupt{i}")).unwrap())
+        }),
+    ];
     for (i, (what, file, damage)) in damages.into_iter().enumerate() {
         let copy = d.join(format!("copy{i}"));
         copy_dir(&sp, &copy);
         damage(&copy.join(file));
-        let live = manager(
-            Arc::new(MemoryBackend::new()),
-            &d.join(format!("l{i}")),
-            128,
-        );
-        workload(&live, 50);
-        let before = dump(&**live.backend());
-        let err = live.restore_savepoint(local(&copy)).expect_err(what);
-        assert!(
-            err.is_corruption() || err.kind() == ErrorKind::NotFound,
-            "{what}: {err}"
-        );
-        assert_eq!(
-            dump(&**live.backend()),
-            before,
-            "{what}: live state changed"
-        );
+        for (j, (name, open)) in backends.iter().enumerate() {
+            let n = i * backends.len() + j;
+            let live = manager(open(n), &d.join(format!("l{n}")), 128);
+            workload(&live, 50);
+            let before = dump(&**live.backend());
+            assert!(!before.is_empty());
+            let err = live
+                .restore_savepoint(local(&copy))
+                .expect_err(&format!("{name}: {what}"));
+            assert!(
+                err.is_corruption() || err.kind() == ErrorKind::NotFound,
+                "{name}: {what}: {err}"
+            );
+            assert_eq!(
+                dump(&**live.backend()),
+                before,
+                "{name}: {what}: live state changed"
+            );
+            live.close().unwrap();
+        }
     }
+    drop(server);
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -980,4 +999,97 @@ fn the_writer_keeps_every_live_entry_once_in_key_order() {
     let wrong = vec![Ok((key((right + 1) % 128), value))];
     let err = write_savepoint(wrong, &[], &params, &target, rt.handle()).unwrap_err();
     assert!(err.to_string().contains("wrong key group"), "{err}");
+}
+
+/// `load_blocks` against a model: every live entry of a savepoint of many
+/// small artifacts, handed over as it is stored (same key groups) or
+/// re-hashed and filtered to a key-group range; a loader that stops
+/// before the end of the savepoint is an error, not a silent partial load.
+#[test]
+fn load_blocks_hands_over_every_entry_as_stored_or_rehashed() {
+    use highwater::merge::savepoint::{
+        LoadOptions, SavepointParams, load_blocks, load_savepoint, write_savepoint,
+    };
+    use highwater_testkit::SplitMix64;
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = SplitMix64::new(0x10ad);
+    let mut model = Dump::new();
+    for i in 0..5_000u32 {
+        let (operator, state) = [("ops", "a"), ("ops", "b"), ("win", "a")][i as usize % 3];
+        let key = rng.below(100_000).to_be_bytes().to_vec();
+        let k = StateKey {
+            key_group: key_group_for(&key, 128),
+            operator,
+            state,
+            key: &key,
+            namespace: &[],
+            user_key: &[],
+        }
+        .encode()
+        .unwrap();
+        let mut v = Vec::new();
+        highwater::core::Envelope::encode_into(None, &rng.next_u64().to_le_bytes(), &mut v);
+        model.insert(k, v);
+    }
+    let mut params = SavepointParams::new(128, NOW);
+    params.artifact_bytes = 4 << 10;
+    let target = local(dir.path());
+    let entries = model.iter().map(|(k, v)| Ok((k.clone(), v.clone())));
+    write_savepoint(entries, &[], &params, &target, rt.handle()).unwrap();
+    let manifest = load_savepoint(&target, rt.handle(), None).unwrap();
+    let artifacts: usize = manifest.states.iter().map(|s| s.artifacts.len()).sum();
+    assert!(artifacts > 20, "many artifacts: {artifacts}");
+
+    let collect =
+        |blocks: &mut dyn Iterator<Item = highwater::Result<highwater::core::RecordBlock>>| {
+            let mut got = Dump::new();
+            for block in blocks {
+                for (k, v) in block?.puts() {
+                    assert!(got.insert(k.to_vec(), v.to_vec()).is_none(), "a key twice");
+                }
+            }
+            Ok(got)
+        };
+    let (got, loaded) = load_blocks(
+        &target,
+        rt.handle(),
+        &manifest,
+        &LoadOptions::default(),
+        collect,
+    )
+    .unwrap();
+    assert_eq!(got, model);
+    assert_eq!(loaded.entries, model.len() as u64);
+    assert!(!loaded.rehashed);
+
+    let keep = KeyGroupRange::new(40, 170).unwrap();
+    let options = LoadOptions {
+        max_parallelism: 256,
+        keep: Some(keep),
+        ..LoadOptions::default()
+    };
+    let (got, loaded) = load_blocks(&target, rt.handle(), &manifest, &options, collect).unwrap();
+    let want: Dump = rehash(&model, 256)
+        .into_iter()
+        .filter(|(k, _)| keep.contains(StateKey::decode(k).unwrap().key_group))
+        .collect();
+    assert!(!want.is_empty() && want.len() < model.len());
+    assert_eq!(got, want);
+    assert_eq!(loaded.entries, want.len() as u64);
+    assert!(loaded.rehashed);
+
+    let stops_early = |blocks: &mut dyn Iterator<
+        Item = highwater::Result<highwater::core::RecordBlock>,
+    >| { blocks.next().transpose().map(|_| ()) };
+    let err = load_blocks(
+        &target,
+        rt.handle(),
+        &manifest,
+        &LoadOptions::default(),
+        stops_early,
+    )
+    .expect_err("a loader that stops early");
+    assert_eq!(err.kind(), ErrorKind::Internal, "{err}");
 }

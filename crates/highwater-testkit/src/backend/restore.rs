@@ -110,6 +110,13 @@ pub fn restore_replaces_everything_and_clear(factory: BackendFactory<'_>) {
         r.is_err(),
         "{ctx}: restore must return the error of its source, not succeed"
     );
+    if b.restore_is_atomic() {
+        check_content(
+            &*b,
+            m.entries(),
+            &format!("{ctx}: a failed restore of a backend whose restore is atomic"),
+        );
+    }
 
     // Clear empties everything and starts a new epoch.
     must(b.clear(), ctx);
