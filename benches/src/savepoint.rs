@@ -14,7 +14,10 @@
 //! - `savepoint_write_throughput`: `StateManager::savepoint` into a fresh
 //!   local directory, from the call to the committed savepoint manifest.
 //!   Baseline: a full checkpoint (`checkpoint().wait()`) of the same state
-//!   into a local directory. Target ratio ≥ 0.8.
+//!   into an empty local directory (each repetition has its own: into a
+//!   store already holding the same state a checkpoint writes nothing, all
+//!   its artifacts being there by content address; that figure is kept as
+//!   `checkpoint_into_a_store_holding_it_mb_s`). Target ratio ≥ 0.8.
 //! - `savepoint_restore_throughput`: `restore_savepoint_with` (without the
 //!   trailing checkpoint, `skip_checkpoint`) into a fresh memory backend.
 //!   Baseline: `restore(id)` of the full checkpoint into a fresh memory
@@ -138,16 +141,22 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
     let cpu_start = CpuReading::now();
     let mut metrics = Vec::new();
 
-    // Writing: a full checkpoint and a savepoint, alternately.
-    let m = manager(backend.clone(), &s.join("ckpt"))?;
-    let (mut cp, mut sp) = (Vec::new(), Vec::new());
-    let mut checkpoint = None;
+    // Writing: a full checkpoint and a savepoint, alternately, each into a
+    // store of its own. (A checkpoint into a store that already holds the
+    // same state writes nothing: every artifact is found by its content
+    // address. That is measured too, for information.)
+    let (mut cp, mut sp, mut again) = (Vec::new(), Vec::new(), Vec::new());
     let mut pauses = Vec::new();
+    let mut checkpoint = None;
     for r in 0..reps {
+        let m = manager(backend.clone(), &s.join(format!("ckpt{r}")))?;
         let t = Instant::now();
         let info = m.checkpoint()?.wait()?;
         cp.push(t.elapsed().as_secs_f64());
-        checkpoint = Some(info.id);
+        if info.bytes_written == 0 {
+            return Err("a checkpoint into an empty store wrote nothing".into());
+        }
+        checkpoint.get_or_insert(info.id);
         let t = Instant::now();
         let h = m.savepoint(local(&s.join(format!("sp{r}")))?)?;
         pauses.push(h.snapshot_pause().as_secs_f64() * 1e3);
@@ -160,25 +169,36 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
             )
             .into());
         }
+        let t = Instant::now();
+        m.checkpoint()?.wait()?;
+        again.push(t.elapsed().as_secs_f64());
+        m.close()?;
+        drop(m);
+        if r > 0 {
+            std::fs::remove_dir_all(s.join(format!("ckpt{r}")))?;
+            std::fs::remove_dir_all(s.join(format!("sp{r}")))?;
+        }
     }
     params.insert("savepoint_snapshot_pause_ms".into(), json!(median(&pauses)));
+    params.insert(
+        "checkpoint_into_a_store_holding_it_mb_s".into(),
+        json!(mb / median(&again)),
+    );
     metrics.push(Metric::versus(
         "savepoint_write_throughput",
         mb / median(&sp),
         "MB/s",
-        "a full checkpoint of the same state",
+        "a full checkpoint of the same state into an empty local directory",
         mb / median(&cp),
         true,
     ));
     let checkpoint = checkpoint.ok_or("no checkpoint")?;
-    m.close()?;
-    drop(m);
 
     // Restoring into memory.
     let (mut rc, mut rs, mut rsc) = (Vec::new(), Vec::new(), Vec::new());
     for r in 0..reps {
         let target: Arc<dyn StateBackend> = Arc::new(MemoryBackend::new());
-        let m = manager(target.clone(), &s.join("ckpt"))?;
+        let m = manager(target.clone(), &s.join("ckpt0"))?;
         let t = Instant::now();
         m.restore(checkpoint)?;
         rc.push(t.elapsed().as_secs_f64());
