@@ -159,6 +159,15 @@ pub struct NativeFile {
     /// Entries the file holds, when the backend knows (SST files); 0
     /// otherwise.
     pub entries: u64,
+    /// A name for these exact bytes, when the file is immutable: a file
+    /// with the same identity in a later checkpoint of the same backend
+    /// holds the same bytes, so the checkpointer takes its artifact from
+    /// the previous checkpoint without reading or hashing it again
+    /// (RocksDB: the database's identity, the SST file's name, which holds
+    /// its number, and its size). `None` for files that are rewritten
+    /// (RocksDB's MANIFEST, OPTIONS, CURRENT copies): those are read every
+    /// time.
+    pub identity: Option<String>,
 }
 
 /// A checkpoint a backend wrote in its own file format (RocksDB: hard links

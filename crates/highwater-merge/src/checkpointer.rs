@@ -29,15 +29,15 @@
 //! - every artifact a checkpoint or a merge writes or reuses is pinned until
 //!   a committed manifest references it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use highwater_core::{
     ArtifactId, ArtifactRef, CheckpointId, CheckpointKind, CheckpointStore, Clock, Codec, Error,
-    KeyGroupRange, Layer, LayerKind, Manifest, NativeCheckpoint, Result, SchemaRegistry,
-    SnapshotKind, StateBackend, StateSnapshot, load_manifest,
+    KeyGroupRange, Layer, LayerKind, Manifest, NativeCheckpoint, NativeFile, Result,
+    SchemaRegistry, SnapshotKind, StateBackend, StateSnapshot, load_manifest,
 };
 use highwater_wal::LoggedBackend;
 use tokio::runtime::Handle;
@@ -81,6 +81,10 @@ pub struct CheckpointInfo {
     pub artifacts: usize,
     /// Artifacts that were already stored and were reused.
     pub artifacts_reused: usize,
+    /// Of those, a native checkpoint's files known from the previous
+    /// checkpoint by their identity, so neither read nor hashed
+    /// ([`NativeFile::identity`](highwater_core::NativeFile::identity)).
+    pub native_files_known: usize,
     /// How long the processing thread was held for the snapshot.
     pub snapshot_pause: Duration,
     /// From trigger to committed manifest.
@@ -241,6 +245,25 @@ struct Inner {
     merge_done: Condvar,
     /// The schemas of the job's states, written into every manifest.
     schemas: Arc<SchemaRegistry>,
+    /// The files of the last committed native checkpoint by identity (see
+    /// [`NativeIndex`]).
+    native_index: Mutex<Option<NativeIndex>>,
+}
+
+/// The artifacts of a committed native checkpoint's immutable files, by
+/// [`NativeFile::identity`](highwater_core::NativeFile::identity): the next
+/// native checkpoint references these instead of reading and hashing the
+/// same files again. Used only by the checkpoint right after the one it
+/// describes (its base: the newest committed manifest, which retention
+/// keeps, and which names every one of these artifacts).
+struct NativeIndex {
+    checkpoint: CheckpointId,
+    by_identity: HashMap<String, ArtifactRef>,
+}
+
+/// Locks `m`; a panic elsewhere while it was held leaves plain data.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Inner {
@@ -358,6 +381,8 @@ struct Job {
     created_at_ms: u64,
     wal_position: Option<u64>,
     then: Option<AfterCheckpoint>,
+    /// The base's native files by identity, when the base is native.
+    known_files: Option<NativeIndex>,
 }
 
 /// What a producer made of a snapshot: the artifacts of the checkpoint's
@@ -366,6 +391,10 @@ struct Produce {
     layer_kind: LayerKind,
     refs: Vec<ArtifactRef>,
     totals: EncodeTotals,
+    /// Native: the files with an identity, for the next checkpoint.
+    by_identity: HashMap<String, ArtifactRef>,
+    /// Native: files taken from the base by identity, not read.
+    files_known: usize,
 }
 
 impl Checkpointer {
@@ -399,6 +428,7 @@ impl Checkpointer {
                 }),
                 idle: Condvar::new(),
                 merge_done: Condvar::new(),
+                native_index: Mutex::new(None),
             }),
         })
     }
@@ -650,6 +680,14 @@ impl Checkpointer {
         // The backend's change epoch starts at this snapshot (even if taking
         // it fails part-way): until this checkpoint commits there is no valid
         // parent for an incremental.
+        let base_id = t
+            .base
+            .as_ref()
+            .filter(|b| b.is_native())
+            .map(|b| b.checkpoint_id);
+        let known_files = lock(&inner.native_index)
+            .take()
+            .filter(|n| native && Some(n.checkpoint) == base_id);
         t.base = None;
         let started = Instant::now();
         let (snapshot, wal_position) = take_snapshot(&inner.parts, snapshot_kind)?;
@@ -672,6 +710,7 @@ impl Checkpointer {
             created_at_ms: inner.parts.clock.now_ms(),
             wal_position,
             then,
+            known_files,
         };
         let (tx, rx) = crossbeam_channel::bounded(1);
         let worker = inner.clone();
@@ -808,7 +847,15 @@ fn run_checkpoint(inner: &Inner, job: Job) -> Result<(Arc<Manifest>, CheckpointI
         concurrency,
     );
     let produced = match job.snapshot.native() {
-        Some(files) => produce_native(files, cfg.max_parallelism, &uploader, &pins),
+        Some(files) => produce_native(
+            files,
+            cfg.max_parallelism,
+            job.known_files
+                .as_ref()
+                .map(|k| (k, &inner.parts.store, inner.exec.io())),
+            &uploader,
+            &pins,
+        ),
         None => produce_encoded(inner, &*job.snapshot, &uploader, &pins),
     };
     // A native snapshot's hard links go as soon as the files are stored.
@@ -881,6 +928,12 @@ fn run_checkpoint(inner: &Inner, job: Job) -> Result<(Arc<Manifest>, CheckpointI
     {
         tracing::warn!(checkpoint = %id, error = %e, "could not release write-ahead-log segments");
     }
+    if native {
+        *lock(&inner.native_index) = Some(NativeIndex {
+            checkpoint: job.id,
+            by_identity: produced.by_identity,
+        });
+    }
     let own: &[ArtifactRef] = manifest.own_artifacts();
     let info = CheckpointInfo {
         id: job.id,
@@ -892,7 +945,8 @@ fn run_checkpoint(inner: &Inner, job: Job) -> Result<(Arc<Manifest>, CheckpointI
         encoded_bytes: own.iter().map(|a| a.stored_bytes).sum(),
         bytes_written: uploaded.bytes_written,
         artifacts: own.len(),
-        artifacts_reused: uploaded.already_present,
+        artifacts_reused: uploaded.already_present + produced.files_known,
+        native_files_known: produced.files_known,
         snapshot_pause: job.snapshot_pause,
         duration: job.started.elapsed(),
         retention,
@@ -936,22 +990,65 @@ fn produce_encoded(
         layer_kind,
         refs,
         totals,
+        by_identity: HashMap::new(),
+        files_known: 0,
     })
 }
 
 /// The native producer: the backend's files, read in name order, each one
 /// artifact addressed by its content (a file already stored is not written
 /// again, and retention's reference counting keeps it while any retained
-/// manifest names it).
+/// manifest names it). A file whose identity the base's index holds (same
+/// name and size) is that artifact, neither read nor hashed again, once
+/// the store says it still holds it (a restore elsewhere deletes a damaged
+/// copy, which the next checkpoint must write again): with RocksDB's
+/// immutable SST files an unchanged state costs a listing and an existence
+/// check per file, not a read of every file.
 fn produce_native(
     native: &NativeCheckpoint,
     max_parallelism: u16,
+    known: Option<(&NativeIndex, &Arc<dyn CheckpointStore>, &Handle)>,
     uploader: &Uploader,
     pins: &PinGuard,
 ) -> Result<Produce> {
     let mut refs = Vec::with_capacity(native.files.len());
+    let mut by_identity = HashMap::new();
     let mut entries = 0;
+    let mut files_known = 0;
+    /// The base's artifact for `file`, by identity, name and size.
+    fn candidate<'a>(
+        index: Option<&'a NativeIndex>,
+        file: &'a NativeFile,
+    ) -> Option<(&'a String, &'a ArtifactRef)> {
+        let identity = file.identity.as_ref()?;
+        index?
+            .by_identity
+            .get(identity)
+            .filter(|r| r.operator == file.name && r.stored_bytes == file.len)
+            .map(|r| (identity, r))
+    }
+    let index = known.map(|(index, _, _)| index);
+    let candidates: Vec<ArtifactId> = native
+        .files
+        .iter()
+        .filter_map(|f| candidate(index, f).map(|(_, r)| r.id))
+        .collect();
+    // Pinned first, so that this job's retention cannot delete one between
+    // the check and the commit of the manifest naming it.
+    pins.add_all(candidates.iter().copied());
+    let present = match known {
+        Some((_, store, io)) if !candidates.is_empty() => stored_among(store, io, candidates)?,
+        _ => HashSet::new(),
+    };
     for file in &native.files {
+        let cached = candidate(index, file).filter(|(_, r)| present.contains(&r.id));
+        if let Some((identity, reference)) = cached {
+            entries += reference.entries;
+            files_known += 1;
+            refs.push(reference.clone());
+            by_identity.insert(identity.clone(), reference.clone());
+            continue;
+        }
         let path = native.dir.join(&file.name);
         let bytes = Bytes::from(
             std::fs::read(&path)
@@ -969,6 +1066,9 @@ fn produce_native(
         };
         entries += file.entries;
         refs.push(reference.clone());
+        if let Some(identity) = &file.identity {
+            by_identity.insert(identity.clone(), reference.clone());
+        }
         uploader.send(Produced { reference, bytes }, pins)?;
     }
     Ok(Produce {
@@ -978,6 +1078,40 @@ fn produce_native(
             entries,
             expired_dropped: 0,
         },
+        by_identity,
+        files_known,
+    })
+}
+
+/// Which of `ids` `store` holds, asked a few at a time.
+fn stored_among(
+    store: &Arc<dyn CheckpointStore>,
+    io: &Handle,
+    ids: Vec<ArtifactId>,
+) -> Result<HashSet<ArtifactId>> {
+    const CHECKS_IN_FLIGHT: usize = 16;
+    let store = store.clone();
+    run_io(io, async move {
+        let mut present = HashSet::with_capacity(ids.len());
+        let mut set = tokio::task::JoinSet::new();
+        let mut ids = ids.into_iter();
+        loop {
+            while set.len() < CHECKS_IN_FLIGHT
+                && let Some(id) = ids.next()
+            {
+                let s = store.clone();
+                set.spawn(async move { s.has_artifact(id).await.map(|held| (id, held)) });
+            }
+            let Some(done) = set.join_next().await else {
+                break;
+            };
+            let (id, held) =
+                done.map_err(|e| Error::unexpected("an artifact existence check", e))??;
+            if held {
+                present.insert(id);
+            }
+        }
+        Ok(present)
     })
 }
 

@@ -89,7 +89,7 @@ impl Drop for DirGuard {
 pub(crate) struct Generation {
     // Field order matters: the database closes before its directory goes.
     pub(crate) db: DB,
-    _dir: DirGuard,
+    dir: DirGuard,
 }
 
 struct Live {
@@ -510,7 +510,7 @@ fn open_generation(dir: PathBuf, opts: &Options) -> Result<Generation> {
     std::fs::create_dir(&dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
     let guard = DirGuard(dir);
     let db = DB::open(opts, &guard.0).map_err(rocks(format!("open {}", guard.0.display())))?;
-    Ok(Generation { db, _dir: guard })
+    Ok(Generation { db, dir: guard })
 }
 
 /// Writes a file and fsyncs it.
@@ -764,6 +764,23 @@ impl NativeCheckpoints for RocksDbBackend {
             .into_iter()
             .map(|f| (f.name.trim_start_matches('/').to_string(), f.num_entries))
             .collect();
+        // SST and blob files are immutable and numbered once per database:
+        // with the database's identity (new for every restored generation),
+        // name and size they name their bytes.
+        // The generation's directory is named once per backend: with it a
+        // restored database that kept its source's identity (and numbers
+        // files from where the source's checkpoint left off) never names
+        // another file the same.
+        let generation = snap.backing_cart();
+        let db_identity = generation
+            .db
+            .get_db_identity()
+            .ok()
+            .and_then(|id| String::from_utf8(id).ok())
+            .map(|id| id.trim().to_string())
+            .filter(|id| !id.is_empty())
+            .zip(generation.dir.0.file_name().and_then(|n| n.to_str()))
+            .map(|(id, dir)| format!("{id}/{dir}"));
         let mut files = Vec::new();
         let listing = std::fs::read_dir(&dir.0)
             .map_err(|e| Error::io(format!("list {}", dir.0.display()), e))?;
@@ -784,7 +801,16 @@ impl NativeCheckpoints for RocksDbBackend {
                 )));
             }
             let entries = sst_entries.get(&name).copied().unwrap_or(0);
-            files.push(NativeFile { name, len, entries });
+            let identity = db_identity
+                .as_deref()
+                .filter(|_| name.ends_with(".sst") || name.ends_with(".blob"))
+                .map(|db| format!("{db}/{name}/{len}"));
+            files.push(NativeFile {
+                name,
+                len,
+                entries,
+                identity,
+            });
         }
         files.sort_by(|a, b| a.name.cmp(&b.name));
         tracing::debug!(
@@ -833,7 +859,7 @@ impl NativeCheckpoints for RocksDbBackend {
         if let Some(keep) = keep {
             delete_outside(&db, keep)?;
         }
-        self.install(Generation { db, _dir: guard });
+        self.install(Generation { db, dir: guard });
         tracing::info!(
             bytes,
             ?keep,

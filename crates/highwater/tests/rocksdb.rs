@@ -394,3 +394,146 @@ fn a_damaged_sst_in_the_store_is_deleted_on_restore_and_rewritten_by_the_next_ch
     assert_eq!(info.stats.checkpoint, Some(second.id));
     assert_eq!(all(&*again), all(&*backend));
 }
+
+/// What the property test below does between checkpoints.
+#[derive(Debug, Clone)]
+enum Step {
+    /// Writes `count` counters from `first` with values of round `round`.
+    Write { first: u64, count: u64, round: u64 },
+    /// Deletes `count` counters from `first`.
+    Delete { first: u64, count: u64 },
+    /// Rewrites every file (a full compaction).
+    Compact,
+    /// Flushes the memtable into a new level-0 file.
+    Flush,
+    /// Checkpoints, then restores that checkpoint into the live backend (a
+    /// new database generation, numbering files again).
+    CheckpointAndRestore,
+    /// Checkpoints.
+    Checkpoint,
+    /// Clears the backend behind the manager's back: a new database
+    /// generation numbering its files from the start again, while the
+    /// checkpointer still holds the previous checkpoint's files.
+    ClearBackend,
+}
+
+fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+    use proptest::prelude::*;
+    prop_oneof![
+        3 => (0..3_000u64, 1..800u64, 1..1_000u64)
+            .prop_map(|(first, count, round)| Step::Write { first, count, round }),
+        1 => (0..3_000u64, 1..400u64).prop_map(|(first, count)| Step::Delete { first, count }),
+        1 => Just(Step::Compact),
+        1 => Just(Step::Flush),
+        1 => Just(Step::CheckpointAndRestore),
+        3 => Just(Step::Checkpoint),
+        1 => Just(Step::ClearBackend),
+    ]
+}
+
+/// Native checkpoints take unchanged SST files from the previous checkpoint
+/// by their identity (database, generation, name, size) without reading
+/// them; against random writes, deletes, flushes, forced compactions,
+/// restores and clears behind the manager's back (new generations that
+/// number files from the start again), every checkpoint
+/// restores into a fresh backend exactly as the state was when it was
+/// taken, and every file it names is byte for byte the stored artifact.
+#[test]
+fn the_native_file_index_never_stands_in_for_a_changed_file() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+
+    let known_total = std::cell::Cell::new(0usize);
+    let mut runner = TestRunner::new(Config {
+        cases: 16,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    runner
+        .run(&proptest::collection::vec(step(), 4..14), |steps| {
+            let tmp = tempfile::tempdir().unwrap();
+            let (_, store, backend, m) = live(tmp.path());
+            let key = |i: u64| format!("user-{i}");
+            let counts = m
+                .keyed_state("counter")
+                .unwrap()
+                .value_state::<String, u64>(&ValueStateDescriptor::new("count"))
+                .unwrap();
+            let mut taken = Vec::new();
+            let mut checkpoint = |restore: bool| {
+                let state = all(&*backend);
+                let info = m.checkpoint().unwrap().wait().unwrap();
+                assert!(info.native_files_known <= info.artifacts_reused);
+                known_total.set(known_total.get() + info.native_files_known);
+                // Every SST the checkpoint names is the artifact of the very
+                // file in the live database (still there: nothing compacts
+                // between the checkpoint and this check).
+                let rt = runtime();
+                let manifest = manifest(&rt, &store, info.id);
+                // The live generation: the newest database directory.
+                let current = std::fs::read_dir(tmp.path().join("live"))
+                    .unwrap()
+                    .map(|e| e.unwrap().path())
+                    .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with("db-"))
+                    .max()
+                    .unwrap();
+                for a in manifest
+                    .artifacts()
+                    .filter(|a| a.operator.ends_with(".sst"))
+                {
+                    if let Ok(bytes) = std::fs::read(current.join(&a.operator)) {
+                        prop_assert_eq!(ArtifactId::of(&bytes), a.id, "{}", a.operator);
+                    }
+                }
+                if restore {
+                    m.restore(info.id).unwrap();
+                    prop_assert_eq!(&all(&*backend), &state, "restored in place");
+                }
+                taken.push((info.id, state));
+                Ok(())
+            };
+            for s in &steps {
+                match *s {
+                    Step::Write {
+                        first,
+                        count,
+                        round,
+                    } => {
+                        for i in first..first + count {
+                            counts.update(&key(i), &(i * round)).unwrap();
+                        }
+                    }
+                    Step::Delete { first, count } => {
+                        for i in first..first + count {
+                            counts.clear(&key(i)).unwrap();
+                        }
+                    }
+                    Step::Compact => backend.compact().unwrap(),
+                    Step::Flush => backend.flush().unwrap(),
+                    Step::CheckpointAndRestore => checkpoint(true)?,
+                    Step::Checkpoint => checkpoint(false)?,
+                    Step::ClearBackend => StateBackend::clear(&*backend).unwrap(),
+                }
+            }
+            checkpoint(false)?;
+            // The retained checkpoints restore into a fresh backend as the
+            // state was when each was taken.
+            let retained: BTreeSet<CheckpointId> = runtime()
+                .block_on(store.list_manifests())
+                .unwrap()
+                .into_iter()
+                .collect();
+            for (id, state) in taken.iter().filter(|(id, _)| retained.contains(id)) {
+                let fresh = rocks(&tmp.path().join(format!("fresh-{id}")));
+                let other = manager(fresh.clone(), store.clone(), 3);
+                other.restore(*id).unwrap();
+                prop_assert_eq!(&all(&*fresh), state, "checkpoint {}", id);
+            }
+            Ok(())
+        })
+        .unwrap();
+    assert!(
+        known_total.get() > 0,
+        "no checkpoint took a file from the previous one: the index was never used"
+    );
+}
