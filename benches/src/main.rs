@@ -21,6 +21,7 @@
 //! listed in [`SUITES`]; add new suites (wal, merge, recovery, …) there.
 
 mod cloud;
+mod large;
 mod merge;
 mod raft;
 mod recovery;
@@ -59,6 +60,7 @@ const SUITES: &[Suite] = &[
     ("rocksdb", rocksdb::run),
     ("recovery", recovery::run),
     ("savepoint", savepoint::run),
+    ("large", large::run),
 ];
 
 /// What every suite is given.
@@ -68,6 +70,9 @@ pub struct Ctx {
     pub quick: bool,
     /// Where results (and any scratch directories) go.
     pub out: PathBuf,
+    /// `--size`: logical bytes of state for the suites that take a size
+    /// (`large`); their default when `None`.
+    pub size: Option<u64>,
 }
 
 /// One suite's results, written as `<out>/<suite>.json`.
@@ -133,7 +138,8 @@ impl Metric {
     }
 }
 
-const USAGE: &str = "usage: highwater-benches <suite|all> [--quick] --out DIR";
+const USAGE: &str =
+    "usage: highwater-benches <suite|all> [--quick] [--size BYTES[K|M|G]] --out DIR";
 
 /// The parsed command line.
 #[derive(Debug, PartialEq)]
@@ -141,12 +147,31 @@ struct Args {
     suite: String,
     quick: bool,
     out: PathBuf,
+    size: Option<u64>,
+}
+
+/// `BYTES` with an optional binary suffix: `512M`, `32G`, `1048576`.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let (digits, shift) = match s.chars().last() {
+        Some('K' | 'k') => (&s[..s.len() - 1], 10),
+        Some('M' | 'm') => (&s[..s.len() - 1], 20),
+        Some('G' | 'g') => (&s[..s.len() - 1], 30),
+        Some('T' | 't') => (&s[..s.len() - 1], 40),
+        _ => (s, 0),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("--size wants a number of bytes like 32G, got {s:?}"))?;
+    n.checked_mul(1 << shift)
+        .filter(|&b| b > 0)
+        .ok_or_else(|| format!("--size out of range: {s:?}"))
 }
 
 fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
     let mut suite = None;
     let mut quick = false;
     let mut out = None;
+    let mut size = None;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -156,6 +181,8 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
                 out = Some(PathBuf::from(dir));
             }
             s if s.starts_with("--out=") => out = Some(PathBuf::from(&s["--out=".len()..])),
+            "--size" => size = Some(parse_size(&args.next().ok_or("--size needs a value")?)?),
+            s if s.starts_with("--size=") => size = Some(parse_size(&s["--size=".len()..])?),
             s if s.starts_with('-') => return Err(format!("unknown option {s:?}")),
             s => {
                 if suite.replace(s.to_owned()).is_some() {
@@ -173,7 +200,12 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
         ));
     }
     let out = out.ok_or("--out DIR is required")?;
-    Ok(Args { suite, quick, out })
+    Ok(Args {
+        suite,
+        quick,
+        out,
+        size,
+    })
 }
 
 fn main() -> ExitCode {
@@ -209,6 +241,7 @@ fn run(args: &Args) -> Result {
     let ctx = Ctx {
         quick: args.quick,
         out: args.out.clone(),
+        size: args.size,
     };
     for (name, suite) in SUITES {
         if args.suite != "all" && args.suite != *name {
@@ -322,9 +355,23 @@ mod tests {
             Args {
                 suite: "state".into(),
                 quick: true,
-                out: "d".into()
+                out: "d".into(),
+                size: None,
             }
         );
+        assert_eq!(
+            args(&["large", "--size", "32G", "--out", "x"])
+                .unwrap()
+                .size,
+            Some(32 << 30)
+        );
+        assert_eq!(
+            args(&["large", "--size=512M", "--out", "x"]).unwrap().size,
+            Some(512 << 20)
+        );
+        assert!(args(&["large", "--size", "0", "--out", "x"]).is_err());
+        assert!(args(&["large", "--size", "lots", "--out", "x"]).is_err());
+        assert!(args(&["large", "--size", "99999999999T", "--out", "x"]).is_err());
         assert_eq!(args(&["--out=x", "all"]).unwrap().suite, "all");
         assert!(!args(&["all", "--out", "x"]).unwrap().quick);
         assert!(args(&["state"]).is_err());

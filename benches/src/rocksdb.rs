@@ -91,6 +91,12 @@ impl Plan {
 }
 
 fn data_root() -> PathBuf {
+    bench_data("rocksdb")
+}
+
+/// `<target>/bench-data/<suite>`: scratch data on the disk of the cargo
+/// target directory.
+pub(crate) fn bench_data(suite: &str) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .or_else(|| {
@@ -98,7 +104,7 @@ fn data_root() -> PathBuf {
             Some(exe.parent()?.parent()?.to_path_buf())
         })
         .unwrap_or_else(|| PathBuf::from("target"));
-    target.join("bench-data").join("rocksdb")
+    target.join("bench-data").join(suite)
 }
 
 /// A state key: key group `i % 128`, operator `window`, state `count`, an
@@ -321,13 +327,13 @@ struct Incremental {
     last: highwater::CheckpointId,
 }
 
-/// Waits (up to 30 s) until RocksDB runs and owes no compaction, as the
-/// interval between two checkpoints would let it: rounds run back to
+/// Waits (up to `limit`) until RocksDB runs and owes no compaction, as
+/// the interval between two checkpoints would let it: rounds run back to
 /// back, and a checkpoint that starts while the compaction its previous
 /// flush triggered still runs sees the old files, which makes the upload
 /// figures depend on how fast each checkpoint is.
-fn settle(backend: &RocksDbBackend) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+pub(crate) fn settle(backend: &RocksDbBackend, limit: std::time::Duration) {
+    let deadline = std::time::Instant::now() + limit;
     let mut quiet = 0;
     while quiet < 3 && std::time::Instant::now() < deadline {
         let m = backend.metrics();
@@ -368,7 +374,7 @@ fn incremental(root: &Path, plan: &Plan) -> Result<Incremental> {
             let i = rng.below(plan.keys as u64);
             backend.put(&key(i), &value(i, round))?;
         }
-        settle(&backend);
+        settle(&backend, std::time::Duration::from_secs(30));
         let info = manager.checkpoint()?.wait()?;
         ratios.push(info.bytes_written as f64 / full_bytes as f64);
         round_s.push(info.duration.as_secs_f64());
@@ -391,7 +397,7 @@ fn incremental(root: &Path, plan: &Plan) -> Result<Incremental> {
     })
 }
 
-fn copy_synced(from: &Path, to: &Path) -> Result {
+pub(crate) fn copy_synced(from: &Path, to: &Path) -> Result {
     std::fs::copy(from, to)?;
     std::fs::File::open(to)?.sync_all()?;
     Ok(())

@@ -75,7 +75,7 @@ pub fn results_dir(ws: &Workspace) -> PathBuf {
 ///
 /// Results of earlier runs of the same suites are removed first, so the
 /// report never mixes a fresh run with stale numbers.
-pub fn run_suite(ws: &Workspace, suite: &str, quick: bool) -> Result {
+pub fn run_suite(ws: &Workspace, suite: &str, quick: bool, size: Option<&str>) -> Result {
     crate::prereqs::ensure()?;
     let valid = !suite.is_empty()
         && suite
@@ -106,6 +106,9 @@ pub fn run_suite(ws: &Workspace, suite: &str, quick: bool) -> Result {
     ]);
     if quick {
         cmd.arg("--quick");
+    }
+    if let Some(size) = size {
+        cmd.arg("--size").arg(size);
     }
     cmd.arg("--out").arg(&out);
     if suite == ALL || NEEDS_SERVICES.contains(&suite) {

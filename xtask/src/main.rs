@@ -8,7 +8,7 @@
 //! - `test [-- ARGS]`: every test of the workspace in the `ci` profile;
 //! - `demo [--resume] [--features F] [ARGS]`: the CLI's demo pipeline into
 //!   `<target>/demo-data` (default features unless `--features` says more);
-//! - `bench [SUITE] [--quick] [--report]`: benchmarks, and the Markdown report;
+//! - `bench [SUITE] [--quick] [--size BYTES] [--report]`: benchmarks, and the Markdown report;
 //! - `tidy`: source-tree checks (module docs, forbidden markers, manifests,
 //!   crate layering, docs that name what exists);
 //! - `browser`: the browser test of `highwater report` (headless Chromium,
@@ -85,6 +85,10 @@ enum Command {
         /// Render the report; alone, only renders the results already there.
         #[arg(long)]
         report: bool,
+        /// Logical bytes of state for suites that take a size (`large`):
+        /// e.g. 32G.
+        #[arg(long)]
+        size: Option<String>,
     },
     /// Render a `highwater report` page in headless Chromium (installed
     /// with apt-get if missing) and check the screenshot and the page text.
@@ -160,10 +164,12 @@ fn dispatch(ws: &Workspace, command: Command) -> Result {
             suite,
             quick,
             report,
+            size,
         } => {
             // `--report` alone renders what is there; anything else runs first.
             if suite.is_some() || quick || !report {
-                bench::run_suite(ws, suite.as_deref().unwrap_or(bench::ALL), quick)?;
+                let suite = suite.as_deref().unwrap_or(bench::ALL);
+                bench::run_suite(ws, suite, quick, size.as_deref())?;
             }
             if report {
                 bench::write_report(ws)?;

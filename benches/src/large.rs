@@ -1,0 +1,468 @@
+//! Suite `large`: state larger than memory on `RocksDbBackend` (issue 17),
+//! against the raw `rocksdb` crate with the same options in the same run.
+//!
+//! `cargo xtask bench large [--size 32G]`: the default is 32 GiB of logical
+//! state in full mode and 1 GiB with `--quick` (what CI runs). Keys are
+//! state keys of one operator (8-byte user keys, 128 key groups), values
+//! 160-byte envelopes of small numbers that compress about 2.5×. The memory
+//! budget (`RocksDbConfig::memory_budget`) is 4 GiB, or a quarter of the
+//! state when that is smaller, so the state never fits in it. SST files
+//! are compressed with zstd (see `config`). Before anything is written the
+//! free space of the target directory's disk is checked against 1.25 times
+//! the logical size plus 1 GiB (two copies of the compressed state exist
+//! at once, each about 0.58 of the logical size at the end of the rounds:
+//! the live database and the store, then the store and the restored
+//! database or the copy), and the run refuses to start when it is short.
+//!
+//! Phases, highwater first (so its resident-memory peak is its own), then
+//! the raw baseline:
+//!
+//! - `large_load_throughput`: MB/s of logical bytes written through
+//!   `StateBackend::write_batch` in batches of 4096, then a flush.
+//!   Baseline: the raw crate writing the same records in `WriteBatch`es of
+//!   4096 (WAL off, as the backend) into a database opened with
+//!   `highwater::rocksdb::db_options` of the same configuration, then a
+//!   flush. Target ≥ 0.9.
+//! - A full native checkpoint into a local directory store, then 10
+//!   rounds of "change 1 % of the keys at random, let RocksDB finish its
+//!   compactions (as a checkpoint interval would), checkpoint":
+//!   `large_incremental_upload_1pct` is the median round's bytes written
+//!   against the full checkpoint's (target ≤ 0.05), `..._max_round` the
+//!   worst round in % of the full checkpoint (target ≤ 20 %),
+//!   `large_incremental_checkpoint_ms` the median round's time from
+//!   trigger to commit against the full checkpoint's (target ≤ 0.10).
+//! - `large_restore_throughput`: MB/s of checkpoint files restored by
+//!   `StateManager::restore` into a fresh backend from the store. Baseline:
+//!   copying the same files from the store with an fsync each. Target ≥ 0.7.
+//! - `large_get`: random gets of existing keys per second on the live
+//!   backend. Baseline: the raw database. Target ≥ 0.9.
+//! - `large_rss_max`: the process's peak resident memory (sampled every
+//!   50 ms) during the highwater phases, against the budget + 1 GiB
+//!   (target: ratio ≤ 1).
+//!
+//! Not measured yet: `large_local_recovery_ms` (local recovery is not
+//! built). The load average and the share of CPU other processes used are
+//! recorded, as in the other suites.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use highwater::cloud::ObjectCheckpointStore;
+use highwater::core::{StateKey, WriteBatch, key_group_for, load_manifest};
+use highwater::rocksdb::{Compression, RocksDbBackend, RocksDbConfig, db_options};
+use highwater::{CheckpointConfig, CheckpointStore, StateBackend, StateManager};
+use rocksdb::{Cache, DB, WriteOptions};
+use serde_json::{Map, json};
+
+use crate::rocksdb::{bench_data, copy_synced, settle};
+use crate::util::{self, CpuReading, Rng, median};
+use crate::{Ctx, Metric, Result, SuiteResult};
+
+const MAX_PARALLELISM: u16 = 128;
+const VALUE_BYTES: usize = 160;
+const ROUNDS: usize = 10;
+const BATCH: usize = 4096;
+
+fn key(i: u64) -> Vec<u8> {
+    let k = i.to_be_bytes();
+    StateKey {
+        key_group: key_group_for(&k, MAX_PARALLELISM),
+        operator: "sessions",
+        state: "profile",
+        key: &k,
+        namespace: &[],
+        user_key: &[],
+    }
+    .encode()
+    .expect("the names are short")
+}
+
+/// A plain envelope around small numbers with some noise: about 2.5× with
+/// zstd, like the state suite's values; `round` changes every byte.
+fn value(i: u64, round: u64) -> Vec<u8> {
+    let mut r = Rng::new(i ^ (round << 40) ^ 0x5eed);
+    let mut v = Vec::with_capacity(VALUE_BYTES);
+    v.push(0);
+    while v.len() < VALUE_BYTES {
+        v.push(r.below(24) as u8);
+    }
+    v
+}
+
+/// The backend's defaults, with the memory budget (memtables a quarter of
+/// it at most, so that small budgets are accepted) and zstd: LZ4 finds
+/// few repeats in these values and leaves them nearly as they are, zstd's
+/// entropy coding stores them in about 55 % of their size (measured at
+/// 1 GiB: 582 MB of SST files), which is what lets 32 GiB of state and its
+/// copies fit on this machine's disk.
+fn config(path: &Path, budget: usize) -> RocksDbConfig {
+    let mut c = RocksDbConfig::new(path);
+    c.memory_budget = Some(budget);
+    c.write_buffer_size = c.write_buffer_size.min(budget / 4);
+    c.compression = Compression::Zstd;
+    c
+}
+
+/// Bytes of the files under `dir`.
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            _ => e.metadata().map(|m| m.len()).unwrap_or(0),
+        })
+        .sum()
+}
+
+/// Bytes free on the disk holding `dir`, from `df` (Linux, coreutils).
+fn free_bytes(dir: &Path) -> Option<u64> {
+    let out = std::process::Command::new("df")
+        .args(["-B1", "--output=avail"])
+        .arg(dir)
+        .output()
+        .ok()?;
+    String::from_utf8(out.stdout)
+        .ok()?
+        .lines()
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Resident set size of this process (Linux `/proc`).
+fn rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Samples the resident set size every 50 ms until stopped; keeps the peak.
+struct RssPeak {
+    stop: Arc<AtomicBool>,
+    peak: Arc<AtomicU64>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl RssPeak {
+    fn start() -> RssPeak {
+        let stop = Arc::new(AtomicBool::new(false));
+        let peak = Arc::new(AtomicU64::new(rss_bytes().unwrap_or(0)));
+        let (s, p) = (stop.clone(), peak.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                if let Some(rss) = rss_bytes() {
+                    p.fetch_max(rss, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        RssPeak { stop, peak, thread }
+    }
+
+    fn finish(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
+/// Writes every record through `put` in batches of [`BATCH`].
+fn load(entries: u64, mut put: impl FnMut(Vec<(Vec<u8>, Vec<u8>)>) -> Result) -> Result {
+    let mut batch = Vec::with_capacity(BATCH);
+    for i in 0..entries {
+        batch.push((key(i), value(i, 0)));
+        if batch.len() == BATCH {
+            put(std::mem::take(&mut batch))?;
+        }
+    }
+    put(batch)
+}
+
+/// Random gets of existing keys; gets per second.
+fn gets(n: u64, entries: u64, mut get: impl FnMut(&[u8]) -> Result<bool>) -> Result<f64> {
+    let mut rng = Rng::new(11);
+    let t = Instant::now();
+    for _ in 0..n {
+        if !get(&key(rng.below(entries)))? {
+            return Err("a loaded key is missing".into());
+        }
+    }
+    Ok(n as f64 / t.elapsed().as_secs_f64())
+}
+
+/// Runs the suite.
+pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
+    let size = ctx
+        .size
+        .unwrap_or(if ctx.quick { 1 << 30 } else { 32 << 30 });
+    let budget = usize::try_from((size / 4).clamp(64 << 20, 4 << 30))?;
+    let root = bench_data("large");
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root)?;
+    let need = size + size / 4 + (1 << 30);
+    let free = free_bytes(&root);
+    if let Some(free) = free
+        && free < need
+    {
+        return Err(format!(
+            "suite large: {} GiB of state needs about {} GiB free on the disk of {}, which has {} GiB: free space or pass a smaller --size",
+            size >> 30,
+            need >> 30,
+            root.display(),
+            free >> 30
+        )
+        .into());
+    }
+    let entries = size / (key(0).len() + VALUE_BYTES) as u64;
+    let bytes = entries * (key(0).len() + VALUE_BYTES) as u64;
+    let mb = bytes as f64 / 1e6;
+    let gets_n = entries.min(if ctx.quick { 300_000 } else { 2_000_000 });
+    let mut params = Map::new();
+    params.insert("quick".into(), json!(ctx.quick));
+    params.insert("state_bytes".into(), json!(bytes));
+    params.insert("entries".into(), json!(entries));
+    params.insert("memory_budget_bytes".into(), json!(budget));
+    params.insert("rounds".into(), json!(ROUNDS));
+    params.insert("data_dir".into(), json!(root.display().to_string()));
+    if let Some(free) = free {
+        params.insert("disk_free_bytes_at_start".into(), json!(free));
+    }
+    if let Some(load) = util::loadavg() {
+        params.insert("loadavg_1m_at_start".into(), json!(load));
+    }
+    let cpu_start = CpuReading::now();
+    let mut metrics = Vec::new();
+
+    // highwater: load.
+    let rss = RssPeak::start();
+    let backend = Arc::new(RocksDbBackend::with_config(config(
+        &root.join("live"),
+        budget,
+    ))?);
+    println!("large: loading {} MB into RocksDbBackend", mb as u64);
+    let t = Instant::now();
+    load(entries, |records| {
+        let mut b = WriteBatch::new();
+        for (k, v) in records {
+            b.put(k, v);
+        }
+        Ok(backend.write_batch(b)?)
+    })?;
+    backend.flush()?;
+    let hw_load = mb / t.elapsed().as_secs_f64();
+    settle(&backend, Duration::from_secs(1800));
+    params.insert(
+        "live_db_bytes_after_load".into(),
+        json!(dir_bytes(&root.join("live"))),
+    );
+
+    // Full checkpoint, then rounds of 1 % changes.
+    let store_dir = root.join("store");
+    let store: Arc<dyn CheckpointStore> = Arc::new(ObjectCheckpointStore::local(&store_dir)?);
+    let mut cfg = CheckpointConfig::default();
+    cfg.max_parallelism = MAX_PARALLELISM;
+    cfg.max_retained = 2;
+    let manager = StateManager::builder()
+        .backend(backend.clone())
+        .store(store.clone())
+        .config(cfg.clone())
+        .build()?;
+    println!("large: full checkpoint");
+    let full = manager.checkpoint()?.wait()?;
+    let (full_bytes, full_ms) = (full.bytes_written, full.duration.as_secs_f64() * 1e3);
+    let changes = (entries / 100).max(1);
+    let mut rng = Rng::new(7);
+    let (mut ratios, mut round_ms, mut known) = (Vec::new(), Vec::new(), Vec::new());
+    let mut last = full.id;
+    for round in 1..=ROUNDS as u64 {
+        let mut b = WriteBatch::new();
+        for _ in 0..changes {
+            let i = rng.below(entries);
+            b.put(key(i), value(i, round));
+            if b.len() == BATCH {
+                backend.write_batch(std::mem::take(&mut b))?;
+            }
+        }
+        backend.write_batch(b)?;
+        settle(&backend, Duration::from_secs(600));
+        let info = manager.checkpoint()?.wait()?;
+        ratios.push(info.bytes_written as f64 / full_bytes.max(1) as f64);
+        round_ms.push(info.duration.as_secs_f64() * 1e3);
+        known.push(info.native_files_known);
+        last = info.id;
+        println!(
+            "large: round {round}: uploaded {:.2} % of the full checkpoint in {:.0} ms",
+            ratios.last().copied().unwrap_or(0.0) * 100.0,
+            round_ms.last().copied().unwrap_or(0.0)
+        );
+    }
+    params.insert("full_checkpoint_bytes".into(), json!(full_bytes));
+    params.insert(
+        "store_bytes_after_rounds".into(),
+        json!(dir_bytes(&store_dir)),
+    );
+    params.insert(
+        "live_db_bytes_after_rounds".into(),
+        json!(dir_bytes(&root.join("live"))),
+    );
+    params.insert(
+        "disk_free_bytes_after_rounds".into(),
+        json!(free_bytes(&root)),
+    );
+    params.insert(
+        "upload_ratio_per_round".into(),
+        json!(
+            ratios
+                .iter()
+                .map(|r| (r * 1e4).round() / 1e4)
+                .collect::<Vec<_>>()
+        ),
+    );
+    params.insert("checkpoint_ms_per_round".into(), json!(round_ms));
+    params.insert("native_files_known_per_round".into(), json!(known));
+    let hw_get = gets(gets_n, entries, |k| Ok(backend.get(k)?.is_some()))?;
+    let db_metrics = backend.metrics();
+    params.insert(
+        "memory_bytes_after_gets".into(),
+        json!(db_metrics.memory_bytes),
+    );
+    manager.close()?;
+    drop(manager);
+    drop(backend);
+    std::fs::remove_dir_all(root.join("live"))?;
+
+    // Restore into a fresh backend, against copying the files.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let manifest = rt.block_on(load_manifest(&*store, last))?;
+    let files: u64 = manifest.artifacts().map(|a| a.stored_bytes).sum();
+    params.insert("restore_bytes".into(), json!(files));
+    let restored = Arc::new(RocksDbBackend::with_config(config(
+        &root.join("restored"),
+        budget,
+    ))?);
+    let m = StateManager::builder()
+        .backend(restored.clone())
+        .store(store.clone())
+        .config(cfg)
+        .build()?;
+    println!("large: restore");
+    let t = Instant::now();
+    m.restore(last)?;
+    let hw_restore = files as f64 / 1e6 / t.elapsed().as_secs_f64();
+    m.close()?;
+    drop(m);
+    drop(restored);
+    let rss_max = rss.finish();
+    std::fs::remove_dir_all(root.join("restored"))?;
+    let copy_dir = root.join("copy");
+    std::fs::create_dir_all(&copy_dir)?;
+    let t = Instant::now();
+    for a in manifest.artifacts() {
+        let src = store_dir
+            .join(highwater::cloud::layout::ARTIFACTS_DIR)
+            .join(highwater::cloud::layout::artifact_name(a.id));
+        copy_synced(&src, &copy_dir.join(a.id.to_hex()))?;
+    }
+    std::fs::File::open(&copy_dir)?.sync_all()?;
+    let copy = files as f64 / 1e6 / t.elapsed().as_secs_f64();
+    std::fs::remove_dir_all(&copy_dir)?;
+    std::fs::remove_dir_all(&store_dir)?;
+
+    // The raw crate, same options.
+    let raw_dir = root.join("raw");
+    let mut c = config(&raw_dir, budget);
+    c.ttl.compaction_filter = false;
+    let cache = Cache::new_lru_cache(c.block_cache_capacity());
+    let db = DB::open(&db_options(&c, &cache), &raw_dir)?;
+    let mut wo = WriteOptions::default();
+    wo.disable_wal(true);
+    println!("large: loading {} MB into raw RocksDB", mb as u64);
+    let t = Instant::now();
+    load(entries, |records| {
+        let mut b = rocksdb::WriteBatch::default();
+        for (k, v) in records {
+            b.put(k, v);
+        }
+        Ok(db.write_opt(b, &wo)?)
+    })?;
+    db.flush()?;
+    let raw_load = mb / t.elapsed().as_secs_f64();
+    let raw_get = gets(gets_n, entries, |k| Ok(db.get(k)?.is_some()))?;
+    drop(db);
+    let _ = std::fs::remove_dir_all(&root);
+
+    metrics.push(Metric::versus(
+        "large_load_throughput",
+        hw_load,
+        "MB/s",
+        "raw rocksdb crate, same options, WriteBatches of 4096, then a flush",
+        raw_load,
+        true,
+    ));
+    metrics.push(Metric::versus(
+        "large_incremental_upload_1pct",
+        median(&ratios) * full_bytes as f64,
+        "bytes",
+        "full native checkpoint",
+        full_bytes as f64,
+        false,
+    ));
+    metrics.push(Metric::plain(
+        "large_incremental_upload_1pct_max_round",
+        ratios.iter().copied().fold(0.0, f64::max) * 100.0,
+        "% of full",
+        false,
+    ));
+    metrics.push(Metric::versus(
+        "large_incremental_checkpoint_ms",
+        median(&round_ms),
+        "ms",
+        "full native checkpoint",
+        full_ms,
+        false,
+    ));
+    metrics.push(Metric::versus(
+        "large_restore_throughput",
+        hw_restore,
+        "MB/s",
+        "copy of the same files from the store with fsync",
+        copy,
+        true,
+    ));
+    metrics.push(Metric::versus(
+        "large_get",
+        hw_get,
+        "gets/s",
+        "raw rocksdb crate, same options",
+        raw_get,
+        true,
+    ));
+    metrics.push(Metric::versus(
+        "large_rss_max",
+        rss_max as f64 / f64::from(1u32 << 20),
+        "MiB",
+        "memory budget + 1 GiB",
+        (budget as f64 + f64::from(1u32 << 30)) / f64::from(1u32 << 20),
+        false,
+    ));
+    if let (Some(start), Some(end)) = (cpu_start, CpuReading::now())
+        && let Some(pct) = end.others_since(&start)
+    {
+        params.insert("other_processes_cpu_pct".into(), json!(pct));
+    }
+    Ok(SuiteResult {
+        suite: "large".into(),
+        params,
+        metrics,
+    })
+}
