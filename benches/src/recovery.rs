@@ -324,14 +324,5 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
         median(&flat),
         false,
     ));
-    if let (Some(start), Some(end)) = (cpu_start, CpuReading::now())
-        && let Some(pct) = end.others_since(&start)
-    {
-        params.insert("other_processes_cpu_pct".into(), json!(pct));
-    }
-    Ok(SuiteResult {
-        suite: "recovery".into(),
-        params,
-        metrics,
-    })
+    Ok(util::finish("recovery", params, metrics, cpu_start))
 }

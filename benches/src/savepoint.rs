@@ -281,14 +281,5 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
         true,
     ));
 
-    if let (Some(start), Some(end)) = (cpu_start, CpuReading::now())
-        && let Some(pct) = end.others_since(&start)
-    {
-        params.insert("other_processes_cpu_pct".into(), json!(pct));
-    }
-    Ok(SuiteResult {
-        suite: "savepoint".into(),
-        params,
-        metrics,
-    })
+    Ok(util::finish("savepoint", params, metrics, cpu_start))
 }

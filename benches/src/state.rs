@@ -267,14 +267,6 @@ impl Phases {
 /// The hidden first argument that makes this binary a memory probe.
 pub const MEMORY_PROBE_ARG: &str = "--memory-probe";
 
-/// Resident set size of this process, from `/proc/self/status` (Linux).
-fn rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
-
 /// The child side: `--memory-probe <memory|hashmap> <entries>` loads the
 /// model's first `entries` entries into one container and prints
 /// `rss_growth=<bytes> logical=<bytes>`.
@@ -298,7 +290,7 @@ fn memory_probe(args: &[String]) -> Result<String> {
     let model = StateModel {
         entries: entries.parse()?,
     };
-    let before = rss_bytes().ok_or("no /proc/self/status")?;
+    let before = util::rss_bytes().ok_or("no /proc/self/status")?;
     let mut rng = Rng::new(0x5eed_0002);
     let (mut k, mut v) = (Vec::new(), Vec::new());
     let mut logical = 0u64;
@@ -312,7 +304,7 @@ fn memory_probe(args: &[String]) -> Result<String> {
             // change set on this thread before RSS is read (a full
             // snapshot hands a large one to a helper thread).
             drop(backend.snapshot(SnapshotKind::Changes)?);
-            let after = rss_bytes();
+            let after = util::rss_bytes();
             drop(backend);
             after
         }
@@ -324,7 +316,7 @@ fn memory_probe(args: &[String]) -> Result<String> {
                 logical += (k.len() + v.len()) as u64;
                 map.insert(k.clone(), v.clone());
             }
-            let after = rss_bytes();
+            let after = util::rss_bytes();
             drop(map);
             after
         }
@@ -366,7 +358,7 @@ fn memory_bench(
     params: &mut Map<String, Value>,
     metrics: &mut Vec<Metric>,
 ) -> Result {
-    if rss_bytes().is_none() {
+    if util::rss_bytes().is_none() {
         println!("state: no /proc/self/status; memory_bytes_per_state_byte skipped");
         return Ok(());
     }

@@ -166,6 +166,34 @@ impl CpuReading {
     }
 }
 
+/// Resident set size of this process, from `/proc/self/status` (Linux).
+pub fn rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// A suite's result, with the share of the machine's CPU other processes
+/// used since `cpu_start` recorded as `other_processes_cpu_pct`.
+pub fn finish(
+    suite: &str,
+    mut params: serde_json::Map<String, serde_json::Value>,
+    metrics: Vec<crate::Metric>,
+    cpu_start: Option<CpuReading>,
+) -> crate::SuiteResult {
+    if let (Some(start), Some(end)) = (cpu_start, CpuReading::now())
+        && let Some(pct) = end.others_since(&start)
+    {
+        params.insert("other_processes_cpu_pct".into(), serde_json::json!(pct));
+    }
+    crate::SuiteResult {
+        suite: suite.into(),
+        params,
+        metrics,
+    }
+}
+
 /// Bytes as MiB, for messages.
 pub fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)

@@ -47,6 +47,21 @@ fn dump(b: &dyn StateBackend) -> Dump {
     b.scan_range(&[], &[0xFF; 4]).unwrap().into_iter().collect()
 }
 
+/// The encoded state key of `key` (no namespace or user key) in its key
+/// group under `max_parallelism`.
+fn state_key(operator: &str, state: &str, key: &[u8], max_parallelism: u16) -> Vec<u8> {
+    StateKey {
+        key_group: key_group_for(key, max_parallelism),
+        operator,
+        state,
+        key,
+        namespace: &[],
+        user_key: &[],
+    }
+    .encode()
+    .unwrap()
+}
+
 /// The dump with every key moved to its key group under `max_parallelism`.
 fn rehash(d: &Dump, max_parallelism: u16) -> Dump {
     d.iter()
@@ -906,16 +921,7 @@ fn the_writer_keeps_every_live_entry_once_in_key_order() {
             // Long shared prefixes: the first bytes rarely decide.
             let mut key = b"user-000000".to_vec();
             key.extend(rng.below(500).to_string().bytes());
-            let k = StateKey {
-                key_group: key_group_for(&key, max_parallelism),
-                operator,
-                state,
-                key: &key,
-                namespace: &[],
-                user_key: &[],
-            }
-            .encode()
-            .unwrap();
+            let k = state_key(operator, state, &key, max_parallelism);
             let stale = rng.below(10) == 0;
             let mut v = Vec::new();
             highwater::core::Envelope::encode_into(
@@ -1019,16 +1025,7 @@ fn load_blocks_hands_over_every_entry_as_stored_or_rehashed() {
     for i in 0..5_000u32 {
         let (operator, state) = [("ops", "a"), ("ops", "b"), ("win", "a")][i as usize % 3];
         let key = rng.below(100_000).to_be_bytes().to_vec();
-        let k = StateKey {
-            key_group: key_group_for(&key, 128),
-            operator,
-            state,
-            key: &key,
-            namespace: &[],
-            user_key: &[],
-        }
-        .encode()
-        .unwrap();
+        let k = state_key(operator, state, &key, 128);
         let mut v = Vec::new();
         highwater::core::Envelope::encode_into(None, &rng.next_u64().to_le_bytes(), &mut v);
         model.insert(k, v);
