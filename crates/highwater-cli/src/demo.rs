@@ -290,11 +290,20 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         .build()?;
     // A Redis backend outlives the process: start from empty state unless a
     // checkpoint is restored (restore replaces the namespace itself).
-    manager.backend().clear()?;
-    if args.resume {
-        match manager.restore_latest()? {
-            Some(info) => report_restore(&info),
-            None => println!("no checkpoint in {store_spec}; starting at offset 0"),
+    // (Not before a restore, which replaces it anyway: a clear would also
+    // discard the files RocksDB's local recovery keeps for it.)
+    let restored = if args.resume {
+        manager.restore_latest()?
+    } else {
+        None
+    };
+    match restored {
+        Some(info) => report_restore(&info),
+        None => {
+            manager.backend().clear()?;
+            if args.resume {
+                println!("no checkpoint in {store_spec}; starting at offset 0");
+            }
         }
     }
     let done = process(
@@ -347,6 +356,12 @@ pub(crate) fn report_restore(info: &highwater::RestoreInfo) {
         s.duration.as_secs_f64(),
         s.throughput_mb_s()
     );
+    if s.artifacts_local > 0 {
+        println!(
+            "local recovery: {} files ({} bytes) taken from the local directory",
+            s.artifacts_local, s.bytes_local
+        );
+    }
 }
 
 /// What one subtask's run did.

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use crate::block::RecordBlock;
 use crate::error::Result;
 use crate::keygroup::KeyGroupRange;
+use crate::manifest::ArtifactId;
 
 /// One change in a [`WriteBatch`] or a change snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,9 +189,113 @@ pub struct NativeCheckpoint {
     pub files: Vec<NativeFile>,
 }
 
-/// The files of a native checkpoint being restored: names and contents,
-/// each already checked against its content address.
+/// Fetched files of a native checkpoint being restored: names and
+/// contents, each already checked against its content address.
 pub type NativeFiles<'a> = dyn Iterator<Item = Result<(String, Bytes)>> + 'a;
+
+/// A file of a native checkpoint being restored, as its manifest records
+/// it: enough for a backend to recognise a copy it still holds locally
+/// before anything is fetched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NativeFileRef {
+    /// File name inside the checkpoint directory.
+    pub name: String,
+    /// Length in bytes.
+    pub len: u64,
+    /// Content address of the file's bytes (xxh3-128,
+    /// [`ArtifactId::of`]): a local file of the same length and id holds
+    /// the same bytes.
+    pub id: ArtifactId,
+}
+
+/// The files of a native checkpoint being restored: the list the manifest
+/// records, and a way to fetch the ones the backend does not already hold.
+///
+/// The recovery engine implements it over a checkpoint store (a few files
+/// fetched ahead, each verified against its content address);
+/// [`NativeFilesInMemory`] holds files in memory, for tests and tools.
+pub trait NativeSource {
+    /// Every file of the checkpoint, in the manifest's order.
+    fn files(&self) -> &[NativeFileRef];
+
+    /// Fetches the files at `wanted` (indices into [`files`](Self::files),
+    /// ascending), in that order, each verified. The iterator stops after
+    /// the first error it yields.
+    fn fetch(&mut self, wanted: Vec<usize>) -> Box<NativeFiles<'_>>;
+}
+
+/// A native checkpoint's files held in memory, each with its bytes or the
+/// error fetching it gives; remembers which files were fetched.
+#[derive(Debug, Default)]
+pub struct NativeFilesInMemory {
+    refs: Vec<NativeFileRef>,
+    data: Vec<Option<Result<Bytes>>>,
+    fetched: Vec<String>,
+}
+
+impl NativeFilesInMemory {
+    /// Files by name and bytes; lengths and ids are computed.
+    pub fn new(files: impl IntoIterator<Item = (String, Bytes)>) -> NativeFilesInMemory {
+        NativeFilesInMemory::with_results(files.into_iter().map(|(name, bytes)| {
+            let r = NativeFileRef {
+                name,
+                len: bytes.len() as u64,
+                id: ArtifactId::of(&bytes),
+            };
+            (r, Ok(bytes))
+        }))
+    }
+
+    /// Files as listed, each with what fetching it gives (an error stands
+    /// for a fetch that fails).
+    pub fn with_results(
+        files: impl IntoIterator<Item = (NativeFileRef, Result<Bytes>)>,
+    ) -> NativeFilesInMemory {
+        let (refs, data) = files.into_iter().map(|(r, d)| (r, Some(d))).unzip();
+        NativeFilesInMemory {
+            refs,
+            data,
+            fetched: Vec::new(),
+        }
+    }
+
+    /// Names of the files fetched so far, in order.
+    pub fn fetched(&self) -> &[String] {
+        &self.fetched
+    }
+}
+
+impl NativeSource for NativeFilesInMemory {
+    fn files(&self) -> &[NativeFileRef] {
+        &self.refs
+    }
+
+    fn fetch(&mut self, wanted: Vec<usize>) -> Box<NativeFiles<'_>> {
+        let NativeFilesInMemory {
+            refs,
+            data,
+            fetched,
+        } = self;
+        let mut failed = false;
+        Box::new(wanted.into_iter().map_while(move |i| {
+            if failed {
+                return None;
+            }
+            let item = match (refs.get(i), data.get_mut(i).and_then(Option::take)) {
+                (Some(r), Some(d)) => d.map(|bytes| {
+                    fetched.push(r.name.clone());
+                    (r.name.clone(), bytes)
+                }),
+                _ => Err(crate::Error::Internal(format!(
+                    "native file {i} of {} asked for twice or not listed",
+                    refs.len()
+                ))),
+            };
+            failed = item.is_err();
+            Some(item)
+        }))
+    }
+}
 
 /// Size statistics of a backend.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -306,12 +411,14 @@ pub trait NativeCheckpoints: Send + Sync {
     fn native_snapshot(&self) -> Result<Arc<dyn StateSnapshot>>;
 
     /// Replaces all state with the native checkpoint whose files `files`
-    /// yields, keeping only the key groups in `keep` (all when `None`; a
+    /// lists, keeping only the key groups in `keep` (all when `None`; a
     /// narrower range is a rescaling restore), and starts a new
-    /// change-tracking epoch. On error the live state is unchanged.
+    /// change-tracking epoch. A backend fetches only the files it does not
+    /// hold locally with the same length and content address (RocksDB's
+    /// local recovery). On error the live state is unchanged.
     fn restore_native(
         &self,
-        files: &mut NativeFiles<'_>,
+        files: &mut dyn NativeSource,
         keep: Option<KeyGroupRange>,
     ) -> Result<()>;
 }

@@ -43,8 +43,8 @@ pub mod ttl;
 
 pub use backend::{
     BackendStats, BorrowedEntryVisitor, EntryVisitor, Mutation, NativeCheckpoint,
-    NativeCheckpoints, NativeFile, NativeFiles, SnapshotKind, StateBackend, StateSnapshot,
-    WriteBatch,
+    NativeCheckpoints, NativeFile, NativeFileRef, NativeFiles, NativeFilesInMemory, NativeSource,
+    SnapshotKind, StateBackend, StateSnapshot, WriteBatch,
 };
 pub use block::RecordBlock;
 pub use cluster::{

@@ -86,6 +86,22 @@ impl ArtifactId {
         ArtifactId(xxhash_rust::xxh3::xxh3_128(bytes))
     }
 
+    /// The id of everything `reader` yields, read in chunks (a file
+    /// checked without holding it in memory); the same id as [`of`](Self::of)
+    /// over the same bytes.
+    pub fn of_reader(mut reader: impl std::io::Read) -> std::io::Result<ArtifactId> {
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) => return Ok(ArtifactId(hasher.digest128())),
+                Ok(n) => hasher.update(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Lowercase hex, 32 characters.
     pub fn to_hex(&self) -> String {
         format!("{:032x}", self.0)

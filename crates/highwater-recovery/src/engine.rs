@@ -11,8 +11,8 @@ use highwater_core::key::key_group_of;
 use highwater_core::ttl::is_expired_value;
 use highwater_core::{
     ArtifactId, ArtifactRef, CheckpointId, CheckpointStore, DecodeLimits, Error, Manifest,
-    NativeCheckpoints, RecordBlock, Result, SnapshotKind, StateBackend, decode_checked,
-    load_manifest,
+    NativeCheckpoints, NativeFileRef, NativeFiles, NativeSource, RecordBlock, Result, SnapshotKind,
+    StateBackend, decode_checked, load_manifest,
 };
 use highwater_merge::io::{fetch_verified, run_io};
 use highwater_wal::Wal;
@@ -408,12 +408,18 @@ impl Recovery {
             io: &self.io,
             store: &self.store,
             checkpoint: manifest.checkpoint_id,
-            refs: refs.iter(),
-            window: VecDeque::new(),
+            list: refs
+                .iter()
+                .map(|r| NativeFileRef {
+                    name: r.operator.clone(),
+                    len: r.stored_bytes,
+                    id: r.id,
+                })
+                .collect(),
+            refs,
             deadline,
             bytes: 0,
             files: 0,
-            failed: false,
         };
         let t = Instant::now();
         let restored = native.restore_native(&mut files, plan.scope.key_groups);
@@ -421,6 +427,12 @@ impl Recovery {
         stats.bytes_fetched += files.bytes;
         stats.artifacts_fetched += files.files;
         restored?;
+        stats.artifacts_local += refs.len().saturating_sub(files.files);
+        stats.bytes_local += refs
+            .iter()
+            .map(|r| r.stored_bytes)
+            .sum::<u64>()
+            .saturating_sub(files.bytes);
         stats.entries_loaded += refs.iter().map(|a| a.entries).sum::<u64>();
         stats.logical_bytes += refs.iter().map(|a| a.logical_bytes).sum::<u64>();
         Ok(())
@@ -629,79 +641,128 @@ type InFlight<'a> = (
     crossbeam_channel::Receiver<Result<(ArtifactId, Bytes)>>,
 );
 
-/// The files of a native checkpoint, fetched in order a few ahead and
-/// verified by [`fetch_verified`] (which also repairs a damaged stored copy).
+/// The files of a native checkpoint in a store: the backend picks which to
+/// fetch ([`NativeSource`]); those are fetched in order a few ahead and
+/// verified by [`fetch_verified`] (which also repairs a damaged stored
+/// copy).
 struct NativeFetch<'a> {
     io: &'a tokio::runtime::Handle,
     store: &'a Arc<dyn CheckpointStore>,
     checkpoint: CheckpointId,
-    refs: std::slice::Iter<'a, ArtifactRef>,
-    window: VecDeque<InFlight<'a>>,
+    refs: &'a [ArtifactRef],
+    list: Vec<NativeFileRef>,
     deadline: Option<Instant>,
     bytes: u64,
     files: usize,
+}
+
+impl NativeSource for NativeFetch<'_> {
+    fn files(&self) -> &[NativeFileRef] {
+        &self.list
+    }
+
+    fn fetch(&mut self, wanted: Vec<usize>) -> Box<NativeFiles<'_>> {
+        Box::new(NativeFetching {
+            wanted: wanted.into_iter(),
+            window: VecDeque::new(),
+            failed: false,
+            source: self,
+        })
+    }
+}
+
+/// The fetches of one [`NativeSource::fetch`] call; aborts what is still in
+/// flight when dropped.
+struct NativeFetching<'s, 'a> {
+    source: &'s mut NativeFetch<'a>,
+    wanted: std::vec::IntoIter<usize>,
+    window: VecDeque<InFlight<'a>>,
     failed: bool,
 }
 
-impl NativeFetch<'_> {
-    fn fill(&mut self) {
+impl NativeFetching<'_, '_> {
+    /// Starts fetches until [`NATIVE_FILES_IN_FLIGHT`] are under way; an
+    /// index outside the list is an error.
+    fn fill(&mut self) -> Result<()> {
         while self.window.len() < NATIVE_FILES_IN_FLIGHT {
-            let Some(r) = self.refs.next() else { break };
+            let Some(i) = self.wanted.next() else {
+                break;
+            };
+            let refs = self.source.refs;
+            let r = refs.get(i).ok_or_else(|| {
+                Error::Internal(format!(
+                    "native file {i} asked for; the checkpoint has {}",
+                    refs.len()
+                ))
+            })?;
             let (tx, rx) = crossbeam_channel::bounded(1);
-            let fetch = fetch_verified(self.store.clone(), self.checkpoint, r.id, true);
-            let task = self.io.spawn(async move {
+            let fetch = fetch_verified(
+                self.source.store.clone(),
+                self.source.checkpoint,
+                r.id,
+                true,
+            );
+            let task = self.source.io.spawn(async move {
                 let _ = tx.send(fetch.await);
             });
             self.window.push_back((r, task, rx));
         }
+        Ok(())
     }
 
-    fn receive(
-        &self,
-        rx: &crossbeam_channel::Receiver<Result<(ArtifactId, Bytes)>>,
-    ) -> Result<Bytes> {
-        recv_until(rx, self.deadline, "a native file fetch")?.map(|(_, bytes)| bytes)
+    fn next_file(&mut self) -> Option<Result<(String, Bytes)>> {
+        if let Err(e) = self.fill() {
+            return Some(Err(e));
+        }
+        let (r, _task, rx) = self.window.pop_front()?;
+        let checkpoint = self.source.checkpoint;
+        let checked = recv_until(&rx, self.source.deadline, "a native file fetch")
+            .and_then(|fetched| fetched)
+            .and_then(|(_, bytes)| {
+                if bytes.len() as u64 != r.stored_bytes {
+                    return Err(Error::corrupt(
+                        "artifact",
+                        format!(
+                            "native file has the wrong length: checkpoint={checkpoint} file={} artifact={} len={} expected_len={}",
+                            r.operator,
+                            r.id,
+                            bytes.len(),
+                            r.stored_bytes
+                        ),
+                    ));
+                }
+                Ok(bytes)
+            });
+        Some(checked.map(|bytes| {
+            self.source.bytes += bytes.len() as u64;
+            self.source.files += 1;
+            (r.operator.clone(), bytes)
+        }))
     }
 }
 
-impl Iterator for NativeFetch<'_> {
+impl Iterator for NativeFetching<'_, '_> {
     type Item = Result<(String, Bytes)>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.failed {
             return None;
         }
-        self.fill();
-        let (r, _task, rx) = self.window.pop_front()?;
-        let checked = self.receive(&rx).and_then(|bytes| {
-            if bytes.len() as u64 != r.stored_bytes {
-                return Err(Error::corrupt(
-                    "artifact",
-                    format!(
-                        "native file has the wrong length: checkpoint={} file={} artifact={} len={} expected_len={}",
-                        self.checkpoint,
-                        r.operator,
-                        r.id,
-                        bytes.len(),
-                        r.stored_bytes
-                    ),
-                ));
+        let item = self.next_file();
+        if matches!(item, Some(Err(_))) {
+            self.failed = true;
+            for (_, task, _) in self.window.drain(..) {
+                task.abort();
             }
-            Ok(bytes)
-        });
-        match checked {
-            Ok(bytes) => {
-                self.bytes += bytes.len() as u64;
-                self.files += 1;
-                Some(Ok((r.operator.clone(), bytes)))
-            }
-            Err(e) => {
-                self.failed = true;
-                for (_, task, _) in self.window.drain(..) {
-                    task.abort();
-                }
-                Some(Err(e))
-            }
+        }
+        item
+    }
+}
+
+impl Drop for NativeFetching<'_, '_> {
+    fn drop(&mut self) {
+        for (_, task, _) in self.window.drain(..) {
+            task.abort();
         }
     }
 }

@@ -32,6 +32,12 @@ pub struct RecoveryStats {
     /// Bytes fetched from the checkpoint store (each artifact counted once
     /// per successful read).
     pub bytes_fetched: u64,
+    /// Native files (RocksDB SST files) the backend still held locally,
+    /// verified by length and content address, and so did not fetch
+    /// (local recovery).
+    pub artifacts_local: usize,
+    /// Bytes of those files.
+    pub bytes_local: u64,
     /// Bytes of keys and values loaded into the backend.
     pub logical_bytes: u64,
     /// Entries loaded into the backend from the checkpoint.

@@ -1,16 +1,16 @@
 //! The RocksDB state backend.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
 use highwater_core::ttl::Envelope;
 use highwater_core::{
-    BackendStats, Error, KeyGroupRange, Mutation, NativeCheckpoint, NativeCheckpoints, NativeFile,
-    NativeFiles, RecordBlock, Result, SnapshotKind, StateBackend, StateSnapshot, WriteBatch,
-    valid_native_file_name,
+    ArtifactId, BackendStats, Error, KeyGroupRange, Mutation, NativeCheckpoint, NativeCheckpoints,
+    NativeFile, NativeFileRef, NativeSource, RecordBlock, Result, SnapshotKind, StateBackend,
+    StateSnapshot, WriteBatch, valid_native_file_name,
 };
 use rocksdb::checkpoint::Checkpoint;
 use rocksdb::{
@@ -69,16 +69,36 @@ pub(crate) fn rocks(op: impl Into<String>) -> impl FnOnce(rocksdb::Error) -> Err
     }
 }
 
-/// Removes a directory of the backend's working path when dropped.
+/// Removes a directory of the backend's working path when dropped, unless
+/// told to keep it.
 #[derive(Debug)]
-pub(crate) struct DirGuard(pub(crate) PathBuf);
+pub(crate) struct DirGuard {
+    path: PathBuf,
+    keep: AtomicBool,
+}
+
+impl DirGuard {
+    pub(crate) fn new(path: PathBuf) -> DirGuard {
+        DirGuard {
+            path,
+            keep: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+}
 
 impl Drop for DirGuard {
     fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.0)
+        if self.keep.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Err(e) = std::fs::remove_dir_all(&self.path)
             && e.kind() != std::io::ErrorKind::NotFound
         {
-            tracing::warn!(dir = %self.0.display(), error = %e, "could not remove a rocksdb working directory");
+            tracing::warn!(dir = %self.path.display(), error = %e, "could not remove a rocksdb working directory");
         }
     }
 }
@@ -128,6 +148,20 @@ pub struct RocksDbBackend {
     counters: Counters,
 }
 
+impl Drop for RocksDbBackend {
+    /// With local recovery the live database's directory stays, for the
+    /// next open to take files from.
+    fn drop(&mut self) {
+        if self.config.local_recovery {
+            self.read()
+                .generation
+                .dir
+                .keep
+                .store(true, Ordering::Relaxed);
+        }
+    }
+}
+
 impl std::fmt::Debug for RocksDbBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RocksDbBackend")
@@ -148,7 +182,7 @@ impl RocksDbBackend {
     pub fn with_config(config: RocksDbConfig) -> Result<Self> {
         config.validate()?;
         let root = &config.path;
-        prepare_working_dir(root)?;
+        prepare_working_dir(root, config.local_recovery)?;
         let cache = Cache::new_lru_cache(config.block_cache_capacity());
         let mut write_options = WriteOptions::default();
         write_options.disable_wal(!config.rocksdb_wal);
@@ -229,6 +263,66 @@ impl RocksDbBackend {
         let mut live = self.write();
         live.generation = Arc::new(generation);
         self.forget_changes();
+        drop(live);
+        // The state now comes from elsewhere: what local recovery set
+        // aside is of no further use (a restore linked what it took).
+        let local = self.config.path.join(LOCAL_DIR);
+        if let Err(e) = std::fs::remove_dir_all(&local)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %local.display(), error = %e, "could not remove the files set aside for local recovery");
+        }
+    }
+
+    /// The SST and blob files local recovery set aside, by name (a name
+    /// may appear in several earlier generations).
+    fn local_files(&self) -> HashMap<String, Vec<PathBuf>> {
+        let mut found: HashMap<String, Vec<PathBuf>> = HashMap::new();
+        let Ok(generations) = std::fs::read_dir(self.config.path.join(LOCAL_DIR)) else {
+            return found;
+        };
+        for generation in generations.flatten() {
+            let Ok(files) = std::fs::read_dir(generation.path()) else {
+                continue;
+            };
+            for file in files.flatten() {
+                if let Ok(name) = file.file_name().into_string()
+                    && immutable_file(&name)
+                {
+                    found.entry(name).or_default().push(file.path());
+                }
+            }
+        }
+        found
+    }
+
+    /// Hard-links into `dir` the listed files that a set-aside file holds
+    /// with the same length and content address; the indices of the files
+    /// still to fetch, and the number and bytes of those linked.
+    fn link_local_files(&self, dir: &Path, listed: &[NativeFileRef]) -> (Vec<usize>, usize, u64) {
+        let local = if self.config.local_recovery {
+            self.local_files()
+        } else {
+            HashMap::new()
+        };
+        let (mut wanted, mut linked, mut bytes) = (Vec::new(), 0, 0);
+        for (i, f) in listed.iter().enumerate() {
+            let found = local
+                .get(&f.name)
+                .and_then(|candidates| candidates.iter().find(|path| holds(path, f)));
+            match found.map(|src| (src, std::fs::hard_link(src, dir.join(&f.name)))) {
+                Some((_, Ok(()))) => {
+                    linked += 1;
+                    bytes += f.len;
+                }
+                Some((src, Err(e))) => {
+                    tracing::warn!(file = %src.display(), error = %e, "could not link a local file; fetching it");
+                    wanted.push(i);
+                }
+                None => wanted.push(i),
+            }
+        }
+        (wanted, linked, bytes)
     }
 
     /// Stamps the default TTL on a plain-envelope value, if configured.
@@ -365,36 +459,81 @@ impl RocksDbBackend {
             .collect())
     }
 
-    fn write_restore_files(&self, dir: &Path, files: &mut NativeFiles<'_>) -> Result<u64> {
+    /// Writes the files at `wanted` (indices into `listed`), fetched from
+    /// `files`, into `dir`, each fsynced; their bytes.
+    fn write_fetched(
+        dir: &Path,
+        listed: &[NativeFileRef],
+        wanted: Vec<usize>,
+        files: &mut dyn NativeSource,
+    ) -> Result<u64> {
+        let expected: Vec<&str> = wanted.iter().map(|&i| listed[i].name.as_str()).collect();
+        let mut fetched = files.fetch(wanted);
         let mut bytes = 0u64;
-        let mut names = HashSet::new();
-        for f in files {
-            let (name, data) = f?;
-            if !valid_native_file_name(&name) {
+        for want in expected {
+            let (name, data) = fetched.next().unwrap_or_else(|| {
+                Err(Error::corrupt(
+                    "native checkpoint",
+                    format!("the source of files stopped before {want}"),
+                ))
+            })?;
+            if name != want {
                 return Err(Error::corrupt(
                     "native checkpoint",
-                    format!("file name is not a plain file name: {name:?}"),
+                    format!("the source of files gave {name:?} where {want:?} was asked for"),
                 ));
             }
-            if !names.insert(name.clone()) {
-                return Err(Error::corrupt(
-                    "native checkpoint",
-                    format!("file given twice: {name}"),
-                ));
-            }
-            let path = dir.join(&name);
-            write_synced(&path, &data)?;
+            write_synced(&dir.join(&name), &data)?;
             bytes += data.len() as u64;
         }
-        if !names.contains("CURRENT") {
-            return Err(Error::corrupt(
-                "native checkpoint",
-                "no CURRENT file among the checkpoint's files",
-            ));
-        }
-        sync_dir(dir)?;
         Ok(bytes)
     }
+}
+
+/// SST and blob files: immutable once written, the ones local recovery
+/// reuses.
+fn immutable_file(name: &str) -> bool {
+    name.ends_with(".sst") || name.ends_with(".blob")
+}
+
+/// True when the file at `path` has `f`'s length and content address.
+fn holds(path: &Path, f: &NativeFileRef) -> bool {
+    let same_len = std::fs::metadata(path).is_ok_and(|m| m.len() == f.len);
+    let same = same_len
+        && std::fs::File::open(path)
+            .and_then(ArtifactId::of_reader)
+            .is_ok_and(|id| id == f.id);
+    if same_len && !same {
+        tracing::warn!(file = %path.display(), "a local file differs from the checkpoint's; fetching it");
+    }
+    same
+}
+
+/// Checks the names a native checkpoint lists before anything is written:
+/// plain file names, each once, CURRENT among them.
+fn check_listing(listed: &[NativeFileRef]) -> Result<()> {
+    let mut names = HashSet::new();
+    for f in listed {
+        if !valid_native_file_name(&f.name) {
+            return Err(Error::corrupt(
+                "native checkpoint",
+                format!("file name is not a plain file name: {:?}", f.name),
+            ));
+        }
+        if !names.insert(f.name.as_str()) {
+            return Err(Error::corrupt(
+                "native checkpoint",
+                format!("file given twice: {}", f.name),
+            ));
+        }
+    }
+    if !names.contains("CURRENT") {
+        return Err(Error::corrupt(
+            "native checkpoint",
+            "no CURRENT file among the checkpoint's files",
+        ));
+    }
+    Ok(())
 }
 
 /// The RocksDB options [`RocksDbBackend`] opens every database with for
@@ -429,6 +568,9 @@ pub fn db_options(c: &RocksDbConfig, cache: &Cache) -> Options {
     opts.increase_parallelism(c.background_threads);
     opts.set_max_background_jobs(c.background_threads);
     opts.set_level_compaction_dynamic_level_bytes(true);
+    opts.set_target_file_size_base(c.target_file_size);
+    opts.set_max_bytes_for_level_base(c.level_base_size);
+    opts.set_level_zero_file_num_compaction_trigger(c.level0_compaction_trigger);
     let compression = match c.compression {
         Compression::None => rocksdb::DBCompressionType::None,
         Compression::Lz4 => rocksdb::DBCompressionType::Lz4,
@@ -460,8 +602,59 @@ pub fn db_options(c: &RocksDbConfig, cache: &Cache) -> Options {
 /// mistyped path never deletes someone's files.
 const MARKER: &str = "HIGHWATER-ROCKSDB-WORKDIR";
 
-/// Empties (or creates) the working directory `root`.
-fn prepare_working_dir(root: &Path) -> Result<()> {
+/// Where local recovery sets aside the previous process's database
+/// directories, under the working directory.
+const LOCAL_DIR: &str = "local-recovery";
+
+/// Sets of directories local recovery keeps: those of the last two opens
+/// (an open that crashed before its restore finished still leaves the
+/// files it linked, and the set before it, to the next).
+const LOCAL_SETS_KEPT: u64 = 2;
+
+/// Moves the directories under `root` into `local` as the next set
+/// (`{set:06}-{name}`), and drops sets older than [`LOCAL_SETS_KEPT`].
+fn set_aside(root: &Path, local: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(local)?;
+    let set_of = |name: &std::ffi::OsStr| {
+        name.to_str()
+            .and_then(|n| n.split_once('-'))
+            .and_then(|(set, _)| set.parse::<u64>().ok())
+    };
+    let mut kept = Vec::new();
+    for entry in std::fs::read_dir(local)? {
+        let entry = entry?;
+        match set_of(&entry.file_name()) {
+            Some(set) => kept.push((set, entry.path())),
+            None => std::fs::remove_dir_all(entry.path())?,
+        }
+    }
+    let next = kept.iter().map(|(set, _)| set + 1).max().unwrap_or(0);
+    for (set, path) in kept {
+        if set + LOCAL_SETS_KEPT <= next {
+            std::fs::remove_dir_all(path)?;
+        }
+    }
+    for entry in std::fs::read_dir(root)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name == MARKER || name == LOCAL_DIR {
+            continue;
+        }
+        if entry.file_type()?.is_dir() {
+            let mut to = std::ffi::OsString::from(format!("{next:06}-"));
+            to.push(&name);
+            std::fs::rename(entry.path(), local.join(to))?;
+        } else {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// Empties (or creates) the working directory `root`; with `local_recovery`
+/// its database and checkpoint directories are set aside under
+/// [`LOCAL_DIR`] instead of deleted ([`set_aside`]).
+fn prepare_working_dir(root: &Path, local_recovery: bool) -> Result<()> {
     let io = |what: &str, e| {
         Error::io(
             format!("{what} the rocksdb working directory {}", root.display()),
@@ -475,9 +668,16 @@ fn prepare_working_dir(root: &Path) -> Result<()> {
                 // a wipe cut short (a kill, a file that cannot be removed)
                 // leaves a directory the next open still recognises and
                 // wipes, instead of one it must refuse.
-                for entry in entries {
+                if local_recovery {
+                    drop(entries);
+                    set_aside(root, &root.join(LOCAL_DIR))
+                        .map_err(|e| io("set aside the files of", e))?;
+                }
+                for entry in std::fs::read_dir(root).map_err(|e| io("list", e))? {
                     let entry = entry.map_err(|e| io("list", e))?;
-                    if entry.file_name() == MARKER {
+                    if entry.file_name() == MARKER
+                        || (local_recovery && entry.file_name() == LOCAL_DIR)
+                    {
                         continue;
                     }
                     let path = entry.path();
@@ -508,8 +708,9 @@ fn prepare_working_dir(root: &Path) -> Result<()> {
 /// Opens an empty database in the new directory `dir`.
 fn open_generation(dir: PathBuf, opts: &Options) -> Result<Generation> {
     std::fs::create_dir(&dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
-    let guard = DirGuard(dir);
-    let db = DB::open(opts, &guard.0).map_err(rocks(format!("open {}", guard.0.display())))?;
+    let guard = DirGuard::new(dir);
+    let db =
+        DB::open(opts, guard.path()).map_err(rocks(format!("open {}", guard.path().display())))?;
     Ok(Generation { db, dir: guard })
 }
 
@@ -550,6 +751,16 @@ fn delete_outside(db: &DB, keep: KeyGroupRange) -> Result<()> {
     let mut batch = rocksdb::WriteBatch::default();
     let start = keep.start.to_be_bytes();
     let end = keep.end.to_be_bytes();
+    // Whole files outside go at once (no compaction needed to reclaim
+    // their space); the range deletes cover what shares a file with kept
+    // keys. RocksDB's file ranges include their end: below `keep`, that
+    // end is `start` itself, a kept key if it exists.
+    if db.get_pinned(start).map_err(rocks("get"))?.is_none() {
+        db.delete_file_in_range(&[][..], &start[..])
+            .map_err(rocks("delete files of key groups not owned"))?;
+    }
+    db.delete_file_in_range(&end[..], FAR)
+        .map_err(rocks("delete files of key groups not owned"))?;
     batch.delete_range(&[][..], &start[..]);
     batch.delete_range(&end[..], FAR);
     let mut it = db.raw_iterator();
@@ -745,12 +956,12 @@ impl NativeCheckpoints for RocksDbBackend {
             .flush()
             .map_err(rocks("flush before checkpoint"))?;
         drop(generation);
-        let dir = DirGuard(self.fresh_dir("checkpoint"));
+        let dir = DirGuard::new(self.fresh_dir("checkpoint"));
         let live = self.write();
         let keys = self.take_changes();
         let checkpoint = Checkpoint::new(&live.generation.db)
-            .and_then(|c| c.create_checkpoint(&dir.0))
-            .map_err(rocks(format!("create checkpoint {}", dir.0.display())));
+            .and_then(|c| c.create_checkpoint(dir.path()))
+            .map_err(rocks(format!("create checkpoint {}", dir.path().display())));
         let snap = take_snapshot(live.generation.clone());
         drop(live);
         drop(keys);
@@ -779,13 +990,14 @@ impl NativeCheckpoints for RocksDbBackend {
             .and_then(|id| String::from_utf8(id).ok())
             .map(|id| id.trim().to_string())
             .filter(|id| !id.is_empty())
-            .zip(generation.dir.0.file_name().and_then(|n| n.to_str()))
+            .zip(generation.dir.path().file_name().and_then(|n| n.to_str()))
             .map(|(id, dir)| format!("{id}/{dir}"));
         let mut files = Vec::new();
-        let listing = std::fs::read_dir(&dir.0)
-            .map_err(|e| Error::io(format!("list {}", dir.0.display()), e))?;
+        let listing = std::fs::read_dir(dir.path())
+            .map_err(|e| Error::io(format!("list {}", dir.path().display()), e))?;
         for entry in listing {
-            let entry = entry.map_err(|e| Error::io(format!("list {}", dir.0.display()), e))?;
+            let entry =
+                entry.map_err(|e| Error::io(format!("list {}", dir.path().display()), e))?;
             let name = entry.file_name().into_string().map_err(|n| {
                 Error::Internal(format!(
                     "rocksdb wrote a file name that is not utf-8: {n:?}"
@@ -821,7 +1033,7 @@ impl NativeCheckpoints for RocksDbBackend {
         );
         let native = NativeCheckpoint {
             format: "rocksdb",
-            dir: dir.0.clone(),
+            dir: dir.path().to_path_buf(),
             files,
         };
         Ok(Arc::new(NativeSnapshot::new(
@@ -833,17 +1045,21 @@ impl NativeCheckpoints for RocksDbBackend {
 
     fn restore_native(
         &self,
-        files: &mut NativeFiles<'_>,
+        files: &mut dyn NativeSource,
         keep: Option<KeyGroupRange>,
     ) -> Result<()> {
         let started = Instant::now();
+        let listed = files.files().to_vec();
+        check_listing(&listed)?;
         let dir = self.fresh_dir("db");
         std::fs::create_dir(&dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
-        let guard = DirGuard(dir);
-        let bytes = self.write_restore_files(&guard.0, files)?;
+        let guard = DirGuard::new(dir);
+        let (wanted, local_files, local_bytes) = self.link_local_files(guard.path(), &listed);
+        let bytes = Self::write_fetched(guard.path(), &listed, wanted, files)?;
+        sync_dir(guard.path())?;
         let mut opts = self.options.clone();
         opts.create_if_missing(false);
-        let db = DB::open(&opts, &guard.0).map_err(|e| {
+        let db = DB::open(&opts, guard.path()).map_err(|e| {
             // RocksDB reports damaged files (bad checksums, truncation) as
             // corruption: keep that classification for the caller's fallback.
             let msg = e.to_string();
@@ -853,7 +1069,10 @@ impl NativeCheckpoints for RocksDbBackend {
                     format!("rocksdb cannot open it: {msg}"),
                 )
             } else {
-                rocks(format!("open restored checkpoint {}", guard.0.display()))(e)
+                rocks(format!(
+                    "open restored checkpoint {}",
+                    guard.path().display()
+                ))(e)
             }
         })?;
         if let Some(keep) = keep {
@@ -862,6 +1081,8 @@ impl NativeCheckpoints for RocksDbBackend {
         self.install(Generation { db, dir: guard });
         tracing::info!(
             bytes,
+            local_files,
+            local_bytes,
             ?keep,
             ms = started.elapsed().as_millis() as u64,
             "rocksdb backend restored from a native checkpoint"

@@ -39,11 +39,23 @@ pub struct TtlOptions {
 /// a 256 MiB block cache, 16 KiB blocks, 10-bit bloom filters and LZ4.
 #[derive(Debug, Clone)]
 pub struct RocksDbConfig {
-    /// Working directory. The backend owns it: it is wiped on open (live
-    /// state is restored from checkpoints, not from a previous process's
-    /// files) and holds one database directory per generation plus
-    /// temporary checkpoint directories.
+    /// Working directory. The backend owns it: it holds one database
+    /// directory per generation plus temporary checkpoint directories, and
+    /// is emptied on open (live state is restored from checkpoints, not
+    /// from a previous process's files), except for what
+    /// [`local_recovery`](Self::local_recovery) keeps.
     pub path: PathBuf,
+    /// Local recovery: on open, the previous process's database files are
+    /// set aside (in `local-recovery/` under [`path`](Self::path)) instead
+    /// of deleted, and a restore of a native checkpoint takes each SST or
+    /// blob file it needs from there when one has the same name, length
+    /// and content address (read and hashed, so a damaged or partial file
+    /// is fetched instead), fetching only the rest. The live database's
+    /// directory also stays when the backend is dropped. What is set aside
+    /// is deleted by the first restore or [`clear`](highwater_core::StateBackend::clear)
+    /// (or the next open). On by default; off, every file is fetched and
+    /// the directory is wiped on open and drop.
+    pub local_recovery: bool,
     /// Size of one memtable, in bytes.
     pub write_buffer_size: usize,
     /// Memtables kept in memory (one active, the others being flushed).
@@ -65,6 +77,18 @@ pub struct RocksDbConfig {
     /// [`write_buffer_size`](Self::write_buffer_size) ×
     /// [`max_write_buffer_number`](Self::max_write_buffer_number), apart.
     pub memory_budget: Option<usize>,
+    /// Size RocksDB aims at for the SST files compactions write
+    /// (`target_file_size_base`; the same on every level). Smaller files
+    /// make a compaction rewrite a narrower key range, and so smaller
+    /// native incremental checkpoints after it.
+    pub target_file_size: u64,
+    /// Bytes the first non-empty level below level 0 may hold before it is
+    /// compacted down (`max_bytes_for_level_base`; levels are sized
+    /// dynamically from the last one up).
+    pub level_base_size: u64,
+    /// Level-0 files that trigger a compaction into the level below
+    /// (`level0_file_num_compaction_trigger`).
+    pub level0_compaction_trigger: i32,
     /// Bloom filter bits per key (0 disables the filter). Ten bits give a
     /// false-positive rate of about 1 %.
     pub bloom_bits_per_key: f64,
@@ -93,12 +117,16 @@ impl RocksDbConfig {
     pub fn new(path: impl Into<PathBuf>) -> Self {
         RocksDbConfig {
             path: path.into(),
+            local_recovery: true,
             write_buffer_size: 64 << 20,
             max_write_buffer_number: 3,
             max_open_files: -1,
             block_size: 16 << 10,
             block_cache_size: 256 << 20,
             memory_budget: None,
+            target_file_size: 64 << 20,
+            level_base_size: 256 << 20,
+            level0_compaction_trigger: 4,
             bloom_bits_per_key: 10.0,
             compression: Compression::default(),
             statistics: false,
@@ -162,6 +190,19 @@ impl RocksDbConfig {
                 "memory_budget must hold at least three memtables (the memtables' third of it \
                  at least one): memory_budget={budget} write_buffer_size={}",
                 self.write_buffer_size
+            ));
+        }
+        if self.target_file_size < 1 << 20 || self.level_base_size < self.target_file_size {
+            return bad(format!(
+                "target_file_size must be at least 1 MiB and level_base_size at least as large: \
+                 target_file_size={} level_base_size={}",
+                self.target_file_size, self.level_base_size
+            ));
+        }
+        if !(1..=16).contains(&self.level0_compaction_trigger) {
+            return bad(format!(
+                "level0_compaction_trigger must be in 1..=16 (RocksDB slows writes at 20 level-0 files): got={}",
+                self.level0_compaction_trigger
             ));
         }
         if self.background_threads < 1 {

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use highwater_core::{
-    Error, KeyGroupRange, ManualClock, NativeCheckpoints, SnapshotKind, StateBackend, WriteBatch,
+    ArtifactId, Error, KeyGroupRange, ManualClock, NativeCheckpoints, NativeFileRef,
+    NativeFilesInMemory, SnapshotKind, StateBackend, WriteBatch,
 };
 use highwater_rocksdb::{RocksDbBackend, RocksDbConfig};
 use highwater_testkit::SplitMix64;
@@ -214,7 +215,7 @@ fn a_native_checkpoint_opens_as_the_same_state_and_later_writes_do_not_leak_in()
         )
         .unwrap();
     restored
-        .restore_native(&mut files.clone().into_iter().map(Ok), None)
+        .restore_native(&mut NativeFilesInMemory::new(files.clone()), None)
         .unwrap();
     let got: BTreeMap<_, _> = all(&restored).into_iter().collect();
     assert_eq!(got, model, "restored state equals the checkpoint's");
@@ -255,7 +256,7 @@ fn a_rescaling_restore_keeps_exactly_the_owned_key_groups() {
     for (i, range) in [(0u16, 43u16), (43, 90), (90, 128)].into_iter().enumerate() {
         let part = open(&dir, &format!("part-{i}"));
         let keep = KeyGroupRange::new(range.0, range.1).unwrap();
-        part.restore_native(&mut files.clone().into_iter().map(Ok), Some(keep))
+        part.restore_native(&mut NativeFilesInMemory::new(files.clone()), Some(keep))
             .unwrap();
         let got = all(&part);
         for (k, _) in &got {
@@ -318,7 +319,7 @@ fn damaged_native_checkpoints_are_refused_with_typed_errors_and_keep_the_old_sta
     cases.push(("the MANIFEST missing", manifest_missing));
     for (what, case) in cases {
         let err = target
-            .restore_native(&mut case.into_iter().map(Ok), None)
+            .restore_native(&mut NativeFilesInMemory::new(case), None)
             .expect_err(what);
         assert!(
             err.is_corruption() || matches!(err, Error::Backend { .. }),
@@ -333,7 +334,19 @@ fn damaged_native_checkpoints_are_refused_with_typed_errors_and_keep_the_old_sta
     // An error from the source of files is returned as is.
     let err = target
         .restore_native(
-            &mut std::iter::once(Err(Error::NotFound("artifact x".into()))),
+            &mut NativeFilesInMemory::with_results(files.iter().map(|(name, bytes)| {
+                let r = NativeFileRef {
+                    name: name.clone(),
+                    len: bytes.len() as u64,
+                    id: ArtifactId::of(bytes),
+                };
+                let fetched = if name == "CURRENT" {
+                    Err(Error::NotFound("artifact x".into()))
+                } else {
+                    Ok(bytes.clone())
+                };
+                (r, fetched)
+            })),
             None,
         )
         .unwrap_err();
@@ -421,6 +434,143 @@ fn the_working_directory_is_wiped_on_open_and_invalid_configs_are_refused() {
     }
 }
 
+/// Names of the SST files among `files`.
+fn sst_names(files: &[(String, Bytes)]) -> Vec<String> {
+    files
+        .iter()
+        .filter(|(n, _)| n.ends_with(".sst"))
+        .map(|(n, _)| n.clone())
+        .collect()
+}
+
+/// The file `name` in one of the database directories a dropped backend
+/// left in its working directory `path`.
+fn left_behind(path: &Path, name: &str) -> std::path::PathBuf {
+    std::fs::read_dir(path)
+        .unwrap()
+        .flatten()
+        .map(|d| d.path().join(name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("{name} was not left behind"))
+}
+
+/// Issue 17, local recovery: a backend reopened in the same working
+/// directory takes the checkpoint's SST files from the previous process's
+/// database (checked by length and content address) and fetches only the
+/// rest; a local SST that was damaged in place (same length) or deleted is
+/// fetched instead, and the state is exactly the checkpoint's every time.
+/// With local recovery off, everything is fetched.
+#[test]
+fn local_recovery_takes_verified_local_files_and_fetches_damaged_or_missing_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let b = RocksDbBackend::with_config(small(&path)).unwrap();
+    // Three flushes: three level-0 files, below RocksDB's compaction
+    // trigger, so the restored database keeps them as they are.
+    let mut model = BTreeMap::new();
+    for seed in 0..3 {
+        model.extend(fill(&b, 3000, 64, 40 + seed));
+        b.flush().unwrap();
+    }
+    let s = b.native_snapshot().unwrap();
+    let files = native_files(&*s);
+    let ssts = sst_names(&files);
+    assert!(ssts.len() >= 3, "{ssts:?}");
+    drop(s);
+    drop(b);
+    // RocksDB may have rewritten a file since (a compaction on its own):
+    // what is still there is what a restart can take.
+    let present = |ssts: &[String]| -> Vec<String> {
+        ssts.iter()
+            .filter(|n| {
+                std::fs::read_dir(&path)
+                    .unwrap()
+                    .flatten()
+                    .any(|d| d.path().join(n).exists())
+            })
+            .cloned()
+            .collect()
+    };
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    let fetched_ssts = |fetched: &[String]| {
+        sorted(
+            fetched
+                .iter()
+                .filter(|n| n.ends_with(".sst"))
+                .cloned()
+                .collect(),
+        )
+    };
+    let local = present(&ssts);
+    assert!(local.len() >= 2, "{local:?} of {ssts:?} still on disk");
+    let restore = |config: RocksDbConfig| {
+        let r = RocksDbBackend::with_config(config).unwrap();
+        let mut source = NativeFilesInMemory::new(files.clone());
+        r.restore_native(&mut source, None).unwrap();
+        let got: BTreeMap<_, _> = all(&r).into_iter().collect();
+        assert_eq!(got, model, "restored state equals the checkpoint's");
+        let fetched = source.fetched().to_vec();
+        assert!(
+            !path.join("local-recovery").exists(),
+            "what was set aside goes after the restore"
+        );
+        (r, fetched)
+    };
+    // A restart: only the SSTs no longer on disk are fetched.
+    let missing = |local: &[String]| {
+        sorted(
+            ssts.iter()
+                .filter(|n| !local.contains(n))
+                .cloned()
+                .collect(),
+        )
+    };
+    let (r, fetched) = restore(small(&path));
+    assert_eq!(fetched_ssts(&fetched), missing(&local), "{fetched:?}");
+    assert!(fetched.iter().any(|n| n == "CURRENT"), "{fetched:?}");
+    drop(r);
+
+    // One SST damaged in place, one deleted: those are fetched too.
+    let local = present(&ssts);
+    assert!(local.len() >= 2, "{local:?} of {ssts:?} still on disk");
+    let damaged = left_behind(&path, &local[0]);
+    let mut bytes = std::fs::read(&damaged).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x20;
+    std::fs::write(&damaged, &bytes).unwrap();
+    std::fs::remove_file(left_behind(&path, &local[1])).unwrap();
+    // An open that restores nothing (a process that died at once) keeps
+    // what was set aside for the next.
+    drop(RocksDbBackend::with_config(small(&path)).unwrap());
+    let (r, fetched) = restore(small(&path));
+    assert_eq!(
+        fetched_ssts(&fetched),
+        missing(&local[2..]),
+        "the damaged, the deleted and the rewritten SSTs"
+    );
+    drop(r);
+
+    // Local recovery off: everything is fetched, nothing is kept.
+    let mut off = small(&path);
+    off.local_recovery = false;
+    let (r, fetched) = restore(off);
+    assert_eq!(fetched.len(), files.len());
+    drop(r);
+    let left: Vec<_> = std::fs::read_dir(&path)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(
+        left,
+        ["HIGHWATER-ROCKSDB-WORKDIR"],
+        "dropped without local recovery"
+    );
+}
+
 /// Issue 17: one memory budget bounds the block cache and the memtables
 /// together. 96 MiB of incompressible values (six times the budget) are
 /// written in batches and read back at random, and `memory_bytes` is read
@@ -496,8 +646,15 @@ fn a_wipe_cut_short_keeps_the_marker_and_the_next_open_succeeds() {
         });
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
+    // The wipe (local recovery sets directories aside by renaming them,
+    // which an immutable file inside does not stop).
+    let config = || {
+        let mut c = small(&path);
+        c.local_recovery = false;
+        c
+    };
     {
-        let b = RocksDbBackend::with_config(small(&path)).unwrap();
+        let b = RocksDbBackend::with_config(config()).unwrap();
         fill(&b, 100, 8, 5);
     }
     let stuck = path.join("stuck");
@@ -514,12 +671,12 @@ fn a_wipe_cut_short_keeps_the_marker_and_the_next_open_succeeds() {
         println!("skipped: needs root and chattr on an ext2/3/4-like file system");
         return;
     }
-    let failed = RocksDbBackend::with_config(small(&path));
+    let failed = RocksDbBackend::with_config(config());
     let marker_left = path.join("HIGHWATER-ROCKSDB-WORKDIR").exists();
     assert!(chattr("-i"), "chattr -i");
     assert!(failed.is_err(), "the wipe cannot remove an immutable file");
     assert!(marker_left, "a wipe cut short keeps the marker");
-    let b = RocksDbBackend::with_config(small(&path)).unwrap();
+    let b = RocksDbBackend::with_config(config()).unwrap();
     assert_eq!(b.stats().entries, 0);
     assert!(!stuck.exists());
 }
@@ -560,7 +717,7 @@ fn native_checkpoints_taken_while_writers_run_hold_whole_batches() {
     let mut last = [0u64; 2];
     for (i, files) in checkpoints.into_iter().enumerate() {
         let r = open(&dir, &format!("restored-{i}"));
-        r.restore_native(&mut files.into_iter().map(Ok), None)
+        r.restore_native(&mut NativeFilesInMemory::new(files), None)
             .unwrap();
         for w in 0..2u8 {
             let a = counter(r.get(&key(w, "a")).unwrap());

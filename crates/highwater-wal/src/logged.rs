@@ -23,8 +23,8 @@
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use highwater_core::{
-    BackendStats, Clock, Error, KeyGroupRange, NativeCheckpoints, NativeFiles, RecordBlock, Result,
-    SnapshotKind, StateBackend, StateSnapshot, WriteBatch,
+    BackendStats, Clock, Error, KeyGroupRange, NativeCheckpoints, NativeSource, RecordBlock,
+    Result, SnapshotKind, StateBackend, StateSnapshot, WriteBatch,
 };
 
 use crate::{Lsn, SyncPolicy, Wal, WalBatch};
@@ -234,7 +234,7 @@ impl NativeCheckpoints for LoggedBackend {
 
     fn restore_native(
         &self,
-        files: &mut NativeFiles<'_>,
+        files: &mut dyn NativeSource,
         keep: Option<KeyGroupRange>,
     ) -> Result<()> {
         let mut pending = self.pending();

@@ -267,6 +267,58 @@ fn restore_latest_falls_back_past_a_checkpoint_with_a_missing_sst() {
     assert!(err.is_corruption(), "{err}");
 }
 
+/// Issue 17, local recovery through the manager: a job restarted in the
+/// same RocksDB working directory restores its newest checkpoint taking
+/// every SST file from the previous process's directory (the recovery
+/// reports them as local) and fetching only the small metadata files; a
+/// fresh directory fetches everything; both hold the same state.
+#[test]
+fn a_restart_in_the_same_directory_fetches_only_what_it_does_not_hold() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, store, backend, m) = live(tmp.path());
+    let rt = runtime();
+    // Three checkpoints, three flushed level-0 files: below RocksDB's
+    // compaction trigger, so every file the last one names stays live.
+    for round in 0..3u64 {
+        write_counters(&m, round * 1000..round * 1000 + 1500, round + 1);
+        m.checkpoint().unwrap().wait().unwrap();
+    }
+    let last = m.checkpoint().unwrap().wait().unwrap();
+    let expected = all(&*backend);
+    m.close().unwrap();
+    drop(m);
+    drop(backend);
+    let man = manifest(&rt, &store, last.id);
+    let (ssts, sst_bytes): (usize, u64) = man
+        .artifacts()
+        .filter(|a| a.operator.ends_with(".sst"))
+        .fold((0, 0), |(n, b), a| (n + 1, b + a.stored_bytes));
+    assert!(ssts >= 3, "{ssts} SST files");
+
+    let restarted = rocks(&tmp.path().join("live"));
+    let info = manager(restarted.clone(), store.clone(), 3)
+        .restore_latest()
+        .unwrap()
+        .unwrap();
+    assert_eq!(info.stats.checkpoint, Some(last.id));
+    assert_eq!(info.stats.artifacts_local, ssts);
+    assert_eq!(info.stats.bytes_local, sst_bytes);
+    assert_eq!(
+        info.stats.artifacts_fetched,
+        man.artifacts().count() - ssts,
+        "only MANIFEST, OPTIONS and CURRENT are fetched"
+    );
+    assert_eq!(all(&*restarted), expected);
+
+    let fresh = rocks(&tmp.path().join("elsewhere"));
+    let info = manager(fresh.clone(), store.clone(), 3)
+        .restore(last.id)
+        .unwrap();
+    assert_eq!(info.stats.artifacts_local, 0);
+    assert_eq!(info.stats.artifacts_fetched, man.artifacts().count());
+    assert_eq!(all(&*fresh), expected);
+}
+
 #[test]
 fn a_rescaling_restore_splits_a_checkpoint_between_subtasks() {
     let tmp = tempfile::tempdir().unwrap();

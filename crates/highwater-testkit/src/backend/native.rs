@@ -1,8 +1,8 @@
 //! Conformance case: native checkpoints (a backend's own files).
 
 use bytes::Bytes;
-use highwater_core::KeyGroupRange;
 use highwater_core::key::key_group_of;
+use highwater_core::{ArtifactId, KeyGroupRange, NativeFileRef, NativeFilesInMemory};
 
 use super::*;
 
@@ -78,7 +78,7 @@ pub fn native_checkpoints(factory: BackendFactory<'_>) {
         let n = target.native().unwrap_or_else(|| {
             panic!("{ctx}: a fresh backend of the same kind lost the capability")
         });
-        n.restore_native(&mut files.iter().cloned().map(Ok), keep)
+        n.restore_native(&mut NativeFilesInMemory::new(files.iter().cloned()), keep)
     };
     must(restore(&*whole, None), &format!("{ctx}: restore_native"));
     check_content(&*whole, &expected, &format!("{ctx}: restored whole"));
@@ -108,22 +108,35 @@ pub fn native_checkpoints(factory: BackendFactory<'_>) {
     let n = target
         .native()
         .unwrap_or_else(|| panic!("{ctx}: a fresh backend of the same kind lost the capability"));
-    let mut failing = files
-        .iter()
-        .take(1)
-        .cloned()
-        .map(Ok)
-        .chain(std::iter::once(Err(Error::corrupt(
-            "artifact",
-            "a file of the checkpoint failed its check",
-        ))));
+    // Every file listed, the last one's fetch failing.
+    let last = files.len() - 1;
+    let mut failing =
+        NativeFilesInMemory::with_results(files.iter().enumerate().map(|(i, (name, bytes))| {
+            let r = NativeFileRef {
+                name: name.clone(),
+                len: bytes.len() as u64,
+                id: ArtifactId::of(bytes),
+            };
+            let fetched = if i == last {
+                Err(Error::corrupt(
+                    "artifact",
+                    "a file of the checkpoint failed its check",
+                ))
+            } else {
+                Ok(bytes.clone())
+            };
+            (r, fetched)
+        }));
     match n.restore_native(&mut failing, None) {
         Err(e) => assert_eq!(e.kind(), ErrorKind::Corruption, "{ctx}: {e}"),
         Ok(()) => panic!("{ctx}: a restore whose files fail succeeded"),
     }
     check_content(&*target, &before, &format!("{ctx}: after a failed restore"));
     if files.len() > 1 {
-        let missing = n.restore_native(&mut files.iter().take(1).cloned().map(Ok), None);
+        let missing = n.restore_native(
+            &mut NativeFilesInMemory::new(files.iter().take(1).cloned()),
+            None,
+        );
         assert!(
             missing.is_err(),
             "{ctx}: a restore from 1 of {} files succeeded",
