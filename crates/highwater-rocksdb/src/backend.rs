@@ -305,11 +305,38 @@ impl RocksDbBackend {
         } else {
             HashMap::new()
         };
+        // Checking reads and hashes every candidate: one thread per core.
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let verified: Vec<Option<&PathBuf>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads)
+                .map(|t| {
+                    let local = &local;
+                    scope.spawn(move || {
+                        listed
+                            .iter()
+                            .enumerate()
+                            .filter(|(i, _)| i % threads == t)
+                            .map(|(i, f)| {
+                                let found = local.get(&f.name).and_then(|candidates| {
+                                    candidates.iter().find(|path| holds(path, f))
+                                });
+                                (i, found)
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            let mut verified = vec![None; listed.len()];
+            for w in workers {
+                // A worker that panicked found nothing: its files are fetched.
+                for (i, found) in w.join().unwrap_or_default() {
+                    verified[i] = found;
+                }
+            }
+            verified
+        });
         let (mut wanted, mut linked, mut bytes) = (Vec::new(), 0, 0);
-        for (i, f) in listed.iter().enumerate() {
-            let found = local
-                .get(&f.name)
-                .and_then(|candidates| candidates.iter().find(|path| holds(path, f)));
+        for (i, (f, found)) in listed.iter().zip(verified).enumerate() {
             match found.map(|src| (src, std::fs::hard_link(src, dir.join(&f.name)))) {
                 Some((_, Ok(()))) => {
                     linked += 1;
@@ -460,7 +487,9 @@ impl RocksDbBackend {
     }
 
     /// Writes the files at `wanted` (indices into `listed`), fetched from
-    /// `files`, into `dir`, each fsynced; their bytes.
+    /// `files`, into `dir`, each fsynced; their bytes. A second thread
+    /// fsyncs each file while the next one is fetched and written, so the
+    /// device writes one file back while the next arrives.
     fn write_fetched(
         dir: &Path,
         listed: &[NativeFileRef],
@@ -468,25 +497,51 @@ impl RocksDbBackend {
         files: &mut dyn NativeSource,
     ) -> Result<u64> {
         let expected: Vec<&str> = wanted.iter().map(|&i| listed[i].name.as_str()).collect();
-        let mut fetched = files.fetch(wanted);
-        let mut bytes = 0u64;
-        for want in expected {
-            let (name, data) = fetched.next().unwrap_or_else(|| {
-                Err(Error::corrupt(
-                    "native checkpoint",
-                    format!("the source of files stopped before {want}"),
-                ))
-            })?;
-            if name != want {
-                return Err(Error::corrupt(
-                    "native checkpoint",
-                    format!("the source of files gave {name:?} where {want:?} was asked for"),
-                ));
-            }
-            write_synced(&dir.join(&name), &data)?;
-            bytes += data.len() as u64;
-        }
-        Ok(bytes)
+        let (to_sync, synced) = std::sync::mpsc::channel::<(PathBuf, std::fs::File)>();
+        std::thread::scope(|scope| {
+            let syncer = scope.spawn(move || {
+                for (path, file) in synced {
+                    file.sync_all()
+                        .map_err(|e| Error::io(format!("fsync {}", path.display()), e))?;
+                }
+                Ok::<_, Error>(())
+            });
+            let written = (|| {
+                let mut fetched = files.fetch(wanted);
+                let mut bytes = 0u64;
+                for want in expected {
+                    let (name, data) = fetched.next().unwrap_or_else(|| {
+                        Err(Error::corrupt(
+                            "native checkpoint",
+                            format!("the source of files stopped before {want}"),
+                        ))
+                    })?;
+                    if name != want {
+                        return Err(Error::corrupt(
+                            "native checkpoint",
+                            format!(
+                                "the source of files gave {name:?} where {want:?} was asked for"
+                            ),
+                        ));
+                    }
+                    let path = dir.join(&name);
+                    let file = write_unsynced(&path, &data)?;
+                    bytes += data.len() as u64;
+                    if to_sync.send((path, file)).is_err() {
+                        // The syncer stopped at an error, reported below.
+                        break;
+                    }
+                }
+                Ok(bytes)
+            })();
+            drop(to_sync);
+            let synced = syncer
+                .join()
+                .unwrap_or_else(|_| Err(Error::Internal("the fsync thread panicked".into())));
+            let bytes = written?;
+            synced?;
+            Ok(bytes)
+        })
     }
 }
 
@@ -714,15 +769,14 @@ fn open_generation(dir: PathBuf, opts: &Options) -> Result<Generation> {
     Ok(Generation { db, dir: guard })
 }
 
-/// Writes a file and fsyncs it.
-fn write_synced(path: &Path, data: &[u8]) -> Result<()> {
+/// Writes a new file; the caller fsyncs it.
+fn write_unsynced(path: &Path, data: &[u8]) -> Result<std::fs::File> {
     use std::io::Write;
     let mut f = std::fs::File::create_new(path)
         .map_err(|e| Error::io(format!("create {}", path.display()), e))?;
     f.write_all(data)
         .map_err(|e| Error::io(format!("write {}", path.display()), e))?;
-    f.sync_all()
-        .map_err(|e| Error::io(format!("fsync {}", path.display()), e))
+    Ok(f)
 }
 
 /// Fsyncs a directory, making the names it holds durable.

@@ -87,7 +87,12 @@ pub struct RocksDbConfig {
     /// dynamically from the last one up).
     pub level_base_size: u64,
     /// Level-0 files that trigger a compaction into the level below
-    /// (`level0_file_num_compaction_trigger`).
+    /// (`level0_file_num_compaction_trigger`). 8 rather than RocksDB's 4:
+    /// measured with the `large` suite (1 GiB, ten rounds of 1 % random
+    /// changes), the worst native incremental fell from 41.9 % to 19.0 %
+    /// of the full checkpoint and the mean from 9.0 % to 2.8 %, with
+    /// random gets unchanged (bloom filters keep the extra level-0 files
+    /// cheap to skip).
     pub level0_compaction_trigger: i32,
     /// Bloom filter bits per key (0 disables the filter). Ten bits give a
     /// false-positive rate of about 1 %.
@@ -126,7 +131,7 @@ impl RocksDbConfig {
             memory_budget: None,
             target_file_size: 64 << 20,
             level_base_size: 256 << 20,
-            level0_compaction_trigger: 4,
+            level0_compaction_trigger: 8,
             bloom_bits_per_key: 10.0,
             compression: Compression::default(),
             statistics: false,
