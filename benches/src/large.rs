@@ -270,6 +270,7 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
     })?;
     backend.flush()?;
     let hw_load = mb / t.elapsed().as_secs_f64();
+    println!("large: loaded at {hw_load:.1} MB/s");
     settle(&backend, Duration::from_secs(1800));
     params.insert(
         "live_db_bytes_after_load".into(),
@@ -290,6 +291,7 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
     println!("large: full checkpoint");
     let full = manager.checkpoint()?.wait()?;
     let (full_bytes, full_ms) = (full.bytes_written, full.duration.as_secs_f64() * 1e3);
+    println!("large: full checkpoint of {full_bytes} bytes in {full_ms:.0} ms");
     let changes = (entries / 100).max(1);
     let mut rng = Rng::new(7);
     let (mut ratios, mut round_ms, mut known) = (Vec::new(), Vec::new(), Vec::new());
@@ -341,6 +343,7 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
     params.insert("checkpoint_ms_per_round".into(), json!(round_ms));
     params.insert("native_files_known_per_round".into(), json!(known));
     let hw_get = gets(gets_n, entries, |k| Ok(backend.get(k)?.is_some()))?;
+    println!("large: {hw_get:.0} gets/s");
     let db_metrics = backend.metrics();
     params.insert(
         "memory_bytes_after_gets".into(),
@@ -415,6 +418,12 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
     let (restore_s, copy_s, local_s) = (median(&restore_s), median(&copy_s), median(&local_s));
     let hw_restore = files as f64 / 1e6 / restore_s;
     let copy = files as f64 / 1e6 / copy_s;
+    println!(
+        "large: restore {hw_restore:.0} MB/s, copy {copy:.0} MB/s, local recovery {:.0} ms against {:.0} ms, peak RSS {} MiB",
+        local_s * 1e3,
+        restore_s * 1e3,
+        rss_max >> 20
+    );
     std::fs::remove_dir_all(&store_dir)?;
 
     // The raw crate, same options.
