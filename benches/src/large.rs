@@ -61,7 +61,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use highwater::cloud::ObjectCheckpointStore;
-use highwater::core::{StateKey, WriteBatch, key_group_for, load_manifest};
+use highwater::core::{WriteBatch, load_manifest};
 use highwater::rocksdb::{Compression, RocksDbBackend, RocksDbConfig, db_options};
 use highwater::{CheckpointConfig, CheckpointStore, StateBackend, StateManager};
 use rocksdb::{Cache, DB, WriteOptions};
@@ -79,17 +79,7 @@ const BATCH: usize = 4096;
 const RESTORE_REPS: usize = 3;
 
 fn key(i: u64) -> Vec<u8> {
-    let k = i.to_be_bytes();
-    StateKey {
-        key_group: key_group_for(&k, MAX_PARALLELISM),
-        operator: "sessions",
-        state: "profile",
-        key: &k,
-        namespace: &[],
-        user_key: &[],
-    }
-    .encode()
-    .expect("the names are short")
+    util::session_key(i, MAX_PARALLELISM).expect("the names are short")
 }
 
 /// A plain envelope around small numbers with some noise: about 2.5× with

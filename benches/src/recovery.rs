@@ -40,10 +40,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use highwater::cloud::ObjectCheckpointStore;
-use highwater::core::{
-    CheckpointStore, DecodeLimits, StateKey, WriteBatch, decode_artifact, key_group_for,
-    load_manifest,
-};
+use highwater::core::{CheckpointStore, DecodeLimits, WriteBatch, decode_artifact, load_manifest};
 use highwater::memory::MemoryBackend;
 use highwater::recovery::{LoadStrategy, Recovery, RecoveryConfig, RecoveryScope, RecoveryTarget};
 use highwater::{CheckpointConfig, CheckpointKind, StateBackend, StateManager};
@@ -64,16 +61,7 @@ struct Plan {
 }
 
 fn key(i: u64) -> Result<Vec<u8>> {
-    let k = i.to_be_bytes();
-    Ok(StateKey {
-        key_group: key_group_for(&k, MAX_PARALLELISM),
-        operator: "sessions",
-        state: "profile",
-        key: &k,
-        namespace: &[],
-        user_key: &[],
-    }
-    .encode()?)
+    util::session_key(i, MAX_PARALLELISM)
 }
 
 /// A value of [`VALUE_LEN`] bytes: small numbers with some noise, which

@@ -38,7 +38,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use highwater::cloud::ObjectCheckpointStore;
-use highwater::core::{StateKey, WriteBatch, key_group_for};
+use highwater::core::WriteBatch;
 use highwater::memory::MemoryBackend;
 use highwater::rocksdb::{RocksDbBackend, RocksDbConfig};
 use highwater::{
@@ -53,16 +53,7 @@ const MAX_PARALLELISM: u16 = 128;
 const VALUE_LEN: usize = 160;
 
 fn key(i: u64) -> Result<Vec<u8>> {
-    let k = i.to_be_bytes();
-    Ok(StateKey {
-        key_group: key_group_for(&k, MAX_PARALLELISM),
-        operator: "sessions",
-        state: "profile",
-        key: &k,
-        namespace: &[],
-        user_key: &[],
-    }
-    .encode()?)
+    util::session_key(i, MAX_PARALLELISM)
 }
 
 /// An envelope (tag 0: no expiry) around small numbers with some noise,

@@ -215,6 +215,22 @@ pub fn push_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
+/// The state key of entry `i` in the suites that share one operator's
+/// state ("sessions"/"profile", 8-byte big-endian user keys) over
+/// `max_parallelism` key groups.
+pub fn session_key(i: u64, max_parallelism: u16) -> crate::Result<Vec<u8>> {
+    let k = i.to_be_bytes();
+    Ok(highwater::core::StateKey {
+        key_group: highwater::core::key_group_for(&k, max_parallelism),
+        operator: "sessions",
+        state: "profile",
+        key: &k,
+        namespace: &[],
+        user_key: &[],
+    }
+    .encode()?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

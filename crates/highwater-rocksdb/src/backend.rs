@@ -666,6 +666,14 @@ const LOCAL_DIR: &str = "local-recovery";
 /// files it linked, and the set before it, to the next).
 const LOCAL_SETS_KEPT: u64 = 2;
 
+/// Removes a directory entry, file or directory.
+fn remove_entry(entry: &std::fs::DirEntry) -> std::io::Result<()> {
+    match entry.file_type() {
+        Ok(t) if t.is_dir() => std::fs::remove_dir_all(entry.path()),
+        _ => std::fs::remove_file(entry.path()),
+    }
+}
+
 /// Moves the directories under `root` into `local` as the next set
 /// (`{set:06}-{name}`), and drops sets older than [`LOCAL_SETS_KEPT`].
 fn set_aside(root: &Path, local: &Path) -> std::io::Result<()> {
@@ -680,7 +688,7 @@ fn set_aside(root: &Path, local: &Path) -> std::io::Result<()> {
         let entry = entry?;
         match set_of(&entry.file_name()) {
             Some(set) => kept.push((set, entry.path())),
-            None => std::fs::remove_dir_all(entry.path())?,
+            None => remove_entry(&entry)?,
         }
     }
     let next = kept.iter().map(|(set, _)| set + 1).max().unwrap_or(0);
@@ -735,12 +743,7 @@ fn prepare_working_dir(root: &Path, local_recovery: bool) -> Result<()> {
                     {
                         continue;
                     }
-                    let path = entry.path();
-                    let removed = match entry.file_type() {
-                        Ok(t) if t.is_dir() => std::fs::remove_dir_all(&path),
-                        _ => std::fs::remove_file(&path),
-                    };
-                    removed.map_err(|e| io("wipe", e))?;
+                    remove_entry(&entry).map_err(|e| io("wipe", e))?;
                 }
             } else if entries.next().is_some() {
                 return Err(Error::InvalidArgument(format!(
