@@ -9,7 +9,7 @@ use bytes::Bytes;
 use crate::block::RecordBlock;
 use crate::error::Result;
 use crate::keygroup::KeyGroupRange;
-use crate::manifest::ArtifactId;
+use crate::manifest::{ArtifactId, ArtifactRef};
 
 /// One change in a [`WriteBatch`] or a change snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -208,6 +208,18 @@ pub struct NativeFileRef {
     pub id: ArtifactId,
 }
 
+impl NativeFileRef {
+    /// The file a native checkpoint's artifact stores (a native artifact's
+    /// operator is its file name).
+    pub fn of_artifact(artifact: &ArtifactRef) -> NativeFileRef {
+        NativeFileRef {
+            name: artifact.operator.clone(),
+            len: artifact.stored_bytes,
+            id: artifact.id,
+        }
+    }
+}
+
 /// The files of a native checkpoint being restored: the list the manifest
 /// records, and a way to fetch the ones the backend does not already hold.
 ///
@@ -349,6 +361,11 @@ pub trait StateBackend: Send + Sync + 'static {
     /// the next [`SnapshotKind::Changes`] snapshot reports changes made after
     /// this call, whatever the kind of this one.
     ///
+    /// A backend that no longer knows what changed (its change tracking is
+    /// bounded and the epoch passed the bound) may answer a `Changes`
+    /// request with a full snapshot; callers read the answer's
+    /// [`kind`](StateSnapshot::kind), never assume it.
+    ///
     /// This runs on the processing thread; it must not block writers for
     /// longer than a few milliseconds whatever the state size.
     fn snapshot(&self, kind: SnapshotKind) -> Result<Arc<dyn StateSnapshot>>;
@@ -421,4 +438,12 @@ pub trait NativeCheckpoints: Send + Sync {
         files: &mut dyn NativeSource,
         keep: Option<KeyGroupRange>,
     ) -> Result<()>;
+
+    /// Told after a native checkpoint committed: the content address of
+    /// each file it lists (the snapshot's names). A backend may remember
+    /// them for its local files, so that a later restart's local recovery
+    /// takes those files without reading them. Nothing by default.
+    fn native_stored(&self, files: &[NativeFileRef]) {
+        let _ = files;
+    }
 }

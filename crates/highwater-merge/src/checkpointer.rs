@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use highwater_core::{
     ArtifactId, ArtifactRef, CheckpointId, CheckpointKind, CheckpointStore, Clock, Codec, Error,
-    KeyGroupRange, Layer, LayerKind, Manifest, NativeCheckpoint, NativeFile, Result,
+    KeyGroupRange, Layer, LayerKind, Manifest, NativeCheckpoint, NativeFile, NativeFileRef, Result,
     SchemaRegistry, SnapshotKind, StateBackend, StateSnapshot, load_manifest,
 };
 use highwater_wal::LoggedBackend;
@@ -659,7 +659,7 @@ impl Checkpointer {
         // A backend with native checkpoints hands over its own files, which
         // make a full checkpoint (unchanged files are not uploaded again).
         let native = inner.parts.backend.native().is_some();
-        let parent = t.base.clone().filter(|b| {
+        let mut parent = t.base.clone().filter(|b| {
             cfg.incremental
                 && !native
                 && !b.is_native()
@@ -670,7 +670,7 @@ impl Checkpointer {
             merged_base = None;
             parent_layers.clear();
         }
-        let (kind, snapshot_kind) = match parent {
+        let (mut kind, snapshot_kind) = match parent {
             Some(_) => (CheckpointKind::Incremental, SnapshotKind::Changes),
             None => (CheckpointKind::Full, SnapshotKind::Full),
         };
@@ -692,6 +692,16 @@ impl Checkpointer {
         let started = Instant::now();
         let (snapshot, wal_position) = take_snapshot(&inner.parts, snapshot_kind)?;
         let snapshot_pause = started.elapsed();
+        if kind == CheckpointKind::Incremental && snapshot.kind() == SnapshotKind::Full {
+            // The backend lost track of what changed (bounded change
+            // tracking) and answered with every entry: a full checkpoint.
+            tracing::info!(checkpoint = %t.next_id, "the backend answered a changes snapshot with a full one; the checkpoint is full");
+            kind = CheckpointKind::Full;
+            parent = None;
+            parent_layers.clear();
+            merged_base = None;
+            t.merged = None;
+        }
         let id = t.next_id;
         t.next_id = following;
         t.in_flight = true;
@@ -929,6 +939,15 @@ fn run_checkpoint(inner: &Inner, job: Job) -> Result<(Arc<Manifest>, CheckpointI
         tracing::warn!(checkpoint = %id, error = %e, "could not release write-ahead-log segments");
     }
     if native {
+        if let (Some(backend), Some(layer)) = (inner.parts.backend.native(), manifest.layers.last())
+        {
+            let files: Vec<NativeFileRef> = layer
+                .artifacts
+                .iter()
+                .map(NativeFileRef::of_artifact)
+                .collect();
+            backend.native_stored(&files);
+        }
         *lock(&inner.native_index) = Some(NativeIndex {
             checkpoint: job.id,
             by_identity: produced.by_identity,

@@ -408,14 +408,7 @@ impl Recovery {
             io: &self.io,
             store: &self.store,
             checkpoint: manifest.checkpoint_id,
-            list: refs
-                .iter()
-                .map(|r| NativeFileRef {
-                    name: r.operator.clone(),
-                    len: r.stored_bytes,
-                    id: r.id,
-                })
-                .collect(),
+            list: refs.iter().map(NativeFileRef::of_artifact).collect(),
             refs,
             deadline,
             bytes: 0,

@@ -19,6 +19,7 @@ use rocksdb::{
 
 use crate::changes::{ChangeLog, sorted_unique};
 use crate::config::{Compression, RocksDbConfig};
+use crate::known::{self, Stamp};
 use crate::metrics::{Counters, RocksDbMetrics};
 use crate::snapshot::{ChangesSnapshot, FullSnapshot, NativeSnapshot, Snap, take_snapshot};
 
@@ -144,6 +145,13 @@ pub struct RocksDbBackend {
     write_options: WriteOptions,
     live: RwLock<Live>,
     changed: Box<[Mutex<ChangeLog>]>,
+    /// A shard's log gave up in this epoch: the epoch's changes are not
+    /// known, and a changes snapshot is answered with a full one.
+    changes_lost: AtomicBool,
+    /// The `stat` stamps of the files of the last native checkpoint, with
+    /// the database directory they are in, until the checkpoint commits
+    /// and their content addresses are known ([`known`]).
+    stamped: Mutex<Option<(PathBuf, HashMap<String, Stamp>)>>,
     next_dir: AtomicU64,
     counters: Counters,
 }
@@ -196,8 +204,10 @@ impl RocksDbBackend {
                 generation: Arc::new(generation),
             }),
             changed: (0..CHANGE_SHARDS)
-                .map(|_| Mutex::new(ChangeLog::default()))
+                .map(|_| Mutex::new(ChangeLog::new(config.change_tracking_bytes / CHANGE_SHARDS)))
                 .collect(),
+            changes_lost: AtomicBool::new(false),
+            stamped: Mutex::new(None),
             next_dir: AtomicU64::new(1),
             counters: Counters::default(),
             config,
@@ -238,23 +248,48 @@ impl RocksDbBackend {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Records that `key` changed, unless this epoch's changes are already
+    /// lost. Called with the live lock held shared, so no snapshot starts a
+    /// new epoch meanwhile.
     fn mark(&self, key: &[u8]) {
-        self.shard(key).push(key);
+        if self.changes_lost.load(Ordering::Relaxed) {
+            return;
+        }
+        if !self.shard(key).push(key) {
+            self.changes_lost.store(true, Ordering::Relaxed);
+            tracing::debug!(
+                cap = self.config.change_tracking_bytes,
+                "rocksdb change tracking gave up for this epoch; the next changes snapshot is full"
+            );
+            // The other shards' logs are of no use in this epoch either.
+            self.forget_logs();
+        }
     }
 
-    /// Takes every shard's log of changed keys, starting a new epoch.
-    /// Called with the live lock held exclusively; O(shards).
-    fn take_changes(&self) -> Vec<Vec<u8>> {
-        self.changed
+    /// Takes every shard's log of changed keys, starting a new epoch; `None`
+    /// when the epoch's changes were lost. Called with the live lock held
+    /// exclusively; O(shards).
+    fn take_changes(&self) -> Option<Vec<Vec<u8>>> {
+        let logs = self
+            .changed
             .iter()
             .map(|shard| shard.lock().unwrap_or_else(PoisonError::into_inner).take())
-            .collect()
+            .collect();
+        (!self.changes_lost.swap(false, Ordering::Relaxed)).then_some(logs)
     }
 
-    fn forget_changes(&self) {
+    fn forget_logs(&self) {
         for shard in self.changed.iter() {
             shard.lock().unwrap_or_else(PoisonError::into_inner).take();
         }
+    }
+
+    fn full_snapshot(&self, snap: Snap) -> Arc<dyn StateSnapshot> {
+        Arc::new(FullSnapshot::new(
+            snap,
+            self.config.max_parallelism,
+            FULL_PARTITIONS,
+        ))
     }
 
     /// Swaps in `generation` and starts a new epoch; the old generation
@@ -262,7 +297,8 @@ impl RocksDbBackend {
     fn install(&self, generation: Generation) {
         let mut live = self.write();
         live.generation = Arc::new(generation);
-        self.forget_changes();
+        // A new epoch: changes count from the restored state.
+        drop(self.take_changes());
         drop(live);
         // The state now comes from elsewhere: what local recovery set
         // aside is of no further use (a restore linked what it took).
@@ -275,21 +311,28 @@ impl RocksDbBackend {
     }
 
     /// The SST and blob files local recovery set aside, by name (a name
-    /// may appear in several earlier generations).
-    fn local_files(&self) -> HashMap<String, Vec<PathBuf>> {
-        let mut found: HashMap<String, Vec<PathBuf>> = HashMap::new();
+    /// may appear in several earlier generations), each with what its
+    /// directory's list records for it.
+    fn local_files(&self) -> HashMap<String, Vec<Candidate>> {
+        let mut found: HashMap<String, Vec<Candidate>> = HashMap::new();
         let Ok(generations) = std::fs::read_dir(self.config.path.join(LOCAL_DIR)) else {
             return found;
         };
         for generation in generations.flatten() {
-            let Ok(files) = std::fs::read_dir(generation.path()) else {
+            let dir = generation.path();
+            let Ok(files) = std::fs::read_dir(&dir) else {
                 continue;
             };
+            let mut recorded = known::load(&dir);
             for file in files.flatten() {
                 if let Ok(name) = file.file_name().into_string()
                     && immutable_file(&name)
                 {
-                    found.entry(name).or_default().push(file.path());
+                    let recorded = recorded.remove(&name);
+                    found.entry(name).or_default().push(Candidate {
+                        path: file.path(),
+                        recorded,
+                    });
                 }
             }
         }
@@ -297,20 +340,22 @@ impl RocksDbBackend {
     }
 
     /// Hard-links into `dir` the listed files that a set-aside file holds
-    /// with the same length and content address; the indices of the files
-    /// still to fetch, and the number and bytes of those linked.
+    /// with the same length and content address (recorded for an unchanged
+    /// file, or else read and hashed); the indices of the files still to
+    /// fetch, and the number and bytes of those linked.
     fn link_local_files(&self, dir: &Path, listed: &[NativeFileRef]) -> (Vec<usize>, usize, u64) {
         let local = if self.config.local_recovery {
             self.local_files()
         } else {
             HashMap::new()
         };
-        // Checking reads and hashes every candidate: one thread per core.
+        // Hashing reads every candidate without a record: one thread per core.
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let verified: Vec<Option<&PathBuf>> = std::thread::scope(|scope| {
             let workers: Vec<_> = (0..threads)
                 .map(|t| {
                     let local = &local;
+                    let counters = &self.counters;
                     scope.spawn(move || {
                         listed
                             .iter()
@@ -318,7 +363,7 @@ impl RocksDbBackend {
                             .filter(|(i, _)| i % threads == t)
                             .map(|(i, f)| {
                                 let found = local.get(&f.name).and_then(|candidates| {
-                                    candidates.iter().find(|path| holds(path, f))
+                                    candidates.iter().find_map(|c| c.holds(f, counters))
                                 });
                                 (i, found)
                             })
@@ -547,21 +592,39 @@ impl RocksDbBackend {
 
 /// SST and blob files: immutable once written, the ones local recovery
 /// reuses.
-fn immutable_file(name: &str) -> bool {
+pub(crate) fn immutable_file(name: &str) -> bool {
     name.ends_with(".sst") || name.ends_with(".blob")
 }
 
-/// True when the file at `path` has `f`'s length and content address.
-fn holds(path: &Path, f: &NativeFileRef) -> bool {
-    let same_len = std::fs::metadata(path).is_ok_and(|m| m.len() == f.len);
-    let same = same_len
-        && std::fs::File::open(path)
-            .and_then(ArtifactId::of_reader)
-            .is_ok_and(|id| id == f.id);
-    if same_len && !same {
-        tracing::warn!(file = %path.display(), "a local file differs from the checkpoint's; fetching it");
+/// A set-aside file local recovery may take, with what its directory's
+/// list records for it.
+struct Candidate {
+    path: PathBuf,
+    recorded: Option<(Stamp, ArtifactId)>,
+}
+
+impl Candidate {
+    /// The path, when the file holds `f`'s bytes: by its record if the
+    /// file is unchanged since, else by reading and hashing it.
+    fn holds(&self, f: &NativeFileRef, counters: &Counters) -> Option<&PathBuf> {
+        if known::vouches(self.recorded.as_ref(), &self.path, f) {
+            counters
+                .local_files_recorded
+                .fetch_add(1, Ordering::Relaxed);
+            return Some(&self.path);
+        }
+        let same_len = std::fs::metadata(&self.path).is_ok_and(|m| m.len() == f.len);
+        let same = same_len
+            && std::fs::File::open(&self.path)
+                .and_then(ArtifactId::of_reader)
+                .is_ok_and(|id| id == f.id);
+        if same {
+            counters.local_files_hashed.fetch_add(1, Ordering::Relaxed);
+        } else if same_len {
+            tracing::warn!(file = %self.path.display(), "a local file differs from the checkpoint's; fetching it");
+        }
+        same.then_some(&self.path)
     }
-    same
 }
 
 /// Checks the names a native checkpoint lists before anything is written:
@@ -907,21 +970,25 @@ impl StateBackend for RocksDbBackend {
         self.counters.snapshots.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let live = self.write();
-        let logs = self.take_changes();
+        let changes = self.take_changes();
         let snap: Snap = take_snapshot(live.generation.clone());
         drop(live);
         let pause = started.elapsed();
-        let out: Arc<dyn StateSnapshot> = match kind {
-            SnapshotKind::Full => Arc::new(FullSnapshot::new(
-                snap,
-                self.config.max_parallelism,
-                FULL_PARTITIONS,
-            )),
-            SnapshotKind::Changes => Arc::new(ChangesSnapshot::new(
+        let out: Arc<dyn StateSnapshot> = match (kind, changes) {
+            (SnapshotKind::Changes, Some(logs)) => Arc::new(ChangesSnapshot::new(
                 snap,
                 sorted_unique(&logs),
                 CHANGES_PARTITIONS,
             )),
+            (SnapshotKind::Changes, None) => {
+                tracing::info!(
+                    cap = self.config.change_tracking_bytes,
+                    "the keys changed since the last snapshot passed change_tracking_bytes: \
+                     answering a changes snapshot with a full one"
+                );
+                self.full_snapshot(snap)
+            }
+            (SnapshotKind::Full, _) => self.full_snapshot(snap),
         };
         tracing::debug!(
             ?kind,
@@ -991,7 +1058,9 @@ impl StateBackend for RocksDbBackend {
     }
 
     fn native(&self) -> Option<&dyn NativeCheckpoints> {
-        Some(self)
+        self.config
+            .native_checkpoints
+            .then_some(self as &dyn NativeCheckpoints)
     }
 }
 
@@ -1082,6 +1151,11 @@ impl NativeCheckpoints for RocksDbBackend {
             });
         }
         files.sort_by(|a, b| a.name.cmp(&b.name));
+        // The checkpoint's SST files are hard links of the live ones: their
+        // stamps are the live files', recorded once the upload commits.
+        let stamps = known::stamps(dir.path(), files.iter().map(|f| f.name.as_str()));
+        *self.stamped.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some((generation.dir.path().to_path_buf(), stamps));
         tracing::debug!(
             files = files.len(),
             bytes = files.iter().map(|f| f.len).sum::<u64>(),
@@ -1100,6 +1174,25 @@ impl NativeCheckpoints for RocksDbBackend {
         )))
     }
 
+    /// Records the committed files' content addresses in the live
+    /// database's directory, when the checkpoint was taken of it.
+    fn native_stored(&self, files: &[NativeFileRef]) {
+        let Some((dir, stamps)) = self
+            .stamped
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        else {
+            return;
+        };
+        // (A restore that replaces the database meanwhile moves or removes
+        // the directory: the record then fails or goes with it, harmlessly.)
+        let current = self.read().generation.dir.path() == dir;
+        if current {
+            known::record(&dir, files, &stamps);
+        }
+    }
+
     fn restore_native(
         &self,
         files: &mut dyn NativeSource,
@@ -1113,6 +1206,10 @@ impl NativeCheckpoints for RocksDbBackend {
         let guard = DirGuard::new(dir);
         let (wanted, local_files, local_bytes) = self.link_local_files(guard.path(), &listed);
         let bytes = Self::write_fetched(guard.path(), &listed, wanted, files)?;
+        // Every file now holds what the listing names: a later restart's
+        // local recovery takes them without reading them.
+        let stamps = known::stamps(guard.path(), listed.iter().map(|f| f.name.as_str()));
+        known::record(guard.path(), &listed, &stamps);
         sync_dir(guard.path())?;
         let mut opts = self.options.clone();
         opts.create_if_missing(false);

@@ -56,6 +56,14 @@ pub struct RocksDbConfig {
     /// (or the next open). On by default; off, every file is fetched and
     /// the directory is wiped on open and drop.
     pub local_recovery: bool,
+    /// Native checkpoints (on by default): the checkpointer uploads the
+    /// database's own SST files, sharing unchanged ones between
+    /// checkpoints. Off, checkpoints are highwater's encoded records (full,
+    /// then incremental from the changed keys, see
+    /// [`change_tracking_bytes`](Self::change_tracking_bytes)) — slower to
+    /// write and restore at scale, but readable by every backend — and a
+    /// native checkpoint cannot be restored.
+    pub native_checkpoints: bool,
     /// Size of one memtable, in bytes.
     pub write_buffer_size: usize,
     /// Memtables kept in memory (one active, the others being flushed).
@@ -94,6 +102,16 @@ pub struct RocksDbConfig {
     /// random gets unchanged (bloom filters keep the extra level-0 files
     /// cheap to skip).
     pub level0_compaction_trigger: i32,
+    /// The most bytes of keys (plus 8 each) the backend keeps to know what
+    /// changed since the last snapshot, for
+    /// [`SnapshotKind::Changes`](highwater_core::SnapshotKind::Changes)
+    /// snapshots. When the keys written in one interval need more, the
+    /// backend stops tracking them and answers the next changes snapshot
+    /// with a full one (whose `kind()` says so). Native checkpoints (what
+    /// the checkpointer takes of this backend) never read it, so a bulk
+    /// load of millions of keys costs no memory here. 64 MiB by default:
+    /// about 1.4 M distinct 40-byte keys between two snapshots.
+    pub change_tracking_bytes: usize,
     /// Bloom filter bits per key (0 disables the filter). Ten bits give a
     /// false-positive rate of about 1 %.
     pub bloom_bits_per_key: f64,
@@ -123,6 +141,7 @@ impl RocksDbConfig {
         RocksDbConfig {
             path: path.into(),
             local_recovery: true,
+            native_checkpoints: true,
             write_buffer_size: 64 << 20,
             max_write_buffer_number: 3,
             max_open_files: -1,
@@ -132,6 +151,7 @@ impl RocksDbConfig {
             target_file_size: 64 << 20,
             level_base_size: 256 << 20,
             level0_compaction_trigger: 8,
+            change_tracking_bytes: 64 << 20,
             bloom_bits_per_key: 10.0,
             compression: Compression::default(),
             statistics: false,

@@ -34,6 +34,7 @@ mod backend;
 mod changes;
 mod config;
 mod error;
+mod known;
 mod metrics;
 mod snapshot;
 

@@ -13,6 +13,8 @@ pub(crate) struct Counters {
     pub(crate) scans: AtomicU64,
     pub(crate) snapshots: AtomicU64,
     pub(crate) native_checkpoints: AtomicU64,
+    pub(crate) local_files_hashed: AtomicU64,
+    pub(crate) local_files_recorded: AtomicU64,
 }
 
 impl Counters {
@@ -27,6 +29,8 @@ impl Counters {
             scans: l(&self.scans),
             snapshots: l(&self.snapshots),
             native_checkpoints: l(&self.native_checkpoints),
+            local_files_hashed: l(&self.local_files_hashed),
+            local_files_recorded: l(&self.local_files_recorded),
         }
     }
 }
@@ -50,6 +54,12 @@ pub struct OpCounters {
     pub snapshots: u64,
     /// Native checkpoints.
     pub native_checkpoints: u64,
+    /// Local files restores took after reading and hashing them (no
+    /// recorded content address, or the file changed since).
+    pub local_files_hashed: u64,
+    /// Local files restores took by their recorded content address and
+    /// unchanged `stat` identity, without reading them.
+    pub local_files_recorded: u64,
 }
 
 /// What [`RocksDbBackend::metrics`](crate::RocksDbBackend::metrics) reports.

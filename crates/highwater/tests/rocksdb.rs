@@ -283,6 +283,9 @@ fn a_restart_in_the_same_directory_fetches_only_what_it_does_not_hold() {
         write_counters(&m, round * 1000..round * 1000 + 1500, round + 1);
         m.checkpoint().unwrap().wait().unwrap();
     }
+    // Older than the record the commit writes by more than the file
+    // system's clock tick, so the record vouches for every file.
+    std::thread::sleep(std::time::Duration::from_millis(30));
     let last = m.checkpoint().unwrap().wait().unwrap();
     let expected = all(&*backend);
     m.close().unwrap();
@@ -309,6 +312,28 @@ fn a_restart_in_the_same_directory_fetches_only_what_it_does_not_hold() {
         "only MANIFEST, OPTIONS and CURRENT are fetched"
     );
     assert_eq!(all(&*restarted), expected);
+    // The committed checkpoint recorded its files' content addresses:
+    // none was read to be taken.
+    let counters = restarted.metrics().counters;
+    assert_eq!(
+        (counters.local_files_recorded, counters.local_files_hashed),
+        (ssts as u64, 0)
+    );
+    // So did the restore, for the files it installed: a second restart
+    // takes them unread too.
+    drop(restarted);
+    let again = rocks(&tmp.path().join("live"));
+    let info = manager(again.clone(), store.clone(), 3)
+        .restore(last.id)
+        .unwrap();
+    assert_eq!(info.stats.artifacts_local, ssts);
+    assert_eq!(all(&*again), expected);
+    let counters = again.metrics().counters;
+    assert_eq!(
+        (counters.local_files_recorded, counters.local_files_hashed),
+        (ssts as u64, 0)
+    );
+    drop(again);
 
     let fresh = rocks(&tmp.path().join("elsewhere"));
     let info = manager(fresh.clone(), store.clone(), 3)
@@ -588,4 +613,60 @@ fn the_native_file_index_never_stands_in_for_a_changed_file() {
         known_total.get() > 0,
         "no checkpoint took a file from the previous one: the index was never used"
     );
+}
+
+/// RocksDB with encoded checkpoints (`native_checkpoints: false`) and a
+/// small change-tracking bound: an interval that changes more keys than the
+/// bound holds gets a full checkpoint instead of an incremental one
+/// (deletes included, as a full checkpoint has them: absent), the next
+/// small interval an incremental again, and the chain restores exactly —
+/// into a memory backend too, since encoded checkpoints are portable.
+#[test]
+fn an_interval_past_the_change_tracking_bound_gets_a_full_encoded_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store: Arc<dyn CheckpointStore> =
+        Arc::new(ObjectCheckpointStore::local(tmp.path().join("store")).unwrap());
+    let mut c = RocksDbConfig::new(tmp.path().join("live"));
+    c.write_buffer_size = 4 << 20;
+    c.block_cache_size = 8 << 20;
+    c.native_checkpoints = false;
+    c.change_tracking_bytes = 16 << 10;
+    let backend = Arc::new(RocksDbBackend::with_config(c).unwrap());
+    let m = manager(backend.clone(), store.clone(), 5);
+    let rt = runtime();
+    let kind_of = |id| manifest(&rt, &store, id).kind;
+
+    write_counters(&m, 0..100, 1);
+    let first = m.checkpoint().unwrap().wait().unwrap();
+    assert_eq!(kind_of(first.id), highwater::CheckpointKind::Full);
+    write_counters(&m, 0..10, 2);
+    let small = m.checkpoint().unwrap().wait().unwrap();
+    assert_eq!(kind_of(small.id), highwater::CheckpointKind::Incremental);
+    // Thousands of distinct keys pass the 16 KiB bound; one key deleted.
+    write_counters(&m, 0..3_000, 3);
+    let counts = m
+        .keyed_state("counter")
+        .unwrap()
+        .value_state::<String, u64>(&ValueStateDescriptor::new("count"))
+        .unwrap();
+    counts.clear(&"user-7".to_string()).unwrap();
+    let big = m.checkpoint().unwrap().wait().unwrap();
+    assert_eq!(kind_of(big.id), highwater::CheckpointKind::Full);
+    write_counters(&m, 20..30, 4);
+    counts.clear(&"user-8".to_string()).unwrap();
+    let last = m.checkpoint().unwrap().wait().unwrap();
+    assert_eq!(kind_of(last.id), highwater::CheckpointKind::Incremental);
+    let want = all(&*backend);
+    assert!(!want.is_empty());
+    drop(counts);
+    m.close().unwrap();
+
+    for into in [
+        Arc::new(MemoryBackend::new()) as Arc<dyn StateBackend>,
+        rocks(&tmp.path().join("again")),
+    ] {
+        let r = manager(into.clone(), store.clone(), 5);
+        r.restore(last.id).unwrap();
+        assert_eq!(all(&*into), want, "{}", into.name());
+    }
 }
