@@ -285,6 +285,14 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
     let changes = (entries / 100).max(1);
     let mut rng = Rng::new(7);
     let (mut ratios, mut round_ms, mut known) = (Vec::new(), Vec::new(), Vec::new());
+    // Where each round's new SST bytes sit in the LSM: flushes land in
+    // level 0, compactions write the levels below.
+    let mut seen: std::collections::HashSet<String> = backend
+        .live_sst_files()?
+        .into_iter()
+        .map(|f| f.name)
+        .collect();
+    let mut new_by_level = Vec::new();
     let mut last = full.id;
     for round in 1..=ROUNDS as u64 {
         let mut b = WriteBatch::new();
@@ -301,6 +309,18 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
         ratios.push(info.bytes_written as f64 / full_bytes.max(1) as f64);
         round_ms.push(info.duration.as_secs_f64() * 1e3);
         known.push(info.native_files_known);
+        let live = backend.live_sst_files()?;
+        let mut by_level = std::collections::BTreeMap::<u32, u64>::new();
+        for f in live.iter().filter(|f| !seen.contains(&f.name)) {
+            *by_level.entry(f.level).or_default() += f.size;
+        }
+        seen = live.into_iter().map(|f| f.name).collect();
+        new_by_level.push(
+            by_level
+                .iter()
+                .map(|(level, bytes)| (format!("L{level}"), json!(bytes >> 20)))
+                .collect::<serde_json::Map<_, _>>(),
+        );
         last = info.id;
         println!(
             "large: round {round}: uploaded {:.2} % of the full checkpoint in {:.0} ms",
@@ -309,6 +329,7 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
         );
     }
     params.insert("full_checkpoint_bytes".into(), json!(full_bytes));
+    params.insert("new_sst_mib_by_level_per_round".into(), json!(new_by_level));
     params.insert(
         "store_bytes_after_rounds".into(),
         json!(dir_bytes(&store_dir)),

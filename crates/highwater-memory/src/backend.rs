@@ -189,6 +189,10 @@ fn dir_is(store: &Store, dir: &MapDir, hash: u64, base: &[u8]) -> bool {
     dir.hash == hash && store.record(dir.locs[0]).0.get(..base.len()) == Some(base)
 }
 
+/// Bytes a shard's change set may always take, however small the shard
+/// (see [`Shard::track`]).
+const CHANGES_FLOOR: usize = 64 << 10;
+
 /// The keys written since the last snapshot, copied into one buffer.
 #[derive(Debug, Default)]
 struct ChangeSet {
@@ -229,6 +233,11 @@ impl ChangeSet {
 
     fn len(&self) -> usize {
         self.spans.len()
+    }
+
+    /// Bytes the set holds allocated.
+    fn cost(&self) -> usize {
+        self.keys.capacity() + self.spans.capacity() * (std::mem::size_of::<Span>() + 1)
     }
 
     fn is_empty(&self) -> bool {
@@ -303,6 +312,9 @@ struct Shard {
     /// snapshots never need the order).
     maps: HashTable<MapDir>,
     changed: ChangeSet,
+    /// The change set of this epoch was given up (see [`Shard::track`]):
+    /// a changes snapshot is answered with a full one.
+    changes_lost: bool,
     /// The segment being compacted and the offset compaction reached.
     compacting: Option<Loc>,
     /// Bytes compaction moved out of the current victim.
@@ -326,6 +338,7 @@ impl Shard {
             dead_total: 0,
             maps: HashTable::new(),
             changed: ChangeSet::default(),
+            changes_lost: false,
             compacting: None,
             compact_moved: 0,
             backoff: 0,
@@ -478,6 +491,34 @@ impl Shard {
         self.maps.find(h, |d| dir_is(&self.store, d, h, base))
     }
 
+    /// Adds `key` to the change set (looking it up first when `lookup`:
+    /// it may be there already), unless this epoch's changes were given
+    /// up. They are given up when the set would take more than an eighth
+    /// of the shard's state (or [`CHANGES_FLOOR`] in a small shard): a
+    /// bulk load, or an interval rewriting most keys, for which a full
+    /// snapshot costs little more than a changes one, and holding every
+    /// key a second time would cost memory for nothing.
+    fn track(&mut self, key: &[u8], hash: u64, lookup: bool) {
+        if self.changes_lost {
+            return;
+        }
+        if lookup {
+            self.changed.mark(key, hash);
+        } else {
+            self.changed.push(key, hash);
+        }
+        let bound = CHANGES_FLOOR.max(usize::try_from(self.bytes / 8).unwrap_or(usize::MAX));
+        if self.changed.cost() > bound {
+            tracing::trace!(
+                keys = self.changed.len(),
+                bound,
+                "memory shard gives up tracking this epoch's changes"
+            );
+            self.changed = ChangeSet::default();
+            self.changes_lost = true;
+        }
+    }
+
     fn put(&mut self, key: &[u8], k: Keyed, value: &[u8], rec: usize) {
         match self.store.find_slot(key, k.hash) {
             Some(slot) => {
@@ -488,7 +529,7 @@ impl Shard {
                 // a lookup.
                 let stamp = (slot.epoch != self.epoch).then_some(self.epoch);
                 if stamp.is_some() {
-                    self.changed.push(key, k.hash);
+                    self.track(key, k.hash, false);
                 }
                 let (ok, ov) = self.store.record(old);
                 let (old_rec, old_vlen) = (HEADER + ok.len() + ov.len(), ov.len());
@@ -515,7 +556,7 @@ impl Shard {
             None => {
                 // The key may have been deleted earlier in this epoch and
                 // be in the change set already: look it up.
-                self.changed.mark(key, k.hash);
+                self.track(key, k.hash, true);
                 let new = self.append(key, value, rec);
                 let slot = Slot {
                     loc: new,
@@ -540,7 +581,7 @@ impl Shard {
         };
         let old = slot.loc;
         if slot.epoch != self.epoch {
-            self.changed.push(key, k.hash);
+            self.track(key, k.hash, false);
         }
         let vlen = self.store.record(old).1.len();
         if k.split < key.len() {
@@ -1012,9 +1053,19 @@ impl StateBackend for MemoryBackend {
         let mut changes = Vec::with_capacity(n);
         let mut discarded = Vec::with_capacity(n);
         let mut guards = self.lock_all();
+        // A shard that gave up its change set makes a changes snapshot a
+        // full one (its kind says so).
+        let kind = match kind {
+            SnapshotKind::Changes if guards.iter().any(|g| g.changes_lost) => {
+                tracing::debug!("memory backend answers a changes snapshot with a full one");
+                SnapshotKind::Full
+            }
+            kind => kind,
+        };
         let mut entries = 0usize;
         for g in guards.iter_mut() {
             let changed = std::mem::take(&mut g.changed);
+            g.changes_lost = false;
             g.next_epoch();
             match kind {
                 SnapshotKind::Full => {
@@ -1213,6 +1264,54 @@ mod tests {
         }
         out.sort();
         out
+    }
+
+    /// A bulk load's change set would hold every key a second time: past
+    /// an eighth of the shard's state the shard gives it up, the changes
+    /// snapshot comes back full (deletes absent, as in any full snapshot),
+    /// and the next epoch is tracked exactly again.
+    #[test]
+    fn a_change_set_past_its_bound_is_given_up_for_a_full_snapshot() {
+        let b = MemoryBackend::with_config(MemoryConfig {
+            shards: 2,
+            segment_bytes: 4096,
+        });
+        let mut model = std::collections::BTreeMap::new();
+        for i in 0..20_000u32 {
+            let k = key(&i.to_be_bytes(), b"");
+            b.put(&k, b"value").unwrap();
+            model.insert(k, b"value".to_vec());
+        }
+        let gone = key(&7u32.to_be_bytes(), b"");
+        b.delete(&gone).unwrap();
+        model.remove(&gone);
+        assert!(
+            b.shards.iter().any(|s| s.read().unwrap().changes_lost),
+            "the load gave the change set up"
+        );
+        assert!(
+            b.shards
+                .iter()
+                .all(|s| s.read().unwrap().changed.cost() <= CHANGES_FLOOR),
+            "and holds nothing for it"
+        );
+        let s = b.snapshot(SnapshotKind::Changes).unwrap();
+        assert_eq!(s.kind(), SnapshotKind::Full);
+        let got: std::collections::BTreeMap<_, _> = collect(&*s)
+            .into_iter()
+            .map(|(k, v)| (k, v.expect("no deletes in a full snapshot")))
+            .collect();
+        assert_eq!(got, model);
+
+        let k1 = key(&1u32.to_be_bytes(), b"");
+        let k2 = key(&2u32.to_be_bytes(), b"");
+        b.put(&k1, b"other").unwrap();
+        b.delete(&k2).unwrap();
+        let s = b.snapshot(SnapshotKind::Changes).unwrap();
+        assert_eq!(s.kind(), SnapshotKind::Changes);
+        let mut got = collect(&*s);
+        got.sort();
+        assert_eq!(got, vec![(k1, Some(b"other".to_vec())), (k2, None)]);
     }
 
     #[test]

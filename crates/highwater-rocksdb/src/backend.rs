@@ -117,6 +117,17 @@ struct Live {
     generation: Arc<Generation>,
 }
 
+/// One live SST file of a [`RocksDbBackend`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveSst {
+    /// File name in the database directory.
+    pub name: String,
+    /// Bytes.
+    pub size: u64,
+    /// LSM level (0 holds flushed memtables).
+    pub level: u32,
+}
+
 /// A [`StateBackend`] on RocksDB, for state larger than memory.
 ///
 /// - **Layout**: one column family; keys are highwater's encoded state keys,
@@ -518,8 +529,9 @@ impl RocksDbBackend {
         generation.db.flush().map_err(rocks("flush"))
     }
 
-    /// Names and sizes of the live SST files (for tests and tools).
-    pub fn live_sst_files(&self) -> Result<Vec<(String, u64)>> {
+    /// The live SST files: name, size and level (for tests, tools and
+    /// benchmarks that ask where compaction put the bytes).
+    pub fn live_sst_files(&self) -> Result<Vec<LiveSst>> {
         let generation = self.read().generation.clone();
         let files = generation
             .db
@@ -527,7 +539,11 @@ impl RocksDbBackend {
             .map_err(rocks("list live files"))?;
         Ok(files
             .into_iter()
-            .map(|f| (f.name.trim_start_matches('/').to_string(), f.size as u64))
+            .map(|f| LiveSst {
+                name: f.name.trim_start_matches('/').to_string(),
+                size: f.size as u64,
+                level: u32::try_from(f.level).unwrap_or(0),
+            })
             .collect())
     }
 

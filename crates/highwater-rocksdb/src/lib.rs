@@ -38,7 +38,7 @@ mod known;
 mod metrics;
 mod snapshot;
 
-pub use backend::{RocksDbBackend, db_options};
+pub use backend::{LiveSst, RocksDbBackend, db_options};
 pub use config::{Compression, RocksDbConfig, TtlOptions};
 pub use error::classify;
 pub use metrics::{OpCounters, RocksDbMetrics};
