@@ -191,7 +191,7 @@ fn dir_is(store: &Store, dir: &MapDir, hash: u64, base: &[u8]) -> bool {
 
 /// Bytes a shard's change set may always take, however small the shard
 /// (see [`Shard::track`]).
-const CHANGES_FLOOR: usize = 64 << 10;
+const CHANGES_FLOOR: usize = 4 << 10;
 
 /// The keys written since the last snapshot, copied into one buffer.
 #[derive(Debug, Default)]
