@@ -8,6 +8,7 @@
 //! the store's two small vectors of `Arc`s, then at most the one index page
 //! and the one segment it writes to — never the shard.
 
+use std::ops::Range;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use hashbrown::HashTable;
@@ -55,6 +56,14 @@ pub struct MemoryConfig {
     /// appends to a segment a snapshot still holds copies at most this much
     /// once; a record larger than a segment gets a segment of its own.
     pub segment_bytes: usize,
+    /// Key groups of the job (its `max_parallelism`; the library default
+    /// unless the job sets another). Shards hold whole key groups — a
+    /// contiguous range of them each, or one key group over several shards
+    /// when there are more shards than key groups — so the records a
+    /// checkpoint writes into one artifact sit in a few shards' segments,
+    /// not in all of them. Any value is correct; a job with another
+    /// `max_parallelism` only loses that locality.
+    pub max_parallelism: u16,
 }
 
 impl Default for MemoryConfig {
@@ -62,6 +71,7 @@ impl Default for MemoryConfig {
         MemoryConfig {
             shards: 256,
             segment_bytes: 1 << 20,
+            max_parallelism: highwater_core::DEFAULT_MAX_PARALLELISM,
         }
     }
 }
@@ -857,6 +867,10 @@ fn checked_record(key: &[u8], value: &[u8]) -> Result<usize> {
 pub struct MemoryBackend {
     shards: Box<[RwLock<Shard>]>,
     mask: u64,
+    /// [`MemoryConfig::max_parallelism`].
+    key_groups: u64,
+    /// The shards of each snapshot partition (see [`MemoryBackend::cells`]).
+    cells: Arc<[Range<usize>]>,
     segment_bytes: usize,
 }
 
@@ -881,8 +895,27 @@ impl MemoryBackend {
                 .map(|_| RwLock::new(Shard::new(segment_bytes)))
                 .collect(),
             mask: n as u64 - 1,
+            key_groups: u64::from(config.max_parallelism.max(1)),
+            cells: Self::cells(n, usize::from(config.max_parallelism.max(1))),
             segment_bytes,
         }
+    }
+
+    /// Snapshot partitions: one per shard when shards hold key-group
+    /// ranges, one per key group when a key group spreads over several
+    /// shards (plus one for the shards outside them), so that no key group
+    /// is split between partitions and the checkpoint encoder gets each
+    /// key group's records from one partition.
+    fn cells(shards: usize, key_groups: usize) -> Arc<[Range<usize>]> {
+        if key_groups >= shards {
+            return (0..shards).map(|i| i..i + 1).collect();
+        }
+        let per = shards / key_groups;
+        let spread = key_groups * per;
+        (0..key_groups)
+            .map(|k| k * per..(k + 1) * per)
+            .chain((spread < shards).then_some(spread..shards))
+            .collect()
     }
 
     /// Compacts every shard now: the live records of every segment holding
@@ -902,9 +935,8 @@ impl MemoryBackend {
 
     fn keyed(&self, key: &[u8]) -> (usize, Keyed) {
         let split = split_of(key);
-        let shard = (xxh3_64_with_seed(&key[..split], SHARD_SEED) & self.mask) as usize;
         (
-            shard,
+            self.shard_of(key, split),
             Keyed {
                 split,
                 hash: key_hash(key),
@@ -912,8 +944,26 @@ impl MemoryBackend {
         )
     }
 
+    /// The shard of a key whose base ends at `split`: chosen by its key
+    /// group (the first two bytes of a state key) when that is one of the
+    /// job's, so that shards hold whole key groups; within a key group
+    /// spread over several shards, and for any other key, by the hash of
+    /// the base (so a map state's entries share a shard).
     fn shard_of(&self, key: &[u8], split: usize) -> usize {
-        (xxh3_64_with_seed(&key[..split], SHARD_SEED) & self.mask) as usize
+        let hash = xxh3_64_with_seed(&key[..split], SHARD_SEED);
+        let n = self.mask + 1;
+        let m = self.key_groups;
+        match key
+            .first_chunk::<2>()
+            .map(|b| u64::from(u16::from_be_bytes(*b)))
+        {
+            Some(kg) if kg < m && m >= n => (kg * n / m) as usize,
+            Some(kg) if kg < m => {
+                let per = n / m;
+                (kg * per + hash % per) as usize
+            }
+            _ => (hash & self.mask) as usize,
+        }
     }
 
     fn read(&self, i: usize) -> RwLockReadGuard<'_, Shard> {
@@ -1097,6 +1147,7 @@ impl StateBackend for MemoryBackend {
             kind,
             stores,
             changes,
+            cells: self.cells.clone(),
             entries,
         }))
     }
@@ -1184,6 +1235,9 @@ struct MemorySnapshot {
     kind: SnapshotKind,
     stores: Vec<Option<Arc<Store>>>,
     changes: Vec<ChangeSet>,
+    /// The shards of each partition: those holding the same key groups
+    /// ([`MemoryBackend::cells`]).
+    cells: Arc<[Range<usize>]>,
     entries: usize,
 }
 
@@ -1193,7 +1247,7 @@ impl StateSnapshot for MemorySnapshot {
     }
 
     fn partitions(&self) -> usize {
-        self.stores.len()
+        self.cells.len()
     }
 
     fn for_each_in_partition(
@@ -1210,20 +1264,22 @@ impl StateSnapshot for MemorySnapshot {
         partition: usize,
         f: &mut highwater_core::BorrowedEntryVisitor<'s, '_>,
     ) -> Result<bool> {
-        let Some(store) = self.stores.get(partition) else {
+        let Some(cell) = self.cells.get(partition) else {
             return Err(Error::InvalidArgument(format!(
                 "snapshot partition out of range: partition={partition} partitions={}",
-                self.stores.len()
+                self.cells.len()
             )));
         };
-        let Some(store) = store else {
-            return Ok(true);
-        };
-        match self.kind {
-            SnapshotKind::Full => store.for_each(&mut |k, v| f(k, Some(v)))?,
-            SnapshotKind::Changes => {
-                for (key, hash) in self.changes[partition].iter() {
-                    f(key, store.get(key, hash))?;
+        for shard in cell.clone() {
+            let Some(store) = &self.stores[shard] else {
+                continue;
+            };
+            match self.kind {
+                SnapshotKind::Full => store.for_each(&mut |k, v| f(k, Some(v)))?,
+                SnapshotKind::Changes => {
+                    for (key, hash) in self.changes[shard].iter() {
+                        f(key, store.get(key, hash))?;
+                    }
                 }
             }
         }
@@ -1275,6 +1331,7 @@ mod tests {
         let b = MemoryBackend::with_config(MemoryConfig {
             shards: 2,
             segment_bytes: 4096,
+            ..MemoryConfig::default()
         });
         let mut model = std::collections::BTreeMap::new();
         for i in 0..20_000u32 {
@@ -1312,6 +1369,68 @@ mod tests {
         let mut got = collect(&*s);
         got.sort();
         assert_eq!(got, vec![(k1, Some(b"other".to_vec())), (k2, None)]);
+    }
+
+    /// Shards hold whole key groups, and snapshot partitions never split
+    /// one: with fewer key groups than shards each spreads over its own
+    /// shards by hash, with more each shard holds a contiguous range;
+    /// keys outside the job's key groups are hashed over all shards.
+    #[test]
+    fn shards_and_partitions_hold_whole_key_groups() {
+        let kg_key = |kg: u16, i: u32| {
+            StateKey {
+                key_group: KeyGroup(kg),
+                operator: "op",
+                state: "s",
+                key: &i.to_be_bytes(),
+                namespace: b"",
+                user_key: b"",
+            }
+            .encode()
+            .unwrap()
+        };
+        for (shards, key_groups) in [(8usize, 2u16), (8, 3), (4, 16), (4, 4)] {
+            let b = MemoryBackend::with_config(MemoryConfig {
+                shards,
+                max_parallelism: key_groups,
+                ..MemoryConfig::default()
+            });
+            let cells = &b.cells;
+            for kg in 0..key_groups {
+                let mut seen = std::collections::BTreeSet::new();
+                for i in 0..200 {
+                    let k = kg_key(kg, i);
+                    seen.insert(b.shard_of(&k, split_of(&k)));
+                }
+                let cell = cells
+                    .iter()
+                    .position(|c| c.contains(seen.first().unwrap()))
+                    .unwrap();
+                assert!(
+                    seen.iter().all(|s| cells[cell].contains(s)),
+                    "{shards} shards, {key_groups} key groups: key group {kg} in shards {seen:?}, cells {cells:?}"
+                );
+                if usize::from(key_groups) < shards {
+                    assert_eq!(
+                        seen.len(),
+                        shards / usize::from(key_groups),
+                        "spread by hash"
+                    );
+                }
+            }
+            // Every shard is in exactly one partition.
+            let mut covered: Vec<usize> = cells.iter().flat_map(|c| c.clone()).collect();
+            covered.sort_unstable();
+            assert_eq!(covered, (0..b.shards.len()).collect::<Vec<_>>());
+            // Keys outside the key groups reach other shards too.
+            let outside: std::collections::BTreeSet<usize> = (0..200)
+                .map(|i| {
+                    let k = kg_key(key_groups + 5, i);
+                    b.shard_of(&k, split_of(&k))
+                })
+                .collect();
+            assert!(outside.len() > 1, "{outside:?}");
+        }
     }
 
     #[test]
@@ -1379,6 +1498,7 @@ mod tests {
         let b = MemoryBackend::with_config(MemoryConfig {
             shards: 1,
             segment_bytes: 4096,
+            ..MemoryConfig::default()
         });
         // Values change length on every round, so nothing is rewritten in
         // place and every overwrite leaves a dead record behind.
@@ -1409,6 +1529,7 @@ mod tests {
         let b = MemoryBackend::with_config(MemoryConfig {
             shards: 1,
             segment_bytes: 64 << 10,
+            ..MemoryConfig::default()
         });
         // ≈ 3 KiB live, 600 KiB written: without sealing the tail, dead
         // bytes would pile up to a whole segment before anything moved.
@@ -1453,6 +1574,7 @@ mod tests {
         let b = MemoryBackend::with_config(MemoryConfig {
             shards: 1,
             segment_bytes: 4096,
+            ..MemoryConfig::default()
         });
         let k = key(b"c", b"");
         b.put(&k, b"0001").unwrap();
@@ -1471,6 +1593,7 @@ mod tests {
         let b = MemoryBackend::with_config(MemoryConfig {
             shards: 2,
             segment_bytes: 64,
+            ..MemoryConfig::default()
         });
         let big = vec![7u8; 1000];
         b.put(&key(b"big", b""), &big).unwrap();

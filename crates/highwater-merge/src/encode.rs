@@ -326,10 +326,21 @@ pub(crate) fn sort_bucket<'a>(
         })
         .min()
         .unwrap_or(0);
-    let mut recs = Vec::with_capacity(pieces.iter().map(|p| p.recs.len()).sum());
-    for p in pieces {
-        recs.extend(p.recs);
-    }
+    // A bucket read from one partition (a backend whose partitions hold
+    // whole key groups) is sorted where it is.
+    let mut recs = if pieces.len() == 1 {
+        pieces
+            .into_iter()
+            .next()
+            .map(|p| p.recs)
+            .unwrap_or_default()
+    } else {
+        let mut recs = Vec::with_capacity(pieces.iter().map(|p| p.recs.len()).sum());
+        for p in pieces {
+            recs.extend(p.recs);
+        }
+        recs
+    };
     let width = if several_key_groups { 6 } else { 8 };
     for r in &mut recs {
         let rest = &tail(r.key, skip)[lcp..];

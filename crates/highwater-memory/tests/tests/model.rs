@@ -303,7 +303,9 @@ proptest! {
     #[test]
     fn backend_matches_a_btreemap_model(ops in prop::collection::vec(op(), 1..160)) {
         let mut h = Harness {
-            backend: MemoryBackend::with_config(MemoryConfig { shards: 2, segment_bytes: 128 }),
+            // Two key groups over two shards (one each); key group 2 is
+            // outside them and hashed.
+            backend: MemoryBackend::with_config(MemoryConfig { shards: 2, segment_bytes: 128, max_parallelism: 2 }),
             model: Model::new(),
             changed: BTreeSet::new(),
             held: Vec::new(),
@@ -315,7 +317,8 @@ proptest! {
         h.check_held();
         // A restore from the backend's own full snapshot reproduces it.
         let snap = h.backend.snapshot(SnapshotKind::Full).expect("snapshot");
-        let fresh = MemoryBackend::with_config(MemoryConfig { shards: 4, segment_bytes: 1024 });
+        // Two key groups over four shards: each spread over two by hash.
+        let fresh = MemoryBackend::with_config(MemoryConfig { shards: 4, segment_bytes: 1024, max_parallelism: 2 });
         let block = contents(&*snap).into_iter().map(|(k, v)| (k, v.unwrap_or_default())).collect();
         fresh.restore(&mut std::iter::once(Ok(block))).expect("restore");
         let all = fresh.scan_range(&[], &[0xff; 4]).expect("scan");
@@ -329,6 +332,7 @@ fn restore_keeps_the_last_of_duplicate_keys() {
     let b = MemoryBackend::with_config(MemoryConfig {
         shards: 1,
         segment_bytes: 64,
+        ..MemoryConfig::default()
     });
     let k = KeySel::MapEntry(1, 2).key();
     let other = KeySel::MapEntry(1, 0).key();
