@@ -4,10 +4,17 @@
 //!
 //! ## Design
 //!
-//! State is split into shards (a power of two, 256 by default) by the
-//! xxh3 hash of each key's *base* (everything but a map entry's user key),
-//! so all entries of one map state for one key live in one shard. Each shard
-//! is a `RwLock` around:
+//! State is split into shards (a power of two, 256 by default) by key
+//! group: with at least as many key groups as shards
+//! ([`MemoryConfig::max_parallelism`]) each shard holds a contiguous range
+//! of them, with fewer each key group has its own shards and a key picks
+//! one by the xxh3 hash of its *base* (everything but a map entry's user
+//! key); keys outside the key groups are hashed over all shards. All
+//! entries of one map state for one key live in one shard, and one key
+//! group's records sit in a few shards' segments, which is what a
+//! checkpoint reads them from in key order. Snapshot partitions are the
+//! groups of shards holding the same key groups. Each shard is a `RwLock`
+//! around:
 //!
 //! - **Arenas.** Keys and values are appended as records
 //!   (`[key_len u32][value_len u32][key][value]`) to fixed-size segments
