@@ -17,14 +17,9 @@ use highwater_core::{
     BackendStats, Error, Mutation, RecordBlock, Result, SnapshotKind, StateBackend, StateSnapshot,
     WriteBatch,
 };
-use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+use xxhash_rust::xxh3::xxh3_64;
 
 use crate::arena::{HEADER, Loc, Segment, record_len};
-
-/// Seed of the shard hash. It differs from the index hash (unseeded xxh3 of
-/// the whole key) so that the keys of one shard still spread over all pages
-/// and buckets of its index.
-const SHARD_SEED: u64 = 0x9e37_79b9_7f4a_7c15;
 
 /// Index pages per shard (a power of two). A writer that touches a shard
 /// held by a snapshot copies one page: a quarter of the shard's index,
@@ -935,22 +930,26 @@ impl MemoryBackend {
 
     fn keyed(&self, key: &[u8]) -> (usize, Keyed) {
         let split = split_of(key);
-        (
-            self.shard_of(key, split),
-            Keyed {
-                split,
-                hash: key_hash(key),
-            },
-        )
+        let hash = key_hash(key);
+        (self.shard_of(key, split, hash), Keyed { split, hash })
     }
 
-    /// The shard of a key whose base ends at `split`: chosen by its key
-    /// group (the first two bytes of a state key) when that is one of the
-    /// job's, so that shards hold whole key groups; within a key group
-    /// spread over several shards, and for any other key, by the hash of
-    /// the base (so a map state's entries share a shard).
-    fn shard_of(&self, key: &[u8], split: usize) -> usize {
-        let hash = xxh3_64_with_seed(&key[..split], SHARD_SEED);
+    /// The shard of a key whose base ends at `split` (`hash` is the key's
+    /// [`key_hash`]): chosen by its key group (the first two bytes of a
+    /// state key) when that is one of the job's, so that shards hold whole
+    /// key groups; within a key group spread over several shards, and for
+    /// any other key, by the hash of the base (so a map state's entries
+    /// share a shard). The shard bits (40 and up) are apart from those an
+    /// index page uses (the low bits, bits 32–33 and the top seven).
+    fn shard_of(&self, key: &[u8], split: usize, hash: u64) -> usize {
+        // A key that is its own base (a value state's) has its hash already.
+        let base = || {
+            if split == key.len() {
+                hash >> 40
+            } else {
+                key_hash(&key[..split]) >> 40
+            }
+        };
         let n = self.mask + 1;
         let m = self.key_groups;
         match key
@@ -960,9 +959,9 @@ impl MemoryBackend {
             Some(kg) if kg < m && m >= n => (kg * n / m) as usize,
             Some(kg) if kg < m => {
                 let per = n / m;
-                (kg * per + hash % per) as usize
+                (kg * per + base() % per) as usize
             }
-            _ => (hash & self.mask) as usize,
+            _ => (base() & self.mask) as usize,
         }
     }
 
@@ -1067,7 +1066,7 @@ impl StateBackend for MemoryBackend {
             return self.scan_all(&|k| k.starts_with(prefix));
         };
         let (base, uk_prefix) = prefix.split_at(split);
-        let shard = self.read(self.shard_of(prefix, split));
+        let shard = self.read(self.shard_of(prefix, split, key_hash(prefix)));
         let store = &*shard.store;
         let mut out = Vec::new();
         if uk_prefix.is_empty()
@@ -1164,7 +1163,7 @@ impl StateBackend for MemoryBackend {
             let block = block?;
             for (k, v) in block.puts() {
                 let rec = checked_record(k, v)?;
-                let i = self.shard_of(k, split_of(k));
+                let i = self.shard_of(k, split_of(k), key_hash(k));
                 filling[i].append(k, v, rec, self.segment_bytes);
             }
         }
@@ -1400,7 +1399,7 @@ mod tests {
                 let mut seen = std::collections::BTreeSet::new();
                 for i in 0..200 {
                     let k = kg_key(kg, i);
-                    seen.insert(b.shard_of(&k, split_of(&k)));
+                    seen.insert(b.shard_of(&k, split_of(&k), key_hash(&k)));
                 }
                 let cell = cells
                     .iter()
@@ -1426,7 +1425,7 @@ mod tests {
             let outside: std::collections::BTreeSet<usize> = (0..200)
                 .map(|i| {
                     let k = kg_key(key_groups + 5, i);
-                    b.shard_of(&k, split_of(&k))
+                    b.shard_of(&k, split_of(&k), key_hash(&k))
                 })
                 .collect();
             assert!(outside.len() > 1, "{outside:?}");
