@@ -43,7 +43,8 @@
 //!   backend. Baseline: the raw database. Target ≥ 0.9.
 //! - `large_rss_max`: the process's peak resident memory (sampled every
 //!   50 ms) during the highwater phases, against the budget + 1 GiB
-//!   (target: ratio ≤ 1).
+//!   (target: ratio ≤ 1); the parameter `rss_peak_mib_by_phase` has the
+//!   peak of each phase (load, checkpoints, gets, restores).
 //!
 //! - `large_local_recovery_ms`: the same restore again, into a backend
 //!   reopened in the restored one's working directory, which takes the SST
@@ -150,29 +151,50 @@ fn settle_disk() {
 struct RssPeak {
     stop: Arc<AtomicBool>,
     peak: Arc<AtomicU64>,
+    /// The peak since the last [`RssPeak::phase`].
+    phase_peak: Arc<AtomicU64>,
+    phases: Vec<(&'static str, u64)>,
     thread: std::thread::JoinHandle<()>,
 }
 
 impl RssPeak {
     fn start() -> RssPeak {
         let stop = Arc::new(AtomicBool::new(false));
-        let peak = Arc::new(AtomicU64::new(util::rss_bytes().unwrap_or(0)));
-        let (s, p) = (stop.clone(), peak.clone());
+        let now = util::rss_bytes().unwrap_or(0);
+        let peak = Arc::new(AtomicU64::new(now));
+        let phase_peak = Arc::new(AtomicU64::new(now));
+        let (s, p, q) = (stop.clone(), peak.clone(), phase_peak.clone());
         let thread = std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
                 if let Some(rss) = util::rss_bytes() {
                     p.fetch_max(rss, Ordering::Relaxed);
+                    q.fetch_max(rss, Ordering::Relaxed);
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
         });
-        RssPeak { stop, peak, thread }
+        RssPeak {
+            stop,
+            peak,
+            phase_peak,
+            phases: Vec::new(),
+            thread,
+        }
     }
 
-    fn finish(self) -> u64 {
+    /// Ends phase `name`: its peak is kept, and the next phase's starts.
+    fn phase(&mut self, name: &'static str) {
+        let now = util::rss_bytes().unwrap_or(0);
+        let peak = self.phase_peak.swap(now, Ordering::Relaxed).max(now);
+        println!("large: peak RSS during {name}: {} MiB", peak >> 20);
+        self.phases.push((name, peak));
+    }
+
+    /// The peak over all phases, and each phase's.
+    fn finish(self) -> (u64, Vec<(&'static str, u64)>) {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.thread.join();
-        self.peak.load(Ordering::Relaxed)
+        (self.peak.load(Ordering::Relaxed), self.phases)
     }
 }
 
@@ -244,7 +266,7 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
     let mut metrics = Vec::new();
 
     // highwater: load.
-    let rss = RssPeak::start();
+    let mut rss = RssPeak::start();
     let backend = Arc::new(RocksDbBackend::with_config(config(
         &root.join("live"),
         budget,
@@ -262,6 +284,7 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
     let hw_load = mb / t.elapsed().as_secs_f64();
     println!("large: loaded at {hw_load:.1} MB/s");
     settle(&backend, Duration::from_secs(1800));
+    rss.phase("load");
     params.insert(
         "live_db_bytes_after_load".into(),
         json!(dir_bytes(&root.join("live"))),
@@ -353,7 +376,9 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
     );
     params.insert("checkpoint_ms_per_round".into(), json!(round_ms));
     params.insert("native_files_known_per_round".into(), json!(known));
+    rss.phase("checkpoints");
     let hw_get = gets(gets_n, entries, |k| Ok(backend.get(k)?.is_some()))?;
+    rss.phase("gets");
     println!("large: {hw_get:.0} gets/s");
     let db_metrics = backend.metrics();
     params.insert(
@@ -422,7 +447,17 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
         copy_s.push(t.elapsed().as_secs_f64());
         std::fs::remove_dir_all(&copy_dir)?;
     }
-    let rss_max = rss.finish();
+    rss.phase("restores");
+    let (rss_max, rss_phases) = rss.finish();
+    params.insert(
+        "rss_peak_mib_by_phase".into(),
+        json!(
+            rss_phases
+                .iter()
+                .map(|(name, bytes)| (name.to_string(), json!(bytes >> 20)))
+                .collect::<serde_json::Map<_, _>>()
+        ),
+    );
     params.insert("restore_s_per_rep".into(), json!(restore_s));
     params.insert("copy_s_per_rep".into(), json!(copy_s));
     params.insert("local_recovery_s_per_rep".into(), json!(local_s));
