@@ -312,13 +312,14 @@ fn a_restart_in_the_same_directory_fetches_only_what_it_does_not_hold() {
         "only MANIFEST, OPTIONS and CURRENT are fetched"
     );
     assert_eq!(all(&*restarted), expected);
+    // Local files taken by their recorded content address, and read.
+    let taken = |b: &RocksDbBackend| {
+        let c = b.metrics().counters;
+        (c.local_files_recorded, c.local_files_hashed)
+    };
     // The committed checkpoint recorded its files' content addresses:
     // none was read to be taken.
-    let counters = restarted.metrics().counters;
-    assert_eq!(
-        (counters.local_files_recorded, counters.local_files_hashed),
-        (ssts as u64, 0)
-    );
+    assert_eq!(taken(&restarted), (ssts as u64, 0));
     // So did the restore, for the files it installed: a second restart
     // takes them unread too.
     drop(restarted);
@@ -328,11 +329,7 @@ fn a_restart_in_the_same_directory_fetches_only_what_it_does_not_hold() {
         .unwrap();
     assert_eq!(info.stats.artifacts_local, ssts);
     assert_eq!(all(&*again), expected);
-    let counters = again.metrics().counters;
-    assert_eq!(
-        (counters.local_files_recorded, counters.local_files_hashed),
-        (ssts as u64, 0)
-    );
+    assert_eq!(taken(&again), (ssts as u64, 0));
     drop(again);
 
     let fresh = rocks(&tmp.path().join("elsewhere"));
