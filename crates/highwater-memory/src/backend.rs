@@ -194,9 +194,9 @@ fn dir_is(store: &Store, dir: &MapDir, hash: u64, base: &[u8]) -> bool {
     dir.hash == hash && store.record(dir.locs[0]).0.get(..base.len()) == Some(base)
 }
 
-/// Bytes a shard's change set may always take, however small the shard
-/// (see [`Shard::track`]).
-const CHANGES_FLOOR: usize = 4 << 10;
+/// Keys a shard's change set may always hold, however small the shard
+/// was when its epoch began (see [`Shard::track`]).
+const CHANGES_FLOOR: usize = 64;
 
 /// The keys written since the last snapshot, copied into one buffer.
 #[derive(Debug, Default)]
@@ -238,11 +238,6 @@ impl ChangeSet {
 
     fn len(&self) -> usize {
         self.spans.len()
-    }
-
-    /// Bytes the set holds allocated.
-    fn cost(&self) -> usize {
-        self.keys.capacity() + self.spans.capacity() * (std::mem::size_of::<Span>() + 1)
     }
 
     fn is_empty(&self) -> bool {
@@ -320,6 +315,8 @@ struct Shard {
     /// The change set of this epoch was given up (see [`Shard::track`]):
     /// a changes snapshot is answered with a full one.
     changes_lost: bool,
+    /// Entries when the epoch began (see [`Shard::track`]).
+    epoch_entries: u64,
     /// The segment being compacted and the offset compaction reached.
     compacting: Option<Loc>,
     /// Bytes compaction moved out of the current victim.
@@ -344,6 +341,7 @@ impl Shard {
             maps: HashTable::new(),
             changed: ChangeSet::default(),
             changes_lost: false,
+            epoch_entries: 0,
             compacting: None,
             compact_moved: 0,
             backoff: 0,
@@ -430,6 +428,7 @@ impl Shard {
 
     /// Starts a new change-tracking epoch (the change set was taken).
     fn next_epoch(&mut self) {
+        self.epoch_entries = self.entries;
         self.epoch = self.epoch.wrapping_add(1);
         if self.epoch == 0 {
             // Once every 2^32 snapshots: stamps of the previous cycle could
@@ -498,11 +497,13 @@ impl Shard {
 
     /// Adds `key` to the change set (looking it up first when `lookup`:
     /// it may be there already), unless this epoch's changes were given
-    /// up. They are given up when the set would take more than an eighth
-    /// of the shard's state (or [`CHANGES_FLOOR`] in a small shard): a
-    /// bulk load, or an interval rewriting most keys, for which a full
-    /// snapshot costs little more than a changes one, and holding every
-    /// key a second time would cost memory for nothing.
+    /// up. They are given up when the set holds more than twice the keys
+    /// the shard had when the epoch began (and [`CHANGES_FLOOR`]): only
+    /// new keys get it there — rewrites of existing keys are at most the
+    /// shard's keys once — so it is a bulk load, or a shard that more than
+    /// doubled, for which a full snapshot costs little more than a changes
+    /// one and a second copy of every new key would cost memory for
+    /// nothing.
     fn track(&mut self, key: &[u8], hash: u64, lookup: bool) {
         if self.changes_lost {
             return;
@@ -512,8 +513,9 @@ impl Shard {
         } else {
             self.changed.push(key, hash);
         }
-        let bound = CHANGES_FLOOR.max(usize::try_from(self.bytes / 8).unwrap_or(usize::MAX));
-        if self.changed.cost() > bound {
+        let bound = CHANGES_FLOOR
+            .max(usize::try_from(self.epoch_entries.saturating_mul(2)).unwrap_or(usize::MAX));
+        if self.changed.len() > bound {
             tracing::trace!(
                 keys = self.changed.len(),
                 bound,
@@ -798,6 +800,8 @@ impl Shard {
         for (loc, rec) in dead {
             self.kill(loc, rec);
         }
+        // The restored entries are the new epoch's starting point.
+        self.epoch_entries = self.entries;
         // Map directories: gathered unordered, then each sorted once.
         let store = &*self.store;
         for page in &store.pages {
@@ -1322,7 +1326,7 @@ mod tests {
     }
 
     /// A bulk load's change set would hold every key a second time: past
-    /// an eighth of the shard's state the shard gives it up, the changes
+    /// twice the keys the shard began the epoch with it is given up, the changes
     /// snapshot comes back full (deletes absent, as in any full snapshot),
     /// and the next epoch is tracked exactly again.
     #[test]
@@ -1348,7 +1352,7 @@ mod tests {
         assert!(
             b.shards
                 .iter()
-                .all(|s| s.read().unwrap().changed.cost() <= CHANGES_FLOOR),
+                .all(|s| s.read().unwrap().changed.len() <= CHANGES_FLOOR),
             "and holds nothing for it"
         );
         let s = b.snapshot(SnapshotKind::Changes).unwrap();
@@ -1368,6 +1372,17 @@ mod tests {
         let mut got = collect(&*s);
         got.sort();
         assert_eq!(got, vec![(k1, Some(b"other".to_vec())), (k2, None)]);
+
+        // Rewriting every key (an interval that touches all the state) is
+        // still tracked: only new keys past twice the epoch's start give
+        // the set up. (The first bound, an eighth of the shard's bytes,
+        // made every checkpoint of the demo a full one.)
+        for k in model.keys() {
+            b.put(k, b"again").unwrap();
+        }
+        let s = b.snapshot(SnapshotKind::Changes).unwrap();
+        assert_eq!(s.kind(), SnapshotKind::Changes);
+        assert_eq!(collect(&*s).len(), model.len());
     }
 
     /// Shards hold whole key groups, and snapshot partitions never split

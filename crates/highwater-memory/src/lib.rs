@@ -47,11 +47,11 @@
 //!   incrementing a counter. A
 //!   [`SnapshotKind::Changes`] snapshot reads only those keys from the frozen
 //!   stores, so it costs O(changes), not O(state).
-//!   A shard's change set is bounded: past an eighth of the shard's state
-//!   (or 4 KiB in a small shard) it is given up for the epoch — a bulk
-//!   load, or an interval that rewrote most keys — and the next changes
-//!   snapshot is a full one (its `kind()` says so), which costs little
-//!   more than those changes would.
+//!   A shard's change set is bounded: past twice the keys the shard had
+//!   when the epoch began (64 at least) — which only new keys reach: a
+//!   bulk load, or a shard that more than doubled — it is given up for the
+//!   epoch, and the next changes snapshot is a full one (its `kind()` says
+//!   so), which costs little more than those changes would.
 //! - **Bulk restore.** Entries are copied once into their shard's arena as
 //!   they arrive; then every shard is indexed on its own thread. The live
 //!   state is replaced only when the source was read to the end.
