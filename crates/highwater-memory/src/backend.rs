@@ -866,8 +866,13 @@ fn checked_record(key: &[u8], value: &[u8]) -> Result<usize> {
 pub struct MemoryBackend {
     shards: Box<[RwLock<Shard>]>,
     mask: u64,
-    /// [`MemoryConfig::max_parallelism`].
-    key_groups: u64,
+    /// The first shard of each of the job's key groups
+    /// ([`MemoryConfig::max_parallelism`]): a lookup, so that placing a key
+    /// costs no division.
+    first_shard: Box<[u16]>,
+    /// Shards per key group (a power of two; 1 when shards hold key-group
+    /// ranges).
+    per_key_group: u64,
     /// The shards of each snapshot partition (see [`MemoryBackend::cells`]).
     cells: Arc<[Range<usize>]>,
     segment_bytes: usize,
@@ -889,13 +894,32 @@ impl MemoryBackend {
     pub fn with_config(config: MemoryConfig) -> Self {
         let n = config.shards.clamp(1, 1 << 16).next_power_of_two();
         let segment_bytes = config.segment_bytes.clamp(64, 1 << 30);
+        // More shards than key groups: each key group gets its own power of
+        // two of them; fewer: each shard a contiguous range of key groups.
+        let key_groups = usize::from(config.max_parallelism.max(1));
+        let per = if key_groups < n {
+            1 << (n / key_groups).ilog2()
+        } else {
+            1
+        };
+        let first_shard = (0..key_groups)
+            .map(|kg| {
+                let first = if per > 1 {
+                    kg * per
+                } else {
+                    kg * n / key_groups
+                };
+                u16::try_from(first).unwrap_or(u16::MAX)
+            })
+            .collect();
         MemoryBackend {
             shards: (0..n)
                 .map(|_| RwLock::new(Shard::new(segment_bytes)))
                 .collect(),
             mask: n as u64 - 1,
-            key_groups: u64::from(config.max_parallelism.max(1)),
-            cells: Self::cells(n, usize::from(config.max_parallelism.max(1))),
+            first_shard,
+            per_key_group: per as u64,
+            cells: Self::cells(n, key_groups, per),
             segment_bytes,
         }
     }
@@ -905,11 +929,10 @@ impl MemoryBackend {
     /// shards (plus one for the shards outside them), so that no key group
     /// is split between partitions and the checkpoint encoder gets each
     /// key group's records from one partition.
-    fn cells(shards: usize, key_groups: usize) -> Arc<[Range<usize>]> {
-        if key_groups >= shards {
+    fn cells(shards: usize, key_groups: usize, per: usize) -> Arc<[Range<usize>]> {
+        if per == 1 {
             return (0..shards).map(|i| i..i + 1).collect();
         }
-        let per = shards / key_groups;
         let spread = key_groups * per;
         (0..key_groups)
             .map(|k| k * per..(k + 1) * per)
@@ -954,18 +977,13 @@ impl MemoryBackend {
                 key_hash(&key[..split]) >> 40
             }
         };
-        let n = self.mask + 1;
-        let m = self.key_groups;
-        match key
+        let first = key
             .first_chunk::<2>()
-            .map(|b| u64::from(u16::from_be_bytes(*b)))
-        {
-            Some(kg) if kg < m && m >= n => (kg * n / m) as usize,
-            Some(kg) if kg < m => {
-                let per = n / m;
-                (kg * per + base() % per) as usize
-            }
-            _ => (base() & self.mask) as usize,
+            .and_then(|b| self.first_shard.get(usize::from(u16::from_be_bytes(*b))));
+        match first {
+            Some(&first) if self.per_key_group == 1 => usize::from(first),
+            Some(&first) => usize::from(first) + (base() & (self.per_key_group - 1)) as usize,
+            None => (base() & self.mask) as usize,
         }
     }
 
