@@ -44,7 +44,8 @@
 //! - `large_rss_max`: the process's peak resident memory (sampled every
 //!   50 ms) during the highwater phases, against the budget + 1 GiB
 //!   (target: ratio ≤ 1); the parameter `rss_peak_mib_by_phase` has the
-//!   peak of each phase (load, checkpoints, gets, restores).
+//!   peak of each phase (load, checkpoints, gets, restores, local
+//!   recoveries, and the baseline's copies).
 //!
 //! - `large_local_recovery_ms`: the same restore again, into a backend
 //!   reopened in the restored one's working directory, which takes the SST
@@ -182,12 +183,26 @@ impl RssPeak {
         }
     }
 
-    /// Ends phase `name`: its peak is kept, and the next phase's starts.
+    /// Ends phase `name`: its peak is kept (the largest, for a phase run
+    /// more than once), and the next phase's starts.
     fn phase(&mut self, name: &'static str) {
         let now = util::rss_bytes().unwrap_or(0);
         let peak = self.phase_peak.swap(now, Ordering::Relaxed).max(now);
-        println!("large: peak RSS during {name}: {} MiB", peak >> 20);
-        self.phases.push((name, peak));
+        let heap = util::malloc_heap()
+            .map(|(used, free, mapped)| {
+                format!(
+                    "; at its end malloc holds {} MiB in use, {} MiB free in its arenas, {} MiB mapped",
+                    used >> 20,
+                    free >> 20,
+                    mapped >> 20
+                )
+            })
+            .unwrap_or_default();
+        println!("large: peak RSS during {name}: {} MiB{heap}", peak >> 20);
+        match self.phases.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, kept)) => *kept = (*kept).max(peak),
+            None => self.phases.push((name, peak)),
+        }
     }
 
     /// The peak over all phases, and each phase's.
@@ -421,10 +436,12 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
     for rep in 0..RESTORE_REPS {
         let _ = std::fs::remove_dir_all(&restored_dir);
         restore_s.push(restore(&format!("restore {rep}"))?.0);
+        rss.phase("restores");
         // Local recovery: a restart in the same working directory
         // restores the same checkpoint, taking the SST files it holds.
         let (s, local) = restore(&format!("local recovery {rep}"))?;
         local_s.push(s);
+        rss.phase("local recoveries");
         params.insert(
             "local_recovery_bytes_local".into(),
             json!(local.bytes_local),
@@ -446,8 +463,8 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
         std::fs::File::open(&copy_dir)?.sync_all()?;
         copy_s.push(t.elapsed().as_secs_f64());
         std::fs::remove_dir_all(&copy_dir)?;
+        rss.phase("copies");
     }
-    rss.phase("restores");
     let (rss_max, rss_phases) = rss.finish();
     params.insert(
         "rss_peak_mib_by_phase".into(),

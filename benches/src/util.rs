@@ -174,6 +174,24 @@ pub fn rss_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// The C allocator's view of the heap (glibc `mallinfo2`), in bytes: what
+/// the program holds, what the allocator keeps free inside its arenas
+/// (returned to it but not to the system: part of the resident set), and
+/// what it maps directly for large blocks. `None` off glibc.
+#[allow(unsafe_code)]
+pub fn malloc_heap() -> Option<(u64, u64, u64)> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 only reads the allocator's statistics.
+        let m = unsafe { libc::mallinfo2() };
+        Some((m.uordblks as u64, m.fordblks as u64, m.hblkhd as u64))
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        None
+    }
+}
+
 /// A suite's result, with the share of the machine's CPU other processes
 /// used since `cpu_start` recorded as `other_processes_cpu_pct`.
 pub fn finish(

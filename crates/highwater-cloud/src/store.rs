@@ -356,11 +356,7 @@ impl ObjectCheckpointStore {
     async fn get_object(&self, what: &str, path: &Path) -> Result<Bytes> {
         let (result, _) = self
             .run("get", path, Some(&self.counters.gets), || async {
-                self.store
-                    .get_opts(path, GetOptions::default())
-                    .await?
-                    .bytes()
-                    .await
+                read_whole(self.store.get_opts(path, GetOptions::default()).await?).await
             })
             .await;
         match result {
@@ -672,6 +668,46 @@ fn join_part(
         None | Some(Ok(Ok(()))) => Ok(()),
         Some(Ok(Err(e))) => Err(e),
         Some(Err(join)) => Err(object_store::Error::JoinError { source: join }),
+    }
+}
+
+/// The whole of a fetched object, in one buffer of the length it was
+/// announced with; a large one is a memory map of its own
+/// ([`highwater_core::filebuf`]), given back to the system when the last
+/// reference to it goes (a native checkpoint's files are fetched whole, up
+/// to 64 MiB each). A local file is read with one blocking read, not in the
+/// 8 KiB parts of object_store's stream. A length the body does not match
+/// is an error.
+async fn read_whole(result: object_store::GetResult) -> object_store::Result<Bytes> {
+    use futures::StreamExt;
+    let io = |e: std::io::Error| object_store::Error::Generic {
+        store: "highwater",
+        source: Box::new(e),
+    };
+    let len = usize::try_from(result.range.end.saturating_sub(result.range.start))
+        .map_err(|e| io(std::io::Error::other(e)))?;
+    if len < highwater_core::filebuf::MAPPED_MIN {
+        return result.bytes().await;
+    }
+    match result.payload {
+        object_store::GetResultPayload::File(mut file, _) => {
+            let start = result.range.start;
+            tokio::task::spawn_blocking(move || {
+                use std::io::{Read, Seek};
+                file.seek(std::io::SeekFrom::Start(start))?;
+                highwater_core::filebuf::filled(len, |buf| file.read_exact(buf))
+            })
+            .await
+            .map_err(|e| io(std::io::Error::other(e)))?
+            .map_err(io)
+        }
+        object_store::GetResultPayload::Stream(mut parts) => {
+            let mut filler = highwater_core::filebuf::Filler::new(len).map_err(io)?;
+            while let Some(part) = parts.next().await {
+                filler.extend(&part?).map_err(io)?;
+            }
+            filler.finish().map_err(io)
+        }
     }
 }
 

@@ -30,6 +30,7 @@ pub mod cluster;
 pub mod codec;
 pub mod crypto;
 pub mod error;
+pub mod filebuf;
 pub mod key;
 pub mod keygroup;
 pub mod manifest;

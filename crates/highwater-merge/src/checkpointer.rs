@@ -46,12 +46,13 @@ use crate::chain::{needs_merge, substitute};
 use crate::config::CheckpointConfig;
 use crate::encode::{EncodeParams, EncodeTotals, Produced, encode_snapshot};
 use crate::gc::{PinGuard, Pins, RetentionReport, collect_garbage};
-use crate::io::{UploadTotals, Uploader, run_io};
+use crate::io::{NATIVE_BYTES_IN_FLIGHT, UploadTotals, Uploader, run_io};
 use crate::merge::{MergeParams, MergeStats};
 use crate::store::merge_into_store;
 
 /// Native files are large (RocksDB writes SST files of up to 64 MiB), so at
-/// most this many wait in memory or upload at once.
+/// most this many wait in memory or upload at once, holding at most
+/// [`NATIVE_BYTES_IN_FLIGHT`] between them.
 const NATIVE_FILES_IN_FLIGHT: usize = 4;
 
 /// Statistics of one completed checkpoint.
@@ -850,12 +851,15 @@ fn run_checkpoint(inner: &Inner, job: Job) -> Result<(Arc<Manifest>, CheckpointI
     } else {
         (cfg.io_concurrency * 2, cfg.io_concurrency)
     };
-    let uploader = Uploader::start(
+    let mut uploader = Uploader::start(
         inner.exec.io(),
         inner.parts.store.clone(),
         queue,
         concurrency,
     );
+    if native {
+        uploader = uploader.with_bytes_in_flight(NATIVE_BYTES_IN_FLIGHT);
+    }
     let produced = match job.snapshot.native() {
         Some(files) => produce_native(
             files,
@@ -1069,10 +1073,9 @@ fn produce_native(
             continue;
         }
         let path = native.dir.join(&file.name);
-        let bytes = Bytes::from(
-            std::fs::read(&path)
-                .map_err(|e| Error::io(format!("read native file {}", path.display()), e))?,
-        );
+        let reservation = uploader.reserve(file.len)?;
+        let bytes = highwater_core::filebuf::read_file(&path)
+            .map_err(|e| Error::io(format!("read native file {}", path.display()), e))?;
         let len = bytes.len() as u64;
         let reference = ArtifactRef {
             operator: file.name.clone(),
@@ -1088,7 +1091,7 @@ fn produce_native(
         if let Some(identity) = &file.identity {
             by_identity.insert(identity.clone(), reference.clone());
         }
-        uploader.send(Produced { reference, bytes }, pins)?;
+        uploader.send_reserved(Produced { reference, bytes }, reservation, pins)?;
     }
     Ok(Produce {
         layer_kind: LayerKind::Native,

@@ -14,7 +14,7 @@ use highwater_core::{
     NativeCheckpoints, NativeFileRef, NativeFiles, NativeSource, RecordBlock, Result, SnapshotKind,
     StateBackend, decode_checked, load_manifest,
 };
-use highwater_merge::io::{fetch_verified, run_io};
+use highwater_merge::io::{NATIVE_BYTES_IN_FLIGHT, fetch_verified, run_io};
 use highwater_wal::Wal;
 use rayon::prelude::*;
 use tokio::task::JoinSet;
@@ -411,6 +411,7 @@ impl Recovery {
             list: refs.iter().map(NativeFileRef::of_artifact).collect(),
             refs,
             deadline,
+            bytes_ahead: u64::from(NATIVE_BYTES_IN_FLIGHT),
             bytes: 0,
             files: 0,
         };
@@ -623,7 +624,9 @@ fn load_in_parallel(
 }
 
 /// Native files are large (RocksDB writes SST files of up to 64 MiB): at
-/// most this many are fetched ahead and held in memory.
+/// most this many are fetched ahead and held in memory, holding at most
+/// [`NATIVE_BYTES_IN_FLIGHT`] between them (a larger file is fetched
+/// alone).
 const NATIVE_FILES_IN_FLIGHT: usize = 4;
 
 /// A native file being fetched: its reference, the fetch task and where
@@ -645,6 +648,8 @@ struct NativeFetch<'a> {
     refs: &'a [ArtifactRef],
     list: Vec<NativeFileRef>,
     deadline: Option<Instant>,
+    /// The most bytes fetched ahead of the backend (at least one file).
+    bytes_ahead: u64,
     bytes: u64,
     files: usize,
 }
@@ -674,11 +679,12 @@ struct NativeFetching<'s, 'a> {
 }
 
 impl NativeFetching<'_, '_> {
-    /// Starts fetches until [`NATIVE_FILES_IN_FLIGHT`] are under way; an
-    /// index outside the list is an error.
+    /// Starts fetches until [`NATIVE_FILES_IN_FLIGHT`] files or
+    /// [`NativeFetch::bytes_ahead`] bytes are under way (a file is always
+    /// started when none is); an index outside the list is an error.
     fn fill(&mut self) -> Result<()> {
         while self.window.len() < NATIVE_FILES_IN_FLIGHT {
-            let Some(i) = self.wanted.next() else {
+            let Some(&i) = self.wanted.as_slice().first() else {
                 break;
             };
             let refs = self.source.refs;
@@ -688,6 +694,13 @@ impl NativeFetching<'_, '_> {
                     refs.len()
                 ))
             })?;
+            let ahead: u64 = self.window.iter().map(|(r, _, _)| r.stored_bytes).sum();
+            if !self.window.is_empty()
+                && ahead.saturating_add(r.stored_bytes) > self.source.bytes_ahead
+            {
+                break;
+            }
+            self.wanted.next();
             let (tx, rx) = crossbeam_channel::bounded(1);
             let fetch = fetch_verified(
                 self.source.store.clone(),
@@ -1025,9 +1038,87 @@ fn workers_gone() -> Error {
 mod tests {
     use std::collections::BTreeMap;
 
+    use highwater_core::{Codec, KeyGroupRange};
     use proptest::prelude::*;
 
     use super::*;
+
+    /// Native files are fetched ahead by bytes as well as by count: never
+    /// more than the byte bound between them, though always one, and every
+    /// file arrives in order with its bytes.
+    #[test]
+    fn native_fetches_ahead_stay_within_the_byte_bound() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let store: Arc<dyn CheckpointStore> =
+            Arc::new(highwater_cloud::ObjectCheckpointStore::in_memory());
+        let files: Vec<(String, Bytes)> = (0..6u8)
+            .map(|i| {
+                (
+                    format!("{i:06}.sst"),
+                    Bytes::from(vec![i; 1000 + usize::from(i)]),
+                )
+            })
+            .collect();
+        let refs: Vec<ArtifactRef> = files
+            .iter()
+            .map(|(name, bytes)| ArtifactRef {
+                operator: name.clone(),
+                key_groups: KeyGroupRange::all(128),
+                id: ArtifactId::of(bytes),
+                entries: 0,
+                logical_bytes: bytes.len() as u64,
+                stored_bytes: bytes.len() as u64,
+                codec: Codec::Raw,
+            })
+            .collect();
+        for (r, (_, bytes)) in refs.iter().zip(&files) {
+            rt.block_on(store.put_artifact(r.id, bytes.clone()))
+                .unwrap();
+        }
+        for (bytes_ahead, most_ahead) in [(2_100, 2), (3_500, 3), (100, 1), (1 << 20, 4)] {
+            let mut source = NativeFetch {
+                io: rt.handle(),
+                store: &store,
+                checkpoint: CheckpointId(1),
+                list: refs.iter().map(NativeFileRef::of_artifact).collect(),
+                refs: &refs,
+                deadline: None,
+                bytes_ahead,
+                bytes: 0,
+                files: 0,
+            };
+            let mut fetching = NativeFetching {
+                wanted: (0..refs.len()).collect::<Vec<_>>().into_iter(),
+                window: VecDeque::new(),
+                failed: false,
+                source: &mut source,
+            };
+            let mut got = Vec::new();
+            loop {
+                fetching.fill().unwrap();
+                let ahead: u64 = fetching.window.iter().map(|(r, _, _)| r.stored_bytes).sum();
+                assert!(
+                    fetching.window.len() <= 1 || ahead <= bytes_ahead,
+                    "{ahead} bytes ahead with a bound of {bytes_ahead}"
+                );
+                // As many as fit are under way, not fewer.
+                assert_eq!(
+                    fetching.window.len(),
+                    most_ahead.min(refs.len() - got.len()),
+                    "bound {bytes_ahead}"
+                );
+                let Some(file) = fetching.next() else { break };
+                got.push(file.unwrap());
+            }
+            drop(fetching);
+            assert_eq!(got, files);
+            assert_eq!(source.files, files.len());
+        }
+    }
 
     proptest! {
         /// Folding layers of blocks keeps exactly the newest record of each
