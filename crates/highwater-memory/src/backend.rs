@@ -295,9 +295,12 @@ impl Filling {
 
 #[derive(Debug)]
 struct Shard {
-    /// Shared with snapshots; copied (shallowly) on the first write while
-    /// shared.
-    store: Arc<Store>,
+    /// The segments and index pages, each shared with snapshots and copied
+    /// on the first write while shared. Held by value, not behind one more
+    /// `Arc`: a snapshot clones the list (a few `Arc`s per shard), and a
+    /// write does not pay an atomic read-modify-write on the whole store
+    /// before the one on what it touches.
+    store: Store,
     segment_bytes: usize,
     /// Dead bytes per segment id.
     dead: Vec<u64>,
@@ -331,7 +334,7 @@ struct Shard {
 impl Shard {
     fn new(segment_bytes: usize) -> Shard {
         Shard {
-            store: Arc::new(Store::new()),
+            store: Store::new(),
             segment_bytes,
             dead: Vec::new(),
             free: Vec::new(),
@@ -355,7 +358,7 @@ impl Shard {
     /// [`Shard::index_restored`]).
     fn restored(segment_bytes: usize, f: Filling) -> Shard {
         let mut shard = Shard::new(segment_bytes);
-        let store = Arc::make_mut(&mut shard.store);
+        let store = &mut shard.store;
         store.segments = f.segments.into_iter().map(Arc::new).collect();
         shard.dead = vec![0; store.segments.len()];
         shard.tail = f.tail;
@@ -365,7 +368,7 @@ impl Shard {
 
     fn alloc_segment(&mut self, capacity: usize) -> u32 {
         let seg = Arc::new(Segment::with_capacity(capacity));
-        let store = Arc::make_mut(&mut self.store);
+        let store = &mut self.store;
         match self.free.pop() {
             Some(id) => {
                 store.segments[id as usize] = seg;
@@ -396,7 +399,7 @@ impl Shard {
                 }
             }
         };
-        let store = Arc::make_mut(&mut self.store);
+        let store = &mut self.store;
         // Copies the segment if a snapshot holds it: at most one segment.
         let off = Arc::make_mut(&mut store.segments[id as usize]).append(key, value);
         self.used += rec as u64;
@@ -404,7 +407,7 @@ impl Shard {
     }
 
     fn page_mut(&mut self, hash: u64) -> &mut Page {
-        let store = Arc::make_mut(&mut self.store);
+        let store = &mut self.store;
         // Copies the page if a snapshot holds it.
         Arc::make_mut(&mut store.pages[page_of(hash)])
     }
@@ -421,7 +424,7 @@ impl Shard {
     }
 
     fn insert_slot(&mut self, hash: u64, slot: Slot) {
-        let Store { segments, pages } = Arc::make_mut(&mut self.store);
+        let Store { segments, pages } = &mut self.store;
         let page = Arc::make_mut(&mut pages[page_of(hash)]);
         page.insert_unique(hash, slot, |s| rehash(segments, s));
     }
@@ -433,7 +436,7 @@ impl Shard {
         if self.epoch == 0 {
             // Once every 2^32 snapshots: stamps of the previous cycle could
             // match again, so every slot is reset (O(entries), once).
-            let store = Arc::make_mut(&mut self.store);
+            let store = &mut self.store;
             for page in store.pages.iter_mut() {
                 for slot in Arc::make_mut(page).iter_mut() {
                     slot.epoch = 0;
@@ -453,7 +456,7 @@ impl Shard {
     fn dir_set(&mut self, key: &[u8], split: usize, loc: Loc) {
         let (base, uk) = key.split_at(split);
         let h = xxh3_64(base);
-        let store = &*self.store;
+        let store = &self.store;
         match self.maps.find_mut(h, |d| dir_is(store, d, h, base)) {
             Some(d) => match d
                 .locs
@@ -475,7 +478,7 @@ impl Shard {
     fn dir_remove(&mut self, key: &[u8], split: usize) {
         let (base, uk) = key.split_at(split);
         let h = xxh3_64(base);
-        let store = &*self.store;
+        let store = &self.store;
         if let Ok(mut entry) = self.maps.find_entry(h, |d| dir_is(store, d, h, base)) {
             let d = entry.get_mut();
             if let Ok(i) = d
@@ -543,7 +546,7 @@ impl Shard {
                 if old_vlen == value.len() {
                     // Counters and fixed-size aggregates are rewritten in
                     // place when no snapshot holds their segment.
-                    let store = Arc::make_mut(&mut self.store);
+                    let store = &mut self.store;
                     if let Some(seg) = Arc::get_mut(&mut store.segments[old.seg as usize]) {
                         seg.value_mut(old.off).copy_from_slice(value);
                         if stamp.is_some() {
@@ -613,8 +616,7 @@ impl Shard {
 
     /// True if a snapshot may still read segment `id`.
     fn pinned(&self, id: u32) -> bool {
-        Arc::strong_count(&self.store) > 1
-            || Arc::strong_count(&self.store.segments[id as usize]) > 1
+        Arc::strong_count(&self.store.segments[id as usize]) > 1
     }
 
     /// The non-tail segment with the most dead bytes.
@@ -722,7 +724,7 @@ impl Shard {
     }
 
     fn release(&mut self, id: u32) {
-        let store = Arc::make_mut(&mut self.store);
+        let store = &mut self.store;
         let seg = std::mem::take(&mut store.segments[id as usize]);
         let dead = std::mem::take(&mut self.dead[id as usize]);
         self.used -= seg.len() as u64;
@@ -764,7 +766,7 @@ impl Shard {
     /// over earlier ones with the same key, and builds the map directories.
     fn index_restored(&mut self, records: usize) {
         let per_page = records.div_ceil(INDEX_PAGES);
-        let Store { segments, pages } = Arc::make_mut(&mut self.store);
+        let Store { segments, pages } = &mut self.store;
         for page in pages.iter_mut() {
             Arc::make_mut(page).reserve(per_page, |s| rehash(segments, s));
         }
@@ -803,7 +805,7 @@ impl Shard {
         // The restored entries are the new epoch's starting point.
         self.epoch_entries = self.entries;
         // Map directories: gathered unordered, then each sorted once.
-        let store = &*self.store;
+        let store = &self.store;
         for page in &store.pages {
             for &Slot { loc, .. } in page.iter() {
                 let k = store.record(loc).0;
@@ -1089,7 +1091,7 @@ impl StateBackend for MemoryBackend {
         };
         let (base, uk_prefix) = prefix.split_at(split);
         let shard = self.read(self.shard_of(prefix, split, key_hash(prefix)));
-        let store = &*shard.store;
+        let store = &shard.store;
         let mut out = Vec::new();
         if uk_prefix.is_empty()
             && let Some(v) = store.get(base, key_hash(base))
@@ -1118,7 +1120,8 @@ impl StateBackend for MemoryBackend {
     fn snapshot(&self, kind: SnapshotKind) -> Result<Arc<dyn StateSnapshot>> {
         // Allocate before taking the locks: under allocator contention a
         // malloc inside the locked section was measured to hold every
-        // writer for tens of milliseconds.
+        // writer for tens of milliseconds. (What stays inside is each
+        // shard's list of segment pointers, a few words per MiB of state.)
         let n = self.shards.len();
         let mut stores = Vec::with_capacity(n);
         let mut changes = Vec::with_capacity(n);
@@ -1141,7 +1144,7 @@ impl StateBackend for MemoryBackend {
             match kind {
                 SnapshotKind::Full => {
                     entries += g.entries as usize;
-                    stores.push(Some(Arc::clone(&g.store)));
+                    stores.push(Some(g.store.clone()));
                     // Freed after the locks are released.
                     discarded.push(changed);
                 }
@@ -1149,7 +1152,7 @@ impl StateBackend for MemoryBackend {
                     entries += changed.len();
                     // Only shards with changes are held, so writers to the
                     // others never copy anything.
-                    stores.push((!changed.is_empty()).then(|| Arc::clone(&g.store)));
+                    stores.push((!changed.is_empty()).then(|| g.store.clone()));
                     changes.push(changed);
                 }
             }
@@ -1254,7 +1257,7 @@ fn index_in_parallel(shards: &mut [Shard], counts: &[usize]) {
 /// for a change snapshot.
 struct MemorySnapshot {
     kind: SnapshotKind,
-    stores: Vec<Option<Arc<Store>>>,
+    stores: Vec<Option<Store>>,
     changes: Vec<ChangeSet>,
     /// The shards of each partition: those holding the same key groups
     /// ([`MemoryBackend::cells`]).
