@@ -694,7 +694,11 @@ impl NativeFetching<'_, '_> {
                     refs.len()
                 ))
             })?;
-            let ahead: u64 = self.window.iter().map(|(r, _, _)| r.stored_bytes).sum();
+            // Lengths come from the manifest: added without overflow.
+            let ahead = self
+                .window
+                .iter()
+                .fold(0u64, |sum, (r, _, _)| sum.saturating_add(r.stored_bytes));
             if !self.window.is_empty()
                 && ahead.saturating_add(r.stored_bytes) > self.source.bytes_ahead
             {
