@@ -9,6 +9,7 @@
 //! and the one segment it writes to — never the shard.
 
 use std::ops::Range;
+use std::sync::mpsc::Receiver;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use hashbrown::HashTable;
@@ -260,18 +261,26 @@ struct Keyed {
 
 /// The segments of one shard being restored, laid out as
 /// [`Shard::append`] lays them out: not yet shared, so an append costs no
-/// reference-count check.
+/// reference-count check. Each record's index hash and location are kept
+/// as it is appended, so indexing ([`Shard::index_restored`]) neither
+/// hashes a key again nor reads the arena back.
 #[derive(Default)]
 struct Filling {
     segments: Vec<Segment>,
     tail: Option<u32>,
     used: u64,
-    records: usize,
+    /// Key and value bytes appended.
+    bytes: u64,
+    /// Every record appended, in order: its [`key_hash`] and location.
+    slots: Vec<(u64, Loc)>,
+    /// The map entries among them: the hash of their base and location.
+    map_entries: Vec<(u64, Loc)>,
 }
 
 impl Filling {
-    /// Appends a record of `rec` bytes (from [`record_len`]).
-    fn append(&mut self, key: &[u8], value: &[u8], rec: usize, segment_bytes: usize) {
+    /// Appends a record of `rec` bytes (from [`record_len`]) whose key's
+    /// base ends at `split` and whose [`key_hash`] is `hash`.
+    fn append(&mut self, key: &[u8], value: &[u8], rec: usize, at: Keyed, segment_bytes: usize) {
         let fits = |t: &u32| self.segments[*t as usize].len() + rec <= segment_bytes;
         let id = match self.tail.filter(fits) {
             Some(t) if rec <= segment_bytes => t,
@@ -287,9 +296,14 @@ impl Filling {
                 id
             }
         };
-        self.segments[id as usize].append(key, value);
+        let off = self.segments[id as usize].append(key, value);
+        let loc = Loc { seg: id, off };
         self.used += rec as u64;
-        self.records += 1;
+        self.bytes += (key.len() + value.len()) as u64;
+        self.slots.push((at.hash, loc));
+        if at.split < key.len() {
+            self.map_entries.push((xxh3_64(&key[..at.split]), loc));
+        }
     }
 }
 
@@ -354,8 +368,9 @@ impl Shard {
         }
     }
 
-    /// A shard of the segments `f` filled, not yet indexed (see
-    /// [`Shard::index_restored`]).
+    /// The shard of the records `f` holds, indexed: later records win
+    /// over earlier ones with the same key, and the map directories are
+    /// built.
     fn restored(segment_bytes: usize, f: Filling) -> Shard {
         let mut shard = Shard::new(segment_bytes);
         let store = &mut shard.store;
@@ -363,6 +378,8 @@ impl Shard {
         shard.dead = vec![0; store.segments.len()];
         shard.tail = f.tail;
         shard.used = f.used;
+        shard.bytes = f.bytes;
+        shard.index_restored(&f.slots, &f.map_entries);
         shard
     }
 
@@ -762,43 +779,45 @@ impl Shard {
         before.saturating_sub(self.used)
     }
 
-    /// Indexes the records appended by a restore, later records winning
-    /// over earlier ones with the same key, and builds the map directories.
-    fn index_restored(&mut self, records: usize) {
-        let per_page = records.div_ceil(INDEX_PAGES);
-        let Store { segments, pages } = &mut self.store;
-        for page in pages.iter_mut() {
-            Arc::make_mut(page).reserve(per_page, |s| rehash(segments, s));
+    /// Indexes the records a restore appended (`slots`, in order, with
+    /// their key hashes), later records winning over earlier ones with the
+    /// same key, and builds the map directories from `map_entries`. Keys
+    /// are read back from the arena only to tell apart two that share a
+    /// hash tag, and pages never grow: each is sized for its records first.
+    fn index_restored(&mut self, slots: &[(u64, Loc)], map_entries: &[(u64, Loc)]) {
+        let mut per_page = [0usize; INDEX_PAGES];
+        for &(hash, _) in slots {
+            per_page[page_of(hash)] += 1;
         }
+        let Store { segments, pages } = &mut self.store;
+        for (page, n) in pages.iter_mut().zip(per_page) {
+            Arc::make_mut(page).reserve(n, |s| rehash(segments, s));
+        }
+        let record = |loc: Loc| segments[loc.seg as usize].record(loc.off);
         let mut dead = Vec::new();
-        for (id, seg) in segments.iter().enumerate() {
-            for off in seg.offsets() {
-                let loc = Loc {
-                    seg: id as u32,
-                    off,
-                };
-                let (k, v) = seg.record(off);
-                let hash = key_hash(k);
-                let page = Arc::make_mut(&mut pages[page_of(hash)]);
-                let same = |s: &Slot| segments[s.loc.seg as usize].record(s.loc.off).0 == k;
-                match page.find_mut(hash, same) {
-                    Some(slot) => {
-                        let (_, ov) = segments[slot.loc.seg as usize].record(slot.loc.off);
-                        dead.push((slot.loc, HEADER + k.len() + ov.len()));
-                        self.bytes = self.bytes + v.len() as u64 - ov.len() as u64;
-                        slot.loc = loc;
-                    }
-                    None => {
-                        // Epoch 0: a fresh shard's epoch is 1, so nothing
-                        // restored counts as changed.
-                        let slot = Slot { loc, epoch: 0 };
-                        page.insert_unique(hash, slot, |s| rehash(segments, s));
-                        self.entries += 1;
-                        self.bytes += (k.len() + v.len()) as u64;
-                    }
+        for &(hash, loc) in slots {
+            let page = Arc::make_mut(&mut pages[page_of(hash)]);
+            let same = |s: &Slot| record(s.loc).0 == record(loc).0;
+            match page.find_mut(hash, same) {
+                Some(slot) => {
+                    // The key again: the earlier record's bytes leave the
+                    // state (they were counted as they were appended).
+                    let (k, ov) = (record(loc).0, record(slot.loc).1);
+                    dead.push((slot.loc, HEADER + k.len() + ov.len()));
+                    self.bytes -= (k.len() + ov.len()) as u64;
+                    slot.loc = loc;
+                }
+                None => {
+                    // Epoch 0: a fresh shard's epoch is 1, so nothing
+                    // restored counts as changed.
+                    let slot = Slot { loc, epoch: 0 };
+                    page.insert_unique(hash, slot, |s| rehash(segments, s));
+                    self.entries += 1;
                 }
             }
         }
+        let replaced: std::collections::HashSet<(u32, u32)> =
+            dead.iter().map(|(l, _)| (l.seg, l.off)).collect();
         for (loc, rec) in dead {
             self.kill(loc, rec);
         }
@@ -806,24 +825,20 @@ impl Shard {
         self.epoch_entries = self.entries;
         // Map directories: gathered unordered, then each sorted once.
         let store = &self.store;
-        for page in &store.pages {
-            for &Slot { loc, .. } in page.iter() {
-                let k = store.record(loc).0;
-                let split = split_of(k);
-                if split == k.len() {
-                    continue;
-                }
-                let base = &k[..split];
-                let h = xxh3_64(base);
-                match self.maps.find_mut(h, |d| dir_is(store, d, h, base)) {
-                    Some(d) => d.locs.push(loc),
-                    None => {
-                        let dir = MapDir {
-                            hash: h,
-                            locs: vec![loc],
-                        };
-                        self.maps.insert_unique(h, dir, |d| d.hash);
-                    }
+        for &(h, loc) in map_entries {
+            if replaced.contains(&(loc.seg, loc.off)) {
+                continue;
+            }
+            let k = store.record(loc).0;
+            let base = &k[..split_of(k)];
+            match self.maps.find_mut(h, |d| dir_is(store, d, h, base)) {
+                Some(d) => d.locs.push(loc),
+                None => {
+                    let dir = MapDir {
+                        hash: h,
+                        locs: vec![loc],
+                    };
+                    self.maps.insert_unique(h, dir, |d| d.hash);
                 }
             }
         }
@@ -979,14 +994,134 @@ impl MemoryBackend {
                 key_hash(&key[..split]) >> 40
             }
         };
-        let first = key
-            .first_chunk::<2>()
-            .and_then(|b| self.first_shard.get(usize::from(u16::from_be_bytes(*b))));
-        match first {
-            Some(&first) if self.per_key_group == 1 => usize::from(first),
-            Some(&first) => usize::from(first) + (base() & (self.per_key_group - 1)) as usize,
+        match self.key_group_shard(key) {
+            Some(first) if self.per_key_group == 1 => first,
+            Some(first) => first + (base() & (self.per_key_group - 1)) as usize,
             None => (base() & self.mask) as usize,
         }
+    }
+
+    /// The first shard of the key group of `key` (its first two bytes),
+    /// when that is one of the job's key groups.
+    fn key_group_shard(&self, key: &[u8]) -> Option<usize> {
+        let b = key.first_chunk::<2>()?;
+        let first = self.first_shard.get(usize::from(u16::from_be_bytes(*b)))?;
+        Some(usize::from(*first))
+    }
+
+    /// One lane of a restore: copies the records it is handed (puts of
+    /// its `shards`, by their index in their block) into their arenas, then
+    /// indexes them.
+    fn fill_lane(&self, shards: Range<usize>, rx: Receiver<Picked>) -> Result<Vec<Shard>> {
+        let mut filling: Vec<Filling> = shards.clone().map(|_| Filling::default()).collect();
+        for (block, picks) in rx {
+            for i in picks {
+                let (k, Some(v)) = block.get(i) else {
+                    continue;
+                };
+                let (shard, at) = self.keyed(k);
+                let Some(f) = shard
+                    .checked_sub(shards.start)
+                    .and_then(|s| filling.get_mut(s))
+                else {
+                    return Err(Error::Internal(format!(
+                        "restore: a record of shard {shard} reached the lane of shards {shards:?}"
+                    )));
+                };
+                f.append(k, v, checked_record(k, v)?, at, self.segment_bytes);
+            }
+        }
+        Ok(filling
+            .into_iter()
+            .map(|f| Shard::restored(self.segment_bytes, f))
+            .collect())
+    }
+
+    /// [`StateBackend::restore`] on at most `threads` lanes.
+    ///
+    /// The new shards are built aside; the live state is replaced only
+    /// when every entry was read, so a failing source leaves it untouched.
+    /// Each lane (a thread) fills and indexes its own shards (whole
+    /// snapshot partitions): this thread hands every lane the blocks it
+    /// has records in, with their indexes, and the lane copies them, once,
+    /// into their arenas.
+    fn restore_in_lanes(
+        &self,
+        blocks: &mut dyn Iterator<Item = Result<RecordBlock>>,
+        threads: usize,
+    ) -> Result<()> {
+        let lanes = lanes(&self.cells, threads);
+        let mut lane_of = vec![0u16; self.shards.len()];
+        for (l, shards) in lanes.iter().enumerate() {
+            lane_of[shards.clone()].fill(l as u16);
+        }
+        let filled = std::thread::scope(|scope| {
+            let mut senders = Vec::with_capacity(lanes.len());
+            let mut workers = Vec::with_capacity(lanes.len());
+            for (l, shards) in lanes.iter().enumerate() {
+                let (tx, rx) = std::sync::mpsc::sync_channel::<Picked>(LANE_BLOCKS);
+                senders.push(tx);
+                let shards = shards.clone();
+                workers.push(
+                    std::thread::Builder::new()
+                        .name(format!("highwater-restore-{l}"))
+                        .spawn_scoped(scope, move || self.fill_lane(shards, rx)),
+                );
+            }
+            let mut failed = None;
+            'blocks: for block in blocks {
+                let block = match block {
+                    Ok(block) => Arc::new(block),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                };
+                // Each put goes to the lane of its shard: most keys are
+                // placed by their key group, for the cost of a lookup.
+                let mut picks: Vec<Vec<usize>> = vec![Vec::new(); lanes.len()];
+                for (i, (k, v)) in block.iter().enumerate() {
+                    if v.is_some() {
+                        let shard = self.key_group_shard(k).unwrap_or_else(|| self.keyed(k).0);
+                        picks[usize::from(lane_of[shard])].push(i);
+                    }
+                }
+                for (tx, picks) in senders.iter().zip(picks) {
+                    // A lane that stopped has failed: its error is
+                    // returned below.
+                    if !picks.is_empty() && tx.send((block.clone(), picks)).is_err() {
+                        break 'blocks;
+                    }
+                }
+            }
+            drop(senders);
+            let mut fresh = Vec::with_capacity(self.shards.len());
+            let mut first_error = failed;
+            for worker in workers {
+                let done = worker
+                    .map_err(|e| Error::Internal(format!("cannot start a restore thread: {e}")))
+                    .and_then(|w| {
+                        w.join().unwrap_or_else(|_| {
+                            Err(Error::Internal("a restore lane panicked".into()))
+                        })
+                    });
+                match done {
+                    Ok(shards) => fresh.extend(shards),
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            match first_error {
+                Some(e) => Err(e),
+                None => Ok(fresh),
+            }
+        })?;
+        let mut guards = self.lock_all();
+        for (g, f) in guards.iter_mut().zip(filled) {
+            **g = f;
+        }
+        Ok(())
     }
 
     fn read(&self, i: usize) -> RwLockReadGuard<'_, Shard> {
@@ -1177,32 +1312,8 @@ impl StateBackend for MemoryBackend {
     }
 
     fn restore(&self, blocks: &mut dyn Iterator<Item = Result<RecordBlock>>) -> Result<()> {
-        // Build the new shards aside; the live state is replaced only when
-        // every entry was read, so a failing source leaves it untouched.
-        // Entries are copied once, from their block into their shard's
-        // arena, as blocks arrive; then every shard is indexed, on every
-        // core.
-        let n = self.shards.len();
-        let mut filling: Vec<Filling> = (0..n).map(|_| Filling::default()).collect();
-        for block in blocks {
-            let block = block?;
-            for (k, v) in block.puts() {
-                let rec = checked_record(k, v)?;
-                let i = self.shard_of(k, split_of(k), key_hash(k));
-                filling[i].append(k, v, rec, self.segment_bytes);
-            }
-        }
-        let counts: Vec<usize> = filling.iter().map(|f| f.records).collect();
-        let mut fresh: Vec<Shard> = filling
-            .into_iter()
-            .map(|f| Shard::restored(self.segment_bytes, f))
-            .collect();
-        index_in_parallel(&mut fresh, &counts);
-        let mut guards = self.lock_all();
-        for (g, f) in guards.iter_mut().zip(fresh) {
-            **g = f;
-        }
-        Ok(())
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        self.restore_in_lanes(blocks, threads)
     }
 
     /// True: the new shards are built aside and swapped in at the end.
@@ -1236,21 +1347,29 @@ impl StateBackend for MemoryBackend {
     }
 }
 
-/// Indexes restored shards on up to as many threads as there are cores.
-fn index_in_parallel(shards: &mut [Shard], counts: &[usize]) {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, shards.len().max(1));
-    let per = shards.len().div_ceil(threads).max(1);
-    std::thread::scope(|scope| {
-        for (lane, counts) in shards.chunks_mut(per).zip(counts.chunks(per)) {
-            scope.spawn(move || {
-                for (shard, &n) in lane.iter_mut().zip(counts) {
-                    shard.index_restored(n);
-                }
-            });
+/// Blocks a restore lane may have waiting: with a block held until every
+/// lane it has records for copied them, this bounds the decoded blocks a
+/// restore keeps.
+const LANE_BLOCKS: usize = 4;
+
+/// What a restore lane is handed: a block, and the indexes of the puts in
+/// it that belong to the lane's shards.
+type Picked = (Arc<RecordBlock>, Vec<usize>);
+
+/// Splits the snapshot partitions (`cells`, contiguous and in order) into
+/// at most `threads` contiguous runs of shards of about the same number of
+/// shards: the shards each restore lane fills.
+fn lanes(cells: &[Range<usize>], threads: usize) -> Vec<Range<usize>> {
+    let shards = cells.last().map_or(0, |c| c.end);
+    let per = shards.div_ceil(threads.clamp(1, cells.len().max(1))).max(1);
+    let mut out: Vec<Range<usize>> = Vec::new();
+    for cell in cells {
+        match out.last_mut() {
+            Some(last) if last.len() < per => last.end = cell.end,
+            _ => out.push(cell.clone()),
         }
-    });
+    }
+    out
 }
 
 /// A frozen view: the shard stores at snapshot time, plus the changed keys
@@ -1512,6 +1631,120 @@ mod tests {
         );
         assert_eq!(b.scan_prefix(&key(b"m", b"\0b")).unwrap().len(), 1);
         assert_eq!(b.scan_prefix(&[0, 1]).unwrap().len(), 4);
+    }
+
+    #[test]
+    fn restore_lanes_are_whole_partitions_covering_every_shard() {
+        for (shards, key_groups) in [
+            (1, 1),
+            (2, 2),
+            (4, 2),
+            (256, 128),
+            (256, 3),
+            (8, 100),
+            (16, 5),
+        ] {
+            let b = MemoryBackend::with_config(MemoryConfig {
+                shards,
+                segment_bytes: 64,
+                max_parallelism: key_groups,
+            });
+            let bounds: Vec<usize> = b.cells.iter().map(|c| c.end).collect();
+            for threads in [0, 1, 2, 3, 7, 1000] {
+                let lanes = lanes(&b.cells, threads);
+                assert!(
+                    lanes.len() <= threads.max(1),
+                    "{shards} {key_groups} {threads}"
+                );
+                assert_eq!(lanes.first().map(|l| l.start), Some(0));
+                assert_eq!(lanes.last().map(|l| l.end), Some(b.shards.len()));
+                for pair in lanes.windows(2) {
+                    assert_eq!(pair[0].end, pair[1].start);
+                }
+                for lane in &lanes {
+                    assert!(!lane.is_empty());
+                    assert!(bounds.contains(&lane.end), "a lane splits a partition");
+                }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+
+        /// A restore on any number of lanes holds what a `BTreeMap` fed the
+        /// same puts holds (the later put of a key wins, within a block and
+        /// across blocks and lanes), map directories included: keys of
+        /// the job's key groups, of others, and bytes that are no state
+        /// key at all.
+        #[test]
+        fn a_restore_on_any_number_of_lanes_matches_a_model(
+            records in proptest::collection::vec((0u8..5, 0u8..6, 0u8..3, 0usize..40), 0..300),
+            cuts in proptest::collection::vec(0usize..300, 0..6),
+            threads in 1usize..5,
+            shards in proptest::sample::select(vec![1usize, 2, 4, 16]),
+        ) {
+            let mut model = std::collections::BTreeMap::new();
+            let mut puts = Vec::new();
+            for (kg, k, uk, len) in records {
+                let user_key = [uk];
+                let key = match kg {
+                    // Not a state key: placed by the hash of all its bytes.
+                    4 => vec![0xee, k],
+                    _ => StateKey {
+                        key_group: KeyGroup(u16::from(kg)),
+                        operator: "op",
+                        state: if uk == 0 { "v" } else { "m" },
+                        key: &[k],
+                        namespace: b"",
+                        // A value state's key has no user key.
+                        user_key: if uk == 0 { b"" } else { &user_key },
+                    }
+                    .encode()
+                    .unwrap(),
+                };
+                let value = vec![kg ^ k; len];
+                model.insert(key.clone(), value.clone());
+                puts.push((key, value));
+            }
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(puts.len())).collect();
+            cuts.push(0);
+            cuts.push(puts.len());
+            cuts.sort_unstable();
+            let blocks: Vec<RecordBlock> = cuts
+                .windows(2)
+                .map(|w| puts[w[0]..w[1]].iter().map(|(k, v)| (k, v)).collect())
+                .collect();
+            let b = MemoryBackend::with_config(MemoryConfig {
+                shards,
+                segment_bytes: 256,
+                max_parallelism: 3,
+            });
+            b.put(b"old", b"state").unwrap();
+            b.restore_in_lanes(&mut blocks.into_iter().map(Ok), threads).unwrap();
+            let all = b.scan_range(&[], &[0xff; 4]).unwrap();
+            let want: Vec<(Vec<u8>, Vec<u8>)> = model.clone().into_iter().collect();
+            proptest::prop_assert_eq!(all, want);
+            let stats = b.stats();
+            proptest::prop_assert_eq!(stats.entries, model.len() as u64);
+            let bytes: usize = model.iter().map(|(k, v)| k.len() + v.len()).sum();
+            proptest::prop_assert_eq!(stats.bytes, bytes as u64);
+            for (k, v) in &model {
+                let got = b.get(k).unwrap();
+                proptest::prop_assert_eq!(got.as_ref(), Some(v));
+                // A map entry is found by a scan of its map.
+                let split = split_of(k);
+                if split < k.len() {
+                    let scan = b.scan_prefix(&k[..split]).unwrap();
+                    proptest::prop_assert!(scan.iter().any(|(sk, sv)| sk == k && sv == v));
+                }
+            }
+            // Replaced records are dead bytes that compaction reclaims.
+            b.compact();
+            let after = b.stats();
+            proptest::prop_assert_eq!(after.arena_bytes, after.live_bytes);
+            proptest::prop_assert_eq!(after.entries, model.len() as u64);
+        }
     }
 
     #[test]
