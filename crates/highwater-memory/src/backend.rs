@@ -1011,29 +1011,36 @@ impl MemoryBackend {
 
     /// One lane of a restore: copies the records it is handed (puts of
     /// its `shards`, by their index in their block) into their arenas, then
-    /// indexes them.
-    fn fill_lane(&self, shards: Range<usize>, rx: Receiver<Picked>) -> Result<Vec<Shard>> {
-        let mut filling: Vec<Filling> = shards.clone().map(|_| Filling::default()).collect();
+    /// indexes them. `at[shard]` is the shard's position in `shards`.
+    fn fill_lane(
+        &self,
+        shards: &[usize],
+        at: &[u32],
+        rx: Receiver<Picked>,
+    ) -> Result<Vec<(usize, Shard)>> {
+        let mut filling: Vec<Filling> = shards.iter().map(|_| Filling::default()).collect();
         for (block, picks) in rx {
             for i in picks {
                 let (k, Some(v)) = block.get(i) else {
                     continue;
                 };
-                let (shard, at) = self.keyed(k);
-                let Some(f) = shard
-                    .checked_sub(shards.start)
-                    .and_then(|s| filling.get_mut(s))
-                else {
+                let (shard, keyed) = self.keyed(k);
+                let f = at
+                    .get(shard)
+                    .and_then(|&p| shards.get(p as usize).filter(|&&s| s == shard).map(|_| p))
+                    .and_then(|p| filling.get_mut(p as usize));
+                let Some(f) = f else {
                     return Err(Error::Internal(format!(
                         "restore: a record of shard {shard} reached the lane of shards {shards:?}"
                     )));
                 };
-                f.append(k, v, checked_record(k, v)?, at, self.segment_bytes);
+                f.append(k, v, checked_record(k, v)?, keyed, self.segment_bytes);
             }
         }
-        Ok(filling
-            .into_iter()
-            .map(|f| Shard::restored(self.segment_bytes, f))
+        Ok(shards
+            .iter()
+            .zip(filling)
+            .map(|(&i, f)| (i, Shard::restored(self.segment_bytes, f)))
             .collect())
     }
 
@@ -1051,21 +1058,26 @@ impl MemoryBackend {
         threads: usize,
     ) -> Result<()> {
         let lanes = lanes(&self.cells, threads);
-        let mut lane_of = vec![0u16; self.shards.len()];
+        let n = self.shards.len();
+        // Each shard's lane, and its position among the lane's shards.
+        let (mut lane_of, mut at) = (vec![0u16; n], vec![0u32; n]);
         for (l, shards) in lanes.iter().enumerate() {
-            lane_of[shards.clone()].fill(l as u16);
+            for (p, &i) in shards.iter().enumerate() {
+                lane_of[i] = l as u16;
+                at[i] = p as u32;
+            }
         }
+        let at = &at;
         let filled = std::thread::scope(|scope| {
             let mut senders = Vec::with_capacity(lanes.len());
             let mut workers = Vec::with_capacity(lanes.len());
             for (l, shards) in lanes.iter().enumerate() {
                 let (tx, rx) = std::sync::mpsc::sync_channel::<Picked>(LANE_BLOCKS);
                 senders.push(tx);
-                let shards = shards.clone();
                 workers.push(
                     std::thread::Builder::new()
                         .name(format!("highwater-restore-{l}"))
-                        .spawn_scoped(scope, move || self.fill_lane(shards, rx)),
+                        .spawn_scoped(scope, move || self.fill_lane(shards, at, rx)),
                 );
             }
             let mut failed = None;
@@ -1095,7 +1107,7 @@ impl MemoryBackend {
                 }
             }
             drop(senders);
-            let mut fresh = Vec::with_capacity(self.shards.len());
+            let mut fresh: Vec<Option<Shard>> = (0..n).map(|_| None).collect();
             let mut first_error = failed;
             for worker in workers {
                 let done = worker
@@ -1106,7 +1118,11 @@ impl MemoryBackend {
                         })
                     });
                 match done {
-                    Ok(shards) => fresh.extend(shards),
+                    Ok(shards) => {
+                        for (i, shard) in shards {
+                            fresh[i] = Some(shard);
+                        }
+                    }
                     Err(e) => {
                         first_error.get_or_insert(e);
                     }
@@ -1114,7 +1130,10 @@ impl MemoryBackend {
             }
             match first_error {
                 Some(e) => Err(e),
-                None => Ok(fresh),
+                None => fresh
+                    .into_iter()
+                    .collect::<Option<Vec<Shard>>>()
+                    .ok_or_else(|| Error::Internal("restore: a shard was given no lane".into())),
             }
         })?;
         let mut guards = self.lock_all();
@@ -1356,18 +1375,14 @@ const LANE_BLOCKS: usize = 4;
 /// it that belong to the lane's shards.
 type Picked = (Arc<RecordBlock>, Vec<usize>);
 
-/// Splits the snapshot partitions (`cells`, contiguous and in order) into
-/// at most `threads` contiguous runs of shards of about the same number of
-/// shards: the shards each restore lane fills.
-fn lanes(cells: &[Range<usize>], threads: usize) -> Vec<Range<usize>> {
-    let shards = cells.last().map_or(0, |c| c.end);
-    let per = shards.div_ceil(threads.clamp(1, cells.len().max(1))).max(1);
-    let mut out: Vec<Range<usize>> = Vec::new();
-    for cell in cells {
-        match out.last_mut() {
-            Some(last) if last.len() < per => last.end = cell.end,
-            _ => out.push(cell.clone()),
-        }
+/// The shards of each restore lane: the snapshot partitions (`cells`)
+/// dealt round-robin over at most `threads` lanes, so that blocks arriving
+/// in key-group order (as checkpoints are read) keep every lane busy.
+fn lanes(cells: &[Range<usize>], threads: usize) -> Vec<Vec<usize>> {
+    let n = threads.clamp(1, cells.len().max(1));
+    let mut out: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (i, cell) in cells.iter().enumerate() {
+        out[i % n].extend(cell.clone());
     }
     out
 }
@@ -1634,7 +1649,7 @@ mod tests {
     }
 
     #[test]
-    fn restore_lanes_are_whole_partitions_covering_every_shard() {
+    fn restore_lanes_deal_whole_partitions_over_every_shard() {
         for (shards, key_groups) in [
             (1, 1),
             (2, 2),
@@ -1649,21 +1664,21 @@ mod tests {
                 segment_bytes: 64,
                 max_parallelism: key_groups,
             });
-            let bounds: Vec<usize> = b.cells.iter().map(|c| c.end).collect();
             for threads in [0, 1, 2, 3, 7, 1000] {
                 let lanes = lanes(&b.cells, threads);
-                assert!(
-                    lanes.len() <= threads.max(1),
-                    "{shards} {key_groups} {threads}"
-                );
-                assert_eq!(lanes.first().map(|l| l.start), Some(0));
-                assert_eq!(lanes.last().map(|l| l.end), Some(b.shards.len()));
-                for pair in lanes.windows(2) {
-                    assert_eq!(pair[0].end, pair[1].start);
-                }
-                for lane in &lanes {
-                    assert!(!lane.is_empty());
-                    assert!(bounds.contains(&lane.end), "a lane splits a partition");
+                assert!(!lanes.is_empty() && lanes.len() <= threads.max(1));
+                let mut all: Vec<usize> = lanes.concat();
+                all.sort_unstable();
+                assert_eq!(all, (0..b.shards.len()).collect::<Vec<_>>());
+                let lane_of = |s: usize| lanes.iter().position(|l| l.contains(&s));
+                for (i, cell) in b.cells.iter().enumerate() {
+                    // A partition is never split; neighbours go to
+                    // different lanes while there are lanes to spare.
+                    let lane = lane_of(cell.start);
+                    assert!(cell.clone().all(|s| lane_of(s) == lane));
+                    if let Some(next) = b.cells.get(i + 1).filter(|_| lanes.len() > 1) {
+                        assert_ne!(lane_of(next.start), lane);
+                    }
                 }
             }
         }

@@ -52,9 +52,11 @@
 //!   bulk load, or a shard that more than doubled — it is given up for the
 //!   epoch, and the next changes snapshot is a full one (its `kind()` says
 //!   so), which costs little more than those changes would.
-//! - **Bulk restore.** Entries are copied once into their shard's arena as
-//!   they arrive; then every shard is indexed on its own thread. The live
-//!   state is replaced only when the source was read to the end.
+//! - **Bulk restore.** One lane (a thread) per core owns a run of shards;
+//!   the restoring thread hands each lane the records of its shards as
+//!   blocks arrive, and the lane copies them once into their arenas,
+//!   keeping each key's hash, then indexes its shards from those hashes.
+//!   The live state is replaced only when the source was read to the end.
 //!
 //! Architecture invariant: no I/O, no dependency on other backends.
 //!
