@@ -64,10 +64,14 @@ fn key(i: u64) -> Result<Vec<u8>> {
     util::session_key(i, MAX_PARALLELISM)
 }
 
-/// A value of [`VALUE_LEN`] bytes: small numbers with some noise, which
-/// zstd compresses about 2.5×.
+/// A value of [`VALUE_LEN`] bytes as the facade stores it: an envelope
+/// without expiry (tag 0), then the version and small numbers with some
+/// noise, which zstd compresses about 2.5×. (Before 2026-12-05 the
+/// version was the first byte: versions 1 and 2 read as envelopes with
+/// an expiry, 3 and up as damaged envelopes.)
 fn value(rng: &mut Rng, version: u8) -> Vec<u8> {
     let mut v = Vec::with_capacity(VALUE_LEN);
+    v.push(0);
     v.push(version);
     while v.len() < VALUE_LEN {
         v.push(rng.below(24) as u8);
@@ -134,14 +138,14 @@ fn build(dir_a: &Path, dir_b: &Path, keys: u64) -> Result<(u64, u64)> {
     Ok((stats.entries, stats.bytes))
 }
 
-/// One recovery of the newest checkpoint of `dir`; returns (logical bytes,
-/// wall time).
+/// One recovery of the newest checkpoint of `dir`; returns the logical
+/// bytes, the wall time and the engine's fetch and load phases.
 fn recover(
     rt: &tokio::runtime::Runtime,
     dir: &Path,
     threads: usize,
     load: LoadStrategy,
-) -> Result<(u64, Duration)> {
+) -> Result<(u64, Duration, [Duration; 2])> {
     let store: Arc<dyn CheckpointStore> = Arc::new(ObjectCheckpointStore::local(dir)?);
     let engine = Recovery::new(
         store,
@@ -165,7 +169,8 @@ fn recover(
     }
     // Freeing a GiB of small allocations is not part of the recovery.
     drop(backend);
-    Ok((out.stats.logical_bytes, elapsed))
+    let phases = [out.stats.fetch_duration, out.stats.load_duration];
+    Ok((out.stats.logical_bytes, elapsed, phases))
 }
 
 /// The limit: read every artifact file of `dir`'s newest checkpoint in
@@ -240,12 +245,20 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
     let mut logical = 0;
     for threads in [1usize, 2, 4] {
         let mut times = Vec::new();
+        let mut phases: [Vec<f64>; 2] = Default::default();
         for _ in 0..plan.reps {
-            let (l, d) = recover(&rt, &dir_b, threads, LoadStrategy::Restore)?;
+            let (l, d, p) = recover(&rt, &dir_b, threads, LoadStrategy::Restore)?;
             logical = l;
             times.push(d.as_secs_f64());
+            for (all, one) in phases.iter_mut().zip(p) {
+                all.push(one.as_secs_f64());
+            }
         }
         by_threads.push((threads, median(&times)));
+        // Where the time goes: fetching (and checking) the artifacts, then
+        // decoding and loading them.
+        params.insert(format!("fetch_s_{threads}t"), json!(median(&phases[0])));
+        params.insert(format!("load_s_{threads}t"), json!(median(&phases[1])));
     }
     let mb = logical as f64 / 1e6;
     let limit = mb / seq_s * cores as f64;
@@ -266,7 +279,7 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
     // The other load strategy, for comparison.
     let mut parallel = Vec::new();
     for _ in 0..plan.reps {
-        let (_, d) = recover(&rt, &dir_b, 0, LoadStrategy::Parallel)?;
+        let (_, d, _) = recover(&rt, &dir_b, 0, LoadStrategy::Parallel)?;
         parallel.push(d.as_secs_f64());
     }
     metrics.push(Metric::versus(
@@ -293,7 +306,7 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
     let mut deep = Vec::new();
     let mut flat = Vec::new();
     for _ in 0..plan.reps {
-        let (l, d) = recover(&rt, &dir_a, 0, LoadStrategy::Restore)?;
+        let (l, d, _) = recover(&rt, &dir_a, 0, LoadStrategy::Restore)?;
         if l != logical {
             return Err(format!("depth 10 loaded {l} bytes, depth 0 {logical}").into());
         }
