@@ -5,8 +5,32 @@
 //! Exit codes (docs/operations.md): 0 success, 1 failure (including
 //! `verify` finding a damaged checkpoint), 2 usage (clap's own errors, an
 //! invalid argument, or a backend, store or command this build leaves
-//! out). An error is one line on stderr: `error: ` and the error with its
-//! cause chain.
+//! out), 141 standard output closed early (`| head`). An error is one line
+//! on stderr: `error: ` and the error with its cause chain.
+
+/// `println!` for every command: when standard output is closed
+/// (`highwater inspect … | head`), the process ends quietly with status
+/// 141, as a Unix tool that SIGPIPE ends does, instead of panicking (Rust
+/// ignores SIGPIPE, so the write fails, and std's `println!` panics on a
+/// failed write).
+macro_rules! println {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            $crate::stdout_failed(&e)
+        }
+    }};
+}
+
+/// `print!`, as [`println!`].
+macro_rules! print {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = write!(std::io::stdout(), $($arg)*) {
+            $crate::stdout_failed(&e)
+        }
+    }};
+}
 
 #[cfg(feature = "raft")]
 mod cluster_demo;
@@ -343,6 +367,17 @@ fn run(command: Command) -> highwater::Result<ExitCode> {
 
 /// 2 for a usage error (an invalid argument, or something this build
 /// leaves out), 1 for every other failure.
+/// Ends the process after a failed write to standard output: quietly with
+/// status 141 (128 + SIGPIPE) when the reader is gone, else with the error
+/// on stderr and status 1.
+fn stdout_failed(e: &std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(141);
+    }
+    eprintln!("error: cannot write to standard output: {e}");
+    std::process::exit(1)
+}
+
 fn exit_code(e: &highwater::Error) -> ExitCode {
     match e {
         highwater::Error::InvalidArgument(_) => ExitCode::from(2),

@@ -1079,6 +1079,32 @@ mod polish {
         stderr
     }
 
+    /// `highwater inspect … | head`: a reader that goes away ends the
+    /// command as SIGPIPE ends a Unix tool (status 141, nothing on
+    /// stderr), not with a panic (std's `println!` panicked on the failed
+    /// write).
+    #[test]
+    fn a_closed_stdout_ends_a_command_quietly() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("demo");
+        run_ok(demo(&dir, 2_000, false));
+        for command in [&["inspect"][..], &["verify"], &["inspect", "--json"]] {
+            // The reading end is closed before the command starts, so its
+            // first write fails, whatever the timing.
+            let (reader, writer) = std::io::pipe().unwrap();
+            drop(reader);
+            let out = Command::new(BIN)
+                .args(command)
+                .arg(&dir)
+                .stdout(writer)
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(141), "{command:?}: {stderr}");
+            assert!(stderr.is_empty(), "{command:?}: {stderr}");
+        }
+    }
+
     #[test]
     fn checkpoints_record_their_duration_and_a_compaction_does_not_copy_it() {
         let tmp = tempfile::tempdir().unwrap();
