@@ -1025,13 +1025,11 @@ impl MemoryBackend {
                     continue;
                 };
                 let (shard, keyed) = self.keyed(k);
-                let f = at
-                    .get(shard)
-                    .and_then(|&p| shards.get(p as usize).filter(|&&s| s == shard).map(|_| p))
-                    .and_then(|p| filling.get_mut(p as usize));
-                let Some(f) = f else {
+                // The shard's position in its lane, which must be this one.
+                let p = at.get(shard).map_or(usize::MAX, |&p| p as usize);
+                let Some(f) = filling.get_mut(p).filter(|_| shards.get(p) == Some(&shard)) else {
                     return Err(Error::Internal(format!(
-                        "restore: a record of shard {shard} reached the lane of shards {shards:?}"
+                        "restore: a record of shard {shard} reached another shard's lane"
                     )));
                 };
                 f.append(k, v, checked_record(k, v)?, keyed, self.segment_bytes);
