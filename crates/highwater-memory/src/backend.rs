@@ -278,8 +278,8 @@ struct Filling {
 }
 
 impl Filling {
-    /// Appends a record of `rec` bytes (from [`record_len`]) whose key's
-    /// base ends at `split` and whose [`key_hash`] is `hash`.
+    /// Appends a record of `rec` bytes (from [`record_len`]); `at` is its
+    /// key's placement (where the base ends, and its [`key_hash`]).
     fn append(&mut self, key: &[u8], value: &[u8], rec: usize, at: Keyed, segment_bytes: usize) {
         let fits = |t: &u32| self.segments[*t as usize].len() + rec <= segment_bytes;
         let id = match self.tail.filter(fits) {
