@@ -850,6 +850,31 @@ mod moto {
     pub(super) const MARKER: &str = "moto.server";
     const BUCKET: &str = "highwater";
 
+    /// Runs moto's server (`moto.server.main`) with its conditional writes
+    /// made atomic. moto checks `If-None-Match: *` and then writes, in two
+    /// steps, on a threaded server: two concurrent create-only puts of one
+    /// key can both succeed, which S3 never allows (the store conformance
+    /// suite's `concurrent_commits_single_winner` caught it in CI on
+    /// 2026-12-06: "2 of 8 concurrent commits succeeded"; moto 5.2.1's
+    /// `S3Response.put_object`). The two handlers that check a condition
+    /// and write (a put; a multipart completion) run under one lock; other
+    /// requests stay concurrent. A moto without them fails to start here
+    /// rather than serve non-atomic creates.
+    const SERVE: &str = "\
+import sys, threading
+import moto.server
+from moto.s3.responses import S3Response
+lock = threading.Lock()
+def atomic(handler):
+    def run(self, *args, **kwargs):
+        with lock:
+            return handler(self, *args, **kwargs)
+    return run
+S3Response.put_object = atomic(S3Response.put_object)
+S3Response._key_response_post = atomic(S3Response._key_response_post)
+moto.server.main(sys.argv[1:])
+";
+
     fn installed() -> bool {
         Command::new("python3")
             .args(["-c", "import moto.server, flask"])
@@ -896,14 +921,7 @@ mod moto {
             .filter(|p| !p.is_empty())
             .unwrap_or_else(|| "python3".to_owned());
         let mut cmd = Command::new(python);
-        cmd.args([
-            "-m",
-            "moto.server",
-            "-H",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-        ]);
+        cmd.args(["-c", SERVE, "-H", "127.0.0.1", "-p", &port.to_string()]);
         let (process, mut child) = spawn_background(&mut cmd, &log, &dir.join("moto.pid"), MARKER)?;
         wait_http(&format!("moto on 127.0.0.1:{port}"), &mut child, port, &log)?;
         // moto accepts an unauthenticated bucket creation.
