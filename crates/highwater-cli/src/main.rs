@@ -365,8 +365,6 @@ fn run(command: Command) -> highwater::Result<ExitCode> {
     }
 }
 
-/// 2 for a usage error (an invalid argument, or something this build
-/// leaves out), 1 for every other failure.
 /// Ends the process after a failed write to standard output: quietly with
 /// status 141 (128 + SIGPIPE) when the reader is gone, else with the error
 /// on stderr and status 1.
@@ -378,6 +376,8 @@ fn stdout_failed(e: &std::io::Error) -> ! {
     std::process::exit(1)
 }
 
+/// 2 for a usage error (an invalid argument, or something this build
+/// leaves out), 1 for every other failure.
 fn exit_code(e: &highwater::Error) -> ExitCode {
     match e {
         highwater::Error::InvalidArgument(_) => ExitCode::from(2),
