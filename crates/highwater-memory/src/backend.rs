@@ -9,7 +9,6 @@
 //! and the one segment it writes to — never the shard.
 
 use std::ops::Range;
-use std::sync::mpsc::Receiver;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use hashbrown::HashTable;
@@ -1009,138 +1008,6 @@ impl MemoryBackend {
         Some(usize::from(*first))
     }
 
-    /// One lane of a restore: copies the records it is handed (puts of
-    /// its `shards`, by their index in their block) into their arenas, then
-    /// indexes them. `at[shard]` is the shard's position in `shards`.
-    fn fill_lane(
-        &self,
-        shards: &[usize],
-        at: &[u32],
-        rx: Receiver<Picked>,
-    ) -> Result<Vec<(usize, Shard)>> {
-        let mut filling: Vec<Filling> = shards.iter().map(|_| Filling::default()).collect();
-        for (block, picks) in rx {
-            for i in picks {
-                let (k, Some(v)) = block.get(i) else {
-                    continue;
-                };
-                let (shard, keyed) = self.keyed(k);
-                // The shard's position in its lane, which must be this one.
-                let p = at.get(shard).map_or(usize::MAX, |&p| p as usize);
-                let Some(f) = filling.get_mut(p).filter(|_| shards.get(p) == Some(&shard)) else {
-                    return Err(Error::Internal(format!(
-                        "restore: a record of shard {shard} reached another shard's lane"
-                    )));
-                };
-                f.append(k, v, checked_record(k, v)?, keyed, self.segment_bytes);
-            }
-        }
-        Ok(shards
-            .iter()
-            .zip(filling)
-            .map(|(&i, f)| (i, Shard::restored(self.segment_bytes, f)))
-            .collect())
-    }
-
-    /// [`StateBackend::restore`] on at most `threads` lanes.
-    ///
-    /// The new shards are built aside; the live state is replaced only
-    /// when every entry was read, so a failing source leaves it untouched.
-    /// Each lane (a thread) fills and indexes its own shards (whole
-    /// snapshot partitions): this thread hands every lane the blocks it
-    /// has records in, with their indexes, and the lane copies them, once,
-    /// into their arenas.
-    fn restore_in_lanes(
-        &self,
-        blocks: &mut dyn Iterator<Item = Result<RecordBlock>>,
-        threads: usize,
-    ) -> Result<()> {
-        let lanes = lanes(&self.cells, threads);
-        let n = self.shards.len();
-        // Each shard's lane, and its position among the lane's shards.
-        let (mut lane_of, mut at) = (vec![0u16; n], vec![0u32; n]);
-        for (l, shards) in lanes.iter().enumerate() {
-            for (p, &i) in shards.iter().enumerate() {
-                lane_of[i] = l as u16;
-                at[i] = p as u32;
-            }
-        }
-        let at = &at;
-        let filled = std::thread::scope(|scope| {
-            let mut senders = Vec::with_capacity(lanes.len());
-            let mut workers = Vec::with_capacity(lanes.len());
-            for (l, shards) in lanes.iter().enumerate() {
-                let (tx, rx) = std::sync::mpsc::sync_channel::<Picked>(LANE_BLOCKS);
-                senders.push(tx);
-                workers.push(
-                    std::thread::Builder::new()
-                        .name(format!("highwater-restore-{l}"))
-                        .spawn_scoped(scope, move || self.fill_lane(shards, at, rx)),
-                );
-            }
-            let mut failed = None;
-            'blocks: for block in blocks {
-                let block = match block {
-                    Ok(block) => Arc::new(block),
-                    Err(e) => {
-                        failed = Some(e);
-                        break;
-                    }
-                };
-                // Each put goes to the lane of its shard: most keys are
-                // placed by their key group, for the cost of a lookup.
-                let mut picks: Vec<Vec<usize>> = vec![Vec::new(); lanes.len()];
-                for (i, (k, v)) in block.iter().enumerate() {
-                    if v.is_some() {
-                        let shard = self.key_group_shard(k).unwrap_or_else(|| self.keyed(k).0);
-                        picks[usize::from(lane_of[shard])].push(i);
-                    }
-                }
-                for (tx, picks) in senders.iter().zip(picks) {
-                    // A lane that stopped has failed: its error is
-                    // returned below.
-                    if !picks.is_empty() && tx.send((block.clone(), picks)).is_err() {
-                        break 'blocks;
-                    }
-                }
-            }
-            drop(senders);
-            let mut fresh: Vec<Option<Shard>> = (0..n).map(|_| None).collect();
-            let mut first_error = failed;
-            for worker in workers {
-                let done = worker
-                    .map_err(|e| Error::Internal(format!("cannot start a restore thread: {e}")))
-                    .and_then(|w| {
-                        w.join().unwrap_or_else(|_| {
-                            Err(Error::Internal("a restore lane panicked".into()))
-                        })
-                    });
-                match done {
-                    Ok(shards) => {
-                        for (i, shard) in shards {
-                            fresh[i] = Some(shard);
-                        }
-                    }
-                    Err(e) => {
-                        first_error.get_or_insert(e);
-                    }
-                }
-            }
-            match first_error {
-                Some(e) => Err(e),
-                None => fresh
-                    .into_iter()
-                    .collect::<Option<Vec<Shard>>>()
-                    .ok_or_else(|| Error::Internal("restore: a shard was given no lane".into())),
-            }
-        })?;
-        let mut guards = self.lock_all();
-        for (g, f) in guards.iter_mut().zip(filled) {
-            **g = f;
-        }
-        Ok(())
-    }
-
     fn read(&self, i: usize) -> RwLockReadGuard<'_, Shard> {
         // A panic while a shard was locked cannot leave a half-applied
         // change visible to a later reader in a way that breaks memory
@@ -1329,8 +1196,27 @@ impl StateBackend for MemoryBackend {
     }
 
     fn restore(&self, blocks: &mut dyn Iterator<Item = Result<RecordBlock>>) -> Result<()> {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        self.restore_in_lanes(blocks, threads)
+        // Build the new shards aside; the live state is replaced only when
+        // every entry was read, so a failing source leaves it untouched.
+        // Entries are copied once, from their block into their shard's
+        // arena, as blocks arrive, each key hashed once and its hash kept;
+        // then every shard is indexed from those hashes, on every core.
+        let mut filling: Vec<Filling> =
+            (0..self.shards.len()).map(|_| Filling::default()).collect();
+        for block in blocks {
+            let block = block?;
+            for (k, v) in block.puts() {
+                let rec = checked_record(k, v)?;
+                let (i, at) = self.keyed(k);
+                filling[i].append(k, v, rec, at, self.segment_bytes);
+            }
+        }
+        let fresh = restored_in_parallel(self.segment_bytes, filling);
+        let mut guards = self.lock_all();
+        for (g, f) in guards.iter_mut().zip(fresh) {
+            **g = f;
+        }
+        Ok(())
     }
 
     /// True: the new shards are built aside and swapped in at the end.
@@ -1364,25 +1250,34 @@ impl StateBackend for MemoryBackend {
     }
 }
 
-/// Blocks a restore lane may have waiting: with a block held until every
-/// lane it has records for copied them, this bounds the decoded blocks a
-/// restore keeps.
-const LANE_BLOCKS: usize = 4;
-
-/// What a restore lane is handed: a block, and the indexes of the puts in
-/// it that belong to the lane's shards.
-type Picked = (Arc<RecordBlock>, Vec<usize>);
-
-/// The shards of each restore lane: the snapshot partitions (`cells`)
-/// dealt round-robin over at most `threads` lanes, so that blocks arriving
-/// in key-group order (as checkpoints are read) keep every lane busy.
-fn lanes(cells: &[Range<usize>], threads: usize) -> Vec<Vec<usize>> {
-    let n = threads.clamp(1, cells.len().max(1));
-    let mut out: Vec<Vec<usize>> = vec![Vec::new(); n];
-    for (i, cell) in cells.iter().enumerate() {
-        out[i % n].extend(cell.clone());
-    }
-    out
+/// The shards of `filling`, in order, each indexed
+/// ([`Shard::restored`]), on up to as many threads as there are cores.
+fn restored_in_parallel(segment_bytes: usize, filling: Vec<Filling>) -> Vec<Shard> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per = filling.len().div_ceil(threads).max(1);
+    let mut rest = filling.into_iter();
+    let chunks: Vec<Vec<Filling>> = std::iter::from_fn(|| {
+        let chunk: Vec<Filling> = rest.by_ref().take(per).collect();
+        (!chunk.is_empty()).then_some(chunk)
+    })
+    .collect();
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| {
+                scope.spawn(move || {
+                    chunk
+                        .into_iter()
+                        .map(|f| Shard::restored(segment_bytes, f))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    })
 }
 
 /// A frozen view: the shard stores at snapshot time, plus the changed keys
@@ -1646,55 +1541,18 @@ mod tests {
         assert_eq!(b.scan_prefix(&[0, 1]).unwrap().len(), 4);
     }
 
-    #[test]
-    fn restore_lanes_deal_whole_partitions_over_every_shard() {
-        for (shards, key_groups) in [
-            (1, 1),
-            (2, 2),
-            (4, 2),
-            (256, 128),
-            (256, 3),
-            (8, 100),
-            (16, 5),
-        ] {
-            let b = MemoryBackend::with_config(MemoryConfig {
-                shards,
-                segment_bytes: 64,
-                max_parallelism: key_groups,
-            });
-            for threads in [0, 1, 2, 3, 7, 1000] {
-                let lanes = lanes(&b.cells, threads);
-                assert!(!lanes.is_empty() && lanes.len() <= threads.max(1));
-                let mut all: Vec<usize> = lanes.concat();
-                all.sort_unstable();
-                assert_eq!(all, (0..b.shards.len()).collect::<Vec<_>>());
-                let lane_of = |s: usize| lanes.iter().position(|l| l.contains(&s));
-                for (i, cell) in b.cells.iter().enumerate() {
-                    // A partition is never split; neighbours go to
-                    // different lanes while there are lanes to spare.
-                    let lane = lane_of(cell.start);
-                    assert!(cell.clone().all(|s| lane_of(s) == lane));
-                    if let Some(next) = b.cells.get(i + 1).filter(|_| lanes.len() > 1) {
-                        assert_ne!(lane_of(next.start), lane);
-                    }
-                }
-            }
-        }
-    }
-
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
 
-        /// A restore on any number of lanes holds what a `BTreeMap` fed the
-        /// same puts holds (the later put of a key wins, within a block and
-        /// across blocks and lanes), map directories included: keys of
+        /// A restore holds what a `BTreeMap` fed the same puts holds (the
+        /// later put of a key wins, within a block and across blocks), over
+        /// any number of shards, map directories included: keys of
         /// the job's key groups, of others, and bytes that are no state
         /// key at all.
         #[test]
-        fn a_restore_on_any_number_of_lanes_matches_a_model(
+        fn a_restore_matches_a_model(
             records in proptest::collection::vec((0u8..5, 0u8..6, 0u8..3, 0usize..40), 0..300),
             cuts in proptest::collection::vec(0usize..300, 0..6),
-            threads in 1usize..5,
             shards in proptest::sample::select(vec![1usize, 2, 4, 16]),
         ) {
             let mut model = std::collections::BTreeMap::new();
@@ -1734,7 +1592,7 @@ mod tests {
                 max_parallelism: 3,
             });
             b.put(b"old", b"state").unwrap();
-            b.restore_in_lanes(&mut blocks.into_iter().map(Ok), threads).unwrap();
+            b.restore(&mut blocks.into_iter().map(Ok)).unwrap();
             let all = b.scan_range(&[], &[0xff; 4]).unwrap();
             let want: Vec<(Vec<u8>, Vec<u8>)> = model.clone().into_iter().collect();
             proptest::prop_assert_eq!(all, want);

@@ -52,10 +52,9 @@
 //!   bulk load, or a shard that more than doubled — it is given up for the
 //!   epoch, and the next changes snapshot is a full one (its `kind()` says
 //!   so), which costs little more than those changes would.
-//! - **Bulk restore.** One lane (a thread) per core owns a run of shards;
-//!   the restoring thread hands each lane the records of its shards as
-//!   blocks arrive, and the lane copies them once into their arenas,
-//!   keeping each key's hash, then indexes its shards from those hashes.
+//! - **Bulk restore.** Entries are copied once into their shard's arena as
+//!   they arrive, each key hashed once and the hash kept; then every shard
+//!   is indexed from those hashes, on every core.
 //!   The live state is replaced only when the source was read to the end.
 //!
 //! Architecture invariant: no I/O, no dependency on other backends.
