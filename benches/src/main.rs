@@ -20,22 +20,6 @@
 //! A suite is a module with a `run(&Ctx) -> Result<SuiteResult>` function,
 //! listed in [`SUITES`]; add new suites (wal, merge, recovery, …) there.
 
-/// With the `jemalloc` feature (`cargo xtask bench large`), jemalloc serves
-/// every allocation of the process, RocksDB's included: under a block cache
-/// that evicts and inserts blocks of every size, glibc's arenas keep freed
-/// memory resident (the 32 GiB run measured 1.8 GiB of it), which RocksDB's
-/// documentation answers with jemalloc.
-#[cfg(feature = "jemalloc")]
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-/// The allocator this binary was built with, as suites report it.
-pub const ALLOCATOR_NAME: &str = if cfg!(feature = "jemalloc") {
-    "jemalloc"
-} else {
-    "system (glibc malloc on Linux)"
-};
-
 mod cloud;
 mod large;
 mod merge;

@@ -177,17 +177,16 @@ pub fn rss_bytes() -> Option<u64> {
 /// The C allocator's view of the heap (glibc `mallinfo2`), in bytes: what
 /// the program holds, what the allocator keeps free inside its arenas
 /// (returned to it but not to the system: part of the resident set), and
-/// what it maps directly for large blocks. `None` off glibc, and when the
-/// binary's allocator is jemalloc (feature `jemalloc`).
+/// what it maps directly for large blocks. `None` off glibc.
 #[allow(unsafe_code)]
 pub fn malloc_heap() -> Option<(u64, u64, u64)> {
-    #[cfg(all(target_os = "linux", target_env = "gnu", not(feature = "jemalloc")))]
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         // SAFETY: mallinfo2 only reads the allocator's statistics.
         let m = unsafe { libc::mallinfo2() };
         Some((m.uordblks as u64, m.fordblks as u64, m.hblkhd as u64))
     }
-    #[cfg(not(all(target_os = "linux", target_env = "gnu", not(feature = "jemalloc"))))]
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     {
         None
     }

@@ -41,12 +41,6 @@ pub const ALL: &str = "all";
 /// [`with_services`](crate::testing::with_services).
 const NEEDS_SERVICES: &[&str] = &["redis", "cloud"];
 
-/// The suite run with jemalloc as the process's allocator (the benchmark
-/// binary's feature `jemalloc`): state larger than memory on RocksDB, whose
-/// block cache fragments glibc's heap (see `benches/src/large.rs`). Only
-/// this suite: the others keep the figures their history was measured with.
-const JEMALLOC_SUITE: &str = "large";
-
 /// One suite's results, as the benchmark binary writes them.
 #[derive(Debug, Deserialize)]
 pub(crate) struct SuiteResult {
@@ -101,11 +95,15 @@ pub fn run_suite(ws: &Workspace, suite: &str, quick: bool, size: Option<&str>) -
         std::fs::remove_file(file).map_err(io_context("remove", file))?;
     }
 
-    let mut cmd = ws.cargo(["run", "--profile", "ci", "-p", "highwater-benches"]);
-    if suite == JEMALLOC_SUITE {
-        cmd.args(["--features", "jemalloc"]);
-    }
-    cmd.args(["--", suite]);
+    let mut cmd = ws.cargo([
+        "run",
+        "--profile",
+        "ci",
+        "-p",
+        "highwater-benches",
+        "--",
+        suite,
+    ]);
     if quick {
         cmd.arg("--quick");
     }

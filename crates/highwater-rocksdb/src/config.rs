@@ -84,6 +84,14 @@ pub struct RocksDbConfig {
     /// [`block_cache_size`](Self::block_cache_size) and the memtables by
     /// [`write_buffer_size`](Self::write_buffer_size) ×
     /// [`max_write_buffer_number`](Self::max_write_buffer_number), apart.
+    ///
+    /// This bounds what RocksDB accounts for, not the process's resident
+    /// memory: under random reads of a state many times the cache, the
+    /// allocator keeps freed cache blocks resident, and a 32 GiB state with
+    /// a 4 GiB budget peaked at 1.47× the budget (1.39× for the raw
+    /// `rocksdb` crate with the same options; glibc or jemalloc alike: see
+    /// `docs/rocksdb.md`). Under a hard memory limit, give it about two
+    /// thirds of what RocksDB may use.
     pub memory_budget: Option<usize>,
     /// Size RocksDB aims at for the SST files compactions write
     /// (`target_file_size_base`; the same on every level). Smaller files
