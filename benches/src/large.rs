@@ -111,6 +111,9 @@ fn value(i: u64, round: u64) -> Vec<u8> {
 /// copies fit on this machine's disk.
 fn config(path: &Path, budget: usize) -> RocksDbConfig {
     let mut c = RocksDbConfig::new(path);
+    // The large_get baseline opens the live database after the backend is
+    // dropped, which local recovery keeps (the default, said here).
+    c.local_recovery = true;
     c.memory_budget = Some(budget);
     c.write_buffer_size = c.write_buffer_size.min(budget / 4);
     c.compression = Compression::Zstd;
@@ -129,25 +132,6 @@ fn dir_bytes(dir: &Path) -> u64 {
             _ => e.metadata().map(|m| m.len()).unwrap_or(0),
         })
         .sum()
-}
-
-/// The database directory a closed `RocksDbBackend` in `path` left: the
-/// newest of its `db-NNNNNN` directories (a restore or a clear opens a new
-/// one) that holds a database.
-fn newest_db_dir(path: &Path) -> Result<std::path::PathBuf> {
-    let mut dbs: Vec<std::path::PathBuf> = std::fs::read_dir(path)?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("db-"))
-                && p.join("CURRENT").exists()
-        })
-        .collect();
-    dbs.sort();
-    dbs.pop()
-        .ok_or_else(|| format!("no database directory under {}", path.display()).into())
 }
 
 /// Bytes free on the disk holding `dir`, from `df` (Linux, coreutils).
@@ -448,13 +432,15 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
         "memory_bytes_after_gets".into(),
         json!(db_metrics.memory_bytes),
     );
+    // The database stays when the backend is dropped (local recovery, on
+    // in `config`), for the baseline's gets.
+    let db_dir = backend.db_dir();
     manager.close()?;
     drop(manager);
     drop(backend);
     // The baseline's gets on the same database: its directory opened by
     // the raw crate with the same options.
     let raw_get = {
-        let db_dir = newest_db_dir(&root.join("live"))?;
         let mut c = config(&db_dir, budget);
         c.ttl.compaction_filter = false;
         let cache = Cache::new_lru_cache(c.block_cache_capacity());

@@ -529,6 +529,14 @@ impl RocksDbBackend {
         generation.db.flush().map_err(rocks("flush"))
     }
 
+    /// The directory of the live database. With
+    /// [`local_recovery`](RocksDbConfig::local_recovery) on it stays when
+    /// the backend is dropped (for the next open to take files from), and
+    /// another program may then open the database in it.
+    pub fn db_dir(&self) -> PathBuf {
+        self.read().generation.dir.path().to_path_buf()
+    }
+
     /// The live SST files: name, size and level (for tests, tools and
     /// benchmarks that ask where compaction put the bytes).
     pub fn live_sst_files(&self) -> Result<Vec<LiveSst>> {

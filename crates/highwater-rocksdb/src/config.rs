@@ -87,7 +87,8 @@ pub struct RocksDbConfig {
     ///
     /// This bounds what RocksDB accounts for, not the process's resident
     /// memory: under random reads of a state many times the cache, the
-    /// allocator keeps freed cache blocks resident, and a 32 GiB state with
+    /// process holds more than the cache accounts for (part of it freed
+    /// blocks the allocator keeps), and a 32 GiB state with
     /// a 4 GiB budget peaked at 1.47× the budget (1.39× for the raw
     /// `rocksdb` crate with the same options; glibc or jemalloc alike: see
     /// `docs/rocksdb.md`). Under a hard memory limit, give it about two

@@ -837,3 +837,27 @@ fn change_tracking_past_its_bound_answers_with_a_full_snapshot_then_tracks_again
         BTreeMap::from([(k0, plain_value(b"x"))])
     );
 }
+
+/// `db_dir` names the live database: after a clear (a new generation) it
+/// is the new one, and with local recovery it stays when the backend is
+/// dropped, where the raw crate reads what the backend wrote (what the
+/// large suite's gets baseline does).
+#[test]
+fn db_dir_is_the_live_database_and_outlives_the_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = open(&dir, "live");
+    let first = b.db_dir();
+    b.clear().unwrap();
+    let k = encode_key(3, "op", "s", b"k", b"", b"");
+    b.put(&k, &plain_value(b"v")).unwrap();
+    b.flush().unwrap();
+    let live = b.db_dir();
+    assert_ne!(live, first, "a clear opens a new database");
+    assert!(!first.exists(), "the old generation is removed");
+    let stored = b.get(&k).unwrap();
+    assert!(b.config().local_recovery);
+    drop(b);
+    let raw = rocksdb::DB::open_for_read_only(&rocksdb::Options::default(), &live, false).unwrap();
+    assert_eq!(raw.get(&k).unwrap(), stored);
+    assert!(stored.is_some());
+}
