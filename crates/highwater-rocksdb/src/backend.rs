@@ -694,12 +694,12 @@ pub fn db_options(c: &RocksDbConfig, cache: &Cache) -> Options {
     opts.create_if_missing(true);
     opts.set_block_based_table_factory(&table);
     opts.set_write_buffer_size(c.write_buffer_size);
-    if let Some(budget) = c.memory_budget {
+    if c.memory_budget.is_some() {
         // Memtables charged to the block cache: one bound for both. A
         // write stalls (rather than fails) while memtables are over their
-        // third and being flushed.
+        // third of the cache and being flushed.
         let manager = WriteBufferManager::new_write_buffer_manager_with_cache(
-            budget / 3,
+            c.block_cache_capacity() / 3,
             true,
             cache.clone(),
         );

@@ -422,7 +422,7 @@ fn the_working_directory_is_wiped_on_open_and_invalid_configs_are_refused() {
         |c: &mut RocksDbConfig| c.bloom_bits_per_key = -1.0,
         |c: &mut RocksDbConfig| c.max_parallelism = 0,
         |c: &mut RocksDbConfig| c.max_open_files = 3,
-        // Room for less than three memtables.
+        // Room for less than 4.5 memtables (three in the cache's two thirds).
         |c: &mut RocksDbConfig| c.memory_budget = Some(2 << 20),
     ] {
         let mut c = small(&dir.path().join("other"));
@@ -574,7 +574,8 @@ fn local_recovery_takes_verified_local_files_and_fetches_damaged_or_missing_ones
 /// Issue 17: one memory budget bounds the block cache and the memtables
 /// together. 96 MiB of incompressible values (six times the budget) are
 /// written in batches and read back at random, and `memory_bytes` is read
-/// after every batch: it must use the budget and stay near it; the same
+/// after every batch: it must use the cache's two thirds of the budget and
+/// stay near them, under the budget; the same
 /// load without a budget holds the cache's and the memtables' sizes apart.
 #[test]
 fn a_memory_budget_bounds_cache_and_memtables_together() {
@@ -614,13 +615,16 @@ fn a_memory_budget_bounds_cache_and_memtables_together() {
         (max, memtables_max)
     };
     let (with_budget, _) = peak(Some(budget));
+    // RocksDB's accounting gets the cache's two thirds of the budget; the
+    // rest is headroom for the allocator.
+    let cache = (budget / 3 * 2) as u64;
     assert!(
-        with_budget >= budget as u64 / 2,
-        "the budget is used: peak={with_budget} budget={budget}"
+        with_budget >= cache / 2,
+        "the cache is used: peak={with_budget} cache={cache} budget={budget}"
     );
     assert!(
-        with_budget <= budget as u64 + (budget as u64) / 4,
-        "memory stays near the budget: peak={with_budget} budget={budget}"
+        with_budget <= cache + cache / 4 && with_budget < budget as u64,
+        "memory stays near the cache's share and under the budget: peak={with_budget} cache={cache} budget={budget}"
     );
     let (without, memtables) = peak(None);
     assert!(
