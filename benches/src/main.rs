@@ -73,6 +73,9 @@ pub struct Ctx {
     /// `--size`: logical bytes of state for the suites that take a size
     /// (`large`); their default when `None`.
     pub size: Option<u64>,
+    /// `--blob-values`: the `large` suite keeps values in blob files
+    /// (`RocksDbConfig::blob_values`), on both sides of its comparisons.
+    pub blob_values: bool,
 }
 
 /// One suite's results, written as `<out>/<suite>.json`.
@@ -138,8 +141,7 @@ impl Metric {
     }
 }
 
-const USAGE: &str =
-    "usage: highwater-benches <suite|all> [--quick] [--size BYTES[K|M|G]] --out DIR";
+const USAGE: &str = "usage: highwater-benches <suite|all> [--quick] [--size BYTES[K|M|G]] [--blob-values] --out DIR";
 
 /// The parsed command line.
 #[derive(Debug, PartialEq)]
@@ -148,6 +150,7 @@ struct Args {
     quick: bool,
     out: PathBuf,
     size: Option<u64>,
+    blob_values: bool,
 }
 
 /// `BYTES` with an optional binary suffix: `512M`, `32G`, `1048576`.
@@ -172,10 +175,12 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
     let mut quick = false;
     let mut out = None;
     let mut size = None;
+    let mut blob_values = false;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => quick = true,
+            "--blob-values" => blob_values = true,
             "--out" => {
                 let dir = args.next().ok_or("--out needs a directory")?;
                 out = Some(PathBuf::from(dir));
@@ -205,6 +210,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
         quick,
         out,
         size,
+        blob_values,
     })
 }
 
@@ -242,6 +248,7 @@ fn run(args: &Args) -> Result {
         quick: args.quick,
         out: args.out.clone(),
         size: args.size,
+        blob_values: args.blob_values,
     };
     for (name, suite) in SUITES {
         if args.suite != "all" && args.suite != *name {
@@ -357,7 +364,13 @@ mod tests {
                 quick: true,
                 out: "d".into(),
                 size: None,
+                blob_values: false,
             }
+        );
+        assert!(
+            args(&["large", "--blob-values", "--out", "x"])
+                .unwrap()
+                .blob_values
         );
         assert_eq!(
             args(&["large", "--size", "32G", "--out", "x"])

@@ -198,6 +198,20 @@ pub fn malloc_heap() -> Option<(u64, u64, u64)> {
     }
 }
 
+/// Returns the memory the C allocator holds free to the system (glibc
+/// `malloc_trim`), so that a later phase's resident-set peak does not
+/// include what an earlier phase freed. Does nothing off glibc.
+#[allow(unsafe_code)]
+pub fn malloc_trim() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: malloc_trim only releases free memory of the allocator.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+}
+
 /// A suite's result, with the share of the machine's CPU other processes
 /// used since `cpu_start` recorded as `other_processes_cpu_pct`.
 pub fn finish(

@@ -75,7 +75,13 @@ pub fn results_dir(ws: &Workspace) -> PathBuf {
 ///
 /// Results of earlier runs of the same suites are removed first, so the
 /// report never mixes a fresh run with stale numbers.
-pub fn run_suite(ws: &Workspace, suite: &str, quick: bool, size: Option<&str>) -> Result {
+pub fn run_suite(
+    ws: &Workspace,
+    suite: &str,
+    quick: bool,
+    size: Option<&str>,
+    blob_values: bool,
+) -> Result {
     crate::prereqs::ensure()?;
     let valid = !suite.is_empty()
         && suite
@@ -109,6 +115,9 @@ pub fn run_suite(ws: &Workspace, suite: &str, quick: bool, size: Option<&str>) -
     }
     if let Some(size) = size {
         cmd.arg("--size").arg(size);
+    }
+    if blob_values {
+        cmd.arg("--blob-values");
     }
     cmd.arg("--out").arg(&out);
     if suite == ALL || NEEDS_SERVICES.contains(&suite) {

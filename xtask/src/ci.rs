@@ -50,7 +50,7 @@ pub fn run_ci(ws: &Workspace) -> Result {
         }),
         ("deny", deny),
         ("bench", |ws| {
-            bench::run_suite(ws, bench::ALL, true, None).map(|()| Outcome::Passed)
+            bench::run_suite(ws, bench::ALL, true, None, false).map(|()| Outcome::Passed)
         }),
         ("report", |ws| {
             bench::write_report(ws).map(|_| Outcome::Passed)

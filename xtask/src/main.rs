@@ -8,7 +8,7 @@
 //! - `test [-- ARGS]`: every test of the workspace in the `ci` profile;
 //! - `demo [--resume] [--features F] [ARGS]`: the CLI's demo pipeline into
 //!   `<target>/demo-data` (default features unless `--features` says more);
-//! - `bench [SUITE] [--quick] [--size BYTES] [--report]`: benchmarks, and the Markdown report;
+//! - `bench [SUITE] [--quick] [--size BYTES] [--blob-values] [--report]`: benchmarks, and the Markdown report;
 //! - `tidy`: source-tree checks (module docs, forbidden markers, manifests,
 //!   crate layering, docs that name what exists);
 //! - `browser`: the browser test of `highwater report` (headless Chromium,
@@ -89,6 +89,11 @@ enum Command {
         /// e.g. 32G.
         #[arg(long)]
         size: Option<String>,
+        /// Keep values in blob files (`RocksDbConfig::blob_values`) in the
+        /// suites that open RocksDB with the large suite's configuration
+        /// (`large`), on both sides of the comparison.
+        #[arg(long)]
+        blob_values: bool,
     },
     /// Render a `highwater report` page in headless Chromium (installed
     /// with apt-get if missing) and check the screenshot and the page text.
@@ -165,11 +170,12 @@ fn dispatch(ws: &Workspace, command: Command) -> Result {
             quick,
             report,
             size,
+            blob_values,
         } => {
             // `--report` alone renders what is there; anything else runs first.
             if suite.is_some() || quick || !report {
                 let suite = suite.as_deref().unwrap_or(bench::ALL);
-                bench::run_suite(ws, suite, quick, size.as_deref())?;
+                bench::run_suite(ws, suite, quick, size.as_deref(), blob_values)?;
             }
             if report {
                 bench::write_report(ws)?;

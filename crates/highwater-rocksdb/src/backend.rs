@@ -720,6 +720,16 @@ pub fn db_options(c: &RocksDbConfig, cache: &Cache) -> Options {
     };
     opts.set_compression_type(compression);
     opts.set_bottommost_compression_type(compression);
+    if let Some(b) = c.blob_values {
+        opts.set_enable_blob_files(true);
+        opts.set_min_blob_size(b.min_value_size);
+        opts.set_blob_file_size(b.file_size);
+        opts.set_blob_compression_type(compression);
+        opts.set_enable_blob_gc(b.gc_age_cutoff > 0.0);
+        opts.set_blob_gc_age_cutoff(b.gc_age_cutoff);
+        // Values read back are cached in the block cache, under its bound.
+        opts.set_blob_cache(cache);
+    }
     if c.statistics {
         opts.enable_statistics();
     }

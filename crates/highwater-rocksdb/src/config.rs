@@ -21,9 +21,45 @@ pub enum Compression {
 /// The share of [`RocksDbConfig::memory_budget`] given to the block cache
 /// (memtables charged to it), as a fraction: two thirds. The rest is
 /// headroom for the allocator's retained memory, which RocksDB does not
-/// account for: measured at 32 GiB of state under random reads, the
-/// process held 1.47 times the cache's capacity (`docs/rocksdb.md`).
+/// account for: at 32 GiB of state under random gets, malloc held 1.8 GiB
+/// of freed blocks beside the cache, whether the cache had 4 GiB or
+/// 2.7 GiB; with the whole 4 GiB budget as cache the process peaked at
+/// 6.0 GiB, with two thirds at 4.6 GiB (`docs/rocksdb.md`).
 pub const BUDGET_CACHE_SHARE: (usize, usize) = (2, 3);
+
+/// Key-value separation (RocksDB's integrated BlobDB): values stored apart
+/// from their keys, in blob files written once at flush, so compactions
+/// rewrite keys and small references instead of whole values. What it
+/// buys is fewer bytes rewritten per byte written — smaller native
+/// incremental checkpoints and less compaction I/O under random updates —
+/// for a second read per get (the value's blob) and the space of
+/// overwritten values until garbage collection relocates what is live.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BlobValues {
+    /// Values of at least this many bytes (TTL envelope included) go to
+    /// blob files; smaller ones stay in the SST files (`min_blob_size`).
+    pub min_value_size: u64,
+    /// Size RocksDB aims at for one blob file (`blob_file_size`).
+    pub file_size: u64,
+    /// Garbage collection: a compaction moves the live values it meets in
+    /// the oldest `gc_age_cutoff` share of the blob files (0.0–1.0) into new
+    /// ones, so that the old files empty and are deleted
+    /// (`blob_garbage_collection_age_cutoff`). 0 turns it off: the space of
+    /// overwritten and deleted values is then never reclaimed.
+    pub gc_age_cutoff: f64,
+}
+
+impl Default for BlobValues {
+    /// Values of 64 bytes or more in 256 MiB blob files, garbage collection
+    /// over the oldest quarter (RocksDB's own cutoff).
+    fn default() -> Self {
+        BlobValues {
+            min_value_size: 64,
+            file_size: 256 << 20,
+            gc_age_cutoff: 0.25,
+        }
+    }
+}
 
 /// Time-to-live handling inside RocksDB.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -82,8 +118,11 @@ pub struct RocksDbConfig {
     /// Capacity of the LRU block cache, in bytes (index and filter blocks
     /// included). Ignored when [`memory_budget`](Self::memory_budget) is set.
     pub block_cache_size: usize,
-    /// One bound for RocksDB's resident memory, in bytes, allocator
-    /// overhead included. When set, the block cache gets
+    /// One bound for RocksDB's memory, in bytes, with headroom for the
+    /// allocator: the process's resident memory stays near it (measured:
+    /// 4.6 GiB at the peak for a 4 GiB budget and 32 GiB of state under
+    /// random gets, the process's own memory included). When set, the
+    /// block cache gets
     /// [`BUDGET_CACHE_SHARE`] of it and the memtables are charged to the
     /// cache through a write-buffer manager (which flushes once they use a
     /// third of the cache), so data blocks, index and filter blocks and
@@ -91,11 +130,10 @@ pub struct RocksDbConfig {
     /// accounts for them (it lets the cache run over briefly rather than
     /// fail a write). The rest of the budget is headroom for what RocksDB's
     /// accounting does not see: under random reads of a state many times
-    /// the cache, the allocator holds freed blocks it does not return, and
-    /// a 32 GiB state measured 1.47 times the cache's capacity resident
-    /// (1.39 times for the raw `rocksdb` crate with the same options,
-    /// glibc's malloc or jemalloc alike; see `docs/rocksdb.md`). `None`
-    /// (the default) sizes the cache by
+    /// the cache, the allocator holds freed blocks it does not return
+    /// (1.8 GiB at 32 GiB of state, for the raw `rocksdb` crate with the
+    /// same options as much, glibc's malloc or jemalloc alike; see
+    /// `docs/rocksdb.md`). `None` (the default) sizes the cache by
     /// [`block_cache_size`](Self::block_cache_size) and the memtables by
     /// [`write_buffer_size`](Self::write_buffer_size) ×
     /// [`max_write_buffer_number`](Self::max_write_buffer_number), apart,
@@ -131,8 +169,13 @@ pub struct RocksDbConfig {
     /// Bloom filter bits per key (0 disables the filter). Ten bits give a
     /// false-positive rate of about 1 %.
     pub bloom_bits_per_key: f64,
-    /// Block compression.
+    /// Block compression (of blob files too).
     pub compression: Compression,
+    /// Key-value separation ([`BlobValues`]); `None` (the default) keeps
+    /// values in the SST files. Needs the TTL compaction filter off
+    /// ([`TtlOptions::compaction_filter`]): the filter reads every value a
+    /// compaction meets, which with blob files is a random read each.
+    pub blob_values: Option<BlobValues>,
     /// Collect RocksDB's internal statistics (tickers and histograms, a few
     /// percent of CPU); reported by [`RocksDbBackend::metrics`](crate::RocksDbBackend::metrics).
     pub statistics: bool,
@@ -170,6 +213,7 @@ impl RocksDbConfig {
             change_tracking_bytes: 64 << 20,
             bloom_bits_per_key: 10.0,
             compression: Compression::default(),
+            blob_values: None,
             statistics: false,
             rocksdb_wal: false,
             ttl: TtlOptions {
@@ -252,6 +296,22 @@ impl RocksDbConfig {
                 "level0_compaction_trigger must be in 1..=16 (RocksDB slows writes at 20 level-0 files): got={}",
                 self.level0_compaction_trigger
             ));
+        }
+        if let Some(b) = self.blob_values {
+            if b.file_size < 1 << 20 || !(0.0..=1.0).contains(&b.gc_age_cutoff) {
+                return bad(format!(
+                    "blob_values: file_size must be at least 1 MiB and gc_age_cutoff in 0..=1: \
+                     file_size={} gc_age_cutoff={}",
+                    b.file_size, b.gc_age_cutoff
+                ));
+            }
+            if self.ttl.compaction_filter {
+                return bad(
+                    "blob_values needs ttl.compaction_filter off: the filter would read every \
+                     value a compaction meets back from its blob file"
+                        .into(),
+                );
+            }
         }
         if self.background_threads < 1 {
             return bad("background_threads must be at least 1".into());

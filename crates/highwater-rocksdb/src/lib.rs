@@ -39,6 +39,6 @@ mod metrics;
 mod snapshot;
 
 pub use backend::{LiveSst, RocksDbBackend, db_options};
-pub use config::{BUDGET_CACHE_SHARE, Compression, RocksDbConfig, TtlOptions};
+pub use config::{BUDGET_CACHE_SHARE, BlobValues, Compression, RocksDbConfig, TtlOptions};
 pub use error::classify;
 pub use metrics::{OpCounters, RocksDbMetrics};
