@@ -37,8 +37,11 @@
 //!   `StateManager::restore` into a fresh backend from the store. Baseline:
 //!   copying the same files from the store with an fsync each. Target ≥ 0.7.
 //!   Both run three times, alternately, each after a `sync` so that no
-//!   earlier phase's writeback is still under way; the medians compare
-//!   (this machine's disk varied by 2× between single runs).
+//!   earlier phase's writeback is still under way and from a dropped page
+//!   cache (as root), so that neither reads the store's files from memory
+//!   the other left them in (at 8 GiB, where they fit, the copies after a
+//!   restore ran 2.5 times as fast); the medians compare (this machine's
+//!   disk varied by 2× between single runs).
 //! - `large_get`: random gets of existing keys per second on the live
 //!   backend after the rounds. Baseline: the raw crate on the same
 //!   database (its directory opened read-only beside the live backend, with
@@ -181,11 +184,11 @@ fn settle_disk() {
 }
 
 /// Writes back every dirty page and drops the clean ones from the page
-/// cache (`/proc/sys/vm/drop_caches`, which needs root), so that the gets
-/// of one side do not run on SST blocks the other side's gets left in
-/// memory: the 32 GiB run read the raw crate's gets on a page cache
-/// highwater's gets had just filled, 38 485 against 19 431 gets/s. True
-/// if the cache was dropped.
+/// cache (`/proc/sys/vm/drop_caches`, which needs root), so that one side
+/// does not read files from memory the other side left them in: the
+/// 32 GiB run read the raw crate's gets on a page cache highwater's gets
+/// had just filled, 38 485 against 19 431 gets/s. True if the cache was
+/// dropped.
 fn drop_page_cache() -> bool {
     settle_disk();
     match std::fs::write("/proc/sys/vm/drop_caches", b"1") {
@@ -535,7 +538,7 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
             .config(cfg.clone())
             .build()?;
         println!("large: {label}");
-        settle_disk();
+        drop_page_cache();
         let t = Instant::now();
         let stats = m.restore(last)?.stats;
         let s = t.elapsed().as_secs_f64();
@@ -561,7 +564,7 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
         );
         std::fs::remove_dir_all(&restored_dir)?;
         std::fs::create_dir_all(&copy_dir)?;
-        settle_disk();
+        drop_page_cache();
         let t = Instant::now();
         for a in manifest.artifacts() {
             let src = store_dir
