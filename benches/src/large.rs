@@ -198,7 +198,7 @@ fn drop_page_cache() -> bool {
         Ok(()) => true,
         Err(e) => {
             println!(
-                "large: the page cache was not dropped ({e}): the second side's gets may find the first side's blocks in it"
+                "large: the page cache was not dropped ({e}): the second side may read files the first side left in memory"
             );
             false
         }

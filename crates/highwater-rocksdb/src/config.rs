@@ -23,8 +23,9 @@ pub enum Compression {
 /// headroom for the allocator's retained memory, which RocksDB does not
 /// account for: at 32 GiB of state under random gets, malloc held 1.8 GiB
 /// of freed blocks beside the cache, whether the cache had 4 GiB or
-/// 2.7 GiB; with the whole 4 GiB budget as cache the process peaked at
-/// 6.0 GiB, with two thirds at 4.6 GiB (`docs/rocksdb.md`).
+/// 2.7 GiB (the raw `rocksdb` crate with the same options as much, glibc's
+/// malloc or jemalloc alike); with the whole 4 GiB budget as cache the
+/// process peaked at 6.0 GiB, with two thirds at 4.6 GiB (`docs/rocksdb.md`).
 pub const BUDGET_CACHE_SHARE: (usize, usize) = (2, 3);
 
 /// Key-value separation (RocksDB's integrated BlobDB): values stored apart
@@ -122,18 +123,14 @@ pub struct RocksDbConfig {
     /// allocator: the process's resident memory stays near it (measured:
     /// 4.6 GiB at the peak for a 4 GiB budget and 32 GiB of state under
     /// random gets, the process's own memory included). When set, the
-    /// block cache gets
-    /// [`BUDGET_CACHE_SHARE`] of it and the memtables are charged to the
+    /// block cache gets [`BUDGET_CACHE_SHARE`] of it and the memtables are charged to the
     /// cache through a write-buffer manager (which flushes once they use a
     /// third of the cache), so data blocks, index and filter blocks and
     /// memtables together stay within the cache's capacity as RocksDB
     /// accounts for them (it lets the cache run over briefly rather than
     /// fail a write). The rest of the budget is headroom for what RocksDB's
-    /// accounting does not see: under random reads of a state many times
-    /// the cache, the allocator holds freed blocks it does not return
-    /// (1.8 GiB at 32 GiB of state, for the raw `rocksdb` crate with the
-    /// same options as much, glibc's malloc or jemalloc alike; see
-    /// `docs/rocksdb.md`). `None` (the default) sizes the cache by
+    /// accounting does not see (see [`BUDGET_CACHE_SHARE`]). `None` (the
+    /// default) sizes the cache by
     /// [`block_cache_size`](Self::block_cache_size) and the memtables by
     /// [`write_buffer_size`](Self::write_buffer_size) ×
     /// [`max_write_buffer_number`](Self::max_write_buffer_number), apart,

@@ -624,9 +624,12 @@ fn a_memory_budget_bounds_cache_and_memtables_together() {
         (max, memtables_max)
     };
     let (with_budget, _) = peak(Some(budget));
-    // RocksDB's accounting gets the cache's two thirds of the budget; the
-    // rest is headroom for the allocator.
-    let cache = (budget / 3 * 2) as u64;
+    // RocksDB's accounting gets the cache's share of the budget; the rest
+    // is headroom for the allocator.
+    let mut c = RocksDbConfig::new(dir.path());
+    c.memory_budget = Some(budget);
+    let cache = c.block_cache_capacity() as u64;
+    assert!(cache < budget as u64);
     assert!(
         with_budget >= cache / 2,
         "the cache is used: peak={with_budget} cache={cache} budget={budget}"
