@@ -165,20 +165,33 @@ impl RecordWriter {
     /// Appends a record. Records must be appended in key order for the
     /// encoding to be deterministic; deletes are refused in entry artifacts.
     pub fn push(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<()> {
+        self.push_key_parts(&[key], value).map(|_| ())
+    }
+
+    /// [`push`](RecordWriter::push) of the key made of `key_parts` one
+    /// after the other, written straight into the record stream (no key is
+    /// assembled on the way). Returns the key as written, so a caller that
+    /// needs the whole key (a chunker hashing it) reads it from there.
+    pub fn push_key_parts(&mut self, key_parts: &[&[u8]], value: Option<&[u8]>) -> Result<&[u8]> {
         if value.is_none() && self.kind == ArtifactKind::Entries {
             return Err(Error::InvalidArgument(
                 "a delete cannot be written to an entries artifact".into(),
             ));
         }
+        let key_len: usize = key_parts.iter().map(|p| p.len()).sum();
         // The postcard encoding of `(key, value)`, written directly: a
         // varint length and the key bytes, then the option tag (0 = None,
         // 1 = Some) and, for Some, a varint length and the value bytes.
         // Decoding goes through postcard itself (see `RecordIter`), and a
         // test pins the two to the same bytes.
         self.buf
-            .reserve(key.len() + value.map_or(0, <[u8]>::len) + 21);
-        push_varint(&mut self.buf, key.len() as u64);
-        self.buf.extend_from_slice(key);
+            .reserve(key_len + value.map_or(0, <[u8]>::len) + 21);
+        push_varint(&mut self.buf, key_len as u64);
+        let key_at = self.buf.len();
+        for part in key_parts {
+            self.buf.extend_from_slice(part);
+        }
+        let key_end = self.buf.len();
         match value {
             None => self.buf.push(0),
             Some(v) => {
@@ -188,7 +201,7 @@ impl RecordWriter {
             }
         }
         self.entries += 1;
-        Ok(())
+        Ok(&self.buf[key_at..key_end])
     }
 
     /// Number of records so far.
@@ -641,11 +654,19 @@ mod tests {
         #[test]
         fn records_are_byte_identical_to_postcard(
             key in proptest::collection::vec(any::<u8>(), 0..300),
-            value in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..20_000))) {
+            value in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..20_000)),
+            split in any::<prop::sample::Index>()) {
+            let rec: Record<'_> = (&key, value.as_deref());
             let mut w = RecordWriter::new(ArtifactKind::Delta, 0);
             w.push(&key, value.as_deref()).unwrap();
-            let rec: Record<'_> = (&key, value.as_deref());
-            prop_assert_eq!(w.buf, postcard::to_allocvec(&rec).unwrap());
+            prop_assert_eq!(&w.buf, &postcard::to_allocvec(&rec).unwrap());
+            // The same record from a key in two parts, after it.
+            let (head, tail) = key.split_at(split.index(key.len() + 1));
+            let written = w.push_key_parts(&[head, tail], value.as_deref()).unwrap().to_vec();
+            prop_assert_eq!(written, key.clone());
+            let once = postcard::to_allocvec(&rec).unwrap();
+            let twice = [once.as_slice(), once.as_slice()].concat();
+            prop_assert_eq!(w.buf, twice);
         }
 
         #[test]

@@ -34,6 +34,7 @@ pub mod filebuf;
 pub mod key;
 pub mod keygroup;
 pub mod manifest;
+pub mod prefetch;
 pub mod read;
 pub mod retry;
 pub mod savepoint;

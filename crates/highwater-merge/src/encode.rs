@@ -97,6 +97,10 @@ impl Arena {
     }
 }
 
+/// How many records ahead of the one being written the encoder asks for
+/// the next record's memory ([`highwater_core::prefetch`]).
+const PREFETCH_AHEAD: usize = 8;
+
 /// Key groups per sort bucket are chosen so that a job has about this many
 /// buckets per operator: each is sorted on its own, in parallel.
 const SORT_BUCKETS: u16 = 128;
@@ -128,10 +132,10 @@ impl Layout {
 
 /// A record on its way into an artifact: its key as the snapshot (or a
 /// scan's copy) holds it, its value (`None` for a delete), and the number
-/// its bucket sorts it by before comparing bytes (see [`sort_bucket`]).
+/// its bucket sorts it by before comparing bytes (see [`sort_number`]).
 #[derive(Clone, Copy)]
 pub(crate) struct Rec<'a> {
-    pub prefix: u64,
+    pub prefix: u128,
     pub key: &'a [u8],
     pub value: Option<&'a [u8]>,
 }
@@ -166,24 +170,70 @@ fn common_len(a: &[u8], b: &[u8]) -> usize {
     i
 }
 
+/// The number a bucket sorts a record by before comparing bytes: the
+/// sixteen bytes of its key's tail after the prefix `lcp` every tail in the
+/// bucket shares (zero-padded), or, when a bucket holds several key groups,
+/// the key group and fourteen such bytes. Within a bucket the order of the
+/// numbers is the order of the keys wherever they differ, so most
+/// comparisons never touch the keys. Sixteen bytes rather than eight: with
+/// eight, keys that differ only in a namespace (the windows of one key)
+/// tied, and the comparisons that read their keys back took a sixth of a
+/// full checkpoint's encoding time (profile in docs/architecture.md).
+fn sort_number(key: &[u8], skip: usize, lcp: usize, several_key_groups: bool) -> u128 {
+    let rest = &tail(key, skip)[lcp..];
+    let bytes = match rest.first_chunk::<16>() {
+        Some(b) => u128::from_be_bytes(*b),
+        None => {
+            let mut b = [0u8; 16];
+            b[..rest.len()].copy_from_slice(rest);
+            u128::from_be_bytes(b)
+        }
+    };
+    if several_key_groups {
+        (u128::from(u16::from_be_bytes([key[0], key[1]])) << 112) | (bytes >> 16)
+    } else {
+        bytes
+    }
+}
+
 /// The records of one operator and sort bucket read from one partition,
 /// and the length of the prefix all their tails share.
+///
+/// Each record's [`sort_number`] is taken as it is added, while its key is
+/// in the cache, with the prefix length known then; it only shrinks, and
+/// the records before its last change (`stale` of them, usually a few) get
+/// their number again when the bucket is sorted.
 #[derive(Default)]
 pub(crate) struct Piece<'a> {
     recs: Vec<Rec<'a>>,
     lcp: usize,
+    stale: usize,
 }
 
 impl<'a> Piece<'a> {
-    /// Adds a record whose tail (see [`tail`]) begins after `skip`.
-    pub fn push(&mut self, key: &'a [u8], value: Option<&'a [u8]>, skip: usize) {
+    /// Adds a record whose tail (see [`tail`]) begins after `skip`, in a
+    /// bucket of several key groups or not (as [`sort_bucket`] will be
+    /// told).
+    pub fn push(
+        &mut self,
+        key: &'a [u8],
+        value: Option<&'a [u8]>,
+        skip: usize,
+        several_key_groups: bool,
+    ) {
         let t = tail(key, skip);
-        self.lcp = match self.recs.first() {
-            Some(first) => self.lcp.min(common_len(tail(first.key, skip), t)),
-            None => t.len(),
-        };
+        match self.recs.first() {
+            Some(first) => {
+                let common = common_len(tail(first.key, skip), t);
+                if common < self.lcp {
+                    self.lcp = common;
+                    self.stale = self.recs.len();
+                }
+            }
+            None => self.lcp = t.len(),
+        }
         self.recs.push(Rec {
-            prefix: 0,
+            prefix: sort_number(key, skip, self.lcp, several_key_groups),
             key,
             value,
         });
@@ -258,7 +308,12 @@ impl<'a> Scan<'a> {
             }
         };
         let ops = &mut self.operators[at];
-        ops.buckets[usize::from(kg.0 / layout.per_bucket)].push(key, value, ops.skip);
+        ops.buckets[usize::from(kg.0 / layout.per_bucket)].push(
+            key,
+            value,
+            ops.skip,
+            layout.per_bucket > 1,
+        );
         Ok(())
     }
 }
@@ -300,11 +355,9 @@ pub(crate) fn copy_unlent<T>(
 }
 
 /// Sorts the pieces of one operator and bucket into one run in stored-key
-/// order. Each record's prefix is the eight bytes of its tail after the
-/// prefix every tail in the bucket shares (zero-padded), or, when a bucket
-/// holds several key groups, the key group and six such bytes: within a
-/// bucket the order of that number is the order of the keys wherever it
-/// differs, so most comparisons never touch the keys.
+/// order, by [`sort_number`] and then, where numbers tie, by the bytes of
+/// the tails after the prefix they all share. `several_key_groups` is what
+/// the pieces were filled with.
 pub(crate) fn sort_bucket<'a>(
     pieces: Vec<Piece<'a>>,
     skip: usize,
@@ -326,32 +379,28 @@ pub(crate) fn sort_bucket<'a>(
         })
         .min()
         .unwrap_or(0);
+    // Numbers taken with a longer shared prefix than the bucket's are
+    // taken again.
+    let renumber = |p: &mut Piece<'a>| {
+        let stale = if p.lcp == lcp { p.stale } else { p.recs.len() };
+        for r in &mut p.recs[..stale] {
+            r.prefix = sort_number(r.key, skip, lcp, several_key_groups);
+        }
+    };
     // A bucket read from one partition (a backend whose partitions hold
     // whole key groups) is sorted where it is.
     let mut recs = if pieces.len() == 1 {
-        pieces
-            .into_iter()
-            .next()
-            .map(|p| p.recs)
-            .unwrap_or_default()
+        let mut p = pieces.into_iter().next().unwrap_or_default();
+        renumber(&mut p);
+        p.recs
     } else {
         let mut recs = Vec::with_capacity(pieces.iter().map(|p| p.recs.len()).sum());
-        for p in pieces {
+        for mut p in pieces {
+            renumber(&mut p);
             recs.extend(p.recs);
         }
         recs
     };
-    let width = if several_key_groups { 6 } else { 8 };
-    for r in &mut recs {
-        let rest = &tail(r.key, skip)[lcp..];
-        let n = rest.len().min(width);
-        let mut b = [0u8; 8];
-        b[8 - width..8 - width + n].copy_from_slice(&rest[..n]);
-        if several_key_groups {
-            b[..2].copy_from_slice(&r.key[..2]);
-        }
-        r.prefix = u64::from_be_bytes(b);
-    }
     recs.sort_unstable_by(|a, b| {
         a.prefix
             .cmp(&b.prefix)
@@ -442,18 +491,23 @@ impl Output<'_> {
     fn write_unit<'s>(&'s self, unit: &'s Unit<'_>, scope: &rayon::Scope<'s>) -> Result<()> {
         let form = key_form_for(unit.operator, self.merger);
         let mut chunker = Chunker::new(&self.merger.chunking);
-        let mut key = Vec::new();
         let mut w = RecordWriter::with_buffer(self.kind, form, self.buffers.take());
-        for r in unit.runs.iter().flatten() {
-            let stored: &[u8] = if unit.skip == 0 {
-                r.key
+        let recs = || unit.runs.iter().flatten();
+        // Records lie wherever the backend keeps them, not in key order:
+        // each is asked for a few records before it is copied.
+        let mut ahead = recs().skip(PREFETCH_AHEAD);
+        for r in recs() {
+            if let Some(next) = ahead.next() {
+                highwater_core::prefetch::read(next.key);
+                highwater_core::prefetch::read_ends(next.value.unwrap_or_default());
+            }
+            // The key as stored, written once into the record stream and
+            // hashed by the chunker from there.
+            let stored = if unit.skip == 0 {
+                w.push_key_parts(&[r.key], r.value)?
             } else {
-                key.clear();
-                key.extend_from_slice(&r.key[..2]);
-                key.extend_from_slice(tail(r.key, unit.skip));
-                &key
+                w.push_key_parts(&[&r.key[..2], tail(r.key, unit.skip)], r.value)?
             };
-            w.push(stored, r.value)?;
             if chunker.cut_after(stored, r.value) {
                 let full = std::mem::replace(
                     &mut w,
@@ -1018,6 +1072,50 @@ mod differential {
             "the encoding stopped: {calls} of {} artifacts reached the sink",
             all.len()
         );
+    }
+
+    proptest! {
+        /// `sort_bucket` orders any keys as their stored bytes order, over
+        /// one piece or several, one key group or several per bucket: keys
+        /// whose shared prefix shrinks as they arrive (numbers taken again),
+        /// and keys equal in the sixteen bytes after it (ties read the keys).
+        #[test]
+        fn a_bucket_sorts_by_stored_key(
+            keys in prop::collection::btree_set(
+                (0u16..3, prop::collection::vec(prop::sample::select(vec![0u8, 7, 255]), 0..40)),
+                0..200,
+            ),
+            shared in prop::collection::vec(any::<u8>(), 0..20),
+            pieces in 1usize..4,
+            skip in 0usize..3,
+            several in any::<bool>(),
+        ) {
+            // Key group, `skip` bytes the tail starts after, then a prefix
+            // every key shares and the key's own bytes.
+            let keys: Vec<Vec<u8>> = keys
+                .iter()
+                .map(|(kg, rest)| {
+                    let kg = if several { *kg } else { 1 };
+                    let mut k = kg.to_be_bytes().to_vec();
+                    k.extend(std::iter::repeat_n(9u8, skip));
+                    k.extend_from_slice(&shared);
+                    k.extend_from_slice(rest);
+                    k
+                })
+                .collect();
+            let mut split: Vec<Piece<'_>> = (0..pieces).map(|_| Piece::default()).collect();
+            for (i, k) in keys.iter().enumerate() {
+                split[i % pieces].push(k, Some(b"v"), skip, several);
+            }
+            let sorted: Vec<&[u8]> = sort_bucket(split, skip, several)
+                .iter()
+                .map(|r| r.key)
+                .collect();
+            let stored = |k: &[u8]| [&k[..2], tail(k, skip)].concat();
+            let mut want: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+            want.sort_by_key(|k| stored(k));
+            prop_assert_eq!(sorted, want);
+        }
     }
 
     proptest! {

@@ -263,7 +263,7 @@ impl<'a> Groups<'a> {
                     .or_insert_with(|| (skip, (0..n).map(|_| Piece::default()).collect()))
             }
         };
-        buckets[bucket].push(k, Some(v), skip);
+        buckets[bucket].push(k, Some(v), skip, per > 1);
         Ok(())
     }
 
