@@ -167,8 +167,12 @@ fn recover(
     if backend.stats().entries != out.stats.entries_loaded {
         return Err("the backend does not hold what was loaded".into());
     }
-    // Freeing a GiB of small allocations is not part of the recovery.
+    // Freeing a GiB of small allocations is not part of the recovery; nor
+    // is reusing it: the next recovery starts, like one in a new process,
+    // from memory the allocator has returned to the system (otherwise its
+    // arenas would land on pages this one already faulted in).
     drop(backend);
+    util::malloc_trim();
     let phases = [out.stats.fetch_duration, out.stats.load_duration];
     Ok((out.stats.logical_bytes, elapsed, phases))
 }
