@@ -177,8 +177,8 @@ fn common_len(a: &[u8], b: &[u8]) -> usize {
 /// numbers is the order of the keys wherever they differ, so most
 /// comparisons never touch the keys. Sixteen bytes rather than eight: with
 /// eight, keys that differ only in a namespace (the windows of one key)
-/// tied, and the comparisons that read their keys back took a sixth of a
-/// full checkpoint's encoding time (profile in docs/architecture.md).
+/// tied, and the comparisons that read their keys back took 6 % of a full
+/// checkpoint's encoding samples (profile in docs/architecture.md).
 fn sort_number(key: &[u8], skip: usize, lcp: usize, several_key_groups: bool) -> u128 {
     let rest = &tail(key, skip)[lcp..];
     let bytes = match rest.first_chunk::<16>() {
