@@ -202,18 +202,20 @@ fn sort_number(key: &[u8], skip: usize, lcp: usize, several_key_groups: bool) ->
 /// Each record's [`sort_number`] is taken as it is added, while its key is
 /// in the cache, with the prefix length known then; it only shrinks, and
 /// the records before its last change (`stale` of them, usually a few) get
-/// their number again when the bucket is sorted.
+/// their number again when the bucket is sorted, the same way (the piece
+/// keeps whether its numbers carry the key group).
 #[derive(Default)]
 pub(crate) struct Piece<'a> {
     recs: Vec<Rec<'a>>,
     lcp: usize,
     stale: usize,
+    several_key_groups: bool,
 }
 
 impl<'a> Piece<'a> {
     /// Adds a record whose tail (see [`tail`]) begins after `skip`, in a
-    /// bucket of several key groups or not (as [`sort_bucket`] will be
-    /// told).
+    /// bucket of several key groups or not (the same for every record of
+    /// the piece).
     pub fn push(
         &mut self,
         key: &'a [u8],
@@ -230,7 +232,10 @@ impl<'a> Piece<'a> {
                     self.stale = self.recs.len();
                 }
             }
-            None => self.lcp = t.len(),
+            None => {
+                self.lcp = t.len();
+                self.several_key_groups = several_key_groups;
+            }
         }
         self.recs.push(Rec {
             prefix: sort_number(key, skip, self.lcp, several_key_groups),
@@ -356,13 +361,8 @@ pub(crate) fn copy_unlent<T>(
 
 /// Sorts the pieces of one operator and bucket into one run in stored-key
 /// order, by [`sort_number`] and then, where numbers tie, by the bytes of
-/// the tails after the prefix they all share. `several_key_groups` is what
-/// the pieces were filled with.
-pub(crate) fn sort_bucket<'a>(
-    pieces: Vec<Piece<'a>>,
-    skip: usize,
-    several_key_groups: bool,
-) -> Vec<Rec<'a>> {
+/// the tails after the prefix they all share.
+pub(crate) fn sort_bucket<'a>(pieces: Vec<Piece<'a>>, skip: usize) -> Vec<Rec<'a>> {
     let Some(first) = pieces
         .first()
         .and_then(|p| p.recs.first())
@@ -384,7 +384,7 @@ pub(crate) fn sort_bucket<'a>(
     let renumber = |p: &mut Piece<'a>| {
         let stale = if p.lcp == lcp { p.stale } else { p.recs.len() };
         for r in &mut p.recs[..stale] {
-            r.prefix = sort_number(r.key, skip, lcp, several_key_groups);
+            r.prefix = sort_number(r.key, skip, lcp, p.several_key_groups);
         }
     };
     // A bucket read from one partition (a backend whose partitions hold
@@ -615,13 +615,12 @@ pub fn encode_snapshot(
     by_operator.sort_by(|a, b| a.0.cmp(b.0));
 
     // Phase 2: sort every bucket, in parallel.
-    let several = layout.per_bucket > 1;
     let sorted: Vec<(&str, usize, Vec<Vec<Rec<'_>>>)> = by_operator
         .into_iter()
         .map(|(operator, skip, buckets)| {
             let runs = buckets
                 .into_par_iter()
-                .map(|pieces| sort_bucket(pieces, skip, several))
+                .map(|pieces| sort_bucket(pieces, skip))
                 .collect();
             (operator, skip, runs)
         })
@@ -1107,7 +1106,7 @@ mod differential {
             for (i, k) in keys.iter().enumerate() {
                 split[i % pieces].push(k, Some(b"v"), skip, several);
             }
-            let sorted: Vec<&[u8]> = sort_bucket(split, skip, several)
+            let sorted: Vec<&[u8]> = sort_bucket(split, skip)
                 .iter()
                 .map(|r| r.key)
                 .collect();

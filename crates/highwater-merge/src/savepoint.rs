@@ -125,7 +125,7 @@ pub fn write_savepoint(
         groups.add(k, v, params)?;
     }
     write_groups(
-        Groups::merge_all(vec![groups], params.max_parallelism)?,
+        Groups::merge_all(vec![groups])?,
         schemas,
         params,
         target,
@@ -172,13 +172,7 @@ pub fn write_snapshot_savepoint(
         })
         .collect::<Result<_>>()?;
     let parts = lent.into_iter().flatten().chain(copied).collect();
-    write_groups(
-        Groups::merge_all(parts, params.max_parallelism)?,
-        schemas,
-        params,
-        target,
-        io,
-    )
+    write_groups(Groups::merge_all(parts)?, schemas, params, target, io)
 }
 
 /// Buckets of key groups each state's records are kept in: records are
@@ -269,8 +263,7 @@ impl<'a> Groups<'a> {
 
     /// The partitions' groups as one, each bucket sorted (buckets in
     /// parallel); a key present twice is an error.
-    fn merge_all(parts: Vec<Groups<'a>>, max_parallelism: u16) -> Result<Sorted<'a>> {
-        let several = per_bucket(max_parallelism) > 1;
+    fn merge_all(parts: Vec<Groups<'a>>) -> Result<Sorted<'a>> {
         let mut expired_dropped = 0;
         let mut pieces: PerState<Vec<Piece<'a>>> = BTreeMap::new();
         for part in parts {
@@ -293,7 +286,7 @@ impl<'a> Groups<'a> {
                 let buckets = by_bucket
                     .into_par_iter()
                     .map(|pieces| {
-                        let run = sort_bucket(pieces, skip, several);
+                        let run = sort_bucket(pieces, skip);
                         // Equal keys have equal prefix numbers: most pairs
                         // differ there without reading the keys.
                         if let Some(w) = run
