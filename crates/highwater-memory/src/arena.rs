@@ -20,7 +20,7 @@
 pub(crate) const HEADER: usize = 8;
 
 /// Where a record lives: a segment id of its shard and a byte offset.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct Loc {
     pub seg: u32,
     pub off: u32,

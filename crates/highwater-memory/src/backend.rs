@@ -20,6 +20,7 @@ use highwater_core::{
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::arena::{HEADER, Loc, Segment, record_len};
+use crate::index::Table;
 
 /// Index pages per shard (a power of two). A writer that touches a shard
 /// held by a snapshot copies one page: a quarter of the shard's index,
@@ -73,10 +74,10 @@ impl Default for MemoryConfig {
 
 /// One index entry (12 bytes): where the record is, and the change-tracking
 /// epoch in which its key was last marked as changed. The hash is not
-/// stored: hashbrown's one-byte tag filters candidates before the key is
+/// stored: the table's one-byte tag filters candidates before the key is
 /// compared in the arena, and the rare resize of a page re-reads and
 /// re-hashes its keys ([`rehash`]).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 struct Slot {
     loc: Loc,
     /// Equal to the shard's epoch if the key is in this epoch's change
@@ -84,7 +85,7 @@ struct Slot {
     epoch: u32,
 }
 
-type Page = HashTable<Slot>;
+type Page = Table<Slot>;
 
 /// The index hash of the record of `slot`, for a page that grows.
 fn rehash(segments: &[Arc<Segment>], slot: &Slot) -> u64 {
@@ -95,8 +96,8 @@ fn key_hash(key: &[u8]) -> u64 {
     xxh3_64(key)
 }
 
-/// The page of a hash. hashbrown picks buckets from the low bits and tags
-/// from the top seven, so the page comes from bits in between.
+/// The page of a hash. A page's table picks buckets from the low bits and
+/// tags from the top eight, so the page comes from bits in between.
 fn page_of(hash: u64) -> usize {
     (hash >> 32) as usize & (INDEX_PAGES - 1)
 }
@@ -613,9 +614,7 @@ impl Shard {
         if k.split < key.len() {
             self.dir_remove(key, k.split);
         }
-        if let Ok(entry) = self.page_mut(k.hash).find_entry(k.hash, |s| s.loc == old) {
-            entry.remove();
-        }
+        self.page_mut(k.hash).remove(k.hash, |s| s.loc == old);
         let rec = HEADER + key.len() + vlen;
         self.kill(old, rec);
         self.entries -= 1;

@@ -21,9 +21,11 @@
 //!   (1 MiB by default, [`MemoryConfig::segment_bytes`]); a record larger
 //!   than a segment gets a segment of its own. There is no allocation per
 //!   entry, and a scan reads contiguous memory.
-//! - **A paged index.** A `hashbrown::HashTable` of 12-byte slots (segment
-//!   id, offset, change-tracking epoch), split into 4 pages by hash. Lookups compare the key in
-//!   the arena. Map-state entries also sit in an ordered directory per base
+//! - **A paged index.** A hash table of 12-byte slots (segment id, offset,
+//!   change-tracking epoch), split into 4 pages by hash, whose buckets are
+//!   one cache line holding four slots and their one-byte hash tags, so a
+//!   lookup misses the cache once in the index and once in the arena.
+//!   Lookups compare the key in the arena. Map-state entries also sit in an ordered directory per base
 //!   key, so a prefix scan of a map is a binary search and a walk.
 //! - **Snapshots at segment granularity.** Segments and index pages are
 //!   `Arc`s inside one `Arc`'d store per shard. Taking a snapshot locks every
@@ -67,5 +69,6 @@
 
 mod arena;
 mod backend;
+mod index;
 
 pub use backend::{MemoryBackend, MemoryConfig};
