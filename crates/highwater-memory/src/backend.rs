@@ -85,6 +85,9 @@ struct Slot {
     epoch: u32,
 }
 
+// The index's buckets hold four slots in one cache line only at 12 bytes.
+const _: () = assert!(std::mem::size_of::<Slot>() == 12);
+
 type Page = Table<Slot>;
 
 /// The index hash of the record of `slot`, for a page that grows.
