@@ -65,7 +65,7 @@ pub use manifest::{
     ArtifactId, ArtifactRef, CheckpointId, CheckpointKind, Layer, LayerKind, MAX_ARTIFACT_BYTES,
     Manifest, valid_native_file_name,
 };
-pub use read::{RecordVisitor, decode_checked, load_manifest, visit_checked};
+pub use read::{RecordVisitor, decode_checked, decode_checked_where, load_manifest, visit_checked};
 pub use retry::{RetryPolicy, Retrying};
 pub use savepoint::{SavepointManifest, SavepointState};
 pub use schema::{Migration, MigrationPlan, SchemaRegistry, StateKind, StateSchema};

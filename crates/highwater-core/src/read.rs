@@ -44,24 +44,59 @@ pub fn decode_checked(
     bytes: &[u8],
     limits: &DecodeLimits,
 ) -> Result<RecordBlock> {
+    decode_checked_where(checkpoint, layer, r, bytes, limits, &mut |_, _| true).map(|(b, _)| b)
+}
+
+/// [`decode_checked`], keeping only the records for which `keep(key,
+/// value)` is true (every record is still checked), and counting the
+/// records decoded. Filtering as each record is decoded reads its bytes
+/// while they are in the cache, where a later pass over the block misses
+/// on every record (the recovery suite's profile: a time-to-live pass
+/// after decoding took 3.4 % of a restore's samples).
+pub fn decode_checked_where(
+    checkpoint: CheckpointId,
+    layer: LayerKind,
+    r: &ArtifactRef,
+    bytes: &[u8],
+    limits: &DecodeLimits,
+    keep: &mut RecordFilter<'_>,
+) -> Result<(RecordBlock, u64)> {
     // The reference's counts are hints from a file: capped, so a forged
     // manifest cannot make this allocate (the block grows as records
-    // really decode).
+    // really decode). Whole keys are longer than operator-relative ones
+    // by the operator's name and its length byte, which the record
+    // stream's own length does not count: without them every artifact's
+    // buffer outgrew its hint by a few bytes per record and was copied
+    // into one twice its size (a realloc per artifact, in the recovery
+    // suite's profile).
+    let per_record = 1 + r.operator.len() as u64;
+    let hinted = r
+        .logical_bytes
+        .saturating_add(r.entries.saturating_mul(per_record));
     let mut out = RecordBlock::with_capacity(
         r.entries.min(1 << 20) as usize,
-        r.logical_bytes.min(1 << 24) as usize,
+        hinted.min(1 << 24) as usize,
     );
-    visit_checked(
+    let decoded = visit_checked(
         checkpoint,
         layer,
         r,
         bytes,
         limits,
         KeyForm::Absolute,
-        &mut |k, v| out.push(k, v),
+        &mut |k, v| {
+            if keep(k, v) {
+                out.push(k, v)?;
+            }
+            Ok(())
+        },
     )?;
-    Ok(out)
+    Ok((out, decoded))
 }
+
+/// Which records [`decode_checked_where`] keeps: given the key (whole) and
+/// the value (`None` for a delete), true to keep the record.
+pub type RecordFilter<'a> = dyn FnMut(&[u8], Option<&[u8]>) -> bool + 'a;
 
 /// A visitor of records: the key (in the requested form) and the value,
 /// `None` for a delete.

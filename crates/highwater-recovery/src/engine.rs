@@ -12,7 +12,7 @@ use highwater_core::ttl::is_expired_value;
 use highwater_core::{
     ArtifactId, ArtifactRef, CheckpointId, CheckpointStore, DecodeLimits, Error, Manifest,
     NativeCheckpoints, NativeFileRef, NativeFiles, NativeSource, RecordBlock, Result, SnapshotKind,
-    StateBackend, decode_checked, load_manifest,
+    StateBackend, decode_checked_where, load_manifest,
 };
 use highwater_merge::io::{NATIVE_BYTES_IN_FLIGHT, fetch_verified, run_io};
 use highwater_wal::Wal;
@@ -857,6 +857,7 @@ fn fold_range(ctx: &FoldCtx<'_>, range: &RangePlan) -> Result<Folded> {
     let mut layers: Vec<(usize, RecordBlock)> = Vec::with_capacity(range.artifacts.len());
     let mut decoded = 0u64;
     let mut filtered = 0u64;
+    let base = range.artifacts.first().map(|pa| pa.layer);
     for pa in &range.artifacts {
         let r = &pa.artifact;
         let bytes = ctx.artifacts.get(&r.id).ok_or_else(|| {
@@ -865,26 +866,43 @@ fn fold_range(ctx: &FoldCtx<'_>, range: &RangePlan) -> Result<Folded> {
                 ctx.checkpoint, r.id
             ))
         })?;
-        let mut block = decode_checked(ctx.checkpoint, pa.kind, r, bytes, ctx.limits)?;
-        decoded += block.len() as u64;
         // Artifacts wholly inside the scope's key groups need no per-record
-        // filter (decode_checked verified every key's key group).
-        if let Some(kg) = ctx.scope.key_groups
-            && kg.intersect(&r.key_groups) != Some(r.key_groups)
-        {
-            block.retain(|_, k, _| {
-                let keep = key_group_of(k).is_ok_and(|g| kg.contains(g));
-                filtered += u64::from(!keep);
-                keep
-            });
-        }
+        // filter (decoding verifies every key's key group).
+        let scope = ctx
+            .scope
+            .key_groups
+            .filter(|kg| kg.intersect(&r.key_groups) != Some(r.key_groups));
+        // The first layer's expired entries (and deletes, if it is a
+        // delta) are dropped as they decode: no older record of the range
+        // stands behind them. A later layer's must stay until the chain is
+        // folded, to hide the older records of their keys.
+        let first_layer = Some(pa.layer) == base;
+        let (block, n) = decode_checked_where(
+            ctx.checkpoint,
+            pa.kind,
+            r,
+            bytes,
+            ctx.limits,
+            &mut |k, v| {
+                if let Some(kg) = scope
+                    && !key_group_of(k).is_ok_and(|g| kg.contains(g))
+                {
+                    filtered += 1;
+                    return false;
+                }
+                !first_layer || v.is_some_and(|v| !is_expired_value(v, ctx.now_ms))
+            },
+        )?;
+        decoded += n;
         layers.push((pa.layer, block));
     }
     drop_overwritten(&mut layers);
     let blocks = layers
         .into_iter()
-        .filter_map(|(_, mut block)| {
-            block.retain(|_, _, v| v.is_some_and(|v| !is_expired_value(v, ctx.now_ms)));
+        .filter_map(|(layer, mut block)| {
+            if Some(layer) != base {
+                block.retain(|_, _, v| v.is_some_and(|v| !is_expired_value(v, ctx.now_ms)));
+            }
             (!block.is_empty()).then_some(block)
         })
         .collect();
@@ -1042,7 +1060,9 @@ fn workers_gone() -> Error {
 mod tests {
     use std::collections::BTreeMap;
 
-    use highwater_core::{Codec, KeyGroupRange};
+    use highwater_core::{Codec, EncodeOptions, Envelope, KeyGroupRange, LayerKind, RecordWriter};
+
+    use crate::plan::PlannedArtifact;
     use proptest::prelude::*;
 
     use super::*;
@@ -1159,6 +1179,105 @@ mod tests {
                 }
             }
             prop_assert_eq!(got, model);
+        }
+
+        /// Folding a range's artifacts (decoded, filtered by the scope's
+        /// key groups and by expiry, and folded) leaves what applying the
+        /// layers in order to a map and then dropping expired values and
+        /// deletes leaves: in particular, an expired record of a later
+        /// layer still hides the older records of its key, and a first
+        /// layer that is a delta contributes no deletes.
+        #[test]
+        fn a_folded_range_holds_the_live_newest_record_of_each_key(
+            first_is_delta in any::<bool>(),
+            layers in proptest::collection::vec(
+                proptest::collection::vec(
+                    // key group, key, value: None = delete, else (expired, byte)
+                    (0u16..4, 0u8..16, proptest::option::of((any::<bool>(), any::<u8>()))),
+                    0..16),
+                1..5),
+            scope_end in proptest::option::of(1u16..4),
+        ) {
+            const NOW: u64 = 1_000;
+            let value = |expired: bool, b: u8| {
+                let mut out = Vec::new();
+                Envelope::encode_into(Some(if expired { NOW } else { NOW + 1 }), &[b], &mut out);
+                out
+            };
+            let mut artifacts: HashMap<ArtifactId, Bytes> = HashMap::new();
+            let mut planned = Vec::new();
+            let mut model: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+            for (layer, recs) in layers.iter().enumerate() {
+                let kind = if layer == 0 && !first_is_delta {
+                    LayerKind::Full
+                } else {
+                    LayerKind::Delta
+                };
+                let artifact_kind = match kind {
+                    LayerKind::Full => highwater_core::ArtifactKind::Entries,
+                    _ => highwater_core::ArtifactKind::Delta,
+                };
+                // One record per key and layer, in key order, as the
+                // encoder writes them; an entries artifact has no deletes.
+                let mut sorted: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+                for (kg, k, v) in recs {
+                    let v = match (v, kind) {
+                        (None, LayerKind::Full) => Some(value(false, *k)),
+                        (None, _) => None,
+                        (Some((expired, b)), _) => Some(value(*expired, *b)),
+                    };
+                    let mut key = kg.to_be_bytes().to_vec();
+                    key.push(*k);
+                    sorted.insert(key, v);
+                }
+                let mut w = RecordWriter::new(artifact_kind, 0);
+                for (k, v) in &sorted {
+                    w.push(k, v.as_deref()).unwrap();
+                    model.insert(k.clone(), v.clone());
+                }
+                let enc = w.finish(&EncodeOptions::default()).unwrap();
+                let r = ArtifactRef {
+                    operator: "op".into(),
+                    key_groups: KeyGroupRange::new(0, 4).unwrap(),
+                    id: enc.id(),
+                    entries: enc.entries,
+                    logical_bytes: enc.raw_len,
+                    stored_bytes: enc.bytes.len() as u64,
+                    codec: enc.codec,
+                };
+                artifacts.insert(r.id, Bytes::from(enc.bytes));
+                planned.push(PlannedArtifact { layer, kind, artifact: r });
+            }
+            let scope = RecoveryScope {
+                key_groups: scope_end.map(|end| KeyGroupRange::new(0, end).unwrap()),
+                ..RecoveryScope::all()
+            };
+            let ctx = FoldCtx {
+                checkpoint: CheckpointId(1),
+                artifacts: &artifacts,
+                limits: &DecodeLimits::default(),
+                now_ms: NOW,
+                scope: &scope,
+            };
+            let range = RangePlan {
+                operator: "op".into(),
+                key_groups: KeyGroupRange::new(0, 4).unwrap(),
+                artifacts: planned,
+            };
+            let folded = fold_range(&ctx, &range).unwrap();
+            let mut got: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+            for block in &folded.blocks {
+                prop_assert_eq!(block.len(), block.puts().count(), "a delete reached the backend");
+                for (k, v) in block.puts() {
+                    prop_assert!(got.insert(k.to_vec(), v.to_vec()).is_none(), "key {:?} twice", k);
+                }
+            }
+            let want: BTreeMap<Vec<u8>, Vec<u8>> = model
+                .into_iter()
+                .filter(|(k, _)| scope_end.is_none_or(|end| u16::from_be_bytes([k[0], k[1]]) < end))
+                .filter_map(|(k, v)| v.filter(|v| !is_expired_value(v, NOW)).map(|v| (k, v)))
+                .collect();
+            prop_assert_eq!(got, want);
         }
     }
 }
