@@ -259,8 +259,10 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
             }
         }
         by_threads.push((threads, median(&times)));
-        // Where the time goes: fetching (and checking) the artifacts, then
-        // decoding and loading them.
+        // Where the time goes: fetching (and checking) the artifacts, and
+        // decoding and loading them. Into the memory backend the two
+        // overlap: the fetch time is until the last artifact arrived, the
+        // load time the whole restore's.
         params.insert(format!("fetch_s_{threads}t"), json!(median(&phases[0])));
         params.insert(format!("load_s_{threads}t"), json!(median(&phases[1])));
     }

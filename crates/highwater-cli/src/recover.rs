@@ -197,12 +197,22 @@ pub fn run(args: RecoverArgs) -> Result<ExitCode> {
     let bar = crate::progress::bar(0, args.json, false);
     let on_progress = {
         let bar = bar.clone();
+        // Fetching and loading overlap (the memory backend's restore
+        // starts on the first ranges while later artifacts are fetched):
+        // the bar follows the latest phase reported, not an earlier one.
+        let shown = std::sync::atomic::AtomicU8::new(0);
         move |p: Progress| {
-            let msg = match p.phase {
-                Phase::Fetching => "fetching",
-                Phase::Loading => "decode + load",
-                Phase::ReplayingWal => "replaying log",
+            let (rank, msg) = match p.phase {
+                Phase::Fetching => (0, "fetching"),
+                Phase::Loading => (1, "decode + load"),
+                Phase::ReplayingWal => (2, "replaying log"),
             };
+            if p.phase == Phase::Fetching && p.done == 0 {
+                // An attempt begins (a fallback starts over).
+                shown.store(0, std::sync::atomic::Ordering::Relaxed);
+            } else if shown.fetch_max(rank, std::sync::atomic::Ordering::Relaxed) > rank {
+                return;
+            }
             if bar.message() != msg {
                 bar.set_message(msg);
                 bar.set_length(p.total);

@@ -363,6 +363,12 @@ impl Recovery {
             stats.load_duration += t.elapsed();
             return loaded;
         }
+        if self.config.load_strategy == LoadStrategy::Restore && backend.restore_is_atomic() {
+            // A failing artifact cannot leave such a backend half loaded,
+            // so fetching need not finish before loading starts.
+            return self
+                .fetch_fold_and_restore(plan, checkpoint, backend, stats, progress, deadline);
+        }
         let t = Instant::now();
         let artifacts = self.fetch(plan, checkpoint, stats, progress, deadline)?;
         stats.fetch_duration += t.elapsed();
@@ -442,44 +448,9 @@ impl Recovery {
         progress: Option<ProgressFn<'_>>,
         deadline: Option<Instant>,
     ) -> Result<HashMap<ArtifactId, Bytes>> {
-        let mut ids: Vec<ArtifactId> = plan
-            .ranges
-            .iter()
-            .flat_map(|r| r.artifacts.iter().map(|a| a.artifact.id))
-            .collect();
-        ids.sort_unstable();
-        ids.dedup();
+        let ids = artifact_ids(plan);
         let total = ids.len() as u64;
-        let concurrency = self
-            .config
-            .prefetch_strategy
-            .concurrency(self.pool()?.current_num_threads());
-        let verify = self.config.verification_level != VerificationLevel::None;
-        let (tx, rx) = crossbeam_channel::unbounded::<Result<(ArtifactId, Bytes)>>();
-        let store = self.store.clone();
-        // The driver stops (and its JoinSet aborts the fetches in flight)
-        // as soon as the receiver is gone or a fetch failed.
-        self.io.spawn(async move {
-            let mut set = JoinSet::new();
-            let mut pending = ids.into_iter();
-            loop {
-                while set.len() < concurrency {
-                    let Some(id) = pending.next() else { break };
-                    let store = store.clone();
-                    set.spawn(fetch_verified(store, checkpoint, id, verify));
-                }
-                let Some(joined) = set.join_next().await else {
-                    break;
-                };
-                let r = joined
-                    .map_err(|e| Error::unexpected("an artifact fetch task", e))
-                    .and_then(|r| r);
-                let failed = r.is_err();
-                if tx.send(r).is_err() || failed {
-                    break;
-                }
-            }
-        });
+        let rx = self.start_fetch(checkpoint, ids)?;
         let mut out = HashMap::with_capacity(total as usize);
         let report = |done: u64, bytes: u64| {
             if let Some(p) = progress {
@@ -501,6 +472,217 @@ impl Recovery {
             report(out.len() as u64, stats.bytes_fetched);
         }
         Ok(out)
+    }
+
+    /// Starts fetching `ids` in order, a few at a time
+    /// ([`PrefetchStrategy`](crate::PrefetchStrategy)), each verified by
+    /// [`fetch_verified`]; every artifact, or the first error, arrives on
+    /// the returned channel. The fetches stop (those in flight are
+    /// aborted) once the receiver is dropped or a fetch failed.
+    fn start_fetch(
+        &self,
+        checkpoint: CheckpointId,
+        ids: Vec<ArtifactId>,
+    ) -> Result<crossbeam_channel::Receiver<Result<(ArtifactId, Bytes)>>> {
+        let concurrency = self
+            .config
+            .prefetch_strategy
+            .concurrency(self.pool()?.current_num_threads());
+        let verify = self.config.verification_level != VerificationLevel::None;
+        let (tx, rx) = crossbeam_channel::unbounded::<Result<(ArtifactId, Bytes)>>();
+        let store = self.store.clone();
+        self.io.spawn(async move {
+            let mut set = JoinSet::new();
+            let mut pending = ids.into_iter();
+            loop {
+                while set.len() < concurrency {
+                    let Some(id) = pending.next() else { break };
+                    let store = store.clone();
+                    set.spawn(fetch_verified(store, checkpoint, id, verify));
+                }
+                let Some(joined) = set.join_next().await else {
+                    break;
+                };
+                let r = joined
+                    .map_err(|e| Error::unexpected("an artifact fetch task", e))
+                    .and_then(|r| r);
+                let failed = r.is_err();
+                if tx.send(r).is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    /// [`LoadStrategy::Restore`] into a backend whose restore is atomic,
+    /// with fetching, decoding and loading overlapped: artifacts are
+    /// fetched in the order the ranges name them, a range is decoded and
+    /// folded on the pool as soon as its last artifact arrives, and an
+    /// artifact is let go once every range naming it has been handed to a
+    /// decoder — so the fetched bytes are not all held until the last
+    /// range is loaded. A damaged or missing artifact fails the restore,
+    /// which leaves the backend as it was, and the caller falls back as it
+    /// does when the fetch fails before loading. `fetch_duration` is the
+    /// time until the last artifact arrived, `load_duration` the whole
+    /// call's (the two overlap).
+    fn fetch_fold_and_restore(
+        &self,
+        plan: &RecoveryPlan,
+        checkpoint: CheckpointId,
+        backend: &dyn StateBackend,
+        stats: &mut RecoveryStats,
+        progress: Option<ProgressFn<'_>>,
+        deadline: Option<Instant>,
+    ) -> Result<()> {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+        let started = Instant::now();
+        let ids = artifact_ids(plan);
+        let total_ids = ids.len() as u64;
+        let total_ranges = plan.ranges.len() as u64;
+        let pool = self.pool()?;
+        let arrivals = self.start_fetch(checkpoint, ids)?;
+        let report = |phase: Phase, done: u64, total: u64, bytes: u64| {
+            if let Some(p) = progress {
+                p(Progress {
+                    checkpoint: Some(checkpoint),
+                    phase,
+                    done,
+                    total,
+                    bytes,
+                });
+            }
+        };
+        // Bytes fetched so far, this attempt's and earlier ones'.
+        let bytes_fetched = AtomicU64::new(stats.bytes_fetched);
+        report(Phase::Fetching, 0, total_ids, stats.bytes_fetched);
+        stats.entries_loaded = 0;
+        stats.logical_bytes = 0;
+        // Set by a decoder whose range nobody takes any more (the restore
+        // ended early): stop fetching.
+        let abandoned = AtomicBool::new(false);
+        let (tx, rx) = crossbeam_channel::bounded::<Result<Folded>>(pool.current_num_threads() * 2);
+        std::thread::scope(|s| {
+            let (abandoned, bytes_fetched) = (&abandoned, &bytes_fetched);
+            let producer = s.spawn(move || {
+                // Per artifact: how many ranges not yet handed to a decoder
+                // name it, and which ranges wait for it; per range: how
+                // many of its artifacts have not arrived.
+                let mut uses: HashMap<ArtifactId, usize> = HashMap::new();
+                let mut waiting: HashMap<ArtifactId, Vec<usize>> = HashMap::new();
+                let mut missing: Vec<usize> = Vec::with_capacity(plan.ranges.len());
+                for (i, range) in plan.ranges.iter().enumerate() {
+                    let mut own: Vec<ArtifactId> =
+                        range.artifacts.iter().map(|a| a.artifact.id).collect();
+                    own.sort_unstable();
+                    own.dedup();
+                    missing.push(own.len());
+                    for id in own {
+                        *uses.entry(id).or_default() += 1;
+                        waiting.entry(id).or_default().push(i);
+                    }
+                }
+                let mut held: HashMap<ArtifactId, Bytes> = HashMap::new();
+                let mut count = 0u64;
+                pool.in_place_scope(|scope| {
+                    // Hands range `i` (every artifact arrived) to a decoder,
+                    // letting go of the artifacts no other range waits for.
+                    let mut dispatch = |i: usize, held: &mut HashMap<ArtifactId, Bytes>| {
+                        let range = &plan.ranges[i];
+                        let mut own: HashMap<ArtifactId, Bytes> = HashMap::new();
+                        for a in &range.artifacts {
+                            let id = a.artifact.id;
+                            if own.contains_key(&id) {
+                                continue;
+                            }
+                            let Some(bytes) = held.get(&id) else { continue };
+                            own.insert(id, bytes.clone());
+                            if let Some(n) = uses.get_mut(&id) {
+                                *n -= 1;
+                                if *n == 0 {
+                                    held.remove(&id);
+                                }
+                            }
+                        }
+                        let tx = tx.clone();
+                        scope.spawn(move |_| {
+                            let ctx = FoldCtx {
+                                checkpoint,
+                                artifacts: &own,
+                                limits: &self.limits,
+                                now_ms: self.now_ms,
+                                scope: &plan.scope,
+                            };
+                            let folded =
+                                check_deadline(deadline).and_then(|()| fold_range(&ctx, range));
+                            if tx.send(folded).is_err() {
+                                abandoned.store(true, Relaxed);
+                            }
+                        });
+                    };
+                    for i in (0..missing.len()).filter(|&i| missing[i] == 0) {
+                        dispatch(i, &mut held);
+                    }
+                    while count < total_ids && !abandoned.load(Relaxed) {
+                        let arrived = recv_until(&arrivals, deadline, "the fetch driver");
+                        let (id, bytes) = match arrived.and_then(|r| r) {
+                            Ok(got) => got,
+                            Err(e) => {
+                                // Ends the restore; the fetches stop as
+                                // `arrivals` is dropped.
+                                let _ = tx.send(Err(e));
+                                return;
+                            }
+                        };
+                        count += 1;
+                        let so_far = bytes_fetched.fetch_add(bytes.len() as u64, Relaxed)
+                            + bytes.len() as u64;
+                        report(Phase::Fetching, count, total_ids, so_far);
+                        held.insert(id, bytes);
+                        for i in waiting.remove(&id).unwrap_or_default() {
+                            missing[i] -= 1;
+                            if missing[i] == 0 {
+                                dispatch(i, &mut held);
+                            }
+                        }
+                    }
+                });
+                (count, started.elapsed())
+            });
+            let report_loaded = |done: u64| {
+                report(
+                    Phase::Loading,
+                    done,
+                    total_ranges,
+                    bytes_fetched.load(Relaxed),
+                );
+            };
+            let mut feed = Feed {
+                rx,
+                current: Vec::new().into_iter(),
+                received: 0,
+                total: total_ranges,
+                finished: false,
+                deadline,
+                stats,
+                report: &report_loaded,
+            };
+            let loaded = backend.restore(&mut feed);
+            // Dropping the receiver stops the decoders, and through them
+            // the fetches.
+            drop(feed);
+            let fetched = producer
+                .join()
+                .map_err(|_| Error::Internal("a decode worker panicked".into()));
+            if let Ok((count, took)) = fetched {
+                stats.artifacts_fetched += count as usize;
+                stats.fetch_duration += took;
+            }
+            stats.bytes_fetched = bytes_fetched.load(Relaxed);
+            stats.load_duration += started.elapsed();
+            loaded?;
+            fetched.map(|_| ())
+        })
     }
 
     /// Decodes and folds the plan's ranges in parallel on the pool, and
@@ -779,6 +961,17 @@ impl Drop for NativeFetching<'_, '_> {
 
 /// Receives from `rx`, giving up with the recovery's timeout error at
 /// `deadline`; `sender` names what stopped if the channel closes.
+/// The artifacts `plan` reads, each once, in the order its ranges name
+/// them (so a pipelined restore can start on the first ranges early).
+fn artifact_ids(plan: &RecoveryPlan) -> Vec<ArtifactId> {
+    let mut seen = std::collections::HashSet::new();
+    plan.ranges
+        .iter()
+        .flat_map(|r| r.artifacts.iter().map(|a| a.artifact.id))
+        .filter(|id| seen.insert(*id))
+        .collect()
+}
+
 fn recv_until<T>(
     rx: &crossbeam_channel::Receiver<T>,
     deadline: Option<Instant>,

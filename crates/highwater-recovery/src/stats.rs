@@ -53,7 +53,9 @@ pub struct RecoveryStats {
     pub wal_records_replayed: u64,
     /// Checkpoints skipped because they were unusable, newest first.
     pub fallbacks: Vec<Fallback>,
-    /// Time spent fetching artifacts.
+    /// Time spent fetching artifacts. When a restore into a backend whose
+    /// restore is atomic overlaps fetching with loading, the time until
+    /// the last artifact arrived, which overlaps `load_duration`.
     pub fetch_duration: Duration,
     /// Time spent decoding, folding and loading.
     pub load_duration: Duration,
