@@ -160,6 +160,7 @@ fn subtasks_killed_and_resumed_at_other_parallelisms_give_the_single_process_dig
 /// Waits until every node address of the cluster demo in `dir` can be
 /// bound again: the nodes of a killed parent exit when their standard
 /// input closes, a moment after the kill.
+#[cfg(feature = "raft")]
 fn wait_for_cluster_ports(dir: &Path) {
     let Ok(text) = std::fs::read_to_string(dir.join("cluster.addrs")) else {
         return;
