@@ -42,7 +42,9 @@ use std::time::{Duration, Instant};
 use highwater::cloud::ObjectCheckpointStore;
 use highwater::core::{CheckpointStore, DecodeLimits, WriteBatch, decode_artifact, load_manifest};
 use highwater::memory::MemoryBackend;
-use highwater::recovery::{LoadStrategy, Recovery, RecoveryConfig, RecoveryScope, RecoveryTarget};
+use highwater::recovery::{
+    LoadStrategy, Recovery, RecoveryConfig, RecoveryScope, RecoveryStats, RecoveryTarget,
+};
 use highwater::{CheckpointConfig, CheckpointKind, StateBackend, StateManager};
 use serde_json::{Map, json};
 
@@ -138,14 +140,14 @@ fn build(dir_a: &Path, dir_b: &Path, keys: u64) -> Result<(u64, u64)> {
     Ok((stats.entries, stats.bytes))
 }
 
-/// One recovery of the newest checkpoint of `dir`; returns the logical
-/// bytes, the wall time and the engine's fetch and load phases.
+/// One recovery of the newest checkpoint of `dir`; returns the engine's
+/// statistics and the wall time.
 fn recover(
     rt: &tokio::runtime::Runtime,
     dir: &Path,
     threads: usize,
     load: LoadStrategy,
-) -> Result<(u64, Duration, [Duration; 2])> {
+) -> Result<(RecoveryStats, Duration)> {
     let store: Arc<dyn CheckpointStore> = Arc::new(ObjectCheckpointStore::local(dir)?);
     let engine = Recovery::new(
         store,
@@ -173,8 +175,7 @@ fn recover(
     // arenas would land on pages this one already faulted in).
     drop(backend);
     util::malloc_trim();
-    let phases = [out.stats.fetch_duration, out.stats.load_duration];
-    Ok((out.stats.logical_bytes, elapsed, phases))
+    Ok((out.stats, elapsed))
 }
 
 /// The limit: read every artifact file of `dir`'s newest checkpoint in
@@ -247,16 +248,20 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
     // Throughput with one thread per core, and scaling.
     let mut by_threads = Vec::new();
     let mut logical = 0;
+    let mut fetched = 0;
     for threads in [1usize, 2, 4] {
         let mut times = Vec::new();
         let mut phases: [Vec<f64>; 2] = Default::default();
+        let mut held = 0;
         for _ in 0..plan.reps {
-            let (l, d, p) = recover(&rt, &dir_b, threads, LoadStrategy::Restore)?;
-            logical = l;
+            let (s, d) = recover(&rt, &dir_b, threads, LoadStrategy::Restore)?;
+            logical = s.logical_bytes;
             times.push(d.as_secs_f64());
-            for (all, one) in phases.iter_mut().zip(p) {
+            for (all, one) in phases.iter_mut().zip([s.fetch_duration, s.load_duration]) {
                 all.push(one.as_secs_f64());
             }
+            held = held.max(s.fetch_ahead_peak_bytes);
+            fetched = s.bytes_fetched;
         }
         by_threads.push((threads, median(&times)));
         // Where the time goes: fetching (and checking) the artifacts, and
@@ -265,10 +270,14 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
         // load time the whole restore's.
         params.insert(format!("fetch_s_{threads}t"), json!(median(&phases[0])));
         params.insert(format!("load_s_{threads}t"), json!(median(&phases[1])));
+        // The most of the checkpoint held at once while fetching overlapped
+        // decoding (`RecoveryConfig::fetch_ahead_bytes` bounds it).
+        params.insert(format!("fetch_ahead_peak_bytes_{threads}t"), json!(held));
     }
     let mb = logical as f64 / 1e6;
     let limit = mb / seq_s * cores as f64;
     params.insert("logical_bytes_loaded".into(), json!(logical));
+    params.insert("checkpoint_stored_bytes".into(), json!(fetched));
     params.insert("sequential_read_decompress_s".into(), json!(seq_s));
     let at_cores = by_threads
         .iter()
@@ -285,7 +294,7 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
     // The other load strategy, for comparison.
     let mut parallel = Vec::new();
     for _ in 0..plan.reps {
-        let (_, d, _) = recover(&rt, &dir_b, 0, LoadStrategy::Parallel)?;
+        let (_, d) = recover(&rt, &dir_b, 0, LoadStrategy::Parallel)?;
         parallel.push(d.as_secs_f64());
     }
     metrics.push(Metric::versus(
@@ -312,7 +321,8 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
     let mut deep = Vec::new();
     let mut flat = Vec::new();
     for _ in 0..plan.reps {
-        let (l, d, _) = recover(&rt, &dir_a, 0, LoadStrategy::Restore)?;
+        let (s, d) = recover(&rt, &dir_a, 0, LoadStrategy::Restore)?;
+        let l = s.logical_bytes;
         if l != logical {
             return Err(format!("depth 10 loaded {l} bytes, depth 0 {logical}").into());
         }

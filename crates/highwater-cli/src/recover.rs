@@ -60,6 +60,11 @@ pub struct RecoverArgs {
     /// Fail on a damaged checkpoint instead of falling back to an older one.
     #[arg(long)]
     pub no_fallback: bool,
+    /// The most MiB of the checkpoint held at once while fetching overlaps
+    /// decoding (fetching pauses at the bound; one artifact is always
+    /// fetched when nothing else is under way).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1 << 40))]
+    pub fetch_ahead_mib: u64,
     /// Print JSON instead of text (and no progress bar).
     #[arg(long)]
     pub json: bool,
@@ -149,6 +154,7 @@ pub fn run(args: RecoverArgs) -> Result<ExitCode> {
     let config = RecoveryConfig::default()
         .max_parallel_threads(args.threads)
         .optimistic_recovery(!args.no_fallback)
+        .fetch_ahead_bytes(args.fetch_ahead_mib << 20)
         .verification_level(match args.verify {
             Verify::None => VerificationLevel::None,
             Verify::Checksum => VerificationLevel::Checksum,
@@ -252,6 +258,12 @@ pub fn run(args: RecoverArgs) -> Result<ExitCode> {
         s.bytes_fetched,
         s.fetch_duration.as_secs_f64()
     );
+    if s.fetch_ahead_peak_bytes > 0 {
+        println!(
+            "  held at most {} bytes of the checkpoint at once",
+            s.fetch_ahead_peak_bytes
+        );
+    }
     println!(
         "  loaded {} entries ({} bytes; {} records decoded, {} filtered) in {:.3}s",
         s.entries_loaded,

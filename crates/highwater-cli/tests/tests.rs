@@ -1376,6 +1376,42 @@ mod polish {
     }
 
     #[test]
+    fn recover_reports_what_it_held_of_the_checkpoint_within_its_bound() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = store(tmp.path());
+        let out = run(&[
+            "recover".as_ref(),
+            dir.as_os_str(),
+            "--no-wal".as_ref(),
+            "--fetch-ahead-mib".as_ref(),
+            "1".as_ref(),
+            "--json".as_ref(),
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let stats = &json["stats"];
+        let peak = stats["fetch_ahead_peak_bytes"].as_u64().unwrap();
+        let fetched = stats["bytes_fetched"].as_u64().unwrap();
+        assert!(peak > 0 && peak <= fetched, "{json}");
+        assert!(peak <= 1 << 20, "{json}");
+        let mut c = Command::new(BIN);
+        c.args(["recover".as_ref(), dir.as_os_str(), "--no-wal".as_ref()]);
+        let text = run_ok(c);
+        assert!(
+            text.contains("held at most") && text.contains("bytes of the checkpoint at once"),
+            "{text}"
+        );
+        // No bound of zero.
+        let out = run(&[
+            "recover".as_ref(),
+            dir.as_os_str(),
+            "--fetch-ahead-mib".as_ref(),
+            "0".as_ref(),
+        ]);
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+    }
+
+    #[test]
     fn no_progress_bar_is_drawn_into_a_pipe() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = store(tmp.path());

@@ -109,6 +109,18 @@ pub struct RecoveryConfig {
     pub verification_level: VerificationLevel,
     /// How folded state is loaded into the backend.
     pub load_strategy: LoadStrategy,
+    /// The most stored bytes of a checkpoint held at once by a restore
+    /// that overlaps fetching with decoding ([`LoadStrategy::Restore`]
+    /// into a backend whose restore is atomic, such as the memory
+    /// backend): artifacts being fetched, fetched and waiting for the rest
+    /// of their range, or being decoded. Fetching pauses at the bound
+    /// until decoders let go of artifacts, so a restore's peak memory is
+    /// the restored state plus about this much, not plus the whole
+    /// checkpoint. One artifact is always fetched when nothing else is
+    /// under way, so a larger artifact still restores. Default 256 MiB,
+    /// about a second of decoding on two cores; reported as
+    /// [`RecoveryStats::fetch_ahead_peak_bytes`](crate::RecoveryStats::fetch_ahead_peak_bytes).
+    pub fetch_ahead_bytes: u64,
 }
 
 impl Default for RecoveryConfig {
@@ -120,6 +132,7 @@ impl Default for RecoveryConfig {
             prefetch_strategy: PrefetchStrategy::Adaptive,
             verification_level: VerificationLevel::Checksum,
             load_strategy: LoadStrategy::Restore,
+            fetch_ahead_bytes: 256 << 20,
         }
     }
 }
@@ -161,11 +174,22 @@ impl RecoveryConfig {
         self
     }
 
+    /// Sets [`RecoveryConfig::fetch_ahead_bytes`].
+    pub fn fetch_ahead_bytes(mut self, bytes: u64) -> Self {
+        self.fetch_ahead_bytes = bytes;
+        self
+    }
+
     /// Checks the values for consistency.
     pub fn validate(&self) -> Result<()> {
         if let PrefetchStrategy::Concurrent(0) = self.prefetch_strategy {
             return Err(Error::InvalidArgument(
                 "prefetch_strategy Concurrent(n) needs n >= 1".into(),
+            ));
+        }
+        if self.fetch_ahead_bytes == 0 {
+            return Err(Error::InvalidArgument(
+                "fetch_ahead_bytes must be positive".into(),
             ));
         }
         if self.recovery_timeout == Some(Duration::ZERO) {

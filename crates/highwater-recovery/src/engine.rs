@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use highwater_core::key::key_group_of;
@@ -17,7 +17,6 @@ use highwater_core::{
 use highwater_merge::io::{NATIVE_BYTES_IN_FLIGHT, fetch_verified, run_io};
 use highwater_wal::Wal;
 use rayon::prelude::*;
-use tokio::task::JoinSet;
 
 use crate::config::{LoadStrategy, RecoveryConfig, VerificationLevel};
 use crate::plan::{
@@ -450,7 +449,6 @@ impl Recovery {
     ) -> Result<HashMap<ArtifactId, Bytes>> {
         let ids = artifact_ids(plan);
         let total = ids.len() as u64;
-        let rx = self.start_fetch(checkpoint, ids)?;
         let mut out = HashMap::with_capacity(total as usize);
         let report = |done: u64, bytes: u64| {
             if let Some(p) = progress {
@@ -464,8 +462,25 @@ impl Recovery {
             }
         };
         report(0, stats.bytes_fetched);
-        while (out.len() as u64) < total {
-            let (id, bytes) = recv_until(&rx, deadline, "the fetch driver")??;
+        let concurrency = self
+            .config
+            .prefetch_strategy
+            .concurrency(self.pool()?.current_num_threads());
+        let verify = self.config.verification_level != VerificationLevel::None;
+        let mut next = ids.into_iter();
+        let mut window = VecDeque::new();
+        loop {
+            while window.len() < concurrency {
+                let Some(id) = next.next() else { break };
+                window.push_back(ArtifactFetch::start(
+                    &self.io,
+                    fetch_verified(self.store.clone(), checkpoint, id, verify),
+                ));
+            }
+            let Some(fetch) = window.pop_front() else {
+                break;
+            };
+            let (id, bytes) = fetch.wait(deadline)?;
             stats.bytes_fetched += bytes.len() as u64;
             stats.artifacts_fetched += 1;
             out.insert(id, bytes);
@@ -474,56 +489,15 @@ impl Recovery {
         Ok(out)
     }
 
-    /// Starts fetching `ids` in order, a few at a time
-    /// ([`PrefetchStrategy`](crate::PrefetchStrategy)), each verified by
-    /// [`fetch_verified`]; every artifact, or the first error, arrives on
-    /// the returned channel. The fetches stop (those in flight are
-    /// aborted) once the receiver is dropped or a fetch failed.
-    fn start_fetch(
-        &self,
-        checkpoint: CheckpointId,
-        ids: Vec<ArtifactId>,
-    ) -> Result<crossbeam_channel::Receiver<Result<(ArtifactId, Bytes)>>> {
-        let concurrency = self
-            .config
-            .prefetch_strategy
-            .concurrency(self.pool()?.current_num_threads());
-        let verify = self.config.verification_level != VerificationLevel::None;
-        let (tx, rx) = crossbeam_channel::unbounded::<Result<(ArtifactId, Bytes)>>();
-        let store = self.store.clone();
-        self.io.spawn(async move {
-            let mut set = JoinSet::new();
-            let mut pending = ids.into_iter();
-            loop {
-                while set.len() < concurrency {
-                    let Some(id) = pending.next() else { break };
-                    let store = store.clone();
-                    set.spawn(fetch_verified(store, checkpoint, id, verify));
-                }
-                let Some(joined) = set.join_next().await else {
-                    break;
-                };
-                let r = joined
-                    .map_err(|e| Error::unexpected("an artifact fetch task", e))
-                    .and_then(|r| r);
-                let failed = r.is_err();
-                if tx.send(r).is_err() || failed {
-                    break;
-                }
-            }
-        });
-        Ok(rx)
-    }
-
     /// [`LoadStrategy::Restore`] into a backend whose restore is atomic,
     /// with fetching, decoding and loading overlapped: artifacts are
     /// fetched in the order the ranges name them, a range is decoded and
     /// folded on the pool as soon as its last artifact arrives, and an
-    /// artifact is let go once every range naming it has been handed to a
-    /// decoder — so the fetched bytes are not all held until the last
-    /// range is loaded. A damaged or missing artifact fails the restore,
-    /// which leaves the backend as it was, and the caller falls back as it
-    /// does when the fetch fails before loading. `fetch_duration` is the
+    /// artifact is let go once the decoders of every range naming it have
+    /// finished, with at most [`RecoveryConfig::fetch_ahead_bytes`] held
+    /// at once ([`FetchAhead`]). A damaged or missing artifact fails the
+    /// restore, which leaves the backend as it was, and the caller falls
+    /// back as it does when the fetch fails before loading. `fetch_duration` is the
     /// time until the last artifact arrived, `load_duration` the whole
     /// call's (the two overlap).
     fn fetch_fold_and_restore(
@@ -541,7 +515,12 @@ impl Recovery {
         let total_ids = ids.len() as u64;
         let total_ranges = plan.ranges.len() as u64;
         let pool = self.pool()?;
-        let arrivals = self.start_fetch(checkpoint, ids)?;
+        let concurrency = self
+            .config
+            .prefetch_strategy
+            .concurrency(pool.current_num_threads());
+        let verify = self.config.verification_level != VerificationLevel::None;
+        let budget = self.config.fetch_ahead_bytes;
         let report = |phase: Phase, done: u64, total: u64, bytes: u64| {
             if let Some(p) = progress {
                 p(Progress {
@@ -565,89 +544,105 @@ impl Recovery {
         std::thread::scope(|s| {
             let (abandoned, bytes_fetched) = (&abandoned, &bytes_fetched);
             let producer = s.spawn(move || {
-                // Per artifact: how many ranges not yet handed to a decoder
-                // name it, and which ranges wait for it; per range: how
-                // many of its artifacts have not arrived.
-                let mut uses: HashMap<ArtifactId, usize> = HashMap::new();
-                let mut waiting: HashMap<ArtifactId, Vec<usize>> = HashMap::new();
-                let mut missing: Vec<usize> = Vec::with_capacity(plan.ranges.len());
-                for (i, range) in plan.ranges.iter().enumerate() {
-                    let mut own: Vec<ArtifactId> =
-                        range.artifacts.iter().map(|a| a.artifact.id).collect();
-                    own.sort_unstable();
-                    own.dedup();
-                    missing.push(own.len());
-                    for id in own {
-                        *uses.entry(id).or_default() += 1;
-                        waiting.entry(id).or_default().push(i);
-                    }
-                }
-                let mut held: HashMap<ArtifactId, Bytes> = HashMap::new();
+                let mut ahead = FetchAhead::new(&plan.ranges, budget);
+                let mut window: VecDeque<ArtifactFetch> = VecDeque::new();
+                let mut next = ids.iter();
+                let (done_tx, done_rx) = crossbeam_channel::unbounded::<usize>();
                 let mut count = 0u64;
+                let mut took = Duration::ZERO;
                 pool.in_place_scope(|scope| {
-                    // Hands range `i` (every artifact arrived) to a decoder,
-                    // letting go of the artifacts no other range waits for.
-                    let mut dispatch = |i: usize, held: &mut HashMap<ArtifactId, Bytes>| {
+                    // Hands range `i` (every artifact arrived) to a decoder.
+                    let dispatch = |i: usize, ahead: &mut FetchAhead| {
                         let range = &plan.ranges[i];
-                        let mut own: HashMap<ArtifactId, Bytes> = HashMap::new();
-                        for a in &range.artifacts {
-                            let id = a.artifact.id;
-                            if own.contains_key(&id) {
-                                continue;
-                            }
-                            let Some(bytes) = held.get(&id) else { continue };
-                            own.insert(id, bytes.clone());
-                            if let Some(n) = uses.get_mut(&id) {
-                                *n -= 1;
-                                if *n == 0 {
-                                    held.remove(&id);
-                                }
-                            }
-                        }
+                        let lease = Lease {
+                            range: i,
+                            artifacts: ahead.lease(i, range),
+                            done: done_tx.clone(),
+                        };
                         let tx = tx.clone();
                         scope.spawn(move |_| {
-                            let ctx = FoldCtx {
-                                checkpoint,
-                                artifacts: &own,
-                                limits: &self.limits,
-                                now_ms: self.now_ms,
-                                scope: &plan.scope,
-                            };
-                            let folded =
-                                check_deadline(deadline).and_then(|()| fold_range(&ctx, range));
+                            if abandoned.load(Relaxed) {
+                                return;
+                            }
+                            let folded = check_deadline(deadline).and_then(|()| {
+                                fold_range(
+                                    &FoldCtx {
+                                        checkpoint,
+                                        artifacts: &lease.artifacts,
+                                        limits: &self.limits,
+                                        now_ms: self.now_ms,
+                                        scope: &plan.scope,
+                                    },
+                                    range,
+                                )
+                            });
+                            // The artifacts are let go before the folded
+                            // range waits for the loader.
+                            drop(lease);
                             if tx.send(folded).is_err() {
                                 abandoned.store(true, Relaxed);
                             }
                         });
                     };
-                    for i in (0..missing.len()).filter(|&i| missing[i] == 0) {
-                        dispatch(i, &mut held);
+                    for i in ahead.ready() {
+                        dispatch(i, &mut ahead);
                     }
-                    while count < total_ids && !abandoned.load(Relaxed) {
-                        let arrived = recv_until(&arrivals, deadline, "the fetch driver");
-                        let (id, bytes) = match arrived.and_then(|r| r) {
-                            Ok(got) => got,
-                            Err(e) => {
-                                // Ends the restore; the fetches stop as
-                                // `arrivals` is dropped.
-                                let _ = tx.send(Err(e));
-                                return;
+                    let failed = loop {
+                        if abandoned.load(Relaxed) {
+                            break None;
+                        }
+                        for i in done_rx.try_iter() {
+                            ahead.finished(&plan.ranges[i]);
+                        }
+                        while window.len() < concurrency {
+                            let Some(&id) = next.as_slice().first() else {
+                                break;
+                            };
+                            if !ahead.may_fetch(id, window.len()) {
+                                break;
                             }
+                            next.next();
+                            ahead.charge(id);
+                            window.push_back(ArtifactFetch::start(
+                                &self.io,
+                                fetch_verified(self.store.clone(), checkpoint, id, verify),
+                            ));
+                        }
+                        let arrived = if let Some(fetch) = window.pop_front() {
+                            fetch.wait(deadline)
+                        } else if !next.as_slice().is_empty() {
+                            // The budget is spent: wait for a decoder to
+                            // let go of its artifacts.
+                            match recv_until(&done_rx, deadline, "a decoder") {
+                                Ok(i) => {
+                                    ahead.finished(&plan.ranges[i]);
+                                    continue;
+                                }
+                                Err(e) => break Some(e),
+                            }
+                        } else {
+                            break None;
+                        };
+                        let (id, bytes) = match arrived {
+                            Ok(got) => got,
+                            Err(e) => break Some(e),
                         };
                         count += 1;
+                        took = started.elapsed();
                         let so_far = bytes_fetched.fetch_add(bytes.len() as u64, Relaxed)
                             + bytes.len() as u64;
                         report(Phase::Fetching, count, total_ids, so_far);
-                        held.insert(id, bytes);
-                        for i in waiting.remove(&id).unwrap_or_default() {
-                            missing[i] -= 1;
-                            if missing[i] == 0 {
-                                dispatch(i, &mut held);
-                            }
+                        for i in ahead.arrived(id, bytes) {
+                            dispatch(i, &mut ahead);
                         }
+                    };
+                    // Fetches still under way are stopped.
+                    window.clear();
+                    if let Some(e) = failed {
+                        let _ = tx.send(Err(e));
                     }
                 });
-                (count, started.elapsed())
+                (count, took, ahead.peak)
             });
             let report_loaded = |done: u64| {
                 report(
@@ -674,9 +669,10 @@ impl Recovery {
             let fetched = producer
                 .join()
                 .map_err(|_| Error::Internal("a decode worker panicked".into()));
-            if let Ok((count, took)) = fetched {
+            if let Ok((count, took, peak)) = fetched {
                 stats.artifacts_fetched += count as usize;
                 stats.fetch_duration += took;
+                stats.fetch_ahead_peak_bytes = stats.fetch_ahead_peak_bytes.max(peak);
             }
             stats.bytes_fetched = bytes_fetched.load(Relaxed);
             stats.load_duration += started.elapsed();
@@ -811,13 +807,8 @@ fn load_in_parallel(
 /// alone).
 const NATIVE_FILES_IN_FLIGHT: usize = 4;
 
-/// A native file being fetched: its reference, the fetch task and where
-/// its outcome arrives.
-type InFlight<'a> = (
-    &'a ArtifactRef,
-    tokio::task::JoinHandle<()>,
-    crossbeam_channel::Receiver<Result<(ArtifactId, Bytes)>>,
-);
+/// A native file being fetched: its reference and its fetch.
+type InFlight<'a> = (&'a ArtifactRef, ArtifactFetch);
 
 /// The files of a native checkpoint in a store: the backend picks which to
 /// fetch ([`NativeSource`]); those are fetched in order a few ahead and
@@ -880,24 +871,21 @@ impl NativeFetching<'_, '_> {
             let ahead = self
                 .window
                 .iter()
-                .fold(0u64, |sum, (r, _, _)| sum.saturating_add(r.stored_bytes));
+                .fold(0u64, |sum, (r, _)| sum.saturating_add(r.stored_bytes));
             if !self.window.is_empty()
                 && ahead.saturating_add(r.stored_bytes) > self.source.bytes_ahead
             {
                 break;
             }
             self.wanted.next();
-            let (tx, rx) = crossbeam_channel::bounded(1);
             let fetch = fetch_verified(
                 self.source.store.clone(),
                 self.source.checkpoint,
                 r.id,
                 true,
             );
-            let task = self.source.io.spawn(async move {
-                let _ = tx.send(fetch.await);
-            });
-            self.window.push_back((r, task, rx));
+            self.window
+                .push_back((r, ArtifactFetch::start(self.source.io, fetch)));
         }
         Ok(())
     }
@@ -906,10 +894,10 @@ impl NativeFetching<'_, '_> {
         if let Err(e) = self.fill() {
             return Some(Err(e));
         }
-        let (r, _task, rx) = self.window.pop_front()?;
+        let (r, fetch) = self.window.pop_front()?;
         let checkpoint = self.source.checkpoint;
-        let checked = recv_until(&rx, self.source.deadline, "a native file fetch")
-            .and_then(|fetched| fetched)
+        let checked = fetch
+            .wait(self.source.deadline)
             .and_then(|(_, bytes)| {
                 if bytes.len() as u64 != r.stored_bytes {
                     return Err(Error::corrupt(
@@ -943,24 +931,210 @@ impl Iterator for NativeFetching<'_, '_> {
         let item = self.next_file();
         if matches!(item, Some(Err(_))) {
             self.failed = true;
-            for (_, task, _) in self.window.drain(..) {
-                task.abort();
-            }
+            // Stops the fetches still under way.
+            self.window.clear();
         }
         item
     }
 }
 
-impl Drop for NativeFetching<'_, '_> {
-    fn drop(&mut self) {
-        for (_, task, _) in self.window.drain(..) {
-            task.abort();
+/// What a restore that overlaps fetching with decoding holds of the
+/// checkpoint: artifacts being fetched, fetched and waiting for the rest of
+/// a range, or being decoded. Every artifact is charged its stored size
+/// (from the manifest) from the moment its fetch starts until the last
+/// decoder holding it has finished; a fetch starts only within the budget
+/// ([`RecoveryConfig::fetch_ahead_bytes`]), or when nothing is being
+/// fetched or decoded — then nothing else could free any, so one more
+/// artifact is always fetched and the restore never waits on itself.
+struct FetchAhead {
+    budget: u64,
+    /// Stored size of each artifact the plan names.
+    size: HashMap<ArtifactId, u64>,
+    /// Per range: how many of its artifacts have not arrived.
+    missing: Vec<usize>,
+    /// Per artifact: the ranges not yet handed to a decoder that name it.
+    waiting: HashMap<ArtifactId, Vec<usize>>,
+    /// Arrived artifacts some range not yet handed to a decoder names.
+    held: HashMap<ArtifactId, Bytes>,
+    /// Per artifact: the decoders holding it.
+    decoding: HashMap<ArtifactId, usize>,
+    /// Decoders started and not finished.
+    decoders: usize,
+    /// Bytes charged now, and the most at any time.
+    charged: u64,
+    peak: u64,
+}
+
+impl FetchAhead {
+    fn new(ranges: &[RangePlan], budget: u64) -> Self {
+        let mut size = HashMap::new();
+        let mut missing = Vec::with_capacity(ranges.len());
+        let mut waiting: HashMap<ArtifactId, Vec<usize>> = HashMap::new();
+        for (i, range) in ranges.iter().enumerate() {
+            let own = distinct_artifacts(range);
+            missing.push(own.len());
+            for a in own {
+                size.insert(a.id, a.stored_bytes);
+                waiting.entry(a.id).or_default().push(i);
+            }
         }
+        FetchAhead {
+            budget,
+            size,
+            missing,
+            waiting,
+            held: HashMap::new(),
+            decoding: HashMap::new(),
+            decoders: 0,
+            charged: 0,
+            peak: 0,
+        }
+    }
+
+    fn size(&self, id: ArtifactId) -> u64 {
+        self.size.get(&id).copied().unwrap_or(0)
+    }
+
+    /// Ranges that name no artifact at all (ready at once).
+    fn ready(&self) -> Vec<usize> {
+        (0..self.missing.len())
+            .filter(|&i| self.missing[i] == 0)
+            .collect()
+    }
+
+    /// Whether `id` may be fetched now, with `fetching` fetches under way.
+    fn may_fetch(&self, id: ArtifactId, fetching: usize) -> bool {
+        self.charged.saturating_add(self.size(id)) <= self.budget
+            || (fetching == 0 && self.decoders == 0)
+    }
+
+    /// `id`'s fetch starts.
+    fn charge(&mut self, id: ArtifactId) {
+        self.charged = self.charged.saturating_add(self.size(id));
+        self.peak = self.peak.max(self.charged);
+    }
+
+    /// `id` arrived: the ranges that now have all their artifacts.
+    fn arrived(&mut self, id: ArtifactId, bytes: Bytes) -> Vec<usize> {
+        let ranges = self.waiting.get(&id).cloned().unwrap_or_default();
+        if ranges.is_empty() {
+            // Named by no range (cannot happen: ids come from the plan).
+            self.release(id);
+            return Vec::new();
+        }
+        self.held.insert(id, bytes);
+        ranges
+            .into_iter()
+            .filter(|&i| {
+                self.missing[i] -= 1;
+                self.missing[i] == 0
+            })
+            .collect()
+    }
+
+    /// Hands range `i` (`range`)'s artifacts to its decoder; an artifact
+    /// no other waiting range names leaves the held set (its charge stays
+    /// until the decoder has finished).
+    fn lease(&mut self, i: usize, range: &RangePlan) -> HashMap<ArtifactId, Bytes> {
+        let mut own = HashMap::new();
+        for a in distinct_artifacts(range) {
+            let id = a.id;
+            if let Some(bytes) = self.held.get(&id) {
+                own.insert(id, bytes.clone());
+            }
+            *self.decoding.entry(id).or_default() += 1;
+            let still_named = self.waiting.get_mut(&id).is_some_and(|ranges| {
+                ranges.retain(|&j| j != i);
+                !ranges.is_empty()
+            });
+            if !still_named {
+                self.waiting.remove(&id);
+                self.held.remove(&id);
+            }
+        }
+        self.decoders += 1;
+        own
+    }
+
+    /// The decoder of `range` finished and let go of its artifacts.
+    fn finished(&mut self, range: &RangePlan) {
+        self.decoders = self.decoders.saturating_sub(1);
+        for a in distinct_artifacts(range) {
+            let id = a.id;
+            if let Some(n) = self.decoding.get_mut(&id) {
+                *n -= 1;
+                if *n == 0 {
+                    self.decoding.remove(&id);
+                    if !self.held.contains_key(&id) {
+                        self.release(id);
+                    }
+                }
+            }
+        }
+    }
+
+    fn release(&mut self, id: ArtifactId) {
+        self.charged = self.charged.saturating_sub(self.size(id));
     }
 }
 
-/// Receives from `rx`, giving up with the recovery's timeout error at
-/// `deadline`; `sender` names what stopped if the channel closes.
+/// The distinct artifacts a range names (a layer may name one twice).
+fn distinct_artifacts(range: &RangePlan) -> Vec<&ArtifactRef> {
+    let mut seen = std::collections::HashSet::new();
+    range
+        .artifacts
+        .iter()
+        .map(|a| &a.artifact)
+        .filter(|a| seen.insert(a.id))
+        .collect()
+}
+
+/// A decoder's hold on its range's artifacts: dropping it (when the range
+/// is folded, or if the decoder panics) lets them go and tells the fetcher.
+struct Lease {
+    range: usize,
+    artifacts: HashMap<ArtifactId, Bytes>,
+    done: crossbeam_channel::Sender<usize>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.artifacts.clear();
+        let _ = self.done.send(self.range);
+    }
+}
+
+/// One artifact being fetched on the I/O runtime; dropping it stops the
+/// fetch.
+struct ArtifactFetch {
+    task: tokio::task::JoinHandle<()>,
+    rx: crossbeam_channel::Receiver<Result<(ArtifactId, Bytes)>>,
+}
+
+impl ArtifactFetch {
+    fn start(
+        io: &tokio::runtime::Handle,
+        fetch: impl std::future::Future<Output = Result<(ArtifactId, Bytes)>> + Send + 'static,
+    ) -> Self {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let task = io.spawn(async move {
+            let _ = tx.send(fetch.await);
+        });
+        ArtifactFetch { task, rx }
+    }
+
+    /// The fetched artifact, or why there is none.
+    fn wait(self, deadline: Option<Instant>) -> Result<(ArtifactId, Bytes)> {
+        recv_until(&self.rx, deadline, "an artifact fetch").and_then(|r| r)
+    }
+}
+
+impl Drop for ArtifactFetch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// The artifacts `plan` reads, each once, in the order its ranges name
 /// them (so a pipelined restore can start on the first ranges early).
 fn artifact_ids(plan: &RecoveryPlan) -> Vec<ArtifactId> {
@@ -972,6 +1146,8 @@ fn artifact_ids(plan: &RecoveryPlan) -> Vec<ArtifactId> {
         .collect()
 }
 
+/// Receives from `rx`, giving up with the recovery's timeout error at
+/// `deadline`; `sender` names what stopped if the channel closes.
 fn recv_until<T>(
     rx: &crossbeam_channel::Receiver<T>,
     deadline: Option<Instant>,
@@ -1317,7 +1493,7 @@ mod tests {
             let mut got = Vec::new();
             loop {
                 fetching.fill().unwrap();
-                let ahead: u64 = fetching.window.iter().map(|(r, _, _)| r.stored_bytes).sum();
+                let ahead: u64 = fetching.window.iter().map(|(r, _)| r.stored_bytes).sum();
                 assert!(
                     fetching.window.len() <= 1 || ahead <= bytes_ahead,
                     "{ahead} bytes ahead with a bound of {bytes_ahead}"
@@ -1338,6 +1514,149 @@ mod tests {
     }
 
     proptest! {
+        /// The fetch-ahead accounting against a model, under any order in
+        /// which decoders finish: every range is handed to a decoder once,
+        /// with all its artifacts; the restore never waits with nothing
+        /// fetching or decoding; the bytes charged are always those of the
+        /// artifacts being fetched, held for a waiting range or leased to
+        /// a decoder; a fetch exceeds the budget only when nothing else is
+        /// under way; and everything is let go at the end.
+        #[test]
+        fn fetch_ahead_stays_within_its_budget_and_always_finishes(
+            sizes in proptest::collection::vec(1u64..100, 1..8),
+            named in proptest::collection::vec(proptest::collection::vec(0usize..8, 1..5), 1..7),
+            budget in 1u64..300,
+            concurrency in 1usize..4,
+            schedule in proptest::collection::vec(0usize..16, 0..64),
+        ) {
+            let refs: Vec<ArtifactRef> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &stored)| ArtifactRef {
+                    operator: "op".into(),
+                    key_groups: KeyGroupRange::all(128),
+                    id: ArtifactId::of(&[i as u8]),
+                    entries: 0,
+                    logical_bytes: 0,
+                    stored_bytes: stored,
+                    codec: Codec::Raw,
+                })
+                .collect();
+            let ranges: Vec<RangePlan> = named
+                .iter()
+                .map(|artifacts| RangePlan {
+                    operator: "op".into(),
+                    key_groups: KeyGroupRange::all(128),
+                    artifacts: artifacts
+                        .iter()
+                        .enumerate()
+                        .map(|(layer, &a)| PlannedArtifact {
+                            layer,
+                            kind: LayerKind::Full,
+                            artifact: refs[a % refs.len()].clone(),
+                        })
+                        .collect(),
+                })
+                .collect();
+            let size = |id: ArtifactId| refs.iter().find(|r| r.id == id).unwrap().stored_bytes;
+            let distinct = |i: usize| -> Vec<ArtifactId> {
+                distinct_artifacts(&ranges[i]).iter().map(|a| a.id).collect()
+            };
+            let ids: Vec<ArtifactId> = {
+                let mut seen = std::collections::HashSet::new();
+                ranges
+                    .iter()
+                    .flat_map(|r| r.artifacts.iter().map(|a| a.artifact.id))
+                    .filter(|id| seen.insert(*id))
+                    .collect()
+            };
+            let mut ahead = FetchAhead::new(&ranges, budget);
+            let mut schedule = schedule.into_iter();
+            let mut next = 0;
+            let mut window: VecDeque<ArtifactId> = VecDeque::new();
+            let mut arrived: Vec<ArtifactId> = Vec::new();
+            let mut dispatched: Vec<usize> = Vec::new();
+            let mut decoding: Vec<usize> = Vec::new();
+            // What the model says is charged: fetching, or arrived and
+            // named by a range not yet dispatched, or leased.
+            let model_charged = |window: &VecDeque<ArtifactId>, arrived: &[ArtifactId],
+                                 dispatched: &[usize], decoding: &[usize]| -> u64 {
+                ids.iter()
+                    .filter(|&&id| {
+                        window.contains(&id)
+                            || (arrived.contains(&id)
+                                && (0..ranges.len()).any(|i| {
+                                    !dispatched.contains(&i) && distinct(i).contains(&id)
+                                }))
+                            || decoding.iter().any(|&i| distinct(i).contains(&id))
+                    })
+                    .map(|&id| size(id))
+                    .sum()
+            };
+            let lease = |i: usize, ahead: &mut FetchAhead, dispatched: &mut Vec<usize>,
+                             decoding: &mut Vec<usize>| {
+                prop_assert!(!dispatched.contains(&i), "range {} dispatched twice", i);
+                let own = ahead.lease(i, &ranges[i]);
+                let mut got: Vec<ArtifactId> = own.keys().copied().collect();
+                let mut want = distinct(i);
+                got.sort_unstable();
+                want.sort_unstable();
+                prop_assert_eq!(got, want, "range {} leased without all its artifacts", i);
+                dispatched.push(i);
+                decoding.push(i);
+                Ok(())
+            };
+            for i in ahead.ready() {
+                lease(i, &mut ahead, &mut dispatched, &mut decoding)?;
+            }
+            loop {
+                // Some decoders finish (the schedule says which).
+                while !decoding.is_empty() {
+                    let pick = schedule.next().unwrap_or(0);
+                    if pick >= 8 {
+                        break;
+                    }
+                    let i = decoding.remove(pick % decoding.len());
+                    ahead.finished(&ranges[i]);
+                }
+                while window.len() < concurrency && next < ids.len()
+                    && ahead.may_fetch(ids[next], window.len())
+                {
+                    let id = ids[next];
+                    let within = ahead.charged + size(id) <= budget;
+                    prop_assert!(within || (window.is_empty() && decoding.is_empty()),
+                        "over budget with work under way");
+                    ahead.charge(id);
+                    window.push_back(id);
+                    next += 1;
+                }
+                prop_assert_eq!(ahead.charged,
+                    model_charged(&window, &arrived, &dispatched, &decoding));
+                if let Some(id) = window.pop_front() {
+                    arrived.push(id);
+                    for i in ahead.arrived(id, Bytes::new()) {
+                        lease(i, &mut ahead, &mut dispatched, &mut decoding)?;
+                    }
+                } else if next < ids.len() {
+                    prop_assert!(!decoding.is_empty(), "waiting with nothing fetching or decoding");
+                    let pick = schedule.next().unwrap_or(0);
+                    let i = decoding.remove(pick % decoding.len());
+                    ahead.finished(&ranges[i]);
+                } else {
+                    break;
+                }
+                prop_assert_eq!(ahead.charged,
+                    model_charged(&window, &arrived, &dispatched, &decoding));
+            }
+            for i in std::mem::take(&mut decoding) {
+                ahead.finished(&ranges[i]);
+            }
+            prop_assert_eq!(dispatched.len(), ranges.len());
+            prop_assert_eq!(ahead.charged, 0);
+            prop_assert!(ahead.held.is_empty() && ahead.decoding.is_empty());
+            prop_assert!(ahead.peak >= *sizes.iter().min().unwrap());
+        }
+
         /// Folding layers of blocks keeps exactly the newest record of each
         /// key (later blocks win), as a map applied in order would.
         #[test]

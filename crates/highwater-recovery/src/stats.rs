@@ -53,6 +53,12 @@ pub struct RecoveryStats {
     pub wal_records_replayed: u64,
     /// Checkpoints skipped because they were unusable, newest first.
     pub fallbacks: Vec<Fallback>,
+    /// The most stored bytes held at once by a restore that overlaps
+    /// fetching with decoding (being fetched, waiting for the rest of
+    /// their range, or being decoded; see
+    /// [`RecoveryConfig::fetch_ahead_bytes`](crate::RecoveryConfig::fetch_ahead_bytes));
+    /// 0 when the recovery fetched every artifact before decoding.
+    pub fetch_ahead_peak_bytes: u64,
     /// Time spent fetching artifacts. When a restore into a backend whose
     /// restore is atomic overlaps fetching with loading, the time until
     /// the last artifact arrived, which overlaps `load_duration`.

@@ -77,6 +77,71 @@ fn recover_latest_strictly(
     recover_latest(dirs, rt, cfg)
 }
 
+/// A restore that overlaps fetching with decoding holds at most
+/// `fetch_ahead_bytes` of the checkpoint at once — or one range's
+/// artifacts, when the bound is smaller than that — and restores the same
+/// state at any bound, down to one byte (one artifact at a time).
+#[test]
+fn a_restore_holds_at_most_its_fetch_ahead_bound() {
+    let dirs = JobDirs::new();
+    let want = chain_job(&dirs);
+    let rt = runtime();
+    let plan = Recovery::new(dirs.store(), RecoveryConfig::default(), rt.handle().clone())
+        .unwrap()
+        .plan(RecoveryTarget::Latest, &RecoveryScope::all(), None)
+        .unwrap();
+    // The chain's layers cut key groups alike: no artifact is shared
+    // between ranges, so a range's artifacts are fetched together.
+    let range_bytes = |r: &highwater::recovery::RangePlan| -> u64 {
+        let mut ids: Vec<_> = r
+            .artifacts
+            .iter()
+            .map(|a| (a.artifact.id, a.artifact.stored_bytes))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids.iter().map(|(_, n)| n).sum()
+    };
+    let largest_range = plan.ranges.iter().map(range_bytes).max().unwrap();
+    let largest_artifact = plan
+        .ranges
+        .iter()
+        .flat_map(|r| &r.artifacts)
+        .map(|a| a.artifact.stored_bytes)
+        .max()
+        .unwrap();
+    for bound in [
+        1,
+        largest_artifact,
+        2 * largest_range,
+        plan.bytes_to_fetch / 2,
+        u64::MAX,
+    ] {
+        for threads in [1, 3] {
+            let cfg = RecoveryConfig::default()
+                .max_parallel_threads(threads)
+                .fetch_ahead_bytes(bound)
+                .optimistic_recovery(false);
+            let (backend, out) = recover_latest(&dirs, &rt, cfg);
+            let s = out.unwrap().stats;
+            let ctx = format!("bound {bound}, {threads} threads");
+            assert_state(&want, &dump(&backend), &ctx);
+            assert_eq!(s.bytes_fetched, plan.bytes_to_fetch, "{ctx}");
+            let peak = s.fetch_ahead_peak_bytes;
+            assert!(
+                peak <= bound.max(largest_range),
+                "{ctx}: {peak} bytes held, largest range {largest_range}"
+            );
+            assert!(peak >= largest_artifact.min(bound), "{ctx}: peak {peak}");
+        }
+    }
+    let zero = RecoveryConfig::default().fetch_ahead_bytes(0);
+    assert!(matches!(
+        Recovery::new(dirs.store(), zero, rt.handle().clone()),
+        Err(highwater::Error::InvalidArgument(_))
+    ));
+}
+
 #[test]
 fn plan_prints_and_serialises_the_chain_ranges_and_log_range() {
     let dirs = JobDirs::new();
