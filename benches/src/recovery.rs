@@ -31,6 +31,14 @@
 //!   depth-10 chain; baseline the depth-0 recovery of the same logical
 //!   state (store B). Target ratio ≤ 1.5.
 //!
+//! Parameters beside the metrics, per decode-thread count: the fetch and
+//! load phases (`fetch_s_<n>t`, `load_s_<n>t`), the most of the checkpoint
+//! a restore held at once (`fetch_ahead_peak_bytes_<n>t`, beside
+//! `checkpoint_stored_bytes`), and how far the process's resident set rose
+//! during a restore per logical byte loaded
+//! (`restore_peak_rss_per_state_byte_<n>t`, from `VmHWM` reset before each
+//! restore).
+//!
 //! Each figure is the median of `reps` runs (3 in both modes). The share
 //! of CPU other processes used during the measurements is recorded
 //! (`other_processes_cpu_pct`): the machine is shared.
@@ -141,13 +149,14 @@ fn build(dir_a: &Path, dir_b: &Path, keys: u64) -> Result<(u64, u64)> {
 }
 
 /// One recovery of the newest checkpoint of `dir`; returns the engine's
-/// statistics and the wall time.
+/// statistics, the wall time and how far the resident set rose above
+/// where it started (its high-water mark, where it can be reset).
 fn recover(
     rt: &tokio::runtime::Runtime,
     dir: &Path,
     threads: usize,
     load: LoadStrategy,
-) -> Result<(RecoveryStats, Duration)> {
+) -> Result<(RecoveryStats, Duration, Option<u64>)> {
     let store: Arc<dyn CheckpointStore> = Arc::new(ObjectCheckpointStore::local(dir)?);
     let engine = Recovery::new(
         store,
@@ -157,6 +166,8 @@ fn recover(
         rt.handle().clone(),
     )?;
     let backend = MemoryBackend::new();
+    let rss_before = util::rss_bytes();
+    let reset = util::reset_peak_rss();
     let started = Instant::now();
     let out = engine.recover(
         RecoveryTarget::Latest,
@@ -166,6 +177,10 @@ fn recover(
         None,
     )?;
     let elapsed = started.elapsed();
+    let rss_growth = match (reset, rss_before, util::peak_rss_bytes()) {
+        (true, Some(before), Some(peak)) => Some(peak.saturating_sub(before)),
+        _ => None,
+    };
     if backend.stats().entries != out.stats.entries_loaded {
         return Err("the backend does not hold what was loaded".into());
     }
@@ -175,7 +190,7 @@ fn recover(
     // arenas would land on pages this one already faulted in).
     drop(backend);
     util::malloc_trim();
-    Ok((out.stats, elapsed))
+    Ok((out.stats, elapsed, rss_growth))
 }
 
 /// The limit: read every artifact file of `dir`'s newest checkpoint in
@@ -253,8 +268,10 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
         let mut times = Vec::new();
         let mut phases: [Vec<f64>; 2] = Default::default();
         let mut held = 0;
+        let mut rss = Vec::new();
         for _ in 0..plan.reps {
-            let (s, d) = recover(&rt, &dir_b, threads, LoadStrategy::Restore)?;
+            let (s, d, growth) = recover(&rt, &dir_b, threads, LoadStrategy::Restore)?;
+            rss.extend(growth.map(|g| g as f64));
             logical = s.logical_bytes;
             times.push(d.as_secs_f64());
             for (all, one) in phases.iter_mut().zip([s.fetch_duration, s.load_duration]) {
@@ -273,6 +290,14 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
         // The most of the checkpoint held at once while fetching overlapped
         // decoding (`RecoveryConfig::fetch_ahead_bytes` bounds it).
         params.insert(format!("fetch_ahead_peak_bytes_{threads}t"), json!(held));
+        // What the restore cost in memory at its peak, over the state it
+        // loaded (the resident set's rise; 1.0 would be the logical bytes).
+        if !rss.is_empty() && logical > 0 {
+            params.insert(
+                format!("restore_peak_rss_per_state_byte_{threads}t"),
+                json!(median(&rss) / logical as f64),
+            );
+        }
     }
     let mb = logical as f64 / 1e6;
     let limit = mb / seq_s * cores as f64;
@@ -294,7 +319,7 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
     // The other load strategy, for comparison.
     let mut parallel = Vec::new();
     for _ in 0..plan.reps {
-        let (_, d) = recover(&rt, &dir_b, 0, LoadStrategy::Parallel)?;
+        let (_, d, _) = recover(&rt, &dir_b, 0, LoadStrategy::Parallel)?;
         parallel.push(d.as_secs_f64());
     }
     metrics.push(Metric::versus(
@@ -321,7 +346,7 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
     let mut deep = Vec::new();
     let mut flat = Vec::new();
     for _ in 0..plan.reps {
-        let (s, d) = recover(&rt, &dir_a, 0, LoadStrategy::Restore)?;
+        let (s, d, _) = recover(&rt, &dir_a, 0, LoadStrategy::Restore)?;
         let l = s.logical_bytes;
         if l != logical {
             return Err(format!("depth 10 loaded {l} bytes, depth 0 {logical}").into());

@@ -171,6 +171,19 @@ pub fn rss_bytes() -> Option<u64> {
     status_bytes("VmRSS:")
 }
 
+/// Resets this process's resident-set high-water mark (`VmHWM`) to its
+/// resident set now (`/proc/self/clear_refs`, Linux); false where that
+/// cannot be done.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// This process's resident-set high-water mark (`VmHWM`) since it started
+/// or since the last [`reset_peak_rss`] (Linux).
+pub fn peak_rss_bytes() -> Option<u64> {
+    status_bytes("VmHWM:")
+}
+
 /// A size field of `/proc/self/status` (`VmRSS:`, `RssAnon:`, `RssFile:`
 /// ...), in bytes (Linux).
 pub fn status_bytes(field: &str) -> Option<u64> {
