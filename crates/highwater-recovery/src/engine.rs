@@ -437,6 +437,16 @@ impl Recovery {
         Ok(())
     }
 
+    /// Starts fetching artifact `id` of `checkpoint`, verified at the
+    /// configured level ([`fetch_verified`]).
+    fn start_fetch(&self, checkpoint: CheckpointId, id: ArtifactId) -> ArtifactFetch {
+        let verify = self.config.verification_level != VerificationLevel::None;
+        ArtifactFetch::start(
+            &self.io,
+            fetch_verified(self.store.clone(), checkpoint, id, verify),
+        )
+    }
+
     /// Fetches every distinct artifact of the plan, a bounded number at a
     /// time, verifying each at the configured level.
     fn fetch(
@@ -466,16 +476,12 @@ impl Recovery {
             .config
             .prefetch_strategy
             .concurrency(self.pool()?.current_num_threads());
-        let verify = self.config.verification_level != VerificationLevel::None;
         let mut next = ids.into_iter();
         let mut window = VecDeque::new();
         loop {
             while window.len() < concurrency {
                 let Some(id) = next.next() else { break };
-                window.push_back(ArtifactFetch::start(
-                    &self.io,
-                    fetch_verified(self.store.clone(), checkpoint, id, verify),
-                ));
+                window.push_back(self.start_fetch(checkpoint, id));
             }
             let Some(fetch) = window.pop_front() else {
                 break;
@@ -519,7 +525,6 @@ impl Recovery {
             .config
             .prefetch_strategy
             .concurrency(pool.current_num_threads());
-        let verify = self.config.verification_level != VerificationLevel::None;
         let budget = self.config.fetch_ahead_bytes;
         let report = |phase: Phase, done: u64, total: u64, bytes: u64| {
             if let Some(p) = progress {
@@ -603,10 +608,7 @@ impl Recovery {
                             }
                             next.next();
                             ahead.charge(id);
-                            window.push_back(ArtifactFetch::start(
-                                &self.io,
-                                fetch_verified(self.store.clone(), checkpoint, id, verify),
-                            ));
+                            window.push_back(self.start_fetch(checkpoint, id));
                         }
                         let arrived = if let Some(fetch) = window.pop_front() {
                             fetch.wait(deadline)
