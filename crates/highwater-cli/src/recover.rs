@@ -62,9 +62,10 @@ pub struct RecoverArgs {
     pub no_fallback: bool,
     /// The most MiB of the checkpoint held at once while fetching overlaps
     /// decoding (fetching pauses at the bound; one artifact is always
-    /// fetched when nothing else is under way).
-    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1 << 40))]
-    pub fetch_ahead_mib: u64,
+    /// fetched when nothing else is under way). Default: the library's,
+    /// 256.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1 << 40))]
+    pub fetch_ahead_mib: Option<u64>,
     /// Print JSON instead of text (and no progress bar).
     #[arg(long)]
     pub json: bool,
@@ -151,15 +152,17 @@ pub fn run(args: RecoverArgs) -> Result<ExitCode> {
         .build()
         .map_err(|e| Error::io("start a runtime", e))?;
     let store = open_store(&args.store, &args.namespace, false)?;
-    let config = RecoveryConfig::default()
+    let mut config = RecoveryConfig::default()
         .max_parallel_threads(args.threads)
         .optimistic_recovery(!args.no_fallback)
-        .fetch_ahead_bytes(args.fetch_ahead_mib << 20)
         .verification_level(match args.verify {
             Verify::None => VerificationLevel::None,
             Verify::Checksum => VerificationLevel::Checksum,
             Verify::Full => VerificationLevel::Full,
         });
+    if let Some(mib) = args.fetch_ahead_mib {
+        config = config.fetch_ahead_bytes(mib << 20);
+    }
     let engine = Recovery::new(store, config, runtime.handle().clone())?;
     let wal = match wal_dir(&args) {
         Some(dir) => {

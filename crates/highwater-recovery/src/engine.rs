@@ -457,7 +457,7 @@ impl Recovery {
         progress: Option<ProgressFn<'_>>,
         deadline: Option<Instant>,
     ) -> Result<HashMap<ArtifactId, Bytes>> {
-        let ids = artifact_ids(plan);
+        let ids = artifact_ids(&plan.ranges);
         let total = ids.len() as u64;
         let mut out = HashMap::with_capacity(total as usize);
         let report = |done: u64, bytes: u64| {
@@ -503,9 +503,9 @@ impl Recovery {
     /// finished, with at most [`RecoveryConfig::fetch_ahead_bytes`] held
     /// at once ([`FetchAhead`]). A damaged or missing artifact fails the
     /// restore, which leaves the backend as it was, and the caller falls
-    /// back as it does when the fetch fails before loading. `fetch_duration` is the
-    /// time until the last artifact arrived, `load_duration` the whole
-    /// call's (the two overlap).
+    /// back as it does when the fetch fails before loading.
+    /// `fetch_duration` is the time until the last artifact arrived,
+    /// `load_duration` the whole call's (the two overlap).
     fn fetch_fold_and_restore(
         &self,
         plan: &RecoveryPlan,
@@ -517,7 +517,7 @@ impl Recovery {
     ) -> Result<()> {
         use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
         let started = Instant::now();
-        let ids = artifact_ids(plan);
+        let ids = artifact_ids(&plan.ranges);
         let total_ids = ids.len() as u64;
         let total_ranges = plan.ranges.len() as u64;
         let pool = self.pool()?;
@@ -1137,11 +1137,11 @@ impl Drop for ArtifactFetch {
     }
 }
 
-/// The artifacts `plan` reads, each once, in the order its ranges name
-/// them (so a pipelined restore can start on the first ranges early).
-fn artifact_ids(plan: &RecoveryPlan) -> Vec<ArtifactId> {
+/// The artifacts `ranges` read, each once, in the order they name them
+/// (so a pipelined restore can start on the first ranges early).
+fn artifact_ids(ranges: &[RangePlan]) -> Vec<ArtifactId> {
     let mut seen = std::collections::HashSet::new();
-    plan.ranges
+    ranges
         .iter()
         .flat_map(|r| r.artifacts.iter().map(|a| a.artifact.id))
         .filter(|id| seen.insert(*id))
@@ -1564,14 +1564,7 @@ mod tests {
             let distinct = |i: usize| -> Vec<ArtifactId> {
                 distinct_artifacts(&ranges[i]).iter().map(|a| a.id).collect()
             };
-            let ids: Vec<ArtifactId> = {
-                let mut seen = std::collections::HashSet::new();
-                ranges
-                    .iter()
-                    .flat_map(|r| r.artifacts.iter().map(|a| a.artifact.id))
-                    .filter(|id| seen.insert(*id))
-                    .collect()
-            };
+            let ids = artifact_ids(&ranges);
             let mut ahead = FetchAhead::new(&ranges, budget);
             let mut schedule = schedule.into_iter();
             let mut next = 0;
