@@ -390,6 +390,16 @@ pub trait StateBackend: Send + Sync + 'static {
         false
     }
 
+    /// A restore that several threads feed at once ([`BulkRestore`]), if
+    /// the backend takes one (the memory backend does), else `None`. The
+    /// recovery engine then has every decoding thread load what it
+    /// decodes, where otherwise one thread streams blocks into
+    /// [`restore`](Self::restore).
+    ///
+    /// Required, like [`native`](Self::native), so that a wrapper says what
+    /// it does with the capability of the backend it wraps.
+    fn bulk_restore(&self) -> Option<Box<dyn BulkRestore + '_>>;
+
     /// Removes all state and starts a new change-tracking epoch.
     fn clear(&self) -> Result<()>;
 
@@ -404,6 +414,38 @@ pub trait StateBackend: Send + Sync + 'static {
     /// does with the capability of the backend it wraps rather than lose
     /// it silently through a default.
     fn native(&self) -> Option<&dyn NativeCheckpoints>;
+}
+
+/// A restore fed from several threads at once
+/// ([`StateBackend::bulk_restore`]): each thread takes a [`BulkLoader`] and
+/// puts entries into it, then [`commit`](Self::commit) replaces the
+/// backend's whole state with every entry put and starts a new
+/// change-tracking epoch, as [`StateBackend::restore`] does.
+///
+/// Nothing changes before `commit`: a bulk restore dropped uncommitted (a
+/// damaged source, a timeout) leaves the live state as it was.
+///
+/// Keys put through different loaders must be distinct (the recovery
+/// engine loads each key-group range, folded, through one loader); within
+/// one loader a later put of a key replaces an earlier one. A key put
+/// through two loaders ends with one of the two values (which one is not
+/// specified), never both.
+pub trait BulkRestore: Sync {
+    /// A loader for one thread. What it took is handed to this restore
+    /// when it is dropped.
+    fn loader(&self) -> Box<dyn BulkLoader + '_>;
+
+    /// Replaces the live state with what the loaders took. The loaders
+    /// borrow this restore, so all of them are gone by now.
+    fn commit(self: Box<Self>) -> Result<()>;
+}
+
+/// Puts entries into a [`BulkRestore`], from one thread.
+pub trait BulkLoader: Send {
+    /// Adds an entry (a later put of the same key through this loader
+    /// replaces it). An entry the backend cannot hold is an error; the
+    /// caller then drops the restore uncommitted.
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()>;
 }
 
 /// The capability of a backend that checkpoints in its own file format:

@@ -44,9 +44,9 @@ pub mod store;
 pub mod ttl;
 
 pub use backend::{
-    BackendStats, BorrowedEntryVisitor, EntryVisitor, Mutation, NativeCheckpoint,
-    NativeCheckpoints, NativeFile, NativeFileRef, NativeFiles, NativeFilesInMemory, NativeSource,
-    SnapshotKind, StateBackend, StateSnapshot, WriteBatch,
+    BackendStats, BorrowedEntryVisitor, BulkLoader, BulkRestore, EntryVisitor, Mutation,
+    NativeCheckpoint, NativeCheckpoints, NativeFile, NativeFileRef, NativeFiles,
+    NativeFilesInMemory, NativeSource, SnapshotKind, StateBackend, StateSnapshot, WriteBatch,
 };
 pub use block::RecordBlock;
 pub use cluster::{

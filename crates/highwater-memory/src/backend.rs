@@ -9,13 +9,13 @@
 //! and the one segment it writes to — never the shard.
 
 use std::ops::Range;
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use hashbrown::HashTable;
 use highwater_core::key::split_base;
 use highwater_core::{
-    BackendStats, Error, Mutation, RecordBlock, Result, SnapshotKind, StateBackend, StateSnapshot,
-    WriteBatch,
+    BackendStats, BulkLoader, BulkRestore, Error, Mutation, RecordBlock, Result, SnapshotKind,
+    StateBackend, StateSnapshot, WriteBatch,
 };
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -308,6 +308,103 @@ impl Filling {
             self.map_entries.push((xxh3_64(&key[..at.split]), loc));
         }
     }
+
+    /// Appends `other`'s segments after this one's, its locations moved
+    /// along. Its tail, if any, becomes the tail (this one's stays
+    /// partly filled: appends go to one tail).
+    fn merge(&mut self, other: Filling) {
+        let base = self.segments.len() as u32;
+        let moved = |(hash, loc): (u64, Loc)| {
+            (
+                hash,
+                Loc {
+                    seg: loc.seg + base,
+                    off: loc.off,
+                },
+            )
+        };
+        self.segments.extend(other.segments);
+        self.slots.extend(other.slots.into_iter().map(moved));
+        self.map_entries
+            .extend(other.map_entries.into_iter().map(moved));
+        self.tail = other.tail.map(|t| t + base).or(self.tail);
+        self.used += other.used;
+        self.bytes += other.bytes;
+    }
+}
+
+/// The bulk restore of a [`MemoryBackend`]: each loader fills shards of its
+/// own aside ([`Filling`]s, one per shard, no lock taken per entry); the
+/// commit merges each shard's fillings, indexes every shard on every core
+/// and swaps them in at once.
+struct MemoryBulk<'a> {
+    backend: &'a MemoryBackend,
+    /// The fillings of the loaders dropped so far, one per shard each.
+    taken: Mutex<Vec<Vec<Filling>>>,
+}
+
+impl BulkRestore for MemoryBulk<'_> {
+    fn loader(&self) -> Box<dyn BulkLoader + '_> {
+        Box::new(MemoryLoader {
+            bulk: self,
+            filling: (0..self.backend.shards.len())
+                .map(|_| Filling::default())
+                .collect(),
+        })
+    }
+
+    fn commit(self: Box<Self>) -> Result<()> {
+        let backend = self.backend;
+        let taken = self
+            .taken
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Shard by shard: the fillings every loader made of it.
+        let mut per_shard: Vec<Vec<Filling>> =
+            (0..backend.shards.len()).map(|_| Vec::new()).collect();
+        for loader in taken {
+            for (parts, f) in per_shard.iter_mut().zip(loader) {
+                if !f.slots.is_empty() {
+                    parts.push(f);
+                }
+            }
+        }
+        let fresh = restored_in_parallel(backend.segment_bytes, per_shard);
+        let mut guards = backend.lock_all();
+        for (g, f) in guards.iter_mut().zip(fresh) {
+            **g = f;
+        }
+        Ok(())
+    }
+}
+
+/// One thread's [`BulkLoader`] of a [`MemoryBulk`].
+struct MemoryLoader<'a> {
+    bulk: &'a MemoryBulk<'a>,
+    filling: Vec<Filling>,
+}
+
+impl BulkLoader for MemoryLoader<'_> {
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        let rec = checked_record(key, value)?;
+        let backend = self.bulk.backend;
+        let (i, at) = backend.keyed(key);
+        self.filling[i].append(key, value, rec, at, backend.segment_bytes);
+        Ok(())
+    }
+}
+
+impl Drop for MemoryLoader<'_> {
+    fn drop(&mut self) {
+        let filling = std::mem::take(&mut self.filling);
+        if filling.iter().any(|f| !f.slots.is_empty()) {
+            self.bulk
+                .taken
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(filling);
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -374,7 +471,12 @@ impl Shard {
     /// The shard of the records `f` holds, indexed: later records win
     /// over earlier ones with the same key, and the map directories are
     /// built.
-    fn restored(segment_bytes: usize, f: Filling) -> Shard {
+    fn restored(segment_bytes: usize, parts: Vec<Filling>) -> Shard {
+        let mut parts = parts.into_iter();
+        let mut f = parts.next().unwrap_or_default();
+        for p in parts {
+            f.merge(p);
+        }
         let mut shard = Shard::new(segment_bytes);
         let store = &mut shard.store;
         store.segments = f.segments.into_iter().map(Arc::new).collect();
@@ -1026,6 +1128,14 @@ impl MemoryBackend {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// A bulk restore into this backend ([`StateBackend::bulk_restore`]).
+    fn bulk(&self) -> MemoryBulk<'_> {
+        MemoryBulk {
+            backend: self,
+            taken: Mutex::new(Vec::new()),
+        }
+    }
+
     fn lock_all(&self) -> Vec<RwLockWriteGuard<'_, Shard>> {
         // Always in ascending index order, like write_batch, so the two
         // never deadlock.
@@ -1198,32 +1308,33 @@ impl StateBackend for MemoryBackend {
     }
 
     fn restore(&self, blocks: &mut dyn Iterator<Item = Result<RecordBlock>>) -> Result<()> {
-        // Build the new shards aside; the live state is replaced only when
-        // every entry was read, so a failing source leaves it untouched.
-        // Entries are copied once, from their block into their shard's
-        // arena, as blocks arrive, each key hashed once and its hash kept;
-        // then every shard is indexed from those hashes, on every core.
-        let mut filling: Vec<Filling> =
-            (0..self.shards.len()).map(|_| Filling::default()).collect();
-        for block in blocks {
-            let block = block?;
-            for (k, v) in block.puts() {
-                let rec = checked_record(k, v)?;
-                let (i, at) = self.keyed(k);
-                filling[i].append(k, v, rec, at, self.segment_bytes);
+        // A bulk restore with one loader: the new shards are built aside
+        // and the live state is replaced only when every entry was read,
+        // so a failing source leaves it untouched. Entries are copied
+        // once, from their block into their shard's arena, as blocks
+        // arrive, each key hashed once and its hash kept; then every shard
+        // is indexed from those hashes, on every core.
+        let bulk = self.bulk();
+        {
+            let mut loader = bulk.loader();
+            for block in blocks {
+                for (k, v) in block?.puts() {
+                    loader.put(k, v)?;
+                }
             }
         }
-        let fresh = restored_in_parallel(self.segment_bytes, filling);
-        let mut guards = self.lock_all();
-        for (g, f) in guards.iter_mut().zip(fresh) {
-            **g = f;
-        }
-        Ok(())
+        Box::new(bulk).commit()
     }
 
     /// True: the new shards are built aside and swapped in at the end.
     fn restore_is_atomic(&self) -> bool {
         true
+    }
+
+    /// Every loader fills shards of its own, aside; the commit merges and
+    /// indexes them on every core and swaps them in.
+    fn bulk_restore(&self) -> Option<Box<dyn BulkRestore + '_>> {
+        Some(Box::new(self.bulk()))
     }
 
     fn clear(&self) -> Result<()> {
@@ -1252,14 +1363,15 @@ impl StateBackend for MemoryBackend {
     }
 }
 
-/// The shards of `filling`, in order, each indexed
-/// ([`Shard::restored`]), on up to as many threads as there are cores.
-fn restored_in_parallel(segment_bytes: usize, filling: Vec<Filling>) -> Vec<Shard> {
+/// The shards of `filling` (the parts of each shard), in order, each
+/// indexed ([`Shard::restored`]), on up to as many threads as there are
+/// cores.
+fn restored_in_parallel(segment_bytes: usize, filling: Vec<Vec<Filling>>) -> Vec<Shard> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let per = filling.len().div_ceil(threads).max(1);
     let mut rest = filling.into_iter();
-    let chunks: Vec<Vec<Filling>> = std::iter::from_fn(|| {
-        let chunk: Vec<Filling> = rest.by_ref().take(per).collect();
+    let chunks: Vec<Vec<Vec<Filling>>> = std::iter::from_fn(|| {
+        let chunk: Vec<Vec<Filling>> = rest.by_ref().take(per).collect();
         (!chunk.is_empty()).then_some(chunk)
     })
     .collect();
@@ -1557,9 +1669,80 @@ mod tests {
             cuts in proptest::collection::vec(0usize..300, 0..6),
             shards in proptest::sample::select(vec![1usize, 2, 4, 16]),
         ) {
-            let mut model = std::collections::BTreeMap::new();
-            let mut puts = Vec::new();
-            for (kg, k, uk, len) in records {
+            let puts = model_puts(records);
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(puts.len())).collect();
+            cuts.push(0);
+            cuts.push(puts.len());
+            cuts.sort_unstable();
+            let blocks: Vec<RecordBlock> = cuts
+                .windows(2)
+                .map(|w| puts[w[0]..w[1]].iter().map(|(k, v)| (k, v)).collect())
+                .collect();
+            let b = small_backend(shards);
+            b.put(b"old", b"state").unwrap();
+            b.restore(&mut blocks.into_iter().map(Ok)).unwrap();
+            check_against_model(&b, &puts)?;
+        }
+
+        /// A bulk restore fed from several threads at once (each key
+        /// through one loader, as the recovery engine loads each range
+        /// through one) holds what the model holds, and takes writes after
+        /// it as a restore does; one dropped uncommitted changes nothing.
+        #[test]
+        fn a_bulk_restore_from_several_loaders_matches_a_model(
+            records in proptest::collection::vec((0u8..5, 0u8..6, 0u8..3, 0usize..40), 0..300),
+            loaders in 1usize..5,
+            shards in proptest::sample::select(vec![1usize, 2, 4, 16]),
+            later in proptest::collection::vec((0u8..5, 0u8..6, 0u8..3, 0usize..40), 0..40),
+        ) {
+            let puts = model_puts(records);
+            // Each key's puts, in order, through one loader.
+            let mut per_loader: Vec<Vec<&(Vec<u8>, Vec<u8>)>> = vec![Vec::new(); loaders];
+            for p in &puts {
+                per_loader[xxh3_64(&p.0) as usize % loaders].push(p);
+            }
+            let b = small_backend(shards);
+            b.put(b"old", b"state").unwrap();
+            let feed = |bulk: &dyn BulkRestore| {
+                std::thread::scope(|s| {
+                    for mine in &per_loader {
+                        s.spawn(move || {
+                            let mut loader = bulk.loader();
+                            for (k, v) in mine {
+                                loader.put(k, v).unwrap();
+                            }
+                        });
+                    }
+                });
+            };
+            let dropped = b.bulk_restore().unwrap();
+            feed(&*dropped);
+            drop(dropped);
+            proptest::prop_assert_eq!(
+                b.scan_range(&[], &[0xff; 4]).unwrap(),
+                vec![(b"old".to_vec(), b"state".to_vec())]
+            );
+            let bulk = b.bulk_restore().unwrap();
+            feed(&*bulk);
+            bulk.commit().unwrap();
+            check_against_model(&b, &puts)?;
+            // Appends after the restore land in the merged shards' tails.
+            let later = model_puts(later);
+            for (k, v) in &later {
+                b.put(k, v).unwrap();
+            }
+            let mut all = puts.clone();
+            all.extend(later);
+            check_against_model(&b, &all)?;
+        }
+    }
+
+    /// A state key (or, for `kg` 4, bytes that are none) of a generated
+    /// record, and its value.
+    fn model_puts(records: Vec<(u8, u8, u8, usize)>) -> Vec<(Vec<u8>, Vec<u8>)> {
+        records
+            .into_iter()
+            .map(|(kg, k, uk, len)| {
                 let user_key = [uk];
                 let key = match kg {
                     // Not a state key: placed by the hash of all its bytes.
@@ -1576,48 +1759,50 @@ mod tests {
                     .encode()
                     .unwrap(),
                 };
-                let value = vec![kg ^ k; len];
-                model.insert(key.clone(), value.clone());
-                puts.push((key, value));
+                (key, vec![kg ^ k; len])
+            })
+            .collect()
+    }
+
+    /// Tiny segments, so that records span many of them.
+    fn small_backend(shards: usize) -> MemoryBackend {
+        MemoryBackend::with_config(MemoryConfig {
+            shards,
+            segment_bytes: 256,
+            max_parallelism: 3,
+        })
+    }
+
+    /// `b` holds exactly what a `BTreeMap` fed `puts` in order holds,
+    /// through every read path, before and after compaction.
+    fn check_against_model(
+        b: &MemoryBackend,
+        puts: &[(Vec<u8>, Vec<u8>)],
+    ) -> std::result::Result<(), proptest::test_runner::TestCaseError> {
+        let model: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = puts.iter().cloned().collect();
+        let all = b.scan_range(&[], &[0xff; 4]).unwrap();
+        let want: Vec<(Vec<u8>, Vec<u8>)> = model.clone().into_iter().collect();
+        proptest::prop_assert_eq!(all, want);
+        let stats = b.stats();
+        proptest::prop_assert_eq!(stats.entries, model.len() as u64);
+        let bytes: usize = model.iter().map(|(k, v)| k.len() + v.len()).sum();
+        proptest::prop_assert_eq!(stats.bytes, bytes as u64);
+        for (k, v) in &model {
+            let got = b.get(k).unwrap();
+            proptest::prop_assert_eq!(got.as_ref(), Some(v));
+            // A map entry is found by a scan of its map.
+            let split = split_of(k);
+            if split < k.len() {
+                let scan = b.scan_prefix(&k[..split]).unwrap();
+                proptest::prop_assert!(scan.iter().any(|(sk, sv)| sk == k && sv == v));
             }
-            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(puts.len())).collect();
-            cuts.push(0);
-            cuts.push(puts.len());
-            cuts.sort_unstable();
-            let blocks: Vec<RecordBlock> = cuts
-                .windows(2)
-                .map(|w| puts[w[0]..w[1]].iter().map(|(k, v)| (k, v)).collect())
-                .collect();
-            let b = MemoryBackend::with_config(MemoryConfig {
-                shards,
-                segment_bytes: 256,
-                max_parallelism: 3,
-            });
-            b.put(b"old", b"state").unwrap();
-            b.restore(&mut blocks.into_iter().map(Ok)).unwrap();
-            let all = b.scan_range(&[], &[0xff; 4]).unwrap();
-            let want: Vec<(Vec<u8>, Vec<u8>)> = model.clone().into_iter().collect();
-            proptest::prop_assert_eq!(all, want);
-            let stats = b.stats();
-            proptest::prop_assert_eq!(stats.entries, model.len() as u64);
-            let bytes: usize = model.iter().map(|(k, v)| k.len() + v.len()).sum();
-            proptest::prop_assert_eq!(stats.bytes, bytes as u64);
-            for (k, v) in &model {
-                let got = b.get(k).unwrap();
-                proptest::prop_assert_eq!(got.as_ref(), Some(v));
-                // A map entry is found by a scan of its map.
-                let split = split_of(k);
-                if split < k.len() {
-                    let scan = b.scan_prefix(&k[..split]).unwrap();
-                    proptest::prop_assert!(scan.iter().any(|(sk, sv)| sk == k && sv == v));
-                }
-            }
-            // Replaced records are dead bytes that compaction reclaims.
-            b.compact();
-            let after = b.stats();
-            proptest::prop_assert_eq!(after.arena_bytes, after.live_bytes);
-            proptest::prop_assert_eq!(after.entries, model.len() as u64);
         }
+        // Replaced records are dead bytes that compaction reclaims.
+        b.compact();
+        let after = b.stats();
+        proptest::prop_assert_eq!(after.arena_bytes, after.live_bytes);
+        proptest::prop_assert_eq!(after.entries, model.len() as u64);
+        Ok(())
     }
 
     #[test]

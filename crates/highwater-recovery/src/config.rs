@@ -62,13 +62,18 @@ impl PrefetchStrategy {
     }
 }
 
-/// How folded state is loaded into the backend.
+/// How folded state is loaded into a backend without a bulk restore
+/// (RocksDB, Redis). A backend with one
+/// ([`StateBackend::bulk_restore`](highwater_core::StateBackend::bulk_restore),
+/// the memory backend) is loaded by every decode thread as it decodes,
+/// atomically, whatever the strategy.
 ///
-/// Measured at 1 GiB into the memory backend on 2 shared cores
-/// (`cargo xtask bench recovery`, two runs): `Restore` 56 and 134 MB/s,
-/// `Parallel` 33 and 105 MB/s (at 32 MiB the order was the other way
-/// round: 61 against 105 MB/s). `Parallel` holds the whole folded state in
-/// memory before loading, which costs more than it gains at that size.
+/// Measured at 1 GiB into the memory backend on 2 shared cores, before it
+/// had a bulk restore (`cargo xtask bench recovery`, two runs): `Restore`
+/// 56 and 134 MB/s, `Parallel` 33 and 105 MB/s (at 32 MiB the order was
+/// the other way round: 61 against 105 MB/s). `Parallel` holds the whole
+/// folded state in memory before loading, which costs more than it gains
+/// at that size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub enum LoadStrategy {
     /// Stream folded ranges, as they finish, into the backend's `restore`

@@ -10,9 +10,10 @@ use bytes::Bytes;
 use highwater_core::key::key_group_of;
 use highwater_core::ttl::is_expired_value;
 use highwater_core::{
-    ArtifactId, ArtifactRef, CheckpointId, CheckpointStore, DecodeLimits, Error, Manifest,
-    NativeCheckpoints, NativeFileRef, NativeFiles, NativeSource, RecordBlock, Result, SnapshotKind,
-    StateBackend, decode_checked_where, load_manifest,
+    ArtifactId, ArtifactRef, BulkLoader, BulkRestore, CheckpointId, CheckpointStore, DecodeLimits,
+    Error, KeyForm, Manifest, NativeCheckpoints, NativeFileRef, NativeFiles, NativeSource,
+    RecordBlock, Result, SnapshotKind, StateBackend, decode_checked_where, load_manifest,
+    visit_checked,
 };
 use highwater_merge::io::{NATIVE_BYTES_IN_FLIGHT, fetch_verified, run_io};
 use highwater_wal::Wal;
@@ -362,11 +363,17 @@ impl Recovery {
             stats.load_duration += t.elapsed();
             return loaded;
         }
-        if self.config.load_strategy == LoadStrategy::Restore && backend.restore_is_atomic() {
-            // A failing artifact cannot leave such a backend half loaded,
-            // so fetching need not finish before loading starts.
-            return self
-                .fetch_fold_and_restore(plan, checkpoint, backend, stats, progress, deadline);
+        // A failing artifact cannot leave a bulk restore or an atomic
+        // restore half loaded, so fetching need not finish before loading
+        // starts. A bulk restore is loaded by every decoder, whatever the
+        // strategy.
+        let bulk = backend.bulk_restore();
+        if bulk.is_some()
+            || (self.config.load_strategy == LoadStrategy::Restore && backend.restore_is_atomic())
+        {
+            return self.fetch_fold_and_restore(
+                plan, checkpoint, backend, bulk, stats, progress, deadline,
+            );
         }
         let t = Instant::now();
         let artifacts = self.fetch(plan, checkpoint, stats, progress, deadline)?;
@@ -506,11 +513,13 @@ impl Recovery {
     /// back as it does when the fetch fails before loading.
     /// `fetch_duration` is the time until the last artifact arrived,
     /// `load_duration` the whole call's (the two overlap).
+    #[allow(clippy::too_many_arguments)]
     fn fetch_fold_and_restore(
         &self,
         plan: &RecoveryPlan,
         checkpoint: CheckpointId,
         backend: &dyn StateBackend,
+        bulk: Option<Box<dyn BulkRestore + '_>>,
         stats: &mut RecoveryStats,
         progress: Option<ProgressFn<'_>>,
         deadline: Option<Instant>,
@@ -545,9 +554,10 @@ impl Recovery {
         // Set by a decoder whose range nobody takes any more (the restore
         // ended early): stop fetching.
         let abandoned = AtomicBool::new(false);
+        let loaders = bulk.as_deref().map(Loaders::new);
         let (tx, rx) = crossbeam_channel::bounded::<Result<Folded>>(pool.current_num_threads() * 2);
-        std::thread::scope(|s| {
-            let (abandoned, bytes_fetched) = (&abandoned, &bytes_fetched);
+        let loaded = std::thread::scope(|s| {
+            let (abandoned, bytes_fetched, loaders) = (&abandoned, &bytes_fetched, &loaders);
             let producer = s.spawn(move || {
                 let mut ahead = FetchAhead::new(&plan.ranges, budget);
                 let mut window: VecDeque<ArtifactFetch> = VecDeque::new();
@@ -570,16 +580,17 @@ impl Recovery {
                                 return;
                             }
                             let folded = check_deadline(deadline).and_then(|()| {
-                                fold_range(
-                                    &FoldCtx {
-                                        checkpoint,
-                                        artifacts: &lease.artifacts,
-                                        limits: &self.limits,
-                                        now_ms: self.now_ms,
-                                        scope: &plan.scope,
-                                    },
-                                    range,
-                                )
+                                let ctx = FoldCtx {
+                                    checkpoint,
+                                    artifacts: &lease.artifacts,
+                                    limits: &self.limits,
+                                    now_ms: self.now_ms,
+                                    scope: &plan.scope,
+                                };
+                                match loaders {
+                                    Some(l) => l.with(|loader| load_range(&ctx, range, loader)),
+                                    None => fold_range(&ctx, range),
+                                }
                             });
                             // The artifacts are let go before the folded
                             // range waits for the loader.
@@ -664,7 +675,18 @@ impl Recovery {
                 stats,
                 report: &report_loaded,
             };
-            let loaded = backend.restore(&mut feed);
+            let loaded = match loaders {
+                None => backend.restore(&mut feed),
+                // The decoders loaded the ranges: this only counts them
+                // and waits for the last.
+                Some(_) => feed.try_for_each(|block| {
+                    block.and_then(|_| {
+                        Err(Error::Internal(
+                            "a range of a bulk restore came back as blocks".into(),
+                        ))
+                    })
+                }),
+            };
             // Dropping the receiver stops the decoders, and through them
             // the fetches.
             drop(feed);
@@ -677,10 +699,15 @@ impl Recovery {
                 stats.fetch_ahead_peak_bytes = stats.fetch_ahead_peak_bytes.max(peak);
             }
             stats.bytes_fetched = bytes_fetched.load(Relaxed);
-            stats.load_duration += started.elapsed();
             loaded?;
             fetched.map(|_| ())
-        })
+        });
+        // Every loader is let go before the commit (they borrow the bulk
+        // restore); a failed restore drops it uncommitted.
+        drop(loaders);
+        let committed = loaded.and_then(|()| bulk.map_or(Ok(()), |b| b.commit()));
+        stats.load_duration += started.elapsed();
+        committed
     }
 
     /// Decodes and folds the plan's ranges in parallel on the pool, and
@@ -1207,13 +1234,90 @@ struct FoldCtx<'a> {
     scope: &'a RecoveryScope,
 }
 
+impl FoldCtx<'_> {
+    /// The fetched bytes of `r`.
+    fn bytes_of(&self, r: &ArtifactRef) -> Result<&Bytes> {
+        self.artifacts.get(&r.id).ok_or_else(|| {
+            Error::NotFound(format!(
+                "artifact of checkpoint {}: artifact={}",
+                self.checkpoint, r.id
+            ))
+        })
+    }
+
+    /// Which records of `r` a fold keeps as they decode: those of the
+    /// scope's key groups (the others are counted into `filtered`), and
+    /// of the first layer of a range (`first_layer`) only live puts — no
+    /// older record of the range stands behind its expired entries and
+    /// deletes. A later layer's must stay until the chain is folded, to
+    /// hide the older records of their keys.
+    fn keep<'f>(
+        &'f self,
+        r: &ArtifactRef,
+        first_layer: bool,
+        filtered: &'f mut u64,
+    ) -> impl FnMut(&[u8], Option<&[u8]>) -> bool + 'f {
+        // Artifacts wholly inside the scope's key groups need no per-record
+        // filter (decoding verifies every key's key group).
+        let scope = self
+            .scope
+            .key_groups
+            .filter(|kg| kg.intersect(&r.key_groups) != Some(r.key_groups));
+        move |k, v| {
+            if let Some(kg) = scope
+                && !key_group_of(k).is_ok_and(|g| kg.contains(g))
+            {
+                *filtered += 1;
+                return false;
+            }
+            !first_layer || v.is_some_and(|v| !is_expired_value(v, self.now_ms))
+        }
+    }
+}
+
 /// The live entries of one range.
+#[derive(Default)]
 struct Folded {
     /// The range's entries: one block per artifact, puts only, each key
     /// once across the blocks.
     blocks: Vec<RecordBlock>,
     decoded: u64,
     filtered: u64,
+    /// Entries (and their key and value bytes) already put into a bulk
+    /// restore's loader rather than held in `blocks` ([`load_range`]).
+    entries: u64,
+    bytes: u64,
+}
+
+/// The loaders of a bulk restore, shared by the decode workers: a worker
+/// takes an idle one (or a new one, so there are never more than workers
+/// running at once) for a range and puts it back after.
+struct Loaders<'b> {
+    bulk: &'b dyn BulkRestore,
+    idle: std::sync::Mutex<Vec<Box<dyn BulkLoader + 'b>>>,
+}
+
+impl<'b> Loaders<'b> {
+    fn new(bulk: &'b dyn BulkRestore) -> Loaders<'b> {
+        Loaders {
+            bulk,
+            idle: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Runs `f` with a loader of its own.
+    fn with<R>(&self, f: impl FnOnce(&mut dyn BulkLoader) -> R) -> R {
+        let idle = || {
+            self.idle
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        let taken = idle().pop();
+        let mut loader = taken.unwrap_or_else(|| self.bulk.loader());
+        let out = f(&mut *loader);
+        idle().push(loader);
+        out
+    }
 }
 
 /// Decodes a range's artifacts and folds them: base first, then each delta
@@ -1231,39 +1335,10 @@ fn fold_range(ctx: &FoldCtx<'_>, range: &RangePlan) -> Result<Folded> {
     let base = range.artifacts.first().map(|pa| pa.layer);
     for pa in &range.artifacts {
         let r = &pa.artifact;
-        let bytes = ctx.artifacts.get(&r.id).ok_or_else(|| {
-            Error::NotFound(format!(
-                "artifact of checkpoint {}: artifact={}",
-                ctx.checkpoint, r.id
-            ))
-        })?;
-        // Artifacts wholly inside the scope's key groups need no per-record
-        // filter (decoding verifies every key's key group).
-        let scope = ctx
-            .scope
-            .key_groups
-            .filter(|kg| kg.intersect(&r.key_groups) != Some(r.key_groups));
-        // The first layer's expired entries (and deletes, if it is a
-        // delta) are dropped as they decode: no older record of the range
-        // stands behind them. A later layer's must stay until the chain is
-        // folded, to hide the older records of their keys.
-        let first_layer = Some(pa.layer) == base;
-        let (block, n) = decode_checked_where(
-            ctx.checkpoint,
-            pa.kind,
-            r,
-            bytes,
-            ctx.limits,
-            &mut |k, v| {
-                if let Some(kg) = scope
-                    && !key_group_of(k).is_ok_and(|g| kg.contains(g))
-                {
-                    filtered += 1;
-                    return false;
-                }
-                !first_layer || v.is_some_and(|v| !is_expired_value(v, ctx.now_ms))
-            },
-        )?;
+        let bytes = ctx.bytes_of(r)?;
+        let mut keep = ctx.keep(r, Some(pa.layer) == base, &mut filtered);
+        let (block, n) =
+            decode_checked_where(ctx.checkpoint, pa.kind, r, bytes, ctx.limits, &mut keep)?;
         decoded += n;
         layers.push((pa.layer, block));
     }
@@ -1281,7 +1356,52 @@ fn fold_range(ctx: &FoldCtx<'_>, range: &RangePlan) -> Result<Folded> {
         blocks,
         decoded,
         filtered,
+        ..Folded::default()
     })
+}
+
+/// Decodes and folds a range as [`fold_range`] does, putting its entries
+/// into `loader` (a bulk restore's) instead of returning them. A range of
+/// one layer (a full checkpoint's: its artifacts hold distinct keys) goes
+/// straight from the decompressed artifacts into the loader, with no block
+/// in between; a chain is folded into blocks first.
+fn load_range(ctx: &FoldCtx<'_>, range: &RangePlan, loader: &mut dyn BulkLoader) -> Result<Folded> {
+    let mut out = Folded::default();
+    let one_layer = range.artifacts.windows(2).all(|w| w[0].layer == w[1].layer);
+    if !one_layer {
+        let mut folded = fold_range(ctx, range)?;
+        for block in std::mem::take(&mut folded.blocks) {
+            for (k, v) in block.puts() {
+                loader.put(k, v)?;
+            }
+            folded.entries += block.len() as u64;
+            folded.bytes += block.logical_bytes();
+        }
+        return Ok(folded);
+    }
+    for pa in &range.artifacts {
+        let r = &pa.artifact;
+        let bytes = ctx.bytes_of(r)?;
+        // The first layer keeps no deletes: a record kept has a value.
+        let mut keep = ctx.keep(r, true, &mut out.filtered);
+        out.decoded += visit_checked(
+            ctx.checkpoint,
+            pa.kind,
+            r,
+            bytes,
+            ctx.limits,
+            KeyForm::Absolute,
+            &mut |k, v| match v {
+                Some(v) if keep(k, Some(v)) => {
+                    out.entries += 1;
+                    out.bytes += (k.len() + v.len()) as u64;
+                    loader.put(k, v)
+                }
+                _ => Ok(()),
+            },
+        )?;
+    }
+    Ok(out)
 }
 
 /// Removes every record that a later one of the same key replaces: the
@@ -1347,6 +1467,8 @@ impl Folded {
     fn account_decoding(&self, stats: &mut RecoveryStats) {
         stats.records_decoded += self.decoded;
         stats.records_filtered += self.filtered;
+        stats.entries_loaded += self.entries;
+        stats.logical_bytes += self.bytes;
     }
 
     /// Counts this range into a recovery's statistics, entries included.

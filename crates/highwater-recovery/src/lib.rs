@@ -48,10 +48,15 @@
 //!    [`RecoveryConfig::max_parallel_threads`]. Within a range the layers
 //!    are folded in order (newest record of a key wins, deletes remove),
 //!    so ranges are independent. Every artifact is decoded by
-//!    [`decode_checked`](highwater_core::decode_checked), the one decoding
+//!    [`visit_checked`](highwater_core::visit_checked), the one decoding
 //!    path of the project. Expired entries and records outside the scope's
 //!    key groups are dropped.
-//! 4. **Load** ([`LoadStrategy`]). By default folded ranges stream, as they
+//! 4. **Load**. A backend with a bulk restore
+//!    ([`bulk_restore`](highwater_core::StateBackend::bulk_restore), the
+//!    memory backend) is loaded by every decode thread as it decodes: a
+//!    range of one layer goes from the decompressed artifact straight into
+//!    a loader, and the new state is swapped in once every range loaded.
+//!    Otherwise ([`LoadStrategy`]) folded ranges stream, as they
 //!    finish, into the backend's
 //!    [`restore`](highwater_core::StateBackend::restore), which replaces all
 //!    live state and starts a new change-tracking epoch (the memory backend

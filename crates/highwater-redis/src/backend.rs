@@ -247,6 +247,12 @@ impl StateBackend for RedisBackend {
         s.delete_all()
     }
 
+    /// None: a restore is streamed to the server through
+    /// [`restore`](StateBackend::restore).
+    fn bulk_restore(&self) -> Option<Box<dyn highwater_core::BulkRestore + '_>> {
+        None
+    }
+
     /// None: Redis has no native checkpoint format; checkpoints are encoded
     /// from snapshots.
     fn native(&self) -> Option<&dyn highwater_core::NativeCheckpoints> {

@@ -1091,6 +1091,12 @@ impl StateBackend for RocksDbBackend {
         stats
     }
 
+    /// None: a restore writes through RocksDB's own batches, on the thread
+    /// that streams blocks into [`restore`](StateBackend::restore).
+    fn bulk_restore(&self) -> Option<Box<dyn highwater_core::BulkRestore + '_>> {
+        None
+    }
+
     fn native(&self) -> Option<&dyn NativeCheckpoints> {
         self.config
             .native_checkpoints

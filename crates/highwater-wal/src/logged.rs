@@ -23,8 +23,8 @@
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use highwater_core::{
-    BackendStats, Clock, Error, KeyGroupRange, NativeCheckpoints, NativeSource, RecordBlock,
-    Result, SnapshotKind, StateBackend, StateSnapshot, WriteBatch,
+    BackendStats, BulkLoader, BulkRestore, Clock, Error, KeyGroupRange, NativeCheckpoints,
+    NativeSource, RecordBlock, Result, SnapshotKind, StateBackend, StateSnapshot, WriteBatch,
 };
 
 use crate::{Lsn, SyncPolicy, Wal, WalBatch};
@@ -138,6 +138,26 @@ impl LoggedBackend {
     }
 }
 
+/// A bulk restore of the wrapped backend ([`LoggedBackend::bulk_restore`]).
+struct LoggedBulk<'a> {
+    inner: Box<dyn BulkRestore + 'a>,
+    backend: &'a LoggedBackend,
+}
+
+impl BulkRestore for LoggedBulk<'_> {
+    fn loader(&self) -> Box<dyn BulkLoader + '_> {
+        self.inner.loader()
+    }
+
+    fn commit(self: Box<Self>) -> Result<()> {
+        let mut pending = self.backend.pending();
+        self.inner.commit()?;
+        // Uncommitted changes belonged to the state just replaced.
+        pending.clear();
+        Ok(())
+    }
+}
+
 impl StateBackend for LoggedBackend {
     fn name(&self) -> &'static str {
         self.inner.name()
@@ -212,6 +232,17 @@ impl StateBackend for LoggedBackend {
 
     fn stats(&self) -> BackendStats {
         self.inner.stats()
+    }
+
+    /// The wrapped backend's, through this wrapper: a committed restore
+    /// drops the pending changes, as [`restore`](StateBackend::restore)
+    /// does.
+    fn bulk_restore(&self) -> Option<Box<dyn BulkRestore + '_>> {
+        let inner = self.inner.bulk_restore()?;
+        Some(Box::new(LoggedBulk {
+            inner,
+            backend: self,
+        }))
     }
 
     fn native(&self) -> Option<&dyn NativeCheckpoints> {

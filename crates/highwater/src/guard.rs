@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use highwater_core::{
-    BackendStats, Error, NativeCheckpoints, RecordBlock, Result, SnapshotKind, StateBackend,
-    StateSnapshot, WriteBatch,
+    BackendStats, BulkLoader, BulkRestore, Error, NativeCheckpoints, RecordBlock, Result,
+    SnapshotKind, StateBackend, StateSnapshot, WriteBatch,
 };
 
 /// The error of every state change and checkpoint after `close()`.
@@ -65,6 +65,23 @@ impl Guarded {
         } else {
             Ok(())
         }
+    }
+}
+
+/// A bulk restore of the guarded backend ([`Guarded::bulk_restore`]).
+struct GuardedBulk<'a> {
+    inner: Box<dyn BulkRestore + 'a>,
+    guard: &'a Guarded,
+}
+
+impl BulkRestore for GuardedBulk<'_> {
+    fn loader(&self) -> Box<dyn BulkLoader + '_> {
+        self.inner.loader()
+    }
+
+    fn commit(self: Box<Self>) -> Result<()> {
+        self.guard.open()?;
+        self.inner.commit()
     }
 }
 
@@ -126,6 +143,12 @@ impl StateBackend for Guarded {
 
     fn stats(&self) -> BackendStats {
         self.inner.stats()
+    }
+
+    /// The wrapped backend's; committing it fails once the manager closed.
+    fn bulk_restore(&self) -> Option<Box<dyn BulkRestore + '_>> {
+        let inner = self.inner.bulk_restore()?;
+        Some(Box::new(GuardedBulk { inner, guard: self }))
     }
 
     fn native(&self) -> Option<&dyn NativeCheckpoints> {
