@@ -33,7 +33,7 @@
 //! artifact can never cause a panic or an unbounded allocation.
 
 use serde::{Deserialize, Serialize};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use crate::error::{Error, Result};
 
@@ -428,6 +428,16 @@ thread_local! {
     /// This thread's zstd decompression context, reused likewise.
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
         const { RefCell::new(None) };
+    /// A record buffer given back by [`DecodedArtifact::recycle`], for
+    /// this thread's next [`decode_artifact`].
+    static RECORDS: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+/// An empty record buffer: this thread's recycled one if it has one.
+fn records_buffer() -> Vec<u8> {
+    let mut buf = RECORDS.take();
+    buf.clear();
+    buf
 }
 
 /// The largest compression buffer a thread keeps between artifacts.
@@ -461,14 +471,19 @@ fn with_zstd_compressed<R>(
 /// Decompresses one frame of at most `capacity` bytes with this thread's
 /// context.
 fn zstd_decompress(data: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
+    // A recycled buffer may hold more than `capacity`: a frame that
+    // produces more than it claims then fails the caller's length check.
+    let mut out = records_buffer();
+    out.reserve(capacity);
     DECOMPRESSOR.with(|cell| {
         let mut cell = cell.borrow_mut();
         let decompressor = match &mut *cell {
             Some(d) => d,
             slot => slot.insert(zstd::bulk::Decompressor::new()?),
         };
-        decompressor.decompress(data, capacity)
-    })
+        decompressor.decompress_to_buffer(data, &mut out)
+    })?;
+    Ok(out)
 }
 
 /// Decompresses one frame of at most `limit` bytes, growing the output as
@@ -498,7 +513,11 @@ pub fn decode_artifact(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedArt
     }
     let payload = &bytes[ARTIFACT_HEADER_LEN..];
     let records = match header.codec {
-        Codec::Raw => payload.to_vec(),
+        Codec::Raw => {
+            let mut out = records_buffer();
+            out.extend_from_slice(payload);
+            out
+        }
         Codec::Zstd => {
             // The length is bounded by the limit checked above, but it is
             // only a claim (the checksums are not secrets): when it is far
@@ -529,6 +548,17 @@ pub fn decode_artifact(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedArt
 }
 
 impl DecodedArtifact {
+    /// Gives the record buffer back to this thread, for its next
+    /// [`decode_artifact`]: decompressing into pages already faulted in
+    /// rather than fresh ones, which the kernel must zero and map first
+    /// (half the page faults of a restore's decode threads were that
+    /// buffer). A buffer above 64 MiB is freed instead.
+    pub fn recycle(self) {
+        if self.records.capacity() <= MAX_KEPT_SCRATCH {
+            RECORDS.set(self.records);
+        }
+    }
+
     /// Iterates over the records, checking each as it goes. The iterator
     /// fails if the record count or the stream end disagree with the header.
     pub fn records(&self) -> RecordIter<'_> {
@@ -733,6 +763,37 @@ mod tests {
         let sum = xxhash_rust::xxh3::xxh3_64(&bad[..40]);
         bad[40..48].copy_from_slice(&sum.to_le_bytes());
         assert!(verify_artifact(&bad).unwrap_err().is_corruption());
+    }
+
+    /// A recycled record buffer is larger than the next artifact needs:
+    /// the next artifacts still decode to exactly their records, and a
+    /// frame that produces more than its header claims is still refused
+    /// (the spare room is not taken for output).
+    #[test]
+    fn a_recycled_buffer_neither_leaks_records_nor_admits_a_longer_frame() {
+        let records = |n: usize, fill: u8| -> Owned {
+            (0..n)
+                .map(|i| (format!("key-{i:05}").into_bytes(), Some(vec![fill; 100])))
+                .collect()
+        };
+        let big = build(&records(2_000, 1), ArtifactKind::Entries);
+        decode_artifact(&big.bytes, &DecodeLimits::default())
+            .unwrap()
+            .recycle();
+        let small = records(20, 2);
+        let enc = build(&small, ArtifactKind::Entries);
+        assert_eq!(decode_all(&enc.bytes).unwrap(), small);
+        let d = decode_artifact(&enc.bytes, &DecodeLimits::default()).unwrap();
+        assert_eq!(d.records.len() as u64, d.header.raw_len);
+        d.recycle();
+        // The same frame under a header claiming one byte less.
+        let mut forged = enc.bytes.clone();
+        let claimed = le_u64(&forged, 16) - 1;
+        forged[16..24].copy_from_slice(&claimed.to_le_bytes());
+        let sum = xxhash_rust::xxh3::xxh3_64(&forged[..40]);
+        forged[40..48].copy_from_slice(&sum.to_le_bytes());
+        let err = decode_artifact(&forged, &DecodeLimits::default()).unwrap_err();
+        assert!(err.is_corruption(), "{err}");
     }
 
     #[test]

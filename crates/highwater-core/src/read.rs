@@ -215,6 +215,9 @@ pub fn visit_checked(
         visit(key, v)?;
         n += 1;
     }
+    // The records were only borrowed: the next artifact this thread
+    // decodes reuses their buffer.
+    decoded.recycle();
     Ok(n)
 }
 
