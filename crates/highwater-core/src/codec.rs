@@ -222,19 +222,7 @@ impl RecordWriter {
     /// [`finish`](RecordWriter::finish), handing the record buffer back
     /// for the next [`RecordWriter::with_buffer`].
     pub fn finish_reusing(self, opts: &EncodeOptions) -> Result<(EncodedArtifact, Vec<u8>)> {
-        self.finish_into(opts, Vec::new())
-    }
-
-    /// [`finish_reusing`](RecordWriter::finish_reusing), framing the
-    /// artifact into `out` (cleared first): a buffer of an earlier artifact
-    /// whose pages are already the process's, where a new one's must be
-    /// faulted in.
-    pub fn finish_into(
-        self,
-        opts: &EncodeOptions,
-        out: Vec<u8>,
-    ) -> Result<(EncodedArtifact, Vec<u8>)> {
-        let enc = encode_into(self.kind, self.form, self.entries, &self.buf, opts, out)?;
+        let enc = encode_records_as(self.kind, self.form, self.entries, &self.buf, opts)?;
         Ok((enc, self.buf))
     }
 }
@@ -286,23 +274,8 @@ pub fn encode_records_as(
     records: &[u8],
     opts: &EncodeOptions,
 ) -> Result<EncodedArtifact> {
-    encode_into(kind, form, entries, records, opts, Vec::new())
-}
-
-/// [`encode_records_as`], framing into `out` (cleared first).
-fn encode_into(
-    kind: ArtifactKind,
-    form: KeyForm,
-    entries: u64,
-    records: &[u8],
-    opts: &EncodeOptions,
-    out: Vec<u8>,
-) -> Result<EncodedArtifact> {
-    let mut out = Some(out);
-    let mut frame = |codec: Codec, payload: &[u8]| {
-        let mut bytes = out.take().unwrap_or_default();
-        bytes.clear();
-        bytes.reserve(ARTIFACT_HEADER_LEN + payload.len());
+    let frame = |codec: Codec, payload: &[u8]| {
+        let mut bytes = Vec::with_capacity(ARTIFACT_HEADER_LEN + payload.len());
         bytes.extend_from_slice(ARTIFACT_MAGIC);
         let (version, form_bit) = match form {
             KeyForm::Absolute => (ARTIFACT_FORMAT_V1, 0),

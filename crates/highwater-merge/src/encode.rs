@@ -4,7 +4,7 @@
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Mutex, PoisonError};
 
 use bytes::Bytes;
 use highwater_core::key::{key_group_of, split_operator};
@@ -438,8 +438,6 @@ struct Output<'p> {
     merger: &'p MergerConfig,
     sink: &'p (dyn Fn(Produced) -> Result<()> + Sync),
     buffers: BufferPool,
-    /// Buffers of artifacts whose upload ended ([`Recycled`]).
-    artifacts: Arc<BufferPool>,
     refs: Mutex<Vec<ArtifactRef>>,
     /// The first error a compression task met.
     failed: Mutex<Option<Error>>,
@@ -475,43 +473,15 @@ impl BufferPool {
     }
 }
 
-/// An artifact's bytes, handed to the sink as [`Bytes`] and given back to
-/// the encoding's pool once the last of them is dropped (its upload ended),
-/// so the next artifact is framed into pages the process already has
-/// rather than fresh ones the kernel must fault in and zero (half of a full
-/// checkpoint's page faults were the framed artifacts). A buffer dropped
-/// after its encoding ended is freed.
-struct Recycled {
-    bytes: Vec<u8>,
-    pool: Weak<BufferPool>,
-}
-
-impl AsRef<[u8]> for Recycled {
-    fn as_ref(&self) -> &[u8] {
-        &self.bytes
-    }
-}
-
-impl Drop for Recycled {
-    fn drop(&mut self) {
-        if let Some(pool) = self.pool.upgrade() {
-            pool.put(std::mem::take(&mut self.bytes));
-        }
-    }
-}
-
 impl Output<'_> {
     /// Compresses, frames and hands one chunk to the sink.
     fn finish(&self, operator: &str, range: KeyGroupRange, w: RecordWriter) -> Result<()> {
-        let (enc, buf) = w.finish_into(&self.options, self.artifacts.take())?;
+        let (enc, buf) = w.finish_reusing(&self.options)?;
         self.buffers.put(buf);
         let reference = artifact_ref(operator, range, &enc);
         (self.sink)(Produced {
             reference: reference.clone(),
-            bytes: Bytes::from_owner(Recycled {
-                bytes: enc.bytes,
-                pool: Arc::downgrade(&self.artifacts),
-            }),
+            bytes: Bytes::from(enc.bytes),
         })?;
         self.refs
             .lock()
@@ -704,7 +674,6 @@ pub fn encode_snapshot(
         merger: &params.merger,
         sink,
         buffers: BufferPool::default(),
-        artifacts: Arc::default(),
         refs: Mutex::new(Vec::new()),
         failed: Mutex::new(None),
         in_flight: AtomicUsize::new(0),
@@ -1202,14 +1171,7 @@ mod differential {
                 let want = reference(&*snapshot, &params);
                 let not_lending = NotLending(snapshot.clone());
                 for s in [&*snapshot, &not_lending as &dyn StateSnapshot] {
-                    // The sink drops each artifact at once, so later ones
-                    // are framed into recycled buffers: what it is handed
-                    // must still be what the reference names.
-                    let (got, totals) = encode_snapshot(s, &params, &|p| {
-                        assert_eq!(highwater_core::ArtifactId::of(&p.bytes), p.reference.id);
-                        Ok(())
-                    })
-                    .unwrap();
+                    let (got, totals) = encode_snapshot(s, &params, &|_| Ok(())).unwrap();
                     prop_assert_eq!(&got, &want);
                     prop_assert_eq!(totals.entries, want.iter().map(|r| r.entries).sum::<u64>());
                 }

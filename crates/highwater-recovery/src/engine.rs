@@ -1385,33 +1385,9 @@ fn load_range(ctx: &FoldCtx<'_>, range: &RangePlan, loader: &mut dyn BulkLoader)
         out.decoded += n;
         newer.push(block);
     }
-    // The newest record of each key of the later layers, by (block,
-    // record): one table both folds them (the older records of a key are
-    // noted as replaced) and hides the first layer's records of their
-    // keys.
-    let hash = |k: &[u8]| xxhash_rust::xxh3::xxh3_64(k);
-    let key = |(b, i): (usize, usize)| newer[b].key(i);
-    let mut later: hashbrown::HashTable<(usize, usize)> =
-        hashbrown::HashTable::with_capacity(newer.iter().map(RecordBlock::len).sum());
-    // Records a newer one of the same key replaces, by block.
-    let mut replaced_later: Vec<Vec<usize>> = vec![Vec::new(); newer.len()];
-    for (b, block) in newer.iter().enumerate() {
-        for i in 0..block.len() {
-            let k = block.key(i);
-            let h = hash(k);
-            match later.find_mut(h, |&at| key(at) == k) {
-                Some(at) => {
-                    replaced_later[at.0].push(at.1);
-                    *at = (b, i);
-                }
-                None => {
-                    later.insert_unique(h, (b, i), |&at| hash(key(at)));
-                }
-            }
-        }
-    }
-    let replaced =
-        |k: &[u8]| !later.is_empty() && later.find(hash(k), |&at| key(at) == k).is_some();
+    // One table both folds the later layers and hides the first layer's
+    // records of their keys.
+    let newest = Newest::index(newer.iter().collect());
     for pa in range.artifacts.iter().filter(|pa| Some(pa.layer) == base) {
         let r = &pa.artifact;
         let bytes = ctx.bytes_of(r)?;
@@ -1426,7 +1402,7 @@ fn load_range(ctx: &FoldCtx<'_>, range: &RangePlan, loader: &mut dyn BulkLoader)
             &mut |k, v| match v {
                 // The first layer keeps no deletes: a record kept has a
                 // value.
-                Some(v) if keep(k, Some(v)) && !replaced(k) => {
+                Some(v) if keep(k, Some(v)) && !newest.holds(k) => {
                     out.entries += 1;
                     out.bytes += (k.len() + v.len()) as u64;
                     loader.put(k, v)
@@ -1443,7 +1419,7 @@ fn load_range(ctx: &FoldCtx<'_>, range: &RangePlan, loader: &mut dyn BulkLoader)
     }
     // In block order (key order within each), which is the order the
     // arenas fill best in.
-    for (block, mut dead) in newer.iter().zip(replaced_later) {
+    for (block, mut dead) in newer.iter().zip(newest.replaced) {
         dead.sort_unstable();
         let mut dead = dead.into_iter().peekable();
         for (i, (k, v)) in block.iter().enumerate() {
@@ -1482,35 +1458,12 @@ fn drop_overwritten(layers: &mut [(usize, RecordBlock)]) {
         return;
     }
     let (older, newer) = layers.split_at_mut(split);
-    let hash = |k: &[u8]| xxhash_rust::xxh3::xxh3_64(k);
-    // (block, record) of the last record of each key in the newer layers.
-    let mut last: hashbrown::HashTable<(usize, usize)> = hashbrown::HashTable::new();
-    let key = |(b, i): (usize, usize)| newer[b].1.key(i);
-    let mut dead_newer: Vec<Vec<usize>> = vec![Vec::new(); newer.len()];
-    for (b, (_, block)) in newer.iter().enumerate() {
-        for (i, (k, _)) in block.iter().enumerate() {
-            let h = hash(k);
-            match last.find_mut(h, |&at| key(at) == k) {
-                Some(at) => {
-                    dead_newer[at.0].push(at.1);
-                    *at = (b, i);
-                }
-                None => {
-                    last.insert_unique(h, (b, i), |&at| hash(key(at)));
-                }
-            }
-        }
-    }
-    let mut dead_older: Vec<Vec<bool>> = Vec::with_capacity(older.len());
-    for (_, block) in older.iter() {
-        dead_older.push(
-            block
-                .iter()
-                .map(|(k, _)| last.find(hash(k), |&at| key(at) == k).is_some())
-                .collect(),
-        );
-    }
-    drop(last);
+    let newest = Newest::index(newer.iter().map(|(_, block)| block).collect());
+    let dead_older: Vec<Vec<bool>> = older
+        .iter()
+        .map(|(_, block)| block.iter().map(|(k, _)| newest.holds(k)).collect())
+        .collect();
+    let dead_newer = newest.replaced;
     for ((_, block), dead) in older.iter_mut().zip(dead_older) {
         block.retain(|i, _, _| !dead[i]);
     }
@@ -1518,6 +1471,57 @@ fn drop_overwritten(layers: &mut [(usize, RecordBlock)]) {
         dead.sort_unstable();
         block.retain(|i, _, _| dead.binary_search(&i).is_err());
     }
+}
+
+/// The records of a range's later layers (blocks in chain order: layer,
+/// then artifact) indexed by key: the newest record of each key, by
+/// (block, record), in a table by key hash.
+struct Newest<'a> {
+    blocks: Vec<&'a RecordBlock>,
+    last: hashbrown::HashTable<(usize, usize)>,
+    /// Per block, the records a newer one of the same key replaces.
+    replaced: Vec<Vec<usize>>,
+}
+
+impl<'a> Newest<'a> {
+    fn index(blocks: Vec<&'a RecordBlock>) -> Newest<'a> {
+        let mut last = hashbrown::HashTable::with_capacity(blocks.iter().map(|b| b.len()).sum());
+        let mut replaced: Vec<Vec<usize>> = vec![Vec::new(); blocks.len()];
+        let key = |(b, i): (usize, usize)| blocks[b].key(i);
+        for (b, block) in blocks.iter().enumerate() {
+            for i in 0..block.len() {
+                let k = block.key(i);
+                let h = key_hash(k);
+                match last.find_mut(h, |&at| key(at) == k) {
+                    Some(at) => {
+                        replaced[at.0].push(at.1);
+                        *at = (b, i);
+                    }
+                    None => {
+                        last.insert_unique(h, (b, i), |&at| key_hash(key(at)));
+                    }
+                }
+            }
+        }
+        Newest {
+            blocks,
+            last,
+            replaced,
+        }
+    }
+
+    /// Whether a later layer has a record of `k`.
+    fn holds(&self, k: &[u8]) -> bool {
+        !self.last.is_empty()
+            && self
+                .last
+                .find(key_hash(k), |&(b, i)| self.blocks[b].key(i) == k)
+                .is_some()
+    }
+}
+
+fn key_hash(k: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(k)
 }
 
 impl Folded {

@@ -53,9 +53,11 @@
 //!    key groups are dropped.
 //! 4. **Load**. A backend with a bulk restore
 //!    ([`bulk_restore`](highwater_core::StateBackend::bulk_restore), the
-//!    memory backend) is loaded by every decode thread as it decodes: a
-//!    range of one layer goes from the decompressed artifact straight into
-//!    a loader, and the new state is swapped in once every range loaded.
+//!    memory backend) is loaded by every decode thread as it decodes: the
+//!    first layer of a range goes from the decompressed artifacts straight
+//!    into a loader, past the keys its later layers hold (those are folded
+//!    in blocks and follow), and the new state is swapped in once every
+//!    range loaded.
 //!    Otherwise ([`LoadStrategy`]) folded ranges stream, as they
 //!    finish, into the backend's
 //!    [`restore`](highwater_core::StateBackend::restore), which replaces all
