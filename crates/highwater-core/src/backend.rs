@@ -448,6 +448,36 @@ pub trait BulkLoader: Send {
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()>;
 }
 
+/// The bulk restore of a wrapper around another backend: loaders are the
+/// wrapped backend's, and the commit runs the wrapper's `commit` around
+/// the wrapped one (a check before it, bookkeeping after it).
+pub struct BulkThrough<'a> {
+    inner: Box<dyn BulkRestore + 'a>,
+    commit: BulkCommit<'a>,
+}
+
+/// What a [`BulkThrough`] does to commit: given the wrapped restore.
+pub type BulkCommit<'a> =
+    Box<dyn FnOnce(Box<dyn BulkRestore + 'a>) -> Result<()> + Send + Sync + 'a>;
+
+impl<'a> BulkThrough<'a> {
+    /// Wraps `inner`, committed through `commit`.
+    pub fn new(inner: Box<dyn BulkRestore + 'a>, commit: BulkCommit<'a>) -> BulkThrough<'a> {
+        BulkThrough { inner, commit }
+    }
+}
+
+impl BulkRestore for BulkThrough<'_> {
+    fn loader(&self) -> Box<dyn BulkLoader + '_> {
+        self.inner.loader()
+    }
+
+    fn commit(self: Box<Self>) -> Result<()> {
+        let BulkThrough { inner, commit } = *self;
+        commit(inner)
+    }
+}
+
 /// The capability of a backend that checkpoints in its own file format:
 /// reached through [`StateBackend::native`].
 ///

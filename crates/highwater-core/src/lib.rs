@@ -44,9 +44,10 @@ pub mod store;
 pub mod ttl;
 
 pub use backend::{
-    BackendStats, BorrowedEntryVisitor, BulkLoader, BulkRestore, EntryVisitor, Mutation,
-    NativeCheckpoint, NativeCheckpoints, NativeFile, NativeFileRef, NativeFiles,
-    NativeFilesInMemory, NativeSource, SnapshotKind, StateBackend, StateSnapshot, WriteBatch,
+    BackendStats, BorrowedEntryVisitor, BulkCommit, BulkLoader, BulkRestore, BulkThrough,
+    EntryVisitor, Mutation, NativeCheckpoint, NativeCheckpoints, NativeFile, NativeFileRef,
+    NativeFiles, NativeFilesInMemory, NativeSource, SnapshotKind, StateBackend, StateSnapshot,
+    WriteBatch,
 };
 pub use block::RecordBlock;
 pub use cluster::{

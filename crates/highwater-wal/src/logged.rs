@@ -23,7 +23,7 @@
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use highwater_core::{
-    BackendStats, BulkLoader, BulkRestore, Clock, Error, KeyGroupRange, NativeCheckpoints,
+    BackendStats, BulkRestore, BulkThrough, Clock, Error, KeyGroupRange, NativeCheckpoints,
     NativeSource, RecordBlock, Result, SnapshotKind, StateBackend, StateSnapshot, WriteBatch,
 };
 
@@ -138,26 +138,6 @@ impl LoggedBackend {
     }
 }
 
-/// A bulk restore of the wrapped backend ([`LoggedBackend::bulk_restore`]).
-struct LoggedBulk<'a> {
-    inner: Box<dyn BulkRestore + 'a>,
-    backend: &'a LoggedBackend,
-}
-
-impl BulkRestore for LoggedBulk<'_> {
-    fn loader(&self) -> Box<dyn BulkLoader + '_> {
-        self.inner.loader()
-    }
-
-    fn commit(self: Box<Self>) -> Result<()> {
-        let mut pending = self.backend.pending();
-        self.inner.commit()?;
-        // Uncommitted changes belonged to the state just replaced.
-        pending.clear();
-        Ok(())
-    }
-}
-
 impl StateBackend for LoggedBackend {
     fn name(&self) -> &'static str {
         self.inner.name()
@@ -239,10 +219,16 @@ impl StateBackend for LoggedBackend {
     /// does.
     fn bulk_restore(&self) -> Option<Box<dyn BulkRestore + '_>> {
         let inner = self.inner.bulk_restore()?;
-        Some(Box::new(LoggedBulk {
+        Some(Box::new(BulkThrough::new(
             inner,
-            backend: self,
-        }))
+            Box::new(move |inner| {
+                let mut pending = self.pending();
+                inner.commit()?;
+                // Uncommitted changes belonged to the state just replaced.
+                pending.clear();
+                Ok(())
+            }),
+        )))
     }
 
     fn native(&self) -> Option<&dyn NativeCheckpoints> {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use highwater_core::{
-    BackendStats, BulkLoader, BulkRestore, Error, NativeCheckpoints, RecordBlock, Result,
+    BackendStats, BulkRestore, BulkThrough, Error, NativeCheckpoints, RecordBlock, Result,
     SnapshotKind, StateBackend, StateSnapshot, WriteBatch,
 };
 
@@ -65,23 +65,6 @@ impl Guarded {
         } else {
             Ok(())
         }
-    }
-}
-
-/// A bulk restore of the guarded backend ([`Guarded::bulk_restore`]).
-struct GuardedBulk<'a> {
-    inner: Box<dyn BulkRestore + 'a>,
-    guard: &'a Guarded,
-}
-
-impl BulkRestore for GuardedBulk<'_> {
-    fn loader(&self) -> Box<dyn BulkLoader + '_> {
-        self.inner.loader()
-    }
-
-    fn commit(self: Box<Self>) -> Result<()> {
-        self.guard.open()?;
-        self.inner.commit()
     }
 }
 
@@ -148,7 +131,13 @@ impl StateBackend for Guarded {
     /// The wrapped backend's; committing it fails once the manager closed.
     fn bulk_restore(&self) -> Option<Box<dyn BulkRestore + '_>> {
         let inner = self.inner.bulk_restore()?;
-        Some(Box::new(GuardedBulk { inner, guard: self }))
+        Some(Box::new(BulkThrough::new(
+            inner,
+            Box::new(move |inner| {
+                self.open()?;
+                inner.commit()
+            }),
+        )))
     }
 
     fn native(&self) -> Option<&dyn NativeCheckpoints> {

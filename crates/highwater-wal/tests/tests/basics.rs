@@ -502,3 +502,47 @@ fn pipelined_batches_reach_the_os_without_anyone_waiting() {
         assert_eq!(wal.durable_lsn(), 10);
     }
 }
+
+/// A bulk restore through the logged backend replaces the state and drops
+/// the changes not yet committed to the log (they belonged to the state
+/// replaced), as `restore` does; one dropped uncommitted changes neither.
+#[test]
+fn a_bulk_restore_through_the_logged_backend_drops_pending_changes_only_on_commit() {
+    use highwater_core::{StateBackend, SystemClock};
+    use highwater_memory::MemoryBackend;
+    use highwater_wal::LoggedBackend;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), small(SyncPolicy::Always)).unwrap();
+    let wal = Arc::new(wal);
+    let logged = LoggedBackend::new(
+        Arc::new(MemoryBackend::new()),
+        Arc::clone(&wal),
+        Arc::new(SystemClock),
+    );
+    logged.put(b"live", b"1").unwrap();
+    // Dropped uncommitted: the live state and its pending change stay.
+    {
+        let bulk = logged
+            .bulk_restore()
+            .expect("the memory backend's, forwarded");
+        bulk.loader().put(b"restored", b"2").unwrap();
+    }
+    assert_eq!(logged.get(b"live").unwrap(), Some(b"1".to_vec()));
+    assert_eq!(logged.get(b"restored").unwrap(), None);
+    logged.put(b"live", b"3").unwrap();
+    // Committed: the restored state only, and nothing left to log.
+    let bulk = logged.bulk_restore().unwrap();
+    bulk.loader().put(b"restored", b"2").unwrap();
+    bulk.commit().unwrap();
+    assert_eq!(logged.get(b"live").unwrap(), None);
+    assert_eq!(logged.get(b"restored").unwrap(), Some(b"2".to_vec()));
+    let before = wal.last_lsn();
+    logged.commit().unwrap();
+    assert_eq!(
+        wal.last_lsn(),
+        before,
+        "the replaced state's changes were logged"
+    );
+    wal.close().unwrap();
+}

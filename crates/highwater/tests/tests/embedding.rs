@@ -117,6 +117,17 @@ fn assert_closed(m: &StateManager, n: &ValueState<String, u64>) {
     assert_eq!(m.backend().get(b"raw").unwrap(), None);
     assert_eq!(m.backend().clear().unwrap_err().kind(), ErrorKind::Closed);
     assert_eq!(n.get(&"a".into()).unwrap(), Some(1));
+    // A bulk restore (the memory backend's, through the guard) loads
+    // aside, but its commit is a write too.
+    let bulk = m.backend().bulk_restore().expect("the memory backend's");
+    bulk.loader().put(b"raw", b"x").unwrap();
+    assert_eq!(bulk.commit().unwrap_err().kind(), ErrorKind::Closed);
+    assert_eq!(m.backend().get(b"raw").unwrap(), None);
+    assert_eq!(
+        n.get(&"a".into()).unwrap(),
+        Some(1),
+        "a bulk restore got through"
+    );
 
     let clone = m.clone();
     assert_eq!(
