@@ -468,9 +468,9 @@ impl Shard {
         }
     }
 
-    /// The shard of the records `f` holds, indexed: later records win
-    /// over earlier ones with the same key, and the map directories are
-    /// built.
+    /// The shard of the records `parts` hold (one bulk loader's each,
+    /// merged in order), indexed: later records win over earlier ones with
+    /// the same key, and the map directories are built.
     fn restored(segment_bytes: usize, parts: Vec<Filling>) -> Shard {
         let mut parts = parts.into_iter();
         let mut f = parts.next().unwrap_or_default();

@@ -54,10 +54,15 @@
 //!   bulk load, or a shard that more than doubled — it is given up for the
 //!   epoch, and the next changes snapshot is a full one (its `kind()` says
 //!   so), which costs little more than those changes would.
-//! - **Bulk restore.** Entries are copied once into their shard's arena as
-//!   they arrive, each key hashed once and the hash kept; then every shard
-//!   is indexed from those hashes, on every core.
-//!   The live state is replaced only when the source was read to the end.
+//! - **Bulk restore** ([`StateBackend::bulk_restore`]). Entries are
+//!   copied once into their shard's arena as they arrive, each key hashed
+//!   once and the hash kept, by as many loaders (threads) as the caller
+//!   runs, each filling shards of its own; then each shard's parts are
+//!   merged and every shard is indexed from those hashes, on every core.
+//!   The live state is replaced only at the commit, once the source was
+//!   read to the end.
+//!
+//! [`StateBackend::bulk_restore`]: highwater_core::StateBackend::bulk_restore
 //!
 //! Architecture invariant: no I/O, no dependency on other backends.
 //!
