@@ -21,8 +21,8 @@ use rayon::prelude::*;
 
 use crate::config::{LoadStrategy, RecoveryConfig, VerificationLevel};
 use crate::plan::{
-    RangePlan, RecoveryPlan, RecoveryScope, RecoveryTarget, candidate_ids, check_manifest,
-    disqualifies, log_only_plan, plan_for,
+    PlannedArtifact, RangePlan, RecoveryPlan, RecoveryScope, RecoveryTarget, candidate_ids,
+    check_manifest, disqualifies, log_only_plan, plan_for,
 };
 use crate::replay::replay_wal;
 use crate::stats::{Fallback, Phase, Progress, ProgressFn, RecoveryStats};
@@ -1245,6 +1245,20 @@ impl FoldCtx<'_> {
         })
     }
 
+    /// Decodes `pa` into a block of the records [`keep`](Self::keep)
+    /// keeps, and counts the records decoded.
+    fn decode(
+        &self,
+        pa: &PlannedArtifact,
+        first_layer: bool,
+        filtered: &mut u64,
+    ) -> Result<(RecordBlock, u64)> {
+        let r = &pa.artifact;
+        let bytes = self.bytes_of(r)?;
+        let mut keep = self.keep(r, first_layer, filtered);
+        decode_checked_where(self.checkpoint, pa.kind, r, bytes, self.limits, &mut keep)
+    }
+
     /// Which records of `r` a fold keeps as they decode: those of the
     /// scope's key groups (the others are counted into `filtered`), and
     /// of the first layer of a range (`first_layer`) only live puts — no
@@ -1334,11 +1348,7 @@ fn fold_range(ctx: &FoldCtx<'_>, range: &RangePlan) -> Result<Folded> {
     let mut filtered = 0u64;
     let base = range.artifacts.first().map(|pa| pa.layer);
     for pa in &range.artifacts {
-        let r = &pa.artifact;
-        let bytes = ctx.bytes_of(r)?;
-        let mut keep = ctx.keep(r, Some(pa.layer) == base, &mut filtered);
-        let (block, n) =
-            decode_checked_where(ctx.checkpoint, pa.kind, r, bytes, ctx.limits, &mut keep)?;
+        let (block, n) = ctx.decode(pa, Some(pa.layer) == base, &mut filtered)?;
         decoded += n;
         layers.push((pa.layer, block));
     }
@@ -1375,13 +1385,9 @@ fn load_range(ctx: &FoldCtx<'_>, range: &RangePlan, loader: &mut dyn BulkLoader)
     let base = range.artifacts.first().map(|pa| pa.layer);
     let mut newer: Vec<RecordBlock> = Vec::new();
     for pa in range.artifacts.iter().filter(|pa| Some(pa.layer) != base) {
-        let r = &pa.artifact;
-        let bytes = ctx.bytes_of(r)?;
         // Deletes and expired entries stay: they hide the first layer's
         // records of their keys.
-        let mut keep = ctx.keep(r, false, &mut out.filtered);
-        let (block, n) =
-            decode_checked_where(ctx.checkpoint, pa.kind, r, bytes, ctx.limits, &mut keep)?;
+        let (block, n) = ctx.decode(pa, false, &mut out.filtered)?;
         out.decoded += n;
         newer.push(block);
     }
@@ -1617,7 +1623,6 @@ mod tests {
 
     use highwater_core::{Codec, EncodeOptions, Envelope, KeyGroupRange, LayerKind, RecordWriter};
 
-    use crate::plan::PlannedArtifact;
     use proptest::prelude::*;
 
     use super::*;
