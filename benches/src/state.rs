@@ -58,7 +58,11 @@
 //! The machine may be shared (CI runners, other jobs): the parameters
 //! record the load average at the start and, per phase, the share of the
 //! machine's CPU time that other processes used
-//! (`other_processes_cpu_pct_*`), so a disturbed run can be recognised.
+//! (`other_processes_cpu_pct_*`) and the CPU time a hypervisor took from
+//! the machine (`hypervisor_steal_ms_*`: a virtual machine's CPUs all stop
+//! then, the measuring threads included, so one stall of tens of
+//! milliseconds lands in a pause maximum), so a disturbed run can be
+//! recognised.
 
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -233,6 +237,9 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
             json!(round2(pct)),
         );
     }
+    for (phase, steal) in phases.steal_ms {
+        params.insert(format!("hypervisor_steal_ms_{phase}"), json!(steal));
+    }
 
     Ok(SuiteResult {
         suite: "state".into(),
@@ -245,6 +252,7 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
 #[derive(Default)]
 struct Phases {
     others: Vec<(&'static str, f64)>,
+    steal_ms: Vec<(&'static str, u64)>,
 }
 
 impl Phases {
@@ -254,8 +262,13 @@ impl Phases {
         if let (Some(b), Some(a)) = (before, util::CpuReading::now())
             && let Some(pct) = a.others_since(&b)
         {
-            println!("state: other processes used {pct:.0}% of the machine during `{name}`");
+            let steal = a.steal_ms_since(&b).unwrap_or(0);
+            println!(
+                "state: other processes used {pct:.0}% of the machine during `{name}`; \
+                 hypervisor steal {steal} ms"
+            );
             self.others.push((name, pct));
+            self.steal_ms.push((name, steal));
         }
         Ok(out)
     }

@@ -120,6 +120,7 @@ pub struct CpuReading {
     busy: u64,
     total: u64,
     own: u64,
+    steal: u64,
 }
 
 impl CpuReading {
@@ -147,6 +148,7 @@ impl CpuReading {
             busy: total - idle,
             total,
             own: utime + stime,
+            steal: *cpu.get(7)?,
         })
     }
 
@@ -154,6 +156,14 @@ impl CpuReading {
     /// are 1/100 s).
     pub fn own_seconds_since(&self, earlier: &CpuReading) -> Option<f64> {
         Some(self.own.checked_sub(earlier.own)? as f64 / 100.0)
+    }
+
+    /// Milliseconds the hypervisor kept this machine's CPUs from running
+    /// since `earlier` (steal time, summed over the CPUs; in 10 ms ticks).
+    /// On a virtual machine every thread, the measuring one included, is
+    /// stopped meanwhile, so a latency maximum can hold such a stall.
+    pub fn steal_ms_since(&self, earlier: &CpuReading) -> Option<u64> {
+        Some(self.steal.checked_sub(earlier.steal)? * 10)
     }
 
     /// Percent of the machine's CPU time that other processes used since

@@ -43,7 +43,7 @@ use highwater_wal::LoggedBackend;
 use tokio::runtime::Handle;
 
 use crate::chain::{needs_merge, substitute};
-use crate::config::CheckpointConfig;
+use crate::config::{BackgroundPriority, CheckpointConfig, Compression, MergerConfig};
 use crate::encode::{EncodeParams, EncodeTotals, Produced, encode_snapshot};
 use crate::gc::{PinGuard, Pins, RetentionReport, collect_garbage};
 use crate::io::{NATIVE_BYTES_IN_FLIGHT, UploadTotals, Uploader, run_io};
@@ -96,6 +96,10 @@ pub struct CheckpointInfo {
     /// When the chain starts with a merged base instead of its parent's
     /// layers: the last checkpoint the merged base absorbed.
     pub merged_base: Option<CheckpointId>,
+    /// The zstd level this checkpoint's artifacts were compressed at
+    /// (under [`Compression::Adaptive`], the level it had reached); `None`
+    /// when they are stored raw or are a backend's native files.
+    pub compression_level: Option<i32>,
 }
 
 /// A checkpoint running in the background.
@@ -138,8 +142,13 @@ pub struct Exec {
 
 impl Exec {
     /// Starts a 2-thread I/O runtime, an encode pool of `encode_threads`
-    /// and a merge pool of `merge_threads` (0 = number of cores).
-    pub fn start(encode_threads: usize, merge_threads: usize) -> Result<Exec> {
+    /// and a merge pool of `merge_threads` (0 = number of cores), the two
+    /// pools' threads at `priority`.
+    pub fn start(
+        encode_threads: usize,
+        merge_threads: usize,
+        priority: BackgroundPriority,
+    ) -> Result<Exec> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("highwater-io")
@@ -150,6 +159,12 @@ impl Exec {
             rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
                 .thread_name(move |i| format!("highwater-{name}-{i}"))
+                .start_handler(move |_| {
+                    if let Err(e) = priority.apply_to_current_thread() {
+                        tracing::warn!(pool = name, ?priority, error = %e,
+                            "could not lower a background thread's priority");
+                    }
+                })
                 .build()
                 .map_err(|e| Error::unexpected(format!("start the {name} pool"), e))
         };
@@ -226,6 +241,9 @@ struct Tracking {
     merged: Option<PendingMerge>,
     /// A background merge is running.
     merging: bool,
+    /// What the next encoded checkpoint compresses with: the configured
+    /// setting, or under [`Compression::Adaptive`] the level it is at.
+    compression: Compression,
 }
 
 /// A merged base waiting for the next checkpoint to build on it.
@@ -384,6 +402,8 @@ struct Job {
     then: Option<AfterCheckpoint>,
     /// The base's native files by identity, when the base is native.
     known_files: Option<NativeIndex>,
+    /// What an encoded checkpoint compresses with (never `Adaptive`).
+    compression: Compression,
 }
 
 /// What a producer made of a snapshot: the artifacts of the checkpoint's
@@ -403,9 +423,15 @@ impl Checkpointer {
     /// checkpoint ids (new ids continue after them).
     pub fn start(parts: CheckpointerParts) -> Result<Checkpointer> {
         parts.config.validate()?;
+        // An adaptive setting starts at its strongest level.
+        let compression = match parts.config.merger.compression {
+            Compression::Adaptive { strongest, .. } => Compression::Zstd { level: strongest },
+            fixed => fixed,
+        };
         let exec = Exec::start(
             parts.config.encode_threads,
             parts.config.merger.parallel_threads,
+            parts.config.background_priority,
         )?;
         let store = parts.store.clone();
         let ids = exec.run_io(async move { store.list_manifests().await })?;
@@ -426,6 +452,7 @@ impl Checkpointer {
                     last_trigger: Instant::now(),
                     merged: None,
                     merging: false,
+                    compression,
                 }),
                 idle: Condvar::new(),
                 merge_done: Condvar::new(),
@@ -704,6 +731,7 @@ impl Checkpointer {
             t.merged = None;
         }
         let id = t.next_id;
+        let compression = t.compression;
         t.next_id = following;
         t.in_flight = true;
         t.last_trigger = started;
@@ -722,6 +750,7 @@ impl Checkpointer {
             wal_position,
             then,
             known_files,
+            compression,
         };
         let (tx, rx) = crossbeam_channel::bounded(1);
         let worker = inner.clone();
@@ -803,6 +832,7 @@ fn finish_checkpoint(
     match &result {
         Ok((manifest, info)) => {
             t.base = Some(manifest.clone());
+            adapt_compression(inner.config(), &mut t, info);
             // The committed manifest references the merged base it used:
             // the pins can go (a newer merge that finished meanwhile
             // absorbed more and stays).
@@ -835,6 +865,30 @@ fn finish_checkpoint(
     t.in_flight = false;
     drop(t);
     inner.idle.notify_all();
+}
+
+/// Under [`Compression::Adaptive`], moves the level the next checkpoint
+/// uses after `info`'s (encoded) checkpoint.
+fn adapt_compression(cfg: &CheckpointConfig, t: &mut Tracking, info: &CheckpointInfo) {
+    let (Some(interval), Some(level)) = (cfg.interval, info.compression_level) else {
+        return;
+    };
+    let full = info.kind == CheckpointKind::Full;
+    let next = cfg
+        .merger
+        .compression
+        .next_adaptive_level(level, full, info.duration, interval);
+    if next != level {
+        tracing::info!(
+            checkpoint = %info.id,
+            took_ms = info.duration.as_millis() as u64,
+            interval_ms = interval.as_millis() as u64,
+            from = level,
+            to = next,
+            "adaptive compression: the next checkpoints use another zstd level"
+        );
+        t.compression = Compression::Zstd { level: next };
+    }
 }
 
 /// Produce, upload, sync the log, commit, apply retention, release the log.
@@ -870,7 +924,7 @@ fn run_checkpoint(inner: &Inner, job: Job) -> Result<(Arc<Manifest>, CheckpointI
             &uploader,
             &pins,
         ),
-        None => produce_encoded(inner, &*job.snapshot, &uploader, &pins),
+        None => produce_encoded(inner, &*job.snapshot, job.compression, &uploader, &pins),
     };
     // A native snapshot's hard links go as soon as the files are stored.
     drop(job.snapshot);
@@ -974,6 +1028,11 @@ fn run_checkpoint(inner: &Inner, job: Job) -> Result<(Arc<Manifest>, CheckpointI
         duration: job.started.elapsed(),
         retention,
         merged_base: job.merged_base,
+        compression_level: if native {
+            None
+        } else {
+            job.compression.zstd_level()
+        },
     };
     tracing::debug!(
         checkpoint = %info.id,
@@ -991,6 +1050,7 @@ fn run_checkpoint(inner: &Inner, job: Job) -> Result<(Arc<Manifest>, CheckpointI
 fn produce_encoded(
     inner: &Inner,
     snapshot: &dyn StateSnapshot,
+    compression: Compression,
     uploader: &Uploader,
     pins: &PinGuard,
 ) -> Result<Produce> {
@@ -998,7 +1058,10 @@ fn produce_encoded(
     let params = EncodeParams {
         max_parallelism: cfg.max_parallelism,
         key_groups_per_artifact: cfg.key_groups_per_artifact,
-        merger: cfg.merger.clone(),
+        merger: MergerConfig {
+            compression,
+            ..cfg.merger.clone()
+        },
         now_ms: inner.parts.clock.now_ms(),
     };
     let layer_kind = match snapshot.kind() {
@@ -1194,5 +1257,34 @@ fn spawn_merge(inner: &Arc<Inner>, base: Arc<Manifest>) {
         tracing::warn!(error = %e, "could not start a background merge");
         inner.lock().merging = false;
         inner.merge_done.notify_all();
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    /// The nice value of the calling thread.
+    fn own_nice() -> i32 {
+        rustix::process::getpriority_process(Some(rustix::thread::gettid()))
+            .expect("getpriority of this thread")
+    }
+
+    #[test]
+    fn background_pools_run_at_the_configured_priority_and_the_caller_keeps_its_own() {
+        let own = own_nice();
+        for priority in [
+            BackgroundPriority::Normal,
+            BackgroundPriority::Low,
+            BackgroundPriority::Idle,
+        ] {
+            let exec = Exec::start(2, 3, priority).expect("start the pools");
+            let want = own.max(priority.nice());
+            let encode = exec.cpu().broadcast(|_| own_nice());
+            let merge = exec.merge.broadcast(|_| own_nice());
+            assert_eq!(encode, vec![want; 2], "{priority:?} encode pool");
+            assert_eq!(merge, vec![want; 3], "{priority:?} merge pool");
+        }
+        assert_eq!(own_nice(), own, "the caller's thread was reniced");
     }
 }

@@ -67,6 +67,61 @@ impl Default for ChunkConfig {
     }
 }
 
+/// How the checkpoint's CPU-heavy background threads (the encode pool
+/// and the merge pool) share the processor with the threads of the job.
+///
+/// A full checkpoint keeps every core busy encoding and compressing for a
+/// while; at the same scheduling priority a processing thread that shares
+/// a core with an encode thread is descheduled for whole timer ticks (the
+/// state suite's `checkpoint_writer_pause_max_ms` read 8–9 ms, with a few
+/// hundred puts above 1 ms per checkpoint, on 2 cores at 250 Hz). With the
+/// pools lowered the job's threads win their core back at once, and the
+/// checkpoint takes the CPU the job leaves (the same checkpoint then took
+/// 4.3 s instead of 3.1 s beside a writer that never sleeps, and ran as
+/// fast as before on an otherwise idle machine).
+///
+/// On Linux this sets the pool threads' nice value (per thread), never
+/// below the process's own; elsewhere it is not applied. A restore through
+/// the manager decodes on the encode pool too, when nothing else of the
+/// job runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackgroundPriority {
+    /// The same priority as the job's threads.
+    Normal,
+    /// Nice 10: the job's threads get about nine tenths of a core the two
+    /// share.
+    Low,
+    /// Nice 19: background work runs only on what the job leaves idle.
+    Idle,
+}
+
+impl BackgroundPriority {
+    /// The nice value the pool threads take (0 = unchanged).
+    pub fn nice(self) -> i32 {
+        match self {
+            BackgroundPriority::Normal => 0,
+            BackgroundPriority::Low => 10,
+            BackgroundPriority::Idle => 19,
+        }
+    }
+
+    /// Applies this priority to the calling thread: raises its nice value
+    /// to [`nice`](Self::nice) unless it is already at least that high.
+    /// Does nothing for `Normal` or off Linux.
+    pub fn apply_to_current_thread(self) -> std::io::Result<()> {
+        #[cfg(target_os = "linux")]
+        if self != BackgroundPriority::Normal {
+            let me = Some(rustix::thread::gettid());
+            let now = rustix::process::getpriority_process(me)?;
+            if now < self.nice() {
+                rustix::process::setpriority_process(me, self.nice())?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// How checkpoint artifacts are compressed.
 ///
 /// Measured by the state suite (`checkpoint_full_throughput` and
@@ -75,6 +130,8 @@ impl Default for ChunkConfig {
 /// 1.7x faster for about 1.9x; higher levels cost much more time for little
 /// more. `None` writes the most bytes and spends no CPU on compression: for
 /// stores on a fast local disk, or state that does not compress.
+/// `Adaptive` lets the checkpointer trade the two against the checkpoint
+/// interval.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Compression {
@@ -88,17 +145,96 @@ pub enum Compression {
         /// The zstd level.
         level: i32,
     },
+    /// zstd at a level the checkpointer moves along a ladder of levels
+    /// (`strongest`, then those of 12, 9, 6, 3, 1, -1, -3, -5 between the
+    /// two bounds, then `fastest`) so that a checkpoint takes at most
+    /// `budget_percent` of [`CheckpointConfig::interval`]: one rung faster
+    /// after any checkpoint that took longer, one rung stronger after a
+    /// full checkpoint that took less than a third of it (the third leaves
+    /// room for the stronger level's cost, so the level does not swing
+    /// back at once). It starts at `strongest`; the level each checkpoint
+    /// used is [`CheckpointInfo::compression_level`](crate::CheckpointInfo::compression_level).
+    ///
+    /// Artifacts are addressed by their compressed bytes, so a checkpoint
+    /// after a change of level stores its chunks anew instead of reusing
+    /// those of the previous full checkpoint; the ladder's few rungs and
+    /// the third keep changes rare. Merges and savepoints, which run off
+    /// the checkpoint's clock, use `strongest`. Needs an interval.
+    Adaptive {
+        /// The share of the interval, in percent (1..=100), a checkpoint
+        /// may take.
+        budget_percent: u8,
+        /// The fastest level it goes down to (-7..=22).
+        fastest: i32,
+        /// The level it starts at and the strongest it goes back up to
+        /// (`fastest..=22`).
+        strongest: i32,
+    },
 }
+
+/// The levels between an adaptive setting's bounds, strongest first.
+const ADAPTIVE_LADDER: [i32; 8] = [12, 9, 6, 3, 1, -1, -3, -5];
 
 impl Compression {
     /// The default zstd level.
     pub const DEFAULT_LEVEL: i32 = 1;
 
-    /// The zstd level, if artifacts are compressed.
+    /// The zstd level, if artifacts are compressed (an adaptive setting's
+    /// strongest).
     pub fn zstd_level(self) -> Option<i32> {
         match self {
             Compression::None => None,
             Compression::Zstd { level } => Some(level),
+            Compression::Adaptive { strongest, .. } => Some(strongest),
+        }
+    }
+
+    /// The rungs of an adaptive setting, strongest first (empty otherwise).
+    fn rungs(self) -> Vec<i32> {
+        let Compression::Adaptive {
+            fastest, strongest, ..
+        } = self
+        else {
+            return Vec::new();
+        };
+        let mut rungs = vec![strongest];
+        rungs.extend(
+            ADAPTIVE_LADDER
+                .iter()
+                .copied()
+                .filter(|l| *l < strongest && *l > fastest),
+        );
+        if fastest < strongest {
+            rungs.push(fastest);
+        }
+        rungs
+    }
+
+    /// The level an adaptive setting uses after a checkpoint at `level`
+    /// (full or not) took `took`, with checkpoints due every `interval`
+    /// (see [`Compression::Adaptive`]); `level` itself for any other
+    /// setting, or when `level` is not one of the setting's rungs.
+    pub fn next_adaptive_level(
+        self,
+        level: i32,
+        full: bool,
+        took: Duration,
+        interval: Duration,
+    ) -> i32 {
+        let Compression::Adaptive { budget_percent, .. } = self else {
+            return level;
+        };
+        let rungs = self.rungs();
+        let Some(at) = rungs.iter().position(|l| *l == level) else {
+            return level;
+        };
+        let budget = interval.mul_f64(f64::from(budget_percent) / 100.0);
+        if took > budget {
+            rungs.get(at + 1).copied().unwrap_or(level)
+        } else if full && took.saturating_mul(3) < budget && at > 0 {
+            rungs[at - 1]
+        } else {
+            level
         }
     }
 }
@@ -167,10 +303,32 @@ impl MergerConfig {
                 self.merge_at_chain_length
             ));
         }
-        if let Compression::Zstd { level } = self.compression
-            && !(-7..=22).contains(&level)
-        {
-            return bad(format!("zstd level must be in -7..=22: got={level}"));
+        match self.compression {
+            Compression::None => {}
+            Compression::Zstd { level } => {
+                if !(-7..=22).contains(&level) {
+                    return bad(format!("zstd level must be in -7..=22: got={level}"));
+                }
+            }
+            Compression::Adaptive {
+                budget_percent,
+                fastest,
+                strongest,
+            } => {
+                if !(1..=100).contains(&budget_percent) {
+                    return bad(format!(
+                        "adaptive compression budget_percent must be in 1..=100: got={budget_percent}"
+                    ));
+                }
+                if !(-7..=22).contains(&fastest)
+                    || !(-7..=22).contains(&strongest)
+                    || fastest > strongest
+                {
+                    return bad(format!(
+                        "adaptive compression needs -7 <= fastest <= strongest <= 22: fastest={fastest} strongest={strongest}"
+                    ));
+                }
+            }
         }
         if let MergeStrategy::DeltaRatio(f) = self.merge_strategy
             && !(f.is_finite() && f > 0.0)
@@ -195,10 +353,15 @@ impl MergerConfig {
         Ok(())
     }
 
-    /// Encoder options of base (entries) artifacts.
+    /// Encoder options of base (entries) artifacts (under
+    /// [`Compression::Adaptive`], its strongest level: what merges and
+    /// savepoints write).
     pub fn base_options(&self) -> EncodeOptions {
         match self.compression {
-            Compression::Zstd { level } => EncodeOptions {
+            Compression::Zstd { level }
+            | Compression::Adaptive {
+                strongest: level, ..
+            } => EncodeOptions {
                 zstd_level: level,
                 compression_threshold: self.compression_threshold,
             },
@@ -262,6 +425,80 @@ mod tests {
     }
 
     #[test]
+    fn adaptive_compression_steps_along_its_ladder_within_its_bounds() {
+        let c = Compression::Adaptive {
+            budget_percent: 50,
+            fastest: -5,
+            strongest: 6,
+        };
+        assert_eq!(c.rungs(), vec![6, 3, 1, -1, -3, -5]);
+        let interval = Duration::from_secs(10);
+        let ms = Duration::from_millis;
+        // Over budget (5 s): one rung faster each time, down to `fastest`.
+        let mut level = 6;
+        let mut seen = vec![level];
+        for _ in 0..7 {
+            level = c.next_adaptive_level(level, false, ms(5_001), interval);
+            seen.push(level);
+        }
+        assert_eq!(seen, vec![6, 3, 1, -1, -3, -5, -5, -5]);
+        // Within budget but above a third of it: stays, full or not.
+        assert_eq!(c.next_adaptive_level(1, true, ms(5_000), interval), 1);
+        assert_eq!(c.next_adaptive_level(1, true, ms(1_667), interval), 1);
+        // Under a third: a full checkpoint steps back up, to `strongest`
+        // at most; an incremental one says nothing about a full one's cost.
+        assert_eq!(c.next_adaptive_level(1, true, ms(1_666), interval), 3);
+        assert_eq!(c.next_adaptive_level(6, true, ms(1), interval), 6);
+        assert_eq!(c.next_adaptive_level(1, false, ms(1), interval), 1);
+        // A level off the ladder, or another setting, is left as it is.
+        assert_eq!(c.next_adaptive_level(2, true, ms(9_000), interval), 2);
+        let fixed = Compression::Zstd { level: 1 };
+        assert_eq!(fixed.next_adaptive_level(1, true, ms(9_000), interval), 1);
+        // Equal bounds: one rung.
+        let one = Compression::Adaptive {
+            budget_percent: 100,
+            fastest: -7,
+            strongest: -7,
+        };
+        assert_eq!(one.rungs(), vec![-7]);
+        assert_eq!(one.next_adaptive_level(-7, true, ms(20_000), interval), -7);
+        // Merges and savepoints write at the strongest level.
+        let merger = MergerConfig::default().with_compression(c);
+        assert_eq!(merger.base_options().zstd_level, 6);
+    }
+
+    #[test]
+    fn adaptive_compression_is_checked() {
+        let adaptive = |budget_percent, fastest, strongest| {
+            CheckpointConfig::default()
+                .with_interval(Duration::from_secs(1))
+                .with_merger(
+                    MergerConfig::default().with_compression(Compression::Adaptive {
+                        budget_percent,
+                        fastest,
+                        strongest,
+                    }),
+                )
+        };
+        assert!(adaptive(50, -5, 3).validate().is_ok());
+        for (b, f, s) in [
+            (0, -5, 3),
+            (101, -5, 3),
+            (50, 3, -5),
+            (50, -8, 3),
+            (50, -5, 23),
+        ] {
+            assert!(adaptive(b, f, s).validate().is_err(), "{b} {f} {s}");
+        }
+        let no_interval = CheckpointConfig {
+            interval: None,
+            ..adaptive(50, -5, 3)
+        };
+        let e = no_interval.validate().unwrap_err().to_string();
+        assert!(e.contains("needs an interval"), "{e}");
+    }
+
+    #[test]
     fn disabling_delta_compression_stores_deltas_raw() {
         let c = MergerConfig {
             enable_delta_compression: false,
@@ -306,6 +543,8 @@ pub struct CheckpointConfig {
     pub encode_threads: usize,
     /// Artifacts uploaded or fetched at the same time.
     pub io_concurrency: usize,
+    /// Scheduling priority of the encode and merge pools.
+    pub background_priority: BackgroundPriority,
 }
 
 impl Default for CheckpointConfig {
@@ -321,6 +560,7 @@ impl Default for CheckpointConfig {
             key_groups_per_artifact: 8,
             encode_threads: 0,
             io_concurrency: 16,
+            background_priority: BackgroundPriority::Low,
         }
     }
 }
@@ -386,6 +626,12 @@ impl CheckpointConfig {
     /// Sets [`io_concurrency`](Self::io_concurrency).
     pub fn with_io_concurrency(mut self, n: usize) -> Self {
         self.io_concurrency = n;
+        self
+    }
+
+    /// Sets [`background_priority`](Self::background_priority).
+    pub fn with_background_priority(mut self, p: BackgroundPriority) -> Self {
+        self.background_priority = p;
         self
     }
 }
@@ -465,6 +711,13 @@ impl CheckpointConfig {
         }
         if self.io_concurrency == 0 {
             return bad("io_concurrency must be at least 1");
+        }
+        if matches!(self.merger.compression, Compression::Adaptive { .. })
+            && self.interval.is_none()
+        {
+            return bad(
+                "adaptive compression needs an interval: it keeps a checkpoint within a share of it",
+            );
         }
         if self.background_merge && self.merger.merge_at_chain_length > self.max_chain_before_full {
             return Err(Error::InvalidArgument(format!(

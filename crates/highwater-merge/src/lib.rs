@@ -58,7 +58,8 @@ pub use checkpointer::{
     AfterCheckpoint, CheckpointHandle, CheckpointInfo, Checkpointer, CheckpointerParts, Exec, Idle,
 };
 pub use config::{
-    CheckpointConfig, ChunkConfig, Compression, ConflictResolution, MergeStrategy, MergerConfig,
+    BackgroundPriority, CheckpointConfig, ChunkConfig, Compression, ConflictResolution,
+    MergeStrategy, MergerConfig,
 };
 pub use encode::{
     EncodeParams, EncodeTotals, Produced, RAW_OPERATOR, chunk_ends, encode_group, encode_snapshot,

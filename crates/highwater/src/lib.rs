@@ -64,8 +64,9 @@ pub use highwater_merge::cluster;
 pub use highwater_merge::cluster::LocalCoordinator;
 pub use highwater_merge::savepoint::SavepointInfo;
 pub use highwater_merge::{
-    CheckpointConfig, CheckpointHandle, CheckpointInfo, ChunkConfig, Compression,
-    ConflictResolution, MergeStats, MergeStrategy, MergerConfig, RetentionReport, apply_retention,
+    BackgroundPriority, CheckpointConfig, CheckpointHandle, CheckpointInfo, ChunkConfig,
+    Compression, ConflictResolution, MergeStats, MergeStrategy, MergerConfig, RetentionReport,
+    apply_retention,
 };
 pub use highwater_recovery::{
     CheckpointVerification, RecoveryConfig, RecoveryPlan, RecoveryScope, RecoveryStats,

@@ -116,7 +116,7 @@ fn compression_settings_write_what_they_say_and_restore() {
             ms[&info.id].artifacts().map(|a| a.codec).collect();
         let want = match compression {
             Compression::None => Codec::Raw,
-            Compression::Zstd { .. } => Codec::Zstd,
+            Compression::Zstd { .. } | Compression::Adaptive { .. } => Codec::Zstd,
         };
         assert_eq!(codecs, [want].into(), "{compression:?}");
         stored.push(info.encoded_bytes);
@@ -147,4 +147,59 @@ fn compression_settings_write_what_they_say_and_restore() {
         panic!("level 23 is refused")
     };
     assert!(err.to_string().contains("zstd level"), "{err}");
+}
+
+/// Adaptive compression: while checkpoints overrun their share of the
+/// interval (1 ms here, so every one does), each steps one rung faster
+/// down to the fastest, every checkpoint reports the level it used, writes
+/// smaller artifacts at the stronger levels and restores the state; with
+/// an interval they fit easily they stay at the strongest level.
+#[test]
+fn adaptive_compression_steps_down_while_checkpoints_overrun_and_restores() {
+    use highwater::Compression;
+    use std::time::Duration;
+
+    let adaptive = Compression::Adaptive {
+        budget_percent: 50,
+        fastest: -3,
+        strongest: 3,
+    };
+    for (interval, want) in [
+        (Duration::from_millis(1), [3, 1, -1, -3, -3]),
+        (Duration::from_secs(3600), [3, 3, 3, 3, 3]),
+    ] {
+        let mut cfg = config(false, 8, 5);
+        cfg.interval = Some(interval);
+        cfg.merger.compression = adaptive;
+        let m = memory_manager(cfg.clone());
+        let s = m
+            .keyed_state("op")
+            .unwrap()
+            .value_state::<u32, String>(&ValueStateDescriptor::new("v"))
+            .unwrap();
+        let mut levels = Vec::new();
+        let mut sizes = Vec::new();
+        for round in 0..want.len() as u32 {
+            for k in 0..2_000u32 {
+                s.update(
+                    &k,
+                    &format!("reading {} of sensor {} in round {round}", k % 97, k % 13),
+                )
+                .unwrap();
+            }
+            let info = m.checkpoint().unwrap().wait().unwrap();
+            assert_eq!(info.kind, CheckpointKind::Full);
+            levels.push(info.compression_level.expect("compressed"));
+            sizes.push(info.encoded_bytes);
+        }
+        assert_eq!(levels, want, "{interval:?}");
+        if want[0] != want[3] {
+            // Level 3 against -3 on the same kind of state.
+            assert!(sizes[0] < sizes[3], "{sizes:?}");
+        }
+        let state = dump(&**m.backend());
+        let fresh = crate::common::manager_with(m.store().clone(), cfg);
+        fresh.restore_latest().unwrap().expect("a checkpoint");
+        assert_entries(&state, &dump(&**fresh.backend()), &format!("{interval:?}"));
+    }
 }
