@@ -82,8 +82,10 @@ impl Default for ChunkConfig {
 ///
 /// On Linux this sets the pool threads' nice value (per thread), never
 /// below the process's own; elsewhere it is not applied. A restore through
-/// the manager decodes on the encode pool too, when nothing else of the
-/// job runs.
+/// the manager decodes on the encode pool too: nothing else of the job
+/// runs then, but other processes of the same scheduling group (the same
+/// container or session) at the default priority take the CPU first —
+/// choose `Normal` where restore time matters more than pauses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BackgroundPriority {
