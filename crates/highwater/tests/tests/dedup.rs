@@ -81,6 +81,29 @@ fn unchanged_full_checkpoint_writes_no_artifact_bytes() {
     assert_eq!(handles[0].get(&17).unwrap(), Some("changed".to_string()));
 }
 
+/// A memory-backed manager of full checkpoints compressed with
+/// `compression` (and checkpoints due every `interval`), its configuration
+/// and its one value state.
+fn compressed_manager(
+    compression: highwater::Compression,
+    interval: Option<std::time::Duration>,
+) -> (
+    highwater::CheckpointConfig,
+    highwater::StateManager,
+    highwater::ValueState<u32, String>,
+) {
+    let mut cfg = config(false, 8, 5);
+    cfg.interval = interval;
+    cfg.merger.compression = compression;
+    let m = memory_manager(cfg.clone());
+    let s = m
+        .keyed_state("op")
+        .unwrap()
+        .value_state::<u32, String>(&ValueStateDescriptor::new("v"))
+        .unwrap();
+    (cfg, m, s)
+}
+
 /// Each compression setting writes what it says (raw artifacts for `None`,
 /// zstd frames otherwise, smaller at a higher level on compressible state),
 /// and every one restores the same state; an out-of-range level is refused
@@ -97,14 +120,7 @@ fn compression_settings_write_what_they_say_and_restore() {
         Compression::Zstd { level: 1 },
         Compression::Zstd { level: 9 },
     ] {
-        let mut cfg = config(false, 8, 5);
-        cfg.merger.compression = compression;
-        let m = memory_manager(cfg.clone());
-        let s = m
-            .keyed_state("op")
-            .unwrap()
-            .value_state::<u32, String>(&ValueStateDescriptor::new("v"))
-            .unwrap();
+        let (cfg, m, s) = compressed_manager(compression, None);
         for k in 0..2_000u32 {
             s.update(&k, &format!("reading {} of sensor {}", k % 97, k % 13))
                 .unwrap();
@@ -168,15 +184,7 @@ fn adaptive_compression_steps_down_while_checkpoints_overrun_and_restores() {
         (Duration::from_millis(1), [3, 1, -1, -3, -3]),
         (Duration::from_secs(3600), [3, 3, 3, 3, 3]),
     ] {
-        let mut cfg = config(false, 8, 5);
-        cfg.interval = Some(interval);
-        cfg.merger.compression = adaptive;
-        let m = memory_manager(cfg.clone());
-        let s = m
-            .keyed_state("op")
-            .unwrap()
-            .value_state::<u32, String>(&ValueStateDescriptor::new("v"))
-            .unwrap();
+        let (cfg, m, s) = compressed_manager(adaptive, Some(interval));
         let mut levels = Vec::new();
         let mut sizes = Vec::new();
         for round in 0..want.len() as u32 {
