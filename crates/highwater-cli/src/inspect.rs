@@ -57,6 +57,9 @@ pub(crate) struct Row {
     pub snapshot_pause_ms: Option<f64>,
     /// Bytes the checkpoint uploaded, when recorded.
     pub bytes_written: Option<u64>,
+    /// The zstd level of the checkpoint's own artifacts, when recorded
+    /// (none for raw or native ones).
+    pub zstd_level: Option<i32>,
     /// The manifest could not be read or decoded.
     pub error: Option<String>,
 }
@@ -88,6 +91,7 @@ impl Row {
             duration_ms: run.map(|r| r.duration.as_secs_f64() * 1e3),
             snapshot_pause_ms: run.map(|r| r.snapshot_pause.as_secs_f64() * 1e3),
             bytes_written: run.map(|r| r.bytes_written),
+            zstd_level: run.and_then(|r| r.zstd_level),
             error: None,
         }
     }
@@ -206,7 +210,7 @@ pub fn inspect(spec: &str, namespace: &str, json: bool, ledger: &LedgerArgs) -> 
     }
     println!("checkpoints in {spec}: {}", rows.len());
     println!(
-        "{:>6}  {:<11}  {:>6}  {:<27}  {:>5}  {:>10}  {:>10}  {:>6}  {:<16}  {:>5}  {:>5}  {:>6}  {:>10}  {:>9}",
+        "{:>6}  {:<11}  {:>6}  {:<27}  {:>5}  {:>10}  {:>10}  {:>6}  {:<16}  {:>5}  {:>5}  {:>6}  {:>10}  {:>9}  {:>4}",
         "id",
         "kind",
         "parent",
@@ -221,6 +225,7 @@ pub fn inspect(spec: &str, namespace: &str, json: bool, ledger: &LedgerArgs) -> 
         "shared",
         "dedup",
         "took",
+        "zstd",
     );
     for r in &rows {
         if let Some(e) = &r.error {
@@ -228,7 +233,7 @@ pub fn inspect(spec: &str, namespace: &str, json: bool, ledger: &LedgerArgs) -> 
             continue;
         }
         println!(
-            "{:>6}  {:<11}  {:>6}  {:<27}  {:>5}  {:>10}  {:>10}  {:>6}  {:<16}  {:>5}  {:>5}  {:>6}  {:>10}  {:>9}",
+            "{:>6}  {:<11}  {:>6}  {:<27}  {:>5}  {:>10}  {:>10}  {:>6}  {:<16}  {:>5}  {:>5}  {:>6}  {:>10}  {:>9}  {:>4}",
             r.id,
             r.kind.as_deref().unwrap_or("?"),
             r.parent
@@ -252,6 +257,9 @@ pub fn inspect(spec: &str, namespace: &str, json: bool, ledger: &LedgerArgs) -> 
             human(r.dedup_saved_bytes.unwrap_or(0)),
             r.duration_ms
                 .map(|d| format!("{d:.1} ms"))
+                .unwrap_or_else(|| "-".into()),
+            r.zstd_level
+                .map(|l| l.to_string())
                 .unwrap_or_else(|| "-".into()),
         );
     }

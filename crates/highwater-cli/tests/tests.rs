@@ -1139,6 +1139,8 @@ mod polish {
             let pause = c["snapshot_pause_ms"].as_f64().expect("a pause");
             assert!(d > 0.0 && pause >= 0.0 && pause <= d, "{c}");
             assert!(c["bytes_written"].as_u64().is_some(), "{c}");
+            // The demo compresses at the default level.
+            assert_eq!(c["zstd_level"].as_i64(), Some(1), "{c}");
         }
         let mut compact = Command::new(BIN);
         compact.arg("compact").arg(&dir);
@@ -1146,6 +1148,7 @@ mod polish {
         let after = inspect_json(&dir);
         let newest = after["checkpoints"].as_array().unwrap().last().unwrap();
         assert!(newest["duration_ms"].is_null(), "{newest}");
+        assert!(newest["zstd_level"].is_null(), "{newest}");
 
         let html = tmp.path().join("r.html");
         let mut report = Command::new(BIN);

@@ -945,12 +945,18 @@ fn run_checkpoint(inner: &Inner, job: Job) -> Result<(Arc<Manifest>, CheckpointI
         logged.wal().sync()?;
     }
     // How the run went, for reports (crate::recorded).
+    let compression_level = if native {
+        None
+    } else {
+        job.compression.zstd_level()
+    };
     let mut properties = inner.parts.properties.clone();
     crate::recorded::RunRecord {
         duration: job.started.elapsed(),
         snapshot_pause: job.snapshot_pause,
         bytes_written: uploaded.bytes_written,
         artifacts_reused: uploaded.already_present as u64,
+        zstd_level: compression_level,
     }
     .write(&mut properties);
     let manifest = Manifest {
@@ -1028,11 +1034,7 @@ fn run_checkpoint(inner: &Inner, job: Job) -> Result<(Arc<Manifest>, CheckpointI
         duration: job.started.elapsed(),
         retention,
         merged_base: job.merged_base,
-        compression_level: if native {
-            None
-        } else {
-            job.compression.zstd_level()
-        },
+        compression_level,
     };
     tracing::debug!(
         checkpoint = %info.id,

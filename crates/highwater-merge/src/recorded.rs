@@ -13,6 +13,7 @@
 //! | `highwater.snapshot_pause_us` | how long the processing thread was held for the snapshot, in µs |
 //! | `highwater.bytes_written` | bytes uploaded (artifacts already stored are not uploaded again) |
 //! | `highwater.artifacts_reused` | artifacts of its own layer that were already stored |
+//! | `highwater.zstd_level` | the zstd level of its own layer's artifacts (under `Compression::Adaptive`, the level it had reached); absent when they are stored raw or are native files, and in manifests written before it existed |
 //!
 //! Manifests written before this existed, and compacted checkpoints (a
 //! compaction is not a checkpoint run; it drops these properties of its
@@ -31,6 +32,8 @@ pub const SNAPSHOT_PAUSE_US: &str = "highwater.snapshot_pause_us";
 pub const BYTES_WRITTEN: &str = "highwater.bytes_written";
 /// Property: artifacts already stored and reused.
 pub const ARTIFACTS_REUSED: &str = "highwater.artifacts_reused";
+/// Property: the zstd level of the checkpoint's own artifacts.
+pub const ZSTD_LEVEL: &str = "highwater.zstd_level";
 /// The prefix of every property highwater itself writes.
 pub const RESERVED_PREFIX: &str = "highwater.";
 
@@ -45,11 +48,14 @@ pub struct RunRecord {
     pub bytes_written: u64,
     /// Artifacts that were already stored and were reused.
     pub artifacts_reused: u64,
+    /// The zstd level of its own artifacts; `None` when they are stored
+    /// raw or are native files (or the manifest predates the property).
+    pub zstd_level: Option<i32>,
 }
 
 impl RunRecord {
-    /// The record in `manifest`'s properties; `None` when any of the four
-    /// is missing or is not a number.
+    /// The record in `manifest`'s properties; `None` when any of the first
+    /// four is missing or is not a number (the zstd level is optional).
     pub fn of(manifest: &Manifest) -> Option<RunRecord> {
         let get = |k: &str| manifest.properties.get(k)?.parse::<u64>().ok();
         Some(RunRecord {
@@ -57,6 +63,10 @@ impl RunRecord {
             snapshot_pause: Duration::from_micros(get(SNAPSHOT_PAUSE_US)?),
             bytes_written: get(BYTES_WRITTEN)?,
             artifacts_reused: get(ARTIFACTS_REUSED)?,
+            zstd_level: manifest
+                .properties
+                .get(ZSTD_LEVEL)
+                .and_then(|v| v.parse().ok()),
         })
     }
 
@@ -70,6 +80,10 @@ impl RunRecord {
         );
         properties.insert(BYTES_WRITTEN.into(), self.bytes_written.to_string());
         properties.insert(ARTIFACTS_REUSED.into(), self.artifacts_reused.to_string());
+        match self.zstd_level {
+            Some(level) => properties.insert(ZSTD_LEVEL.into(), level.to_string()),
+            None => properties.remove(ZSTD_LEVEL),
+        };
     }
 
     /// Removes every property highwater itself wrote (what a compaction
@@ -90,6 +104,7 @@ mod tests {
             snapshot_pause: Duration::from_micros(67),
             bytes_written: 1 << 20,
             artifacts_reused: 3,
+            zstd_level: Some(-3),
         };
         let mut props = BTreeMap::from([("job".to_string(), "x".to_string())]);
         r.write(&mut props);
@@ -105,6 +120,16 @@ mod tests {
             schemas: Vec::new(),
         };
         assert_eq!(RunRecord::of(&m(props.clone())), Some(r));
+        // Raw artifacts: no level, and a level an engine's own property
+        // left under the reserved name is not kept.
+        let raw = RunRecord {
+            zstd_level: None,
+            ..r
+        };
+        let mut raw_props = props.clone();
+        raw.write(&mut raw_props);
+        assert!(!raw_props.contains_key(ZSTD_LEVEL));
+        assert_eq!(RunRecord::of(&m(raw_props)), Some(raw));
         let mut bad = props.clone();
         bad.insert(DURATION_US.into(), "soon".into());
         assert_eq!(RunRecord::of(&m(bad)), None);
