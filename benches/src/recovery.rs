@@ -21,6 +21,13 @@
 //!   `decode_artifact` (header, zstd, payload checksum; no records built)
 //!   on one core, times the number of cores. Same numerator (the state's
 //!   logical bytes) on both sides.
+//! - `recovery_throughput_vs_fresh_memory` (MB/s): the same restore
+//!   against the floor of any restore into memory — the same files read,
+//!   decompressed, their records parsed and their keys and values copied
+//!   into fresh 1 MiB segments held until the end (pages the process did
+//!   not have, as a restored state's are; no index), on one core, times
+//!   the cores. It shows how much of the gap to `recovery_throughput`'s
+//!   baseline is the kernel handing out memory.
 //! - `recovery_throughput_parallel_load` (MB/s): the same with
 //!   `LoadStrategy::Parallel` (fold everything, then clear and load from
 //!   all threads) instead of the default (folded ranges streamed into one
@@ -215,6 +222,59 @@ fn sequential_read_decompress(rt: &tokio::runtime::Runtime, dir: &Path) -> Resul
     Ok(elapsed)
 }
 
+/// The floor of any restore into memory: read every artifact file of
+/// `dir`'s newest checkpoint in sequence, decompress it, and copy each
+/// record's key and value into 1 MiB segments, on this one thread. With
+/// `fresh`, every segment is new and all are held until the end (memory
+/// the process did not have, as a restored state's is); without, one
+/// segment is refilled (the same work on memory already resident). No
+/// index is built.
+fn sequential_read_decompress_copy(
+    rt: &tokio::runtime::Runtime,
+    dir: &Path,
+    fresh: bool,
+) -> Result<Duration> {
+    const SEGMENT: usize = 1 << 20;
+    let store = ObjectCheckpointStore::local(dir)?;
+    let ids = rt.block_on(store.list_manifests())?;
+    let newest = ids.into_iter().max().ok_or("no checkpoint")?;
+    let manifest = rt.block_on(load_manifest(&store, newest))?;
+    let limits = DecodeLimits::default();
+    let started = Instant::now();
+    let mut segments: Vec<Vec<u8>> = Vec::new();
+    let mut current: Vec<u8> = Vec::with_capacity(SEGMENT);
+    for r in manifest.artifacts() {
+        let bytes = std::fs::read(dir.join("artifacts").join(r.id.to_hex()))?;
+        let decoded = decode_artifact(&bytes, &limits)?;
+        for rec in decoded.records() {
+            let rec = rec?;
+            let (key, value) = (rec.0, rec.1.unwrap_or_default());
+            if current.len() + key.len() + value.len() > current.capacity() {
+                if fresh {
+                    let full = std::mem::replace(
+                        &mut current,
+                        Vec::with_capacity(SEGMENT.max(key.len() + value.len())),
+                    );
+                    segments.push(full);
+                } else {
+                    current.clear();
+                    current.reserve(key.len() + value.len());
+                }
+            }
+            current.extend_from_slice(key);
+            current.extend_from_slice(value);
+        }
+    }
+    segments.push(current);
+    let elapsed = started.elapsed();
+    if segments.iter().all(Vec::is_empty) {
+        return Err("nothing decoded".into());
+    }
+    drop(segments);
+    util::malloc_trim();
+    Ok(elapsed)
+}
+
 /// Runs the suite.
 pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -259,6 +319,13 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
         seq.push(sequential_read_decompress(&rt, &dir_b)?.as_secs_f64());
     }
     let seq_s = median(&seq);
+    let mut fresh = Vec::new();
+    let mut resident = Vec::new();
+    for _ in 0..plan.reps {
+        fresh.push(sequential_read_decompress_copy(&rt, &dir_b, true)?.as_secs_f64());
+        resident.push(sequential_read_decompress_copy(&rt, &dir_b, false)?.as_secs_f64());
+    }
+    let fresh_s = median(&fresh);
 
     // Throughput with one thread per core, and scaling.
     let mut by_threads = Vec::new();
@@ -304,6 +371,16 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
     params.insert("logical_bytes_loaded".into(), json!(logical));
     params.insert("checkpoint_stored_bytes".into(), json!(fetched));
     params.insert("sequential_read_decompress_s".into(), json!(seq_s));
+    params.insert(
+        "sequential_read_decompress_into_fresh_memory_s".into(),
+        json!(fresh_s),
+    );
+    // The same copies into one resident segment: the difference is what
+    // the kernel's fresh pages cost.
+    params.insert(
+        "sequential_read_decompress_copy_resident_s".into(),
+        json!(median(&resident)),
+    );
     let at_cores = by_threads
         .iter()
         .find(|(t, _)| *t == cores.min(4))
@@ -314,6 +391,17 @@ pub fn run(ctx: &Ctx) -> Result<SuiteResult> {
         "MB/s",
         &format!("sequential read + zstd decompress on one core × {cores} cores"),
         limit,
+        true,
+    ));
+    // The same restore against what any restore into memory must do.
+    metrics.push(Metric::versus(
+        "recovery_throughput_vs_fresh_memory",
+        mb / at_cores,
+        "MB/s",
+        &format!(
+            "sequential read + zstd decompress + copy into fresh memory on one core × {cores} cores"
+        ),
+        mb / fresh_s * cores as f64,
         true,
     ));
     // The other load strategy, for comparison.
