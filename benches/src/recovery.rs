@@ -200,13 +200,18 @@ fn recover(
     Ok((out.stats, elapsed, rss_growth))
 }
 
-/// The limit: read every artifact file of `dir`'s newest checkpoint in
-/// sequence and decompress it on this one thread.
-fn sequential_read_decompress(rt: &tokio::runtime::Runtime, dir: &Path) -> Result<Duration> {
+/// The newest checkpoint's manifest in the local store at `dir`.
+fn newest_manifest(rt: &tokio::runtime::Runtime, dir: &Path) -> Result<highwater::core::Manifest> {
     let store = ObjectCheckpointStore::local(dir)?;
     let ids = rt.block_on(store.list_manifests())?;
     let newest = ids.into_iter().max().ok_or("no checkpoint")?;
-    let manifest = rt.block_on(load_manifest(&store, newest))?;
+    Ok(rt.block_on(load_manifest(&store, newest))?)
+}
+
+/// The limit: read every artifact file of `dir`'s newest checkpoint in
+/// sequence and decompress it on this one thread.
+fn sequential_read_decompress(rt: &tokio::runtime::Runtime, dir: &Path) -> Result<Duration> {
+    let manifest = newest_manifest(rt, dir)?;
     let limits = DecodeLimits::default();
     let started = Instant::now();
     let mut raw = 0usize;
@@ -235,10 +240,7 @@ fn sequential_read_decompress_copy(
     fresh: bool,
 ) -> Result<Duration> {
     const SEGMENT: usize = 1 << 20;
-    let store = ObjectCheckpointStore::local(dir)?;
-    let ids = rt.block_on(store.list_manifests())?;
-    let newest = ids.into_iter().max().ok_or("no checkpoint")?;
-    let manifest = rt.block_on(load_manifest(&store, newest))?;
+    let manifest = newest_manifest(rt, dir)?;
     let limits = DecodeLimits::default();
     let started = Instant::now();
     let mut segments: Vec<Vec<u8>> = Vec::new();
