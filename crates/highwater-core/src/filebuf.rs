@@ -8,17 +8,78 @@
 //! the process keeps: the large suite measured 220–310 MiB of it after
 //! three restores of 1 GiB, with 1 MiB in use. Buffers of at least
 //! [`MAPPED_MIN`] bytes are therefore anonymous memory maps of their own,
-//! unmapped the moment the last [`Bytes`] referring to them is dropped,
-//! whatever allocator the program uses.
+//! whatever allocator the program uses. When the last [`Bytes`] referring
+//! to one is dropped, it is kept for the next buffer of about its size,
+//! up to [`KEPT_MAPPED_BYTES`] in all, and unmapped beyond that: a restore
+//! fetches artifact after artifact, each held only until it is decoded,
+//! and a fresh map for each had the kernel fault in and zero every page
+//! again (with a shootdown of the other cores' TLBs at each unmap).
 
 use std::io::Read;
 use std::path::Path;
+use std::sync::{Mutex, PoisonError};
 
 use bytes::Bytes;
+use memmap2::MmapMut;
 
 /// The smallest buffer given its own memory map; smaller ones come from
 /// the allocator.
 pub const MAPPED_MIN: usize = 1 << 20;
+
+/// Bytes of released maps kept for reuse at most (process-wide).
+pub const KEPT_MAPPED_BYTES: usize = 32 << 20;
+
+/// Released maps, and their total size.
+static KEPT: Mutex<(Vec<MmapMut>, usize)> = Mutex::new((Vec::new(), 0));
+
+/// A kept map of at least `len` bytes and at most twice that, or a new
+/// one (its size rounded up to a multiple of [`MAPPED_MIN`], so that
+/// buffers of similar sizes can take each other's maps).
+fn mapped(len: usize) -> std::io::Result<MmapMut> {
+    {
+        let mut kept = KEPT.lock().unwrap_or_else(PoisonError::into_inner);
+        let fit = (0..kept.0.len())
+            .filter(|&i| (len..=len.saturating_mul(2)).contains(&kept.0[i].len()))
+            .min_by_key(|&i| kept.0[i].len());
+        if let Some(i) = fit {
+            let map = kept.0.swap_remove(i);
+            kept.1 -= map.len();
+            return Ok(map);
+        }
+    }
+    MmapMut::map_anon(len.div_ceil(MAPPED_MIN).saturating_mul(MAPPED_MIN))
+}
+
+/// A mapped buffer whose first `len` bytes are its content. Dropped, its
+/// map is kept for reuse while the kept maps stay within
+/// [`KEPT_MAPPED_BYTES`], and unmapped otherwise.
+#[derive(Debug)]
+struct Mapped {
+    map: Option<MmapMut>,
+    len: usize,
+}
+
+impl AsRef<[u8]> for Mapped {
+    fn as_ref(&self) -> &[u8] {
+        self.map.as_ref().map_or(&[], |m| &m[..self.len])
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        let Some(map) = self.map.take() else { return };
+        let mut kept = KEPT.lock().unwrap_or_else(PoisonError::into_inner);
+        if kept.1 + map.len() <= KEPT_MAPPED_BYTES {
+            kept.1 += map.len();
+            kept.0.push(map);
+        }
+    }
+}
+
+/// Bytes of released maps kept now (for tests and diagnostics).
+pub fn kept_mapped_bytes() -> usize {
+    KEPT.lock().unwrap_or_else(PoisonError::into_inner).1
+}
 
 /// A buffer of exactly `len` bytes filled by `fill`, as [`Bytes`].
 pub fn filled(
@@ -42,14 +103,17 @@ pub struct Filler {
 #[derive(Debug)]
 enum Buf {
     Heap(Vec<u8>),
-    Mapped(memmap2::MmapMut),
+    Mapped(Mapped),
 }
 
 impl AsMut<[u8]> for Buf {
     fn as_mut(&mut self) -> &mut [u8] {
         match self {
             Buf::Heap(v) => v,
-            Buf::Mapped(m) => m,
+            Buf::Mapped(m) => {
+                let len = m.len;
+                m.map.as_mut().map_or(&mut [], |map| &mut map[..len])
+            }
         }
     }
 }
@@ -60,7 +124,10 @@ impl Filler {
         let buf = if len < MAPPED_MIN {
             Buf::Heap(vec![0u8; len])
         } else {
-            Buf::Mapped(memmap2::MmapMut::map_anon(len)?)
+            Buf::Mapped(Mapped {
+                map: Some(mapped(len)?),
+                len,
+            })
         };
         Ok(Filler { buf, at: 0 })
     }
@@ -84,7 +151,7 @@ impl Filler {
     pub fn finish(self) -> std::io::Result<Bytes> {
         let len = match &self.buf {
             Buf::Heap(v) => v.len(),
-            Buf::Mapped(m) => m.len(),
+            Buf::Mapped(m) => m.len,
         };
         if self.at != len {
             return Err(std::io::Error::new(
@@ -94,7 +161,7 @@ impl Filler {
         }
         Ok(match self.buf {
             Buf::Heap(v) => Bytes::from(v),
-            Buf::Mapped(m) => Bytes::from_owner(m.make_read_only()?),
+            Buf::Mapped(m) => Bytes::from_owner(m),
         })
     }
 }
@@ -137,6 +204,49 @@ mod tests {
             assert!(tail[..] == data[len / 2..]);
         }
         assert!(read_file(&dir.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn released_maps_are_reused_within_a_bound_and_never_show_old_bytes() {
+        // Sizes no other test of this module asks for (a kept map goes to
+        // a request of half its size to its size), so tests running in
+        // one process do not take each other's maps.
+        let first = filled(7 * MAPPED_MIN + 3, |b| {
+            b.fill(0xAA);
+            Ok(())
+        })
+        .unwrap();
+        let at = first.as_ptr();
+        let tail = first.slice(MAPPED_MIN..);
+        drop(first);
+        // A slice keeps the map: it is not reused while one remains.
+        assert!(tail.iter().all(|&b| b == 0xAA));
+        drop(tail);
+        assert!(kept_mapped_bytes() >= 8 * MAPPED_MIN);
+        let second = filled(6 * MAPPED_MIN + 1, |b| {
+            b.fill(0x55);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(second.as_ptr(), at, "the released map was not reused");
+        assert_eq!(second.len(), 6 * MAPPED_MIN + 1);
+        assert!(second.iter().all(|&b| b == 0x55), "old bytes showed");
+        // A failed fill gives its map back too, and what is kept stays
+        // within the bound however much is released.
+        let failed = filled(6 * MAPPED_MIN + 1, |_| Err(std::io::Error::other("no")));
+        assert!(failed.is_err());
+        let many: Vec<Bytes> = (0..40)
+            .map(|_| {
+                filled(MAPPED_MIN + 1, |b| {
+                    b.fill(1);
+                    Ok(())
+                })
+                .unwrap()
+            })
+            .collect();
+        drop(many);
+        drop(second);
+        assert!(kept_mapped_bytes() <= KEPT_MAPPED_BYTES);
     }
 
     #[test]
