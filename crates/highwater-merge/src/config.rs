@@ -76,9 +76,10 @@ impl Default for ChunkConfig {
 /// state suite's `checkpoint_writer_pause_max_ms` read 8–9 ms, with a few
 /// hundred puts above 1 ms per checkpoint, on 2 cores at 250 Hz). With the
 /// pools lowered the job's threads win their core back at once, and the
-/// checkpoint takes the CPU the job leaves (the same checkpoint then took
-/// 4.3 s instead of 3.1 s beside a writer that never sleeps, and ran as
-/// fast as before on an otherwise idle machine).
+/// checkpoint takes the CPU the job leaves (with `Low`, the same
+/// checkpoint took 4.1–5.0 s instead of 2.9–3.1 s beside a writer that
+/// never sleeps, and ran as fast as before on an otherwise idle machine;
+/// `docs/architecture.md`, "Background priority").
 ///
 /// On Linux this sets the pool threads' nice value (per thread), never
 /// below the process's own; elsewhere it is not applied. A restore through
@@ -173,6 +174,9 @@ pub enum Compression {
         strongest: i32,
     },
 }
+
+/// The zstd levels a setting may name (negative ones are zstd's fast modes).
+const ZSTD_LEVELS: std::ops::RangeInclusive<i32> = -7..=22;
 
 /// The levels between an adaptive setting's bounds, strongest first.
 const ADAPTIVE_LADDER: [i32; 8] = [12, 9, 6, 3, 1, -1, -3, -5];
@@ -308,7 +312,7 @@ impl MergerConfig {
         match self.compression {
             Compression::None => {}
             Compression::Zstd { level } => {
-                if !(-7..=22).contains(&level) {
+                if !ZSTD_LEVELS.contains(&level) {
                     return bad(format!("zstd level must be in -7..=22: got={level}"));
                 }
             }
@@ -322,8 +326,8 @@ impl MergerConfig {
                         "adaptive compression budget_percent must be in 1..=100: got={budget_percent}"
                     ));
                 }
-                if !(-7..=22).contains(&fastest)
-                    || !(-7..=22).contains(&strongest)
+                if !ZSTD_LEVELS.contains(&fastest)
+                    || !ZSTD_LEVELS.contains(&strongest)
                     || fastest > strongest
                 {
                     return bad(format!(
