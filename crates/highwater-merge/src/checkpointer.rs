@@ -267,6 +267,9 @@ struct Inner {
     /// The files of the last committed native checkpoint by identity (see
     /// [`NativeIndex`]).
     native_index: Mutex<Option<NativeIndex>>,
+    /// The thread of the newest checkpoint, so that [`Checkpointer::join_worker`]
+    /// can wait until it has let go of the parts (the backend above all).
+    worker: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// The artifacts of a committed native checkpoint's immutable files, by
@@ -457,6 +460,7 @@ impl Checkpointer {
                 idle: Condvar::new(),
                 merge_done: Condvar::new(),
                 native_index: Mutex::new(None),
+                worker: Mutex::new(None),
             }),
         })
     }
@@ -469,6 +473,21 @@ impl Checkpointer {
     /// The backend checkpoints snapshot.
     pub fn backend(&self) -> &Arc<dyn StateBackend> {
         &self.inner.parts.backend
+    }
+
+    /// Waits until the thread of the newest checkpoint has ended. A
+    /// checkpoint's result is published before its thread lets go of the
+    /// backend, so without this a caller that waited for the result, closed
+    /// and dropped everything could still find the backend open for a
+    /// moment (a RocksDB directory still locked when it is reopened). Call
+    /// it when no checkpoint is in flight ([`idle`](Checkpointer::idle)):
+    /// it does not wait for a checkpoint, only for a finished one's thread.
+    /// A background merge may still hold the parts; on the worker's own
+    /// thread this returns at once.
+    pub fn join_worker(&self) {
+        if let Some(handle) = lock(&self.inner.worker).take() {
+            join_unless_current(handle);
+        }
     }
 
     /// The logged wrapper of the backend, when the write-ahead log is on.
@@ -757,12 +776,30 @@ impl Checkpointer {
         let spawned = std::thread::Builder::new()
             .name(format!("highwater-checkpoint-{id}"))
             .spawn(move || finish_checkpoint(&worker, job, &tx));
-        if let Err(e) = spawned {
-            inner.lock().in_flight = false;
-            inner.idle.notify_all();
-            return Err(Error::io("spawn the checkpoint worker", e));
+        let handle = match spawned {
+            Ok(handle) => handle,
+            Err(e) => {
+                inner.lock().in_flight = false;
+                inner.idle.notify_all();
+                return Err(Error::io("spawn the checkpoint worker", e));
+            }
+        };
+        // The previous worker published its checkpoint before this one
+        // could start, so it is at most returning: waiting for it is short,
+        // and leaves one thread for `join_worker` to wait for.
+        if let Some(previous) = lock(&inner.worker).replace(handle) {
+            join_unless_current(previous);
         }
         Ok(CheckpointHandle { id, done: rx })
+    }
+}
+
+/// Waits for `handle`'s thread to end, unless it is this thread. A worker
+/// that panicked has already failed its checkpoint, so its panic is not
+/// passed on.
+fn join_unless_current(handle: std::thread::JoinHandle<()>) {
+    if handle.thread().id() != std::thread::current().id() {
+        let _ = handle.join();
     }
 }
 

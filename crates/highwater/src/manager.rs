@@ -557,7 +557,10 @@ impl StateManager {
         Ok(())
     }
 
-    /// Waits for the checkpoint in flight, commits pending changes and
+    /// Waits for the checkpoint in flight (and for its thread to end, so
+    /// that once the caller drops the manager and its own handles no
+    /// checkpoint holds the backend: a RocksDB directory can be reopened
+    /// at once), commits pending changes and
     /// closes the write-ahead log (which makes it durable and releases its
     /// directory). Afterwards every state change (through state handles or
     /// [`backend`](StateManager::backend)), checkpoint, commit and restore
@@ -566,6 +569,7 @@ impl StateManager {
     /// every clone; reads keep working. Closing twice is not an error.
     pub fn close(&self) -> Result<()> {
         let _idle = self.checkpointer.idle();
+        self.checkpointer.join_worker();
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }

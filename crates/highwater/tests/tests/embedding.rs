@@ -157,6 +157,27 @@ fn state_changes_after_close_fail_and_change_nothing() {
     assert_closed(&m, &n);
 }
 
+/// A checkpoint publishes its result before its thread lets go of the
+/// backend. `close()` waits for that thread, so once the manager is
+/// dropped the caller holds the only reference to the backend (a RocksDB
+/// directory reopened right after failed on its lock before).
+#[test]
+fn after_close_and_drop_no_checkpoint_thread_holds_the_backend() {
+    for round in 0..100u64 {
+        let backend = Arc::new(MemoryBackend::new());
+        let m = StateManager::builder()
+            .backend(backend.clone())
+            .store(Arc::new(ObjectCheckpointStore::in_memory()))
+            .build()
+            .unwrap();
+        counter(&m).update(&"a".into(), &round).unwrap();
+        m.checkpoint().unwrap().wait().unwrap();
+        m.close().unwrap();
+        drop(m);
+        assert_eq!(Arc::strong_count(&backend), 1, "round {round}");
+    }
+}
+
 #[test]
 fn state_changes_after_close_fail_with_a_write_ahead_log_too() {
     let tmp = tempfile::tempdir().unwrap();
