@@ -19,9 +19,9 @@
 //!   (every shard is locked meanwhile), `snapshot_call_after_bulk_load_ms`
 //!   the first one after the state was loaded (every key changed),
 //!   `snapshot_call_after_idle_ms` one after the state sat untouched for a
-//!   checkpoint interval (15 s; 2 s in quick mode: the shards' lists of
-//!   segments and index pages are then cold, and on a virtual machine the
-//!   first touch of a page not touched for a while costs microseconds), and
+//!   checkpoint interval (15 s; 2 s in quick mode: whatever the call
+//!   touches is then cold, and on a virtual machine the first touch of a
+//!   page not touched for a while can cost microseconds), and
 //!   `writer_put_p99_outside_snapshots_ms` the writer's p99 without one.
 //!   `checkpoint_writer_pause_p99_ms`/`_max_ms` are the same for the puts
 //!   made while a real full checkpoint runs (and 500 ms after its commit):
