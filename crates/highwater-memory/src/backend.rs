@@ -1140,9 +1140,12 @@ impl MemoryBackend {
         // Before anything changes, a snapshot still waiting for this
         // shard gets the store as it was (which makes its segments and
         // pages shared, so the change copies what it touches). A slot only
-        // the shard still holds belongs to a snapshot already dropped.
+        // the shard still holds belongs to a snapshot already dropped, and
+        // one already filled was taken by the snapshot's reader: neither
+        // needs a copy.
         if let Some(slot) = g.pending.take()
             && Arc::strong_count(&slot) > 1
+            && slot.get().is_none()
         {
             let _ = slot.set(g.store.clone());
         }

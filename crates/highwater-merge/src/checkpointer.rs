@@ -784,12 +784,11 @@ impl Checkpointer {
                 return Err(Error::io("spawn the checkpoint worker", e));
             }
         };
-        // The previous worker published its checkpoint before this one
-        // could start, so it is at most returning: waiting for it is short,
-        // and leaves one thread for `join_worker` to wait for.
-        if let Some(previous) = lock(&inner.worker).replace(handle) {
-            join_unless_current(previous);
-        }
+        // Only the newest worker is kept: the previous one published its
+        // checkpoint before this one could start, so it has ended (or is
+        // returning) long before this one can; the caller's thread, which
+        // is starting a checkpoint, does not wait for it.
+        *lock(&inner.worker) = Some(handle);
         Ok(CheckpointHandle { id, done: rx })
     }
 }
