@@ -267,9 +267,38 @@ struct Inner {
     /// The files of the last committed native checkpoint by identity (see
     /// [`NativeIndex`]).
     native_index: Mutex<Option<NativeIndex>>,
-    /// The thread of the newest checkpoint, so that [`Checkpointer::join_worker`]
-    /// can wait until it has let go of the parts (the backend above all).
-    worker: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The checkpoint threads that may not have ended, so that
+    /// [`Checkpointer::join_worker`] can wait until they have let go of the
+    /// parts (the backend above all).
+    workers: Threads,
+    /// Likewise the background merges' threads, for
+    /// [`Checkpointer::join_merge`].
+    merge_workers: Threads,
+}
+
+/// Threads that hold the parts and may not have ended yet. A thread is
+/// added as it starts; the ones that have ended are let go as the next is
+/// added, without waiting on any.
+#[derive(Default)]
+struct Threads(Mutex<Vec<std::thread::JoinHandle<()>>>);
+
+impl Threads {
+    fn add(&self, handle: std::thread::JoinHandle<()>) {
+        let mut threads = lock(&self.0);
+        threads.retain(|t| !t.is_finished());
+        threads.push(handle);
+    }
+
+    /// Waits for every thread added so far to end, except this one. A
+    /// thread that panicked has already failed its checkpoint or merge, so
+    /// its panic is not passed on.
+    fn join(&self) {
+        for handle in std::mem::take(&mut *lock(&self.0)) {
+            if handle.thread().id() != std::thread::current().id() {
+                let _ = handle.join();
+            }
+        }
+    }
 }
 
 /// The artifacts of a committed native checkpoint's immutable files, by
@@ -460,7 +489,8 @@ impl Checkpointer {
                 idle: Condvar::new(),
                 merge_done: Condvar::new(),
                 native_index: Mutex::new(None),
-                worker: Mutex::new(None),
+                workers: Threads::default(),
+                merge_workers: Threads::default(),
             }),
         })
     }
@@ -475,19 +505,29 @@ impl Checkpointer {
         &self.inner.parts.backend
     }
 
-    /// Waits until the thread of the newest checkpoint has ended. A
+    /// Waits until the threads of finished checkpoints have ended. A
     /// checkpoint's result is published before its thread lets go of the
     /// backend, so without this a caller that waited for the result, closed
     /// and dropped everything could still find the backend open for a
     /// moment (a RocksDB directory still locked when it is reopened). Call
     /// it when no checkpoint is in flight ([`idle`](Checkpointer::idle)):
     /// it does not wait for a checkpoint, only for a finished one's thread.
-    /// A background merge may still hold the parts; on the worker's own
+    /// A background merge may still hold the parts
+    /// ([`join_merge`](Checkpointer::join_merge)); on the worker's own
     /// thread this returns at once.
     pub fn join_worker(&self) {
-        if let Some(handle) = lock(&self.inner.worker).take() {
-            join_unless_current(handle);
-        }
+        self.inner.workers.join();
+    }
+
+    /// Waits until no background merge runs and the merges' threads have
+    /// ended: a merge's thread holds the parts (the backend among them)
+    /// until it returns, after it has published its result. Call it when
+    /// no checkpoint can start any more (a checkpoint may start a merge);
+    /// it must not be called with the checkpointer held
+    /// [`idle`](Checkpointer::idle) by this thread.
+    pub fn join_merge(&self) {
+        self.wait_merges();
+        self.inner.merge_workers.join();
     }
 
     /// The logged wrapper of the backend, when the write-ahead log is on.
@@ -784,21 +824,12 @@ impl Checkpointer {
                 return Err(Error::io("spawn the checkpoint worker", e));
             }
         };
-        // Only the newest worker is kept: the previous one published its
-        // checkpoint before this one could start, so it has ended (or is
-        // returning) long before this one can; the caller's thread, which
-        // is starting a checkpoint, does not wait for it.
-        *lock(&inner.worker) = Some(handle);
+        // The previous worker published its checkpoint before this one
+        // could start, so it has ended or is returning; the caller's
+        // thread, which is starting a checkpoint, does not wait for it,
+        // but `join_worker` will if it is still there.
+        inner.workers.add(handle);
         Ok(CheckpointHandle { id, done: rx })
-    }
-}
-
-/// Waits for `handle`'s thread to end, unless it is this thread. A worker
-/// that panicked has already failed its checkpoint, so its panic is not
-/// passed on.
-fn join_unless_current(handle: std::thread::JoinHandle<()>) {
-    if handle.thread().id() != std::thread::current().id() {
-        let _ = handle.join();
     }
 }
 
@@ -883,7 +914,7 @@ fn finish_checkpoint(
                 && needs_merge(&manifest.layers, &inner.config().merger)
             {
                 t.merging = true;
-                spawn_merge(inner, manifest.clone());
+                spawn_merge(inner, &mut t, manifest.clone());
             }
         }
         Err(e) => {
@@ -1273,8 +1304,8 @@ fn merge_manifest(inner: &Inner, base: &Manifest) -> Result<(PendingMerge, Merge
 
 /// Runs a merge of `base`'s chain on its own thread; the result waits in
 /// `Tracking::merged` for the next checkpoint. New checkpoints continue
-/// meanwhile.
-fn spawn_merge(inner: &Arc<Inner>, base: Arc<Manifest>) {
+/// meanwhile. Called with the tracking state locked (`t`), `merging` set.
+fn spawn_merge(inner: &Arc<Inner>, t: &mut Tracking, base: Arc<Manifest>) {
     let worker = inner.clone();
     let spawned = std::thread::Builder::new()
         .name(format!("highwater-merge-{}", base.checkpoint_id))
@@ -1291,10 +1322,16 @@ fn spawn_merge(inner: &Arc<Inner>, base: Arc<Manifest>) {
             drop(t);
             worker.merge_done.notify_all();
         });
-    if let Err(e) = spawned {
-        tracing::warn!(error = %e, "could not start a background merge");
-        inner.lock().merging = false;
-        inner.merge_done.notify_all();
+    match spawned {
+        // The tracking state is locked, so the handle is in place before
+        // anyone can see this merge end.
+        Ok(handle) => inner.merge_workers.add(handle),
+        Err(e) => {
+            // Not `inner.lock()`: the caller holds that lock already.
+            tracing::warn!(error = %e, "could not start a background merge");
+            t.merging = false;
+            inner.merge_done.notify_all();
+        }
     }
 }
 

@@ -568,18 +568,20 @@ impl StateManager {
     /// [`ErrorKind::Closed`](crate::ErrorKind::Closed)), on this manager and
     /// every clone; reads keep working. Closing twice is not an error.
     pub fn close(&self) -> Result<()> {
-        let _idle = self.checkpointer.idle();
+        let idle = self.checkpointer.idle();
         self.checkpointer.join_worker();
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        match self.checkpointer.logged() {
-            Some(logged) => {
-                logged.commit()?;
-                logged.wal().close()
-            }
+        let closed = match self.checkpointer.logged() {
+            Some(logged) => logged.commit().and_then(|()| logged.wal().close()),
             None => Ok(()),
-        }
+        };
+        drop(idle);
+        // No checkpoint starts once the flag is set, so no merge starts
+        // either: wait for one still running and for its thread.
+        self.checkpointer.join_merge();
+        closed
     }
 
     /// Counts the backend ([`StateBackend::stats`]) and sets the backend

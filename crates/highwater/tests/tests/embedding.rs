@@ -178,6 +178,43 @@ fn after_close_and_drop_no_checkpoint_thread_holds_the_backend() {
     }
 }
 
+/// A background merge's thread holds the backend too: `close` waits for
+/// it, so a RocksDB directory can be reopened as soon as everything is
+/// dropped. Each round's second checkpoint makes a chain of two, which
+/// starts a merge as the checkpoint's worker ends; the close comes right
+/// after, while it runs.
+#[test]
+fn after_close_and_drop_no_background_merge_holds_the_backend() {
+    let mut config = CheckpointConfig::default();
+    config.background_merge = true;
+    config.merger.merge_at_chain_length = 2;
+    let mut merged = 0;
+    for round in 0..50u64 {
+        let backend = Arc::new(MemoryBackend::new());
+        let m = StateManager::builder()
+            .backend(backend.clone())
+            .store(Arc::new(ObjectCheckpointStore::in_memory()))
+            .config(config.clone())
+            .build()
+            .unwrap();
+        let n = counter(&m);
+        for k in 0..200u64 {
+            n.update(&format!("k{k}"), &round).unwrap();
+        }
+        m.checkpoint().unwrap().wait().unwrap();
+        n.update(&"a".into(), &round).unwrap();
+        let second = m.checkpoint().unwrap().wait().unwrap();
+        assert_eq!(second.chain_length, 2);
+        m.close().unwrap();
+        // The merge ran to its end: its base waits for a next checkpoint.
+        merged += usize::from(m.pending_merge().is_some());
+        drop(n);
+        drop(m);
+        assert_eq!(Arc::strong_count(&backend), 1, "round {round}");
+    }
+    assert_eq!(merged, 50, "every round's close waited for its merge");
+}
+
 #[test]
 fn state_changes_after_close_fail_with_a_write_ahead_log_too() {
     let tmp = tempfile::tempdir().unwrap();
