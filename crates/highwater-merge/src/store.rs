@@ -54,6 +54,14 @@ pub fn merge_into_store(
         let ids: Vec<ArtifactId> = refs.iter().map(|r| r.id).collect();
         run_io(handle, fetch_all_verified(store.clone(), checkpoint, ids))
     };
+    // Every input is fetched checked against its content address.
+    let params = &MergeParams {
+        limits: DecodeLimits {
+            content_address_checked: true,
+            ..params.limits
+        },
+        ..params.clone()
+    };
     let threads = rayon::current_num_threads();
     let uploader = Uploader::start(handle, store.clone(), threads * 2, threads * 2);
     let sink = |p: crate::encode::Produced| -> Result<()> { uploader.send(p, &pins) };

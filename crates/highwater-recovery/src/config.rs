@@ -25,7 +25,10 @@ pub enum VerificationLevel {
     /// Every fetched artifact's xxh3-128 must equal its content address
     /// (the id the manifest names it by). A mismatch is read a second time;
     /// if the stored copy itself is damaged it is deleted, so the next
-    /// checkpoint holding that data writes it afresh.
+    /// checkpoint holding that data writes it afresh. That check covers
+    /// the payload, so the decoder does not compute the payload's own
+    /// checksum again
+    /// ([`DecodeLimits::content_address_checked`](highwater_core::DecodeLimits::content_address_checked)).
     #[default]
     Checksum,
     /// `Checksum`, plus cross-checks of the manifest against its chain: the

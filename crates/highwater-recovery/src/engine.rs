@@ -76,12 +76,18 @@ impl Recovery {
         io: tokio::runtime::Handle,
     ) -> Result<Self> {
         config.validate()?;
+        // Every artifact is fetched through `fetch_verified`, which checks
+        // it against its content address unless verification is off.
+        let limits = DecodeLimits {
+            content_address_checked: config.verification_level != VerificationLevel::None,
+            ..DecodeLimits::default()
+        };
         Ok(Recovery {
             store,
             config,
             io,
             pool: std::sync::OnceLock::new(),
-            limits: DecodeLimits::default(),
+            limits,
             now_ms: highwater_core::Clock::now_ms(&highwater_core::SystemClock),
         })
     }
