@@ -115,6 +115,13 @@ impl Segment {
         off
     }
 
+    /// Asks for the memory of the next `ahead` bytes of spare capacity to
+    /// be mapped now rather than page by page as records are written
+    /// ([`highwater_core::prefetch::populate_write`]).
+    pub fn populate(&mut self, ahead: usize) {
+        highwater_core::prefetch::populate_write(&mut self.data, ahead);
+    }
+
     /// Offsets of every record, in the order they were appended.
     pub fn offsets(&self) -> impl Iterator<Item = u32> + '_ {
         let mut off = 0usize;
