@@ -557,10 +557,11 @@ impl StateManager {
         Ok(())
     }
 
-    /// Waits for the checkpoint in flight (and for its thread to end, so
-    /// that once the caller drops the manager and its own handles no
-    /// checkpoint holds the backend: a RocksDB directory can be reopened
-    /// at once), commits pending changes and
+    /// Waits for the checkpoint in flight and for a background merge still
+    /// running (and for their threads to end, so that once the caller
+    /// drops the manager and its own handles nothing of theirs holds the
+    /// backend: a RocksDB directory can be reopened at once; a merge is
+    /// not cut short, so closing waits for it), commits pending changes and
     /// closes the write-ahead log (which makes it durable and releases its
     /// directory). Afterwards every state change (through state handles or
     /// [`backend`](StateManager::backend)), checkpoint, commit and restore
