@@ -28,11 +28,14 @@
 //!   Lookups compare the key in the arena. Map-state entries also sit in an ordered directory per base
 //!   key, so a prefix scan of a map is a binary search and a walk.
 //! - **Snapshots at segment granularity.** Segments and index pages are
-//!   `Arc`s inside one `Arc`'d store per shard. Taking a snapshot locks every
+//!   `Arc`s inside one store per shard. Taking a snapshot locks every
 //!   shard in index order (so the cut is consistent: a [`WriteBatch`] is
-//!   seen whole or not at all) and clones one `Arc` per shard: O(shards),
-//!   microseconds. A writer that later touches a shard the snapshot holds
-//!   copies the store's two short vectors of `Arc`s, then at most the one
+//!   seen whole or not at all) and leaves each shard a slot: O(shards),
+//!   microseconds. Whoever locks the shard next fills the slot with the
+//!   store as it was (the two short vectors of `Arc`s) — a writer before
+//!   its first change, or the snapshot's reader — and a dropped snapshot
+//!   takes its slots back, so the counts go while they are warm. A writer
+//!   that touches a shard the snapshot holds then copies at most the one
 //!   index page and the one segment it writes to — never the shard. A value
 //!   rewritten with the same length is overwritten in place when no
 //!   snapshot holds its segment.
@@ -59,6 +62,8 @@
 //!   once and the hash kept, by as many loaders (threads) as the caller
 //!   runs, each filling shards of its own; then each shard's parts are
 //!   merged and every shard is indexed from those hashes, on every core.
+//!   The segments' pages are mapped 64 KiB at a time ahead of the records
+//!   (`madvise(MADV_POPULATE_WRITE)`), not faulted one by one.
 //!   The live state is replaced only at the commit, once the source was
 //!   read to the end.
 //!
