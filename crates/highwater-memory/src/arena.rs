@@ -19,6 +19,11 @@
 /// Bytes of a record header (two `u32` lengths).
 pub(crate) const HEADER: usize = 8;
 
+/// Bytes of a segment mapped at once ahead of the records written into it
+/// ([`Segment::populate_for`]): larger runs measured no faster, and it
+/// bounds what a shard's last, partly filled segment holds mapped unused.
+const POPULATE_AHEAD: usize = 64 << 10;
+
 /// Where a record lives: a segment id of its shard and a byte offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct Loc {
@@ -115,11 +120,15 @@ impl Segment {
         off
     }
 
-    /// Asks for the memory of the next `ahead` bytes of spare capacity to
-    /// be mapped now rather than page by page as records are written
-    /// ([`highwater_core::prefetch::populate_write`]).
-    pub fn populate(&mut self, ahead: usize) {
-        highwater_core::prefetch::populate_write(&mut self.data, ahead);
+    /// Before a record of `rec` bytes is appended: when it begins the
+    /// segment or crosses into a new [`POPULATE_AHEAD`] run of it, asks for
+    /// the memory up to a run past it to be mapped now rather than page by
+    /// page as it is written ([`highwater_core::prefetch::populate_write`]).
+    pub fn populate_for(&mut self, rec: usize) {
+        let len = self.data.len();
+        if len == 0 || len / POPULATE_AHEAD != (len + rec) / POPULATE_AHEAD {
+            highwater_core::prefetch::populate_write(&mut self.data, rec + POPULATE_AHEAD);
+        }
     }
 
     /// Offsets of every record, in the order they were appended.

@@ -262,11 +262,6 @@ struct Keyed {
     hash: u64,
 }
 
-/// Bytes of a restored segment mapped at once ahead of its records
-/// ([`Segment::populate`]): larger runs measured no faster, and it bounds
-/// what a shard's last, partly filled segment holds mapped unused.
-const POPULATE_AHEAD: usize = 64 << 10;
-
 /// The segments of one shard being restored, laid out as
 /// [`Shard::append`] lays them out: not yet shared, so an append costs no
 /// reference-count check. Each record's index hash and location are kept
@@ -308,10 +303,7 @@ impl Filling {
         // A restore writes every page of its segments: they are mapped a
         // run at a time, ahead of the records, instead of faulting one by
         // one (a quarter of a restore's CPU was those faults).
-        let len = segment.len();
-        if len == 0 || len / POPULATE_AHEAD != (len + rec) / POPULATE_AHEAD {
-            segment.populate(rec + POPULATE_AHEAD);
-        }
+        segment.populate_for(rec);
         let off = segment.append(key, value);
         let loc = Loc { seg: id, off };
         self.used += rec as u64;
@@ -1469,9 +1461,10 @@ impl Drop for MemorySnapshot {
     /// Takes this snapshot's slots back from the shards that still hold
     /// them, so that the stores its reader filled (a count on every
     /// segment and index page) go now, while this thread has just read
-    /// them, rather than at the next snapshot call, an interval later,
-    /// when that memory is cold: dropping them there took 2–10 ms after an
-    /// idle interval on this project's test machine. A shard locked by
+    /// them, rather than under the next snapshot call's locks, an interval
+    /// later, when that memory is cold (the state suite's first full
+    /// checkpoint paused 12.1 and 33.0 ms in its snapshot before this,
+    /// 0.47 and 0.45 ms after, docs/architecture.md). A shard locked by
     /// someone else right now is skipped (a writer takes the slot itself;
     /// the next snapshot drops it after its locks).
     fn drop(&mut self) {
