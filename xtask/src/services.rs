@@ -592,35 +592,49 @@ pub(crate) fn apt_install(packages: &[&str]) -> Result {
     run(&mut install)
 }
 
-/// A loopback port that is free now (bound and released), and for which
-/// `port + offset` is free too (`offset` 0 means only `port`).
-fn free_port(offset: u16, taken: &[u16]) -> Result<u16> {
+/// Every port [`free_port`] has handed out in this process. The services
+/// start in parallel threads, and a port that was free when one thread
+/// looked stays free until its server binds it: without this record, two
+/// services could be handed the same port (a CI run once started redis and
+/// azurite both on one port, and azurite exited).
+static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+
+/// The first port of the range [`free_port`] scans; the range ends below
+/// Linux's default ephemeral ports (32768), so an outgoing connection of
+/// another process is not given a port between our look and the server's
+/// bind.
+const SCAN_FROM: u32 = 20_000;
+/// How many ports [`free_port`] scans.
+const SCAN_SPAN: u32 = 12_000;
+
+/// A loopback port that is free now (bound and released) and that no other
+/// call in this process has been handed, and for which `port + offset` is
+/// free and not handed out too (`offset` 0 means only `port`). Both are
+/// recorded as handed out.
+fn free_port(offset: u16) -> Result<u16> {
     let bindable = |p: u16| TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, p)).is_ok();
-    if offset == 0 {
-        for _ in 0..64 {
-            let listener = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0))
-                .map_err(|e| format!("bind a loopback port: {e}"))?;
-            let port = listener
-                .local_addr()
-                .map_err(|e| format!("local address: {e}"))?
-                .port();
-            if !taken.contains(&port) {
-                return Ok(port);
-            }
+    let mut handed = HANDED_OUT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    // Start at a spot that differs between processes, so two xtask runs
+    // at once (a developer's and a test's) do not probe the same ports.
+    let start = std::process::id().wrapping_mul(7919) % SCAN_SPAN;
+    for i in 0..SCAN_SPAN {
+        let port = (SCAN_FROM + (start + i) % SCAN_SPAN) as u16;
+        let pair = port + offset;
+        let wanted = [port, pair];
+        if wanted.iter().any(|p| handed.contains(p)) {
+            continue;
         }
-        bail!("no free loopback port");
-    }
-    // Both ports must fit below 65536: scan a range below the ephemeral
-    // ports, starting at a spot that differs between processes.
-    let span = 20_000u32;
-    let start = std::process::id() * 7919 % span;
-    for i in 0..span {
-        let port = (20_000 + (start + i) % span) as u16;
-        if !taken.contains(&port) && bindable(port) && bindable(port + offset) {
+        if bindable(port) && (offset == 0 || bindable(pair)) {
+            handed.extend_from_slice(if offset == 0 { &wanted[..1] } else { &wanted });
             return Ok(port);
         }
     }
-    bail!("no free loopback port pair with offset {offset}")
+    bail!(
+        "no free loopback port (with offset {offset}) in {SCAN_FROM}..{}",
+        SCAN_FROM + SCAN_SPAN
+    )
 }
 
 /// Runs `program args` and returns its stdout when it exits successfully.
@@ -672,10 +686,7 @@ mod redis {
 
     pub(super) fn start(dir: &Path, _tools: &Path) -> Result<Started> {
         let mut started = Started::default();
-        let mut taken = Vec::new();
-
-        let port = free_port(0, &taken)?;
-        taken.push(port);
+        let port = free_port(0)?;
         let sdir = dir.join("standalone");
         started.processes.push(launch(&sdir, port, false)?);
         wait_ping(&sdir, port)?;
@@ -687,8 +698,7 @@ mod redis {
         let mut ports = Vec::new();
         for i in 1..=CLUSTER_NODES {
             // The cluster bus listens on port + 10000.
-            let port = free_port(10_000, &taken)?;
-            taken.push(port);
+            let port = free_port(10_000)?;
             let ndir = dir.join(format!("cluster-{i}"));
             started.processes.push(launch(&ndir, port, true)?);
             ports.push(port);
@@ -912,7 +922,7 @@ moto.server.main(sys.argv[1:])
     }
 
     pub(super) fn start(dir: &Path, _tools: &Path) -> Result<Started> {
-        let port = free_port(0, &[])?;
+        let port = free_port(0)?;
         let log = dir.join("moto.log");
         // The interpreter itself, not a launcher (pyenv's shims exec a
         // chain of scripts), so the recorded PID runs moto from the start.
@@ -1027,7 +1037,7 @@ req.end();
     }
 
     pub(super) fn start(dir: &Path, tools: &Path) -> Result<Started> {
-        let port = free_port(0, &[])?;
+        let port = free_port(0)?;
         let log = dir.join("azurite.log");
         let mut cmd = Command::new(binary(tools));
         cmd.args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
@@ -1072,10 +1082,41 @@ mod tests {
 
     #[test]
     fn free_port_pairs_fit_below_65536() {
-        let p = free_port(10_000, &[]).unwrap();
+        let p = free_port(10_000).unwrap();
         assert!(u32::from(p) + 10_000 < 65_536);
-        let q = free_port(0, &[p]).unwrap();
+        let q = free_port(0).unwrap();
         assert_ne!(p, q);
+        assert_ne!(p + 10_000, q);
+    }
+
+    /// Regression: services start in parallel threads, and a CI run once
+    /// handed redis and azurite the same port.
+    #[test]
+    fn ports_handed_to_parallel_threads_are_distinct() {
+        let ports: Vec<u16> = std::thread::scope(|s| {
+            let threads: Vec<_> = (0..4)
+                .map(|t| {
+                    s.spawn(move || {
+                        (0..16)
+                            .map(|_| free_port(if t == 0 { 10_000 } else { 0 }).unwrap())
+                            .flat_map(|p| if t == 0 { vec![p, p + 10_000] } else { vec![p] })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            threads
+                .into_iter()
+                .flat_map(|h| h.join().unwrap())
+                .collect()
+        });
+        let mut distinct = ports.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(
+            distinct.len(),
+            ports.len(),
+            "a port was handed out twice: {ports:?}"
+        );
     }
 
     #[test]
