@@ -24,6 +24,15 @@ pub(crate) const HEADER: usize = 8;
 /// bounds what a shard's last, partly filled segment holds mapped unused.
 const POPULATE_AHEAD: usize = 64 << 10;
 
+/// How far ahead of the record it reaches a walk over a segment
+/// ([`Segment::offsets`]) asks for the segment's memory: each record's
+/// offset is read from the header before it, so without the hint the walk
+/// waits for memory record by record.
+const STREAM_AHEAD: usize = 1 << 10;
+
+/// Bytes of a cache line.
+const LINE: usize = 64;
+
 /// Where a record lives: a segment id of its shard and a byte offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct Loc {
@@ -131,12 +140,21 @@ impl Segment {
         }
     }
 
-    /// Offsets of every record, in the order they were appended.
+    /// Offsets of every record, in the order they were appended. The
+    /// memory [`STREAM_AHEAD`] bytes past each record is asked for as the
+    /// walk reaches it ([`highwater_core::prefetch::read`], every line
+    /// once).
     pub fn offsets(&self) -> impl Iterator<Item = u32> + '_ {
         let mut off = 0usize;
+        let mut asked = 0usize;
         std::iter::from_fn(move || {
             if off >= self.data.len() {
                 return None;
+            }
+            let until = (off + STREAM_AHEAD).min(self.data.len());
+            while asked < until {
+                highwater_core::prefetch::read(&self.data[asked..]);
+                asked += LINE;
             }
             let at = off as u32;
             off += self.record_len_at(at);
