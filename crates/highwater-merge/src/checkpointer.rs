@@ -30,6 +30,7 @@
 //!   a committed manifest references it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -48,7 +49,7 @@ use crate::encode::{EncodeParams, EncodeTotals, Produced, encode_snapshot};
 use crate::gc::{PinGuard, Pins, RetentionReport, collect_garbage};
 use crate::io::{NATIVE_BYTES_IN_FLIGHT, UploadTotals, Uploader, run_io};
 use crate::merge::{MergeParams, MergeStats};
-use crate::store::merge_into_store;
+use crate::store::merge_into_store_until;
 
 /// Native files are large (RocksDB writes SST files of up to 64 MiB), so at
 /// most this many wait in memory or upload at once, holding at most
@@ -274,6 +275,9 @@ struct Inner {
     /// Likewise the background merges' threads, for
     /// [`Checkpointer::join_merge`].
     merge_workers: Threads,
+    /// Set by [`Checkpointer::stop_merges`]: a merge under way gives up
+    /// at its next group of artifacts, and none starts any more.
+    stop_merges: AtomicBool,
 }
 
 /// Threads that hold the parts and may not have ended yet. A thread is
@@ -491,6 +495,7 @@ impl Checkpointer {
                 native_index: Mutex::new(None),
                 workers: Threads::default(),
                 merge_workers: Threads::default(),
+                stop_merges: AtomicBool::new(false),
             }),
         })
     }
@@ -528,6 +533,17 @@ impl Checkpointer {
     pub fn join_merge(&self) {
         self.wait_merges();
         self.inner.merge_workers.join();
+    }
+
+    /// Stops merging for good: a merge under way (in the background or in
+    /// [`compact`](Checkpointer::compact)) gives up before it fetches its
+    /// next group of artifacts or uploads its next output, failing with
+    /// [`Error::Closed`]; its uploads are left to garbage collection and
+    /// the chain stays as it was. Merges started later fail at once. For
+    /// a shutdown: [`join_merge`](Checkpointer::join_merge) then waits
+    /// only for the merge to notice, not for it to finish.
+    pub fn stop_merges(&self) {
+        self.inner.stop_merges.store(true, Ordering::Release);
     }
 
     /// The logged wrapper of the backend, when the write-ahead log is on.
@@ -910,6 +926,7 @@ fn finish_checkpoint(
             }
             if inner.config().background_merge
                 && !t.merging
+                && !inner.stop_merges.load(Ordering::Acquire)
                 && !manifest.is_native()
                 && needs_merge(&manifest.layers, &inner.config().merger)
             {
@@ -1277,13 +1294,14 @@ fn merge_manifest(inner: &Inner, base: &Manifest) -> Result<(PendingMerge, Merge
         limits: highwater_core::DecodeLimits::default(),
     };
     let stored = inner.exec.merge.install(|| {
-        merge_into_store(
+        merge_into_store_until(
             &inner.parts.store,
             inner.exec.io(),
             &base.layers,
             &params,
             inner.pins.guard(),
             &|_| {},
+            &inner.stop_merges,
         )
     })?;
     tracing::debug!(
@@ -1315,6 +1333,9 @@ fn spawn_merge(inner: &Arc<Inner>, t: &mut Tracking, base: Arc<Manifest>) {
             t.merging = false;
             match result {
                 Ok((pending, _)) => t.merged = Some(pending),
+                Err(Error::Closed(_)) if worker.stop_merges.load(Ordering::Acquire) => {
+                    tracing::debug!(checkpoint = %base.checkpoint_id, "background merge stopped: the checkpointer is closing");
+                }
                 Err(e) => {
                     tracing::warn!(checkpoint = %base.checkpoint_id, error = %e, "background merge failed; the chain stays as it is");
                 }

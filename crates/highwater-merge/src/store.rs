@@ -2,6 +2,7 @@
 //! until committed), and offline compaction of a store's newest chain.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use highwater_core::{
@@ -48,9 +49,43 @@ pub fn merge_into_store(
     pins: PinGuard,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<StoredMerge> {
+    merge_into_store_until(
+        store,
+        handle,
+        layers,
+        params,
+        pins,
+        progress,
+        &AtomicBool::new(false),
+    )
+}
+
+/// [`merge_into_store`] that gives up once `stop` is set: before it
+/// fetches the inputs of the next group of overlapping artifacts and
+/// before it uploads the next output, it fails with [`Error::Closed`] if
+/// `stop` is set. What it uploaded until then is named by no manifest and
+/// unpinned when the error is returned, so the next garbage collection
+/// removes it; the chain stays as it was.
+pub fn merge_into_store_until(
+    store: &Arc<dyn CheckpointStore>,
+    handle: &Handle,
+    layers: &[Layer],
+    params: &MergeParams,
+    pins: PinGuard,
+    progress: &(dyn Fn(u64) + Sync),
+    stop: &AtomicBool,
+) -> Result<StoredMerge> {
+    let stopped = || {
+        if stop.load(Ordering::Acquire) {
+            Err(Error::Closed("the merge was stopped".into()))
+        } else {
+            Ok(())
+        }
+    };
     pins.add_all(layers.iter().flat_map(|l| l.artifacts.iter().map(|a| a.id)));
     let checkpoint = layers.last().map_or(CheckpointId(0), |l| l.checkpoint_id);
     let fetch = |refs: &[&ArtifactRef]| -> Result<Vec<Bytes>> {
+        stopped()?;
         let ids: Vec<ArtifactId> = refs.iter().map(|r| r.id).collect();
         run_io(handle, fetch_all_verified(store.clone(), checkpoint, ids))
     };
@@ -64,7 +99,10 @@ pub fn merge_into_store(
     };
     let threads = rayon::current_num_threads();
     let uploader = Uploader::start(handle, store.clone(), threads * 2, threads * 2);
-    let sink = |p: crate::encode::Produced| -> Result<()> { uploader.send(p, &pins) };
+    let sink = |p: crate::encode::Produced| -> Result<()> {
+        stopped()?;
+        uploader.send(p, &pins)
+    };
     let merged = merge_layers(layers, params, &fetch, &sink, progress);
     let (outcome, totals) = uploader.finish(merged)?;
     Ok(StoredMerge {

@@ -557,11 +557,13 @@ impl StateManager {
         Ok(())
     }
 
-    /// Waits for the checkpoint in flight and for a background merge still
-    /// running (and for their threads to end, so that once the caller
-    /// drops the manager and its own handles nothing of theirs holds the
-    /// backend: a RocksDB directory can be reopened at once; a merge is
-    /// not cut short, so closing waits for it), commits pending changes and
+    /// Waits for the checkpoint in flight, stops a background merge still
+    /// running (it gives up before its next group of artifacts: what it
+    /// uploaded is left to garbage collection and the chain stays as it
+    /// was, to be merged by a later run), waits for their threads to end
+    /// (so that once the caller drops the manager and its own handles
+    /// nothing of theirs holds the backend: a RocksDB directory can be
+    /// reopened at once), commits pending changes and
     /// closes the write-ahead log (which makes it durable and releases its
     /// directory). Afterwards every state change (through state handles or
     /// [`backend`](StateManager::backend)), checkpoint, commit and restore
@@ -569,6 +571,11 @@ impl StateManager {
     /// [`ErrorKind::Closed`](crate::ErrorKind::Closed)), on this manager and
     /// every clone; reads keep working. Closing twice is not an error.
     pub fn close(&self) -> Result<()> {
+        // Before anything that waits: a background merge gives up at its
+        // next group of artifacts instead of running to its end (and
+        // before the flag below, so whoever sees the manager closed sees
+        // merging stopped).
+        self.checkpointer.stop_merges();
         let idle = self.checkpointer.idle();
         self.checkpointer.join_worker();
         if self.closed.swap(true, Ordering::AcqRel) {
@@ -580,7 +587,8 @@ impl StateManager {
         };
         drop(idle);
         // No checkpoint starts once the flag is set, so no merge starts
-        // either: wait for one still running and for its thread.
+        // either: wait for one still running to give up, and for its
+        // thread.
         self.checkpointer.join_merge();
         closed
     }

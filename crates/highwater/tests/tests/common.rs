@@ -352,12 +352,16 @@ impl Workload {
 // A store whose requests the test controls.
 
 /// A real store (in memory unless another is wrapped) that can hold
-/// manifest commits until released and fail artifact uploads after a
-/// number of successful ones.
+/// manifest commits or artifact reads until released and fail artifact
+/// uploads after a number of successful ones.
 pub struct ControlledStore {
     inner: Arc<dyn CheckpointStore>,
     gated: AtomicBool,
     gate: tokio::sync::Semaphore,
+    gets_gated: AtomicBool,
+    gets_gate: tokio::sync::Semaphore,
+    /// Artifact reads that reached the store (held or not).
+    gets: std::sync::atomic::AtomicU64,
     /// Artifact puts that still succeed; negative means unlimited.
     puts_left: AtomicI64,
 }
@@ -373,6 +377,9 @@ impl ControlledStore {
             inner,
             gated: AtomicBool::new(false),
             gate: tokio::sync::Semaphore::new(0),
+            gets_gated: AtomicBool::new(false),
+            gets_gate: tokio::sync::Semaphore::new(0),
+            gets: std::sync::atomic::AtomicU64::new(0),
             puts_left: AtomicI64::new(-1),
         }
     }
@@ -390,6 +397,23 @@ impl ControlledStore {
     /// Stops holding commits (commits already waiting still need a release).
     pub fn open(&self) {
         self.gated.store(false, Ordering::SeqCst);
+    }
+
+    /// From now on every artifact read waits until [`open_gets`](Self::open_gets).
+    pub fn hold_gets(&self) {
+        self.gets_gated.store(true, Ordering::SeqCst);
+    }
+
+    /// Lets every held artifact read through, and the later ones.
+    pub fn open_gets(&self) {
+        self.gets_gated.store(false, Ordering::SeqCst);
+        self.gets_gate
+            .add_permits(tokio::sync::Semaphore::MAX_PERMITS / 2);
+    }
+
+    /// Artifact reads that reached the store so far (held ones included).
+    pub fn gets(&self) -> u64 {
+        self.gets.load(Ordering::SeqCst)
     }
 
     /// After `n` more successful artifact puts, every put fails.
@@ -431,7 +455,20 @@ impl CheckpointStore for ControlledStore {
     }
 
     fn get_artifact(&self, id: ArtifactId) -> BoxFuture<'_, highwater::Result<Bytes>> {
-        self.inner.get_artifact(id)
+        Box::pin(async move {
+            self.gets.fetch_add(1, Ordering::SeqCst);
+            if self.gets_gated.load(Ordering::SeqCst) {
+                // Permits are never taken for good: once opened, every
+                // read passes.
+                drop(
+                    self.gets_gate
+                        .acquire()
+                        .await
+                        .map_err(|e| Error::Closed(e.to_string()))?,
+                );
+            }
+            self.inner.get_artifact(id).await
+        })
     }
 
     fn has_artifact(&self, id: ArtifactId) -> BoxFuture<'_, highwater::Result<bool>> {
