@@ -178,11 +178,22 @@ fn after_close_and_drop_no_checkpoint_thread_holds_the_backend() {
     }
 }
 
-/// A background merge's thread holds the backend too: `close` waits for
-/// it, so a RocksDB directory can be reopened as soon as everything is
-/// dropped. Each round's second checkpoint makes a chain of two, which
-/// starts a merge as the checkpoint's worker ends; the close comes right
-/// after, while it runs.
+/// A manager of a fresh memory backend that merges in the background as
+/// soon as a chain has two layers, checkpointing into `store`.
+fn merging(store: Arc<dyn CheckpointStore>) -> (StateManager, Arc<MemoryBackend>) {
+    let mut config = CheckpointConfig::default();
+    config.background_merge = true;
+    config.merger.merge_at_chain_length = 2;
+    let backend = Arc::new(MemoryBackend::new());
+    let m = StateManager::builder()
+        .backend(backend.clone())
+        .store(store)
+        .config(config)
+        .build()
+        .unwrap();
+    (m, backend)
+}
+
 /// Regression: `close()` waited for a background merge to run to its end
 /// (for a large chain, as long as the merge takes). It now stops the merge
 /// before its next group of artifacts. The merge here is held inside its
@@ -190,17 +201,8 @@ fn after_close_and_drop_no_checkpoint_thread_holds_the_backend() {
 /// to its end and leaves a merged base behind.
 #[test]
 fn close_stops_a_background_merge_instead_of_waiting_for_it() {
-    let mut config = CheckpointConfig::default();
-    config.background_merge = true;
-    config.merger.merge_at_chain_length = 2;
     let store = Arc::new(ControlledStore::new());
-    let backend = Arc::new(MemoryBackend::new());
-    let m = StateManager::builder()
-        .backend(backend.clone())
-        .store(store.clone())
-        .config(config)
-        .build()
-        .unwrap();
+    let (m, backend) = merging(store.clone());
     let n = counter(&m);
     for k in 0..2_000u64 {
         n.update(&format!("k{k}"), &k).unwrap();
@@ -233,19 +235,15 @@ fn close_stops_a_background_merge_instead_of_waiting_for_it() {
     assert_eq!(Arc::strong_count(&backend), 1);
 }
 
+/// A background merge's thread holds the backend too: `close` stops it
+/// and waits for its thread, so a RocksDB directory can be reopened as
+/// soon as everything is dropped. Each round's second checkpoint makes a
+/// chain of two, which starts a merge as the checkpoint's worker ends;
+/// the close comes right after, while it runs.
 #[test]
 fn after_close_and_drop_no_background_merge_holds_the_backend() {
-    let mut config = CheckpointConfig::default();
-    config.background_merge = true;
-    config.merger.merge_at_chain_length = 2;
     for round in 0..50u64 {
-        let backend = Arc::new(MemoryBackend::new());
-        let m = StateManager::builder()
-            .backend(backend.clone())
-            .store(Arc::new(ObjectCheckpointStore::in_memory()))
-            .config(config.clone())
-            .build()
-            .unwrap();
+        let (m, backend) = merging(Arc::new(ObjectCheckpointStore::in_memory()));
         let n = counter(&m);
         for k in 0..200u64 {
             n.update(&format!("k{k}"), &round).unwrap();
