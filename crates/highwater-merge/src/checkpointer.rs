@@ -539,9 +539,10 @@ impl Checkpointer {
     /// [`compact`](Checkpointer::compact)) gives up before it fetches its
     /// next group of artifacts or uploads its next output, failing with
     /// [`Error::Closed`]; its uploads are left to garbage collection and
-    /// the chain stays as it was. Merges started later fail at once. For
-    /// a shutdown: [`join_merge`](Checkpointer::join_merge) then waits
-    /// only for the merge to notice, not for it to finish.
+    /// the chain stays as it was. No background merge starts any more,
+    /// and a later `compact` gives up the same way. For a shutdown:
+    /// [`join_merge`](Checkpointer::join_merge) then waits only for the
+    /// merge to notice, not for it to finish.
     pub fn stop_merges(&self) {
         self.inner.stop_merges.store(true, Ordering::Release);
     }
