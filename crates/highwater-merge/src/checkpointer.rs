@@ -49,7 +49,7 @@ use crate::encode::{EncodeParams, EncodeTotals, Produced, encode_snapshot};
 use crate::gc::{PinGuard, Pins, RetentionReport, collect_garbage};
 use crate::io::{NATIVE_BYTES_IN_FLIGHT, UploadTotals, Uploader, run_io};
 use crate::merge::{MergeParams, MergeStats};
-use crate::store::merge_into_store_until;
+use crate::store::merge_into_store;
 
 /// Native files are large (RocksDB writes SST files of up to 64 MiB), so at
 /// most this many wait in memory or upload at once, holding at most
@@ -1295,7 +1295,7 @@ fn merge_manifest(inner: &Inner, base: &Manifest) -> Result<(PendingMerge, Merge
         limits: highwater_core::DecodeLimits::default(),
     };
     let stored = inner.exec.merge.install(|| {
-        merge_into_store_until(
+        merge_into_store(
             &inner.parts.store,
             inner.exec.io(),
             &base.layers,

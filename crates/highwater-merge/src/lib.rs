@@ -67,6 +67,4 @@ pub use encode::{
 };
 pub use gc::{PinGuard, Pins, RetentionReport, apply_retention, collect_garbage};
 pub use merge::{Fetch, MergeOutcome, MergeParams, MergeStats, check_chain, merge_layers};
-pub use store::{
-    CompactReport, StoredMerge, compact_newest, merge_into_store, merge_into_store_until,
-};
+pub use store::{CompactReport, StoredMerge, compact_newest, merge_into_store};

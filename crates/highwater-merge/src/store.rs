@@ -41,32 +41,14 @@ pub struct StoredMerge {
 /// [`Uploader`]. Call it from a pool thread or a plain thread, never from
 /// an async task. Every input artifact is pinned before it is read and
 /// every output artifact before it is queued for upload.
+///
+/// Gives up once `stop` is set: before it fetches the inputs of the next
+/// group of overlapping artifacts and before it uploads the next output,
+/// it fails with [`Error::Closed`] if `stop` is set. What it uploaded
+/// until then is named by no manifest and unpinned when the error is
+/// returned, so the next garbage collection removes it; the chain stays
+/// as it was.
 pub fn merge_into_store(
-    store: &Arc<dyn CheckpointStore>,
-    handle: &Handle,
-    layers: &[Layer],
-    params: &MergeParams,
-    pins: PinGuard,
-    progress: &(dyn Fn(u64) + Sync),
-) -> Result<StoredMerge> {
-    merge_into_store_until(
-        store,
-        handle,
-        layers,
-        params,
-        pins,
-        progress,
-        &AtomicBool::new(false),
-    )
-}
-
-/// [`merge_into_store`] that gives up once `stop` is set: before it
-/// fetches the inputs of the next group of overlapping artifacts and
-/// before it uploads the next output, it fails with [`Error::Closed`] if
-/// `stop` is set. What it uploaded until then is named by no manifest and
-/// unpinned when the error is returned, so the next garbage collection
-/// removes it; the chain stays as it was.
-pub fn merge_into_store_until(
     store: &Arc<dyn CheckpointStore>,
     handle: &Handle,
     layers: &[Layer],
@@ -188,10 +170,18 @@ pub fn compact_newest(
     // the protocol; they are released when the manifest is committed.
     let pins = crate::gc::Pins::new();
     let stored = pool.install(|| {
-        merge_into_store(store, handle, &m.layers, &params, pins.guard(), &|n| {
-            let d = done.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n;
-            progress(d, total);
-        })
+        merge_into_store(
+            store,
+            handle,
+            &m.layers,
+            &params,
+            pins.guard(),
+            &|n| {
+                let d = done.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n;
+                progress(d, total);
+            },
+            &AtomicBool::new(false),
+        )
     })?;
     let id = m.checkpoint_id.next()?;
     let mut properties = m.properties.clone();

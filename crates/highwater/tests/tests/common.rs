@@ -358,8 +358,8 @@ pub struct ControlledStore {
     inner: Arc<dyn CheckpointStore>,
     gated: AtomicBool,
     gate: tokio::sync::Semaphore,
-    gets_gated: AtomicBool,
-    gets_gate: tokio::sync::Semaphore,
+    /// False while artifact reads are held.
+    gets_open: tokio::sync::watch::Sender<bool>,
     /// Artifact reads that reached the store (held or not).
     gets: std::sync::atomic::AtomicU64,
     /// Artifact puts that still succeed; negative means unlimited.
@@ -377,8 +377,7 @@ impl ControlledStore {
             inner,
             gated: AtomicBool::new(false),
             gate: tokio::sync::Semaphore::new(0),
-            gets_gated: AtomicBool::new(false),
-            gets_gate: tokio::sync::Semaphore::new(0),
+            gets_open: tokio::sync::watch::Sender::new(true),
             gets: std::sync::atomic::AtomicU64::new(0),
             puts_left: AtomicI64::new(-1),
         }
@@ -401,14 +400,12 @@ impl ControlledStore {
 
     /// From now on every artifact read waits until [`open_gets`](Self::open_gets).
     pub fn hold_gets(&self) {
-        self.gets_gated.store(true, Ordering::SeqCst);
+        self.gets_open.send_replace(false);
     }
 
     /// Lets every held artifact read through, and the later ones.
     pub fn open_gets(&self) {
-        self.gets_gated.store(false, Ordering::SeqCst);
-        self.gets_gate
-            .add_permits(tokio::sync::Semaphore::MAX_PERMITS / 2);
+        self.gets_open.send_replace(true);
     }
 
     /// Artifact reads that reached the store so far (held ones included).
@@ -457,16 +454,11 @@ impl CheckpointStore for ControlledStore {
     fn get_artifact(&self, id: ArtifactId) -> BoxFuture<'_, highwater::Result<Bytes>> {
         Box::pin(async move {
             self.gets.fetch_add(1, Ordering::SeqCst);
-            if self.gets_gated.load(Ordering::SeqCst) {
-                // Permits are never taken for good: once opened, every
-                // read passes.
-                drop(
-                    self.gets_gate
-                        .acquire()
-                        .await
-                        .map_err(|e| Error::Closed(e.to_string()))?,
-                );
-            }
+            self.gets_open
+                .subscribe()
+                .wait_for(|open| *open)
+                .await
+                .map_err(|e| Error::Closed(e.to_string()))?;
             self.inner.get_artifact(id).await
         })
     }
