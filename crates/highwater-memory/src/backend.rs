@@ -2,11 +2,12 @@
 //!
 //! Each shard keeps its records in append-only [`Segment`]s and finds them
 //! through an index of small fixed-size slots (hash + location) split into
-//! pages. Segments and index pages are `Arc`s inside one `Arc`'d [`Store`],
-//! which is what a snapshot pins: taking a snapshot clones one `Arc` per
-//! shard, and a writer that later touches a shard held by a snapshot copies
-//! the store's two small vectors of `Arc`s, then at most the one index page
-//! and the one segment it writes to — never the shard.
+//! pages. Segments and index pages are `Arc`s in the shard's [`Store`]. A
+//! snapshot leaves each shard a slot and copies nothing; whoever locks the
+//! shard next (a writer, or the snapshot's reader) fills the slot with the
+//! store's short lists of `Arc`s, and a writer that then touches the shard
+//! copies at most the one index page and the one segment it writes to —
+//! never the shard.
 
 use std::ops::Range;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -17,10 +18,16 @@ use highwater_core::{
     BackendStats, BulkLoader, BulkRestore, Error, Mutation, RecordBlock, Result, SnapshotKind,
     StateBackend, StateSnapshot, WriteBatch,
 };
+use smallvec::SmallVec;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::arena::{HEADER, Loc, Segment, record_len};
 use crate::index::Table;
+
+/// Shards whose write locks [`MemoryBackend::lock_all`] holds on the
+/// stack: the default shard count, so that a snapshot call allocates
+/// nothing large (see [`Spare`]).
+const INLINE_GUARDS: usize = 256;
 
 /// Index pages per shard (a power of two). A writer that touches a shard
 /// held by a snapshot copies one page: a quarter of the shard's index,
@@ -1012,6 +1019,9 @@ pub struct MemoryBackend {
     /// The shards of each snapshot partition (see [`MemoryBackend::cells`]).
     cells: Arc<[Range<usize>]>,
     segment_bytes: usize,
+    /// What a snapshot call needs from the allocator, kept from one call
+    /// to the next (see [`Spare`]).
+    spare: Arc<Mutex<Spare>>,
 }
 
 impl Default for MemoryBackend {
@@ -1057,6 +1067,7 @@ impl MemoryBackend {
             per_key_group: per as u64,
             cells: Self::cells(n, key_groups, per),
             segment_bytes,
+            spare: Arc::new(Mutex::new(Spare::new(n))),
         }
     }
 
@@ -1165,10 +1176,14 @@ impl MemoryBackend {
         }
     }
 
-    fn lock_all(&self) -> Vec<RwLockWriteGuard<'_, Shard>> {
-        // Always in ascending index order, like write_batch, so the two
-        // never deadlock.
+    /// Every shard's write lock. Always in ascending index order, like
+    /// `write_batch`, so the two never deadlock.
+    fn lock_all(&self) -> SmallVec<[RwLockWriteGuard<'_, Shard>; INLINE_GUARDS]> {
         (0..self.shards.len()).map(|i| self.write(i)).collect()
+    }
+
+    fn spare(&self) -> std::sync::MutexGuard<'_, Spare> {
+        lock(&self.spare)
     }
 
     /// Every entry with `keep(key)` true, sorted by key, reading shard by
@@ -1278,21 +1293,22 @@ impl StateBackend for MemoryBackend {
     }
 
     fn snapshot(&self, kind: SnapshotKind) -> Result<Arc<dyn StateSnapshot>> {
-        // Allocate before taking the locks: under allocator contention a
-        // malloc inside the locked section was measured to hold every
-        // writer for tens of milliseconds. Under the locks each shard only
-        // gets its slot: cloning its store there (a reference count per
-        // segment and index page, each in memory untouched since the last
-        // checkpoint) took 6–10 ms at 1 GiB after an idle interval on this
-        // project's test machine. The store is taken when the shard is
-        // next locked (`write`, `MemorySnapshot::store`).
-        let n = self.shards.len();
-        let mut slots: Vec<Arc<OnceLock<Store>>> =
-            (0..n).map(|_| Arc::new(OnceLock::new())).collect();
-        let mut stores = Vec::with_capacity(n);
-        let mut changes = Vec::with_capacity(n);
-        let mut discarded = Vec::with_capacity(n);
-        let mut replaced = Vec::with_capacity(n);
+        // Everything the call needs is taken before the locks: under
+        // allocator contention a malloc inside the locked section was
+        // measured to hold every writer for tens of milliseconds. And it
+        // comes from the backend's spares, so the call asks the allocator
+        // for nothing of 1 KiB or more (see `Spare`). Under the locks each
+        // shard only gets its slot: cloning its store there (a reference
+        // count per segment and index page, each in memory untouched since
+        // the last checkpoint) took 6–10 ms at 1 GiB after an idle interval
+        // on this project's test machine. The store is taken when the shard
+        // is next locked (`write`, `MemorySnapshot::store`).
+        let Taken {
+            mut slots,
+            mut stores,
+            mut changes,
+            mut discarded,
+        } = self.spare().take();
         let mut guards = self.lock_all();
         // A shard that gave up its change set makes a changes snapshot a
         // full one (its kind says so).
@@ -1304,7 +1320,7 @@ impl StateBackend for MemoryBackend {
             kind => kind,
         };
         let mut entries = 0usize;
-        for (g, slot) in guards.iter_mut().zip(slots.drain(..)) {
+        for g in guards.iter_mut() {
             let changed = std::mem::take(&mut g.changed);
             g.changes_lost = false;
             g.next_epoch();
@@ -1312,14 +1328,15 @@ impl StateBackend for MemoryBackend {
             // writers to the others never copy anything.
             let held = kind == SnapshotKind::Full || !changed.is_empty();
             if held {
-                // An earlier slot still here is dropped after the locks:
-                // one that kept a store (its snapshot was dropped while a
-                // reader held the shard, see `MemorySnapshot::drop`) holds
-                // a count on every segment and page of the shard, which is
-                // cold by now.
-                replaced.push(g.pending.replace(slot.clone()));
+                // The spares hold a slot per shard (made there if missing).
+                // The shard holds no earlier one: locking it (`write`)
+                // gave any earlier slot its store and took it.
+                let slot = slots.pop().unwrap_or_default();
+                g.pending = Some(slot.clone());
+                stores.push(Some(slot));
+            } else {
+                stores.push(None);
             }
-            stores.push(held.then_some(slot));
             match kind {
                 SnapshotKind::Full => {
                     entries += g.entries as usize;
@@ -1333,15 +1350,26 @@ impl StateBackend for MemoryBackend {
             }
         }
         drop(guards);
-        drop(replaced);
         let discarded_keys: usize = discarded.iter().map(ChangeSet::len).sum();
         if discarded_keys > 1 << 16 {
             // A bulk load's change set is hundreds of MiB: returning it to
             // the system takes milliseconds, which are not the caller's.
             // If the thread cannot be spawned the sets are freed here.
+            let spare = self.spare.clone();
+            let sets = std::mem::take(&mut discarded);
             let _ = std::thread::Builder::new()
                 .name("highwater-memory-free".into())
-                .spawn(move || drop(discarded));
+                .spawn(move || {
+                    let mut sets = sets;
+                    sets.clear();
+                    keep(&mut lock(&spare).discarded, sets);
+                });
+        }
+        discarded.clear();
+        {
+            let mut spare = self.spare();
+            keep(&mut spare.slots, slots);
+            keep(&mut spare.discarded, discarded);
         }
         Ok(Arc::new(MemorySnapshot {
             kind,
@@ -1350,6 +1378,7 @@ impl StateBackend for MemoryBackend {
             changes,
             cells: self.cells.clone(),
             entries,
+            spare: self.spare.clone(),
         }))
     }
 
@@ -1440,6 +1469,89 @@ fn restored_in_parallel(segment_bytes: usize, filling: Vec<Vec<Filling>>) -> Vec
     })
 }
 
+/// Slots and vectors a snapshot call would otherwise ask the allocator
+/// for, kept from one call to the next, so that the call asks it for
+/// nothing of 1 KiB or more (with up to [`INLINE_GUARDS`] shards). glibc's
+/// allocator answers the first such request after small blocks were freed
+/// by merging every one of them (`malloc_consolidate`): after a checkpoint
+/// interval that memory is cold, and a profile of the state suite's
+/// snapshot call after 15 idle seconds had nearly all of its 5 ms there
+/// (docs/architecture.md). A dropped snapshot gives its vectors and its
+/// slots (emptied) back.
+#[derive(Debug)]
+struct Spare {
+    shards: usize,
+    /// Empty slots that no snapshot and no shard holds.
+    slots: Vec<Arc<OnceLock<Store>>>,
+    /// Emptied [`MemorySnapshot::stores`] vectors.
+    stores: Vec<Vec<Option<Arc<OnceLock<Store>>>>>,
+    /// Emptied [`MemorySnapshot::changes`] vectors.
+    changes: Vec<Vec<ChangeSet>>,
+    /// The call's own: the change sets a full snapshot frees after the
+    /// locks.
+    discarded: Vec<ChangeSet>,
+}
+
+/// Snapshots alive at once whose slots and vectors [`Spare`] keeps; a
+/// snapshot taken while more are alive makes its own.
+const SPARE_SNAPSHOTS: usize = 2;
+
+/// What one snapshot call uses, taken from the [`Spare`]s before the
+/// locks.
+struct Taken {
+    /// At least a slot per shard.
+    slots: Vec<Arc<OnceLock<Store>>>,
+    stores: Vec<Option<Arc<OnceLock<Store>>>>,
+    changes: Vec<ChangeSet>,
+    discarded: Vec<ChangeSet>,
+}
+
+impl Spare {
+    fn new(shards: usize) -> Spare {
+        Spare {
+            shards,
+            slots: (0..shards * SPARE_SNAPSHOTS)
+                .map(|_| Arc::default())
+                .collect(),
+            stores: (0..SPARE_SNAPSHOTS)
+                .map(|_| Vec::with_capacity(shards))
+                .collect(),
+            changes: (0..SPARE_SNAPSHOTS)
+                .map(|_| Vec::with_capacity(shards))
+                .collect(),
+            discarded: Vec::with_capacity(shards),
+        }
+    }
+
+    /// A slot per shard (made here if missing) and empty vectors.
+    fn take(&mut self) -> Taken {
+        let n = self.shards;
+        let mut slots = std::mem::take(&mut self.slots);
+        let short = n.saturating_sub(slots.len());
+        slots.extend((0..short).map(|_| Arc::default()));
+        Taken {
+            slots,
+            stores: self.stores.pop().unwrap_or_else(|| Vec::with_capacity(n)),
+            changes: self.changes.pop().unwrap_or_else(|| Vec::with_capacity(n)),
+            discarded: std::mem::take(&mut self.discarded),
+        }
+    }
+}
+
+/// Puts `v`'s elements into `spare`, keeping the larger of the two
+/// vectors' buffers (another snapshot call may have taken the spare one
+/// meanwhile and left an empty vector).
+fn keep<T>(spare: &mut Vec<T>, mut v: Vec<T>) {
+    if spare.capacity() < v.capacity() {
+        std::mem::swap(spare, &mut v);
+    }
+    spare.append(&mut v);
+}
+
+fn lock(spare: &Mutex<Spare>) -> std::sync::MutexGuard<'_, Spare> {
+    spare.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// A frozen view: the shard stores at snapshot time, plus the changed keys
 /// for a change snapshot.
 struct MemorySnapshot {
@@ -1455,6 +1567,8 @@ struct MemorySnapshot {
     /// ([`MemoryBackend::cells`]).
     cells: Arc<[Range<usize>]>,
     entries: usize,
+    /// Where the slots and vectors go back to when dropped.
+    spare: Arc<Mutex<Spare>>,
 }
 
 impl Drop for MemorySnapshot {
@@ -1465,8 +1579,8 @@ impl Drop for MemorySnapshot {
     /// later, when that memory is cold (the state suite's first full
     /// checkpoint paused 12.1 and 33.0 ms in its snapshot before this,
     /// 0.47 and 0.45 ms after, docs/architecture.md). A shard locked by
-    /// someone else right now is skipped (a writer takes the slot itself;
-    /// the next snapshot drops it after its locks).
+    /// someone else right now is skipped: whoever locks that shard next
+    /// drops the slot (`MemoryBackend::write`), one shard's few counts.
     fn drop(&mut self) {
         for (shard, slot) in self.stores.iter().enumerate() {
             let Some(slot) = slot else { continue };
@@ -1478,6 +1592,31 @@ impl Drop for MemorySnapshot {
             if g.pending.as_ref().is_some_and(|p| Arc::ptr_eq(p, slot)) {
                 g.pending = None;
             }
+        }
+        // Emptied here, before the spares are locked: the stores the
+        // reader took and the change sets go on this thread, as before.
+        for slot in self.stores.iter_mut().flatten() {
+            if let Some(slot) = Arc::get_mut(slot) {
+                drop(slot.take());
+            }
+        }
+        self.changes.clear();
+        let mut spare = lock(&self.spare);
+        let most = spare.shards * SPARE_SNAPSHOTS;
+        for mut slot in self.stores.drain(..).flatten() {
+            // Only a slot nothing else holds (not a shard skipped above)
+            // is kept.
+            if spare.slots.len() < most
+                && Arc::get_mut(&mut slot).is_some_and(|s| s.get().is_none())
+            {
+                spare.slots.push(slot);
+            }
+        }
+        if spare.stores.len() < SPARE_SNAPSHOTS {
+            spare.stores.push(std::mem::take(&mut self.stores));
+        }
+        if spare.changes.len() < SPARE_SNAPSHOTS {
+            spare.changes.push(std::mem::take(&mut self.changes));
         }
     }
 }
@@ -1737,7 +1876,8 @@ mod tests {
     /// no slot, so every segment and index page is the live state's alone
     /// again (one count each) and the next snapshot call has nothing to
     /// drop. A snapshot dropped while a reader holds a shard leaves that
-    /// shard's slot to the next snapshot, which drops it after its locks.
+    /// shard's slot to whoever locks the shard next (here the next
+    /// snapshot).
     #[test]
     fn a_dropped_snapshot_leaves_no_store_in_the_shards() {
         let b = small_backend(4);
@@ -1770,6 +1910,49 @@ mod tests {
         let next = b.snapshot(SnapshotKind::Full).unwrap();
         drop(next);
         assert!(only_the_live_state(&b));
+    }
+
+    /// A snapshot taken while an older one was not read yet leaves the
+    /// older one its view (locking the shards for the newer one gives the
+    /// older slots their stores), and slots the backend keeps for reuse
+    /// come back empty: a third snapshot, after both were read and
+    /// dropped, sees the state of its own time, not theirs.
+    #[test]
+    fn snapshots_keep_their_views_across_newer_ones_and_reused_slots() {
+        let b = small_backend(4);
+        let k = |i: u32| key(&i.to_be_bytes(), b"");
+        let values = |s: &dyn StateSnapshot| -> Vec<(Vec<u8>, u8)> {
+            collect(s)
+                .into_iter()
+                .map(|(k, v)| (k, v.expect("a full snapshot has no deletes")[0]))
+                .collect()
+        };
+        let at = |round: u8, keys: std::ops::Range<u32>| -> Vec<(Vec<u8>, u8)> {
+            let mut v: Vec<_> = keys.map(|i| (k(i), round)).collect();
+            v.sort();
+            v
+        };
+        for i in 0..200u32 {
+            b.put(&k(i), &[1; 40]).unwrap();
+        }
+        let older = b.snapshot(SnapshotKind::Full).unwrap();
+        let newer = b.snapshot(SnapshotKind::Full).unwrap();
+        for i in 0..200u32 {
+            b.put(&k(i), &[2; 40]).unwrap();
+        }
+        for i in 150..200u32 {
+            b.delete(&k(i)).unwrap();
+        }
+        assert_eq!(values(&*older), at(1, 0..200));
+        assert_eq!(values(&*newer), at(1, 0..200));
+        drop((older, newer));
+        for round in 3..6u8 {
+            let third = b.snapshot(SnapshotKind::Full).unwrap();
+            for i in 0..150u32 {
+                b.put(&k(i), &[round; 40]).unwrap();
+            }
+            assert_eq!(values(&*third), at(round - 1, 0..150));
+        }
     }
 
     #[test]
