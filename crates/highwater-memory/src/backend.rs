@@ -1308,7 +1308,7 @@ impl StateBackend for MemoryBackend {
             mut stores,
             mut changes,
             mut discarded,
-        } = self.spare().take();
+        } = self.spare().take(self.shards.len());
         let mut guards = self.lock_all();
         // A shard that gave up its change set makes a changes snapshot a
         // full one (its kind says so).
@@ -1480,7 +1480,6 @@ fn restored_in_parallel(segment_bytes: usize, filling: Vec<Vec<Filling>>) -> Vec
 /// slots (emptied) back.
 #[derive(Debug)]
 struct Spare {
-    shards: usize,
     /// Empty slots that no snapshot and no shard holds.
     slots: Vec<Arc<OnceLock<Store>>>,
     /// Emptied [`MemorySnapshot::stores`] vectors.
@@ -1509,7 +1508,6 @@ struct Taken {
 impl Spare {
     fn new(shards: usize) -> Spare {
         Spare {
-            shards,
             slots: (0..shards * SPARE_SNAPSHOTS)
                 .map(|_| Arc::default())
                 .collect(),
@@ -1523,9 +1521,9 @@ impl Spare {
         }
     }
 
-    /// A slot per shard (made here if missing) and empty vectors.
-    fn take(&mut self) -> Taken {
-        let n = self.shards;
+    /// A slot for each of `n` shards (made here if missing) and empty
+    /// vectors.
+    fn take(&mut self, n: usize) -> Taken {
         let mut slots = std::mem::take(&mut self.slots);
         let short = n.saturating_sub(slots.len());
         slots.extend((0..short).map(|_| Arc::default()));
@@ -1602,7 +1600,7 @@ impl Drop for MemorySnapshot {
         }
         self.changes.clear();
         let mut spare = lock(&self.spare);
-        let most = spare.shards * SPARE_SNAPSHOTS;
+        let most = self.shards.len() * SPARE_SNAPSHOTS;
         for mut slot in self.stores.drain(..).flatten() {
             // Only a slot nothing else holds (not a shard skipped above)
             // is kept.
